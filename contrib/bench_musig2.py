@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Benchmark BIP-327 MuSig2 sessions with N signers, all in one process.
+
+For each N it times our `superscalar.musig2` (every signer's work, every partial signature verified,
+final signature checked as BIP-340) and libsecp256k1's own musig module on the same inputs, and prints
+one line per N: key aggregation, nonce generation, nonce aggregation, signing, partial-signature
+verification, aggregation and total, in milliseconds, plus the ratio to libsecp256k1.
+
+Usage: contrib/bench_musig2.py [N ...]      (default: 2 16 128 1024)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from coincurve import PublicKeyXOnly  # type: ignore[import-untyped]  # noqa: E402
+from coincurve._libsecp256k1 import ffi, lib  # type: ignore[import-untyped]  # noqa: E402
+from coincurve.context import GLOBAL_CONTEXT  # type: ignore[import-untyped]  # noqa: E402
+
+from superscalar import musig2  # noqa: E402
+
+T = TypeVar("T")
+PHASES = ("key_agg", "nonce_gen", "nonce_agg", "sign", "verify", "agg")
+
+
+def timed(times: dict[str, float], phase: str, fn: Callable[[], T]) -> T:
+    start = time.perf_counter()
+    result = fn()
+    times[phase] = times.get(phase, 0.0) + (time.perf_counter() - start) * 1000
+    return result
+
+
+def run_ours(seckeys: list[bytes], msg: bytes) -> dict[str, float]:
+    t: dict[str, float] = {}
+    pubkeys = [musig2.individual_pk(sk) for sk in seckeys]
+    keygen = timed(t, "key_agg", lambda: musig2.key_agg(pubkeys))
+    aggpk = musig2.get_xonly_pk(keygen)
+    nonces = timed(t, "nonce_gen", lambda: [
+        musig2.nonce_gen(sk, pk, aggpk, msg, None) for sk, pk in zip(seckeys, pubkeys)
+    ])
+    aggnonce = timed(t, "nonce_agg", lambda: musig2.nonce_agg([pn for _, pn in nonces]))
+    ctx = musig2.SessionContext(aggnonce, tuple(pubkeys), (), (), msg)
+    psigs = timed(t, "sign", lambda: [musig2.sign(sn, sk, ctx) for (sn, _), sk in zip(nonces, seckeys)])
+    ok = timed(t, "verify", lambda: all(
+        musig2.partial_sig_verify_internal(ps, pn, pk, ctx)
+        for ps, (_, pn), pk in zip(psigs, nonces, pubkeys)
+    ))
+    assert ok, "a partial signature did not verify"
+    sig = timed(t, "agg", lambda: musig2.partial_sig_agg(psigs, ctx))
+    assert PublicKeyXOnly(aggpk).verify(sig, msg), "aggregate signature invalid"
+    return t
+
+
+def run_libsecp(seckeys: list[bytes], msg: bytes) -> dict[str, float]:
+    """The same session through libsecp256k1's musig module (keypairs made beforehand, untimed)."""
+    ctx = GLOBAL_CONTEXT.ctx
+    t: dict[str, float] = {}
+    n = len(seckeys)
+    keypairs = []
+    pubkeys = []
+    for sk in seckeys:
+        kp = ffi.new("secp256k1_keypair *")
+        assert lib.secp256k1_keypair_create(ctx, kp, sk)
+        pk = ffi.new("secp256k1_pubkey *")
+        assert lib.secp256k1_keypair_pub(ctx, pk, kp)
+        keypairs.append(kp)
+        pubkeys.append(pk)
+    cache = ffi.new("secp256k1_musig_keyagg_cache *")
+    agg = ffi.new("secp256k1_xonly_pubkey *")
+    pk_arr = ffi.new("secp256k1_pubkey *[]", pubkeys)
+    timed(t, "key_agg", lambda: lib.secp256k1_musig_pubkey_agg(ctx, agg, cache, pk_arr, n))
+
+    def gen() -> list[tuple[object, object]]:
+        out = []
+        for sk, pk in zip(seckeys, pubkeys):
+            sec = ffi.new("secp256k1_musig_secnonce *")
+            pub = ffi.new("secp256k1_musig_pubnonce *")
+            assert lib.secp256k1_musig_nonce_gen(ctx, sec, pub, os.urandom(32), sk, pk, msg, cache, ffi.NULL)
+            out.append((sec, pub))
+        return out
+
+    nonces = timed(t, "nonce_gen", gen)
+    aggnonce = ffi.new("secp256k1_musig_aggnonce *")
+    pub_arr = ffi.new("secp256k1_musig_pubnonce *[]", [p for _, p in nonces])
+    timed(t, "nonce_agg", lambda: lib.secp256k1_musig_nonce_agg(ctx, aggnonce, pub_arr, n))
+    session = ffi.new("secp256k1_musig_session *")
+    # One shared session (public data), as our run shares its memoized session values.
+    timed(t, "nonce_agg", lambda: lib.secp256k1_musig_nonce_process(ctx, session, aggnonce, msg, cache))
+
+    def sign_all() -> list[object]:
+        out = []
+        for (sec, _), kp in zip(nonces, keypairs):
+            ps = ffi.new("secp256k1_musig_partial_sig *")
+            assert lib.secp256k1_musig_partial_sign(ctx, ps, sec, kp, cache, session)
+            out.append(ps)
+        return out
+
+    psigs = timed(t, "sign", sign_all)
+    ok = timed(t, "verify", lambda: all(
+        lib.secp256k1_musig_partial_sig_verify(ctx, ps, pub, pk, cache, session)
+        for ps, (_, pub), pk in zip(psigs, nonces, pubkeys)
+    ))
+    assert ok
+    sig = ffi.new("unsigned char[64]")
+    ps_arr = ffi.new("secp256k1_musig_partial_sig *[]", psigs)
+    timed(t, "agg", lambda: lib.secp256k1_musig_partial_sig_agg(ctx, sig, session, ps_arr, n))
+    assert lib.secp256k1_schnorrsig_verify(ctx, sig, msg, 32, agg)
+    return t
+
+
+def main(argv: list[str]) -> None:
+    sizes = [int(a) for a in argv] or [2, 16, 128, 1024]
+    cols = " ".join(f"{p:>9}" for p in PHASES)
+    print(f"{'N':>5} {'impl':>8} {cols} {'total':>9}  (ms)   ratio")
+    for n in sizes:
+        seckeys = [os.urandom(32) for _ in range(n)]
+        msg = os.urandom(32)
+        ours = run_ours(seckeys, msg)
+        ref = run_libsecp(seckeys, msg)
+        total_ours = sum(ours.values())
+        total_ref = sum(ref.values())
+        for name, t, total in (("ours", ours, total_ours), ("libsecp", ref, total_ref)):
+            vals = " ".join(f"{t[p]:9.1f}" for p in PHASES)
+            ratio = f"{total_ours / total_ref:6.2f}x" if name == "ours" else ""
+            print(f"{n:>5} {name:>8} {vals} {total:9.1f}        {ratio}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

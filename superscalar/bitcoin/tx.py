@@ -1,0 +1,360 @@
+"""Transactions: legacy and BIP-144 segwit serialization, ids and weight."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NewType, TypeVar
+
+from .encoding import (
+    ByteReader,
+    ser_compact_size,
+    ser_string,
+    ser_string_vector,
+    ser_u32,
+    ser_u64,
+)
+from .errors import BitcoinError, DecodeError
+from .hashes import hash256
+
+__all__ = [
+    "COIN",
+    "MAX_MONEY",
+    "SEQUENCE_FINAL",
+    "WITNESS_SCALE_FACTOR",
+    "OutPoint",
+    "Tx",
+    "TxIn",
+    "TxOut",
+    "Txid",
+]
+
+# Bitcoin Core amount.h: satoshis per bitcoin.
+COIN = 100_000_000
+# Bitcoin Core amount.h MAX_MONEY: no amount may exceed 21 million BTC.
+MAX_MONEY = 21_000_000 * COIN
+# BIP-68 / Core: nSequence value that disables relative locktime and RBF signalling.
+SEQUENCE_FINAL = 0xFFFFFFFF
+# BIP-141 "Transaction size calculations": weight = base * 3 + total.
+WITNESS_SCALE_FACTOR = 4
+# BIP-144 "Serialization": marker byte and flag byte of the extended format.
+SEGWIT_MARKER = 0x00
+SEGWIT_FLAG = 0x01
+# Minimum serialized sizes, used to bound element counts before allocating.
+_MIN_TXIN_SIZE = 32 + 4 + 1 + 4
+_MIN_TXOUT_SIZE = 8 + 1
+
+_U32_MAX = 0xFFFFFFFF
+
+Txid = NewType("Txid", bytes)
+"""A 32-byte transaction id in internal (little-endian, serialization) byte order."""
+
+_T = TypeVar("_T")
+
+
+def _check_u32(name: str, n: int) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= _U32_MAX:
+        raise BitcoinError(f"{name} must be a uint32, got {n!r}")
+
+
+def _check_bytes(name: str, b: object) -> None:
+    if not isinstance(b, bytes):
+        raise BitcoinError(f"{name} must be bytes, got {type(b).__name__}")
+
+
+def _decode(parse: Callable[[ByteReader], _T], data: bytes) -> _T:
+    """Run ``parse`` over all of ``data``; any validation failure becomes DecodeError."""
+    reader = ByteReader(data)
+    try:
+        obj = parse(reader)
+    except DecodeError:
+        raise
+    except BitcoinError as exc:
+        raise DecodeError(str(exc)) from exc
+    reader.expect_end()
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class OutPoint:
+    """Reference to a transaction output: ``txid`` in internal byte order, ``vout``."""
+
+    txid: bytes
+    vout: int
+
+    def __post_init__(self) -> None:
+        _check_bytes("txid", self.txid)
+        if len(self.txid) != 32:
+            raise BitcoinError(f"txid must be 32 bytes, got {len(self.txid)}")
+        _check_u32("vout", self.vout)
+
+    @classmethod
+    def from_hex(cls, txid_hex: str, vout: int) -> OutPoint:
+        """Build from a txid in display (RPC, big-endian) hex order."""
+        try:
+            raw = bytes.fromhex(txid_hex)
+        except ValueError as exc:
+            raise BitcoinError(f"invalid txid hex: {txid_hex!r}") from exc
+        return cls(raw[::-1], vout)
+
+    @property
+    def txid_hex(self) -> str:
+        """The txid in display (RPC) order."""
+        return self.txid[::-1].hex()
+
+    def serialize(self) -> bytes:
+        """Serialize as ``txid || vout`` (36 bytes)."""
+        return self.txid + ser_u32(self.vout)
+
+    @classmethod
+    def read(cls, r: ByteReader) -> OutPoint:
+        """Consume an outpoint from ``r``."""
+        return cls(r.read(32), r.read_u32())
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> OutPoint:
+        """Parse exactly one outpoint."""
+        return _decode(cls.read, data)
+
+
+@dataclass(frozen=True, slots=True)
+class TxIn:
+    """Transaction input. ``witness`` is its BIP-141 witness stack (may be empty)."""
+
+    prevout: OutPoint
+    script_sig: bytes = b""
+    sequence: int = SEQUENCE_FINAL
+    witness: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prevout, OutPoint):
+            raise BitcoinError("prevout must be an OutPoint")
+        _check_bytes("script_sig", self.script_sig)
+        _check_u32("sequence", self.sequence)
+        if not isinstance(self.witness, tuple):
+            object.__setattr__(self, "witness", tuple(self.witness))
+        for item in self.witness:
+            _check_bytes("witness item", item)
+
+    def serialize(self) -> bytes:
+        """Serialize without the witness (witnesses live at the end of the tx)."""
+        return self.prevout.serialize() + ser_string(self.script_sig) + ser_u32(self.sequence)
+
+    @classmethod
+    def read(cls, r: ByteReader) -> TxIn:
+        """Consume an input (without witness) from ``r``."""
+        prevout = OutPoint.read(r)
+        script_sig = r.read_bytes()
+        return cls(prevout, script_sig, r.read_u32())
+
+
+@dataclass(frozen=True, slots=True)
+class TxOut:
+    """Transaction output: ``value`` in satoshis and its ``script_pubkey``."""
+
+    value: int
+    script_pubkey: bytes
+
+    def __post_init__(self) -> None:
+        # Core consensus/amount.h MoneyRange: 0 <= value <= MAX_MONEY.
+        if not isinstance(self.value, int) or isinstance(self.value, bool):
+            raise BitcoinError("value must be an int")
+        if not 0 <= self.value <= MAX_MONEY:
+            raise BitcoinError(f"value out of range: {self.value}")
+        _check_bytes("script_pubkey", self.script_pubkey)
+
+    def serialize(self) -> bytes:
+        """Serialize as ``value (u64) || script_pubkey``."""
+        return ser_u64(self.value) + ser_string(self.script_pubkey)
+
+    @classmethod
+    def read(cls, r: ByteReader) -> TxOut:
+        """Consume an output from ``r``."""
+        value = r.read_u64()
+        return cls(value, r.read_bytes())
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> TxOut:
+        """Parse exactly one output."""
+        return _decode(cls.read, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Tx:
+    """An immutable transaction.
+
+    ``version`` is treated as an unsigned 32-bit field (Core ≥ 28 semantics), so
+    versions 1, 2, 3 (TRUC) and any other 32-bit value round-trip.
+    """
+
+    version: int
+    inputs: tuple[TxIn, ...]
+    outputs: tuple[TxOut, ...]
+    locktime: int = 0
+
+    def __post_init__(self) -> None:
+        _check_u32("version", self.version)
+        _check_u32("locktime", self.locktime)
+        if not isinstance(self.inputs, tuple):
+            object.__setattr__(self, "inputs", tuple(self.inputs))
+        if not isinstance(self.outputs, tuple):
+            object.__setattr__(self, "outputs", tuple(self.outputs))
+        if not all(isinstance(i, TxIn) for i in self.inputs):
+            raise BitcoinError("inputs must be TxIn")
+        if not all(isinstance(o, TxOut) for o in self.outputs):
+            raise BitcoinError("outputs must be TxOut")
+
+    # -- serialization -------------------------------------------------------
+
+    @property
+    def has_witness(self) -> bool:
+        """True if any input carries a non-empty witness stack."""
+        return any(i.witness for i in self.inputs)
+
+    def serialize_without_witness(self) -> bytes:
+        """Legacy serialization (BIP-144 "Serialization" without marker/flag)."""
+        return b"".join(
+            (
+                ser_u32(self.version),
+                ser_compact_size(len(self.inputs)),
+                *(i.serialize() for i in self.inputs),
+                ser_compact_size(len(self.outputs)),
+                *(o.serialize() for o in self.outputs),
+                ser_u32(self.locktime),
+            )
+        )
+
+    def serialize_with_witness(self) -> bytes:
+        """BIP-144 extended serialization: marker, flag, ..., witnesses, locktime."""
+        return b"".join(
+            (
+                ser_u32(self.version),
+                bytes([SEGWIT_MARKER, SEGWIT_FLAG]),
+                ser_compact_size(len(self.inputs)),
+                *(i.serialize() for i in self.inputs),
+                ser_compact_size(len(self.outputs)),
+                *(o.serialize() for o in self.outputs),
+                *(ser_string_vector(i.witness) for i in self.inputs),
+                ser_u32(self.locktime),
+            )
+        )
+
+    def serialize(self) -> bytes:
+        """Network serialization: extended format iff some witness is non-empty."""
+        if self.has_witness:
+            return self.serialize_with_witness()
+        return self.serialize_without_witness()
+
+    @classmethod
+    def deserialize(cls, data: bytes, *, allow_witness: bool = True) -> Tx:
+        """Parse a transaction, rejecting trailing bytes.
+
+        Follows Core's ``UnserializeTransaction``: an empty input vector
+        followed by flag byte 0x01 (BIP-144) introduces the extended format;
+        a witness record with all-empty stacks or unknown flag bits is invalid.
+        """
+        return _decode(lambda r: cls._read(r, allow_witness), data)
+
+    @classmethod
+    def _read(cls, r: ByteReader, allow_witness: bool) -> Tx:
+        version = r.read_u32()
+        inputs = cls._read_inputs(r)
+        flags = 0
+        if not inputs and allow_witness:
+            # BIP-144: marker 0x00 was read as an empty vin; next is the flag.
+            flags = r.read_u8()
+            if flags != 0:
+                inputs = cls._read_inputs(r)
+                outputs = cls._read_outputs(r)
+            else:
+                outputs = ()
+        else:
+            outputs = cls._read_outputs(r)
+        if flags & SEGWIT_FLAG:
+            flags ^= SEGWIT_FLAG
+            witnesses = [r.read_bytes_vector() for _ in inputs]
+            if not any(witnesses):
+                raise DecodeError("superfluous witness record")
+            inputs = tuple(
+                dataclasses.replace(txin, witness=w) for txin, w in zip(inputs, witnesses, strict=True)
+            )
+        if flags:
+            raise DecodeError("unknown transaction optional data")
+        return cls(version, inputs, outputs, r.read_u32())
+
+    @staticmethod
+    def _read_inputs(r: ByteReader) -> tuple[TxIn, ...]:
+        return tuple(TxIn.read(r) for _ in range(r.read_count(_MIN_TXIN_SIZE)))
+
+    @staticmethod
+    def _read_outputs(r: ByteReader) -> tuple[TxOut, ...]:
+        return tuple(TxOut.read(r) for _ in range(r.read_count(_MIN_TXOUT_SIZE)))
+
+    @classmethod
+    def from_hex(cls, hex_str: str) -> Tx:
+        """Parse from hex; invalid hex raises DecodeError."""
+        try:
+            data = bytes.fromhex(hex_str)
+        except (ValueError, TypeError) as exc:
+            raise DecodeError("invalid hex") from exc
+        return cls.deserialize(data)
+
+    def to_hex(self) -> str:
+        """Hex of :meth:`serialize`."""
+        return self.serialize().hex()
+
+    # -- identifiers and size -----------------------------------------------
+
+    @property
+    def txid_bytes(self) -> Txid:
+        """BIP-141: txid = HASH256(legacy serialization), internal byte order."""
+        return Txid(hash256(self.serialize_without_witness()))
+
+    @property
+    def txid(self) -> str:
+        """Txid as hex in display (RPC) order."""
+        return self.txid_bytes[::-1].hex()
+
+    @property
+    def wtxid_bytes(self) -> bytes:
+        """BIP-141: wtxid = HASH256(witness serialization), internal byte order."""
+        return hash256(self.serialize())
+
+    @property
+    def wtxid(self) -> str:
+        """Wtxid as hex in display (RPC) order."""
+        return self.wtxid_bytes[::-1].hex()
+
+    @property
+    def weight(self) -> int:
+        """BIP-141 "Transaction size calculations": base_size * 3 + total_size."""
+        base = len(self.serialize_without_witness())
+        return base * (WITNESS_SCALE_FACTOR - 1) + len(self.serialize())
+
+    @property
+    def vsize(self) -> int:
+        """BIP-141 virtual size: weight / 4, rounded up."""
+        return (self.weight + WITNESS_SCALE_FACTOR - 1) // WITNESS_SCALE_FACTOR
+
+    # -- functional updates --------------------------------------------------
+
+    def outpoint(self, vout: int) -> OutPoint:
+        """OutPoint referring to output ``vout`` of this transaction."""
+        if not 0 <= vout < len(self.outputs):
+            raise BitcoinError(f"no output {vout}")
+        return OutPoint(self.txid_bytes, vout)
+
+    def with_witness(self, index: int, witness: Sequence[bytes]) -> Tx:
+        """Copy of this tx with input ``index``'s witness stack replaced."""
+        if not 0 <= index < len(self.inputs):
+            raise BitcoinError(f"no input {index}")
+        new_in = dataclasses.replace(self.inputs[index], witness=tuple(witness))
+        inputs = self.inputs[:index] + (new_in,) + self.inputs[index + 1 :]
+        return dataclasses.replace(self, inputs=inputs)
+
+    def without_witnesses(self) -> Tx:
+        """Copy with every witness stack emptied."""
+        return dataclasses.replace(
+            self, inputs=tuple(dataclasses.replace(i, witness=()) for i in self.inputs)
+        )

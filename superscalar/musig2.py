@@ -1,0 +1,512 @@
+"""BIP-327 MuSig2: key aggregation, nonces, partial signatures and their aggregation.
+
+Each public function is one algorithm of BIP-327, with the BIP's name in snake_case and the BIP's
+argument order. Encodings follow the BIP: individual public keys are 33-byte compressed (`PlainPk`),
+aggregate keys and signatures use BIP-340 x-only encodings (`XonlyPk`).
+
+Errors:
+- `ValueError` for bad arguments (wrong lengths, out-of-range tweaks, a reused secret nonce);
+- `InvalidContributionError` when another signer's contribution (pubkey, pubnonce, psig) or the
+  aggregate nonce is invalid; it names the signer index (or None for the aggregator) and what it sent.
+
+Secret nonces are `SecNonce` objects: a bytearray that `sign` zeroes before it returns, so a second
+`sign` with the same object raises. Nothing here serializes a secret nonce.
+
+Session values and key aggregation depend only on public data and are memoized per distinct input, so
+that N signers sharing one session in one process do the O(N) aggregation once, not N times.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from typing import NamedTuple, NewType, Optional, Sequence
+
+from .bitcoin.hashes import tagged_hash
+from .secp256k1 import N, G, Point, point_mul_g, point_sum
+
+PlainPk = NewType("PlainPk", bytes)  # 33-byte compressed public key
+XonlyPk = NewType("XonlyPk", bytes)  # 32-byte BIP-340 public key
+
+# BIP-327 "Nonce Generation" / "Signing": byte lengths of the encodings
+PUBNONCE_SIZE = 66
+SECNONCE_SIZE = 97
+PSIG_SIZE = 32
+
+
+class InvalidContributionError(Exception):
+    """BIP-327: a contribution of signer `signer` (None: the aggregator) is invalid; `contrib` names it."""
+
+    def __init__(self, signer: Optional[int], contrib: str) -> None:
+        super().__init__(f"invalid {contrib} from signer {signer}")
+        self.signer = signer
+        self.contrib = contrib
+
+
+class KeyGenContext(NamedTuple):
+    """BIP-327 KeyGen Context: aggregate point Q, sign accumulator gacc, tweak accumulator tacc."""
+
+    Q: Point
+    gacc: int
+    tacc: int
+
+
+class SessionContext(NamedTuple):
+    """BIP-327 Session Context."""
+
+    aggnonce: bytes
+    pubkeys: tuple[PlainPk, ...]
+    tweaks: tuple[bytes, ...]
+    is_xonly: tuple[bool, ...]
+    msg: bytes
+
+
+class SecNonce:
+    """A secret nonce (k1 || k2 || pk, 97 bytes). Single use: `sign` zeroes it.
+
+    It cannot be pickled, copied into bytes by this module, or shown by repr.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        if len(data) != SECNONCE_SIZE:
+            raise ValueError("secnonce must be 97 bytes")
+        self._data = bytearray(data)
+
+    def _take(self) -> tuple[int, int, bytes]:
+        """Return (k1, k2, pk) and destroy the nonce (BIP-327 Sign: "overwrite secnonce")."""
+        k1 = int.from_bytes(self._data[0:32], "big")
+        k2 = int.from_bytes(self._data[32:64], "big")
+        pk = bytes(self._data[64:97])
+        self._data[0:64] = bytes(64)
+        return k1, k2, pk
+
+    def __repr__(self) -> str:
+        return "SecNonce(<secret>)"
+
+    def __reduce__(self) -> object:
+        raise TypeError("secret nonces cannot be serialized")
+
+
+def _int(b: bytes) -> int:
+    return int.from_bytes(b, "big")
+
+
+def _bytes32(x: int) -> bytes:
+    return x.to_bytes(32, "big")
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
+@lru_cache(maxsize=8192)
+def _cpoint(x: bytes) -> Point:
+    """BIP-327 cpoint: parse a 33-byte compressed point; ValueError if invalid.
+
+    Memoized: a session parses each signer's key and nonces during aggregation and again to verify."""
+    return Point.from_bytes(bytes(x))
+
+
+def _cpoint_ext(x: bytes) -> Optional[Point]:
+    """BIP-327 cpoint_ext: like cpoint, but 33 zero bytes are the point at infinity."""
+    if x == bytes(33):
+        return None
+    return _cpoint(x)
+
+
+def _cbytes_ext(P: Optional[Point]) -> bytes:
+    """BIP-327 cbytes_ext: 33 zero bytes for infinity."""
+    return bytes(33) if P is None else P.to_bytes()
+
+
+# --- Key generation and aggregation (BIP-327 "Key Generation and Aggregation") ---
+
+
+def individual_pk(seckey: bytes) -> PlainPk:
+    """BIP-327 IndividualPubkey."""
+    d = _int(seckey)
+    if len(seckey) != 32 or not 0 < d < N:
+        raise ValueError("The secret key must be an integer in the range 1..n-1.")
+    P = point_mul_g(d)
+    assert P is not None
+    return PlainPk(P.to_bytes())
+
+
+def key_sort(pubkeys: Sequence[PlainPk]) -> list[PlainPk]:
+    """BIP-327 KeySort: a new list sorted lexicographically (the argument is left untouched)."""
+    for pk in pubkeys:
+        if len(pk) != 33:
+            raise ValueError("public keys must be 33 bytes")
+    return sorted(pubkeys)
+
+
+def _hash_keys(pubkeys: Sequence[PlainPk]) -> bytes:
+    return tagged_hash("KeyAgg list", b"".join(pubkeys))
+
+
+def _get_second_key(pubkeys: Sequence[PlainPk]) -> bytes:
+    for pk in pubkeys[1:]:
+        if pk != pubkeys[0]:
+            return pk
+    return bytes(33)
+
+
+def _key_agg_coeff_internal(L: bytes, pk_: bytes, pk2: bytes) -> int:
+    # BIP-327 KeyAggCoeffInternal: the second distinct key gets coefficient 1
+    if pk_ == pk2:
+        return 1
+    return _int(tagged_hash("KeyAgg coefficient", L + pk_)) % N
+
+
+def key_agg_coeff(pubkeys: Sequence[PlainPk], pk_: PlainPk) -> int:
+    """BIP-327 KeyAggCoeff."""
+    return _key_agg_coeff_internal(_hash_keys(pubkeys), pk_, _get_second_key(pubkeys))
+
+
+def key_agg(pubkeys: Sequence[PlainPk]) -> KeyGenContext:
+    """BIP-327 KeyAgg."""
+    return _key_agg(tuple(pubkeys))[0]
+
+
+@lru_cache(maxsize=256)
+def _key_agg(pubkeys: tuple[PlainPk, ...]) -> tuple[KeyGenContext, dict[bytes, int]]:
+    """KeyAgg, plus every signer's KeyAggCoeff (kept so signing and verification need not rehash L)."""
+    if not pubkeys:
+        raise ValueError("at least one public key is needed")
+    L = _hash_keys(pubkeys)
+    pk2 = _get_second_key(pubkeys)
+    coeffs: dict[bytes, int] = {}
+    terms: list[Optional[Point]] = []
+    for i, pk in enumerate(pubkeys):
+        try:
+            P_i = _cpoint(pk)
+        except ValueError:
+            raise InvalidContributionError(i, "pubkey") from None
+        a_i = coeffs[pk] = _key_agg_coeff_internal(L, pk, pk2)
+        terms.append(P_i if a_i == 1 else P_i.mul_add_g(a_i, 0))
+    Q = point_sum(terms)
+    # Infinity happens only with negligible probability (BIP-327 KeyAgg)
+    assert Q is not None, "aggregate key is infinity"
+    return KeyGenContext(Q, 1, 0), coeffs
+
+
+def get_xonly_pk(keygen_ctx: KeyGenContext) -> XonlyPk:
+    """BIP-327 GetXonlyPubkey."""
+    return XonlyPk(keygen_ctx.Q.xonly())
+
+
+def get_plain_pk(keygen_ctx: KeyGenContext) -> PlainPk:
+    """BIP-327 GetPlainPubkey."""
+    return PlainPk(keygen_ctx.Q.to_bytes())
+
+
+def apply_tweak(keygen_ctx: KeyGenContext, tweak: bytes, is_xonly: bool) -> KeyGenContext:
+    """BIP-327 ApplyTweak: plain (BIP-32 style) or x-only (BIP-341 style) tweak."""
+    if len(tweak) != 32:
+        raise ValueError("The tweak must be a 32-byte array.")
+    Q, gacc, tacc = keygen_ctx
+    g = N - 1 if is_xonly and not Q.has_even_y() else 1
+    t = _int(tweak)
+    if t >= N:
+        raise ValueError("The tweak must be less than n.")
+    Q_ = Q.mul_add_g(g, t)
+    if Q_ is None:
+        raise ValueError("The result of tweaking cannot be infinity.")
+    return KeyGenContext(Q_, g * gacc % N, (t + g * tacc) % N)
+
+
+def _key_agg_and_tweak(
+    pubkeys: Sequence[PlainPk], tweaks: Sequence[bytes], is_xonly: Sequence[bool]
+) -> KeyGenContext:
+    if len(tweaks) != len(is_xonly):
+        raise ValueError("The `tweaks` and `is_xonly` arrays must have the same length.")
+    ctx = key_agg(pubkeys)
+    for tweak, xonly in zip(tweaks, is_xonly):
+        ctx = apply_tweak(ctx, tweak, xonly)
+    return ctx
+
+
+# --- Nonce generation and aggregation (BIP-327 "Nonce Generation", "Nonce Aggregation") ---
+
+
+def _nonce_hash(
+    rand: bytes, pk: bytes, aggpk: bytes, i: int, msg_prefixed: bytes, extra_in: bytes
+) -> int:
+    buf = (
+        rand
+        + len(pk).to_bytes(1, "big") + pk
+        + len(aggpk).to_bytes(1, "big") + aggpk
+        + msg_prefixed
+        + len(extra_in).to_bytes(4, "big") + extra_in
+        + i.to_bytes(1, "big")
+    )
+    return _int(tagged_hash("MuSig/nonce", buf))
+
+
+def nonce_gen_internal(
+    rand_: bytes,
+    sk: Optional[bytes],
+    pk: PlainPk,
+    aggpk: Optional[XonlyPk],
+    msg: Optional[bytes],
+    extra_in: Optional[bytes],
+) -> tuple[SecNonce, bytes]:
+    """BIP-327 NonceGen with its randomness `rand_` passed in (for tests and vectors)."""
+    if len(rand_) != 32:
+        raise ValueError("rand_ must be 32 bytes")
+    if len(pk) != 33:
+        raise ValueError("The pubkey must be a 33-byte array.")
+    if sk is not None and len(sk) != 32:
+        raise ValueError("The optional byte array sk must have length 32.")
+    if aggpk is not None and len(aggpk) != 32:
+        raise ValueError("The optional byte array aggpk must have length 32.")
+    rand = _xor(sk, tagged_hash("MuSig/aux", rand_)) if sk is not None else rand_
+    aggpk_b = aggpk if aggpk is not None else b""
+    if msg is None:
+        msg_prefixed = b"\x00"
+    else:
+        msg_prefixed = b"\x01" + len(msg).to_bytes(8, "big") + msg
+    extra = extra_in if extra_in is not None else b""
+    k_1 = _nonce_hash(rand, pk, aggpk_b, 0, msg_prefixed, extra) % N
+    k_2 = _nonce_hash(rand, pk, aggpk_b, 1, msg_prefixed, extra) % N
+    # k_1 == 0 or k_2 == 0 happens with negligible probability (BIP-327 NonceGen)
+    assert k_1 != 0 and k_2 != 0
+    R_s1 = point_mul_g(k_1)
+    R_s2 = point_mul_g(k_2)
+    assert R_s1 is not None and R_s2 is not None
+    pubnonce = R_s1.to_bytes() + R_s2.to_bytes()
+    return SecNonce(_bytes32(k_1) + _bytes32(k_2) + pk), pubnonce
+
+
+def nonce_gen(
+    sk: Optional[bytes],
+    pk: PlainPk,
+    aggpk: Optional[XonlyPk],
+    msg: Optional[bytes],
+    extra_in: Optional[bytes],
+) -> tuple[SecNonce, bytes]:
+    """BIP-327 NonceGen: fresh 32 random bytes from the OS. Returns (secnonce, pubnonce)."""
+    return nonce_gen_internal(secrets.token_bytes(32), sk, pk, aggpk, msg, extra_in)
+
+
+def nonce_agg(pubnonces: Sequence[bytes]) -> bytes:
+    """BIP-327 NonceAgg: the 66-byte aggregate nonce."""
+    if not pubnonces:
+        raise ValueError("at least one public nonce is needed")
+    firsts: list[Optional[Point]] = []
+    seconds: list[Optional[Point]] = []
+    for i, pubnonce in enumerate(pubnonces):
+        try:
+            if len(pubnonce) != PUBNONCE_SIZE:
+                raise ValueError("bad length")
+            firsts.append(_cpoint(pubnonce[0:33]))
+            seconds.append(_cpoint(pubnonce[33:66]))
+        except ValueError:
+            raise InvalidContributionError(i, "pubnonce") from None
+    return _cbytes_ext(point_sum(firsts)) + _cbytes_ext(point_sum(seconds))
+
+
+# --- Signing (BIP-327 "Session Context", "Signing", "Partial Signature Verification") ---
+
+
+class SessionValues(NamedTuple):
+    Q: Point
+    gacc: int
+    tacc: int
+    b: int
+    R: Point
+    e: int
+
+
+def get_session_values(session_ctx: SessionContext) -> SessionValues:
+    """BIP-327 GetSessionValues."""
+    return _session(session_ctx)[0]
+
+
+def _session(session_ctx: SessionContext) -> tuple[SessionValues, dict[bytes, int]]:
+    """The session values and every signer's key aggregation coefficient, computed once per session."""
+    return _get_session_values(_normalized(session_ctx))
+
+
+def _normalized(session_ctx: SessionContext) -> SessionContext:
+    aggnonce, pubkeys, tweaks, is_xonly, msg = session_ctx
+    return SessionContext(bytes(aggnonce), tuple(pubkeys), tuple(tweaks), tuple(is_xonly), bytes(msg))
+
+
+@lru_cache(maxsize=256)
+def _get_session_values(session_ctx: SessionContext) -> tuple[SessionValues, dict[bytes, int]]:
+    aggnonce, pubkeys, tweaks, is_xonly, msg = session_ctx
+    Q, gacc, tacc = _key_agg_and_tweak(pubkeys, tweaks, is_xonly)
+    b = _int(tagged_hash("MuSig/noncecoef", aggnonce + Q.xonly() + msg)) % N
+    try:
+        if len(aggnonce) != PUBNONCE_SIZE:
+            raise ValueError("bad length")
+        R_1 = _cpoint_ext(aggnonce[0:33])
+        R_2 = _cpoint_ext(aggnonce[33:66])
+    except ValueError:
+        # Nonce aggregator sent invalid nonces
+        raise InvalidContributionError(None, "aggnonce") from None
+    R_ = point_sum((R_1, None if R_2 is None else R_2.mul_add_g(b, 0)))
+    R = G if R_ is None else R_
+    e = _int(tagged_hash("BIP0340/challenge", R.xonly() + Q.xonly() + msg)) % N
+    return SessionValues(Q, gacc, tacc, b, R, e), _key_agg(pubkeys)[1]
+
+
+def get_session_key_agg_coeff(session_ctx: SessionContext, P: Point) -> int:
+    """BIP-327 GetSessionKeyAggCoeff."""
+    return _session_key_agg_coeff(_session(session_ctx)[1], P)
+
+
+def _session_key_agg_coeff(coeffs: dict[bytes, int], P: Point) -> int:
+    a = coeffs.get(P.to_bytes())
+    if a is None:
+        raise ValueError("The signer's pubkey must be included in the list of pubkeys.")
+    return a
+
+
+def sign(secnonce: SecNonce, sk: bytes, session_ctx: SessionContext) -> bytes:
+    """BIP-327 Sign: the 32-byte partial signature. Consumes `secnonce`.
+
+    The result is checked against the verification equation before it is returned (the BIP's
+    optional self-check against computation faults).
+    """
+    if not isinstance(secnonce, SecNonce):
+        raise ValueError("secnonce must be a SecNonce")
+    # Read and overwrite the secret nonce first: whatever happens next, it is never used again.
+    k_1_, k_2_, secnonce_pk = secnonce._take()
+    sv, coeffs = _session(session_ctx)
+    if not 0 < k_1_ < N:
+        raise ValueError("first secnonce value is out of range.")
+    if not 0 < k_2_ < N:
+        raise ValueError("second secnonce value is out of range.")
+    k_1 = k_1_ if sv.R.has_even_y() else N - k_1_
+    k_2 = k_2_ if sv.R.has_even_y() else N - k_2_
+    d_ = _int(sk)
+    if len(sk) != 32 or not 0 < d_ < N:
+        raise ValueError("secret key value is out of range.")
+    P = point_mul_g(d_)
+    assert P is not None
+    pk = P.to_bytes()
+    if pk != secnonce_pk:
+        raise ValueError("Public key does not match nonce_gen argument")
+    a = _session_key_agg_coeff(coeffs, P)
+    g = 1 if sv.Q.has_even_y() else N - 1
+    d = g * sv.gacc * d_ % N
+    s = (k_1 + sv.b * k_2 + sv.e * a * d) % N
+    # BIP-327's optional self-check: the partial signature must satisfy the verification equation
+    # s·G == Re_s + e·a·g·gacc·P. Here Re_s = (k_1 + b·k_2)·G comes from the (parity-adjusted) secret
+    # nonce, which is what PartialSigVerifyInternal checks against cbytes(k_1'·G) || cbytes(k_2'·G),
+    # at the cost of one multi-multiplication instead of two.
+    if P.mul_add_g(-sv.e * a * g * sv.gacc, s) != point_mul_g(k_1 + sv.b * k_2):
+        raise AssertionError("own partial signature does not verify")
+    return _bytes32(s)
+
+
+def partial_sig_verify(
+    psig: bytes,
+    pubnonces: Sequence[bytes],
+    pubkeys: Sequence[PlainPk],
+    tweaks: Sequence[bytes],
+    is_xonly: Sequence[bool],
+    msg: bytes,
+    i: int,
+) -> bool:
+    """BIP-327 PartialSigVerify: does signer i's partial signature verify?"""
+    if len(pubnonces) != len(pubkeys):
+        raise ValueError("The `pubnonces` and `pubkeys` arrays must have the same length.")
+    if len(tweaks) != len(is_xonly):
+        raise ValueError("The `tweaks` and `is_xonly` arrays must have the same length.")
+    aggnonce = nonce_agg(pubnonces)
+    session_ctx = SessionContext(aggnonce, tuple(pubkeys), tuple(tweaks), tuple(is_xonly), msg)
+    return partial_sig_verify_internal(psig, pubnonces[i], pubkeys[i], session_ctx)
+
+
+def partial_sig_verify_internal(
+    psig: bytes, pubnonce: bytes, pk: PlainPk | bytes, session_ctx: SessionContext
+) -> bool:
+    """BIP-327 PartialSigVerifyInternal. Raises InvalidContributionError(None, …) for a bad
+    pubnonce or pubkey encoding; returns False for a signature that does not verify."""
+    sv, coeffs = _session(session_ctx)
+    return _partial_sig_verify_internal(psig, pubnonce, pk, sv, coeffs)
+
+
+def _partial_sig_verify_internal(
+    psig: bytes, pubnonce: bytes, pk: bytes, sv: SessionValues, coeffs: dict[bytes, int]
+) -> bool:
+    if len(psig) != PSIG_SIZE:
+        return False
+    s = _int(psig)
+    if s >= N:
+        return False
+    if len(pubnonce) != PUBNONCE_SIZE:
+        raise InvalidContributionError(None, "pubnonce")
+    try:
+        R_s1 = _cpoint(pubnonce[0:33])
+        R_s2 = _cpoint(pubnonce[33:66])
+    except ValueError:
+        raise InvalidContributionError(None, "pubnonce") from None
+    try:
+        P = _cpoint(pk)
+    except ValueError:
+        raise InvalidContributionError(None, "pubkey") from None
+    a = _session_key_agg_coeff(coeffs, P)
+    g = 1 if sv.Q.has_even_y() else N - 1
+    g_ = g * sv.gacc % N
+    # s·G == Re_s + e·a·g_·P  ⟺  s·G − e·a·g_·P == ±(R_s1 + b·R_s2)
+    lhs = P.mul_add_g(-sv.e * a * g_, s)
+    Re_s_ = point_sum((R_s1, R_s2.mul_add_g(sv.b, 0)))
+    Re_s = Re_s_ if sv.R.has_even_y() or Re_s_ is None else Re_s_.negate()
+    return lhs == Re_s
+
+
+def partial_sig_agg(psigs: Sequence[bytes], session_ctx: SessionContext) -> bytes:
+    """BIP-327 PartialSigAgg: the 64-byte BIP-340 signature."""
+    sv = get_session_values(session_ctx)
+    s = 0
+    for i, psig in enumerate(psigs):
+        s_i = _int(psig)
+        if len(psig) != PSIG_SIZE or s_i >= N:
+            raise InvalidContributionError(i, "psig")
+        s = (s + s_i) % N
+    g = 1 if sv.Q.has_even_y() else N - 1
+    s = (s + sv.e * g * sv.tacc) % N
+    return sv.R.xonly() + _bytes32(s)
+
+
+# --- Deterministic signing (BIP-327 "Deterministic and Stateless Signing for a Single Signer") ---
+
+
+def _det_nonce_hash(sk_: bytes, aggothernonce: bytes, aggpk: bytes, msg: bytes, i: int) -> int:
+    buf = sk_ + aggothernonce + aggpk + len(msg).to_bytes(8, "big") + msg + i.to_bytes(1, "big")
+    return _int(tagged_hash("MuSig/deterministic/nonce", buf))
+
+
+def deterministic_sign(
+    sk: bytes,
+    aggothernonce: bytes,
+    pubkeys: Sequence[PlainPk],
+    tweaks: Sequence[bytes],
+    is_xonly: Sequence[bool],
+    msg: bytes,
+    rand: Optional[bytes],
+) -> tuple[bytes, bytes]:
+    """BIP-327 DeterministicSign: returns (pubnonce, psig) for the last signer to send its nonce."""
+    sk_ = _xor(sk, tagged_hash("MuSig/aux", rand)) if rand is not None else sk
+    aggpk = get_xonly_pk(_key_agg_and_tweak(pubkeys, tweaks, is_xonly))
+    k_1 = _det_nonce_hash(sk_, aggothernonce, aggpk, msg, 0) % N
+    k_2 = _det_nonce_hash(sk_, aggothernonce, aggpk, msg, 1) % N
+    # k_1 == 0 or k_2 == 0 happens with negligible probability
+    assert k_1 != 0 and k_2 != 0
+    R_s1 = point_mul_g(k_1)
+    R_s2 = point_mul_g(k_2)
+    assert R_s1 is not None and R_s2 is not None
+    pubnonce = R_s1.to_bytes() + R_s2.to_bytes()
+    secnonce = SecNonce(_bytes32(k_1) + _bytes32(k_2) + individual_pk(sk))
+    try:
+        aggnonce = nonce_agg([pubnonce, aggothernonce])
+    except InvalidContributionError:
+        raise InvalidContributionError(None, "aggothernonce") from None
+    session_ctx = SessionContext(aggnonce, tuple(pubkeys), tuple(tweaks), tuple(is_xonly), msg)
+    return pubnonce, sign(secnonce, sk, session_ctx)

@@ -1,0 +1,23 @@
+"""The plugin loads into a real lightningd and answers `superscalar-getinfo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import superscalar
+
+pytestmark = pytest.mark.lightningd
+
+
+def test_plugin_starts_and_reports_version(node_factory: Any, plugin_path: Path) -> None:
+    node = node_factory.get_node(options={"plugin": str(plugin_path)})
+    info = node.rpc.call("superscalar-getinfo")
+    assert info == {"version": superscalar.__version__, "network": "regtest"}
+    plugins = [p["name"] for p in node.rpc.plugin_list()["plugins"]]
+    assert str(plugin_path) in plugins
+    # The command shows up in lightningd's help, with its docstring as usage text.
+    helps = node.rpc.help("superscalar-getinfo")["help"]
+    assert helps and helps[0]["command"].startswith("superscalar-getinfo")
