@@ -58,55 +58,90 @@ def run_ours(seckeys: list[bytes], msg: bytes) -> dict[str, float]:
 
 
 def run_libsecp(seckeys: list[bytes], msg: bytes) -> dict[str, float]:
-    """The same session through libsecp256k1's musig module (keypairs made beforehand, untimed)."""
+    """The same session through libsecp256k1's musig module.
+
+    Like ours, it starts from wire encodings: 33-byte public keys, 66-byte public nonces and 32-byte
+    partial signatures are parsed inside the phase that receives them. Keypairs are made beforehand
+    (untimed); libsecp256k1 does not check its own partial signatures.
+    """
     ctx = GLOBAL_CONTEXT.ctx
     t: dict[str, float] = {}
     n = len(seckeys)
     keypairs = []
-    pubkeys = []
+    wire_pubkeys = []
     for sk in seckeys:
         kp = ffi.new("secp256k1_keypair *")
         assert lib.secp256k1_keypair_create(ctx, kp, sk)
         pk = ffi.new("secp256k1_pubkey *")
         assert lib.secp256k1_keypair_pub(ctx, pk, kp)
         keypairs.append(kp)
-        pubkeys.append(pk)
+        out, outlen = ffi.new("unsigned char[33]"), ffi.new("size_t *", 33)
+        lib.secp256k1_ec_pubkey_serialize(ctx, out, outlen, pk, lib.SECP256K1_EC_COMPRESSED)
+        wire_pubkeys.append(bytes(out))
     cache = ffi.new("secp256k1_musig_keyagg_cache *")
     agg = ffi.new("secp256k1_xonly_pubkey *")
-    pk_arr = ffi.new("secp256k1_pubkey *[]", pubkeys)
-    timed(t, "key_agg", lambda: lib.secp256k1_musig_pubkey_agg(ctx, agg, cache, pk_arr, n))
 
-    def gen() -> list[tuple[object, object]]:
+    def key_agg() -> list[object]:
+        pubkeys = []
+        for b in wire_pubkeys:
+            pk = ffi.new("secp256k1_pubkey *")
+            assert lib.secp256k1_ec_pubkey_parse(ctx, pk, b, 33)
+            pubkeys.append(pk)
+        assert lib.secp256k1_musig_pubkey_agg(ctx, agg, cache, ffi.new("secp256k1_pubkey *[]", pubkeys), n)
+        return pubkeys
+
+    pubkeys = timed(t, "key_agg", key_agg)
+
+    def gen() -> list[tuple[object, bytes]]:
         out = []
         for sk, pk in zip(seckeys, pubkeys):
             sec = ffi.new("secp256k1_musig_secnonce *")
             pub = ffi.new("secp256k1_musig_pubnonce *")
             assert lib.secp256k1_musig_nonce_gen(ctx, sec, pub, os.urandom(32), sk, pk, msg, cache, ffi.NULL)
-            out.append((sec, pub))
+            wire = ffi.new("unsigned char[66]")
+            assert lib.secp256k1_musig_pubnonce_serialize(ctx, wire, pub)
+            out.append((sec, bytes(wire)))
         return out
 
     nonces = timed(t, "nonce_gen", gen)
     aggnonce = ffi.new("secp256k1_musig_aggnonce *")
-    pub_arr = ffi.new("secp256k1_musig_pubnonce *[]", [p for _, p in nonces])
-    timed(t, "nonce_agg", lambda: lib.secp256k1_musig_nonce_agg(ctx, aggnonce, pub_arr, n))
     session = ffi.new("secp256k1_musig_session *")
-    # One shared session (public data), as our run shares its memoized session values.
-    timed(t, "nonce_agg", lambda: lib.secp256k1_musig_nonce_process(ctx, session, aggnonce, msg, cache))
 
-    def sign_all() -> list[object]:
+    def nonce_agg() -> list[object]:
+        pubs = []
+        for _, wire in nonces:
+            pub = ffi.new("secp256k1_musig_pubnonce *")
+            assert lib.secp256k1_musig_pubnonce_parse(ctx, pub, wire)
+            pubs.append(pub)
+        assert lib.secp256k1_musig_nonce_agg(ctx, aggnonce, ffi.new("secp256k1_musig_pubnonce *[]", pubs), n)
+        # One shared session (public data), as our run shares its memoized session values.
+        assert lib.secp256k1_musig_nonce_process(ctx, session, aggnonce, msg, cache)
+        return pubs
+
+    pubnonces = timed(t, "nonce_agg", nonce_agg)
+
+    def sign_all() -> list[bytes]:
         out = []
         for (sec, _), kp in zip(nonces, keypairs):
             ps = ffi.new("secp256k1_musig_partial_sig *")
             assert lib.secp256k1_musig_partial_sign(ctx, ps, sec, kp, cache, session)
-            out.append(ps)
+            wire = ffi.new("unsigned char[32]")
+            assert lib.secp256k1_musig_partial_sig_serialize(ctx, wire, ps)
+            out.append(bytes(wire))
         return out
 
-    psigs = timed(t, "sign", sign_all)
-    ok = timed(t, "verify", lambda: all(
-        lib.secp256k1_musig_partial_sig_verify(ctx, ps, pub, pk, cache, session)
-        for ps, (_, pub), pk in zip(psigs, nonces, pubkeys)
-    ))
-    assert ok
+    wire_psigs = timed(t, "sign", sign_all)
+
+    def verify_all() -> list[object]:
+        psigs = []
+        for wire, pub, pk in zip(wire_psigs, pubnonces, pubkeys):
+            ps = ffi.new("secp256k1_musig_partial_sig *")
+            assert lib.secp256k1_musig_partial_sig_parse(ctx, ps, wire)
+            assert lib.secp256k1_musig_partial_sig_verify(ctx, ps, pub, pk, cache, session)
+            psigs.append(ps)
+        return psigs
+
+    psigs = timed(t, "verify", verify_all)
     sig = ffi.new("unsigned char[64]")
     ps_arr = ffi.new("secp256k1_musig_partial_sig *[]", psigs)
     timed(t, "agg", lambda: lib.secp256k1_musig_partial_sig_agg(ctx, sig, session, ps_arr, n))
