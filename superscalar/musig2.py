@@ -85,7 +85,7 @@ class SecNonce:
     def __repr__(self) -> str:
         return "SecNonce(<secret>)"
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str:
         raise TypeError("secret nonces cannot be serialized")
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from coincurve._libsecp256k1 import ffi, lib  # type: ignore[import-untyped]
-from coincurve.context import GLOBAL_CONTEXT  # type: ignore[import-untyped]
+from coincurve._libsecp256k1 import ffi, lib
+from coincurve.context import GLOBAL_CONTEXT
 
 # SEC 2, secp256k1 domain parameters
 P = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEFFFFFC2F

@@ -29,8 +29,12 @@ from superscalar.bitcoin.script import (
 )
 
 # BOLT-3 Appendix B "Funding Transaction Test Vectors".
-BOLT3_LOCAL_FUNDING_PUBKEY = bytes.fromhex("023da092f6980e58d2c037173180e9a465476026ee50f96695963e8efe436f54eb")
-BOLT3_REMOTE_FUNDING_PUBKEY = bytes.fromhex("030e9f7b623d2ccc7c9bd44d66d5ce21ce504c0acf6385a132cec6d3c39fa711c1")
+BOLT3_LOCAL_FUNDING_PUBKEY = bytes.fromhex(
+    "023da092f6980e58d2c037173180e9a465476026ee50f96695963e8efe436f54eb"
+)
+BOLT3_REMOTE_FUNDING_PUBKEY = bytes.fromhex(
+    "030e9f7b623d2ccc7c9bd44d66d5ce21ce504c0acf6385a132cec6d3c39fa711c1"
+)
 BOLT3_FUNDING_WITNESS_SCRIPT = (
     "5221023da092f6980e58d2c037173180e9a465476026ee50f96695963e8efe436f54eb21030e9f7b623d2ccc7c9bd44d"
     "66d5ce21ce504c0acf6385a132cec6d3c39fa711c152ae"
@@ -93,12 +97,13 @@ def test_push_data_minimal() -> None:
 
 def test_timelock_leaves() -> None:
     cltv = cltv_leaf_script(800_000, XONLY)
-    assert cltv == b"\x03\x00\x35\x0c" + bytes([OP_CHECKLOCKTIMEVERIFY, OP_DROP, 32]) + XONLY + bytes([OP_CHECKSIG])
+    tail = bytes([32]) + XONLY + bytes([OP_CHECKSIG])
+    assert cltv == b"\x03\x00\x35\x0c" + bytes([OP_CHECKLOCKTIMEVERIFY, OP_DROP]) + tail
     assert cltv_leaf_script(500_000_000, XONLY)[:5].hex() == "040065cd1d"
     assert cltv_leaf_script(0xFFFFFFFF, XONLY)[:6].hex() == "05ffffffff00"
     assert cltv_leaf_script(10, XONLY)[:1] == b"\x5a"
     csv = csv_leaf_script(144, XONLY)
-    assert csv == b"\x02\x90\x00" + bytes([OP_CHECKSEQUENCEVERIFY, OP_DROP, 32]) + XONLY + bytes([OP_CHECKSIG])
+    assert csv == b"\x02\x90\x00" + bytes([OP_CHECKSEQUENCEVERIFY, OP_DROP]) + tail
     assert csv_leaf_script(1, XONLY)[:2] == bytes([0x51, OP_CHECKSEQUENCEVERIFY])
     for bad in (-1, 1 << 32):
         with pytest.raises(BitcoinError):

@@ -13,7 +13,32 @@ from superscalar.bitcoin.errors import BitcoinError, DecodeError
 from superscalar.bitcoin.hashes import hash160, ripemd160, tagged_hash, _ripemd160_py
 from superscalar.bitcoin.tx import MAX_MONEY, OutPoint, Tx, TxIn, TxOut
 
-from .strategies import txs
+
+# -- Hypothesis strategies ---------------------------------------------------------
+U32 = st.integers(min_value=0, max_value=0xFFFFFFFF)
+VERSIONS = st.one_of(st.sampled_from([1, 2, 3]), U32)
+
+outpoints = st.builds(OutPoint, st.binary(min_size=32, max_size=32), U32)
+witness_stacks = st.lists(st.binary(max_size=80), max_size=4).map(tuple)
+tx_outs = st.builds(TxOut, st.integers(min_value=0, max_value=MAX_MONEY), st.binary(max_size=60))
+
+
+def tx_ins(with_witness: bool) -> st.SearchStrategy[TxIn]:
+    """Inputs, with empty witnesses unless ``with_witness``."""
+    wit = witness_stacks if with_witness else st.just(())
+    return st.builds(TxIn, outpoints, st.binary(max_size=40), U32, wit)
+
+
+def txs(with_witness: bool = True, min_inputs: int = 1) -> st.SearchStrategy[Tx]:
+    """Transactions with at least ``min_inputs`` inputs (0-input txs are ambiguous)."""
+    return st.builds(
+        Tx,
+        VERSIONS,
+        st.lists(tx_ins(with_witness), min_size=min_inputs, max_size=4).map(tuple),
+        st.lists(tx_outs, max_size=4).map(tuple),
+        U32,
+    )
+
 
 # Genesis block coinbase (block 0), txid well known.
 GENESIS_COINBASE = (
@@ -157,9 +182,8 @@ def test_hashes() -> None:
     assert ripemd160(b"abc").hex() == "8eb208f7e05d987a9b044a8e98c6b087f15a0bfc"
     assert _ripemd160_py(b"abc").hex() == "8eb208f7e05d987a9b044a8e98c6b087f15a0bfc"
     assert _ripemd160_py(b"a" * 1000) == ripemd160(b"a" * 1000)
-    assert hash160(bytes.fromhex("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")).hex() == (
-        "751e76e8199196d454941c45d1b3a323f1433bd6"
-    )
+    g = bytes.fromhex("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+    assert hash160(g).hex() == "751e76e8199196d454941c45d1b3a323f1433bd6"
     assert len(tagged_hash("TapLeaf", b"")) == 32
 
 

@@ -1,0 +1,59 @@
+"""BIP-340 Schnorr signatures over secp256k1 (any message length), on the group layer in secp256k1.py.
+
+MuSig2 aggregates verify with `schnorr_verify`; single-key signing (the LSP's timeout leaves) uses
+`schnorr_sign`, which checks its own signature before returning it.
+"""
+
+from __future__ import annotations
+
+from .bitcoin.hashes import tagged_hash
+from .secp256k1 import N, P, Point, point_mul_g
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b))
+
+
+def schnorr_sign(msg: bytes, seckey: bytes, aux_rand: bytes) -> bytes:
+    """BIP-340 "Default Signing": a 64-byte signature of `msg` (any length) by `seckey`."""
+    if len(seckey) != 32:
+        raise ValueError("The secret key must be 32 bytes.")
+    if len(aux_rand) != 32:
+        raise ValueError("aux_rand must be 32 bytes.")
+    d0 = int.from_bytes(seckey, "big")
+    if not 1 <= d0 <= N - 1:
+        raise ValueError("The secret key must be an integer in the range 1..n-1.")
+    P_ = point_mul_g(d0)
+    assert P_ is not None
+    d = d0 if P_.has_even_y() else N - d0
+    t = _xor(d.to_bytes(32, "big"), tagged_hash("BIP0340/aux", aux_rand))
+    k0 = int.from_bytes(tagged_hash("BIP0340/nonce", t + P_.xonly() + msg), "big") % N
+    if k0 == 0:
+        raise ValueError("Failure. This happens only with negligible probability.")
+    R = point_mul_g(k0)
+    assert R is not None
+    k = k0 if R.has_even_y() else N - k0
+    e = int.from_bytes(tagged_hash("BIP0340/challenge", R.xonly() + P_.xonly() + msg), "big") % N
+    sig = R.xonly() + ((k + e * d) % N).to_bytes(32, "big")
+    if not schnorr_verify(msg, P_.xonly(), sig):
+        raise AssertionError("own signature does not verify")
+    return sig
+
+
+def schnorr_verify(msg: bytes, pubkey: bytes, sig: bytes) -> bool:
+    """BIP-340 "Verification": does `sig` sign `msg` under the x-only `pubkey`?"""
+    if len(pubkey) != 32:
+        raise ValueError("The public key must be a 32-byte array.")
+    if len(sig) != 64:
+        raise ValueError("The signature must be a 64-byte array.")
+    try:
+        P_ = Point.lift_x(pubkey)
+    except ValueError:
+        return False
+    r = int.from_bytes(sig[0:32], "big")
+    s = int.from_bytes(sig[32:64], "big")
+    if r >= P or s >= N:
+        return False
+    e = int.from_bytes(tagged_hash("BIP0340/challenge", sig[0:32] + pubkey + msg), "big") % N
+    R = P_.mul_add_g(-e, s)  # s·G − e·P (public values: variable time is fine)
+    return R is not None and R.has_even_y() and R.xonly() == sig[0:32]
