@@ -1,0 +1,482 @@
+"""The factory's transactions: the kickoff/state tree for a set of state indices, and the transactions
+around it (distribution at the timeout, cooperative close, the LSP's timeout sweeps).
+
+Every node v of the topology has two transactions:
+  kickoff K_v   spends the output v owns (the funding output for the root, else an output of the
+                parent's state tx); one output keyed by MuSig2(v's signers) with no script path.
+  state   S_v   spends K_v's output with nSequence = the DW wait of v's state index; its outputs are
+                one per child c (MuSig2(c's signers), script path: the LSP after timeout(depth c)),
+                or, at a leaf, the clients' channel outputs and the L-stock output.
+Every transaction is version 3, carries a P2A anchor as its last output and pays the pre-agreed fee
+`params.fee(vsize)` computed from its signed size. Values are computed bottom-up, so every output is
+exactly what its subtree needs; transactions are built top-down, so every input names its parent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Optional, Sequence
+
+from .. import musig2
+from ..bitcoin.script import cltv_leaf_script, csv_leaf_script, p2a_script
+from ..bitcoin.sighash import SIGHASH_DEFAULT, taproot_sighash
+from ..bitcoin.taproot import TapLeaf, TaprootInfo, taproot_construct
+from ..bitcoin.tx import SEQUENCE_FINAL, OutPoint, Tx, TxIn, TxOut
+from .dw import DWCounter
+from .errors import FactoryError
+from .params import ClientTerms, FactoryParams
+from .tree import LSP, Topology, build_topology
+
+TX_VERSION = 3  # BIP-431 TRUC: the whole tree is version 3
+TRUC_MAX_VSIZE = 10_000  # BIP-431: a version-3 transaction may not exceed 10,000 vB
+SEQUENCE_LOCKTIME_ENABLED = 0xFFFFFFFE  # BIP-65: a non-final input makes nLockTime count
+KEYPATH_WITNESS = (bytes(64),)  # BIP-341 key path, SIGHASH_DEFAULT: one 64-byte signature
+
+
+def anchor_output(params: FactoryParams) -> TxOut:
+    return TxOut(params.anchor_sat, p2a_script())
+
+
+def signed_vsize(tx: Tx, witness: Sequence[bytes] = KEYPATH_WITNESS) -> int:
+    """vsize of `tx` once input 0 carries a witness of the given shape (others stay as they are)."""
+    return tx.with_witness(0, witness).vsize
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """How an output is spent through its key path: the signers and the taproot tweak to apply."""
+
+    signers: tuple[int, ...]
+    pubkeys: tuple[bytes, ...]  # the signers' keys, BIP-327 KeySort order
+    taproot: TaprootInfo
+
+    @property
+    def tweak(self) -> bytes:
+        return self.taproot.tweak
+
+
+@dataclass(frozen=True, slots=True)
+class TreeTx:
+    """One transaction of the factory with what is needed to sign its single input."""
+
+    name: str
+    tx: Tx
+    prevout: TxOut
+    spend: Spend
+    relative_wait: int = 0  # BIP-68 blocks after its parent confirms
+
+    @property
+    def sighash(self) -> bytes:
+        return taproot_sighash(self.tx, 0, [self.prevout], SIGHASH_DEFAULT)
+
+    @property
+    def fee(self) -> int:
+        return self.prevout.value - sum(o.value for o in self.tx.outputs)
+
+    @property
+    def vsize(self) -> int:
+        return signed_vsize(self.tx)
+
+
+class FactoryKeys:
+    """The participants' keys (index 0: LSP) and the MuSig2 aggregates of the node signer sets."""
+
+    def __init__(self, pubkeys: Sequence[bytes]) -> None:
+        if len(pubkeys) < 2:
+            raise FactoryError("a factory needs the LSP and at least one client")
+        for i, pk in enumerate(pubkeys):
+            if len(pk) != 33 or pk[0] not in (2, 3):
+                raise FactoryError(f"participant {i} key must be a 33-byte compressed public key")
+        if len(set(pubkeys)) != len(pubkeys):
+            raise FactoryError("participant keys must be distinct")
+        self.pubkeys = tuple(pubkeys)
+        self._agg: dict[tuple[int, ...], bytes] = {}
+
+    @property
+    def lsp_xonly(self) -> bytes:
+        return self.pubkeys[LSP][1:]
+
+    def sorted_keys(self, signers: tuple[int, ...]) -> tuple[bytes, ...]:
+        return tuple(musig2.key_sort([musig2.PlainPk(self.pubkeys[i]) for i in signers]))
+
+    def aggregate(self, signers: tuple[int, ...]) -> bytes:
+        """x-only MuSig2 aggregate (untweaked internal key) of `signers`."""
+        if signers not in self._agg:
+            self._agg[signers] = musig2.get_xonly_pk(musig2.key_agg(self.sorted_keys(signers)))
+        return self._agg[signers]
+
+    def spend(self, signers: tuple[int, ...], taproot: TaprootInfo) -> Spend:
+        return Spend(signers, self.sorted_keys(signers), taproot)
+
+
+@dataclass(frozen=True)
+class FactoryScripts:
+    """The output scripts a factory pays to, supplied by the participants."""
+
+    channels: tuple[bytes, ...]  # per client: its leaf channel's funding script_pubkey (P2WSH)
+    payouts: tuple[bytes, ...]  # per client: where the distribution pays it
+    lsp_payout: bytes  # where the distribution and sweeps pay the LSP
+
+
+class Factory:
+    """A factory's agreed terms; builds its transaction graph for any state.
+
+    The same object serves the LSP (all terms) and tests; a client rebuilds only its own path from a
+    proposal with `superscalar.factory.path`.
+    """
+
+    def __init__(
+        self,
+        params: FactoryParams,
+        terms: Sequence[ClientTerms],
+        pubkeys: Sequence[bytes],
+        scripts: FactoryScripts,
+    ) -> None:
+        if len(terms) != params.n_clients:
+            raise FactoryError(f"{len(terms)} client terms for {params.n_clients} clients")
+        if len(pubkeys) != params.n_clients + 1:
+            raise FactoryError("one key per client plus the LSP's is needed")
+        if len(scripts.channels) != params.n_clients or len(scripts.payouts) != params.n_clients:
+            raise FactoryError("one channel script and one payout script per client are needed")
+        for i, t in enumerate(terms):
+            if t.capacity_sat < params.dust_limit_sat:
+                raise FactoryError(f"client {i}: channel capacity below the dust limit")
+        self.params = params
+        self.terms = tuple(terms)
+        self.keys = FactoryKeys(pubkeys)
+        self.scripts = scripts
+        self.topology: Topology = build_topology(params.n_clients, params.leaf_arity, params.arity)
+        self.dw = DWCounter(params.layers, params.states_per_layer, params.step_blocks)
+
+    # --- scripts of the tree's outputs ---
+
+    def owned_taproot(self, node: int) -> TaprootInfo:
+        """The output `node` owns: MuSig2 of its signers, or the LSP after the node's timeout."""
+        n = self.topology.nodes[node]
+        leaf = TapLeaf(cltv_leaf_script(self.params.timeout(n.depth), self.keys.lsp_xonly))
+        return taproot_construct(self.keys.aggregate(n.signers), leaf)
+
+    def kickoff_taproot(self, node: int) -> TaprootInfo:
+        """A kickoff output: MuSig2 of the node's signers only, so only a state tx can spend it."""
+        return taproot_construct(self.keys.aggregate(self.topology.nodes[node].signers))
+
+    def lstock_taproot(self, leaf: int) -> TaprootInfo:
+        """The L-stock: MuSig2 of the leaf's signers, or the LSP alone after a relative delay."""
+        n = self.topology.nodes[leaf]
+        script = csv_leaf_script(self.params.lstock_csv_blocks, self.keys.lsp_xonly)
+        return taproot_construct(self.keys.aggregate(n.signers), TapLeaf(script))
+
+    @cached_property
+    def _owned(self) -> tuple[TaprootInfo, ...]:
+        return tuple(self.owned_taproot(n.index) for n in self.topology.nodes)
+
+    @cached_property
+    def _kickoff(self) -> tuple[TaprootInfo, ...]:
+        return tuple(self.kickoff_taproot(n.index) for n in self.topology.nodes)
+
+    # --- values, bottom-up ---
+
+    def leaf_outputs(self, leaf: int) -> tuple[TxOut, ...]:
+        """A leaf state tx's outputs: each client's channel, the L-stock, the anchor."""
+        n = self.topology.nodes[leaf]
+        channels = [TxOut(self.terms[c].capacity_sat, self.scripts.channels[c]) for c in n.clients]
+        lstock = TxOut(self.params.lstock_sat, self.lstock_taproot(leaf).script_pubkey)
+        return (*channels, lstock, anchor_output(self.params))
+
+    @cached_property
+    def _required(self) -> tuple[int, ...]:
+        """The value each node's owned output must carry (its kickoff's input value)."""
+        need = [0] * len(self.topology.nodes)
+        for n in reversed(self.topology.nodes):
+            outs = self._state_outputs(n.index, need)
+            state_in = sum(o.value for o in outs) + self.params.fee(_state_vsize(outs))
+            need[n.index] = state_in + self.params.anchor_sat + self.params.fee(_kickoff_vsize())
+        return tuple(need)
+
+    def _state_outputs(self, node: int, need: Sequence[int]) -> tuple[TxOut, ...]:
+        n = self.topology.nodes[node]
+        if n.is_leaf:
+            return self.leaf_outputs(node)
+        children = [TxOut(need[c], self._owned[c].script_pubkey) for c in n.children]
+        return (*children, anchor_output(self.params))
+
+    def state_outputs(self, node: int) -> tuple[TxOut, ...]:
+        return self._state_outputs(node, self._required)
+
+    @property
+    def funding_output(self) -> TxOut:
+        """What the funding transaction must pay: the root's required value to the root's script."""
+        return TxOut(self._required[0], self._owned[0].script_pubkey)
+
+    @property
+    def funding_taproot(self) -> TaprootInfo:
+        return self._owned[0]
+
+    # --- the graph for a state ---
+
+    def initial_state(self) -> tuple[int, ...]:
+        return (0,) * len(self.topology.nodes)
+
+    def advance(self, state: Sequence[int], client: int) -> tuple[tuple[int, ...], int]:
+        """The next Decker-Wattenhofer state for `client`'s path (the odometer on its path's state
+        indices) and the node whose subtree must be re-signed. Raises ExhaustedError at the end."""
+        path = self.topology.path(client)
+        digits, layer = self.dw.advance(tuple(state[n] for n in path))
+        changed = path[layer]
+        new = list(state)
+        for n in self.topology.subtree(changed):
+            new[n] = 0
+        new[changed] = digits[layer]
+        return tuple(new), changed
+
+    def advances_left(self, state: Sequence[int], client: int) -> int:
+        """How many more state advances `client`'s path allows before the factory must roll over."""
+        return self.dw.advances_left(self.dw.epoch(tuple(state[n] for n in self.topology.path(client))))
+
+    def graph(self, funding: OutPoint, state: Optional[Sequence[int]] = None) -> "FactoryGraph":
+        """Every kickoff and state transaction, for state indices `state` (one per node)."""
+        indices = tuple(state) if state is not None else self.initial_state()
+        if len(indices) != len(self.topology.nodes):
+            raise FactoryError("one state index per node is needed")
+        kickoffs: list[Optional[TreeTx]] = [None] * len(indices)
+        states: list[Optional[TreeTx]] = [None] * len(indices)
+        inputs: dict[int, tuple[OutPoint, TxOut]] = {0: (funding, self.funding_output)}
+        for n in self.topology.nodes:
+            outpoint, prevout = inputs[n.index]
+            k, s = build_node_txs(
+                self.params, self.keys, n.index, n.signers, outpoint, prevout,
+                self._owned[n.index], self._kickoff[n.index], self.state_outputs(n.index),
+                self.dw.nsequence(indices[n.index]),
+            )
+            kickoffs[n.index], states[n.index] = k, s
+            for vout, child in enumerate(n.children):
+                inputs[child] = (s.tx.outpoint(vout), s.tx.outputs[vout])
+        return FactoryGraph(self, funding, indices, tuple(kickoffs), tuple(states))  # type: ignore[arg-type]
+
+
+def _kickoff_vsize() -> int:
+    dummy = Tx(TX_VERSION, (TxIn(OutPoint(bytes(32), 0)),), (TxOut(0, bytes(34)), TxOut(0, p2a_script())))
+    return signed_vsize(dummy)
+
+
+def _state_vsize(outputs: Sequence[TxOut]) -> int:
+    return signed_vsize(Tx(TX_VERSION, (TxIn(OutPoint(bytes(32), 0)),), tuple(outputs)))
+
+
+def build_node_txs(
+    params: FactoryParams,
+    keys: FactoryKeys,
+    node: int,
+    signers: tuple[int, ...],
+    outpoint: OutPoint,
+    prevout: TxOut,
+    owned: TaprootInfo,
+    kickoff: TaprootInfo,
+    state_outputs: Sequence[TxOut],
+    nsequence: int,
+) -> tuple[TreeTx, TreeTx]:
+    """A node's kickoff and state transactions from its input and its state tx's outputs.
+
+    Shared by the LSP (whole tree) and clients (their path): raises FactoryError unless the values
+    balance with the pre-agreed fees and the input is the output the node's signers own."""
+    if prevout.script_pubkey != owned.script_pubkey:
+        raise FactoryError(f"node {node}: input is not the output its signers own")
+    anchor = anchor_output(params)
+    if not state_outputs or state_outputs[-1] != anchor:
+        raise FactoryError(f"node {node}: state tx must end with the agreed P2A anchor")
+    k_value = prevout.value - params.anchor_sat - params.fee(_kickoff_vsize())
+    k_tx = Tx(TX_VERSION, (TxIn(outpoint, sequence=SEQUENCE_FINAL),), (TxOut(k_value, kickoff.script_pubkey), anchor))
+    s_tx = Tx(TX_VERSION, (TxIn(k_tx.outpoint(0), sequence=nsequence),), tuple(state_outputs))
+    s_fee = k_value - sum(o.value for o in state_outputs)
+    if s_fee != params.fee(signed_vsize(s_tx)):
+        raise FactoryError(f"node {node}: state tx outputs do not leave the agreed fee")
+    for o in state_outputs[:-1]:
+        if o.value < params.dust_limit_sat:
+            raise FactoryError(f"node {node}: output below the dust limit")
+    k = TreeTx(f"kickoff/{node}", k_tx, prevout, keys.spend(signers, owned))
+    s = TreeTx(f"state/{node}", s_tx, k_tx.outputs[0], keys.spend(signers, kickoff), relative_wait=nsequence)
+    return k, s
+
+
+@dataclass(frozen=True, slots=True)
+class ExitPath:
+    """What one client publishes to reach its channel: transactions in order and their waits."""
+
+    client: int
+    txs: tuple[TreeTx, ...]
+
+    @property
+    def waits(self) -> tuple[int, ...]:
+        """Blocks each transaction must wait after its parent confirms (BIP-68)."""
+        return tuple(t.relative_wait for t in self.txs)
+
+    @property
+    def vbytes(self) -> int:
+        return sum(t.vsize for t in self.txs)
+
+    @property
+    def fee(self) -> int:
+        return sum(t.fee for t in self.txs)
+
+    def early_warning_blocks(self, confirm_blocks: int) -> int:
+        """CLTV headroom an HTLC on this client's channel needs: every relative wait on the path, plus
+        `confirm_blocks` for each transaction to confirm."""
+        return sum(self.waits) + confirm_blocks * len(self.txs)
+
+
+@dataclass(frozen=True)
+class FactoryGraph:
+    factory: Factory
+    funding: OutPoint
+    state: tuple[int, ...]
+    kickoffs: tuple[TreeTx, ...]
+    states: tuple[TreeTx, ...]
+
+    def txs(self) -> list[TreeTx]:
+        """All tree transactions, parents before children."""
+        out: list[TreeTx] = []
+        for n in self.factory.topology.nodes:
+            out += [self.kickoffs[n.index], self.states[n.index]]
+        return out
+
+    def path_txs(self, client: int) -> tuple[TreeTx, ...]:
+        out: list[TreeTx] = []
+        for node in self.factory.topology.path(client):
+            out += [self.kickoffs[node], self.states[node]]
+        return tuple(out)
+
+    def exit_path(self, client: int) -> ExitPath:
+        return ExitPath(client, self.path_txs(client))
+
+    def channel_outpoint(self, client: int) -> OutPoint:
+        """Where `client`'s leaf channel is funded (its output in the leaf state tx)."""
+        leaf = self.factory.topology.nodes[self.factory.topology.leaf_of_client[client]]
+        return self.states[leaf.index].tx.outpoint(client - leaf.first_client)
+
+    def lstock(self, leaf: int) -> tuple[OutPoint, TxOut]:
+        s = self.states[leaf]
+        vout = len(s.tx.outputs) - 2
+        return s.tx.outpoint(vout), s.tx.outputs[vout]
+
+    def owned_outpoint(self, node: int) -> tuple[OutPoint, TxOut]:
+        """The output `node` owns in this graph (the funding output for the root)."""
+        n = self.factory.topology.nodes[node]
+        if n.parent is None:
+            return self.funding, self.factory.funding_output
+        parent = self.states[n.parent]
+        vout = self.factory.topology.nodes[n.parent].children.index(node)
+        return parent.tx.outpoint(vout), parent.tx.outputs[vout]
+
+    def distribution(self) -> TreeTx:
+        return distribution_tx(self.factory, self.funding)
+
+
+def _version_for(tx: Tx) -> int:
+    """Version 3 unless the transaction is too large for TRUC (a distribution or close for hundreds
+    of clients); version 2 then, still with its P2A anchor and pre-agreed fee."""
+    return TX_VERSION if signed_vsize(tx) <= TRUC_MAX_VSIZE else 2
+
+
+def distribution_tx(factory: Factory, funding: OutPoint) -> TreeTx:
+    """Spends the funding output at the distribution height: each client gets its channels' full
+    capacity, the LSP what is left (the L-stock and the tree's unspent fees). An LSP that lets the
+    factory reach this point has given its side of every channel away, so it closes or rolls over first."""
+    params = factory.params
+    clients = [TxOut(t.capacity_sat, s) for t, s in zip(factory.terms, factory.scripts.payouts)]
+    funding_out = factory.funding_output
+    probe = Tx(TX_VERSION, (TxIn(funding, sequence=SEQUENCE_LOCKTIME_ENABLED),),
+               (*clients, TxOut(0, factory.scripts.lsp_payout), anchor_output(params)),
+               params.distribution_height)
+    lsp_value = funding_out.value - sum(o.value for o in clients) - params.anchor_sat - params.fee(signed_vsize(probe))
+    if lsp_value < params.dust_limit_sat:
+        raise FactoryError("distribution leaves the LSP less than the dust limit")
+    tx = Tx(_version_for(probe), probe.inputs,
+            (*clients, TxOut(lsp_value, factory.scripts.lsp_payout), anchor_output(params)), params.distribution_height)
+    return TreeTx("distribution", tx, funding_out, factory.keys.spend(factory.topology.root.signers, factory.funding_taproot))
+
+
+def cooperative_close(factory: Factory, funding: OutPoint, client_amounts: Sequence[int]) -> TreeTx:
+    """One key-path spend of the funding output paying each client `client_amounts[i]` (to its payout
+    script) and the LSP the rest, less the fee and the anchor."""
+    params = factory.params
+    if len(client_amounts) != params.n_clients:
+        raise FactoryError("one amount per client is needed")
+    outs = [TxOut(a, s) for a, s in zip(client_amounts, factory.scripts.payouts) if a > 0]
+    for o in outs:
+        if o.value < params.dust_limit_sat:
+            raise FactoryError("a close output is below the dust limit")
+    funding_out = factory.funding_output
+    probe = Tx(TX_VERSION, (TxIn(funding),), (*outs, TxOut(0, factory.scripts.lsp_payout), anchor_output(params)))
+    lsp_value = funding_out.value - sum(o.value for o in outs) - params.anchor_sat - params.fee(signed_vsize(probe))
+    if lsp_value < params.dust_limit_sat:
+        raise FactoryError("the close leaves the LSP less than the dust limit")
+    tx = Tx(_version_for(probe), probe.inputs, (*outs, TxOut(lsp_value, factory.scripts.lsp_payout), anchor_output(params)))
+    return TreeTx("close", tx, funding_out, factory.keys.spend(factory.topology.root.signers, factory.funding_taproot))
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptSpend:
+    """A single-key script-path spend (the LSP's timeout or L-stock sweeps), unsigned."""
+
+    tx: Tx
+    prevout: TxOut
+    leaf: TapLeaf
+    taproot: TaprootInfo
+
+    @property
+    def sighash(self) -> bytes:
+        return taproot_sighash(self.tx, 0, [self.prevout], SIGHASH_DEFAULT, leaf_hash=self.leaf.leaf_hash)
+
+    def signed(self, signature: bytes) -> Tx:
+        return self.tx.with_witness(0, self.taproot.script_path_witness(self.leaf, (signature,)))
+
+
+def _sweep(params: FactoryParams, outpoint: OutPoint, prevout: TxOut, taproot: TaprootInfo,
+           dest: bytes, sequence: int, locktime: int) -> ScriptSpend:
+    [(leaf, _)] = taproot.leaves
+    probe = Tx(TX_VERSION, (TxIn(outpoint, sequence=sequence),), (TxOut(0, dest),), locktime)
+    witness = taproot.script_path_witness(leaf, (bytes(64),))
+    value = prevout.value - params.fee(signed_vsize(probe, witness))
+    if value < params.dust_limit_sat:
+        raise FactoryError("nothing worth sweeping after the fee")
+    tx = Tx(TX_VERSION, probe.inputs, (TxOut(value, dest),), locktime)
+    return ScriptSpend(tx, prevout, leaf, taproot)
+
+
+def timeout_sweep(graph: FactoryGraph, node: int, dest: bytes) -> ScriptSpend:
+    """The LSP alone takes the output `node` owns once its absolute timeout has passed."""
+    factory = graph.factory
+    outpoint, prevout = graph.owned_outpoint(node)
+    depth = factory.topology.nodes[node].depth
+    return _sweep(factory.params, outpoint, prevout, factory.owned_taproot(node), dest,
+                  SEQUENCE_LOCKTIME_ENABLED, factory.params.timeout(depth))
+
+
+def lstock_sweep(factory: Factory, leaf: int, outpoint: OutPoint, prevout: TxOut, dest: bytes) -> ScriptSpend:
+    """The LSP alone takes an L-stock output `lstock_csv_blocks` after it confirmed."""
+    return _sweep(factory.params, outpoint, prevout, factory.lstock_taproot(leaf), dest,
+                  factory.params.lstock_csv_blocks, 0)
+
+
+def liquidity_sale(
+    factory: Factory, leaf: int, lstock: tuple[OutPoint, TxOut], capacity_sat: int, channel_script: bytes
+) -> TreeTx:
+    """Spend a leaf's current L-stock into a new channel output (for a client of that leaf, funded by
+    the LSP) and a smaller L-stock with the same script; chained sales never conflict."""
+    params = factory.params
+    outpoint, prevout = lstock
+    taproot = factory.lstock_taproot(leaf)
+    if prevout.script_pubkey != taproot.script_pubkey:
+        raise FactoryError("not this leaf's L-stock output")
+    probe = Tx(TX_VERSION, (TxIn(outpoint),),
+               (TxOut(capacity_sat, channel_script), TxOut(0, taproot.script_pubkey), anchor_output(params)))
+    rest = prevout.value - capacity_sat - params.anchor_sat - params.fee(signed_vsize(probe))
+    if capacity_sat < params.dust_limit_sat:
+        raise FactoryError("the new channel is below the dust limit")
+    if rest < params.dust_limit_sat:
+        raise FactoryError("the L-stock cannot fund a channel of that size")
+    tx = Tx(TX_VERSION, probe.inputs,
+            (TxOut(capacity_sat, channel_script), TxOut(rest, taproot.script_pubkey), anchor_output(params)))
+    signers = factory.topology.nodes[leaf].signers
+    return TreeTx(f"sale/{leaf}", tx, prevout, factory.keys.spend(signers, taproot))

@@ -1,0 +1,78 @@
+"""Test kit: a factory whose every participant's keys live in this process, and an in-process signer.
+
+Used by unit tests, bitcoind integration tests and benchmarks alike, so they exercise one engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from coincurve import PrivateKey
+
+from superscalar import musig2
+from superscalar.bip340 import schnorr_sign
+from superscalar.bitcoin.script import funding_script_2of2, p2tr_script, p2wsh_script
+from superscalar.bitcoin.taproot import xonly_from_seckey
+from superscalar.bitcoin.tx import Tx
+from superscalar.factory.graph import Factory, FactoryScripts, ScriptSpend, TreeTx
+from superscalar.factory.params import ClientTerms, FactoryParams
+
+
+def key(tag: int, i: int) -> bytes:
+    return (0x1000_0000 * (tag + 1) + i + 1).to_bytes(32, "big")
+
+
+@dataclass
+class Kit:
+    factory: Factory
+    seckeys: list[bytes]  # participant 0 = LSP
+    lsp_channel_keys: list[bytes]  # per client: the LSP's funding key of that client's channel
+    client_channel_keys: list[bytes]  # per client: the client's funding key
+    payout_keys: list[bytes]  # per client, plus the LSP's last
+
+    def channel_witness_script(self, client: int) -> bytes:
+        return funding_script_2of2(
+            PrivateKey(self.lsp_channel_keys[client]).public_key.format(),
+            PrivateKey(self.client_channel_keys[client]).public_key.format(),
+        )
+
+
+def make_kit(params: FactoryParams, terms: Sequence[ClientTerms] | None = None) -> Kit:
+    n = params.n_clients
+    seckeys = [key(0, i) for i in range(n + 1)]
+    lsp_chan = [key(1, i) for i in range(n)]
+    client_chan = [key(2, i) for i in range(n)]
+    payout = [key(3, i) for i in range(n + 1)]
+    channels = tuple(
+        p2wsh_script(funding_script_2of2(PrivateKey(a).public_key.format(), PrivateKey(b).public_key.format()))
+        for a, b in zip(lsp_chan, client_chan)
+    )
+    scripts = FactoryScripts(
+        channels=channels,
+        payouts=tuple(p2tr_script(xonly_from_seckey(k)) for k in payout[:n]),
+        lsp_payout=p2tr_script(xonly_from_seckey(payout[n])),
+    )
+    if terms is None:
+        terms = [ClientTerms(balance_sat=40_000 + 1_000 * i, inbound_sat=160_000) for i in range(n)]
+    pubkeys = [musig2.individual_pk(sk) for sk in seckeys]
+    return Kit(Factory(params, terms, pubkeys, scripts), seckeys, lsp_chan, client_chan, payout)
+
+
+def musig_sign(t: TreeTx, seckeys: Sequence[bytes]) -> Tx:
+    """Every signer of `t` signs in this process; returns `t.tx` with its key-path witness."""
+    msg = t.sighash
+    sks = [seckeys[i] for i in t.spend.signers]
+    by_pk = {musig2.individual_pk(sk): sk for sk in sks}
+    pubkeys = list(t.spend.pubkeys)
+    keygen = musig2.apply_tweak(musig2.key_agg(pubkeys), t.spend.tweak, True)
+    aggpk = musig2.get_xonly_pk(keygen)
+    assert aggpk == t.prevout.script_pubkey[2:], "spend data does not match the output"
+    nonces = [musig2.nonce_gen(by_pk[pk], pk, aggpk, msg, None) for pk in pubkeys]
+    ctx = musig2.SessionContext(musig2.nonce_agg([pn for _, pn in nonces]), tuple(pubkeys), (t.spend.tweak,), (True,), msg)
+    psigs = [musig2.sign(sn, by_pk[pk], ctx) for (sn, _), pk in zip(nonces, pubkeys)]
+    return t.tx.with_witness(0, [musig2.partial_sig_agg(psigs, ctx)])
+
+
+def lsp_sign_script_spend(spend: ScriptSpend, lsp_seckey: bytes) -> Tx:
+    return spend.signed(schnorr_sign(spend.sighash, lsp_seckey, bytes(32)))

@@ -1,0 +1,196 @@
+"""The factory engine proven on a real regtest bitcoind, N = 8, every signer in this process.
+
+Each test funds a fresh factory from bitcoind's wallet, signs its graph and checks what bitcoind
+accepts, rejects (with the exact reason) and mines: amounts and txids are read back from the chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from coincurve import PrivateKey
+
+from superscalar.bitcoin.sighash import SIGHASH_ALL, segwit_v0_sighash
+from superscalar.bitcoin.script import p2tr_script
+from superscalar.bitcoin.taproot import xonly_from_seckey
+from superscalar.bitcoin.tx import OutPoint, Tx, TxIn, TxOut
+from superscalar.factory.graph import (
+    FactoryGraph,
+    cooperative_close,
+    distribution_tx,
+    liquidity_sale,
+    timeout_sweep,
+)
+from superscalar.factory.params import regtest_params
+
+from ..factory_kit import Kit, lsp_sign_script_spend, make_kit, musig_sign
+from .chain import Chain
+
+pytestmark = pytest.mark.bitcoind
+
+N = 8
+
+
+@pytest.fixture
+def chain(bitcoind: Any) -> Chain:
+    return Chain(bitcoind)
+
+
+def funded_factory(chain: Chain) -> tuple[Kit, OutPoint]:
+    kit = make_kit(regtest_params(N, chain.height))
+    funding = kit.factory.funding_output
+    outpoint, _ = chain.fund(funding.script_pubkey, funding.value)
+    assert chain.output_on_chain(outpoint.txid_hex, outpoint.vout) == funding
+    return kit, outpoint
+
+
+def publish_after_wait(chain: Chain, tx: Tx, wait: int) -> None:
+    """`tx`'s parent just confirmed: bitcoind refuses `tx` until `wait` blocks have passed (BIP-68),
+    then takes it; mine it."""
+    if wait > 0:
+        chain.mine(wait - 1)
+        chain.assert_rejected(tx, "non-BIP68-final")
+        chain.mine(1)
+    chain.assert_accepted(tx)
+    chain.broadcast_and_confirm(tx)
+
+
+def publish_path(chain: Chain, kit: Kit, graph: FactoryGraph, client: int) -> None:
+    for t in graph.path_txs(client):
+        publish_after_wait(chain, musig_sign(t, kit.seckeys), t.relative_wait)
+        assert chain.output_on_chain(t.tx.txid, 0) == t.tx.outputs[0]
+
+
+def spend_channel(chain: Chain, kit: Kit, graph: FactoryGraph, client: int) -> Tx:
+    """Spend the client's confirmed channel output with the two funding keys (BOLT-3 2-of-2)."""
+    outpoint = graph.channel_outpoint(client)
+    prevout = chain.output_on_chain(outpoint.txid_hex, outpoint.vout)
+    assert prevout == TxOut(kit.factory.terms[client].capacity_sat, kit.factory.scripts.channels[client])
+    ws = kit.channel_witness_script(client)
+    dest = p2tr_script(xonly_from_seckey(kit.client_channel_keys[client]))
+    tx = Tx(2, (TxIn(outpoint),), (TxOut(prevout.value - 1_000, dest),))
+    sighash = segwit_v0_sighash(tx, 0, ws, prevout.value, SIGHASH_ALL)
+    keys = sorted([kit.lsp_channel_keys[client], kit.client_channel_keys[client]],
+                  key=lambda k: PrivateKey(k).public_key.format())
+    sigs = [PrivateKey(k).sign(sighash, hasher=None) + bytes([SIGHASH_ALL]) for k in keys]
+    return tx.with_witness(0, [b"", *sigs, ws])
+
+
+def test_a_client_exit_path_respects_every_timelock(chain: Chain) -> None:
+    kit, funding = funded_factory(chain)
+    graph = kit.factory.graph(funding)
+    client = 5
+    path = graph.path_txs(client)
+    assert [t.name for t in path] == ["kickoff/0", "state/0", "kickoff/3", "state/3"]
+    assert [t.relative_wait for t in path] == [0, 6, 0, 6]
+    publish_path(chain, kit, graph, client)
+    spend = spend_channel(chain, kit, graph, client)
+    chain.assert_accepted(spend)
+    chain.broadcast_and_confirm(spend)
+    assert chain.output_on_chain(spend.txid, 0).value == kit.factory.terms[client].capacity_sat - 1_000
+
+
+def test_b_newest_state_beats_an_old_one(chain: Chain) -> None:
+    kit, funding = funded_factory(chain)
+    f = kit.factory
+    client = 2
+    old_state = f.initial_state()
+    mid_state, node = f.advance(old_state, client)
+    new_state, node2 = f.advance(mid_state, client)
+    leaf = f.topology.leaf_of_client[client]
+    assert node == node2 == leaf and new_state[leaf] == 2
+    old, new = f.graph(funding, old_state), f.graph(funding, new_state)
+    # Above the leaf nothing changed; the leaf's state tx did, and waits less.
+    assert [t.tx.txid for t in old.path_txs(client)[:3]] == [t.tx.txid for t in new.path_txs(client)[:3]]
+    old_leaf, new_leaf = old.states[leaf], new.states[leaf]
+    assert old_leaf.tx.txid != new_leaf.tx.txid
+    assert (old_leaf.relative_wait, new_leaf.relative_wait) == (6, 2)
+
+    for t in old.path_txs(client)[:3]:  # someone publishes the old path up to the leaf's kickoff
+        publish_after_wait(chain, musig_sign(t, kit.seckeys), t.relative_wait)
+    old_signed, new_signed = musig_sign(old_leaf, kit.seckeys), musig_sign(new_leaf, kit.seckeys)
+    chain.mine(1)
+    chain.assert_rejected(old_signed, "non-BIP68-final")
+    chain.assert_accepted(new_signed)
+    chain.broadcast_and_confirm(new_signed)
+    chain.mine(6)
+    # The old state can never confirm now: its input is spent by the newest one.
+    chain.assert_rejected(old_signed, "bad-txns-inputs-missingorspent")
+    assert chain.output_on_chain(new_signed.txid, client - f.topology.nodes[leaf].first_client) == TxOut(
+        f.terms[client].capacity_sat, f.scripts.channels[client]
+    )
+
+
+def test_c_lsp_sweeps_a_state_output_only_after_its_timeout(chain: Chain) -> None:
+    kit, funding = funded_factory(chain)
+    graph = kit.factory.graph(funding)
+    for t in graph.path_txs(0)[:2]:  # root kickoff and root state: the children's outputs appear
+        publish_after_wait(chain, musig_sign(t, kit.seckeys), t.relative_wait)
+    node = 2
+    lsp_dest = kit.factory.scripts.lsp_payout
+    sweep = timeout_sweep(graph, node, lsp_dest)
+    signed = lsp_sign_script_spend(sweep, kit.seckeys[0])
+    timeout = kit.factory.params.timeout(1)
+    assert sweep.tx.locktime == timeout
+    assert chain.height < timeout
+    chain.assert_rejected(signed, "non-final")
+    chain.mine(timeout - chain.height)
+    chain.assert_accepted(signed)
+    chain.broadcast_and_confirm(signed)
+    owned = graph.owned_outpoint(node)[1]
+    assert chain.output_on_chain(signed.txid, 0) == TxOut(owned.value - sweep_fee(sweep), lsp_dest)
+
+
+def sweep_fee(sweep: Any) -> int:
+    return int(sweep.prevout.value - sweep.tx.outputs[0].value)
+
+
+def test_d_cooperative_close_pays_everyone_exactly(chain: Chain) -> None:
+    kit, funding = funded_factory(chain)
+    f = kit.factory
+    amounts = [30_000 + 500 * i for i in range(N)]
+    close = cooperative_close(f, funding, amounts)
+    signed = musig_sign(close, kit.seckeys)
+    chain.assert_accepted(signed)
+    chain.broadcast_and_confirm(signed)
+    for i, amount in enumerate(amounts):
+        assert chain.output_on_chain(signed.txid, i) == TxOut(amount, f.scripts.payouts[i])
+    lsp_out = chain.output_on_chain(signed.txid, N)
+    assert lsp_out.script_pubkey == f.scripts.lsp_payout
+    assert lsp_out.value == f.funding_output.value - sum(amounts) - f.params.anchor_sat - close.fee
+    assert close.fee == f.params.fee(signed.vsize)
+
+
+def test_e_distribution_confirms_at_the_timeout_and_pays_every_client(chain: Chain) -> None:
+    kit, funding = funded_factory(chain)
+    f = kit.factory
+    dist = distribution_tx(f, funding)
+    signed = musig_sign(dist, kit.seckeys)
+    assert signed.locktime == f.params.distribution_height
+    chain.assert_rejected(signed, "non-final")
+    chain.mine(f.params.distribution_height - chain.height)
+    chain.assert_accepted(signed)
+    chain.broadcast_and_confirm(signed)
+    for i, terms in enumerate(f.terms):
+        assert chain.output_on_chain(signed.txid, i) == TxOut(terms.capacity_sat, f.scripts.payouts[i])
+
+
+def test_f_two_liquidity_sales_chain_from_the_lstock(chain: Chain) -> None:
+    kit, funding = funded_factory(chain)
+    f = kit.factory
+    graph = f.graph(funding)
+    client = 6
+    leaf = f.topology.leaf_of_client[client]
+    publish_path(chain, kit, graph, client)
+    new_channels = [bytes.fromhex("0020") + bytes([0xA0 + i]) * 32 for i in range(2)]
+    sale1 = liquidity_sale(f, leaf, graph.lstock(leaf), 30_000, new_channels[0])
+    sale2 = liquidity_sale(f, leaf, (sale1.tx.outpoint(1), sale1.tx.outputs[1]), 25_000, new_channels[1])
+    for sale, script, capacity in ((sale1, new_channels[0], 30_000), (sale2, new_channels[1], 25_000)):
+        signed = musig_sign(sale, kit.seckeys)
+        chain.assert_accepted(signed)
+        chain.broadcast_and_confirm(signed)
+        assert chain.output_on_chain(signed.txid, 0) == TxOut(capacity, script)
+        assert chain.output_on_chain(signed.txid, 1) == sale.tx.outputs[1]
+    lstock_left = chain.output_on_chain(sale2.tx.txid, 1).value
+    assert lstock_left == f.params.lstock_sat - 30_000 - 25_000 - 2 * f.params.anchor_sat - sale1.fee - sale2.fee
