@@ -119,37 +119,17 @@ class FactoryScripts:
     lsp_payout: bytes  # where the distribution and sweeps pay the LSP
 
 
-class Factory:
-    """A factory's agreed terms; builds its transaction graph for any state.
+class FactoryShape:
+    """What every participant can compute from the parameters and the keys alone: the tree, its DW
+    counter and the scripts of its outputs. A client rebuilds its path from this and a proposal."""
 
-    The same object serves the LSP (all terms) and tests; a client rebuilds only its own path from a
-    proposal with `superscalar.factory.path`.
-    """
-
-    def __init__(
-        self,
-        params: FactoryParams,
-        terms: Sequence[ClientTerms],
-        pubkeys: Sequence[bytes],
-        scripts: FactoryScripts,
-    ) -> None:
-        if len(terms) != params.n_clients:
-            raise FactoryError(f"{len(terms)} client terms for {params.n_clients} clients")
+    def __init__(self, params: FactoryParams, pubkeys: Sequence[bytes]) -> None:
         if len(pubkeys) != params.n_clients + 1:
             raise FactoryError("one key per client plus the LSP's is needed")
-        if len(scripts.channels) != params.n_clients or len(scripts.payouts) != params.n_clients:
-            raise FactoryError("one channel script and one payout script per client are needed")
-        for i, t in enumerate(terms):
-            if t.capacity_sat < params.dust_limit_sat:
-                raise FactoryError(f"client {i}: channel capacity below the dust limit")
         self.params = params
-        self.terms = tuple(terms)
         self.keys = FactoryKeys(pubkeys)
-        self.scripts = scripts
         self.topology: Topology = build_topology(params.n_clients, params.leaf_arity, params.arity)
         self.dw = DWCounter(params.layers, params.states_per_layer, params.step_blocks)
-
-    # --- scripts of the tree's outputs ---
 
     def owned_taproot(self, node: int) -> TaprootInfo:
         """The output `node` owns: MuSig2 of its signers, or the LSP after the node's timeout."""
@@ -166,6 +146,63 @@ class Factory:
         n = self.topology.nodes[leaf]
         script = csv_leaf_script(self.params.lstock_csv_blocks, self.keys.lsp_xonly)
         return taproot_construct(self.keys.aggregate(n.signers), TapLeaf(script))
+
+    @property
+    def funding_taproot(self) -> TaprootInfo:
+        return self.owned_taproot(0)
+
+    def rebuild_path(
+        self,
+        client: int,
+        funding: OutPoint,
+        funding_value: int,
+        state_indices: Sequence[int],
+        state_outputs: Sequence[Sequence[TxOut]],
+    ) -> tuple[TreeTx, ...]:
+        """A client's path (kickoff, state, … down to its leaf) from the values a proposal gives:
+        the funding outpoint and value, and per layer the state index and the state tx's outputs.
+        Raises FactoryError unless every transaction balances with its agreed fee and each spends
+        the output its node's signers own."""
+        path = self.topology.path(client)
+        if len(state_indices) != len(path) or len(state_outputs) != len(path):
+            raise FactoryError("a state index and a state tx's outputs are needed for each layer")
+        outpoint, prevout = funding, TxOut(funding_value, self.funding_taproot.script_pubkey)
+        out: list[TreeTx] = []
+        for depth, node in enumerate(path):
+            n = self.topology.nodes[node]
+            k, s = build_node_txs(
+                self.params, self.keys, node, n.signers, outpoint, prevout, self.owned_taproot(node),
+                self.kickoff_taproot(node), tuple(state_outputs[depth]), self.dw.nsequence(state_indices[depth]),
+            )
+            out += [k, s]
+            if depth + 1 < len(path):
+                vout = n.children.index(path[depth + 1])
+                if vout >= len(s.tx.outputs) - 1:
+                    raise FactoryError(f"node {node}: no output for its child")
+                outpoint, prevout = s.tx.outpoint(vout), s.tx.outputs[vout]
+        return tuple(out)
+
+
+class Factory(FactoryShape):
+    """A factory's agreed terms (the LSP's view): builds its transaction graph for any state."""
+
+    def __init__(
+        self,
+        params: FactoryParams,
+        terms: Sequence[ClientTerms],
+        pubkeys: Sequence[bytes],
+        scripts: FactoryScripts,
+    ) -> None:
+        super().__init__(params, pubkeys)
+        if len(terms) != params.n_clients:
+            raise FactoryError(f"{len(terms)} client terms for {params.n_clients} clients")
+        if len(scripts.channels) != params.n_clients or len(scripts.payouts) != params.n_clients:
+            raise FactoryError("one channel script and one payout script per client are needed")
+        for i, t in enumerate(terms):
+            if t.capacity_sat < params.dust_limit_sat:
+                raise FactoryError(f"client {i}: channel capacity below the dust limit")
+        self.terms = tuple(terms)
+        self.scripts = scripts
 
     @cached_property
     def _owned(self) -> tuple[TaprootInfo, ...]:
@@ -208,10 +245,6 @@ class Factory:
     def funding_output(self) -> TxOut:
         """What the funding transaction must pay: the root's required value to the root's script."""
         return TxOut(self._required[0], self._owned[0].script_pubkey)
-
-    @property
-    def funding_taproot(self) -> TaprootInfo:
-        return self._owned[0]
 
     # --- the graph for a state ---
 
@@ -378,41 +411,56 @@ def _version_for(tx: Tx) -> int:
     return TX_VERSION if signed_vsize(tx) <= TRUC_MAX_VSIZE else 2
 
 
+def spend_funding(
+    shape: FactoryShape, name: str, funding: OutPoint, funding_value: int, outputs: Sequence[TxOut], locktime: int = 0
+) -> TreeTx:
+    """A key-path spend of the funding output by everyone (close, distribution) paying `outputs`.
+
+    Raises FactoryError unless the outputs end with the agreed anchor, none is dust, and they leave
+    exactly the pre-agreed fee."""
+    params = shape.params
+    if not outputs or outputs[-1] != anchor_output(params):
+        raise FactoryError(f"{name}: must end with the agreed P2A anchor")
+    if any(o.value < params.dust_limit_sat for o in outputs[:-1]):
+        raise FactoryError(f"{name}: an output is below the dust limit")
+    sequence = SEQUENCE_LOCKTIME_ENABLED if locktime else SEQUENCE_FINAL
+    probe = Tx(TX_VERSION, (TxIn(funding, sequence=sequence),), tuple(outputs), locktime)
+    tx = Tx(_version_for(probe), probe.inputs, probe.outputs, locktime)
+    if funding_value - sum(o.value for o in outputs) != params.fee(signed_vsize(tx)):
+        raise FactoryError(f"{name}: outputs do not leave the agreed fee")
+    prevout = TxOut(funding_value, shape.funding_taproot.script_pubkey)
+    return TreeTx(name, tx, prevout, shape.keys.spend(shape.topology.root.signers, shape.funding_taproot))
+
+
+def _pay_lsp_the_rest(factory: Factory, name: str, funding: OutPoint, clients: Sequence[TxOut], locktime: int) -> TreeTx:
+    params = factory.params
+    funding_out = factory.funding_output
+    anchor = anchor_output(params)
+    sequence = SEQUENCE_LOCKTIME_ENABLED if locktime else SEQUENCE_FINAL
+    probe = Tx(TX_VERSION, (TxIn(funding, sequence=sequence),),
+               (*clients, TxOut(0, factory.scripts.lsp_payout), anchor), locktime)
+    lsp_value = funding_out.value - sum(o.value for o in clients) - params.anchor_sat - params.fee(signed_vsize(probe))
+    if lsp_value < params.dust_limit_sat:
+        raise FactoryError(f"{name}: the LSP would be left less than the dust limit")
+    outputs = (*clients, TxOut(lsp_value, factory.scripts.lsp_payout), anchor)
+    return spend_funding(factory, name, funding, funding_out.value, outputs, locktime)
+
+
 def distribution_tx(factory: Factory, funding: OutPoint) -> TreeTx:
     """Spends the funding output at the distribution height: each client gets its channels' full
     capacity, the LSP what is left (the L-stock and the tree's unspent fees). An LSP that lets the
     factory reach this point has given its side of every channel away, so it closes or rolls over first."""
-    params = factory.params
     clients = [TxOut(t.capacity_sat, s) for t, s in zip(factory.terms, factory.scripts.payouts)]
-    funding_out = factory.funding_output
-    probe = Tx(TX_VERSION, (TxIn(funding, sequence=SEQUENCE_LOCKTIME_ENABLED),),
-               (*clients, TxOut(0, factory.scripts.lsp_payout), anchor_output(params)),
-               params.distribution_height)
-    lsp_value = funding_out.value - sum(o.value for o in clients) - params.anchor_sat - params.fee(signed_vsize(probe))
-    if lsp_value < params.dust_limit_sat:
-        raise FactoryError("distribution leaves the LSP less than the dust limit")
-    tx = Tx(_version_for(probe), probe.inputs,
-            (*clients, TxOut(lsp_value, factory.scripts.lsp_payout), anchor_output(params)), params.distribution_height)
-    return TreeTx("distribution", tx, funding_out, factory.keys.spend(factory.topology.root.signers, factory.funding_taproot))
+    return _pay_lsp_the_rest(factory, "distribution", funding, clients, factory.params.distribution_height)
 
 
 def cooperative_close(factory: Factory, funding: OutPoint, client_amounts: Sequence[int]) -> TreeTx:
     """One key-path spend of the funding output paying each client `client_amounts[i]` (to its payout
-    script) and the LSP the rest, less the fee and the anchor."""
-    params = factory.params
-    if len(client_amounts) != params.n_clients:
+    script; nothing for 0) and the LSP the rest, less the fee and the anchor."""
+    if len(client_amounts) != factory.params.n_clients:
         raise FactoryError("one amount per client is needed")
-    outs = [TxOut(a, s) for a, s in zip(client_amounts, factory.scripts.payouts) if a > 0]
-    for o in outs:
-        if o.value < params.dust_limit_sat:
-            raise FactoryError("a close output is below the dust limit")
-    funding_out = factory.funding_output
-    probe = Tx(TX_VERSION, (TxIn(funding),), (*outs, TxOut(0, factory.scripts.lsp_payout), anchor_output(params)))
-    lsp_value = funding_out.value - sum(o.value for o in outs) - params.anchor_sat - params.fee(signed_vsize(probe))
-    if lsp_value < params.dust_limit_sat:
-        raise FactoryError("the close leaves the LSP less than the dust limit")
-    tx = Tx(_version_for(probe), probe.inputs, (*outs, TxOut(lsp_value, factory.scripts.lsp_payout), anchor_output(params)))
-    return TreeTx("close", tx, funding_out, factory.keys.spend(factory.topology.root.signers, factory.funding_taproot))
+    clients = [TxOut(a, s) for a, s in zip(client_amounts, factory.scripts.payouts) if a > 0]
+    return _pay_lsp_the_rest(factory, "close", funding, clients, 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -521,6 +521,8 @@ def split_message(msg: Message, max_size: int = MAX_MESSAGE_SIZE) -> list[bytes]
     whole = _envelope(body)
     if len(whole) <= max_size:
         return [whole]
+    if isinstance(msg, Fragment):
+        raise EncodeError("a Fragment cannot itself be fragmented")
     message_id = hashlib.sha256(body).digest()
     probe = Fragment(msg.factory_id, msg.session_id, message_id, 0, 1, b"")
     overhead = len(_envelope(encode_body(probe)))  # includes chunk's TLV type and 1-byte length
