@@ -6,7 +6,7 @@ Used by unit tests, bitcoind integration tests and benchmarks alike, so they exe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from coincurve import PrivateKey
 
@@ -17,6 +17,9 @@ from superscalar.bitcoin.taproot import xonly_from_seckey
 from superscalar.bitcoin.tx import Tx
 from superscalar.factory.graph import Factory, FactoryScripts, ScriptSpend, TreeTx
 from superscalar.factory.params import ClientTerms, FactoryParams
+
+if TYPE_CHECKING:
+    from superscalar.protocol.ceremony import Participant
 
 
 def key(tag: int, i: int) -> bytes:
@@ -76,3 +79,17 @@ def musig_sign(t: TreeTx, seckeys: Sequence[bytes]) -> Tx:
 
 def lsp_sign_script_spend(spend: ScriptSpend, lsp_seckey: bytes) -> Tx:
     return spend.signed(schnorr_sign(spend.sighash, lsp_seckey, bytes(32)))
+
+
+def construction_participants(kit: Kit, clients: Sequence[int] | None = None) -> dict[int, "Participant"]:
+    """A Participant per client that expects exactly what the kit's factory gives it."""
+    from superscalar.protocol.ceremony import Participant
+    from superscalar.protocol.rounds import Expectation, Kind
+
+    f = kit.factory
+    out = {}
+    for c in (range(f.params.n_clients) if clients is None else clients):
+        expect = Expectation(Kind.CONSTRUCTION, f.keys.pubkeys[c + 1], channel_script=f.scripts.channels[c],
+                             capacity_sat=f.terms[c].capacity_sat, payout_script=f.scripts.payouts[c], params=f.params)
+        out[c] = Participant(expect, kit.seckeys[c + 1])
+    return out

@@ -508,7 +508,7 @@ def lstock_sweep(factory: Factory, leaf: int, outpoint: OutPoint, prevout: TxOut
 
 
 def liquidity_sale(
-    factory: Factory, leaf: int, lstock: tuple[OutPoint, TxOut], capacity_sat: int, channel_script: bytes
+    factory: FactoryShape, leaf: int, lstock: tuple[OutPoint, TxOut], capacity_sat: int, channel_script: bytes
 ) -> TreeTx:
     """Spend a leaf's current L-stock into a new channel output (for a client of that leaf, funded by
     the LSP) and a smaller L-stock with the same script; chained sales never conflict."""

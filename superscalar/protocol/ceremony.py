@@ -1,0 +1,362 @@
+"""The signing ceremony as two sans-I/O state machines: the LSP's `Coordinator` and a client's
+`Participant`. Events go in (a message from a peer, a peer lost), actions come out (send a message,
+persist a record, completed, failed); the shell carries the actions out in order.
+
+Two MuSig2 rounds sign every job of a `Round`: clients send public nonces, the LSP answers with the
+aggregate nonce of each job; clients send partial signatures, the LSP verifies each one (a bad one
+names its signer), aggregates, verifies the final BIP-340 signature and sends each client the
+signatures of its jobs, which the client verifies before it stores them and reports Done.
+
+Every transition is in one table per role. A message that the table does not allow, or that breaks the
+protocol, moves the machine to the sticky ERROR state and aborts the round for everyone; calling a
+method out of order locally raises LocalProtocolError and changes nothing. Secret nonces live only in
+the machine's memory and are consumed by signing or dropped on failure.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+from .. import musig2
+from ..bip340 import schnorr_verify
+from ..bitcoin.tx import Tx
+from ..factory.graph import TreeTx
+from .rounds import Expectation, ProposalError, Round, participant_jobs
+from .wire import (
+    Abort,
+    AbortCode,
+    AggNonces,
+    Done,
+    Message,
+    Nonces,
+    PartialSigs,
+    Propose,
+    Signatures,
+)
+
+Rand = Callable[[int], bytes]
+
+
+class LocalProtocolError(RuntimeError):
+    """The caller used a machine out of order; nothing changed."""
+
+
+# --- actions ---
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    peer: int  # client index (the LSP is the peer of every participant: -1)
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Write this record before acting on anything that follows it."""
+
+    record: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    signed: tuple[Tx, ...]  # every job of the round (LSP) or of this client, fully signed
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    code: AbortCode
+    reason: str
+    culprit: Optional[int] = None  # client index to blame, if any
+
+
+Action = Union[Send, Persist, Completed, Failed]
+LSP_PEER = -1
+
+
+class CState(enum.Enum):
+    NEW = "new"
+    AWAIT_NONCES = "await_nonces"
+    AWAIT_PSIGS = "await_psigs"
+    AWAIT_DONE = "await_done"
+    COMPLETE = "complete"
+    ERROR = "error"
+
+
+class PState(enum.Enum):
+    AWAIT_PROPOSAL = "await_proposal"
+    AWAIT_AGGNONCES = "await_aggnonces"
+    AWAIT_SIGNATURES = "await_signatures"
+    COMPLETE = "complete"
+    ERROR = "error"
+
+
+class _Violation(Exception):
+    def __init__(self, code: AbortCode, reason: str, culprit: Optional[int] = None) -> None:
+        super().__init__(reason)
+        self.code, self.reason, self.culprit = code, reason, culprit
+
+
+def _session(t: TreeTx, aggnonce: bytes) -> musig2.SessionContext:
+    return musig2.SessionContext(aggnonce, t.spend.pubkeys, (t.spend.tweak,), (True,), t.sighash)
+
+
+def _output_key(t: TreeTx) -> bytes:
+    return t.prevout.script_pubkey[2:]  # P2TR: OP_1 <32-byte output key>
+
+
+class Coordinator:
+    """The LSP's side of one round."""
+
+    TRANSITIONS: dict[tuple[CState, type], str] = {
+        (CState.AWAIT_NONCES, Nonces): "_on_nonces",
+        (CState.AWAIT_PSIGS, PartialSigs): "_on_psigs",
+        (CState.AWAIT_DONE, Done): "_on_done",
+    }
+
+    def __init__(self, round_: Round, lsp_seckey: bytes, rand: Rand = secrets.token_bytes) -> None:
+        self.round = round_
+        self.state = CState.NEW
+        self._seckey = lsp_seckey
+        self._lsp_pk = musig2.individual_pk(lsp_seckey)
+        if self._lsp_pk != round_.pubkeys[0]:
+            raise LocalProtocolError("our key is not the round's LSP key")
+        self._rand = rand
+        self._nonces: dict[int, tuple[bytes, ...]] = {}
+        self._psigs: dict[int, tuple[bytes, ...]] = {}
+        self._done: set[int] = set()
+        self._aggnonces: list[bytes] = []
+        self._secnonces: dict[int, musig2.SecNonce] = {}
+        self._signed: tuple[Tx, ...] = ()
+
+    @property
+    def clients(self) -> list[int]:
+        return sorted(self.round.proposals)
+
+    def start(self) -> list[Action]:
+        if self.state is not CState.NEW:
+            raise LocalProtocolError(f"start in state {self.state.value}")
+        self.state = CState.AWAIT_NONCES
+        record = Persist("round", {"kind": self.round.kind.name, "session_id": self.round.session_id.hex(),
+                                   "jobs": [t.tx.txid for t in self.round.jobs]})
+        return [record, *(Send(c, self.round.proposals[c]) for c in self.clients)]
+
+    def receive(self, peer: int, msg: Message) -> list[Action]:
+        """A message from client `peer`."""
+        if self.state in (CState.NEW, CState.COMPLETE, CState.ERROR):
+            if self.state is CState.NEW:
+                raise LocalProtocolError("receive before start")
+            return []  # late messages after the round ended change nothing
+        if peer not in self.round.proposals:
+            return []  # not a participant of this round: ignore, it cannot disturb the round
+        try:
+            if (msg.factory_id, msg.session_id) != (self.round.factory_id, self.round.session_id):
+                raise _Violation(AbortCode.PROTOCOL_VIOLATION, "message for another session", peer)
+            if isinstance(msg, Abort):
+                raise _Violation(AbortCode(msg.code) if msg.code in AbortCode._value2member_map_ else AbortCode.REFUSED,
+                                 f"client {peer} aborted: {msg.reason}", peer)
+            handler = self.TRANSITIONS.get((self.state, type(msg)))
+            if handler is None:
+                raise _Violation(AbortCode.PROTOCOL_VIOLATION,
+                                 f"{type(msg).__name__} not allowed in {self.state.value}", peer)
+            return getattr(self, handler)(peer, msg)  # type: ignore[no-any-return]
+        except _Violation as v:
+            return self._fail(v)
+
+    def peer_failed(self, peer: int, reason: str, code: AbortCode = AbortCode.PEER_DISCONNECTED) -> list[Action]:
+        """Client `peer` disconnected or timed out."""
+        if self.state in (CState.NEW, CState.COMPLETE, CState.ERROR) or peer not in self.round.proposals:
+            return []
+        return self._fail(_Violation(code, f"client {peer}: {reason}", peer))
+
+    def _fail(self, v: _Violation) -> list[Action]:
+        self.state = CState.ERROR
+        self._secnonces = {}
+        abort = [Send(c, Abort(self.round.factory_id, self.round.session_id, int(v.code), v.reason[:900], v.culprit))
+                 for c in self.clients]
+        return [*abort, Failed(v.code, v.reason, v.culprit)]
+
+    def _expect_once(self, seen: dict[int, Any] | set[int], peer: int) -> None:
+        if peer in seen:
+            raise _Violation(AbortCode.PROTOCOL_VIOLATION, "duplicate message", peer)
+
+    def _on_nonces(self, peer: int, msg: Nonces) -> list[Action]:
+        self._expect_once(self._nonces, peer)
+        if len(msg.pubnonces) != len(self.round.client_jobs[peer]):
+            raise _Violation(AbortCode.BAD_NONCE, "wrong number of nonces", peer)
+        for pn in msg.pubnonces:
+            try:
+                musig2.nonce_agg([pn])
+            except musig2.InvalidContributionError:
+                raise _Violation(AbortCode.BAD_NONCE, "invalid public nonce", peer) from None
+        self._nonces[peer] = msg.pubnonces
+        if len(self._nonces) < len(self.round.proposals):
+            return []
+        return self._aggregate_nonces()
+
+    def _job_nonces(self) -> list[dict[int, bytes]]:
+        """Per job: participant index → public nonce (clients only)."""
+        per_job: list[dict[int, bytes]] = [{} for _ in self.round.jobs]
+        for c, jobs in self.round.client_jobs.items():
+            for j, pn in zip(jobs, self._nonces[c]):
+                per_job[j][c + 1] = pn
+        return per_job
+
+    def _aggregate_nonces(self) -> list[Action]:
+        per_job = self._job_nonces()
+        for j, t in enumerate(self.round.jobs):
+            secnonce, pubnonce = musig2.nonce_gen_internal(self._rand(32), self._seckey, self._lsp_pk,
+                                                           musig2.XonlyPk(_output_key(t)), t.sighash, None)
+            self._secnonces[j] = secnonce
+            if set(per_job[j]) != set(t.spend.signers) - {0}:
+                raise _Violation(AbortCode.INTERNAL, f"job {t.name}: nonces missing from some signers")
+            self._aggnonces.append(musig2.nonce_agg([pubnonce, *per_job[j].values()]))
+        self.state = CState.AWAIT_PSIGS
+        return [Send(c, AggNonces(self.round.factory_id, self.round.session_id,
+                                  tuple(self._aggnonces[j] for j in self.round.client_jobs[c])))
+                for c in self.clients]
+
+    def _on_psigs(self, peer: int, msg: PartialSigs) -> list[Action]:
+        self._expect_once(self._psigs, peer)
+        jobs = self.round.client_jobs[peer]
+        if len(msg.psigs) != len(jobs):
+            raise _Violation(AbortCode.BAD_PARTIAL_SIG, "wrong number of partial signatures", peer)
+        pk = self.round.pubkeys[peer + 1]
+        for j, pn, psig in zip(jobs, self._nonces[peer], msg.psigs):
+            ctx = _session(self.round.jobs[j], self._aggnonces[j])
+            if not musig2.partial_sig_verify_internal(psig, pn, pk, ctx):
+                raise _Violation(AbortCode.BAD_PARTIAL_SIG,
+                                 f"invalid partial signature for {self.round.jobs[j].name}", peer)
+        self._psigs[peer] = msg.psigs
+        if len(self._psigs) < len(self.round.proposals):
+            return []
+        return self._aggregate_signatures()
+
+    def _aggregate_signatures(self) -> list[Action]:
+        per_job: list[list[bytes]] = [[] for _ in self.round.jobs]
+        for c, jobs in self.round.client_jobs.items():
+            for j, psig in zip(jobs, self._psigs[c]):
+                per_job[j].append(psig)
+        sigs: list[bytes] = []
+        signed: list[Tx] = []
+        for j, t in enumerate(self.round.jobs):
+            ctx = _session(t, self._aggnonces[j])
+            own = musig2.sign(self._secnonces.pop(j), self._seckey, ctx)
+            sig = musig2.partial_sig_agg([own, *per_job[j]], ctx)
+            if not schnorr_verify(t.sighash, _output_key(t), sig):
+                raise _Violation(AbortCode.INTERNAL, f"aggregate signature for {t.name} does not verify")
+            sigs.append(sig)
+            signed.append(t.tx.with_witness(0, [sig]))
+        self._signed = tuple(signed)
+        self.state = CState.AWAIT_DONE
+        record = Persist("signed", {"session_id": self.round.session_id.hex(), "txs": [tx.to_hex() for tx in signed]})
+        sends = [Send(c, Signatures(self.round.factory_id, self.round.session_id,
+                                    tuple(sigs[j] for j in self.round.client_jobs[c]))) for c in self.clients]
+        return [record, *sends]
+
+    def _on_done(self, peer: int, msg: Done) -> list[Action]:
+        self._expect_once(self._done, peer)
+        self._done.add(peer)
+        if len(self._done) < len(self.round.proposals):
+            return []
+        self.state = CState.COMPLETE
+        return [Completed(self._signed)]
+
+
+class Participant:
+    """A client's side of one round."""
+
+    TRANSITIONS: dict[tuple[PState, type], str] = {
+        (PState.AWAIT_PROPOSAL, Propose): "_on_propose",
+        (PState.AWAIT_AGGNONCES, AggNonces): "_on_aggnonces",
+        (PState.AWAIT_SIGNATURES, Signatures): "_on_signatures",
+    }
+
+    def __init__(self, expect: Expectation, seckey: bytes, rand: Rand = secrets.token_bytes) -> None:
+        if musig2.individual_pk(seckey) != expect.pubkey:
+            raise LocalProtocolError("the expectation's key is not ours")
+        self.expect = expect
+        self.state = PState.AWAIT_PROPOSAL
+        self._seckey = seckey
+        self._rand = rand
+        self._ids: tuple[bytes, bytes] = (b"", b"")
+        self.jobs: tuple[TreeTx, ...] = ()
+        self._secnonces: list[musig2.SecNonce] = []
+        self._aggnonces: Sequence[bytes] = ()
+        self.signed: tuple[Tx, ...] = ()
+
+    def receive(self, msg: Message) -> list[Action]:
+        """A message from the LSP."""
+        if self.state in (PState.COMPLETE, PState.ERROR):
+            return []
+        try:
+            if self.state is not PState.AWAIT_PROPOSAL and (msg.factory_id, msg.session_id) != self._ids:
+                raise _Violation(AbortCode.PROTOCOL_VIOLATION, "message for another session")
+            if isinstance(msg, Abort):
+                self.state = PState.ERROR
+                self._secnonces = []
+                return [Failed(AbortCode(msg.code) if msg.code in AbortCode._value2member_map_ else AbortCode.REFUSED,
+                               f"LSP aborted: {msg.reason}", msg.culprit)]
+            handler = self.TRANSITIONS.get((self.state, type(msg)))
+            if handler is None:
+                raise _Violation(AbortCode.PROTOCOL_VIOLATION, f"{type(msg).__name__} not allowed in {self.state.value}")
+            return getattr(self, handler)(msg)  # type: ignore[no-any-return]
+        except _Violation as v:
+            self.state = PState.ERROR
+            self._secnonces = []
+            fid, sid = self._ids if self._ids[0] else (msg.factory_id, msg.session_id)
+            return [Send(LSP_PEER, Abort(fid, sid, int(v.code), v.reason[:900], None)), Failed(v.code, v.reason)]
+
+    def lsp_failed(self, reason: str) -> list[Action]:
+        """The LSP disconnected or timed out: give up this round (nothing was funded for it)."""
+        if self.state in (PState.COMPLETE, PState.ERROR):
+            return []
+        self.state = PState.ERROR
+        self._secnonces = []
+        return [Failed(AbortCode.PEER_DISCONNECTED, f"LSP: {reason}")]
+
+    def _on_propose(self, msg: Propose) -> list[Action]:
+        try:
+            self.jobs = participant_jobs(self.expect, msg)
+        except (ProposalError, ValueError) as e:
+            self._ids = (msg.factory_id, msg.session_id)
+            raise _Violation(AbortCode.BAD_PROPOSAL, f"proposal refused: {e}") from None
+        self._ids = (msg.factory_id, msg.session_id)
+        pubnonces = []
+        for t in self.jobs:
+            secnonce, pubnonce = musig2.nonce_gen_internal(self._rand(32), self._seckey, musig2.PlainPk(self.expect.pubkey),
+                                                           musig2.XonlyPk(_output_key(t)), t.sighash, None)
+            self._secnonces.append(secnonce)
+            pubnonces.append(pubnonce)
+        self.state = PState.AWAIT_AGGNONCES
+        return [Send(LSP_PEER, Nonces(msg.factory_id, msg.session_id, tuple(pubnonces)))]
+
+    def _on_aggnonces(self, msg: AggNonces) -> list[Action]:
+        if len(msg.aggnonces) != len(self.jobs):
+            raise _Violation(AbortCode.BAD_NONCE, "wrong number of aggregate nonces")
+        psigs = []
+        try:
+            for t, secnonce, aggnonce in zip(self.jobs, self._secnonces, msg.aggnonces):
+                psigs.append(musig2.sign(secnonce, self._seckey, _session(t, aggnonce)))
+        except (ValueError, musig2.InvalidContributionError) as e:
+            raise _Violation(AbortCode.BAD_NONCE, f"cannot sign with the aggregate nonce: {e}") from None
+        finally:
+            self._secnonces = []
+        self._aggnonces = msg.aggnonces
+        self.state = PState.AWAIT_SIGNATURES
+        record = Persist("signing", {"session_id": msg.session_id.hex(), "jobs": [t.tx.txid for t in self.jobs]})
+        return [record, Send(LSP_PEER, PartialSigs(msg.factory_id, msg.session_id, tuple(psigs)))]
+
+    def _on_signatures(self, msg: Signatures) -> list[Action]:
+        if len(msg.sigs) != len(self.jobs):
+            raise _Violation(AbortCode.BAD_SIGNATURE, "wrong number of signatures")
+        for t, sig in zip(self.jobs, msg.sigs):
+            if not schnorr_verify(t.sighash, _output_key(t), sig):
+                raise _Violation(AbortCode.BAD_SIGNATURE, f"signature for {t.name} does not verify")
+        self.signed = tuple(t.tx.with_witness(0, [sig]) for t, sig in zip(self.jobs, msg.sigs))
+        self.state = PState.COMPLETE
+        record = Persist("signed", {"session_id": msg.session_id.hex(), "txs": [tx.to_hex() for tx in self.signed]})
+        return [record, Send(LSP_PEER, Done(msg.factory_id, msg.session_id)), Completed(self.signed)]
