@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NewType, TypeVar
@@ -166,7 +167,8 @@ class TxOut:
 
     def serialize(self) -> bytes:
         """Serialize as ``value (u64) || script_pubkey``."""
-        return ser_u64(self.value) + ser_string(self.script_pubkey)
+        # value was range-checked on construction
+        return self.value.to_bytes(8, "little") + ser_compact_size(len(self.script_pubkey)) + self.script_pubkey
 
     @classmethod
     def read(cls, r: ByteReader) -> TxOut:
@@ -180,9 +182,9 @@ class TxOut:
         return _decode(cls.read, data)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Tx:
-    """An immutable transaction.
+    """An immutable transaction (its legacy serialization and txid are computed once).
 
     ``version`` is treated as an unsigned 32-bit field (Core ≥ 28 semantics), so
     versions 1, 2, 3 (TRUC) and any other 32-bit value round-trip.
@@ -214,6 +216,10 @@ class Tx:
 
     def serialize_without_witness(self) -> bytes:
         """Legacy serialization (BIP-144 "Serialization" without marker/flag)."""
+        return self._legacy
+
+    @cached_property
+    def _legacy(self) -> bytes:
         return b"".join(
             (
                 ser_u32(self.version),
@@ -306,7 +312,7 @@ class Tx:
 
     # -- identifiers and size -----------------------------------------------
 
-    @property
+    @cached_property
     def txid_bytes(self) -> Txid:
         """BIP-141: txid = HASH256(legacy serialization), internal byte order."""
         return Txid(hash256(self.serialize_without_witness()))

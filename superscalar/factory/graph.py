@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Optional, Sequence
 
 from .. import musig2
+from ..bitcoin.encoding import ser_string_vector
 from ..bitcoin.script import cltv_leaf_script, csv_leaf_script, p2a_script
 from ..bitcoin.sighash import SIGHASH_DEFAULT, taproot_sighash
 from ..bitcoin.taproot import TapLeaf, TaprootInfo, taproot_construct
@@ -39,8 +40,13 @@ def anchor_output(params: FactoryParams) -> TxOut:
 
 
 def signed_vsize(tx: Tx, witness: Sequence[bytes] = KEYPATH_WITNESS) -> int:
-    """vsize of `tx` once input 0 carries a witness of the given shape (others stay as they are)."""
-    return tx.with_witness(0, witness).vsize
+    """vsize of `tx` once input 0 carries a witness of the given shape and the others none.
+
+    BIP-141: weight = 4·base size + witness bytes (marker, flag and one stack per input)."""
+    if any(i.witness for i in tx.inputs[1:]):
+        raise FactoryError("only input 0 may carry a witness here")
+    witness_bytes = 2 + len(ser_string_vector(witness)) + (len(tx.inputs) - 1)
+    return (4 * len(tx.serialize_without_witness()) + witness_bytes + 3) // 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +62,7 @@ class Spend:
         return self.taproot.tweak
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TreeTx:
     """One transaction of the factory with what is needed to sign its single input."""
 
@@ -66,16 +72,18 @@ class TreeTx:
     spend: Spend
     relative_wait: int = 0  # BIP-68 blocks after its parent confirms
 
-    @property
+    @cached_property
     def sighash(self) -> bytes:
+        """BIP-341 key-path signature hash of input 0 (SIGHASH_DEFAULT)."""
         return taproot_sighash(self.tx, 0, [self.prevout], SIGHASH_DEFAULT)
 
     @property
     def fee(self) -> int:
         return self.prevout.value - sum(o.value for o in self.tx.outputs)
 
-    @property
+    @cached_property
     def vsize(self) -> int:
+        """vsize once signed."""
         return signed_vsize(self.tx)
 
 

@@ -129,6 +129,7 @@ class Coordinator:
         self._psigs: dict[int, tuple[bytes, ...]] = {}
         self._done: set[int] = set()
         self._aggnonces: list[bytes] = []
+        self._sessions: list[musig2.SessionContext] = []
         self._secnonces: dict[int, musig2.SecNonce] = {}
         self._signed: tuple[Tx, ...] = ()
 
@@ -214,6 +215,7 @@ class Coordinator:
             if set(per_job[j]) != set(t.spend.signers) - {0}:
                 raise _Violation(AbortCode.INTERNAL, f"job {t.name}: nonces missing from some signers")
             self._aggnonces.append(musig2.nonce_agg([pubnonce, *per_job[j].values()]))
+            self._sessions.append(_session(t, self._aggnonces[j]))
         self.state = CState.AWAIT_PSIGS
         return [Send(c, AggNonces(self.round.factory_id, self.round.session_id,
                                   tuple(self._aggnonces[j] for j in self.round.client_jobs[c])))
@@ -226,8 +228,7 @@ class Coordinator:
             raise _Violation(AbortCode.BAD_PARTIAL_SIG, "wrong number of partial signatures", peer)
         pk = self.round.pubkeys[peer + 1]
         for j, pn, psig in zip(jobs, self._nonces[peer], msg.psigs):
-            ctx = _session(self.round.jobs[j], self._aggnonces[j])
-            if not musig2.partial_sig_verify_internal(psig, pn, pk, ctx):
+            if not musig2.partial_sig_verify_internal(psig, pn, pk, self._sessions[j]):
                 raise _Violation(AbortCode.BAD_PARTIAL_SIG,
                                  f"invalid partial signature for {self.round.jobs[j].name}", peer)
         self._psigs[peer] = msg.psigs
@@ -243,7 +244,7 @@ class Coordinator:
         sigs: list[bytes] = []
         signed: list[Tx] = []
         for j, t in enumerate(self.round.jobs):
-            ctx = _session(t, self._aggnonces[j])
+            ctx = self._sessions[j]
             own = musig2.sign(self._secnonces.pop(j), self._seckey, ctx)
             sig = musig2.partial_sig_agg([own, *per_job[j]], ctx)
             if not schnorr_verify(t.sighash, _output_key(t), sig):

@@ -173,6 +173,8 @@ class Codec(Generic[T]):
     encode: Callable[[T], bytes]
     read: Callable[[Reader], T]
     fixed_size: int | None = None  # None: variable-size item
+    # Fast path for arrays of fixed-size items: validate and split a whole block of `count` items.
+    read_block: Callable[[bytes, int], tuple[T, ...]] | None = None
 
     def decode(self, data: bytes) -> T:
         """Decode a whole TLV value; trailing bytes are an error."""
@@ -222,8 +224,14 @@ def _fixed_bytes(name: str, size: int, prefixes: bytes | None = None) -> Codec[b
             raise error(f"{name} has invalid prefix byte {value[0]:#04x}")
         return value
 
+    def read_block(block: bytes, count: int) -> tuple[bytes, ...]:
+        items = tuple(block[i : i + size] for i in range(0, count * size, size))
+        if prefixes is not None and any(item[0] not in prefixes for item in items):
+            raise DecodeError(f"{name} has an invalid prefix byte")
+        return items
+
     encode: Callable[[bytes], bytes] = lambda v: check(_as_bytes(v), EncodeError)
-    return Codec(name, encode, lambda r: check(r.read(size), DecodeError), size)
+    return Codec(name, encode, lambda r: check(r.read(size), DecodeError), size, read_block)
 
 
 BYTES32 = _fixed_bytes("bytes32", 32)
@@ -324,6 +332,8 @@ def array(item: Codec[T]) -> Codec[tuple[T, ...]]:
         if count * (item.fixed_size or 1) > reader.remaining:
             raise DecodeError(f"array count {count} exceeds available bytes")
         if item.fixed_size is not None:
+            if item.read_block is not None:
+                return item.read_block(reader.read(count * item.fixed_size), count)
             return tuple(item.read(reader) for _ in range(count))
         return tuple(item.decode(_ITEM.read(reader)) for _ in range(count))
 

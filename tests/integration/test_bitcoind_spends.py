@@ -27,7 +27,7 @@ pytestmark = pytest.mark.bitcoind
 
 SEQUENCE_ENABLE_LOCKTIME = 0xFFFFFFFE  # BIP-65: any non-final sequence makes nLockTime count
 FEE = 1_000
-SCRIPT_FAILED = "mandatory-script-verify-flag-failed ({})"
+SCRIPT_FAILED = "mempool-script-verify-flag-failed ({})"  # Bitcoin Core 30 wording
 
 
 def seckey(i: int) -> bytes:
@@ -127,11 +127,12 @@ def test_csv_leaf_only_after_relative_delay(chain: Chain) -> None:
         return tx.with_witness(0, info.script_path_witness(leaf, (schnorr(LSP, sighash),)))
 
     chain.assert_rejected(spend(delay), "non-BIP68-final")
-    chain.assert_rejected(spend(delay - 1), SCRIPT_FAILED.format("Locktime requirement not satisfied"))
     # BIP-68: spendable in the block `delay` blocks after the one that confirmed the output.
     chain.mine(delay - 2)
     chain.assert_rejected(spend(delay), "non-BIP68-final")
     chain.mine(1)
+    # The output is old enough now, but a shorter nSequence does not satisfy OP_CHECKSEQUENCEVERIFY.
+    chain.assert_rejected(spend(delay - 1), SCRIPT_FAILED.format("Locktime requirement not satisfied"))
     tx = spend(delay)
     chain.assert_accepted(tx)
     assert chain.broadcast_and_confirm(tx) == funded_at + delay
@@ -152,9 +153,8 @@ def test_p2wsh_2of2_funding_script_spend(chain: Chain) -> None:
     # BOLT-3: signatures go in the order of the (lexicographically sorted) keys in the script.
     first, second = (key_a, key_b) if pub_a < pub_b else (key_b, key_a)
     wrong = tx.with_witness(0, [b"", der(second), der(first), witness_script])
-    chain.assert_rejected(
-        wrong, SCRIPT_FAILED.format("Script evaluated without error but finished with a false/empty top stack element")
-    )
+    # BIP-147 NULLFAIL: OP_CHECKMULTISIG fails on a non-empty signature that does not match its key.
+    chain.assert_rejected(wrong, SCRIPT_FAILED.format("Signature must be zero for failed CHECK(MULTI)SIG operation"))
     signed = tx.with_witness(0, [b"", der(first), der(second), witness_script])
     chain.assert_accepted(signed)
     chain.broadcast_and_confirm(signed)
