@@ -386,21 +386,21 @@ def sign(secnonce: SecNonce, sk: bytes, session_ctx: SessionContext) -> bytes:
     d_ = _int(sk)
     if len(sk) != 32 or not 0 < d_ < N:
         raise ValueError("secret key value is out of range.")
-    P = point_mul_g(d_)
-    assert P is not None
-    pk = P.to_bytes()
-    if pk != secnonce_pk:
-        raise ValueError("Public key does not match nonce_gen argument")
+    try:
+        P = _cpoint(secnonce_pk)
+    except ValueError:
+        raise ValueError("Public key does not match nonce_gen argument") from None
     a = _session_key_agg_coeff(coeffs, P)
     g = 1 if sv.Q.has_even_y() else N - 1
     d = g * sv.gacc * d_ % N
     s = (k_1 + sv.b * k_2 + sv.e * a * d) % N
-    # BIP-327's optional self-check: the partial signature must satisfy the verification equation
-    # s·G == Re_s + e·a·g·gacc·P. Here Re_s = (k_1 + b·k_2)·G comes from the (parity-adjusted) secret
-    # nonce, which is what PartialSigVerifyInternal checks against cbytes(k_1'·G) || cbytes(k_2'·G),
-    # at the cost of one multi-multiplication instead of two.
+    # The partial signature must satisfy the verification equation s·G == Re_s + e·a·g·gacc·P,
+    # with Re_s = (k_1 + b·k_2)·G from the (parity-adjusted) secret nonce. Since s was computed with
+    # d_, this holds exactly when d_·G == P: it is both BIP-327's check that the secret key matches
+    # the nonce's public key and its optional self-check of the result, in one multi-multiplication
+    # and one constant-time multiplication of the secret nonce.
     if P.mul_add_g(-sv.e * a * g * sv.gacc, s) != point_mul_g(k_1 + sv.b * k_2):
-        raise AssertionError("own partial signature does not verify")
+        raise ValueError("Public key does not match nonce_gen argument")
     return _bytes32(s)
 
 
