@@ -93,20 +93,24 @@ class FactoryKeys:
     def __init__(self, pubkeys: Sequence[bytes]) -> None:
         if len(pubkeys) < 2:
             raise FactoryError("a factory needs the LSP and at least one client")
-        for i, pk in enumerate(pubkeys):
-            if len(pk) != 33 or pk[0] not in (2, 3):
-                raise FactoryError(f"participant {i} key must be a 33-byte compressed public key")
+        bad = next((i for i, pk in enumerate(pubkeys) if len(pk) != 33 or pk[0] not in (2, 3)), None)
+        if bad is not None:
+            raise FactoryError(f"participant {bad} key must be a 33-byte compressed public key")
         if len(set(pubkeys)) != len(pubkeys):
             raise FactoryError("participant keys must be distinct")
         self.pubkeys = tuple(pubkeys)
         self._agg: dict[tuple[int, ...], bytes] = {}
+        self._sorted: dict[tuple[int, ...], tuple[bytes, ...]] = {}
 
     @property
     def lsp_xonly(self) -> bytes:
         return self.pubkeys[LSP][1:]
 
     def sorted_keys(self, signers: tuple[int, ...]) -> tuple[bytes, ...]:
-        return tuple(musig2.key_sort([musig2.PlainPk(self.pubkeys[i]) for i in signers]))
+        """The signers' keys in BIP-327 KeySort order (computed once per signer set)."""
+        if signers not in self._sorted:
+            self._sorted[signers] = tuple(musig2.key_sort([musig2.PlainPk(self.pubkeys[i]) for i in signers]))
+        return self._sorted[signers]
 
     def aggregate(self, signers: tuple[int, ...]) -> bytes:
         """x-only MuSig2 aggregate (untweaked internal key) of `signers`."""
@@ -432,8 +436,9 @@ def spend_funding(
     if any(o.value < params.dust_limit_sat for o in outputs[:-1]):
         raise FactoryError(f"{name}: an output is below the dust limit")
     sequence = SEQUENCE_LOCKTIME_ENABLED if locktime else SEQUENCE_FINAL
-    probe = Tx(TX_VERSION, (TxIn(funding, sequence=sequence),), tuple(outputs), locktime)
-    tx = Tx(_version_for(probe), probe.inputs, probe.outputs, locktime)
+    tx = Tx(TX_VERSION, (TxIn(funding, sequence=sequence),), tuple(outputs), locktime)
+    if _version_for(tx) != TX_VERSION:
+        tx = Tx(_version_for(tx), tx.inputs, tx.outputs, locktime)
     if funding_value - sum(o.value for o in outputs) != params.fee(signed_vsize(tx)):
         raise FactoryError(f"{name}: outputs do not leave the agreed fee")
     prevout = TxOut(funding_value, shape.funding_taproot.script_pubkey)

@@ -8,6 +8,7 @@ LSP and participant i+1 is client i; every node is signed by the LSP and the cli
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional
 
 from .errors import FactoryError
@@ -23,15 +24,11 @@ class Node:
     n_clients: int
     children: tuple[int, ...]
     parent: Optional[int]
+    signers: tuple[int, ...]  # participants signing this node's transactions: the LSP and its clients
 
     @property
     def clients(self) -> range:
         return range(self.first_client, self.first_client + self.n_clients)
-
-    @property
-    def signers(self) -> tuple[int, ...]:
-        """Participant indices that sign this node's transactions: the LSP and its clients."""
-        return (LSP, *(c + 1 for c in self.clients))
 
     @property
     def is_leaf(self) -> bool:
@@ -68,7 +65,9 @@ class Topology:
         return out
 
 
+@lru_cache(maxsize=32)
 def build_topology(n_clients: int, leaf_arity: int, arity: int) -> Topology:
+    """The tree for these sizes (memoized: a pure function of three integers)."""
     if n_clients < 1 or leaf_arity < 1 or arity < 2:
         raise FactoryError("a tree needs ≥ 1 client, leaf arity ≥ 1 and arity ≥ 2")
     # Bottom-up: each group is (first_client, n_clients, child groups).
@@ -91,7 +90,8 @@ def build_topology(n_clients: int, leaf_arity: int, arity: int) -> Topology:
         index = len(nodes)
         child_indices = tuple(range(next_index, next_index + len(kids)))
         next_index += len(kids)
-        nodes.append(Node(index, depth, first, count, child_indices, parent))
+        signers = (LSP, *range(first + 1, first + count + 1))
+        nodes.append(Node(index, depth, first, count, child_indices, parent, signers))
         queue.extend((kid, index, depth + 1) for kid in kids)
         if not kids:
             for c in range(first, first + count):

@@ -314,8 +314,52 @@ def _encode_txout(txout: WireTxOut) -> bytes:
 TXOUT = Codec("txout", _encode_txout, lambda r: WireTxOut(r.uint(8), _SCRIPT.read(r)))
 
 
+def _encode_txouts(values: tuple[WireTxOut, ...]) -> bytes:
+    """array(txout) fast path: the same bytes as the generic array encoder, built in one pass."""
+    if not isinstance(values, (tuple, list)):
+        raise EncodeError("array(txout) needs a tuple")
+    parts = [encode_bigsize(len(values))]
+    for txout in values:
+        if not isinstance(txout, WireTxOut):
+            raise EncodeError(f"{txout!r} is not a WireTxOut")
+        script = _as_bytes(txout.script)
+        if len(script) > MAX_SCRIPT_LEN:
+            raise EncodeError(f"script longer than {MAX_SCRIPT_LEN} bytes")
+        inner = _uint_bytes(txout.value, 8) + encode_bigsize(len(script)) + script
+        parts.append(encode_bigsize(len(inner)))
+        parts.append(inner)
+    return b"".join(parts)
+
+
+def _read_txouts(reader: Reader) -> tuple[WireTxOut, ...]:
+    """array(txout) fast path: each item is bigsize length, then u64 value, bigsize script length,
+    script. Items whose lengths are single-byte bigsizes (every real script) are parsed in place; any
+    other item goes through the generic checked reader."""
+    count = reader.bigsize()
+    if count > reader.remaining:
+        raise DecodeError(f"array count {count} exceeds available bytes")
+    data, pos, end = reader._data, reader._pos, len(reader._data)
+    out = []
+    for _ in range(count):
+        if pos + 10 <= end and data[pos] < 0xFD and data[pos + 9] < 0xFD:
+            item_len, script_len = data[pos], data[pos + 9]
+            if item_len != 9 + script_len or pos + 1 + item_len > end:
+                raise DecodeError("txout item length does not match its contents")
+            out.append(WireTxOut(int.from_bytes(data[pos + 1 : pos + 9], "big"), data[pos + 10 : pos + 10 + script_len]))
+            pos += 1 + item_len
+            continue
+        reader._pos = pos
+        item = _ITEM.read(reader)
+        out.append(TXOUT.decode(item))
+        pos = reader._pos
+    reader._pos = pos
+    return tuple(out)
+
+
 def array(item: Codec[T]) -> Codec[tuple[T, ...]]:
     """bigsize count, then items (variable-size items are bigsize-length-prefixed)."""
+    if item is TXOUT:
+        return Codec("array(txout)", _encode_txouts, _read_txouts)  # type: ignore[arg-type]
 
     def encode(values: tuple[T, ...]) -> bytes:
         if not isinstance(values, (tuple, list)):
