@@ -70,7 +70,7 @@ def sha_sequences(tx: Tx) -> bytes:
 
 def sha_outputs(tx: Tx) -> bytes:
     """SHA256 of the serialization of all outputs."""
-    return sha256(b"".join(o.serialize() for o in tx.outputs))
+    return sha256(tx.outputs_bytes)
 
 
 def taproot_sigmsg(

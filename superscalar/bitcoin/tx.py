@@ -219,6 +219,11 @@ class Tx:
         return self._legacy
 
     @cached_property
+    def outputs_bytes(self) -> bytes:
+        """The outputs serialized back to back, without their count (what BIP-341's sha_outputs hashes)."""
+        return b"".join(o.serialize() for o in self.outputs)
+
+    @cached_property
     def _legacy(self) -> bytes:
         return b"".join(
             (
@@ -226,7 +231,7 @@ class Tx:
                 ser_compact_size(len(self.inputs)),
                 *(i.serialize() for i in self.inputs),
                 ser_compact_size(len(self.outputs)),
-                *(o.serialize() for o in self.outputs),
+                self.outputs_bytes,
                 ser_u32(self.locktime),
             )
         )
@@ -240,7 +245,7 @@ class Tx:
                 ser_compact_size(len(self.inputs)),
                 *(i.serialize() for i in self.inputs),
                 ser_compact_size(len(self.outputs)),
-                *(o.serialize() for o in self.outputs),
+                self.outputs_bytes,
                 *(ser_string_vector(i.witness) for i in self.inputs),
                 ser_u32(self.locktime),
             )
@@ -357,7 +362,11 @@ class Tx:
             raise BitcoinError(f"no input {index}")
         new_in = dataclasses.replace(self.inputs[index], witness=tuple(witness))
         inputs = self.inputs[:index] + (new_in,) + self.inputs[index + 1 :]
-        return dataclasses.replace(self, inputs=inputs)
+        tx = dataclasses.replace(self, inputs=inputs)
+        for cached in ("outputs_bytes", "_legacy", "txid_bytes"):  # a witness changes none of these
+            if cached in self.__dict__:
+                tx.__dict__[cached] = self.__dict__[cached]
+        return tx
 
     def without_witnesses(self) -> Tx:
         """Copy with every witness stack emptied."""

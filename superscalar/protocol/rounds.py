@@ -15,7 +15,9 @@ import enum
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from ..bitcoin.tx import OutPoint, TxOut
+from ..bitcoin.encoding import ByteReader, ser_compact_size
+from ..bitcoin.errors import BitcoinError
+from ..bitcoin.tx import OutPoint, Tx, TxOut
 from ..factory.errors import FactoryError
 from ..factory.graph import (
     Factory,
@@ -59,6 +61,21 @@ def _wire(outs: Sequence[TxOut]) -> tuple[WireTxOut, ...]:
     return tuple(WireTxOut(o.value, o.script_pubkey) for o in outs)
 
 
+def _outputs_blob(tx: Tx) -> bytes:
+    """A transaction's outputs as Bitcoin serializes them: CompactSize count, then each output."""
+    return ser_compact_size(len(tx.outputs)) + tx.outputs_bytes
+
+
+def _parse_outputs_blob(blob: bytes) -> tuple[TxOut, ...]:
+    try:
+        reader = ByteReader(blob)
+        outs = tuple(TxOut.read(reader) for _ in range(reader.read_count(9)))
+        reader.expect_end()
+        return outs
+    except BitcoinError as e:
+        raise ProposalError(f"invalid distribution outputs: {e}") from None
+
+
 def _txouts(outs: Sequence[WireTxOut]) -> tuple[TxOut, ...]:
     try:
         return tuple(TxOut(o.value, o.script) for o in outs)
@@ -68,12 +85,12 @@ def _txouts(outs: Sequence[WireTxOut]) -> tuple[TxOut, ...]:
 
 def _propose(r_kind: Kind, factory_id: bytes, session_id: bytes, factory: FactoryShape, client: int,
              funding: OutPoint, funding_value: int, state_indices: Sequence[int],
-             path_outputs: Sequence[Sequence[TxOut]], distribution: Sequence[TxOut]) -> Propose:
+             path_outputs: Sequence[Sequence[TxOut]], distribution: bytes) -> Propose:
     return Propose(
         factory_id=factory_id, session_id=session_id, client_index=client, params=factory.params.serialize(),
         funding_txid=funding.txid, funding_vout=funding.vout, funding_value=funding_value,
         pubkeys=factory.keys.pubkeys, state_indices=tuple(state_indices),
-        path_outputs=tuple(_wire(o) for o in path_outputs), distribution_outputs=_wire(distribution),
+        path_outputs=tuple(_wire(o) for o in path_outputs), distribution=distribution,
         kind=int(r_kind),
     )
 
@@ -93,7 +110,7 @@ def _tree_round(kind: Kind, factory: Factory, graph: FactoryGraph, factory_id: b
 
     client_jobs: dict[int, tuple[int, ...]] = {}
     proposals: dict[int, Propose] = {}
-    distribution = extra[0].tx.outputs if extra else ()
+    distribution = _outputs_blob(extra[0].tx) if extra else b""
     for client, layer in first_layer.items():
         path = graph.path_txs(client)
         mine = path[2 * layer + (0 if kind == Kind.CONSTRUCTION else 1):]
@@ -123,7 +140,7 @@ def sale_round(factory: Factory, sale: TreeTx, lstock: OutPoint, leaf: int, fact
     """The leaf's clients and the LSP sign one liquidity sale spending the leaf's current L-stock."""
     proposals = {
         c: _propose(Kind.SALE, factory_id, session_id, factory, c, lstock, sale.prevout.value, (),
-                    [sale.tx.outputs], ())
+                    [sale.tx.outputs], b"")
         for c in factory.topology.nodes[leaf].clients
     }
     return Round(Kind.SALE, factory_id, session_id, factory.keys.pubkeys, (sale,),
@@ -134,7 +151,7 @@ def close_round(factory: Factory, close: TreeTx, funding: OutPoint, factory_id: 
     """Everyone signs the cooperative close."""
     proposals = {
         c: _propose(Kind.CLOSE, factory_id, session_id, factory, c, funding, close.prevout.value, (),
-                    [close.tx.outputs], ())
+                    [close.tx.outputs], b"")
         for c in range(factory.params.n_clients)
     }
     return Round(Kind.CLOSE, factory_id, session_id, factory.keys.pubkeys, (close,),
@@ -215,7 +232,7 @@ def _tree_jobs(expect: Expectation, msg: Propose, params: FactoryParams, shape: 
         if any(i != 0 for i in msg.state_indices):
             raise ProposalError("a new factory starts at state 0")
         dist = spend_funding(shape, "distribution", funding, msg.funding_value,
-                             _txouts(msg.distribution_outputs), params.distribution_height)
+                             _parse_outputs_blob(msg.distribution), params.distribution_height)
         if client >= len(dist.tx.outputs) or dist.tx.outputs[client] != TxOut(mine.value, expect.payout_script or b""):
             raise ProposalError("the distribution transaction does not pay us our channel's capacity")
         return (*path, dist)

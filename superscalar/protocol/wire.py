@@ -424,7 +424,7 @@ class Propose(Message):
         Field("pubkeys", array(POINT33)),
         Field("state_indices", array(U8)),
         Field("path_outputs", array(array(TXOUT))),
-        Field("distribution_outputs", array(TXOUT)),
+        Field("distribution", VARBYTES),
         Field("kind", U8),
     )
     client_index: int
@@ -435,7 +435,7 @@ class Propose(Message):
     pubkeys: tuple[bytes, ...]
     state_indices: tuple[int, ...]
     path_outputs: tuple[tuple[WireTxOut, ...], ...]
-    distribution_outputs: tuple[WireTxOut, ...]
+    distribution: bytes  # the distribution tx's outputs, consensus-serialized (count, then outputs)
     kind: int  # 0 construction, 1 state advance, 2 liquidity sale, 3 cooperative close
 
 

@@ -222,7 +222,8 @@ def test_mutated_proposals_are_refused_not_crashed() -> None:
         dataclasses.replace(proposal, params=b"{}"),
         dataclasses.replace(proposal, kind=3),
         dataclasses.replace(proposal, client_index=7),
-        dataclasses.replace(proposal, distribution_outputs=proposal.distribution_outputs[1:]),
+        dataclasses.replace(proposal, distribution=proposal.distribution[:-1]),
+        dataclasses.replace(proposal, distribution=b"\x01" + proposal.distribution[1:]),
         dataclasses.replace(proposal, path_outputs=((WireTxOut(1, b"\x51"),),) + proposal.path_outputs[1:]),
     ]
     for m in mutations:
