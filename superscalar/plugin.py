@@ -1,31 +1,182 @@
-"""The CLN shell: registers methods, options and hooks with pyln and translates them into calls.
-
-Handlers stay short: check parameters, call into the core, return JSON. No logic lives here.
-"""
+"""The CLN shell: registers options, methods, hooks and subscriptions with pyln and translates them
+into calls on the roles. No logic lives here; hooks never raise (a failure gets the safe answer)."""
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, Optional
 
-from pyln.client import Plugin
+from pyln.client import Plugin, RpcException
 
 from superscalar import __version__
+from superscalar.client import Client, channel_in_factory
+from superscalar.factory.params import FactoryParams, regtest_params
+from superscalar.lsp import ClientSpec, CreateError, Lsp
+from superscalar.node import ClnNode, msat
+from superscalar.protocol.wire import WireError
+from superscalar.store import Store
+from superscalar.transport import Transport
+
+INVALID_PARAMS = -32602  # JSON-RPC
+CREATE_FAILED = 1700  # superscalar-create: the factory was not created (nothing broadcast)
+
+
+class Roles:
+    """Everything the plugin holds once lightningd has initialised it."""
+
+    def __init__(self, plugin: Plugin, options: dict[str, Any], configuration: dict[str, Any]) -> None:
+        self.network = str(configuration.get("network", "bitcoin"))
+        self.node = ClnNode(plugin.rpc, self.network)
+        self.store = Store(self.node)
+        self.transport = Transport(self.node)
+        self.is_lsp = str(options.get("superscalar-lsp", "false")).lower() in ("true", "1", "yes")
+        join = str(options.get("superscalar-join", "") or "")
+        self.allowed: Optional[set[str]] = None if join == "any" else {x for x in join.split(",") if x}
+        self.profile = str(options.get("superscalar-profile", "mainnet"))
+        self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log,
+                       float(options.get("superscalar-timeout", 60)))
+        self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log)
+
+    def params_for(self, n_clients: int, height: int) -> FactoryParams:
+        if self.profile == "regtest":
+            return regtest_params(n_clients, height)
+        return FactoryParams(n_clients=n_clients, start_height=height)
+
+
+def _parse_clients(clients: Any) -> list[ClientSpec]:
+    if not isinstance(clients, list) or not clients:
+        raise RpcException("clients must be a non-empty array", code=INVALID_PARAMS)
+    out = []
+    for c in clients:
+        try:
+            node_id = str(c["id"])
+            balance = int(c.get("balance_sat", 0))
+            inbound = int(c["inbound_sat"])
+        except (TypeError, KeyError, ValueError):
+            raise RpcException("each client needs id, inbound_sat and optionally balance_sat", code=INVALID_PARAMS)
+        if len(node_id) != 66 or balance < 0 or inbound <= 0:
+            raise RpcException(f"bad client entry {c!r}", code=INVALID_PARAMS)
+        out.append(ClientSpec(node_id, balance, inbound))
+    return out
 
 
 def build_plugin() -> Plugin:
-    """A pyln Plugin with every superscalar method registered; `.run()` starts it."""
+    """A pyln Plugin with every superscalar option, method and hook registered; `.run()` starts it."""
     plugin = Plugin(dynamic=False)
-    state: dict[str, Any] = {}
+    holder: dict[str, Roles] = {}
+
+    plugin.add_option("superscalar-lsp", "false", "Offer factories to clients (act as an LSP): true/false.")
+    plugin.add_option("superscalar-join", "", "LSP node ids (comma-separated) whose factories this node joins, or 'any'.")
+    plugin.add_option("superscalar-profile", "mainnet", "Factory parameter profile: 'mainnet' or 'regtest' (short timelocks).")
+    plugin.add_option("superscalar-timeout", "60", "Seconds to wait for each step of a factory ceremony.")
 
     @plugin.init()
     def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin, **kwargs: Any) -> None:
-        state["network"] = configuration.get("network")
-        state["lightning_dir"] = configuration.get("lightning-dir")
-        plugin.log(f"superscalar {__version__} started on {state['network']}")
+        holder["roles"] = Roles(plugin, options, configuration)
+        plugin.log(f"superscalar {__version__} started on {holder['roles'].network}")
 
     @plugin.method("superscalar-getinfo")
     def getinfo(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
-        """Show the superscalar plugin's version and the network it runs on."""
-        return {"version": __version__, "network": state.get("network")}
+        """Show the plugin's version, role settings and factory counts."""
+        r = holder["roles"]
+        return {"version": __version__, "network": r.network, "lsp": r.is_lsp,
+                "join": "any" if r.allowed is None else sorted(r.allowed), "profile": r.profile,
+                "factories": len(r.store.factory_ids())}
+
+    @plugin.async_method("superscalar-create")
+    def create(plugin: Plugin, request: Any, clients: Any, **kwargs: Any) -> None:
+        """Create a factory with {id, balance_sat, inbound_sat} clients (LSP only)."""
+        r = holder["roles"]
+        if not r.is_lsp:
+            request.set_exception(RpcException("this node does not offer factories (superscalar-lsp=false)",
+                                               code=INVALID_PARAMS))
+            return
+        try:
+            specs = _parse_clients(clients)
+        except RpcException as e:
+            request.set_exception(e)
+            return
+
+        def work() -> None:
+            try:
+                request.set_result(r.lsp.create(specs))
+            except Exception as e:  # CreateError, RPC errors of the steps: report, never crash the plugin
+                request.set_exception(RpcException(f"factory not created: {e}", code=CREATE_FAILED))
+
+        threading.Thread(target=work, name="superscalar-create", daemon=True).start()
+
+    @plugin.method("superscalar-list")
+    def list_factories(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
+        """List every factory this node is in, with its channels and this node's exit cost."""
+        r = holder["roles"]
+        return {"factories": [_describe(r, fid) for fid in r.store.factory_ids() if r.store.get(fid, "factory")]}
+
+    @plugin.hook("custommsg")
+    def on_custommsg(peer_id: str, payload: str, plugin: Plugin, **kwargs: Any) -> dict[str, str]:
+        r = holder.get("roles")
+        try:
+            raw = bytes.fromhex(payload)
+            if r is None or not Transport.is_ours(raw):
+                return {"result": "continue"}
+            msg = r.transport.receive(peer_id, raw)
+            if msg is not None and not r.lsp.on_message(peer_id, msg):
+                r.client.on_message(peer_id, msg)
+        except WireError as e:
+            plugin.log(f"malformed superscalar message from {peer_id}: {e}", level="info")
+        except Exception as e:  # never let an exception escape into the hook
+            plugin.log(f"error handling message from {peer_id}: {e!r}", level="broken")
+        return {"result": "continue"}
+
+    @plugin.hook("openchannel")
+    def on_openchannel(openchannel: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
+        r = holder.get("roles")
+        try:
+            return r.client.openchannel(openchannel) if r else {"result": "continue"}
+        except Exception as e:
+            plugin.log(f"openchannel hook error: {e!r}", level="broken")
+            return {"result": "continue"}  # CLN's normal policy (no zero-conf)
+
+    @plugin.subscribe("disconnect")
+    def on_disconnect(plugin: Plugin, **kwargs: Any) -> None:
+        r = holder.get("roles")
+        peer = kwargs.get("disconnect", {}).get("id") or kwargs.get("id")
+        if r is None or not peer:
+            return
+        try:
+            r.transport.forget(peer)
+            r.lsp.on_disconnect(peer)
+            r.client.on_disconnect(peer)
+        except Exception as e:
+            plugin.log(f"disconnect handling for {peer}: {e!r}", level="broken")
 
     return plugin
+
+
+def _describe(r: Roles, fid: str) -> dict[str, Any]:
+    rec = r.store.get(fid, "factory") or {}
+    params = FactoryParams.deserialize(rec["params"].encode())
+    out: dict[str, Any] = {
+        "factory_id": fid, "role": rec["role"], "state": "funded" if rec["role"] == "lsp" else "signed",
+        "funding_outpoint": rec["funding_outpoint"], "n_clients": params.n_clients,
+        "expiry_height": params.expiry_height, "dying_height": params.distribution_height,
+    }
+    if rec["role"] == "lsp":
+        out["epoch"] = rec["state"]
+        by_id = {c["channel_id"]: c for c in r.node.peer_channels()}
+        channels = []
+        for c in rec["channels"]:
+            live = by_id.get(c["channel_id"], {})
+            channels.append({**{k: c[k] for k in ("peer_id", "channel_id", "funding_outpoint", "capacity_msat",
+                                                  "early_warning_blocks", "exit")},
+                             "state": live.get("state"), "our_balance_msat": msat(live.get("to_us_msat", 0))})
+        out["channels"] = channels
+        return out
+    channels = []
+    for ch in r.node.peer_channels(rec["lsp"]):
+        if channel_in_factory(rec, ch):
+            channels.append({"peer_id": rec["lsp"], "channel_id": ch.get("channel_id"), "state": ch.get("state"),
+                             "funding_outpoint": rec["leaf_outpoint"], "capacity_msat": rec["capacity_sat"] * 1000,
+                             "our_balance_msat": msat(ch.get("to_us_msat", 0)),
+                             "early_warning_blocks": rec["early_warning_blocks"]})
+    out.update({"lsp": rec["lsp"], "channels": channels, "exit": rec["exit"]})
+    return out

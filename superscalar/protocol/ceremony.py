@@ -288,6 +288,7 @@ class Participant:
         self._secnonces: list[musig2.SecNonce] = []
         self._aggnonces: Sequence[bytes] = ()
         self.signed: tuple[Tx, ...] = ()
+        self.client_index: Optional[int] = None  # our index, once a proposal was accepted
 
     def receive(self, msg: Message) -> list[Action]:
         """A message from the LSP."""
@@ -326,6 +327,7 @@ class Participant:
             self._ids = (msg.factory_id, msg.session_id)
             raise _Violation(AbortCode.BAD_PROPOSAL, f"proposal refused: {e}") from None
         self._ids = (msg.factory_id, msg.session_id)
+        self.client_index = msg.client_index
         pubnonces = []
         for t in self.jobs:
             secnonce, pubnonce = musig2.nonce_gen_internal(self._rand(32), self._seckey, musig2.PlainPk(self.expect.pubkey),

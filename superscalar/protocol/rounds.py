@@ -223,8 +223,13 @@ def _tree_jobs(expect: Expectation, msg: Propose, params: FactoryParams, shape: 
                funding: OutPoint, outputs: Sequence[Sequence[TxOut]]) -> tuple[TreeTx, ...]:
     path = shape.rebuild_path(client, funding, msg.funding_value, msg.state_indices, outputs)
     leaf = shape.topology.nodes[shape.topology.leaf_of_client[client]]
-    mine = TxOut(expect.capacity_sat or 0, expect.channel_script or b"")
-    if path[-1].tx.outputs[client - leaf.first_client] != mine:
+    mine = path[-1].tx.outputs[client - leaf.first_client]
+    # Before the open completes a client cannot know its channel's funding script; it then checks
+    # the amount and the P2WSH form here, and the funding outpoint once the channel exists.
+    if mine.value != expect.capacity_sat or not (
+        mine.script_pubkey == expect.channel_script
+        or (expect.channel_script is None and len(mine.script_pubkey) == 34 and mine.script_pubkey[:2] == b"\x00\x20")
+    ):
         raise ProposalError("our channel output is not what we agreed")
     if path[-1].tx.outputs[-2].script_pubkey != shape.lstock_taproot(leaf.index).script_pubkey:
         raise ProposalError("the leaf's L-stock output is not the leaf's N-of-N")

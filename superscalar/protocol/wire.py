@@ -498,8 +498,33 @@ class Fragment(Message):
     chunk: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Invite(Message):
+    """LSP → client: join factory `factory_id` with a channel of these amounts (session_id: the
+    invitation's id). `params` are the factory parameters, serialized as in Propose."""
+
+    KIND: ClassVar[int] = 9
+    FIELDS: ClassVar[Mapping[int, Field]] = _table(
+        Field("params", VARBYTES), Field("balance_sat", U64), Field("inbound_sat", U64)
+    )
+    params: bytes
+    balance_sat: int
+    inbound_sat: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accept(Message):
+    """client → LSP: the client joins with this factory key and wants the distribution paid here."""
+
+    KIND: ClassVar[int] = 10
+    FIELDS: ClassVar[Mapping[int, Field]] = _table(Field("pubkey", POINT33), Field("payout_script", VARBYTES))
+    pubkey: bytes
+    payout_script: bytes
+
+
 MESSAGE_TYPES: Mapping[int, type[Message]] = {
-    cls.KIND: cls for cls in (Propose, Nonces, AggNonces, PartialSigs, Signatures, Done, Abort, Fragment)
+    cls.KIND: cls
+    for cls in (Propose, Nonces, AggNonces, PartialSigs, Signatures, Done, Abort, Fragment, Invite, Accept)
 }
 
 

@@ -15,9 +15,13 @@ pytestmark = pytest.mark.lightningd
 def test_plugin_starts_and_reports_version(node_factory: Any, plugin_path: Path) -> None:
     node = node_factory.get_node(options={"plugin": str(plugin_path)})
     info = node.rpc.call("superscalar-getinfo")
-    assert info == {"version": superscalar.__version__, "network": "regtest"}
+    assert info == {"version": superscalar.__version__, "network": "regtest", "lsp": False, "join": [],
+                    "profile": "mainnet", "factories": 0}
     plugins = [p["name"] for p in node.rpc.plugin_list()["plugins"]]
     assert str(plugin_path) in plugins
     # The command shows up in lightningd's help, with its docstring as usage text.
     helps = node.rpc.help("superscalar-getinfo")["help"]
     assert helps and helps[0]["command"].startswith("superscalar-getinfo")
+    # A node that is not an LSP refuses to create factories, with a clear error.
+    with pytest.raises(Exception, match="does not offer factories"):
+        node.rpc.call("superscalar-create", {"clients": [{"id": "02" + "11" * 32, "inbound_sat": 100_000}]})

@@ -1,0 +1,221 @@
+"""The LSP role: create a factory with clients that run this plugin, over real CLN channels.
+
+`Lsp.create` runs in a worker thread (the plugin's `superscalar-create` is an async method) and walks
+the steps in the order that keeps everyone's money safe:
+  1. invite each client and collect its key and payout script;
+  2. `fundchannel_start` a zero-conf channel with each client (its funding script goes in the leaf);
+  3. prepare the funding transaction in CLN's wallet (inputs reserved, not broadcast);
+  4. run the signing ceremony; every client stores its signed exit path before it reports Done;
+  5. `fundchannel_complete` each channel with its (unbroadcast) leaf transaction;
+  6. only then sign and broadcast the funding transaction.
+Any failure before step 6 cancels the opens and discards the prepared funding, releasing its inputs.
+Ceremony messages arrive through the custommsg hook (`on_message`) on pyln's main thread.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from . import musig2
+from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
+from .bitcoin.tx import OutPoint, Tx
+from .factory.graph import Factory, FactoryScripts
+from .factory.params import ClientTerms, FactoryParams
+from .node import ClnNode
+from .protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
+from .protocol.rounds import construction_round
+from .protocol.wire import Abort, AbortCode, Accept, Invite, Message
+from .store import Store
+from .transport import Transport
+
+ParamsFor = Callable[[int, int], FactoryParams]  # (n_clients, start height) → parameters
+
+
+class CreateError(RuntimeError):
+    """superscalar-create failed; nothing was broadcast and reserved inputs were released."""
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    node_id: str
+    balance_sat: int
+    inbound_sat: int
+
+
+@dataclass
+class Pending:
+    factory_id: bytes
+    clients: list[ClientSpec]
+    params: FactoryParams
+    invite_id: bytes
+    accepts: dict[int, Accept] = field(default_factory=dict)
+    refused: Optional[str] = None
+    coordinator: Optional[Coordinator] = None
+    outcome: Optional[Completed | Failed] = None
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def index_of(self, peer: str) -> Optional[int]:
+        return next((i for i, c in enumerate(self.clients) if c.node_id == peer), None)
+
+
+class Lsp:
+    def __init__(self, node: ClnNode, store: Store, transport: Transport, params_for: ParamsFor,
+                 log: Callable[[str], None], timeout: float = 60.0) -> None:
+        self.node, self.store, self.transport = node, store, transport
+        self.params_for = params_for
+        self.log = log
+        self.timeout = timeout
+        self._pending: dict[bytes, Pending] = {}
+
+    # --- called from the custommsg hook ---
+
+    def on_message(self, peer: str, msg: Message) -> bool:
+        """Handle `msg` if it belongs to a factory this LSP is creating; True if it did."""
+        pending = self._pending.get(msg.factory_id)
+        if pending is None:
+            return False
+        index = pending.index_of(peer)
+        if index is None:
+            return True  # not one of its clients: ignore
+        with pending.cond:
+            if isinstance(msg, Accept) and pending.coordinator is None:
+                if msg.session_id == pending.invite_id and index not in pending.accepts:
+                    pending.accepts[index] = msg
+            elif isinstance(msg, Abort) and pending.coordinator is None:
+                pending.refused = f"client {peer} refused: {msg.reason}"
+            elif pending.coordinator is not None:
+                self._execute(pending, pending.coordinator.receive(index, msg))
+            pending.cond.notify_all()
+        return True
+
+    def on_disconnect(self, peer: str) -> None:
+        for pending in list(self._pending.values()):
+            index = pending.index_of(peer)
+            if index is None:
+                continue
+            with pending.cond:
+                if pending.coordinator is not None:
+                    self._execute(pending, pending.coordinator.peer_failed(index, "disconnected"))
+                else:
+                    pending.refused = f"client {peer} disconnected"
+                pending.cond.notify_all()
+
+    def _execute(self, pending: Pending, actions: list[Action]) -> None:
+        fid = pending.factory_id.hex()
+        for a in actions:
+            if isinstance(a, Persist):
+                self.store.put(fid, f"lsp-{a.record}", a.data)
+            elif isinstance(a, Send):
+                self.transport.send(pending.clients[a.peer].node_id, a.message)
+            elif isinstance(a, (Completed, Failed)):
+                pending.outcome = a
+
+    def _wait(self, pending: Pending, done: Callable[[], bool], what: str) -> None:
+        with pending.cond:
+            if not pending.cond.wait_for(lambda: done() or pending.refused is not None, self.timeout):
+                raise CreateError(f"timed out waiting for {what}")
+            if pending.refused is not None and not done():
+                raise CreateError(pending.refused)
+
+    # --- superscalar-create, in a worker thread ---
+
+    def create(self, clients: list[ClientSpec]) -> dict[str, Any]:
+        if not clients or len({c.node_id for c in clients}) != len(clients):
+            raise CreateError("clients must be distinct and at least one")
+        params = self.params_for(len(clients), self.node.blockheight())
+        fid = secrets.token_bytes(32)
+        pending = Pending(fid, clients, params, secrets.token_bytes(32))
+        self._pending[fid] = pending
+        opened: list[str] = []
+        funding_txid: Optional[str] = None
+        try:
+            for c in clients:
+                self.transport.send(c.node_id, Invite(fid, pending.invite_id, params.serialize(), c.balance_sat, c.inbound_sat))
+            self._wait(pending, lambda: len(pending.accepts) == len(clients), "clients to accept")
+            lsp_sk = _seckey(self.node.secret(f"superscalar/factory/{fid.hex()}/lsp"))
+            pubkeys = [musig2.individual_pk(lsp_sk)] + [pending.accepts[i].pubkey for i in range(len(clients))]
+            channels = []
+            for c in clients:
+                channels.append(self.node.fundchannel_start(c.node_id, c.balance_sat + c.inbound_sat, c.balance_sat * 1000))
+                opened.append(c.node_id)
+            factory = Factory(params, [ClientTerms(c.balance_sat, c.inbound_sat) for c in clients], pubkeys,
+                              FactoryScripts(tuple(channels), tuple(pending.accepts[i].payout_script for i in range(len(clients))),
+                                             self.node.new_script()))
+            funding_out = factory.funding_output
+            funding_txid, unsigned = self.node.prepare_payment(funding_out.script_pubkey, funding_out.value)
+            funding_tx = Tx.from_hex(unsigned)
+            vout = next(i for i, o in enumerate(funding_tx.outputs) if o == funding_out)
+            graph = factory.graph(OutPoint.from_hex(funding_txid, vout))
+            with pending.cond:
+                pending.coordinator = Coordinator(construction_round(factory, graph, fid, secrets.token_bytes(32)), lsp_sk)
+                self._execute(pending, pending.coordinator.start())
+            self._wait(pending, lambda: pending.outcome is not None, "the signing ceremony")
+            if isinstance(pending.outcome, Failed):
+                raise CreateError(f"ceremony failed: {pending.outcome.reason}")
+            channel_ids = []
+            for i, c in enumerate(clients):
+                leaf = graph.states[factory.topology.leaf_of_client[i]]
+                psbt = Psbt(leaf.tx, (PsbtInput(witness_utxo=leaf.prevout),), tuple(PsbtOutput() for _ in leaf.tx.outputs))
+                channel_ids.append(self.node.fundchannel_complete(c.node_id, psbt.to_base64()))
+            record = _lsp_record(factory, graph, clients, channel_ids)
+            self.store.put(fid.hex(), "factory", record)
+            self.node.send_prepared(funding_txid)
+            funding_txid_sent, funding_txid = funding_txid, None
+            self.log(f"factory {fid.hex()} funded by {funding_txid_sent}")
+            return {"factory_id": fid.hex(), "funding_txid": funding_txid_sent, "funding_outpoint": f"{funding_txid_sent}:{vout}",
+                    "channels": record["channels"]}
+        except Exception:
+            self._abort(pending, opened, funding_txid)
+            raise
+        finally:
+            self._pending.pop(fid, None)
+
+    def _abort(self, pending: Pending, opened: list[str], funding_txid: Optional[str]) -> None:
+        with pending.cond:
+            if pending.coordinator is None or pending.outcome is None:
+                for c in pending.clients:
+                    try:
+                        self.transport.send(c.node_id, Abort(pending.factory_id, pending.invite_id,
+                                                             int(AbortCode.REFUSED), "factory creation aborted", None))
+                    except Exception as e:  # the peer may be gone already
+                        self.log(f"abort to {c.node_id}: {e}")
+        for peer in opened:
+            try:
+                self.node.fundchannel_cancel(peer)
+            except Exception as e:
+                self.log(f"fundchannel_cancel {peer}: {e}")
+        if funding_txid is not None:
+            self.node.discard_prepared(funding_txid)
+
+
+def _seckey(secret: bytes) -> bytes:
+    k = int.from_bytes(secret, "big")
+    if not 0 < k < musig2.N:
+        raise CreateError("derived key out of range")
+    return secret
+
+
+def _lsp_record(factory: Factory, graph: Any, clients: list[ClientSpec], channel_ids: list[str]) -> dict[str, Any]:
+    params = factory.params
+    chans = []
+    for i, (c, cid) in enumerate(zip(clients, channel_ids)):
+        op = graph.channel_outpoint(i)
+        exit_path = graph.exit_path(i)
+        chans.append({"peer_id": c.node_id, "channel_id": cid, "funding_outpoint": f"{op.txid_hex}:{op.vout}",
+                      "capacity_msat": factory.terms[i].capacity_sat * 1000,
+                      "early_warning_blocks": exit_path.early_warning_blocks(params.confirm_blocks),
+                      "exit": {"transactions": len(exit_path.txs), "vbytes": exit_path.vbytes,
+                               "fee_sat": exit_path.fee, "wait_blocks": sum(exit_path.waits)}})
+    return {
+        "role": "lsp", "params": params.serialize().decode(), "state": list(graph.state),
+        "pubkeys": [k.hex() for k in factory.keys.pubkeys],
+        "terms": [[t.balance_sat, t.inbound_sat] for t in factory.terms],
+        "scripts": {"channels": [s.hex() for s in factory.scripts.channels],
+                    "payouts": [s.hex() for s in factory.scripts.payouts], "lsp": factory.scripts.lsp_payout.hex()},
+        "funding_outpoint": f"{graph.funding.txid_hex}:{graph.funding.vout}",
+        "funding_value_sat": factory.funding_output.value,
+        "channels": chans,
+    }

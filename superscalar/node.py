@@ -1,0 +1,122 @@
+"""The Core Lightning calls superscalar uses, behind one small interface.
+
+Everything the roles need from lightningd goes through `ClnNode`: keys (`makesecret`), the wallet
+(`txprepare`/`txsend`/`txdiscard`, `newaddr`), channel opens (`fundchannel_start`/`_complete`/`_cancel`),
+peer messages (`sendcustommsg`), the datastore and a few queries. Amounts cross this interface as
+integer satoshis or msat, scripts as bytes, transactions as hex.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .bitcoin.address import address_to_script, segwit_address
+from .protocol.wire import SUPERSCALAR_MSG_TYPE
+
+
+def msat(value: Any) -> int:
+    """An msat amount as lightningd reports it (an integer, or a string ending in 'msat')."""
+    if isinstance(value, int):
+        return value
+    text = str(value)
+    return int(text[:-4]) if text.endswith("msat") else int(text)
+
+
+class ClnNode:
+    """lightningd through pyln's RPC client (`plugin.rpc`)."""
+
+    def __init__(self, rpc: Any, network: str) -> None:
+        self.rpc = rpc
+        self.network = network
+
+    # --- identity and keys ---
+
+    def node_id(self) -> str:
+        return str(self.rpc.getinfo()["id"])
+
+    def blockheight(self) -> int:
+        return int(self.rpc.getinfo()["blockheight"])
+
+    def secret(self, label: str) -> bytes:
+        """A 32-byte secret derived by the HSM from the node seed and `label` (recoverable)."""
+        return bytes.fromhex(self.rpc.call("makesecret", {"string": label})["secret"])
+
+    # --- wallet ---
+
+    def new_script(self) -> bytes:
+        """A fresh P2TR script of the node's wallet."""
+        return address_to_script(self.rpc.call("newaddr", {"addresstype": "p2tr"})["p2tr"], self.network)
+
+    def address(self, script_pubkey: bytes) -> str:
+        return segwit_address(self.network, script_pubkey)
+
+    def prepare_payment(self, script_pubkey: bytes, amount_sat: int, feerate: Optional[str] = None) -> tuple[str, str]:
+        """An unsigned wallet transaction paying `amount_sat` to `script_pubkey`, its inputs reserved.
+        Returns (txid, unsigned tx hex)."""
+        params: dict[str, Any] = {"outputs": [{self.address(script_pubkey): f"{amount_sat}sat"}]}
+        if feerate is not None:
+            params["feerate"] = feerate
+        res = self.rpc.call("txprepare", params)
+        return str(res["txid"]), str(res["unsigned_tx"])
+
+    def send_prepared(self, txid: str) -> str:
+        """Sign and broadcast a prepared transaction; returns the signed tx hex."""
+        return str(self.rpc.call("txsend", {"txid": txid})["tx"])
+
+    def discard_prepared(self, txid: str) -> None:
+        """Forget a prepared transaction and release its inputs."""
+        self.rpc.call("txdiscard", {"txid": txid})
+
+    def reserved_outputs(self) -> int:
+        return sum(1 for o in self.rpc.listfunds()["outputs"] if o.get("reserved"))
+
+    # --- channels ---
+
+    def fundchannel_start(self, peer: str, capacity_sat: int, push_msat: int) -> bytes:
+        """Start a zero-conf, unannounced channel open; returns the funding script_pubkey."""
+        res = self.rpc.call("fundchannel_start", {
+            "id": peer, "amount": capacity_sat, "announce": False, "push_msat": push_msat, "mindepth": 0,
+        })
+        return bytes.fromhex(res["scriptpubkey"])
+
+    def fundchannel_complete(self, peer: str, psbt_b64: str) -> str:
+        res = self.rpc.call("fundchannel_complete", {"id": peer, "psbt": psbt_b64})
+        if not res.get("commitments_secured"):
+            raise RuntimeError(f"fundchannel_complete with {peer}: commitments not secured")
+        return str(res["channel_id"])
+
+    def fundchannel_cancel(self, peer: str) -> None:
+        self.rpc.call("fundchannel_cancel", {"id": peer})
+
+    def peer_channels(self, peer: Optional[str] = None) -> list[dict[str, Any]]:
+        params = {"id": peer} if peer else {}
+        return list(self.rpc.call("listpeerchannels", params)["channels"])
+
+    # --- peers ---
+
+    def send_message(self, peer: str, payload: bytes) -> None:
+        """Send one custom message (`payload` starts with its 2-byte type)."""
+        assert int.from_bytes(payload[:2], "big") == SUPERSCALAR_MSG_TYPE
+        self.rpc.call("sendcustommsg", {"node_id": peer, "msg": payload.hex()})
+
+    # --- datastore ---
+
+    def datastore_get(self, key: list[str]) -> Optional[tuple[str, int]]:
+        """(string, generation) stored under exactly `key`, or None."""
+        for entry in self.rpc.call("listdatastore", {"key": key})["datastore"]:
+            if entry["key"] == key and "string" in entry:
+                return str(entry["string"]), int(entry.get("generation", 0))
+        return None
+
+    def datastore_put(self, key: list[str], value: str, generation: Optional[int]) -> int:
+        """Create (generation None) or replace the value at exactly `generation`; returns the new one."""
+        params: dict[str, Any] = {"key": key, "string": value}
+        if generation is None:
+            params["mode"] = "must-create"
+        else:
+            params["mode"] = "must-replace"
+            params["generation"] = generation
+        return int(self.rpc.call("datastore", params)["generation"])
+
+    def datastore_list(self, prefix: list[str]) -> list[list[str]]:
+        return [list(e["key"]) for e in self.rpc.call("listdatastore", {"key": prefix})["datastore"]]

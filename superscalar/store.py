@@ -1,0 +1,53 @@
+"""Factory records in lightningd's datastore, one subtree per factory:
+``["superscalar", "factories", <factory_id>, <record>]``.
+
+A record is JSON with a schema version. Writes use compare-and-swap on the datastore generation, so
+two writers cannot silently overwrite each other; an unknown schema version is an error, never a reset.
+Secret nonces are never stored here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from .node import ClnNode
+
+ROOT = ["superscalar", "factories"]
+SCHEMA_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """A record could not be read or written as expected."""
+
+
+class Store:
+    def __init__(self, node: ClnNode) -> None:
+        self.node = node
+        self._generations: dict[tuple[str, str], int] = {}
+
+    def get(self, factory_id: str, record: str) -> Optional[dict[str, Any]]:
+        found = self.node.datastore_get([*ROOT, factory_id, record])
+        if found is None:
+            return None
+        text, generation = found
+        data = json.loads(text)
+        if data.get("schema") != SCHEMA_VERSION:
+            raise StoreError(f"{factory_id}/{record}: unknown schema version {data.get('schema')!r}")
+        self._generations[(factory_id, record)] = generation
+        return dict(data["data"])
+
+    def put(self, factory_id: str, record: str, data: dict[str, Any]) -> None:
+        """Write `record`, replacing only the version this store last read or wrote."""
+        key = (factory_id, record)
+        if key not in self._generations and self.node.datastore_get([*ROOT, factory_id, record]) is not None:
+            self.get(factory_id, record)
+        text = json.dumps({"schema": SCHEMA_VERSION, "data": data}, sort_keys=True)
+        try:
+            self._generations[key] = self.node.datastore_put([*ROOT, factory_id, record], text,
+                                                             self._generations.get(key))
+        except Exception as e:  # the RPC error says the generation moved: someone else wrote
+            raise StoreError(f"{factory_id}/{record}: write conflict or failure: {e}") from e
+
+    def factory_ids(self) -> list[str]:
+        return sorted({k[2] for k in self.node.datastore_list(ROOT) if len(k) > 2})

@@ -1,0 +1,94 @@
+"""An LSP and clients, all CLN nodes running the plugin: a factory with real leaf channels on stock
+Core Lightning, and payments through them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyln.testing.utils import sync_blockheight, wait_for
+
+from superscalar.node import msat
+
+pytestmark = pytest.mark.lightningd
+
+BALANCE_SAT = 50_000
+INBOUND_SAT = 200_000
+
+
+def start_network(node_factory: Any, plugin_path: Path, n_clients: int) -> tuple[Any, list[Any]]:
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"})
+    clients = node_factory.get_nodes(n_clients, opts={**common, "superscalar-join": lsp.info["id"]})
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp.fundwallet(10_000_000)
+    return lsp, clients
+
+
+def channel_with(node: Any, peer: Any) -> dict[str, Any]:
+    [ch] = node.rpc.listpeerchannels(peer.info["id"])["channels"]
+    return dict(ch)
+
+
+def pay(payer: Any, payee: Any, amount_sat: int, label: str) -> int:
+    """payee invoices, payer pays; returns the fee paid in msat."""
+    # Leaf channels are unannounced: the invoice carries them as route hints.
+    inv = payee.rpc.call("invoice", {"amount_msat": amount_sat * 1000, "label": label, "description": label,
+                                     "exposeprivatechannels": [c["alias"]["local"] for c in payee.rpc.listpeerchannels()["channels"]]})["bolt11"]
+    res = payer.rpc.xpay(inv)
+    assert res["amount_msat"] == amount_sat * 1000
+    return int(msat(res["amount_sent_msat"])) - amount_sat * 1000
+
+
+def test_lsp_creates_a_factory_with_four_clients_and_payments_flow(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = start_network(node_factory, plugin_path, 4)
+    spec = [{"id": c.info["id"], "balance_sat": BALANCE_SAT, "inbound_sat": INBOUND_SAT} for c in clients]
+    reserved_before = sum(1 for o in lsp.rpc.listfunds()["outputs"] if o.get("reserved"))
+    res = lsp.rpc.call("superscalar-create", {"clients": spec})
+    assert len(res["channels"]) == 4
+    # The funding transaction is in the mempool; it confirms.
+    funding_txid = res["funding_txid"]
+    assert funding_txid in bitcoind.rpc.getrawmempool()
+    bitcoind.generate_block(1)
+    assert bitcoind.rpc.getrawtransaction(funding_txid, True)["confirmations"] == 1
+    sync_blockheight(bitcoind, [lsp, *clients])
+
+    for c, ch in zip(clients, res["channels"]):
+        assert ch["peer_id"] == c.info["id"]
+        mine, theirs = channel_with(c, lsp), channel_with(lsp, c)
+        for side in (mine, theirs):
+            assert side["state"] == "CHANNELD_NORMAL"
+            assert f"{side['funding_txid']}:{side['funding_outnum']}" == ch["funding_outpoint"]
+            assert msat(side["total_msat"]) == (BALANCE_SAT + INBOUND_SAT) * 1000
+        assert msat(mine["to_us_msat"]) == BALANCE_SAT * 1000
+        # The leaf transaction itself was never broadcast.
+        leaf_txid = ch["funding_outpoint"].split(":")[0]
+        assert leaf_txid not in bitcoind.rpc.getrawmempool()
+
+    # Both sides list the factory, and the client holds its exit path.
+    [lsp_view] = lsp.rpc.call("superscalar-list")["factories"]
+    assert lsp_view["role"] == "lsp" and len(lsp_view["channels"]) == 4
+    for c, ch in zip(clients, res["channels"]):
+        [view] = c.rpc.call("superscalar-list")["factories"]
+        assert view["role"] == "client" and view["lsp"] == lsp.info["id"]
+        assert view["funding_outpoint"] == res["funding_outpoint"]
+        [cch] = view["channels"]
+        assert cch["funding_outpoint"] == ch["funding_outpoint"] and cch["state"] == "CHANNELD_NORMAL"
+        assert view["exit"]["transactions"] == 4 and view["exit"]["vbytes"] > 0
+
+    # Payments: LSP → each client, each client → LSP, and client 0 → client 1 through the LSP.
+    for i, c in enumerate(clients):
+        assert pay(lsp, c, 10_000, f"lsp-to-{i}") == 0
+        assert pay(c, lsp, 4_000, f"{i}-to-lsp") == 0
+    fee = pay(clients[0], clients[1], 1_000, "0-to-1")
+    expected = [BALANCE_SAT * 1000 + 6_000_000] * 4
+    expected[0] -= 1_000_000 + fee
+    expected[1] += 1_000_000
+    for c, want in zip(clients, expected):
+        # xpay returns once it has the preimage; the commitments settle a moment later.
+        wait_for(lambda: not channel_with(c, lsp)["htlcs"] and not channel_with(lsp, c)["htlcs"])
+        assert msat(channel_with(c, lsp)["to_us_msat"]) == want
+        assert msat(channel_with(lsp, c)["to_us_msat"]) == (BALANCE_SAT + INBOUND_SAT) * 1000 - want
