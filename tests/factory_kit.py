@@ -19,7 +19,9 @@ from superscalar.factory.graph import Factory, FactoryScripts, ScriptSpend, Tree
 from superscalar.factory.params import ClientTerms, FactoryParams
 
 if TYPE_CHECKING:
+    from superscalar.bitcoin.tx import OutPoint
     from superscalar.protocol.ceremony import Participant
+    from superscalar.protocol.rounds import Expectation, Round
 
 
 def key(tag: int, i: int) -> bytes:
@@ -92,4 +94,36 @@ def construction_participants(kit: Kit, clients: Sequence[int] | None = None) ->
         expect = Expectation(Kind.CONSTRUCTION, f.keys.pubkeys[c + 1], channel_script=f.scripts.channels[c],
                              capacity_sat=f.terms[c].capacity_sat, payout_script=f.scripts.payouts[c], params=f.params)
         out[c] = Participant(expect, kit.seckeys[c + 1])
+    return out
+
+
+def run_round(kit: Kit, rnd: "Round", expectations: dict[int, "Expectation"]) -> dict[str, Tx]:
+    """Run `rnd` through the real ceremony machines over the in-memory link; every client checks
+    its proposal against `expectations`. Returns the LSP's signed transactions by txid."""
+    from superscalar.protocol import memlink
+    from superscalar.protocol.ceremony import Completed, Coordinator, Participant
+
+    participants = {c: Participant(e, kit.seckeys[c + 1]) for c, e in expectations.items()}
+    result = memlink.run(Coordinator(rnd, kit.seckeys[0]), participants)
+    outcome = result.lsp_outcome
+    assert isinstance(outcome, Completed), outcome
+    for c in participants:
+        assert isinstance(result.client_outcome(c), Completed), (c, result.client_outcome(c))
+    return {tx.txid: tx for tx in outcome.signed}
+
+
+def construction_expectations(kit: Kit) -> dict[int, "Expectation"]:
+    return {c: p.expect for c, p in construction_participants(kit).items()}
+
+
+def advance_expectations(kit: Kit, old_state: Sequence[int], changed: int, funding: "OutPoint") -> dict[int, "Expectation"]:
+    from superscalar.protocol.rounds import Expectation, Kind
+
+    f = kit.factory
+    out = {}
+    for c in f.topology.nodes[changed].clients:
+        out[c] = Expectation(Kind.ADVANCE, f.keys.pubkeys[c + 1], channel_script=f.scripts.channels[c],
+                             capacity_sat=f.terms[c].capacity_sat,
+                             previous_state=tuple(old_state[n] for n in f.topology.path(c)),
+                             funding=(funding, f.funding_output.value))
     return out

@@ -24,7 +24,23 @@ from superscalar.factory.graph import (
 )
 from superscalar.factory.params import regtest_params
 
-from ..factory_kit import Kit, lsp_sign_script_spend, make_kit, musig_sign
+from superscalar.protocol.rounds import (
+    Expectation,
+    Kind,
+    advance_round,
+    close_round,
+    construction_round,
+    sale_round,
+)
+
+from ..factory_kit import (
+    Kit,
+    advance_expectations,
+    construction_expectations,
+    lsp_sign_script_spend,
+    make_kit,
+    run_round,
+)
 from .chain import Chain
 
 pytestmark = pytest.mark.bitcoind
@@ -37,12 +53,19 @@ def chain(bitcoind: Any) -> Chain:
     return Chain(bitcoind)
 
 
-def funded_factory(chain: Chain) -> tuple[Kit, OutPoint]:
+FID = b"\xfa" * 32
+
+
+def funded_factory(chain: Chain) -> tuple[Kit, OutPoint, dict[str, Tx]]:
+    """A factory funded from bitcoind's wallet, its tree and distribution signed by the ceremony."""
     kit = make_kit(regtest_params(N, chain.height))
     funding = kit.factory.funding_output
     outpoint, _ = chain.fund(funding.script_pubkey, funding.value)
     assert chain.output_on_chain(outpoint.txid_hex, outpoint.vout) == funding
-    return kit, outpoint
+    graph = kit.factory.graph(outpoint)
+    signed = run_round(kit, construction_round(kit.factory, graph, FID, b"\x01" * 32), construction_expectations(kit))
+    assert set(signed) == {t.tx.txid for t in (*graph.txs(), graph.distribution())}
+    return kit, outpoint, signed
 
 
 def publish_after_wait(chain: Chain, tx: Tx, wait: int) -> None:
@@ -58,9 +81,9 @@ def publish_after_wait(chain: Chain, tx: Tx, wait: int) -> None:
     chain.broadcast_and_confirm(tx)
 
 
-def publish_path(chain: Chain, kit: Kit, graph: FactoryGraph, client: int) -> None:
+def publish_path(chain: Chain, signed: dict[str, Tx], graph: FactoryGraph, client: int) -> None:
     for t in graph.path_txs(client):
-        publish_after_wait(chain, musig_sign(t, kit.seckeys), t.relative_wait)
+        publish_after_wait(chain, signed[t.tx.txid], t.relative_wait)
         assert chain.output_on_chain(t.tx.txid, 0) == t.tx.outputs[0]
 
 
@@ -80,13 +103,13 @@ def spend_channel(chain: Chain, kit: Kit, graph: FactoryGraph, client: int) -> T
 
 
 def test_a_client_exit_path_respects_every_timelock(chain: Chain) -> None:
-    kit, funding = funded_factory(chain)
+    kit, funding, signed = funded_factory(chain)
     graph = kit.factory.graph(funding)
     client = 5
     path = graph.path_txs(client)
     assert [t.name for t in path] == ["kickoff/0", "state/0", "kickoff/3", "state/3"]
     assert [t.relative_wait for t in path] == [0, 6, 0, 6]
-    publish_path(chain, kit, graph, client)
+    publish_path(chain, signed, graph, client)
     spend = spend_channel(chain, kit, graph, client)
     chain.assert_accepted(spend)
     chain.broadcast_and_confirm(spend)
@@ -94,7 +117,7 @@ def test_a_client_exit_path_respects_every_timelock(chain: Chain) -> None:
 
 
 def test_b_newest_state_beats_an_old_one(chain: Chain) -> None:
-    kit, funding = funded_factory(chain)
+    kit, funding, signed = funded_factory(chain)
     f = kit.factory
     client = 2
     old_state = f.initial_state()
@@ -102,6 +125,10 @@ def test_b_newest_state_beats_an_old_one(chain: Chain) -> None:
     new_state, node2 = f.advance(mid_state, client)
     leaf = f.topology.leaf_of_client[client]
     assert node == node2 == leaf and new_state[leaf] == 2
+    # Two state advances, each signed by the leaf's clients and the LSP through the ceremony.
+    for i, (before, after) in enumerate(((old_state, mid_state), (mid_state, new_state))):
+        rnd = advance_round(f, f.graph(funding, after), leaf, FID, bytes([0x10 + i]) * 32)
+        signed.update(run_round(kit, rnd, advance_expectations(kit, before, leaf, funding)))
     old, new = f.graph(funding, old_state), f.graph(funding, new_state)
     # Above the leaf nothing changed; the leaf's state tx did, and waits less.
     assert [t.tx.txid for t in old.path_txs(client)[:3]] == [t.tx.txid for t in new.path_txs(client)[:3]]
@@ -110,8 +137,8 @@ def test_b_newest_state_beats_an_old_one(chain: Chain) -> None:
     assert (old_leaf.relative_wait, new_leaf.relative_wait) == (6, 2)
 
     for t in old.path_txs(client)[:3]:  # someone publishes the old path up to the leaf's kickoff
-        publish_after_wait(chain, musig_sign(t, kit.seckeys), t.relative_wait)
-    old_signed, new_signed = musig_sign(old_leaf, kit.seckeys), musig_sign(new_leaf, kit.seckeys)
+        publish_after_wait(chain, signed[t.tx.txid], t.relative_wait)
+    old_signed, new_signed = signed[old_leaf.tx.txid], signed[new_leaf.tx.txid]
     chain.mine(1)
     chain.assert_rejected(old_signed, "non-BIP68-final")
     chain.assert_accepted(new_signed)
@@ -125,10 +152,10 @@ def test_b_newest_state_beats_an_old_one(chain: Chain) -> None:
 
 
 def test_c_lsp_sweeps_a_state_output_only_after_its_timeout(chain: Chain) -> None:
-    kit, funding = funded_factory(chain)
+    kit, funding, signed = funded_factory(chain)
     graph = kit.factory.graph(funding)
     for t in graph.path_txs(0)[:2]:  # root kickoff and root state: the children's outputs appear
-        publish_after_wait(chain, musig_sign(t, kit.seckeys), t.relative_wait)
+        publish_after_wait(chain, signed[t.tx.txid], t.relative_wait)
     node = 2
     lsp_dest = kit.factory.scripts.lsp_payout
     sweep = timeout_sweep(graph, node, lsp_dest)
@@ -149,11 +176,13 @@ def sweep_fee(sweep: Any) -> int:
 
 
 def test_d_cooperative_close_pays_everyone_exactly(chain: Chain) -> None:
-    kit, funding = funded_factory(chain)
+    kit, funding, _ = funded_factory(chain)
     f = kit.factory
     amounts = [30_000 + 500 * i for i in range(N)]
     close = cooperative_close(f, funding, amounts)
-    signed = musig_sign(close, kit.seckeys)
+    expect = {c: Expectation(Kind.CLOSE, f.keys.pubkeys[c + 1], payout_script=f.scripts.payouts[c], payout_sat=amounts[c],
+                             funding=(funding, f.funding_output.value)) for c in range(N)}
+    signed = run_round(kit, close_round(f, close, funding, FID, b"\x20" * 32), expect)[close.tx.txid]
     chain.assert_accepted(signed)
     chain.broadcast_and_confirm(signed)
     for i, amount in enumerate(amounts):
@@ -165,10 +194,10 @@ def test_d_cooperative_close_pays_everyone_exactly(chain: Chain) -> None:
 
 
 def test_e_distribution_confirms_at_the_timeout_and_pays_every_client(chain: Chain) -> None:
-    kit, funding = funded_factory(chain)
+    kit, funding, all_signed = funded_factory(chain)
     f = kit.factory
     dist = distribution_tx(f, funding)
-    signed = musig_sign(dist, kit.seckeys)
+    signed = all_signed[dist.tx.txid]
     assert signed.locktime == f.params.distribution_height
     chain.assert_rejected(signed, "non-final")
     chain.mine(f.params.distribution_height - chain.height)
@@ -179,17 +208,22 @@ def test_e_distribution_confirms_at_the_timeout_and_pays_every_client(chain: Cha
 
 
 def test_f_two_liquidity_sales_chain_from_the_lstock(chain: Chain) -> None:
-    kit, funding = funded_factory(chain)
+    kit, funding, signed_tree = funded_factory(chain)
     f = kit.factory
     graph = f.graph(funding)
     client = 6
     leaf = f.topology.leaf_of_client[client]
-    publish_path(chain, kit, graph, client)
+    publish_path(chain, signed_tree, graph, client)
     new_channels = [bytes.fromhex("0020") + bytes([0xA0 + i]) * 32 for i in range(2)]
     sale1 = liquidity_sale(f, leaf, graph.lstock(leaf), 30_000, new_channels[0])
     sale2 = liquidity_sale(f, leaf, (sale1.tx.outpoint(1), sale1.tx.outputs[1]), 25_000, new_channels[1])
-    for sale, script, capacity in ((sale1, new_channels[0], 30_000), (sale2, new_channels[1], 25_000)):
-        signed = musig_sign(sale, kit.seckeys)
+    for i, (sale, script, capacity) in enumerate(((sale1, new_channels[0], 30_000), (sale2, new_channels[1], 25_000))):
+        # The buyer (client 6), the leaf's other client and the LSP sign the sale.
+        expect = {c: Expectation(Kind.SALE, f.keys.pubkeys[c + 1], channel_script=script if c == client else None,
+                                 capacity_sat=capacity if c == client else None)
+                  for c in f.topology.nodes[leaf].clients}
+        rnd = sale_round(f, sale, sale.tx.inputs[0].prevout, leaf, FID, bytes([0x30 + i]) * 32)
+        signed = run_round(kit, rnd, expect)[sale.tx.txid]
         chain.assert_accepted(signed)
         chain.broadcast_and_confirm(signed)
         assert chain.output_on_chain(signed.txid, 0) == TxOut(capacity, script)
