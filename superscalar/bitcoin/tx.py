@@ -182,6 +182,30 @@ class TxOut:
         return _decode(cls.read, data)
 
 
+def parse_outputs(vector: bytes) -> tuple[TxOut, ...]:
+    """A CompactSize-counted output vector as it appears in a transaction, parsed strictly
+    (DecodeError on truncation, trailing bytes, non-canonical sizes or out-of-range values)."""
+    r = ByteReader(vector)
+    count = r.read_count(_MIN_TXOUT_SIZE)
+    data, pos, end = vector, r._pos, len(vector)
+    out = []
+    try:
+        for _ in range(count):
+            n = data[pos + 8] if pos + 9 <= end else 0xFF
+            if n < 0xFD and pos + 9 + n <= end:  # every real script: a one-byte length
+                out.append(TxOut(int.from_bytes(data[pos : pos + 8], "little"), data[pos + 9 : pos + 9 + n]))
+                pos += 9 + n
+                continue
+            r._pos = pos
+            out.append(TxOut.read(r))
+            pos = r._pos
+    except BitcoinError as e:
+        raise DecodeError(str(e)) from None
+    if pos != end:
+        raise DecodeError(f"{end - pos} trailing bytes after the outputs")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Tx:
     """An immutable transaction (its legacy serialization and txid are computed once).
@@ -217,6 +241,15 @@ class Tx:
     def serialize_without_witness(self) -> bytes:
         """Legacy serialization (BIP-144 "Serialization" without marker/flag)."""
         return self._legacy
+
+    @classmethod
+    def with_output_vector(cls, version: int, inputs: tuple[TxIn, ...], vector: bytes, locktime: int = 0) -> Tx:
+        """A transaction whose outputs come from a consensus-serialized output vector (count, then
+        outputs), parsed strictly; those bytes are kept as its serialized outputs."""
+        outputs = parse_outputs(vector)
+        tx = cls(version, inputs, outputs, locktime)
+        tx.__dict__["outputs_bytes"] = vector[len(ser_compact_size(len(outputs))) :]
+        return tx
 
     @cached_property
     def outputs_bytes(self) -> bytes:

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 from .. import musig2
 from ..bitcoin.encoding import ser_string_vector
+from ..bitcoin.errors import BitcoinError
 from ..bitcoin.script import cltv_leaf_script, csv_leaf_script, p2a_script
 from ..bitcoin.sighash import SIGHASH_DEFAULT, taproot_sighash
 from ..bitcoin.taproot import TapLeaf, TaprootInfo, taproot_construct
@@ -424,19 +425,29 @@ def _version_for(tx: Tx) -> int:
 
 
 def spend_funding(
-    shape: FactoryShape, name: str, funding: OutPoint, funding_value: int, outputs: Sequence[TxOut], locktime: int = 0
+    shape: FactoryShape, name: str, funding: OutPoint, funding_value: int, outputs: Sequence[TxOut] | bytes,
+    locktime: int = 0,
 ) -> TreeTx:
-    """A key-path spend of the funding output by everyone (close, distribution) paying `outputs`.
+    """A key-path spend of the funding output by everyone (close, distribution) paying `outputs`
+    (or a consensus-serialized output vector, as a proposal carries it).
 
     Raises FactoryError unless the outputs end with the agreed anchor, none is dust, and they leave
     exactly the pre-agreed fee."""
     params = shape.params
+    sequence = SEQUENCE_LOCKTIME_ENABLED if locktime else SEQUENCE_FINAL
+    inputs = (TxIn(funding, sequence=sequence),)
+    if isinstance(outputs, bytes):
+        try:
+            tx = Tx.with_output_vector(TX_VERSION, inputs, outputs, locktime)
+        except BitcoinError as e:
+            raise FactoryError(f"{name}: invalid outputs: {e}") from None
+        outputs = tx.outputs
+    else:
+        tx = Tx(TX_VERSION, inputs, tuple(outputs), locktime)
     if not outputs or outputs[-1] != anchor_output(params):
         raise FactoryError(f"{name}: must end with the agreed P2A anchor")
     if any(o.value < params.dust_limit_sat for o in outputs[:-1]):
         raise FactoryError(f"{name}: an output is below the dust limit")
-    sequence = SEQUENCE_LOCKTIME_ENABLED if locktime else SEQUENCE_FINAL
-    tx = Tx(TX_VERSION, (TxIn(funding, sequence=sequence),), tuple(outputs), locktime)
     if _version_for(tx) != TX_VERSION:
         tx = Tx(_version_for(tx), tx.inputs, tx.outputs, locktime)
     if funding_value - sum(o.value for o in outputs) != params.fee(signed_vsize(tx)):

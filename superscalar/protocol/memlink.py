@@ -24,7 +24,7 @@ class LinkResult:
     clients: dict[int, list[Action]] = field(default_factory=dict)
     sent: dict[int, int] = field(default_factory=dict)  # bytes each client sent
     received: dict[int, int] = field(default_factory=dict)  # bytes each client received
-    persisted: list[tuple[int, Persist]] = field(default_factory=list)  # (peer, record), in order
+    persisted: list[tuple[int, str]] = field(default_factory=list)  # (peer, record name), in order
 
     @property
     def lsp_outcome(self) -> Optional[Completed | Failed]:
@@ -47,8 +47,9 @@ def run(coordinator: Coordinator, participants: dict[int, Participant], tamper: 
                 dest = a.peer if src == LSP_PEER else LSP_PEER
                 queue.append((src, dest, a.message))
             elif isinstance(a, Persist):
-                result.persisted.append((src, a))
-        (result.lsp if src == LSP_PEER else result.clients[src]).extend(actions)
+                result.persisted.append((src, a.record))  # the payload would go to the datastore
+        kept = [a for a in actions if not isinstance(a, (Send, Persist))]
+        (result.lsp if src == LSP_PEER else result.clients[src]).extend(kept)
 
     deliver_all(LSP_PEER, coordinator.start())
     while queue:

@@ -15,8 +15,7 @@ import enum
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from ..bitcoin.encoding import ByteReader, ser_compact_size
-from ..bitcoin.errors import BitcoinError
+from ..bitcoin.encoding import ser_compact_size
 from ..bitcoin.tx import OutPoint, Tx, TxOut
 from ..factory.errors import FactoryError
 from ..factory.graph import (
@@ -64,16 +63,6 @@ def _wire(outs: Sequence[TxOut]) -> tuple[WireTxOut, ...]:
 def _outputs_blob(tx: Tx) -> bytes:
     """A transaction's outputs as Bitcoin serializes them: CompactSize count, then each output."""
     return ser_compact_size(len(tx.outputs)) + tx.outputs_bytes
-
-
-def _parse_outputs_blob(blob: bytes) -> tuple[TxOut, ...]:
-    try:
-        reader = ByteReader(blob)
-        outs = tuple(TxOut.read(reader) for _ in range(reader.read_count(9)))
-        reader.expect_end()
-        return outs
-    except BitcoinError as e:
-        raise ProposalError(f"invalid distribution outputs: {e}") from None
 
 
 def _txouts(outs: Sequence[WireTxOut]) -> tuple[TxOut, ...]:
@@ -237,7 +226,7 @@ def _tree_jobs(expect: Expectation, msg: Propose, params: FactoryParams, shape: 
         if any(i != 0 for i in msg.state_indices):
             raise ProposalError("a new factory starts at state 0")
         dist = spend_funding(shape, "distribution", funding, msg.funding_value,
-                             _parse_outputs_blob(msg.distribution), params.distribution_height)
+                             msg.distribution, params.distribution_height)
         if client >= len(dist.tx.outputs) or dist.tx.outputs[client] != TxOut(mine.value, expect.payout_script or b""):
             raise ProposalError("the distribution transaction does not pay us our channel's capacity")
         return (*path, dist)

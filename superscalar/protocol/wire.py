@@ -364,6 +364,14 @@ def array(item: Codec[T]) -> Codec[tuple[T, ...]]:
     def encode(values: tuple[T, ...]) -> bytes:
         if not isinstance(values, (tuple, list)):
             raise EncodeError(f"array({item.name}) needs a tuple")
+        if item.read_block is not None and item.fixed_size is not None and all(
+            isinstance(v, bytes) and len(v) == item.fixed_size for v in values
+        ):
+            try:
+                item.read_block(b"".join(values), len(values))  # the same checks as decoding (prefixes)
+            except DecodeError as e:
+                raise EncodeError(str(e)) from None
+            return encode_bigsize(len(values)) + b"".join(values)  # type: ignore[arg-type]
         parts = [encode_bigsize(len(values))]
         for value in values:
             raw = item.encode(value)

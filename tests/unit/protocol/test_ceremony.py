@@ -74,7 +74,7 @@ def test_construction_round_completes_and_every_signature_verifies() -> None:
         # The client holds its whole signed exit path and the distribution.
         assert [tx.txid for tx in out.signed] == [t.tx.txid for t in (*graph.path_txs(c), graph.distribution())]
         # It persisted the signed path before it reported Done.
-        records = [r.record for peer, r in result.persisted if peer == c]
+        records = [r for peer, r in result.persisted if peer == c]
         assert records == ["signing", "signed"]
 
 
