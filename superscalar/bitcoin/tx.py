@@ -251,6 +251,13 @@ class Tx:
         tx.__dict__["outputs_bytes"] = vector[len(ser_compact_size(len(outputs))) :]
         return tx
 
+    def with_version(self, version: int) -> Tx:
+        """Copy with another version (its serialized outputs are reused, not recomputed)."""
+        tx = dataclasses.replace(self, version=version)
+        if "outputs_bytes" in self.__dict__:
+            tx.__dict__["outputs_bytes"] = self.__dict__["outputs_bytes"]
+        return tx
+
     @cached_property
     def outputs_bytes(self) -> bytes:
         """The outputs serialized back to back, without their count (what BIP-341's sha_outputs hashes)."""

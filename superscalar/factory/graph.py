@@ -143,16 +143,22 @@ class FactoryShape:
         self.keys = FactoryKeys(pubkeys)
         self.topology: Topology = build_topology(params.n_clients, params.leaf_arity, params.arity)
         self.dw = DWCounter(params.layers, params.states_per_layer, params.step_blocks)
+        self._owned_memo: dict[int, TaprootInfo] = {}
+        self._kickoff_memo: dict[int, TaprootInfo] = {}
 
     def owned_taproot(self, node: int) -> TaprootInfo:
         """The output `node` owns: MuSig2 of its signers, or the LSP after the node's timeout."""
-        n = self.topology.nodes[node]
-        leaf = TapLeaf(cltv_leaf_script(self.params.timeout(n.depth), self.keys.lsp_xonly))
-        return taproot_construct(self.keys.aggregate(n.signers), leaf)
+        if node not in self._owned_memo:
+            n = self.topology.nodes[node]
+            leaf = TapLeaf(cltv_leaf_script(self.params.timeout(n.depth), self.keys.lsp_xonly))
+            self._owned_memo[node] = taproot_construct(self.keys.aggregate(n.signers), leaf)
+        return self._owned_memo[node]
 
     def kickoff_taproot(self, node: int) -> TaprootInfo:
         """A kickoff output: MuSig2 of the node's signers only, so only a state tx can spend it."""
-        return taproot_construct(self.keys.aggregate(self.topology.nodes[node].signers))
+        if node not in self._kickoff_memo:
+            self._kickoff_memo[node] = taproot_construct(self.keys.aggregate(self.topology.nodes[node].signers))
+        return self._kickoff_memo[node]
 
     def lstock_taproot(self, leaf: int) -> TaprootInfo:
         """The L-stock: MuSig2 of the leaf's signers, or the LSP alone after a relative delay."""
@@ -449,7 +455,7 @@ def spend_funding(
     if any(o.value < params.dust_limit_sat for o in outputs[:-1]):
         raise FactoryError(f"{name}: an output is below the dust limit")
     if _version_for(tx) != TX_VERSION:
-        tx = Tx(_version_for(tx), tx.inputs, tx.outputs, locktime)
+        tx = tx.with_version(_version_for(tx))
     if funding_value - sum(o.value for o in outputs) != params.fee(signed_vsize(tx)):
         raise FactoryError(f"{name}: outputs do not leave the agreed fee")
     prevout = TxOut(funding_value, shape.funding_taproot.script_pubkey)
