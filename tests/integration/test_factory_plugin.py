@@ -20,8 +20,8 @@ INBOUND_SAT = 200_000
 
 def start_network(node_factory: Any, plugin_path: Path, n_clients: int) -> tuple[Any, list[Any]]:
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
-    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"})
-    clients = node_factory.get_nodes(n_clients, opts={**common, "superscalar-join": lsp.info["id"]})
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
+    clients = node_factory.get_nodes(n_clients, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"]})
     for c in clients:
         c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     lsp.fundwallet(10_000_000)
@@ -43,12 +43,12 @@ def pay(payer: Any, payee: Any, amount_sat: int, label: str) -> int:
     return int(msat(res["amount_sent_msat"])) - amount_sat * 1000
 
 
-def test_lsp_creates_a_factory_with_four_clients_and_payments_flow(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
-    lsp, clients = start_network(node_factory, plugin_path, 4)
+def create_factory(lsp: Any, clients: list[Any], bitcoind: Any) -> dict[str, Any]:
+    """superscalar-create with every client; checks the funding confirms and every leaf channel is
+    CHANNELD_NORMAL on both sides at the leaf outpoint the engine computed."""
     spec = [{"id": c.info["id"], "balance_sat": BALANCE_SAT, "inbound_sat": INBOUND_SAT} for c in clients]
-    reserved_before = sum(1 for o in lsp.rpc.listfunds()["outputs"] if o.get("reserved"))
     res = lsp.rpc.call("superscalar-create", {"clients": spec})
-    assert len(res["channels"]) == 4
+    assert len(res["channels"]) == len(clients)
     # The funding transaction is in the mempool; it confirms.
     funding_txid = res["funding_txid"]
     assert funding_txid in bitcoind.rpc.getrawmempool()
@@ -70,7 +70,7 @@ def test_lsp_creates_a_factory_with_four_clients_and_payments_flow(node_factory:
 
     # Both sides list the factory, and the client holds its exit path.
     [lsp_view] = lsp.rpc.call("superscalar-list")["factories"]
-    assert lsp_view["role"] == "lsp" and len(lsp_view["channels"]) == 4
+    assert lsp_view["role"] == "lsp" and len(lsp_view["channels"]) == len(clients)
     for c, ch in zip(clients, res["channels"]):
         [view] = c.rpc.call("superscalar-list")["factories"]
         assert view["role"] == "client" and view["lsp"] == lsp.info["id"]
@@ -78,6 +78,12 @@ def test_lsp_creates_a_factory_with_four_clients_and_payments_flow(node_factory:
         [cch] = view["channels"]
         assert cch["funding_outpoint"] == ch["funding_outpoint"] and cch["state"] == "CHANNELD_NORMAL"
         assert view["exit"]["transactions"] == 4 and view["exit"]["vbytes"] > 0
+    return res
+
+
+def test_lsp_creates_a_factory_with_four_clients_and_payments_flow(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = start_network(node_factory, plugin_path, 4)
+    create_factory(lsp, clients, bitcoind)
 
     # Payments: LSP → each client, each client → LSP, and client 0 → client 1 through the LSP.
     for i, c in enumerate(clients):
@@ -87,8 +93,36 @@ def test_lsp_creates_a_factory_with_four_clients_and_payments_flow(node_factory:
     expected = [BALANCE_SAT * 1000 + 6_000_000] * 4
     expected[0] -= 1_000_000 + fee
     expected[1] += 1_000_000
+    assert_balances(lsp, clients, expected)
+
+    # Restart all five nodes: the factory, its channels and every client's exit data survive.
+    views = {c.info["id"]: c.rpc.call("superscalar-list") for c in clients}
+    lsp_view = lsp.rpc.call("superscalar-list")
+    for node in (lsp, *clients):
+        node.restart()
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+        wait_for(lambda: channel_with(c, lsp)["state"] == "CHANNELD_NORMAL" and channel_with(c, lsp)["peer_connected"])
+        assert c.rpc.call("superscalar-list") == views[c.info["id"]]
+    assert lsp.rpc.call("superscalar-list") == lsp_view
+    assert_balances(lsp, clients, expected)
+    assert pay(lsp, clients[2], 2_000, "after-restart") == 0
+    expected[2] += 2_000_000
+    assert_balances(lsp, clients, expected)
+
+
+def assert_balances(lsp: Any, clients: list[Any], expected: list[int]) -> None:
     for c, want in zip(clients, expected):
         # xpay returns once it has the preimage; the commitments settle a moment later.
         wait_for(lambda: not channel_with(c, lsp)["htlcs"] and not channel_with(lsp, c)["htlcs"])
         assert msat(channel_with(c, lsp)["to_us_msat"]) == want
         assert msat(channel_with(lsp, c)["to_us_msat"]) == (BALANCE_SAT + INBOUND_SAT) * 1000 - want
+
+
+def test_eight_clients_in_one_factory(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = start_network(node_factory, plugin_path, 8)
+    res = create_factory(lsp, clients, bitcoind)
+    # Eight clients with leaf arity 2: four leaves, and every leaf channel carries a payment.
+    assert len({ch["funding_outpoint"].split(":")[0] for ch in res["channels"]}) == 4
+    for i, c in enumerate(clients):
+        assert pay(lsp, c, 1_000 + i, f"eight-{i}") == 0
