@@ -39,10 +39,13 @@ class Invitation:
 
 class Client:
     def __init__(self, node: ClnNode, store: Store, transport: Transport, allowed_lsps: Optional[set[str]],
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], dev_fail_at: str = "") -> None:
         self.node, self.store, self.transport = node, store, transport
         self.allowed = allowed_lsps  # None: any LSP
         self.log = log
+        # Test-only (superscalar-dev-fail-at): "<message>-disconnect" drops the connection when that
+        # message arrives; "propose-refuse" refuses every proposal.
+        self.dev_fail_at = dev_fail_at
         self.invitations: dict[bytes, Invitation] = {}
         self.participants: dict[bytes, Participant] = {}
 
@@ -57,6 +60,8 @@ class Client:
         inv = self.invitations.get(msg.factory_id)
         if inv is None or inv.lsp != peer:
             return  # not a factory we joined with this peer
+        if self._dev_fail(peer, msg):
+            return
         if isinstance(msg, Propose) and msg.factory_id not in self.participants:
             expect = Expectation(Kind.CONSTRUCTION, inv.pubkey, capacity_sat=inv.balance_sat + inv.inbound_sat,
                                  payout_script=inv.payout_script, params=inv.params)
@@ -67,6 +72,18 @@ class Client:
                 self.invitations.pop(msg.factory_id, None)
             return
         self._execute(inv, participant.receive(msg))
+
+    def _dev_fail(self, peer: str, msg: Message) -> bool:
+        name = type(msg).__name__.lower()
+        if self.dev_fail_at == f"{name}-disconnect":
+            self.log(f"dev: disconnecting from {peer} on {name}")
+            self.node.rpc.call("disconnect", {"id": peer, "force": True})
+            return True
+        if self.dev_fail_at == "propose-refuse" and isinstance(msg, Propose):
+            self._refuse(peer, msg, "dev: refusing the proposal")
+            self.invitations.pop(msg.factory_id, None)
+            return True
+        return False
 
     def on_disconnect(self, peer: str) -> None:
         for fid, inv in list(self.invitations.items()):

@@ -109,7 +109,10 @@ class Lsp:
             if isinstance(a, Persist):
                 self.store.put(fid, f"lsp-{a.record}", a.data)
             elif isinstance(a, Send):
-                self.transport.send(pending.clients[a.peer].node_id, a.message)
+                try:
+                    self.transport.send(pending.clients[a.peer].node_id, a.message)
+                except Exception as e:  # a peer that just went away: the round fails through peer_failed
+                    self.log(f"send to {pending.clients[a.peer].node_id} failed: {e}")
             elif isinstance(a, (Completed, Failed)):
                 pending.outcome = a
 

@@ -35,7 +35,8 @@ class Roles:
         self.profile = str(options.get("superscalar-profile", "mainnet"))
         self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log,
                        float(options.get("superscalar-timeout", 60)))
-        self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log)
+        self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log,
+                             str(options.get("superscalar-dev-fail-at", "")))
 
     def params_for(self, n_clients: int, height: int) -> FactoryParams:
         if self.profile == "regtest":
@@ -69,6 +70,7 @@ def build_plugin() -> Plugin:
     plugin.add_option("superscalar-join", "", "LSP node ids (comma-separated) whose factories this node joins, or 'any'.")
     plugin.add_option("superscalar-profile", "mainnet", "Factory parameter profile: 'mainnet' or 'regtest' (short timelocks).")
     plugin.add_option("superscalar-timeout", "60", "Seconds to wait for each step of a factory ceremony.")
+    plugin.add_option("superscalar-dev-fail-at", "", "Testing only: make this client fail a ceremony on purpose.")
 
     @plugin.init()
     def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin, **kwargs: Any) -> None:

@@ -1,0 +1,82 @@
+"""A factory ceremony that cannot finish aborts cleanly: a clear error, no funding transaction, the
+LSP's reserved inputs free again, no channel left behind. Malformed messages change nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyln.client import RpcError
+from pyln.testing.utils import wait_for
+
+pytestmark = pytest.mark.lightningd
+
+MODES = ["propose-refuse", "propose-disconnect", "aggnonces-disconnect", "signatures-disconnect"]
+
+
+def reserved(node: Any) -> int:
+    return sum(1 for o in node.rpc.listfunds()["outputs"] if o.get("reserved"))
+
+
+def test_failed_ceremonies_leave_nothing_behind(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest", "superscalar-timeout": "30"}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True,
+                                broken_log="superscalar|Peer permanent failure|disconnect")
+    good = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True)
+    failing = [node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"],
+                                              "superscalar-dev-fail-at": mode}, may_reconnect=True)
+               for mode in MODES]
+    stranger = node_factory.get_node(options={**common, "superscalar-join": "02" + "33" * 32})
+    lsp.fundwallet(10_000_000)
+    for c in (good, *failing, stranger):
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+
+    def attempt(client: Any) -> str:
+        spec = [{"id": n.info["id"], "balance_sat": 10_000, "inbound_sat": 100_000} for n in (good, client)]
+        with pytest.raises(RpcError) as exc:
+            lsp.rpc.call("superscalar-create", {"clients": spec})
+        assert exc.value.error["code"] == 1700
+        return str(exc.value.error["message"])
+
+    # A client that does not join factories of this LSP refuses the invitation.
+    assert "does not join factories of that LSP" in attempt(stranger)
+    for mode, client in zip(MODES, failing):
+        message = attempt(client)
+        if mode == "propose-refuse":
+            assert "refusing the proposal" in message
+        else:
+            assert "disconnected" in message, message
+        # Nothing was broadcast, every reserved input is free again, no channel is left open.
+        assert bitcoind.rpc.getrawmempool() == []
+        wait_for(lambda: reserved(lsp) == 0)
+        wait_for(lambda: lsp.rpc.listpeerchannels()["channels"] == [])
+        assert good.rpc.listpeerchannels()["channels"] == []
+        assert lsp.rpc.call("superscalar-list")["factories"] == []
+        if "disconnect" in mode:
+            client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+
+    # The same LSP and client still create a factory afterwards.
+    spec = [{"id": good.info["id"], "balance_sat": 10_000, "inbound_sat": 100_000}]
+    assert lsp.rpc.call("superscalar-create", {"clients": spec})["funding_txid"] in bitcoind.rpc.getrawmempool()
+
+
+def test_malformed_and_stray_messages_change_nothing(node_factory: Any, plugin_path: Path) -> None:
+    from superscalar.protocol.wire import Done, Nonces, SUPERSCALAR_MSG_TYPE, encode_message
+
+    a, b = node_factory.line_graph(2, opts={"plugin": str(plugin_path), "superscalar-lsp": "true"}, fundchannel=False)
+    header = SUPERSCALAR_MSG_TYPE.to_bytes(2, "big")
+    junk = [
+        header,  # no version
+        header + b"\x09\x00\x01",  # unsupported version
+        header + b"\x01\xff\xff",  # unknown message kind
+        header + b"\x01\x00\x02" + b"\x00" * 7,  # truncated TLV stream
+        encode_message(Done(b"\x01" * 32, b"\x02" * 32)),  # well formed, for no known factory
+        encode_message(Nonces(b"\x01" * 32, b"\x02" * 32, (b"\x02" + b"\x11" * 65,))),
+    ]
+    for payload in junk:
+        b.rpc.sendcustommsg(a.info["id"], payload.hex())
+    # The plugin logged and ignored them; it still answers, and knows of no factory.
+    a.daemon.wait_for_log("malformed superscalar message")
+    assert a.rpc.call("superscalar-getinfo")["factories"] == 0
+    assert a.rpc.call("superscalar-list") == {"factories": []}
