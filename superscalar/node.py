@@ -70,6 +70,34 @@ class ClnNode:
     def reserved_outputs(self) -> int:
         return sum(1 for o in self.rpc.listfunds()["outputs"] if o.get("reserved"))
 
+    def broadcast(self, tx_hex: str, prevouts: list[tuple[int, bytes]]) -> Optional[str]:
+        """Broadcast a fully signed transaction through lightningd (`sendpsbt`); `prevouts` are the
+        (value, script) of its inputs. Returns None on success or when it is already known, else
+        bitcoind's reason."""
+        from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
+        from .bitcoin.tx import Tx, TxOut
+
+        tx = Tx.from_hex(tx_hex)
+        inputs = tuple(PsbtInput(witness_utxo=TxOut(v, s), final_script_witness=i.witness)
+                       for (v, s), i in zip(prevouts, tx.inputs))
+        psbt = Psbt(tx.without_witnesses(), inputs, tuple(PsbtOutput() for _ in tx.outputs))
+        try:
+            self.rpc.call("sendpsbt", {"psbt": psbt.to_base64()})
+            return None
+        except Exception as e:  # RpcError: bitcoind refused it
+            text = str(e)
+            if "already" in text or "txn-already-known" in text:
+                return None
+            return text
+
+    def output_exists(self, txid: str, vout: int) -> bool:
+        """Is txid:vout unspent (confirmed or in the mempool), as bitcoind sees it?"""
+        res = self.rpc.call("getutxout", {"txid": txid, "vout": str(vout)})
+        return res.get("amount") is not None
+
+    def close(self, channel_id: str, unilateral_after: int = 1) -> dict[str, Any]:
+        return dict(self.rpc.call("close", {"id": channel_id, "unilateraltimeout": unilateral_after}))
+
     # --- channels ---
 
     def fundchannel_start(self, peer: str, capacity_sat: int, push_msat: int) -> bytes:

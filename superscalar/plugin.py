@@ -113,6 +113,27 @@ def build_plugin() -> Plugin:
         r = holder["roles"]
         return {"factories": [_describe(r, fid) for fid in r.store.factory_ids() if r.store.get(fid, "factory")]}
 
+    @plugin.method("superscalar-exit")
+    def exit_factory(plugin: Plugin, factory_id: str, **kwargs: Any) -> dict[str, Any]:
+        """Start a unilateral exit of this node's path in factory `factory_id`; it proceeds block by block."""
+        r = holder["roles"]
+        if not isinstance(factory_id, str) or len(factory_id) != 64:
+            raise RpcException("factory_id must be 64 hex characters", code=INVALID_PARAMS)
+        try:
+            return {"factory_id": factory_id, "exit": r.client.start_exit(factory_id)}
+        except ValueError as e:
+            raise RpcException(str(e), code=INVALID_PARAMS)
+
+    @plugin.subscribe("block_added")
+    def on_block_added(plugin: Plugin, **kwargs: Any) -> None:
+        r = holder.get("roles")
+        if r is None:
+            return
+        try:
+            r.client.on_block()
+        except Exception as e:
+            plugin.log(f"exit progress: {e!r}", level="broken")
+
     @plugin.hook("custommsg")
     def on_custommsg(peer_id: str, payload: str, plugin: Plugin, **kwargs: Any) -> dict[str, str]:
         r = holder.get("roles")
@@ -180,5 +201,7 @@ def _describe(r: Roles, fid: str) -> dict[str, Any]:
                              "funding_outpoint": rec["leaf_outpoint"], "capacity_msat": rec["capacity_sat"] * 1000,
                              "our_balance_msat": msat(ch.get("to_us_msat", 0)),
                              "early_warning_blocks": rec["early_warning_blocks"]})
-    out.update({"lsp": rec["lsp"], "channels": channels, "exit": rec["exit"]})
+    progress = r.store.get(fid, "exit")
+    out.update({"lsp": rec["lsp"], "channels": channels, "exit": rec["exit"],
+                "exit_progress": progress if progress is not None else {"status": "none"}})
     return out

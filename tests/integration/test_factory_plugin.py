@@ -77,7 +77,8 @@ def create_factory(lsp: Any, clients: list[Any], bitcoind: Any) -> dict[str, Any
         assert view["funding_outpoint"] == res["funding_outpoint"]
         [cch] = view["channels"]
         assert cch["funding_outpoint"] == ch["funding_outpoint"] and cch["state"] == "CHANNELD_NORMAL"
-        assert view["exit"]["transactions"] == 4 and view["exit"]["vbytes"] > 0
+        layers = 1 if len(clients) <= 2 else 2  # leaf arity 2, arity 8 (regtest profile)
+        assert view["exit"]["transactions"] == 2 * layers and view["exit"]["vbytes"] > 0
     return res
 
 

@@ -1,0 +1,82 @@
+"""A client leaves unilaterally: its signed path goes on chain block by block, respecting every
+relative wait, CLN closes the leaf channel on chain and the client's money reaches its wallet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyln.testing.utils import sync_blockheight, wait_for
+
+from superscalar.bitcoin.tx import Tx
+
+from .test_factory_plugin import BALANCE_SAT, channel_with, create_factory, pay, start_network
+
+pytestmark = pytest.mark.lightningd
+
+
+def wallet_sat(node: Any) -> int:
+    return sum(o["amount_msat"] // 1000 for o in node.rpc.listfunds()["outputs"] if o["status"] == "confirmed")
+
+
+def exit_until_paid(bitcoind: Any, client: Any, nodes: list[Any], factory_id: str, before: int) -> list[dict[str, Any]]:
+    """Start the client's exit and mine one block at a time until its channel money is in its wallet."""
+    view = client.rpc.call("superscalar-exit", {"factory_id": factory_id})
+    assert view["exit"]["published"] == [0]  # the root kickoff goes out at once
+    for _ in range(200):
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, nodes)
+        if wallet_sat(client) > before:
+            break
+    [rec] = client.rpc.call("superscalar-list")["factories"]
+    return [rec]
+
+
+def check_path_on_chain(bitcoind: Any, client: Any) -> list[int]:
+    """Every path transaction confirmed, each at least its wait after its parent; their heights."""
+    [rec] = client.rpc.call("superscalar-list")["factories"]
+    store = client.rpc.call("listdatastore", {"key": ["superscalar", "factories", rec["factory_id"], "factory"]})
+    import json
+    data = json.loads(store["datastore"][0]["string"])["data"]
+    heights = []
+    for tx_hex, wait in zip(data["signed_path"], data["path_waits"]):
+        info = bitcoind.rpc.getrawtransaction(Tx.from_hex(tx_hex).txid, True)
+        height = bitcoind.rpc.getblockheader(info["blockhash"])["height"]
+        if heights:
+            assert height - heights[-1] >= wait, (heights, height, wait)
+        heights.append(height)
+    return heights
+
+
+def test_client_exits_unilaterally_while_others_keep_working(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = start_network(node_factory, plugin_path, 4)
+    res = create_factory(lsp, clients, bitcoind)
+    bitcoind.generate_block(1)
+    leaver = clients[1]
+    balance = channel_with(leaver, lsp)["to_us_msat"] // 1000
+    before = wallet_sat(leaver)
+    exit_until_paid(bitcoind, leaver, [lsp, *clients], res["factory_id"], before)
+    heights = check_path_on_chain(bitcoind, leaver)
+    assert len(heights) == 4
+    gained = wallet_sat(leaver) - before
+    assert balance - 5_000 <= gained <= balance, (balance, gained)
+    # The other clients' channels are untouched and still carry payments.
+    for c in (clients[0], clients[2], clients[3]):
+        assert channel_with(c, lsp)["state"] == "CHANNELD_NORMAL"
+    assert pay(lsp, clients[2], 3_000, "after-exit") == 0
+
+
+def test_client_exits_alone_when_the_lsp_is_gone(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = start_network(node_factory, plugin_path, 2)
+    res = create_factory(lsp, clients, bitcoind)
+    bitcoind.generate_block(1)
+    leaver = clients[0]
+    balance = channel_with(leaver, lsp)["to_us_msat"] // 1000
+    assert balance == BALANCE_SAT
+    lsp.stop()
+    before = wallet_sat(leaver)
+    exit_until_paid(bitcoind, leaver, clients, res["factory_id"], before)
+    check_path_on_chain(bitcoind, leaver)
+    gained = wallet_sat(leaver) - before
+    assert balance - 5_000 <= gained <= balance, (balance, gained)
