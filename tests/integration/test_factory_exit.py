@@ -11,7 +11,7 @@ from pyln.testing.utils import sync_blockheight, wait_for
 
 from superscalar.bitcoin.tx import Tx
 
-from .test_factory_plugin import BALANCE_SAT, channel_with, create_factory, pay, start_network
+from .test_factory_plugin import BALANCE_SAT, INBOUND_SAT as INBOUND, channel_with, create_factory, pay, start_network
 
 pytestmark = pytest.mark.lightningd
 
@@ -80,3 +80,18 @@ def test_client_exits_alone_when_the_lsp_is_gone(node_factory: Any, bitcoind: An
     check_path_on_chain(bitcoind, leaver)
     gained = wallet_sat(leaver) - before
     assert balance - 5_000 <= gained <= balance, (balance, gained)
+
+    # The LSP was offline for the whole exit (path, leaf and commitment confirmed meanwhile). It
+    # restarts, keeps running, and its side of that channel reaches its wallet.
+    lsp.start()
+    lsp_side = INBOUND
+    sync_blockheight(bitcoind, [lsp])
+    for _ in range(20):
+        if any(o["status"] == "confirmed" and lsp_side - 5_000 <= o["amount_msat"] // 1000 <= lsp_side
+               for o in lsp.rpc.listfunds()["outputs"]):
+            break
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, [lsp])
+    outs = [o["amount_msat"] // 1000 for o in lsp.rpc.listfunds()["outputs"] if o["status"] == "confirmed"]
+    assert any(lsp_side - 5_000 <= v <= lsp_side for v in outs), outs
+    assert lsp.rpc.getinfo()["id"] == lsp.info["id"]  # lightningd is still running
