@@ -134,6 +134,19 @@ def build_plugin() -> Plugin:
         except Exception as e:
             plugin.log(f"exit progress: {e!r}", level="broken")
 
+    @plugin.hook("htlc_accepted")
+    def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
+        r = holder.get("roles")
+        try:
+            failure = _htlc_headroom_failure(r, onion, htlc) if r else None
+        except Exception as e:
+            plugin.log(f"htlc_accepted check failed: {e!r}", level="broken")
+            failure = None
+        if failure is None:
+            return {"result": "continue"}
+        plugin.log(f"failing HTLC {htlc.get('payment_hash')}: {failure[1]}", level="info")
+        return {"result": "fail", "failure_message": failure[0]}
+
     @plugin.hook("custommsg")
     def on_custommsg(peer_id: str, payload: str, plugin: Plugin, **kwargs: Any) -> dict[str, str]:
         r = holder.get("roles")
@@ -173,6 +186,53 @@ def build_plugin() -> Plugin:
             plugin.log(f"disconnect handling for {peer}: {e!r}", level="broken")
 
     return plugin
+
+
+# BOLT-4 "Failure Messages": temporary_node_failure = NODE|2; incorrect_or_unknown_payment_details =
+# PERM|15 with htlc_msat (u64) and height (u32).
+TEMPORARY_NODE_FAILURE = 0x2002
+INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS = 0x400F
+
+
+def _factory_channel_headroom(r: Roles) -> dict[str, int]:
+    """short channel id or alias → early-warning blocks, for every factory channel of this node."""
+    wanted: dict[str, int] = {}  # channel_id or funding outpoint → early warning
+    for fid in r.store.factory_ids():
+        rec = r.store.get(fid, "factory") or {}
+        if rec.get("role") == "lsp":
+            wanted.update({c["channel_id"]: int(c["early_warning_blocks"]) for c in rec["channels"]})
+        elif rec.get("role") == "client":
+            wanted[rec["leaf_outpoint"]] = int(rec["early_warning_blocks"])
+    out: dict[str, int] = {}
+    for ch in r.node.peer_channels():
+        ew = wanted.get(ch.get("channel_id", "")) or wanted.get(f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}")
+        if ew is None:
+            continue
+        for scid in (ch.get("short_channel_id"), *(ch.get("alias") or {}).values()):
+            if scid:
+                out[scid] = ew
+    return out
+
+
+def _htlc_headroom_failure(r: Roles, onion: dict[str, Any], htlc: dict[str, Any]) -> Optional[tuple[str, str]]:
+    """An HTLC into or out of a factory channel must leave that channel's early-warning time of CLTV
+    headroom (the tree must be able to unwind before it expires); (failure_message hex, reason) if not."""
+    headroom = _factory_channel_headroom(r)
+    if not headroom:
+        return None
+    relative = int(htlc["cltv_expiry_relative"])
+    height = int(htlc["cltv_expiry"]) - relative
+    incoming = headroom.get(str(htlc.get("short_channel_id")))
+    outgoing = headroom.get(str(onion.get("short_channel_id"))) if onion.get("short_channel_id") else None
+    if outgoing is not None and int(onion.get("outgoing_cltv_value", 0)) - height < outgoing:
+        return f"{TEMPORARY_NODE_FAILURE:04x}", f"outgoing factory channel needs {outgoing} blocks of CLTV headroom"
+    if incoming is not None and relative < incoming:
+        reason = f"incoming factory channel needs {incoming} blocks of CLTV headroom, HTLC has {relative}"
+        if onion.get("short_channel_id"):
+            return f"{TEMPORARY_NODE_FAILURE:04x}", reason
+        amount = msat(htlc["amount_msat"])
+        return f"{INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:04x}{amount:016x}{height:08x}", reason
+    return None
 
 
 def _describe(r: Roles, fid: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pyln.client import RpcError
 from pyln.testing.utils import sync_blockheight, wait_for
 
 from superscalar.node import msat
@@ -36,7 +37,10 @@ def channel_with(node: Any, peer: Any) -> dict[str, Any]:
 def pay(payer: Any, payee: Any, amount_sat: int, label: str) -> int:
     """payee invoices, payer pays; returns the fee paid in msat."""
     # Leaf channels are unannounced: the invoice carries them as route hints.
+    # Factory channels need CLTV headroom of their early-warning time (16 blocks in the regtest
+    # profile), so invoices ask for a final CLTV above it.
     inv = payee.rpc.call("invoice", {"amount_msat": amount_sat * 1000, "label": label, "description": label,
+                                     "cltv": 24,
                                      "exposeprivatechannels": [c["alias"]["local"] for c in payee.rpc.listpeerchannels()["channels"]]})["bolt11"]
     res = payer.rpc.xpay(inv)
     assert res["amount_msat"] == amount_sat * 1000
@@ -94,6 +98,17 @@ def test_lsp_creates_a_factory_with_four_clients_and_payments_flow(node_factory:
     expected = [BALANCE_SAT * 1000 + 6_000_000] * 4
     expected[0] -= 1_000_000 + fee
     expected[1] += 1_000_000
+    assert_balances(lsp, clients, expected)
+
+    # An HTLC into a factory channel that leaves less CLTV headroom than the channel's early-warning
+    # time (16 blocks here) is failed by the client's plugin; the payment fails and moves nothing.
+    [view] = clients[3].rpc.call("superscalar-list")["factories"]
+    assert view["channels"][0]["early_warning_blocks"] == 16
+    short = clients[3].rpc.call("invoice", {"amount_msat": 1_000_000, "label": "short-cltv", "description": "x",
+                                            "cltv": 8})["bolt11"]
+    with pytest.raises(RpcError, match="incorrect_or_unknown_payment_details|Destination said it doesn't know"):
+        lsp.rpc.xpay(short)
+    clients[3].daemon.wait_for_log("needs 16 blocks of CLTV headroom")
     assert_balances(lsp, clients, expected)
 
     # Restart all five nodes: the factory, its channels and every client's exit data survive.
