@@ -9,11 +9,11 @@ A channel counts as part of the factory only once its funding outpoint is the cl
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from . import musig2
+from .exits import path_entry
 from .factory.errors import FactoryError
 from .factory.params import FactoryParams
 from .factory.tree import build_topology
@@ -169,56 +169,14 @@ class Client:
 
     # --- unilateral exit ---
 
-    def start_exit(self, factory_id: str) -> dict[str, Any]:
-        """Begin publishing this client's exit path; it then proceeds block by block (`on_block`)."""
+    def exit_path(self, factory_id: str) -> tuple[list[list[Any]], list[str]]:
+        """This client's signed path (for `Exits.start`) and its leaf channel's outpoint."""
         rec = self.store.get(factory_id, "factory")
         if rec is None or rec.get("role") != "client":
             raise ValueError(f"no factory {factory_id} in which this node is a client")
-        progress = self.store.get(factory_id, "exit")
-        if progress is None:
-            progress = {"status": "publishing", "published": [], "last_error": None, "closed": False}
-            self.store.put(factory_id, "exit", progress)
-        return self.step_exit(factory_id)
-
-    def on_block(self) -> None:
-        for fid in self.store.factory_ids():
-            progress = self.store.get(fid, "exit")
-            if progress is not None and progress["status"] != "closed":
-                self.step_exit(fid)
-
-    def step_exit(self, factory_id: str) -> dict[str, Any]:
-        """Publish every path transaction whose parent is out and whose wait has passed; once the
-        leaf confirmed (the channel has a real short channel id) close the channel on chain."""
-        rec = self.store.get(factory_id, "factory")
-        progress = self.store.get(factory_id, "exit")
-        assert rec is not None and progress is not None
-        prevouts = [(int(v), bytes.fromhex(s)) for v, s in rec["path_prevouts"]]
-        for i, tx_hex in enumerate(rec["signed_path"]):
-            if i in progress["published"]:
-                continue
-            error = self.node.broadcast(tx_hex, [prevouts[i]])
-            if error is not None:
-                progress["last_error"] = error  # e.g. non-BIP68-final: try again next block
-                break
-            progress["published"].append(i)
-            progress["last_error"] = None
-        if len(progress["published"]) == len(rec["signed_path"]):
-            progress["status"] = "leaf-published"
-            channel = next((c for c in self.node.peer_channels(rec["lsp"]) if channel_in_factory(rec, c)), None)
-            if channel is not None and channel.get("short_channel_id") and not progress["closed"]:
-                progress["closed"] = True
-                progress["status"] = "closing"
-                self.store.put(factory_id, "exit", progress)
-                threading.Thread(target=self._close, args=(factory_id, str(channel["channel_id"])), daemon=True).start()
-                return progress
-        self.store.put(factory_id, "exit", progress)
-        return progress
-
-    def _close(self, factory_id: str, channel_id: str) -> None:
-        try:
-            self.log(f"factory {factory_id}: leaf confirmed, closing channel {channel_id}: {self.node.close(channel_id)}")
-        except Exception as e:
-            self.log(f"factory {factory_id}: close of {channel_id} failed: {e}")
+        txs = [path_entry(f"path/{i}", h, int(v), bytes.fromhex(s))
+               for i, (h, (v, s)) in enumerate(zip(rec["signed_path"], rec["path_prevouts"]))]
+        return txs, [rec["leaf_outpoint"]]
 
 
 def channel_in_factory(record: dict[str, Any], channel: dict[str, Any]) -> bool:

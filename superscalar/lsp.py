@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 from . import musig2
 from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
 from .bitcoin.tx import OutPoint, Tx
+from .exits import path_entry
 from .factory.graph import Factory, FactoryScripts
 from .factory.params import ClientTerms, FactoryParams
 from .node import ClnNode
@@ -164,6 +165,11 @@ class Lsp:
                 psbt = Psbt(leaf.tx, (PsbtInput(witness_utxo=leaf.prevout),), tuple(PsbtOutput() for _ in leaf.tx.outputs))
                 channel_ids.append(self.node.fundchannel_complete(c.node_id, psbt.to_base64()))
             record = _lsp_record(factory, graph, clients, channel_ids)
+            signed = {t.name: tx for t, tx in zip(pending.coordinator.round.jobs, pending.outcome.signed)}
+            record["txs"] = [path_entry(t.name, signed[t.name].to_hex(), t.prevout.value, t.prevout.script_pubkey)
+                             for t in graph.txs()]
+            record["paths"] = [[t.name for t in graph.path_txs(i)] for i in range(len(clients))]
+            record["distribution"] = signed["distribution"].to_hex()
             self.store.put(fid.hex(), "factory", record)
             self.node.send_prepared(funding_txid)
             funding_txid_sent, funding_txid = funding_txid, None
@@ -192,6 +198,16 @@ class Lsp:
                 self.log(f"fundchannel_cancel {peer}: {e}")
         if funding_txid is not None:
             self.node.discard_prepared(funding_txid)
+
+
+def lsp_exit_path(record: dict[str, Any], peer: str | None) -> tuple[list[list[Any]], list[str]]:
+    """The signed transactions and leaf channels of one client's path (`peer`), or of every path."""
+    chans = record["channels"]
+    which = [i for i, c in enumerate(chans) if peer is None or c["peer_id"] == peer]
+    if not which:
+        raise ValueError(f"{peer} is not a client of this factory")
+    names = {n for i in which for n in record["paths"][i]}
+    return [t for t in record["txs"] if t[0] in names], [chans[i]["funding_outpoint"] for i in which]
 
 
 def _seckey(secret: bytes) -> bytes:

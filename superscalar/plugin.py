@@ -11,7 +11,8 @@ from pyln.client import Plugin, RpcException
 from superscalar import __version__
 from superscalar.client import Client, channel_in_factory
 from superscalar.factory.params import FactoryParams, regtest_params
-from superscalar.lsp import ClientSpec, CreateError, Lsp
+from superscalar.exits import CLOSING_STATES, Exits
+from superscalar.lsp import ClientSpec, Lsp, lsp_exit_path
 from superscalar.node import ClnNode, msat
 from superscalar.protocol.wire import WireError
 from superscalar.store import Store
@@ -35,6 +36,7 @@ class Roles:
         self.profile = str(options.get("superscalar-profile", "mainnet"))
         self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log,
                        float(options.get("superscalar-timeout", 60)))
+        self.exits = Exits(self.node, self.store, plugin.log)
         self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log,
                              str(options.get("superscalar-dev-fail-at", "")))
 
@@ -114,15 +116,17 @@ def build_plugin() -> Plugin:
         return {"factories": [_describe(r, fid) for fid in r.store.factory_ids() if r.store.get(fid, "factory")]}
 
     @plugin.method("superscalar-exit")
-    def exit_factory(plugin: Plugin, factory_id: str, **kwargs: Any) -> dict[str, Any]:
-        """Start a unilateral exit of this node's path in factory `factory_id`; it proceeds block by block."""
+    def exit_factory(plugin: Plugin, factory_id: str, peer_id: Optional[str] = None, **kwargs: Any) -> dict[str, Any]:
+        """Start a unilateral exit from factory `factory_id`: a client publishes its own path; the LSP
+        the path of client `peer_id`, or every path. It proceeds block by block and survives restarts."""
         r = holder["roles"]
         if not isinstance(factory_id, str) or len(factory_id) != 64:
             raise RpcException("factory_id must be 64 hex characters", code=INVALID_PARAMS)
         try:
-            return {"factory_id": factory_id, "exit": r.client.start_exit(factory_id)}
+            txs, channels = _exit_plan(r, factory_id, peer_id)
         except ValueError as e:
             raise RpcException(str(e), code=INVALID_PARAMS)
+        return {"factory_id": factory_id, "exit": r.exits.start(factory_id, txs, channels)}
 
     @plugin.subscribe("block_added")
     def on_block_added(plugin: Plugin, **kwargs: Any) -> None:
@@ -130,9 +134,21 @@ def build_plugin() -> Plugin:
         if r is None:
             return
         try:
-            r.client.on_block()
+            r.exits.on_block()
         except Exception as e:
             plugin.log(f"exit progress: {e!r}", level="broken")
+
+    @plugin.subscribe("channel_state_changed")
+    def on_channel_state_changed(plugin: Plugin, channel_state_changed: dict[str, Any], **kwargs: Any) -> None:
+        """A factory channel that starts closing before its leaf is on chain can only pay out once the
+        leaf confirms: publish its path (either side may do it; both protect their own balance)."""
+        r = holder.get("roles")
+        if r is None or channel_state_changed.get("new_state") not in CLOSING_STATES:
+            return
+        try:
+            _exit_for_closing_channel(r, channel_state_changed)
+        except Exception as e:
+            plugin.log(f"exit for closing channel: {e!r}", level="broken")
 
     @plugin.hook("htlc_accepted")
     def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
@@ -235,6 +251,39 @@ def _htlc_headroom_failure(r: Roles, onion: dict[str, Any], htlc: dict[str, Any]
     return None
 
 
+def _exit_plan(r: Roles, factory_id: str, peer_id: Optional[str]) -> tuple[list[list[Any]], list[str]]:
+    rec = r.store.get(factory_id, "factory")
+    if rec is None:
+        raise ValueError(f"unknown factory {factory_id}")
+    if rec["role"] == "lsp":
+        return lsp_exit_path(rec, peer_id)
+    return r.client.exit_path(factory_id)
+
+
+def _exit_for_closing_channel(r: Roles, change: dict[str, Any]) -> None:
+    channel_id = change.get("channel_id")
+    for fid in r.store.factory_ids():
+        rec = r.store.get(fid, "factory") or {}
+        if rec.get("role") == "lsp":
+            peer = next((c["peer_id"] for c in rec["channels"] if c["channel_id"] == channel_id), None)
+            if peer is not None:
+                txs, channels = lsp_exit_path(rec, peer)
+                r.exits.start(fid, txs, channels)
+        elif rec.get("role") == "client":
+            ch = next((c for c in r.node.peer_channels(rec["lsp"]) if c.get("channel_id") == channel_id), None)
+            if ch is not None and channel_in_factory(rec, ch):
+                txs, channels = r.client.exit_path(fid)
+                r.exits.start(fid, txs, channels)
+
+
+def _progress(r: Roles, fid: str) -> dict[str, Any]:
+    p = r.store.get(fid, "exit")
+    if p is None:
+        return {"status": "none"}
+    return {"status": p["status"], "published": p["published"], "transactions": len(p["txs"]),
+            "closed_channels": p["closed"], "last_error": p["last_error"]}
+
+
 def _describe(r: Roles, fid: str) -> dict[str, Any]:
     rec = r.store.get(fid, "factory") or {}
     params = FactoryParams.deserialize(rec["params"].encode())
@@ -253,6 +302,7 @@ def _describe(r: Roles, fid: str) -> dict[str, Any]:
                                                   "early_warning_blocks", "exit")},
                              "state": live.get("state"), "our_balance_msat": msat(live.get("to_us_msat", 0))})
         out["channels"] = channels
+        out["exit_progress"] = _progress(r, fid)
         return out
     channels = []
     for ch in r.node.peer_channels(rec["lsp"]):
@@ -261,7 +311,5 @@ def _describe(r: Roles, fid: str) -> dict[str, Any]:
                              "funding_outpoint": rec["leaf_outpoint"], "capacity_msat": rec["capacity_sat"] * 1000,
                              "our_balance_msat": msat(ch.get("to_us_msat", 0)),
                              "early_warning_blocks": rec["early_warning_blocks"]})
-    progress = r.store.get(fid, "exit")
-    out.update({"lsp": rec["lsp"], "channels": channels, "exit": rec["exit"],
-                "exit_progress": progress if progress is not None else {"status": "none"}})
+    out.update({"lsp": rec["lsp"], "channels": channels, "exit": rec["exit"], "exit_progress": _progress(r, fid)})
     return out

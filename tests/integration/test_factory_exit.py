@@ -15,6 +15,8 @@ from .test_factory_plugin import BALANCE_SAT, INBOUND_SAT as INBOUND, channel_wi
 
 pytestmark = pytest.mark.lightningd
 
+OPENER_CLOSE_COST = 10_000  # sat: commitment fee and two anchors at regtest feerates, an upper bound
+
 
 def wallet_sat(node: Any) -> int:
     return sum(o["amount_msat"] // 1000 for o in node.rpc.listfunds()["outputs"] if o["status"] == "confirmed")
@@ -23,10 +25,13 @@ def wallet_sat(node: Any) -> int:
 def exit_until_paid(bitcoind: Any, client: Any, nodes: list[Any], factory_id: str, before: int) -> list[dict[str, Any]]:
     """Start the client's exit and mine one block at a time until its channel money is in its wallet."""
     view = client.rpc.call("superscalar-exit", {"factory_id": factory_id})
-    assert view["exit"]["published"] == [0]  # the root kickoff goes out at once
-    for _ in range(200):
+    assert view["exit"]["published"] == ["path/0"]  # the root kickoff goes out at once
+    for i in range(200):
         bitcoind.generate_block(1)
         sync_blockheight(bitcoind, nodes)
+        if i == 3:  # the exit resumes by itself after a restart
+            client.restart()
+            sync_blockheight(bitcoind, [client])
         if wallet_sat(client) > before:
             break
     [rec] = client.rpc.call("superscalar-list")["factories"]
@@ -95,3 +100,48 @@ def test_client_exits_alone_when_the_lsp_is_gone(node_factory: Any, bitcoind: An
     outs = [o["amount_msat"] // 1000 for o in lsp.rpc.listfunds()["outputs"] if o["status"] == "confirmed"]
     assert any(lsp_side - 5_000 <= v <= lsp_side for v in outs), outs
     assert lsp.rpc.getinfo()["id"] == lsp.info["id"]  # lightningd is still running
+
+
+def test_client_force_closing_while_disconnected_costs_the_lsp_nothing(node_factory: Any, bitcoind: Any,
+                                                                      plugin_path: Path) -> None:
+    lsp, clients = start_network(node_factory, plugin_path, 2)
+    create_factory(lsp, clients, bitcoind)
+    bitcoind.generate_block(1)
+    client = clients[0]
+    lsp_before, client_before = wallet_sat(lsp), wallet_sat(client)
+    channel = channel_with(client, lsp)
+    client.rpc.disconnect(lsp.info["id"], force=True)
+    assert client.rpc.close(channel["channel_id"], 1)["type"] == "unilateral"
+    # The commitment cannot confirm before the leaf: the client's plugin publishes its path.
+    wait_for(lambda: client.rpc.call("superscalar-list")["factories"][0]["exit_progress"]["status"] != "none")
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    for _ in range(200):
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, [lsp, *clients])
+        if wallet_sat(lsp) - lsp_before >= INBOUND - OPENER_CLOSE_COST and wallet_sat(client) > client_before:
+            break
+    # The LSP opened the channel, so it pays the commitment's fee and anchors, as in any CLN close.
+    assert INBOUND - OPENER_CLOSE_COST <= wallet_sat(lsp) - lsp_before <= INBOUND
+    assert BALANCE_SAT - 5_000 <= wallet_sat(client) - client_before <= BALANCE_SAT
+    assert lsp.rpc.getinfo()["id"]  # lightningd kept running
+
+
+def test_lsp_exits_one_clients_path(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = start_network(node_factory, plugin_path, 2)
+    res = create_factory(lsp, clients, bitcoind)
+    bitcoind.generate_block(1)
+    target = clients[1]
+    lsp_before, client_before = wallet_sat(lsp), wallet_sat(target)
+    view = lsp.rpc.call("superscalar-exit", {"factory_id": res["factory_id"], "peer_id": target.info["id"]})
+    assert view["exit"]["published"] == ["kickoff/0"]
+    with pytest.raises(Exception, match="not a client of this factory"):
+        lsp.rpc.call("superscalar-exit", {"factory_id": res["factory_id"], "peer_id": lsp.info["id"]})
+    for _ in range(100):
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, [lsp, *clients])
+        if wallet_sat(target) > client_before and wallet_sat(lsp) > lsp_before:
+            break
+    [lsp_view] = lsp.rpc.call("superscalar-list")["factories"]
+    assert lsp_view["exit_progress"]["status"] == "closed"
+    assert wallet_sat(target) - client_before == BALANCE_SAT  # a mutual close: the opener pays its fee
+    assert INBOUND - OPENER_CLOSE_COST <= wallet_sat(lsp) - lsp_before <= INBOUND
