@@ -126,7 +126,8 @@ class Lsp:
 
     # --- superscalar-create, in a worker thread ---
 
-    def create(self, clients: list[ClientSpec]) -> dict[str, Any]:
+    def create(self, clients: list[ClientSpec], progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+        """Create a factory (see the module docstring); `progress` is told each step as it starts."""
         if not clients or len({c.node_id for c in clients}) != len(clients):
             raise CreateError("clients must be distinct and at least one")
         params = self.params_for(len(clients), self.node.blockheight())
@@ -136,11 +137,13 @@ class Lsp:
         opened: list[str] = []
         funding_txid: Optional[str] = None
         try:
+            progress(f"inviting {len(clients)} clients to factory {fid.hex()}")
             for c in clients:
                 self.transport.send(c.node_id, Invite(fid, pending.invite_id, params.serialize(), c.balance_sat, c.inbound_sat))
             self._wait(pending, lambda: len(pending.accepts) == len(clients), "clients to accept")
             lsp_sk = _seckey(self.node.secret(f"superscalar/factory/{fid.hex()}/lsp"))
             pubkeys = [musig2.individual_pk(lsp_sk)] + [pending.accepts[i].pubkey for i in range(len(clients))]
+            progress("all clients accepted; opening their leaf channels")
             channels = []
             for c in clients:
                 channels.append(self.node.fundchannel_start(c.node_id, c.balance_sat + c.inbound_sat, c.balance_sat * 1000))
@@ -153,12 +156,14 @@ class Lsp:
             funding_tx = Tx.from_hex(unsigned)
             vout = next(i for i, o in enumerate(funding_tx.outputs) if o == funding_out)
             graph = factory.graph(OutPoint.from_hex(funding_txid, vout))
+            progress(f"funding {funding_out.value} sat prepared ({funding_txid}); signing {len(graph.txs()) + 1} transactions")
             with pending.cond:
                 pending.coordinator = Coordinator(construction_round(factory, graph, fid, secrets.token_bytes(32)), lsp_sk)
                 self._execute(pending, pending.coordinator.start())
             self._wait(pending, lambda: pending.outcome is not None, "the signing ceremony")
             if isinstance(pending.outcome, Failed):
                 raise CreateError(f"ceremony failed: {pending.outcome.reason}")
+            progress("every client holds its signed exit path; completing the channels")
             channel_ids = []
             for i, c in enumerate(clients):
                 leaf = graph.states[factory.topology.leaf_of_client[i]]
@@ -171,6 +176,7 @@ class Lsp:
             record["paths"] = [[t.name for t in graph.path_txs(i)] for i in range(len(clients))]
             record["distribution"] = signed["distribution"].to_hex()
             self.store.put(fid.hex(), "factory", record)
+            progress("broadcasting the funding transaction")
             self.node.send_prepared(funding_txid)
             funding_txid_sent, funding_txid = funding_txid, None
             self.log(f"factory {fid.hex()} funded by {funding_txid_sent}")

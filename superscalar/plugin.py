@@ -34,6 +34,8 @@ class Roles:
         join = str(options.get("superscalar-join", "") or "")
         self.allowed: Optional[set[str]] = None if join == "any" else {x for x in join.split(",") if x}
         self.profile = str(options.get("superscalar-profile", "mainnet"))
+        feerate = options.get("superscalar-feerate-per-kvb")
+        self.feerate: Optional[int] = int(feerate) if feerate not in (None, "") else None
         self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log,
                        float(options.get("superscalar-timeout", 60)))
         self.exits = Exits(self.node, self.store, plugin.log)
@@ -41,9 +43,16 @@ class Roles:
                              str(options.get("superscalar-dev-fail-at", "")))
 
     def params_for(self, n_clients: int, height: int) -> FactoryParams:
+        fee = {} if self.feerate is None else {"feerate_per_kvb": self.feerate}
         if self.profile == "regtest":
-            return regtest_params(n_clients, height)
-        return FactoryParams(n_clients=n_clients, start_height=height)
+            return regtest_params(n_clients, height, **fee)
+        return FactoryParams(n_clients=n_clients, start_height=height, **fee)
+
+
+def _progress_note(plugin: Plugin, request: Any, text: str) -> None:
+    """A step of superscalar-create: a notification to the caller, and a line in the log."""
+    plugin.log(f"superscalar-create: {text}")
+    plugin.notify_message(request, text)
 
 
 def _parse_clients(clients: Any) -> list[ClientSpec]:
@@ -72,6 +81,8 @@ def build_plugin() -> Plugin:
     plugin.add_option("superscalar-join", "", "LSP node ids (comma-separated) whose factories this node joins, or 'any'.")
     plugin.add_option("superscalar-profile", "mainnet", "Factory parameter profile: 'mainnet' or 'regtest' (short timelocks).")
     plugin.add_option("superscalar-timeout", "60", "Seconds to wait for each step of a factory ceremony.")
+    plugin.add_option("superscalar-feerate-per-kvb", "", "Fee rate (sat per 1000 vB) pre-agreed for every factory "
+                      "transaction; default: the profile's (2000).")
     plugin.add_option("superscalar-dev-fail-at", "", "Testing only: make this client fail a ceremony on purpose.")
 
     @plugin.init()
@@ -83,8 +94,13 @@ def build_plugin() -> Plugin:
     def getinfo(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
         """Show the plugin's version, role settings and factory counts."""
         r = holder["roles"]
+        sample = r.params_for(1, 0)
         return {"version": __version__, "network": r.network, "lsp": r.is_lsp,
                 "join": "any" if r.allowed is None else sorted(r.allowed), "profile": r.profile,
+                "parameters": {"leaf_arity": sample.leaf_arity, "arity": sample.arity,
+                               "states_per_layer": sample.states_per_layer, "step_blocks": sample.step_blocks,
+                               "active_blocks": sample.active_blocks, "dying_blocks": sample.dying_blocks,
+                               "feerate_per_kvb": sample.feerate_per_kvb, "lstock_sat": sample.lstock_sat},
                 "factories": len(r.store.factory_ids())}
 
     @plugin.async_method("superscalar-create")
@@ -103,7 +119,7 @@ def build_plugin() -> Plugin:
 
         def work() -> None:
             try:
-                request.set_result(r.lsp.create(specs))
+                request.set_result(r.lsp.create(specs, lambda text: _progress_note(plugin, request, text)))
             except Exception as e:  # CreateError, RPC errors of the steps: report, never crash the plugin
                 request.set_exception(RpcException(f"factory not created: {e}", code=CREATE_FAILED))
 

@@ -53,6 +53,7 @@ def create_factory(lsp: Any, clients: list[Any], bitcoind: Any) -> dict[str, Any
     spec = [{"id": c.info["id"], "balance_sat": BALANCE_SAT, "inbound_sat": INBOUND_SAT} for c in clients]
     res = lsp.rpc.call("superscalar-create", {"clients": spec})
     assert len(res["channels"]) == len(clients)
+    lsp.daemon.wait_for_log("every client holds its signed exit path")  # a progress notification
     # The funding transaction is in the mempool; it confirms.
     funding_txid = res["funding_txid"]
     assert funding_txid in bitcoind.rpc.getrawmempool()

@@ -15,8 +15,10 @@ pytestmark = pytest.mark.lightningd
 def test_plugin_starts_and_reports_version(node_factory: Any, plugin_path: Path) -> None:
     node = node_factory.get_node(options={"plugin": str(plugin_path)})
     info = node.rpc.call("superscalar-getinfo")
+    params = info.pop("parameters")
     assert info == {"version": superscalar.__version__, "network": "regtest", "lsp": False, "join": [],
                     "profile": "mainnet", "factories": 0}
+    assert params["step_blocks"] == 144 and params["states_per_layer"] == 4 and params["feerate_per_kvb"] == 2000
     plugins = [p["name"] for p in node.rpc.plugin_list()["plugins"]]
     assert str(plugin_path) in plugins
     # The command shows up in lightningd's help, with its docstring as usage text.
