@@ -26,7 +26,7 @@ class DWCounter:
 
     @property
     def max_epoch(self) -> int:
-        return self.states_per_layer ** self.layers - 1
+        return int(self.states_per_layer ** self.layers) - 1
 
     def digits(self, epoch: int) -> tuple[int, ...]:
         """State index per layer (root first) of `epoch`."""

@@ -55,7 +55,7 @@ class Spend:
     """How an output is spent through its key path: the signers and the taproot tweak to apply."""
 
     signers: tuple[int, ...]
-    pubkeys: tuple[bytes, ...]  # the signers' keys, BIP-327 KeySort order
+    pubkeys: tuple[musig2.PlainPk, ...]  # the signers' keys, BIP-327 KeySort order
     taproot: TaprootInfo
 
     @property
@@ -101,13 +101,13 @@ class FactoryKeys:
             raise FactoryError("participant keys must be distinct")
         self.pubkeys = tuple(pubkeys)
         self._agg: dict[tuple[int, ...], bytes] = {}
-        self._sorted: dict[tuple[int, ...], tuple[bytes, ...]] = {}
+        self._sorted: dict[tuple[int, ...], tuple[musig2.PlainPk, ...]] = {}
 
     @property
     def lsp_xonly(self) -> bytes:
         return self.pubkeys[LSP][1:]
 
-    def sorted_keys(self, signers: tuple[int, ...]) -> tuple[bytes, ...]:
+    def sorted_keys(self, signers: tuple[int, ...]) -> tuple[musig2.PlainPk, ...]:
         """The signers' keys in BIP-327 KeySort order (computed once per signer set)."""
         if signers not in self._sorted:
             self._sorted[signers] = tuple(musig2.key_sort([musig2.PlainPk(self.pubkeys[i]) for i in signers]))

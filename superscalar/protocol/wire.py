@@ -367,11 +367,12 @@ def array(item: Codec[T]) -> Codec[tuple[T, ...]]:
         if item.read_block is not None and item.fixed_size is not None and all(
             isinstance(v, bytes) and len(v) == item.fixed_size for v in values
         ):
+            block = b"".join(values)  # type: ignore[arg-type]  # checked above: all bytes
             try:
-                item.read_block(b"".join(values), len(values))  # the same checks as decoding (prefixes)
+                item.read_block(block, len(values))  # the same checks as decoding (prefixes)
             except DecodeError as e:
                 raise EncodeError(str(e)) from None
-            return encode_bigsize(len(values)) + b"".join(values)  # type: ignore[arg-type]
+            return encode_bigsize(len(values)) + block
         parts = [encode_bigsize(len(values))]
         for value in values:
             raw = item.encode(value)
