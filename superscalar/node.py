@@ -90,6 +90,38 @@ class ClnNode:
                 return None
             return text
 
+    def raw_block(self, height: int) -> str:
+        """The block at `height`, hex."""
+        return str(self.rpc.call("getrawblockbyheight", {"height": height})["block"])
+
+    def bump_with_anchor(self, anchor: "OutPoint", anchor_value: int, anchor_script: bytes, child_fee: int,
+                         version: int) -> Optional[str]:
+        """CPFP: a child spending the P2A `anchor` and one wallet coin, paying `child_fee`, change back to
+        the wallet. Returns the child's txid, or None when the wallet has no coin big enough."""
+        from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
+        from .bitcoin.tx import OutPoint, Tx, TxIn, TxOut
+
+        coins = sorted((o for o in self.rpc.listfunds()["outputs"]
+                        if o["status"] == "confirmed" and not o.get("reserved")
+                        and o["amount_msat"] // 1000 + anchor_value - child_fee >= 330),
+                       key=lambda o: o["amount_msat"])
+        if not coins:
+            return None
+        coin = coins[0]
+        value = coin["amount_msat"] // 1000
+        tx = Tx(version, (TxIn(anchor), TxIn(OutPoint.from_hex(coin["txid"], coin["output"]))),
+                (TxOut(value + anchor_value - child_fee, self.new_script()),))
+        psbt = Psbt(tx, (PsbtInput(witness_utxo=TxOut(anchor_value, anchor_script), final_script_witness=()),
+                         PsbtInput(witness_utxo=TxOut(value, bytes.fromhex(coin["scriptpubkey"])))),
+                    (PsbtOutput(),)).to_base64()
+        self.rpc.call("reserveinputs", {"psbt": psbt})
+        try:
+            signed = self.rpc.call("signpsbt", {"psbt": psbt, "signonly": [1]})["signed_psbt"]
+            return str(self.rpc.call("sendpsbt", {"psbt": signed})["txid"])
+        except Exception:
+            self.rpc.call("unreserveinputs", {"psbt": psbt})
+            raise
+
     def output_exists(self, txid: str, vout: int) -> bool:
         """Is txid:vout unspent (confirmed or in the mempool), as bitcoind sees it?"""
         res = self.rpc.call("getutxout", {"txid": txid, "vout": str(vout)})

@@ -142,7 +142,7 @@ def build_plugin() -> Plugin:
             txs, channels = _exit_plan(r, factory_id, peer_id)
         except ValueError as e:
             raise RpcException(str(e), code=INVALID_PARAMS)
-        return {"factory_id": factory_id, "exit": r.exits.start(factory_id, txs, channels)}
+        return {"factory_id": factory_id, "exit": r.exits.start(factory_id, txs, channels, _bump_after(r, factory_id))}
 
     @plugin.subscribe("block_added")
     def on_block_added(plugin: Plugin, **kwargs: Any) -> None:
@@ -150,7 +150,7 @@ def build_plugin() -> Plugin:
         if r is None:
             return
         try:
-            r.exits.on_block()
+            r.exits.on_block(int(kwargs.get("block_added", {}).get("height") or r.node.blockheight()))
         except Exception as e:
             plugin.log(f"exit progress: {e!r}", level="broken")
 
@@ -267,6 +267,12 @@ def _htlc_headroom_failure(r: Roles, onion: dict[str, Any], htlc: dict[str, Any]
     return None
 
 
+def _bump_after(r: Roles, factory_id: str) -> int:
+    """Blocks a published factory transaction may stay unconfirmed before it is bumped by CPFP."""
+    rec = r.store.get(factory_id, "factory") or {}
+    return FactoryParams.deserialize(rec["params"].encode()).confirm_blocks + 1
+
+
 def _exit_plan(r: Roles, factory_id: str, peer_id: Optional[str]) -> tuple[list[list[Any]], list[str]]:
     rec = r.store.get(factory_id, "factory")
     if rec is None:
@@ -278,26 +284,30 @@ def _exit_plan(r: Roles, factory_id: str, peer_id: Optional[str]) -> tuple[list[
 
 def _exit_for_closing_channel(r: Roles, change: dict[str, Any]) -> None:
     channel_id = change.get("channel_id")
+    live = next((c for c in r.node.peer_channels() if c.get("channel_id") == channel_id), None)
+    if live is None or live.get("short_channel_id"):
+        return  # not ours, or its leaf is on chain already: CLN's close machinery has what it needs
     for fid in r.store.factory_ids():
         rec = r.store.get(fid, "factory") or {}
         if rec.get("role") == "lsp":
             peer = next((c["peer_id"] for c in rec["channels"] if c["channel_id"] == channel_id), None)
             if peer is not None:
                 txs, channels = lsp_exit_path(rec, peer)
-                r.exits.start(fid, txs, channels)
+                r.exits.start(fid, txs, channels, _bump_after(r, fid))
         elif rec.get("role") == "client":
             ch = next((c for c in r.node.peer_channels(rec["lsp"]) if c.get("channel_id") == channel_id), None)
             if ch is not None and channel_in_factory(rec, ch):
                 txs, channels = r.client.exit_path(fid)
-                r.exits.start(fid, txs, channels)
+                r.exits.start(fid, txs, channels, _bump_after(r, fid))
 
 
 def _progress(r: Roles, fid: str) -> dict[str, Any]:
     p = r.store.get(fid, "exit")
     if p is None:
         return {"status": "none"}
-    return {"status": p["status"], "published": p["published"], "transactions": len(p["txs"]),
-            "closed_channels": p["closed"], "last_error": p["last_error"]}
+    return {"status": p["status"], "published": p["published"], "confirmed": p.get("confirmed", []),
+            "bumped": p.get("bumped", {}), "transactions": len(p["txs"]), "closed_channels": p["closed"],
+            "last_error": p["last_error"]}
 
 
 def _describe(r: Roles, fid: str) -> dict[str, Any]:

@@ -145,3 +145,36 @@ def test_lsp_exits_one_clients_path(node_factory: Any, bitcoind: Any, plugin_pat
     assert lsp_view["exit_progress"]["status"] == "closed"
     assert wallet_sat(target) - client_before == BALANCE_SAT  # a mutual close: the opener pays its fee
     assert INBOUND - OPENER_CLOSE_COST <= wallet_sat(lsp) - lsp_before <= INBOUND
+
+
+def test_exit_bumps_a_stuck_transaction_by_cpfp_on_its_anchor(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = start_network(node_factory, plugin_path, 2)
+    res = create_factory(lsp, clients, bitcoind)
+    leaver = clients[0]
+    leaver.fundwallet(200_000)  # the coin the CPFP child spends
+    view = leaver.rpc.call("superscalar-exit", {"factory_id": res["factory_id"]})
+    assert view["exit"]["published"] == ["path/0"]
+    kickoff = next(t for t in bitcoind.rpc.getrawmempool(True).items())
+    txid, entry = kickoff
+    # Make the root kickoff unattractive to miners: its pre-agreed fee no longer counts.
+    fee_sat = int(round(float(entry["fees"]["base"]) * 10**8))
+    bitcoind.rpc.prioritisetransaction(txid, 0, -fee_sat)
+    for _ in range(4):
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, [lsp, *clients])
+        progress = leaver.rpc.call("superscalar-list")["factories"][0]["exit_progress"]
+        if "path/0" in progress["confirmed"]:
+            break
+    assert "path/0" in progress["bumped"], progress
+    child = progress["bumped"]["path/0"]
+    parent_block = bitcoind.rpc.getrawtransaction(txid, True)["blockhash"]
+    assert bitcoind.rpc.getrawtransaction(child, True)["blockhash"] == parent_block  # mined together
+    # The exit then goes on to the end.
+    before = wallet_sat(leaver)
+    for _ in range(60):
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, [lsp, *clients])
+        if leaver.rpc.call("superscalar-list")["factories"][0]["exit_progress"]["status"] == "closed" \
+                and wallet_sat(leaver) > before:
+            break
+    assert wallet_sat(leaver) - before >= BALANCE_SAT - 5_000
