@@ -140,6 +140,7 @@ class Client:
         waits = [t.relative_wait for t in path]
         return {
             "role": "client", "lsp": inv.lsp, "params": params.serialize().decode(), "client_index": index,
+            "state_indices": _state_indices(params, path),
             "pubkey": inv.pubkey.hex(), "capacity_sat": capacity, "balance_sat": inv.balance_sat,
             "leaf_outpoint": f"{leaf.tx.txid}:{vout}",
             "funding_outpoint": f"{path[0].tx.inputs[0].prevout.txid_hex}:{path[0].tx.inputs[0].prevout.vout}",
@@ -177,6 +178,11 @@ class Client:
         txs = [path_entry(f"path/{i}", h, int(v), bytes.fromhex(s))
                for i, (h, (v, s)) in enumerate(zip(rec["signed_path"], rec["path_prevouts"]))]
         return txs, [rec["leaf_outpoint"]]
+
+
+def _state_indices(params: FactoryParams, path: Any) -> list[int]:
+    """The DW state index of each state tx on a path, read back from its nSequence."""
+    return [params.states_per_layer - 1 - t.relative_wait // params.step_blocks for t in path[1::2]]
 
 
 def channel_in_factory(record: dict[str, Any], channel: dict[str, Any]) -> bool:

@@ -313,13 +313,15 @@ def _progress(r: Roles, fid: str) -> dict[str, Any]:
 def _describe(r: Roles, fid: str) -> dict[str, Any]:
     rec = r.store.get(fid, "factory") or {}
     params = FactoryParams.deserialize(rec["params"].encode())
+    progress = r.store.get(fid, "exit")
     out: dict[str, Any] = {
-        "factory_id": fid, "role": rec["role"], "state": "funded" if rec["role"] == "lsp" else "signed",
+        "factory_id": fid, "role": rec["role"], "state": "open" if progress is None else "exiting",
         "funding_outpoint": rec["funding_outpoint"], "n_clients": params.n_clients,
         "expiry_height": params.expiry_height, "dying_height": params.distribution_height,
     }
     if rec["role"] == "lsp":
-        out["epoch"] = rec["state"]
+        out["epoch"] = rec["state"]  # DW state index of every node of the tree
+        out["participants"] = [c["peer_id"] for c in rec["channels"]]
         by_id = {c["channel_id"]: c for c in r.node.peer_channels()}
         channels = []
         for c in rec["channels"]:
@@ -337,5 +339,6 @@ def _describe(r: Roles, fid: str) -> dict[str, Any]:
                              "funding_outpoint": rec["leaf_outpoint"], "capacity_msat": rec["capacity_sat"] * 1000,
                              "our_balance_msat": msat(ch.get("to_us_msat", 0)),
                              "early_warning_blocks": rec["early_warning_blocks"]})
-    out.update({"lsp": rec["lsp"], "channels": channels, "exit": rec["exit"], "exit_progress": _progress(r, fid)})
+    out.update({"lsp": rec["lsp"], "participants": [rec["lsp"]], "epoch": rec.get("state_indices", []),
+                "channels": channels, "exit": rec["exit"], "exit_progress": _progress(r, fid)})
     return out
