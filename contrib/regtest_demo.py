@@ -165,7 +165,13 @@ def main() -> None:
                 node.stop()
             except Exception as e:
                 say(f"  stopping a node: {e}")
+            proc = getattr(node.daemon, "proc", None)
+            if proc is not None and proc.poll() is None:  # did not stop in time: make sure it is gone
+                proc.kill()
+                proc.wait()
         bitcoind.stop()
+        if getattr(bitcoind, "proc", None) is not None and bitcoind.proc.poll() is None:
+            bitcoind.proc.kill()
         db.stop()
         executor.shutdown()
         if not args.keep:
