@@ -3,9 +3,10 @@
 persist a record, completed, failed); the shell carries the actions out in order.
 
 Two MuSig2 rounds sign every job of a `Round`: clients send public nonces, the LSP answers with the
-aggregate nonce of each job; clients send partial signatures, the LSP verifies each one (a bad one
-names its signer), aggregates, verifies the final BIP-340 signature and sends each client the
-signatures of its jobs, which the client verifies before it stores them and reports Done.
+aggregate nonce of each job; clients send partial signatures, the LSP aggregates them, verifies every
+final BIP-340 signature (and, for a job whose signature fails, each partial signature, to name the
+signer at fault) and sends each client the signatures of its jobs, which the client verifies before it
+stores them and reports Done.
 
 Every transition is in one table per role. A message that the table does not allow, or that breaks the
 protocol, moves the machine to the sticky ERROR state and aborts the round for everyone; calling a
@@ -226,11 +227,11 @@ class Coordinator:
         jobs = self.round.client_jobs[peer]
         if len(msg.psigs) != len(jobs):
             raise _Violation(AbortCode.BAD_PARTIAL_SIG, "wrong number of partial signatures", peer)
-        pk = self.round.pubkeys[peer + 1]
-        for j, pn, psig in zip(jobs, self._nonces[peer], msg.psigs):
-            if not musig2.partial_sig_verify_internal(psig, pn, pk, self._sessions[j]):
-                raise _Violation(AbortCode.BAD_PARTIAL_SIG,
-                                 f"invalid partial signature for {self.round.jobs[j].name}", peer)
+        if any(int.from_bytes(psig, "big") >= musig2.N for psig in msg.psigs):
+            raise _Violation(AbortCode.BAD_PARTIAL_SIG, "partial signature out of range", peer)
+        # Each partial signature is checked when its job's aggregate is: a valid final signature
+        # proves the set, and only a job whose aggregate fails has its partial signatures verified
+        # one by one to name the culprit (as libsecp256k1's musig module advises).
         self._psigs[peer] = msg.psigs
         if len(self._psigs) < len(self.round.proposals):
             return []
@@ -248,7 +249,7 @@ class Coordinator:
             own = musig2.sign(self._secnonces.pop(j), self._seckey, ctx)
             sig = musig2.partial_sig_agg([own, *per_job[j]], ctx)
             if not schnorr_verify(t.sighash, _output_key(t), sig):
-                raise _Violation(AbortCode.INTERNAL, f"aggregate signature for {t.name} does not verify")
+                raise self._blame(j)
             sigs.append(sig)
             signed.append(t.tx.with_witness(0, [sig]))
         self._signed = tuple(signed)
@@ -257,6 +258,17 @@ class Coordinator:
         sends = [Send(c, Signatures(self.round.factory_id, self.round.session_id,
                                     tuple(sigs[j] for j in self.round.client_jobs[c]))) for c in self.clients]
         return [record, *sends]
+
+    def _blame(self, j: int) -> _Violation:
+        """Job j's aggregate signature is invalid: find the client whose partial signature is."""
+        t = self.round.jobs[j]
+        for c, jobs in self.round.client_jobs.items():
+            if j in jobs:
+                k = jobs.index(j)
+                pk = self.round.pubkeys[c + 1]
+                if not musig2.partial_sig_verify_internal(self._psigs[c][k], self._nonces[c][k], pk, self._sessions[j]):
+                    return _Violation(AbortCode.BAD_PARTIAL_SIG, f"invalid partial signature for {t.name}", c)
+        return _Violation(AbortCode.INTERNAL, f"aggregate signature for {t.name} does not verify")
 
     def _on_done(self, peer: int, msg: Done) -> list[Action]:
         self._expect_once(self._done, peer)
