@@ -4,10 +4,10 @@
 the steps in the order that keeps everyone's money safe:
   1. invite each client and collect its key and payout script;
   2. `fundchannel_start` a zero-conf channel with each client (its funding script goes in the leaf);
-  3. prepare the funding transaction in CLN's wallet (inputs reserved, not broadcast);
+  3. prepare the funding transaction in CLN's wallet (`fundpsbt`, `addpsbtoutput`: inputs reserved);
   4. run the signing ceremony; every client stores its signed exit path before it reports Done;
   5. `fundchannel_complete` each channel with its (unbroadcast) leaf transaction;
-  6. only then sign and broadcast the funding transaction.
+  6. only then sign and broadcast the funding transaction (`signpsbt`, `sendpsbt`).
 Any failure before step 6 cancels the opens and discards the prepared funding, releasing its inputs.
 Ceremony messages arrive through the custommsg hook (`on_message`) on pyln's main thread.
 """
@@ -21,11 +21,11 @@ from typing import Any, Callable, Optional
 
 from . import musig2
 from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
-from .bitcoin.tx import OutPoint, Tx
+from .bitcoin.tx import OutPoint
 from .exits import path_entry
 from .factory.graph import Factory, FactoryScripts
 from .factory.params import ClientTerms, FactoryParams
-from .node import ClnNode
+from .node import ClnNode, PreparedTx
 from .protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
 from .protocol.rounds import construction_round
 from .protocol.wire import Abort, AbortCode, Accept, Invite, Message
@@ -135,7 +135,7 @@ class Lsp:
         pending = Pending(fid, clients, params, secrets.token_bytes(32))
         self._pending[fid] = pending
         opened: list[str] = []
-        funding_txid: Optional[str] = None
+        prepared: Optional[PreparedTx] = None
         try:
             progress(f"inviting {len(clients)} clients to factory {fid.hex()}")
             for c in clients:
@@ -152,9 +152,9 @@ class Lsp:
                               FactoryScripts(tuple(channels), tuple(pending.accepts[i].payout_script for i in range(len(clients))),
                                              self.node.new_script()))
             funding_out = factory.funding_output
-            funding_txid, unsigned = self.node.prepare_payment(funding_out.script_pubkey, funding_out.value)
-            funding_tx = Tx.from_hex(unsigned)
-            vout = next(i for i, o in enumerate(funding_tx.outputs) if o == funding_out)
+            prepared = self.node.prepare_payment(funding_out.script_pubkey, funding_out.value)
+            funding_txid = prepared.txid
+            vout = next(i for i, o in enumerate(prepared.tx.outputs) if o == funding_out)
             graph = factory.graph(OutPoint.from_hex(funding_txid, vout))
             progress(f"funding {funding_out.value} sat prepared ({funding_txid}); signing {len(graph.txs()) + 1} transactions")
             with pending.cond:
@@ -177,18 +177,18 @@ class Lsp:
             record["distribution"] = signed["distribution"].to_hex()
             self.store.put(fid.hex(), "factory", record)
             progress("broadcasting the funding transaction")
-            self.node.send_prepared(funding_txid)
-            funding_txid_sent, funding_txid = funding_txid, None
+            funding_txid_sent = self.node.send_prepared(prepared)
+            prepared = None
             self.log(f"factory {fid.hex()} funded by {funding_txid_sent}")
             return {"factory_id": fid.hex(), "funding_txid": funding_txid_sent, "funding_outpoint": f"{funding_txid_sent}:{vout}",
                     "channels": record["channels"]}
         except Exception:
-            self._abort(pending, opened, funding_txid)
+            self._abort(pending, opened, prepared)
             raise
         finally:
             self._pending.pop(fid, None)
 
-    def _abort(self, pending: Pending, opened: list[str], funding_txid: Optional[str]) -> None:
+    def _abort(self, pending: Pending, opened: list[str], prepared: Optional[PreparedTx]) -> None:
         with pending.cond:
             if pending.coordinator is None or pending.outcome is None:
                 for c in pending.clients:
@@ -202,8 +202,8 @@ class Lsp:
                 self.node.fundchannel_cancel(peer)
             except Exception as e:
                 self.log(f"fundchannel_cancel {peer}: {e}")
-        if funding_txid is not None:
-            self.node.discard_prepared(funding_txid)
+        if prepared is not None:
+            self.node.discard_prepared(prepared)
 
 
 def lsp_exit_path(record: dict[str, Any], peer: str | None) -> tuple[list[list[Any]], list[str]]:

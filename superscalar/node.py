@@ -1,17 +1,35 @@
 """The Core Lightning calls superscalar uses, behind one small interface.
 
 Everything the roles need from lightningd goes through `ClnNode`: keys (`makesecret`), the wallet
-(`txprepare`/`txsend`/`txdiscard`, `newaddr`), channel opens (`fundchannel_start`/`_complete`/`_cancel`),
+(`fundpsbt`/`addpsbtoutput`/`signpsbt`/`sendpsbt`/`unreserveinputs`, `newaddr`), channel opens (`fundchannel_start`/`_complete`/`_cancel`),
 peer messages (`sendcustommsg`), the datastore and a few queries. Amounts cross this interface as
 integer satoshis or msat, scripts as bytes, transactions as hex.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 from .bitcoin.address import address_to_script, segwit_address
 from .protocol.wire import SUPERSCALAR_MSG_TYPE
+
+if TYPE_CHECKING:
+    from .bitcoin.tx import OutPoint, Tx
+
+
+@dataclass(frozen=True)
+class PreparedTx:
+    """A wallet transaction built and reserved but not signed: its txid and PSBT (base64)."""
+
+    txid: str
+    psbt: str
+
+    @property
+    def tx(self) -> "Tx":
+        from .bitcoin.psbt import Psbt
+
+        return Psbt.from_base64(self.psbt).tx
 
 
 def msat(value: Any) -> int:
@@ -50,22 +68,32 @@ class ClnNode:
     def address(self, script_pubkey: bytes) -> str:
         return segwit_address(self.network, script_pubkey)
 
-    def prepare_payment(self, script_pubkey: bytes, amount_sat: int, feerate: Optional[str] = None) -> tuple[str, str]:
-        """An unsigned wallet transaction paying `amount_sat` to `script_pubkey`, its inputs reserved.
-        Returns (txid, unsigned tx hex)."""
-        params: dict[str, Any] = {"outputs": [{self.address(script_pubkey): f"{amount_sat}sat"}]}
-        if feerate is not None:
-            params["feerate"] = feerate
-        res = self.rpc.call("txprepare", params)
-        return str(res["txid"]), str(res["unsigned_tx"])
+    def prepare_payment(self, script_pubkey: bytes, amount_sat: int) -> "PreparedTx":
+        """An unsigned wallet transaction paying `amount_sat` to `script_pubkey`, its inputs reserved
+        (`fundpsbt` with the excess as change, then `addpsbtoutput`). Its txid is final already:
+        every wallet input is segwit."""
+        from .bitcoin.psbt import Psbt
 
-    def send_prepared(self, txid: str) -> str:
-        """Sign and broadcast a prepared transaction; returns the signed tx hex."""
-        return str(self.rpc.call("txsend", {"txid": txid})["tx"])
+        weight = 4 * (8 + 1 + len(script_pubkey))  # the output we add (BIP-141 weight of a TxOut)
+        funded = self.rpc.call("fundpsbt", {"satoshi": amount_sat, "feerate": "normal", "startweight": weight,
+                                            "excess_as_change": True})
+        try:
+            added = self.rpc.call("addpsbtoutput", {"satoshi": amount_sat, "initialpsbt": funded["psbt"],
+                                                    "destination": self.address(script_pubkey)})
+            psbt = str(added["psbt"])
+            return PreparedTx(Psbt.from_base64(psbt).tx.txid, psbt)
+        except Exception:
+            self.rpc.call("unreserveinputs", {"psbt": funded["psbt"]})
+            raise
 
-    def discard_prepared(self, txid: str) -> None:
-        """Forget a prepared transaction and release its inputs."""
-        self.rpc.call("txdiscard", {"txid": txid})
+    def send_prepared(self, prepared: "PreparedTx") -> str:
+        """Sign a prepared transaction's wallet inputs and broadcast it; returns its txid."""
+        signed = self.rpc.call("signpsbt", {"psbt": prepared.psbt})["signed_psbt"]
+        return str(self.rpc.call("sendpsbt", {"psbt": signed})["txid"])
+
+    def discard_prepared(self, prepared: "PreparedTx") -> None:
+        """Release a prepared transaction's inputs."""
+        self.rpc.call("unreserveinputs", {"psbt": prepared.psbt})
 
     def reserved_outputs(self) -> int:
         return sum(1 for o in self.rpc.listfunds()["outputs"] if o.get("reserved"))
