@@ -14,6 +14,7 @@ Ceremony messages arrive through the custommsg hook (`on_message`) on pyln's mai
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -64,8 +65,9 @@ class Pending:
 
 class Lsp:
     def __init__(self, node: ClnNode, store: Store, transport: Transport, params_for: ParamsFor,
-                 log: Callable[[str], None], timeout: float = 60.0) -> None:
+                 log: Callable[[str], None], timeout: float = 60.0, dev_fail_at: str = "") -> None:
         self.node, self.store, self.transport = node, store, transport
+        self.dev_fail_at = dev_fail_at  # testing only: "lsp-before-broadcast" stops the plugin there
         self.params_for = params_for
         self.log = log
         self.timeout = timeout
@@ -164,22 +166,27 @@ class Lsp:
             if isinstance(pending.outcome, Failed):
                 raise CreateError(f"ceremony failed: {pending.outcome.reason}")
             progress("every client holds its signed exit path; completing the channels")
-            channel_ids = []
-            for i, c in enumerate(clients):
-                leaf = graph.states[factory.topology.leaf_of_client[i]]
-                psbt = Psbt(leaf.tx, (PsbtInput(witness_utxo=leaf.prevout),), tuple(PsbtOutput() for _ in leaf.tx.outputs))
-                channel_ids.append(self.node.fundchannel_complete(c.node_id, psbt.to_base64()))
-            record = _lsp_record(factory, graph, clients, channel_ids)
+            # From here on the factory is recorded first: a restart resumes (or aborts) from the record.
+            record = _lsp_record(factory, graph, clients, [None] * len(clients))
             signed = {t.name: tx for t, tx in zip(pending.coordinator.round.jobs, pending.outcome.signed)}
             record["txs"] = [path_entry(t.name, signed[t.name].to_hex(), t.prevout.value, t.prevout.script_pubkey)
                              for t in graph.txs()]
             record["paths"] = [[t.name for t in graph.path_txs(i)] for i in range(len(clients))]
             record["distribution"] = signed["distribution"].to_hex()
+            record["funding_psbt"] = prepared.psbt
+            record["stage"] = "completing"
             self.store.put(fid.hex(), "factory", record)
+            for i, c in enumerate(clients):
+                leaf = graph.states[factory.topology.leaf_of_client[i]]
+                psbt = Psbt(leaf.tx, (PsbtInput(witness_utxo=leaf.prevout),), tuple(PsbtOutput() for _ in leaf.tx.outputs))
+                record["channels"][i]["channel_id"] = self.node.fundchannel_complete(c.node_id, psbt.to_base64())
+            # Every channel now exists on both sides: the funding must go out, never be abandoned.
+            record["stage"] = "funding"
+            self.store.put(fid.hex(), "factory", record)
+            prepared, opened = None, []  # nothing to undo any more: a failed broadcast is retried per block
             progress("broadcasting the funding transaction")
-            funding_txid_sent = self.node.send_prepared(prepared)
-            prepared = None
-            self.log(f"factory {fid.hex()} funded by {funding_txid_sent}")
+            self._dev_crash_point("lsp-before-broadcast")
+            funding_txid_sent = self.broadcast_funding(fid.hex(), record)
             return {"factory_id": fid.hex(), "funding_txid": funding_txid_sent, "funding_outpoint": f"{funding_txid_sent}:{vout}",
                     "channels": record["channels"]}
         except Exception:
@@ -187,6 +194,45 @@ class Lsp:
             raise
         finally:
             self._pending.pop(fid, None)
+
+    def broadcast_funding(self, factory_id: str, record: dict[str, Any]) -> str:
+        """Sign and broadcast a recorded factory's funding transaction (stage "funding" → "funded")."""
+        txid, _ = record["funding_outpoint"].split(":")
+        self.node.send_prepared(PreparedTx(txid, record["funding_psbt"]))
+        record["stage"] = "funded"
+        self.store.put(factory_id, "factory", record)
+        self.log(f"factory {factory_id} funded by {txid}")
+        return str(txid)
+
+    def resume(self) -> None:
+        """After a restart (called on each block): a factory whose channels all exist gets its funding
+        broadcast; one whose channels were still being completed is abandoned, its inputs released
+        (a pending open does not survive a restart, so those channels do not exist)."""
+        for fid in self.store.factory_ids():
+            if fid in {p.factory_id.hex() for p in self._pending.values()}:
+                continue
+            record = self.store.get(fid, "factory")
+            if record is None or record.get("role") != "lsp" or record.get("stage") in (None, "funded", "abandoned"):
+                continue
+            if record["stage"] == "funding":
+                try:
+                    self.broadcast_funding(fid, record)
+                except Exception as e:
+                    self.log(f"factory {fid}: funding broadcast failed, retrying next block: {e}")
+            elif record["stage"] == "completing":
+                txid, _ = record["funding_outpoint"].split(":")
+                try:
+                    self.node.discard_prepared(PreparedTx(txid, record["funding_psbt"]))
+                except Exception as e:
+                    self.log(f"factory {fid}: releasing inputs: {e}")
+                record["stage"] = "abandoned"
+                self.store.put(fid, "factory", record)
+                self.log(f"factory {fid}: abandoned after a restart during channel completion; nothing was broadcast")
+
+    def _dev_crash_point(self, name: str) -> None:
+        if self.dev_fail_at == name:
+            self.log(f"dev: stopping the plugin at {name}")
+            os._exit(1)
 
     def _abort(self, pending: Pending, opened: list[str], prepared: Optional[PreparedTx]) -> None:
         with pending.cond:
@@ -223,7 +269,7 @@ def _seckey(secret: bytes) -> bytes:
     return secret
 
 
-def _lsp_record(factory: Factory, graph: Any, clients: list[ClientSpec], channel_ids: list[str]) -> dict[str, Any]:
+def _lsp_record(factory: Factory, graph: Any, clients: list[ClientSpec], channel_ids: list[Optional[str]]) -> dict[str, Any]:
     params = factory.params
     chans = []
     for i, (c, cid) in enumerate(zip(clients, channel_ids)):

@@ -37,7 +37,7 @@ class Roles:
         feerate = options.get("superscalar-feerate-per-kvb")
         self.feerate: Optional[int] = int(feerate) if feerate not in (None, "") else None
         self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log,
-                       float(options.get("superscalar-timeout", 60)))
+                       float(options.get("superscalar-timeout", 60)), str(options.get("superscalar-dev-fail-at", "")))
         self.exits = Exits(self.node, self.store, plugin.log)
         self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log,
                              str(options.get("superscalar-dev-fail-at", "")))
@@ -129,7 +129,8 @@ def build_plugin() -> Plugin:
     def list_factories(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
         """List every factory this node is in, with its channels and this node's exit cost."""
         r = holder["roles"]
-        return {"factories": [_describe(r, fid) for fid in r.store.factory_ids() if r.store.get(fid, "factory")]}
+        return {"factories": [_describe(r, fid) for fid in r.store.factory_ids()
+                              if (rec := r.store.get(fid, "factory")) and rec.get("stage") != "abandoned"]}
 
     @plugin.method("superscalar-exit")
     def exit_factory(plugin: Plugin, factory_id: str, peer_id: Optional[str] = None, **kwargs: Any) -> dict[str, Any]:
@@ -150,6 +151,7 @@ def build_plugin() -> Plugin:
         if r is None:
             return
         try:
+            r.lsp.resume()
             r.exits.on_block(int(kwargs.get("block_added", {}).get("height") or r.node.blockheight()))
         except Exception as e:
             plugin.log(f"exit progress: {e!r}", level="broken")
@@ -315,7 +317,8 @@ def _describe(r: Roles, fid: str) -> dict[str, Any]:
     params = FactoryParams.deserialize(rec["params"].encode())
     progress = r.store.get(fid, "exit")
     out: dict[str, Any] = {
-        "factory_id": fid, "role": rec["role"], "state": "open" if progress is None else "exiting",
+        "factory_id": fid, "role": rec["role"],
+        "state": "exiting" if progress is not None else ("open" if rec.get("stage", "funded") == "funded" else rec["stage"]),
         "funding_outpoint": rec["funding_outpoint"], "n_clients": params.n_clients,
         "expiry_height": params.expiry_height, "dying_height": params.distribution_height,
     }

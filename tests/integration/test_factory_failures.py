@@ -10,6 +10,7 @@ import pytest
 from pyln.client import RpcError
 from pyln.testing.utils import wait_for
 
+
 pytestmark = pytest.mark.lightningd
 
 MODES = ["propose-refuse", "propose-disconnect", "aggnonces-disconnect", "signatures-disconnect"]
@@ -80,3 +81,38 @@ def test_malformed_and_stray_messages_change_nothing(node_factory: Any, plugin_p
     a.daemon.wait_for_log("malformed superscalar message")
     assert a.rpc.call("superscalar-getinfo")["factories"] == 0
     assert a.rpc.call("superscalar-list") == {"factories": []}
+
+
+def test_lsp_restart_between_channels_and_funding_resumes_the_broadcast(node_factory: Any, bitcoind: Any,
+                                                                        plugin_path: Path) -> None:
+    from .test_factory_plugin import channel_with, pay
+
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true",
+                                         "superscalar-dev-fail-at": "lsp-before-broadcast"},
+                                may_reconnect=True, broken_log="superscalar|plugin")
+    clients = [node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True)
+               for _ in range(2)]
+    lsp.fundwallet(10_000_000)
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    spec = [{"id": c.info["id"], "balance_sat": 10_000, "inbound_sat": 100_000} for c in clients]
+    # The plugin stops after every channel exists and before the funding goes out.
+    with pytest.raises(RpcError):
+        lsp.rpc.call("superscalar-create", {"clients": spec})
+    assert bitcoind.rpc.getrawmempool() == []
+    lsp.restart()
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    # On its first block after the restart the LSP finds the recorded factory whose channels all
+    # exist, and funds it.
+    bitcoind.generate_block(1)
+    wait_for(lambda: lsp.rpc.call("superscalar-list")["factories"][0]["state"] == "open")
+    funding = lsp.rpc.call("superscalar-list")["factories"][0]["funding_outpoint"].split(":")[0]
+    wait_for(lambda: funding in bitcoind.rpc.getrawmempool() or
+             bitcoind.rpc.getrawtransaction(funding, True).get("confirmations", 0) > 0)
+    bitcoind.generate_block(1)
+    assert bitcoind.rpc.getrawtransaction(funding, True)["confirmations"] >= 1
+    for c in clients:
+        wait_for(lambda: channel_with(c, lsp)["state"] == "CHANNELD_NORMAL" and channel_with(c, lsp)["peer_connected"])
+    assert pay(lsp, clients[0], 1_000, "after-resume") == 0
