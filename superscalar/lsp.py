@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from . import musig2
 from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
-from .bitcoin.tx import OutPoint
+from .bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 from .exits import path_entry
 from .factory.graph import Factory, FactoryScripts
 from .factory.params import ClientTerms, FactoryParams
@@ -67,7 +67,9 @@ class Lsp:
     def __init__(self, node: ClnNode, store: Store, transport: Transport, params_for: ParamsFor,
                  log: Callable[[str], None], timeout: float = 60.0, dev_fail_at: str = "") -> None:
         self.node, self.store, self.transport = node, store, transport
-        self.dev_fail_at = dev_fail_at  # testing only: "lsp-before-broadcast" stops the plugin there
+        # testing only: "lsp-before-broadcast" stops the plugin there; "lsp-fake-leaf" completes the first
+        # client's channel with a transaction that is not its leaf
+        self.dev_fail_at = dev_fail_at
         self.params_for = params_for
         self.log = log
         self.timeout = timeout
@@ -179,6 +181,8 @@ class Lsp:
             for i, c in enumerate(clients):
                 leaf = graph.states[factory.topology.leaf_of_client[i]]
                 psbt = Psbt(leaf.tx, (PsbtInput(witness_utxo=leaf.prevout),), tuple(PsbtOutput() for _ in leaf.tx.outputs))
+                if self.dev_fail_at == "lsp-fake-leaf" and i == 0:
+                    psbt = _fake_funding(leaf.tx.outputs[leaf.tx.outputs.index(TxOut(c.balance_sat + c.inbound_sat, channels[i]))])
                 record["channels"][i]["channel_id"] = self.node.fundchannel_complete(c.node_id, psbt.to_base64())
             # Every channel now exists on both sides: the funding must go out, never be abandoned.
             record["stage"] = "funding"
@@ -260,6 +264,15 @@ def lsp_exit_path(record: dict[str, Any], peer: str | None) -> tuple[list[list[A
         raise ValueError(f"{peer} is not a client of this factory")
     names = {n for i in which for n in record["paths"][i]}
     return [t for t in record["txs"] if t[0] in names], [chans[i]["funding_outpoint"] for i in which]
+
+
+def _fake_funding(channel_output: TxOut) -> Psbt:
+    """Testing only (superscalar-dev-fail-at=lsp-fake-leaf): a misbehaving LSP's funding transaction for a
+    channel that pays the right script but is not the client's leaf."""
+    from .bitcoin.hashes import sha256
+
+    tx = Tx(2, (TxIn(OutPoint(sha256(b"not a factory leaf"), 0)),), (channel_output,))
+    return Psbt(tx, (PsbtInput(witness_utxo=TxOut(channel_output.value + 1_000, b"\x00\x14" + bytes(20))),), (PsbtOutput(),))
 
 
 def _seckey(secret: bytes) -> bytes:

@@ -248,14 +248,32 @@ def _factory_channel_headroom(r: Roles) -> dict[str, int]:
     return out
 
 
+def _unbacked_channel(r: Roles, scid: str) -> bool:
+    """Client side: is `scid` an unconfirmed channel from one of our factory LSPs whose funding outpoint
+    is not our leaf output? Such a channel is backed by nothing we hold an exit path to."""
+    records = [rec for fid in r.store.factory_ids() if (rec := r.store.get(fid, "factory") or {}).get("role") == "client"]
+    lsps = {rec["lsp"] for rec in records}
+    leaves = {rec["leaf_outpoint"] for rec in records}
+    for ch in r.node.peer_channels():
+        if scid in (ch.get("short_channel_id"), *(ch.get("alias") or {}).values()):
+            return (ch.get("peer_id") in lsps and not ch.get("short_channel_id")
+                    and f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" not in leaves)
+    return False
+
+
 def _htlc_headroom_failure(r: Roles, onion: dict[str, Any], htlc: dict[str, Any]) -> Optional[tuple[str, str]]:
     """An HTLC into or out of a factory channel must leave that channel's early-warning time of CLTV
-    headroom (the tree must be able to unwind before it expires); (failure_message hex, reason) if not."""
+    headroom (the tree must be able to unwind before it expires), and a client takes nothing into a
+    zero-conf channel from its LSP that is not its leaf; (failure_message hex, reason) if refused."""
+    relative = int(htlc["cltv_expiry_relative"])
+    height = int(htlc["cltv_expiry"]) - relative
+    if _unbacked_channel(r, str(htlc.get("short_channel_id"))):
+        amount = msat(htlc["amount_msat"])
+        return (f"{INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:04x}{amount:016x}{height:08x}",
+                "incoming channel from our LSP is not funded by our factory leaf")
     headroom = _factory_channel_headroom(r)
     if not headroom:
         return None
-    relative = int(htlc["cltv_expiry_relative"])
-    height = int(htlc["cltv_expiry"]) - relative
     incoming = headroom.get(str(htlc.get("short_channel_id")))
     outgoing = headroom.get(str(onion.get("short_channel_id"))) if onion.get("short_channel_id") else None
     if outgoing is not None and int(onion.get("outgoing_cltv_value", 0)) - height < outgoing:

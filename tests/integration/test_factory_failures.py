@@ -116,3 +116,29 @@ def test_lsp_restart_between_channels_and_funding_resumes_the_broadcast(node_fac
     for c in clients:
         wait_for(lambda: channel_with(c, lsp)["state"] == "CHANNELD_NORMAL" and channel_with(c, lsp)["peer_connected"])
     assert pay(lsp, clients[0], 1_000, "after-resume") == 0
+
+
+def test_client_takes_no_payment_into_a_channel_that_is_not_its_leaf(node_factory: Any, bitcoind: Any,
+                                                                    plugin_path: Path) -> None:
+    from .test_factory_plugin import channel_with, pay
+
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true", "superscalar-dev-fail-at": "lsp-fake-leaf"})
+    clients = [node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}) for _ in range(2)]
+    lsp.fundwallet(10_000_000)
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    spec = [{"id": c.info["id"], "balance_sat": 10_000, "inbound_sat": 100_000} for c in clients]
+    lsp.rpc.call("superscalar-create", {"clients": spec})
+    cheated, honest = clients
+    # The misbehaving LSP completed client 0's channel with some other transaction: the client does not
+    # count it as part of the factory, and refuses to receive into it.
+    [view] = cheated.rpc.call("superscalar-list")["factories"]
+    assert view["channels"] == []
+    assert channel_with(cheated, lsp)["state"] == "CHANNELD_NORMAL"
+    with pytest.raises(RpcError):
+        pay(lsp, cheated, 1_000, "into-fake")
+    cheated.daemon.wait_for_log("not funded by our factory leaf")
+    assert channel_with(cheated, lsp)["to_us_msat"] == 10_000_000
+    # The honest leaf channel works.
+    assert pay(lsp, honest, 1_000, "into-leaf") == 0
