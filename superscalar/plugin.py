@@ -228,37 +228,30 @@ TEMPORARY_NODE_FAILURE = 0x2002
 INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS = 0x400F
 
 
-def _factory_channel_headroom(r: Roles) -> dict[str, int]:
-    """short channel id or alias → early-warning blocks, for every factory channel of this node."""
+def _factory_views(r: Roles) -> tuple[dict[str, int], set[str]]:
+    """One look at the records and at lightningd's channels per HTLC: every factory channel's short
+    channel id and aliases → its early-warning blocks, and the ids of unconfirmed channels from our
+    factory LSPs that are not our leaf (a client must take nothing into those: nothing backs them)."""
+    records = [rec for fid in r.store.factory_ids() if (rec := r.store.get(fid, "factory"))]
     wanted: dict[str, int] = {}  # channel_id or funding outpoint → early warning
-    for fid in r.store.factory_ids():
-        rec = r.store.get(fid, "factory") or {}
+    lsps: set[str] = set()
+    for rec in records:
         if rec.get("role") == "lsp":
-            wanted.update({c["channel_id"]: int(c["early_warning_blocks"]) for c in rec["channels"]})
+            wanted.update({c["channel_id"]: int(c["early_warning_blocks"]) for c in rec["channels"] if c["channel_id"]})
         elif rec.get("role") == "client":
             wanted[rec["leaf_outpoint"]] = int(rec["early_warning_blocks"])
-    out: dict[str, int] = {}
+            lsps.add(rec["lsp"])
+    headroom: dict[str, int] = {}
+    unbacked: set[str] = set()
     for ch in r.node.peer_channels():
-        ew = wanted.get(ch.get("channel_id", "")) or wanted.get(f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}")
-        if ew is None:
-            continue
-        for scid in (ch.get("short_channel_id"), *(ch.get("alias") or {}).values()):
-            if scid:
-                out[scid] = ew
-    return out
-
-
-def _unbacked_channel(r: Roles, scid: str) -> bool:
-    """Client side: is `scid` an unconfirmed channel from one of our factory LSPs whose funding outpoint
-    is not our leaf output? Such a channel is backed by nothing we hold an exit path to."""
-    records = [rec for fid in r.store.factory_ids() if (rec := r.store.get(fid, "factory") or {}).get("role") == "client"]
-    lsps = {rec["lsp"] for rec in records}
-    leaves = {rec["leaf_outpoint"] for rec in records}
-    for ch in r.node.peer_channels():
-        if scid in (ch.get("short_channel_id"), *(ch.get("alias") or {}).values()):
-            return (ch.get("peer_id") in lsps and not ch.get("short_channel_id")
-                    and f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" not in leaves)
-    return False
+        outpoint = f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}"
+        ids = [x for x in (ch.get("short_channel_id"), *(ch.get("alias") or {}).values()) if x]
+        ew = wanted.get(ch.get("channel_id", "")) or wanted.get(outpoint)
+        if ew is not None:
+            headroom.update({x: ew for x in ids})
+        elif ch.get("peer_id") in lsps and not ch.get("short_channel_id"):
+            unbacked.update(ids)
+    return headroom, unbacked
 
 
 def _htlc_headroom_failure(r: Roles, onion: dict[str, Any], htlc: dict[str, Any]) -> Optional[tuple[str, str]]:
@@ -267,13 +260,11 @@ def _htlc_headroom_failure(r: Roles, onion: dict[str, Any], htlc: dict[str, Any]
     zero-conf channel from its LSP that is not its leaf; (failure_message hex, reason) if refused."""
     relative = int(htlc["cltv_expiry_relative"])
     height = int(htlc["cltv_expiry"]) - relative
-    if _unbacked_channel(r, str(htlc.get("short_channel_id"))):
+    headroom, unbacked = _factory_views(r)
+    if str(htlc.get("short_channel_id")) in unbacked:
         amount = msat(htlc["amount_msat"])
         return (f"{INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:04x}{amount:016x}{height:08x}",
                 "incoming channel from our LSP is not funded by our factory leaf")
-    headroom = _factory_channel_headroom(r)
-    if not headroom:
-        return None
     incoming = headroom.get(str(htlc.get("short_channel_id")))
     outgoing = headroom.get(str(onion.get("short_channel_id"))) if onion.get("short_channel_id") else None
     if outgoing is not None and int(onion.get("outgoing_cltv_value", 0)) - height < outgoing:

@@ -223,14 +223,6 @@ class Factory(FactoryShape):
         self.terms = tuple(terms)
         self.scripts = scripts
 
-    @cached_property
-    def _owned(self) -> tuple[TaprootInfo, ...]:
-        return tuple(self.owned_taproot(n.index) for n in self.topology.nodes)
-
-    @cached_property
-    def _kickoff(self) -> tuple[TaprootInfo, ...]:
-        return tuple(self.kickoff_taproot(n.index) for n in self.topology.nodes)
-
     # --- values, bottom-up ---
 
     def leaf_outputs(self, leaf: int) -> tuple[TxOut, ...]:
@@ -254,7 +246,7 @@ class Factory(FactoryShape):
         n = self.topology.nodes[node]
         if n.is_leaf:
             return self.leaf_outputs(node)
-        children = [TxOut(need[c], self._owned[c].script_pubkey) for c in n.children]
+        children = [TxOut(need[c], self.owned_taproot(c).script_pubkey) for c in n.children]
         return (*children, anchor_output(self.params))
 
     def state_outputs(self, node: int) -> tuple[TxOut, ...]:
@@ -263,7 +255,7 @@ class Factory(FactoryShape):
     @property
     def funding_output(self) -> TxOut:
         """What the funding transaction must pay: the root's required value to the root's script."""
-        return TxOut(self._required[0], self._owned[0].script_pubkey)
+        return TxOut(self._required[0], self.funding_taproot.script_pubkey)
 
     # --- the graph for a state ---
 
@@ -298,7 +290,7 @@ class Factory(FactoryShape):
             outpoint, prevout = inputs[n.index]
             k, s = build_node_txs(
                 self.params, self.keys, n.index, n.signers, outpoint, prevout,
-                self._owned[n.index], self._kickoff[n.index], self.state_outputs(n.index),
+                self.owned_taproot(n.index), self.kickoff_taproot(n.index), self.state_outputs(n.index),
                 self.dw.nsequence(indices[n.index]),
             )
             kickoffs[n.index], states[n.index] = k, s
