@@ -136,9 +136,8 @@ def individual_pk(seckey: bytes) -> PlainPk:
 
 def key_sort(pubkeys: Sequence[PlainPk]) -> list[PlainPk]:
     """BIP-327 KeySort: a new list sorted lexicographically (the argument is left untouched)."""
-    for pk in pubkeys:
-        if len(pk) != 33:
-            raise ValueError("public keys must be 33 bytes")
+    if set(map(len, pubkeys)) - {33}:
+        raise ValueError("public keys must be 33 bytes")
     return sorted(pubkeys)
 
 

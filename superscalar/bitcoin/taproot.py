@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NewType, TypeAlias
 
 from coincurve import PrivateKey, PublicKey
@@ -123,6 +124,9 @@ def taproot_tweak(internal_key: bytes, merkle_root: bytes | None) -> bytes:
     return t
 
 
+# A factory derives the same few thousand output keys many times (every client rebuilds its path):
+# the tweak is a pure function of its arguments, so each is computed once per process.
+@lru_cache(maxsize=8192)
 def _tweak_point(internal_key: bytes, merkle_root: bytes | None) -> tuple[XonlyPk, int]:
     t = taproot_tweak(internal_key, merkle_root)
     try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from functools import cached_property
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NewType, TypeVar
+from typing import NewType, TypeVar, overload
 
 from .encoding import (
     ByteReader,
@@ -182,28 +184,113 @@ class TxOut:
         return _decode(cls.read, data)
 
 
-def parse_outputs(vector: bytes) -> tuple[TxOut, ...]:
-    """A CompactSize-counted output vector as it appears in a transaction, parsed strictly
-    (DecodeError on truncation, trailing bytes, non-canonical sizes or out-of-range values)."""
-    r = ByteReader(vector)
-    count = r.read_count(_MIN_TXOUT_SIZE)
-    data, pos, end = vector, r._pos, len(vector)
-    out = []
+def _scan_short_scripts(data: bytes, pos: int, count: int) -> tuple[array[int], array[int]] | None:
+    """Offsets (from `pos`) and values of `count` outputs from `pos` to the end of `data` when every
+    script has a one-byte length and the lengths add up exactly; None otherwise (the strict reader
+    decides)."""
+    base = pos
+    offsets = array("I")
+    mark = offsets.append
     try:
         for _ in range(count):
-            n = data[pos + 8] if pos + 9 <= end else 0xFF
-            if n < 0xFD and pos + 9 + n <= end:  # every real script: a one-byte length
-                out.append(TxOut(int.from_bytes(data[pos : pos + 8], "little"), data[pos + 9 : pos + 9 + n]))
-                pos += 9 + n
-                continue
-            r._pos = pos
-            out.append(TxOut.read(r))
-            pos = r._pos
+            mark(pos - base)
+            n = data[pos + 8]
+            if n >= 0xFD:
+                return None
+            pos += 9 + n
+    except IndexError:
+        return None
+    if pos != len(data):
+        return None
+    values = array("Q")
+    values.frombytes(b"".join([data[base + o : base + o + 8] for o in offsets]))
+    if sys.byteorder != "little":  # serialized values are little-endian
+        values.byteswap()
+    return offsets, values
+
+
+def _scan_outputs(r: ByteReader, count: int) -> tuple[array[int], array[int]]:
+    """The strict, general reader: any CompactSize script length; DecodeError on malformed bytes."""
+    offsets, values = array("I"), array("Q")
+    base = r._pos
+    try:
+        for _ in range(count):
+            offsets.append(r._pos - base)
+            values.append(TxOut.read(r).value)
     except BitcoinError as e:
         raise DecodeError(str(e)) from None
-    if pos != end:
-        raise DecodeError(f"{end - pos} trailing bytes after the outputs")
-    return tuple(out)
+    if r.remaining:
+        raise DecodeError(f"{r.remaining} trailing bytes after the outputs")
+    return offsets, values
+
+
+class OutputVector(Sequence[TxOut]):
+    """A transaction's outputs kept as their consensus bytes and read one at a time.
+
+    Built from a CompactSize-counted output vector, checked strictly once (DecodeError on
+    truncation, trailing bytes, non-canonical sizes or values outside MoneyRange); the values are
+    kept for sums and dust checks, and an output is parsed only when it is read. A transaction paying
+    a thousand parties then holds one bytes object, not a thousand TxOut. Equal to any sequence of
+    the same outputs.
+    """
+
+    __slots__ = ("raw", "values", "_offsets")
+
+    def __init__(self, vector: bytes) -> None:
+        r = ByteReader(vector)
+        count = r.read_count(_MIN_TXOUT_SIZE)
+        data, base = r._data, r._pos
+        scanned = _scan_short_scripts(data, base, count) or _scan_outputs(r, count)
+        offsets, values = scanned
+        # Core consensus/amount.h MoneyRange, for every output at once.
+        if values and max(values) > MAX_MONEY:
+            raise DecodeError(f"value out of range: {max(values)}")
+        self.raw: bytes = data[base:]  # the outputs without their count (BIP-341's sha_outputs input)
+        self.values: array[int] = values
+        self._offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def _at(self, i: int) -> TxOut:
+        raw, pos = self.raw, self._offsets[i]
+        n = raw[pos + 8]
+        if n < 0xFD:
+            return TxOut(self.values[i], raw[pos + 9 : pos + 9 + n])
+        r = ByteReader(raw)
+        r._pos = pos
+        return TxOut.read(r)
+
+    @overload
+    def __getitem__(self, i: int) -> TxOut: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> tuple[TxOut, ...]: ...
+
+    def __getitem__(self, i: int | slice) -> TxOut | tuple[TxOut, ...]:
+        if isinstance(i, slice):
+            return tuple(self._at(k) for k in range(*i.indices(len(self))))
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("output index out of range")
+        return self._at(i)
+
+    def __iter__(self) -> Iterator[TxOut]:
+        return (self._at(k) for k in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, OutputVector):
+            return self.raw == other.raw
+        if isinstance(other, (tuple, list)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"OutputVector({len(self)} outputs, {sum(self.values)} sat)"
 
 
 @dataclass(frozen=True)
@@ -224,11 +311,11 @@ class Tx:
         _check_u32("locktime", self.locktime)
         if not isinstance(self.inputs, tuple):
             object.__setattr__(self, "inputs", tuple(self.inputs))
-        if not isinstance(self.outputs, tuple):
+        if not isinstance(self.outputs, (tuple, OutputVector)):
             object.__setattr__(self, "outputs", tuple(self.outputs))
         if not all(isinstance(i, TxIn) for i in self.inputs):
             raise BitcoinError("inputs must be TxIn")
-        if not all(isinstance(o, TxOut) for o in self.outputs):
+        if isinstance(self.outputs, tuple) and not all(isinstance(o, TxOut) for o in self.outputs):
             raise BitcoinError("outputs must be TxOut")
 
     # -- serialization -------------------------------------------------------
@@ -245,11 +332,8 @@ class Tx:
     @classmethod
     def with_output_vector(cls, version: int, inputs: tuple[TxIn, ...], vector: bytes, locktime: int = 0) -> Tx:
         """A transaction whose outputs come from a consensus-serialized output vector (count, then
-        outputs), parsed strictly; those bytes are kept as its serialized outputs."""
-        outputs = parse_outputs(vector)
-        tx = cls(version, inputs, outputs, locktime)
-        tx.__dict__["outputs_bytes"] = vector[len(ser_compact_size(len(outputs))) :]
-        return tx
+        outputs), checked strictly and kept as those bytes (see OutputVector)."""
+        return cls(version, inputs, OutputVector(vector), locktime)  # type: ignore[arg-type]
 
     def with_version(self, version: int) -> Tx:
         """Copy with another version (its serialized outputs are reused, not recomputed)."""
@@ -261,6 +345,8 @@ class Tx:
     @cached_property
     def outputs_bytes(self) -> bytes:
         """The outputs serialized back to back, without their count (what BIP-341's sha_outputs hashes)."""
+        if isinstance(self.outputs, OutputVector):
+            return self.outputs.raw
         return b"".join(o.serialize() for o in self.outputs)
 
     @cached_property

@@ -15,7 +15,7 @@ exactly what its subtree needs; transactions are built top-down, so every input 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Optional, Sequence
 
 from .. import musig2
@@ -24,7 +24,7 @@ from ..bitcoin.errors import BitcoinError
 from ..bitcoin.script import cltv_leaf_script, csv_leaf_script, p2a_script
 from ..bitcoin.sighash import SIGHASH_DEFAULT, taproot_sighash
 from ..bitcoin.taproot import TapLeaf, TaprootInfo, taproot_construct
-from ..bitcoin.tx import SEQUENCE_FINAL, OutPoint, Tx, TxIn, TxOut
+from ..bitcoin.tx import SEQUENCE_FINAL, OutPoint, OutputVector, Tx, TxIn, TxOut
 from .dw import DWCounter
 from .errors import FactoryError
 from .params import ClientTerms, FactoryParams
@@ -80,7 +80,8 @@ class TreeTx:
 
     @property
     def fee(self) -> int:
-        return self.prevout.value - sum(o.value for o in self.tx.outputs)
+        outs = self.tx.outputs
+        return self.prevout.value - (sum(outs.values) if isinstance(outs, OutputVector) else sum(o.value for o in outs))
 
     @cached_property
     def vsize(self) -> int:
@@ -94,8 +95,9 @@ class FactoryKeys:
     def __init__(self, pubkeys: Sequence[bytes]) -> None:
         if len(pubkeys) < 2:
             raise FactoryError("a factory needs the LSP and at least one client")
-        bad = next((i for i, pk in enumerate(pubkeys) if len(pk) != 33 or pk[0] not in (2, 3)), None)
-        if bad is not None:
+        if not (set(map(type, pubkeys)) <= {bytes} and set(map(len, pubkeys)) == {33}
+                and set(b"".join(pubkeys)[::33]) <= {2, 3}):
+            bad = next(i for i, pk in enumerate(pubkeys) if not isinstance(pk, bytes) or len(pk) != 33 or pk[0] not in (2, 3))
             raise FactoryError(f"participant {bad} key must be a 33-byte compressed public key")
         if len(set(pubkeys)) != len(pubkeys):
             raise FactoryError("participant keys must be distinct")
@@ -110,7 +112,8 @@ class FactoryKeys:
     def sorted_keys(self, signers: tuple[int, ...]) -> tuple[musig2.PlainPk, ...]:
         """The signers' keys in BIP-327 KeySort order (computed once per signer set)."""
         if signers not in self._sorted:
-            self._sorted[signers] = tuple(musig2.key_sort([musig2.PlainPk(self.pubkeys[i]) for i in signers]))
+            keys = self.pubkeys if len(signers) == len(self.pubkeys) else [self.pubkeys[i] for i in signers]
+            self._sorted[signers] = tuple(musig2.key_sort(keys))  # type: ignore[arg-type]
         return self._sorted[signers]
 
     def aggregate(self, signers: tuple[int, ...]) -> bytes:
@@ -299,6 +302,7 @@ class Factory(FactoryShape):
         return FactoryGraph(self, funding, indices, tuple(kickoffs), tuple(states))  # type: ignore[arg-type]
 
 
+@lru_cache(maxsize=1)
 def _kickoff_vsize() -> int:
     dummy = Tx(TX_VERSION, (TxIn(OutPoint(bytes(32), 0)),), (TxOut(0, bytes(34)), TxOut(0, p2a_script())))
     return signed_vsize(dummy)
@@ -444,11 +448,12 @@ def spend_funding(
         tx = Tx(TX_VERSION, inputs, tuple(outputs), locktime)
     if not outputs or outputs[-1] != anchor_output(params):
         raise FactoryError(f"{name}: must end with the agreed P2A anchor")
-    if any(o.value < params.dust_limit_sat for o in outputs[:-1]):
+    values = outputs.values if isinstance(outputs, OutputVector) else [o.value for o in outputs]
+    if len(values) > 1 and min(values[:-1]) < params.dust_limit_sat:
         raise FactoryError(f"{name}: an output is below the dust limit")
     if _version_for(tx) != TX_VERSION:
         tx = tx.with_version(_version_for(tx))
-    if funding_value - sum(o.value for o in outputs) != params.fee(signed_vsize(tx)):
+    if funding_value - sum(values) != params.fee(signed_vsize(tx)):
         raise FactoryError(f"{name}: outputs do not leave the agreed fee")
     prevout = TxOut(funding_value, shape.funding_taproot.script_pubkey)
     return TreeTx(name, tx, prevout, shape.keys.spend(shape.topology.root.signers, shape.funding_taproot))

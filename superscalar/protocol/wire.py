@@ -175,6 +175,7 @@ class Codec(Generic[T]):
     fixed_size: int | None = None  # None: variable-size item
     # Fast path for arrays of fixed-size items: validate and split a whole block of `count` items.
     read_block: Callable[[bytes, int], tuple[T, ...]] | None = None
+    check_block: Callable[[bytes, int], None] | None = None  # read_block's checks, without splitting
 
     def decode(self, data: bytes) -> T:
         """Decode a whole TLV value; trailing bytes are an error."""
@@ -224,14 +225,17 @@ def _fixed_bytes(name: str, size: int, prefixes: bytes | None = None) -> Codec[b
             raise error(f"{name} has invalid prefix byte {value[0]:#04x}")
         return value
 
-    def read_block(block: bytes, count: int) -> tuple[bytes, ...]:
-        items = tuple(block[i : i + size] for i in range(0, count * size, size))
-        if prefixes is not None and any(item[0] not in prefixes for item in items):
+    def check_block(block: bytes, count: int) -> None:
+        # The first byte of every item is block[0::size]: one set to check them all.
+        if prefixes is not None and not set(block[0 : count * size : size]) <= set(prefixes):
             raise DecodeError(f"{name} has an invalid prefix byte")
-        return items
+
+    def read_block(block: bytes, count: int) -> tuple[bytes, ...]:
+        check_block(block, count)
+        return tuple([block[i : i + size] for i in range(0, count * size, size)])
 
     encode: Callable[[bytes], bytes] = lambda v: check(_as_bytes(v), EncodeError)
-    return Codec(name, encode, lambda r: check(r.read(size), DecodeError), size, read_block)
+    return Codec(name, encode, lambda r: check(r.read(size), DecodeError), size, read_block, check_block)
 
 
 BYTES32 = _fixed_bytes("bytes32", 32)
@@ -364,14 +368,14 @@ def array(item: Codec[T]) -> Codec[tuple[T, ...]]:
     def encode(values: tuple[T, ...]) -> bytes:
         if not isinstance(values, (tuple, list)):
             raise EncodeError(f"array({item.name}) needs a tuple")
-        if item.read_block is not None and item.fixed_size is not None and all(
-            isinstance(v, bytes) and len(v) == item.fixed_size for v in values
-        ):
+        if (item.read_block is not None and item.fixed_size is not None
+                and set(map(type, values)) <= {bytes} and set(map(len, values)) <= {item.fixed_size}):
             block = b"".join(values)  # type: ignore[arg-type]  # checked above: all bytes
-            try:
-                item.read_block(block, len(values))  # the same checks as decoding (prefixes)
-            except DecodeError as e:
-                raise EncodeError(str(e)) from None
+            if item.check_block is not None:
+                try:
+                    item.check_block(block, len(values))  # the same checks as decoding (prefixes)
+                except DecodeError as e:
+                    raise EncodeError(str(e)) from None
             return encode_bigsize(len(values)) + block
         parts = [encode_bigsize(len(values))]
         for value in values:
