@@ -290,21 +290,30 @@ def nonce_gen(
     return nonce_gen_internal(secrets.token_bytes(32), sk, pk, aggpk, msg, extra_in)
 
 
+def pubnonce_points(pubnonce: bytes) -> tuple[Point, Point]:
+    """The two points of a 66-byte public nonce (BIP-327 NonceAgg's cpoint step); ValueError if
+    either is not a valid compressed point."""
+    if len(pubnonce) != PUBNONCE_SIZE:
+        raise ValueError("a public nonce is 66 bytes")
+    return Point.from_bytes(pubnonce[0:33]), Point.from_bytes(pubnonce[33:66])
+
+
+def nonce_agg_points(pairs: Sequence[tuple[Point, Point]]) -> bytes:
+    """BIP-327 NonceAgg over already parsed public nonces: the 66-byte aggregate nonce."""
+    if not pairs:
+        raise ValueError("at least one public nonce is needed")
+    return _cbytes_ext(point_sum(p[0] for p in pairs)) + _cbytes_ext(point_sum(p[1] for p in pairs))
+
+
 def nonce_agg(pubnonces: Sequence[bytes]) -> bytes:
     """BIP-327 NonceAgg: the 66-byte aggregate nonce."""
-    if not pubnonces:
-        raise ValueError("at least one public nonce is needed")
-    firsts: list[Optional[Point]] = []
-    seconds: list[Optional[Point]] = []
+    pairs = []
     for i, pubnonce in enumerate(pubnonces):
         try:
-            if len(pubnonce) != PUBNONCE_SIZE:
-                raise ValueError("bad length")
-            firsts.append(_cpoint(pubnonce[0:33]))
-            seconds.append(_cpoint(pubnonce[33:66]))
+            pairs.append(pubnonce_points(pubnonce))
         except ValueError:
             raise InvalidContributionError(i, "pubnonce") from None
-    return _cbytes_ext(point_sum(firsts)) + _cbytes_ext(point_sum(seconds))
+    return nonce_agg_points(pairs)
 
 
 # --- Signing (BIP-327 "Session Context", "Signing", "Partial Signature Verification") ---
@@ -368,8 +377,9 @@ def _session_key_agg_coeff(coeffs: dict[bytes, int], P: Point) -> int:
 def sign(secnonce: SecNonce, sk: bytes, session_ctx: SessionContext) -> bytes:
     """BIP-327 Sign: the 32-byte partial signature. Consumes `secnonce`.
 
-    The result is checked against the verification equation before it is returned (the BIP's
-    optional self-check against computation faults).
+    Like libsecp256k1's musig module, this does not run the BIP's optional self-verification of the
+    result: the aggregate signature is verified by the coordinator and by every signer that relies
+    on it, and a bad partial signature is then found with `partial_sig_verify_internal`.
     """
     if not isinstance(secnonce, SecNonce):
         raise ValueError("secnonce must be a SecNonce")
@@ -385,22 +395,15 @@ def sign(secnonce: SecNonce, sk: bytes, session_ctx: SessionContext) -> bytes:
     d_ = _int(sk)
     if len(sk) != 32 or not 0 < d_ < N:
         raise ValueError("secret key value is out of range.")
-    try:
-        P = _cpoint(secnonce_pk)
-    except ValueError:
-        raise ValueError("Public key does not match nonce_gen argument") from None
+    # BIP-327 Sign: fail unless the secret key's public key is the one the nonce was made for.
+    P = point_mul_g(d_)
+    assert P is not None
+    if P.to_bytes() != secnonce_pk:
+        raise ValueError("Public key does not match nonce_gen argument")
     a = _session_key_agg_coeff(coeffs, P)
     g = 1 if sv.Q.has_even_y() else N - 1
     d = g * sv.gacc * d_ % N
-    s = (k_1 + sv.b * k_2 + sv.e * a * d) % N
-    # The partial signature must satisfy the verification equation s·G == Re_s + e·a·g·gacc·P,
-    # with Re_s = (k_1 + b·k_2)·G from the (parity-adjusted) secret nonce. Since s was computed with
-    # d_, this holds exactly when d_·G == P: it is both BIP-327's check that the secret key matches
-    # the nonce's public key and its optional self-check of the result, in one multi-multiplication
-    # and one constant-time multiplication of the secret nonce.
-    if P.mul_add_g(-sv.e * a * g * sv.gacc, s) != point_mul_g(k_1 + sv.b * k_2):
-        raise ValueError("Public key does not match nonce_gen argument")
-    return _bytes32(s)
+    return _bytes32((k_1 + sv.b * k_2 + sv.e * a * d) % N)
 
 
 def partial_sig_verify(

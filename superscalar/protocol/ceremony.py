@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .. import musig2
 from ..bip340 import schnorr_verify
 from ..bitcoin.tx import Tx
+from ..secp256k1 import Point
 from ..factory.graph import TreeTx
 from .rounds import Expectation, ProposalError, Round, participant_jobs
 from .wire import (
@@ -127,6 +128,7 @@ class Coordinator:
             raise LocalProtocolError("our key is not the round's LSP key")
         self._rand = rand
         self._nonces: dict[int, tuple[bytes, ...]] = {}
+        self._nonce_points: dict[int, list[tuple[Point, Point]]] = {}  # parsed once, until aggregated
         self._psigs: dict[int, tuple[bytes, ...]] = {}
         self._done: set[int] = set()
         self._aggnonces: list[bytes] = []
@@ -189,33 +191,33 @@ class Coordinator:
         self._expect_once(self._nonces, peer)
         if len(msg.pubnonces) != len(self.round.client_jobs[peer]):
             raise _Violation(AbortCode.BAD_NONCE, "wrong number of nonces", peer)
-        for pn in msg.pubnonces:
-            try:
-                musig2.nonce_agg([pn])
-            except musig2.InvalidContributionError:
-                raise _Violation(AbortCode.BAD_NONCE, "invalid public nonce", peer) from None
+        try:
+            self._nonce_points[peer] = [musig2.pubnonce_points(pn) for pn in msg.pubnonces]
+        except ValueError:
+            raise _Violation(AbortCode.BAD_NONCE, "invalid public nonce", peer) from None
         self._nonces[peer] = msg.pubnonces
         if len(self._nonces) < len(self.round.proposals):
             return []
         return self._aggregate_nonces()
 
-    def _job_nonces(self) -> list[dict[int, bytes]]:
-        """Per job: participant index → public nonce (clients only)."""
-        per_job: list[dict[int, bytes]] = [{} for _ in self.round.jobs]
+    def _job_nonces(self) -> list[dict[int, tuple[Point, Point]]]:
+        """Per job: participant index → public nonce points (clients only)."""
+        per_job: list[dict[int, tuple[Point, Point]]] = [{} for _ in self.round.jobs]
         for c, jobs in self.round.client_jobs.items():
-            for j, pn in zip(jobs, self._nonces[c]):
+            for j, pn in zip(jobs, self._nonce_points[c]):
                 per_job[j][c + 1] = pn
         return per_job
 
     def _aggregate_nonces(self) -> list[Action]:
         per_job = self._job_nonces()
+        self._nonce_points = {}
         for j, t in enumerate(self.round.jobs):
             secnonce, pubnonce = musig2.nonce_gen_internal(self._rand(32), self._seckey, self._lsp_pk,
                                                            musig2.XonlyPk(_output_key(t)), t.sighash, None)
             self._secnonces[j] = secnonce
             if set(per_job[j]) != set(t.spend.signers) - {0}:
                 raise _Violation(AbortCode.INTERNAL, f"job {t.name}: nonces missing from some signers")
-            self._aggnonces.append(musig2.nonce_agg([pubnonce, *per_job[j].values()]))
+            self._aggnonces.append(musig2.nonce_agg_points([musig2.pubnonce_points(pubnonce), *per_job[j].values()]))
             self._sessions.append(_session(t, self._aggnonces[j]))
         self.state = CState.AWAIT_PSIGS
         return [Send(c, AggNonces(self.round.factory_id, self.round.session_id,

@@ -2,13 +2,18 @@
 
 Every message is encoded, split to the wire's size limit and reassembled exactly as it would cross a
 peer connection, and the bytes each client sends and receives are counted. Used by tests, benchmarks
-and the demo; no sockets, no threads.
+and the demo; no sockets, no threads. `run_split` puts some participants in a second process, for a
+second core.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import traceback
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Callable, Optional
 
 from .ceremony import LSP_PEER, Action, Completed, Coordinator, Failed, Participant, Persist, Send
@@ -77,3 +82,126 @@ def run(coordinator: Coordinator, participants: dict[int, Participant], tamper: 
             else:
                 deliver_all(LSP_PEER, coordinator.receive(client, whole))
     return result
+
+
+def run_split(coordinator: Coordinator, participants: dict[int, Participant], worker_clients: Collection[int]) -> LinkResult:
+    """`run` on two cores: the participants in `worker_clients` run in a forked worker process, the
+    coordinator and the other participants here. Every message is encoded, split and reassembled as
+    in `run`, and crosses the process boundary as those bytes; the byte counts are the same.
+
+    Each machine sees its own messages in order; messages of different clients interleave
+    differently than in `run`, and the worker's records come after this process's in `persisted`.
+    The participant objects of worker clients are left as they were (their outcomes are in the
+    result). Without the fork start method this is `run`.
+    """
+    remote = {c for c in worker_clients if c in participants}
+    if not remote or "fork" not in multiprocessing.get_all_start_methods():
+        return run(coordinator, participants)
+    result = LinkResult(clients={c: [] for c in participants}, sent={c: 0 for c in participants},
+                        received={c: 0 for c in participants})
+    at_lsp = {c: Reassembler() for c in participants}
+    at_client = {c: Reassembler() for c in participants if c not in remote}
+    local: deque[tuple[int, bytes]] = deque()
+    to_worker: list[tuple[int, bytes]] = []
+
+    def from_lsp(actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Send):
+                if a.peer not in participants:
+                    continue
+                for wire in split_message(a.message):
+                    result.received[a.peer] += len(wire)
+                    (to_worker if a.peer in remote else local).append((a.peer, wire))
+            elif isinstance(a, Persist):
+                result.persisted.append((LSP_PEER, a.record))
+            else:
+                result.lsp.append(a)
+
+    def to_lsp(client: int, wire: bytes) -> None:
+        result.sent[client] += len(wire)
+        whole = _reassembled(at_lsp[client], wire)
+        if whole is not None:
+            from_lsp(coordinator.receive(client, whole))
+
+    ctx = multiprocessing.get_context("fork")
+    conn, child_conn = ctx.Pipe()
+    worker = ctx.Process(target=_worker, args=(child_conn, {c: participants[c] for c in remote}), daemon=True)
+    worker.start()
+    child_conn.close()
+    try:
+        from_lsp(coordinator.start())
+        outstanding = False
+        while True:
+            # At most one batch is in flight, so neither side can block the other on a full pipe.
+            if to_worker and not outstanding:
+                conn.send(to_worker)
+                to_worker, outstanding = [], True
+            while local:
+                client, wire = local.popleft()
+                whole = _reassembled(at_client[client], wire)
+                if whole is None:
+                    continue
+                for a in participants[client].receive(whole):
+                    if isinstance(a, Send):
+                        for out in split_message(a.message):
+                            to_lsp(client, out)
+                    elif isinstance(a, Persist):
+                        result.persisted.append((client, a.record))
+                    else:
+                        result.clients[client].append(a)
+            if outstanding:
+                replies = conn.recv()
+                outstanding = False
+                if isinstance(replies, str):
+                    raise RuntimeError(f"worker failed: {replies}")
+                for client, wire in replies:
+                    to_lsp(client, wire)
+            elif not to_worker and not local:
+                break
+        conn.send(None)
+        final = conn.recv()
+        if isinstance(final, str):
+            raise RuntimeError(f"worker failed: {final}")
+        kept, persisted = final
+        for c, actions in kept.items():
+            result.clients[c].extend(actions)
+        result.persisted.extend(persisted)
+    finally:
+        conn.close()
+        worker.join(timeout=10)
+        if worker.is_alive():
+            worker.kill()
+    return result
+
+
+def _reassembled(at: Reassembler, wire: bytes) -> Optional[Message]:
+    decoded = decode_message(wire)
+    return at.add(decoded) if isinstance(decoded, Fragment) else decoded
+
+
+def _worker(conn: Connection, participants: dict[int, Participant]) -> None:
+    """The worker side of `run_split`: batches of (client, bytes from the LSP) in, batches of
+    (client, bytes to the LSP) out; None ends the run and returns the kept actions and records."""
+    at_client = {c: Reassembler() for c in participants}
+    kept: dict[int, list[Action]] = {c: [] for c in participants}
+    persisted: list[tuple[int, str]] = []
+    try:
+        while (batch := conn.recv()) is not None:
+            out: list[tuple[int, bytes]] = []
+            for client, wire in batch:
+                whole = _reassembled(at_client[client], wire)
+                if whole is None:
+                    continue
+                for a in participants[client].receive(whole):
+                    if isinstance(a, Send):
+                        out += [(client, w) for w in split_message(a.message)]
+                    elif isinstance(a, Persist):
+                        persisted.append((client, a.record))
+                    else:
+                        kept[client].append(a)
+            conn.send(out)
+        conn.send((kept, persisted))
+    except BaseException:  # report, do not hang the parent
+        conn.send(traceback.format_exc())
+    finally:
+        conn.close()
