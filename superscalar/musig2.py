@@ -169,7 +169,7 @@ def key_agg(pubkeys: Sequence[PlainPk]) -> KeyGenContext:
     return _key_agg(tuple(pubkeys))[0]
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=4096)  # a factory of 1024 clients has 1171 signer sets
 def _key_agg(pubkeys: tuple[PlainPk, ...]) -> tuple[KeyGenContext, dict[bytes, int]]:
     """KeyAgg, plus every signer's KeyAggCoeff (kept so signing and verification need not rehash L)."""
     if not pubkeys:
@@ -339,7 +339,11 @@ def _session(session_ctx: SessionContext) -> tuple[SessionValues, dict[bytes, in
 
 
 def _normalized(session_ctx: SessionContext) -> SessionContext:
+    """The context with hashable fields (the memo's key): tuples and bytes."""
     aggnonce, pubkeys, tweaks, is_xonly, msg = session_ctx
+    if (type(aggnonce) is bytes and type(pubkeys) is tuple and type(tweaks) is tuple
+            and type(is_xonly) is tuple and type(msg) is bytes):
+        return session_ctx
     return SessionContext(bytes(aggnonce), tuple(pubkeys), tuple(tweaks), tuple(is_xonly), bytes(msg))
 
 

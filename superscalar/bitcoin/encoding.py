@@ -40,7 +40,9 @@ def ser_u16(n: int) -> bytes:
 
 def ser_u32(n: int) -> bytes:
     """Serialize an unsigned 32-bit little-endian integer."""
-    return _ser_uint(n, 4)
+    if not 0 <= n <= 0xFFFFFFFF:
+        raise BitcoinError(f"value out of uint32 range: {n}")
+    return n.to_bytes(4, "little")
 
 
 def ser_u64(n: int) -> bytes:

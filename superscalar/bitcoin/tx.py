@@ -499,9 +499,10 @@ class Tx:
         """Copy of this tx with input ``index``'s witness stack replaced."""
         if not 0 <= index < len(self.inputs):
             raise BitcoinError(f"no input {index}")
-        new_in = dataclasses.replace(self.inputs[index], witness=tuple(witness))
+        old = self.inputs[index]
+        new_in = TxIn(old.prevout, old.script_sig, old.sequence, tuple(witness))
         inputs = self.inputs[:index] + (new_in,) + self.inputs[index + 1 :]
-        tx = dataclasses.replace(self, inputs=inputs)
+        tx = type(self)(self.version, inputs, self.outputs, self.locktime)
         for cached in ("outputs_bytes", "_legacy", "txid_bytes"):  # a witness changes none of these
             if cached in self.__dict__:
                 tx.__dict__[cached] = self.__dict__[cached]

@@ -103,18 +103,32 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant], wo
     at_client = {c: Reassembler() for c in participants if c not in remote}
     local: deque[tuple[int, bytes]] = deque()
     to_worker: list[tuple[int, bytes]] = []
+    in_flight = False  # at most one batch is in flight, so neither side blocks the other on a full pipe
+
+    ctx = multiprocessing.get_context("fork")
+    conn, child_conn = ctx.Pipe()
+
+    def flush() -> None:
+        nonlocal to_worker, in_flight
+        if to_worker and not in_flight:
+            conn.send(to_worker)
+            to_worker, in_flight = [], True
 
     def from_lsp(actions: list[Action]) -> None:
+        sends = [a for a in actions if isinstance(a, Send) and a.peer in participants]
+        # The worker's messages first: they leave as soon as they are encoded, and the worker
+        # starts on them while this process encodes the rest.
+        for a in sorted(sends, key=lambda a: a.peer not in remote):
+            if a.peer not in remote:
+                flush()
+            for wire in split_message(a.message):
+                result.received[a.peer] += len(wire)
+                (to_worker if a.peer in remote else local).append((a.peer, wire))
+        flush()
         for a in actions:
-            if isinstance(a, Send):
-                if a.peer not in participants:
-                    continue
-                for wire in split_message(a.message):
-                    result.received[a.peer] += len(wire)
-                    (to_worker if a.peer in remote else local).append((a.peer, wire))
-            elif isinstance(a, Persist):
+            if isinstance(a, Persist):
                 result.persisted.append((LSP_PEER, a.record))
-            else:
+            elif not isinstance(a, Send):
                 result.lsp.append(a)
 
     def to_lsp(client: int, wire: bytes) -> None:
@@ -123,19 +137,12 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant], wo
         if whole is not None:
             from_lsp(coordinator.receive(client, whole))
 
-    ctx = multiprocessing.get_context("fork")
-    conn, child_conn = ctx.Pipe()
     worker = ctx.Process(target=_worker, args=(child_conn, {c: participants[c] for c in remote}), daemon=True)
     worker.start()
     child_conn.close()
     try:
         from_lsp(coordinator.start())
-        outstanding = False
         while True:
-            # At most one batch is in flight, so neither side can block the other on a full pipe.
-            if to_worker and not outstanding:
-                conn.send(to_worker)
-                to_worker, outstanding = [], True
             while local:
                 client, wire = local.popleft()
                 whole = _reassembled(at_client[client], wire)
@@ -149,13 +156,14 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant], wo
                         result.persisted.append((client, a.record))
                     else:
                         result.clients[client].append(a)
-            if outstanding:
+            if in_flight:
                 replies = conn.recv()
-                outstanding = False
+                in_flight = False
                 if isinstance(replies, str):
                     raise RuntimeError(f"worker failed: {replies}")
                 for client, wire in replies:
                     to_lsp(client, wire)
+                flush()
             elif not to_worker and not local:
                 break
         conn.send(None)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 from ..bitcoin.encoding import ser_compact_size
-from ..bitcoin.tx import OutPoint, Tx, TxOut
+from ..bitcoin.errors import BitcoinError
+from ..bitcoin.tx import OutPoint, OutputVector, Tx, TxOut
 from ..factory.errors import FactoryError
 from ..factory.graph import (
     Factory,
@@ -29,7 +30,7 @@ from ..factory.graph import (
     spend_funding,
 )
 from ..factory.params import FactoryParams
-from .wire import Propose, WireTxOut
+from .wire import Propose
 
 
 class Kind(enum.IntEnum):
@@ -56,30 +57,26 @@ class Round:
     proposals: Mapping[int, Propose]
 
 
-def _wire(outs: Sequence[TxOut]) -> tuple[WireTxOut, ...]:
-    return tuple(WireTxOut(o.value, o.script_pubkey) for o in outs)
-
-
 def _outputs_blob(tx: Tx) -> bytes:
     """A transaction's outputs as Bitcoin serializes them: CompactSize count, then each output."""
     return ser_compact_size(len(tx.outputs)) + tx.outputs_bytes
 
 
-def _txouts(outs: Sequence[WireTxOut]) -> tuple[TxOut, ...]:
+def _txouts(blob: bytes) -> tuple[TxOut, ...]:
     try:
-        return tuple(TxOut(o.value, o.script) for o in outs)
-    except ValueError as e:
-        raise ProposalError(f"invalid output: {e}") from None
+        return tuple(OutputVector(blob))
+    except BitcoinError as e:
+        raise ProposalError(f"invalid outputs: {e}") from None
 
 
 def _propose(r_kind: Kind, factory_id: bytes, session_id: bytes, factory: FactoryShape, client: int,
              funding: OutPoint, funding_value: int, state_indices: Sequence[int],
-             path_outputs: Sequence[Sequence[TxOut]], distribution: bytes) -> Propose:
+             path_outputs: Sequence[Tx], distribution: bytes) -> Propose:
     return Propose(
         factory_id=factory_id, session_id=session_id, client_index=client, params=factory.params.serialize(),
         funding_txid=funding.txid, funding_vout=funding.vout, funding_value=funding_value,
         pubkeys=factory.keys.pubkeys, state_indices=tuple(state_indices),
-        path_outputs=tuple(_wire(o) for o in path_outputs), distribution=distribution,
+        path_outputs=tuple(_outputs_blob(tx) for tx in path_outputs), distribution=distribution,
         kind=int(r_kind),
     )
 
@@ -107,7 +104,7 @@ def _tree_round(kind: Kind, factory: Factory, graph: FactoryGraph, factory_id: b
         nodes = factory.topology.path(client)
         proposals[client] = _propose(
             kind, factory_id, session_id, factory, client, graph.funding, factory.funding_output.value,
-            [graph.state[n] for n in nodes], [graph.states[n].tx.outputs for n in nodes], distribution,
+            [graph.state[n] for n in nodes], [graph.states[n].tx for n in nodes], distribution,
         )
     return Round(kind, factory_id, session_id, factory.keys.pubkeys, tuple(jobs), client_jobs, proposals)
 
@@ -129,7 +126,7 @@ def sale_round(factory: Factory, sale: TreeTx, lstock: OutPoint, leaf: int, fact
     """The leaf's clients and the LSP sign one liquidity sale spending the leaf's current L-stock."""
     proposals = {
         c: _propose(Kind.SALE, factory_id, session_id, factory, c, lstock, sale.prevout.value, (),
-                    [sale.tx.outputs], b"")
+                    [sale.tx], b"")
         for c in factory.topology.nodes[leaf].clients
     }
     return Round(Kind.SALE, factory_id, session_id, factory.keys.pubkeys, (sale,),
@@ -140,7 +137,7 @@ def close_round(factory: Factory, close: TreeTx, funding: OutPoint, factory_id: 
     """Everyone signs the cooperative close."""
     proposals = {
         c: _propose(Kind.CLOSE, factory_id, session_id, factory, c, funding, close.prevout.value, (),
-                    [close.tx.outputs], b"")
+                    [close.tx], b"")
         for c in range(factory.params.n_clients)
     }
     return Round(Kind.CLOSE, factory_id, session_id, factory.keys.pubkeys, (close,),
@@ -195,14 +192,14 @@ def _participant_jobs(expect: Expectation, msg: Propose) -> tuple[TreeTx, ...]:
     spent = OutPoint(msg.funding_txid, msg.funding_vout)
     if expect.funding is not None and (spent, msg.funding_value) != expect.funding and expect.kind != Kind.SALE:
         raise ProposalError("the proposal spends a different funding output")
-    outputs = [_txouts(o) for o in msg.path_outputs]
     if expect.kind in (Kind.CONSTRUCTION, Kind.ADVANCE):
+        outputs = [_txouts(o) for o in msg.path_outputs]
         return _tree_jobs(expect, msg, params, shape, client, spent, outputs)
-    if len(outputs) != 1:
+    if len(msg.path_outputs) != 1:
         raise ProposalError("one transaction is signed in this round")
     if expect.kind == Kind.SALE:
-        return (_sale_job(expect, shape, client, spent, msg.funding_value, outputs[0]),)
-    close = spend_funding(shape, "close", spent, msg.funding_value, outputs[0])
+        return (_sale_job(expect, shape, client, spent, msg.funding_value, _txouts(msg.path_outputs[0])),)
+    close = spend_funding(shape, "close", spent, msg.funding_value, msg.path_outputs[0])
     if expect.payout_sat and TxOut(expect.payout_sat, expect.payout_script or b"") not in close.tx.outputs:
         raise ProposalError("the close does not pay us the agreed amount")
     return (close,)

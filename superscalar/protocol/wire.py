@@ -25,7 +25,6 @@ WIRE_VERSION = 1
 # Whole custommsg payload including the 2-byte type (BOLT-1 caps messages at 65535).
 MAX_MESSAGE_SIZE = 65000
 MAX_UTF8_LEN = 1000
-MAX_SCRIPT_LEN = 10_000
 
 T = TypeVar("T")
 
@@ -261,7 +260,6 @@ def _length_prefixed(name: str, limit: int) -> Codec[bytes]:
 
 
 _ITEM = _length_prefixed("array item", (1 << 64) - 1)  # bounded by the enclosing data
-_SCRIPT = _length_prefixed("script", MAX_SCRIPT_LEN)
 
 
 def _rest_codec(
@@ -301,70 +299,8 @@ VARBYTES = _rest_codec("varbytes", MAX_MESSAGE_SIZE, _as_bytes, bytes)
 UTF8 = _rest_codec("utf8", MAX_UTF8_LEN, _utf8_encode, _utf8_decode)
 
 
-@dataclass(frozen=True, slots=True)
-class WireTxOut:
-    """A transaction output as carried on the wire: u64 value + script."""
-
-    value: int
-    script: bytes
-
-
-def _encode_txout(txout: WireTxOut) -> bytes:
-    if not isinstance(txout, WireTxOut):
-        raise EncodeError(f"{txout!r} is not a WireTxOut")
-    return _uint_bytes(txout.value, 8) + _SCRIPT.encode(txout.script)
-
-
-TXOUT = Codec("txout", _encode_txout, lambda r: WireTxOut(r.uint(8), _SCRIPT.read(r)))
-
-
-def _encode_txouts(values: tuple[WireTxOut, ...]) -> bytes:
-    """array(txout) fast path: the same bytes as the generic array encoder, built in one pass."""
-    if not isinstance(values, (tuple, list)):
-        raise EncodeError("array(txout) needs a tuple")
-    parts = [encode_bigsize(len(values))]
-    for txout in values:
-        if not isinstance(txout, WireTxOut):
-            raise EncodeError(f"{txout!r} is not a WireTxOut")
-        script = _as_bytes(txout.script)
-        if len(script) > MAX_SCRIPT_LEN:
-            raise EncodeError(f"script longer than {MAX_SCRIPT_LEN} bytes")
-        inner = _uint_bytes(txout.value, 8) + encode_bigsize(len(script)) + script
-        parts.append(encode_bigsize(len(inner)))
-        parts.append(inner)
-    return b"".join(parts)
-
-
-def _read_txouts(reader: Reader) -> tuple[WireTxOut, ...]:
-    """array(txout) fast path: each item is bigsize length, then u64 value, bigsize script length,
-    script. Items whose lengths are single-byte bigsizes (every real script) are parsed in place; any
-    other item goes through the generic checked reader."""
-    count = reader.bigsize()
-    if count > reader.remaining:
-        raise DecodeError(f"array count {count} exceeds available bytes")
-    data, pos, end = reader._data, reader._pos, len(reader._data)
-    out = []
-    for _ in range(count):
-        if pos + 10 <= end and data[pos] < 0xFD and data[pos + 9] < 0xFD:
-            item_len, script_len = data[pos], data[pos + 9]
-            if item_len != 9 + script_len or pos + 1 + item_len > end:
-                raise DecodeError("txout item length does not match its contents")
-            out.append(WireTxOut(int.from_bytes(data[pos + 1 : pos + 9], "big"), data[pos + 10 : pos + 10 + script_len]))
-            pos += 1 + item_len
-            continue
-        reader._pos = pos
-        item = _ITEM.read(reader)
-        out.append(TXOUT.decode(item))
-        pos = reader._pos
-    reader._pos = pos
-    return tuple(out)
-
-
 def array(item: Codec[T]) -> Codec[tuple[T, ...]]:
     """bigsize count, then items (variable-size items are bigsize-length-prefixed)."""
-    if item is TXOUT:
-        return Codec("array(txout)", _encode_txouts, _read_txouts)  # type: ignore[arg-type]
-
     def encode(values: tuple[T, ...]) -> bytes:
         if not isinstance(values, (tuple, list)):
             raise EncodeError(f"array({item.name}) needs a tuple")
@@ -436,7 +372,7 @@ class Propose(Message):
         Field("funding_value", U64),
         Field("pubkeys", array(POINT33)),
         Field("state_indices", array(U8)),
-        Field("path_outputs", array(array(TXOUT))),
+        Field("path_outputs", array(VARBYTES)),
         Field("distribution", VARBYTES),
         Field("kind", U8),
     )
@@ -447,7 +383,7 @@ class Propose(Message):
     funding_value: int
     pubkeys: tuple[bytes, ...]
     state_indices: tuple[int, ...]
-    path_outputs: tuple[tuple[WireTxOut, ...], ...]
+    path_outputs: tuple[bytes, ...]  # per layer, the state tx's outputs as the distribution below
     distribution: bytes  # the distribution tx's outputs, consensus-serialized (count, then outputs)
     kind: int  # 0 construction, 1 state advance, 2 liquidity sale, 3 cooperative close
 

@@ -42,7 +42,6 @@ from superscalar.protocol.wire import (
     PartialSigs,
     Propose,
     Signatures,
-    WireTxOut,
 )
 
 from ...factory_kit import Kit, construction_participants, make_kit
@@ -224,7 +223,8 @@ def test_mutated_proposals_are_refused_not_crashed() -> None:
         dataclasses.replace(proposal, client_index=7),
         dataclasses.replace(proposal, distribution=proposal.distribution[:-1]),
         dataclasses.replace(proposal, distribution=b"\x01" + proposal.distribution[1:]),
-        dataclasses.replace(proposal, path_outputs=((WireTxOut(1, b"\x51"),),) + proposal.path_outputs[1:]),
+        dataclasses.replace(proposal, path_outputs=(b"\x01" + TxOut(1, b"\x51").serialize(),) + proposal.path_outputs[1:]),
+        dataclasses.replace(proposal, path_outputs=(proposal.path_outputs[0][:-1],) + proposal.path_outputs[1:]),
     ]
     for m in mutations:
         p = construction_participants(kit, [0])[0]
