@@ -93,6 +93,9 @@ class OutPoint:
             raise BitcoinError(f"txid must be 32 bytes, got {len(self.txid)}")
         _check_u32("vout", self.vout)
 
+    def __reduce__(self) -> tuple[type[OutPoint], tuple[bytes, int]]:
+        return OutPoint, (self.txid, self.vout)  # pickled by its fields, not dataclass state
+
     @classmethod
     def from_hex(cls, txid_hex: str, vout: int) -> OutPoint:
         """Build from a txid in display (RPC, big-endian) hex order."""
@@ -138,6 +141,9 @@ class TxIn:
         _check_u32("sequence", self.sequence)
         if not isinstance(self.witness, tuple):
             object.__setattr__(self, "witness", tuple(self.witness))
+
+    def __reduce__(self) -> tuple[type[TxIn], tuple[OutPoint, bytes, int, tuple[bytes, ...]]]:
+        return TxIn, (self.prevout, self.script_sig, self.sequence, self.witness)
         for item in self.witness:
             _check_bytes("witness item", item)
 
@@ -167,6 +173,9 @@ class TxOut:
         if not 0 <= self.value <= MAX_MONEY:
             raise BitcoinError(f"value out of range: {self.value}")
         _check_bytes("script_pubkey", self.script_pubkey)
+
+    def __reduce__(self) -> tuple[type[TxOut], tuple[int, bytes]]:
+        return TxOut, (self.value, self.script_pubkey)
 
     def serialize(self) -> bytes:
         """Serialize as ``value (u64) || script_pubkey``."""
@@ -267,6 +276,8 @@ class OutputVector(Sequence[TxOut]):
     def _at(self, i: int) -> TxOut:
         first, offset, stride = self._runs[bisect_right(self._starts, i) - 1]
         pos = offset + (i - first) * stride
+        if stride < 9 + 0xFD:  # a one-byte script length: the script is the rest of the stride
+            return TxOut(self.values[i], self.raw[pos + 9 : pos + stride])
         r = ByteReader(self.raw)
         r._pos = pos
         return TxOut.read(r)
