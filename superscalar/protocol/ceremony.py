@@ -127,13 +127,21 @@ class Coordinator:
         if self._lsp_pk != round_.pubkeys[0]:
             raise LocalProtocolError("our key is not the round's LSP key")
         self._rand = rand
-        self._nonces: dict[int, tuple[bytes, ...]] = {}
-        self._nonce_points: dict[int, list[tuple[Point, Point]]] = {}  # parsed once, until aggregated
+        self._nonces: dict[int, tuple[bytes, ...]] = {}  # per client, as received
         self._psigs: dict[int, tuple[bytes, ...]] = {}
         self._done: set[int] = set()
-        self._aggnonces: list[bytes] = []
-        self._sessions: list[musig2.SessionContext] = []
+        jobs = range(len(round_.jobs))
+        self._signers_due = [0 for _ in jobs]  # per job: how many clients sign it
+        for client_jobs in round_.client_jobs.values():
+            for j in client_jobs:
+                self._signers_due[j] += 1
+        self._nonces_due = list(self._signers_due)
+        self._job_nonces: list[dict[int, tuple[Point, Point]]] = [{} for _ in jobs]  # parsed, until aggregated
+        self._job_psigs: list[list[bytes]] = [[] for _ in jobs]  # until aggregated
+        self._aggnonces: dict[int, bytes] = {}
+        self._sessions: dict[int, musig2.SessionContext] = {}
         self._secnonces: dict[int, musig2.SecNonce] = {}
+        self._sigs: dict[int, bytes] = {}
         self._signed: tuple[Tx, ...] = ()
 
     @property
@@ -187,42 +195,44 @@ class Coordinator:
         if peer in seen:
             raise _Violation(AbortCode.PROTOCOL_VIOLATION, "duplicate message", peer)
 
+    # Each job is finished as soon as its last signer has answered, not when everyone has: the work
+    # of a large round is spread over the time the clients take, and little is left at its end.
+
     def _on_nonces(self, peer: int, msg: Nonces) -> list[Action]:
         self._expect_once(self._nonces, peer)
         if len(msg.pubnonces) != len(self.round.client_jobs[peer]):
             raise _Violation(AbortCode.BAD_NONCE, "wrong number of nonces", peer)
         try:
-            self._nonce_points[peer] = [musig2.pubnonce_points(pn) for pn in msg.pubnonces]
+            points = [musig2.pubnonce_points(pn) for pn in msg.pubnonces]
         except ValueError:
             raise _Violation(AbortCode.BAD_NONCE, "invalid public nonce", peer) from None
         self._nonces[peer] = msg.pubnonces
+        for j, pn in zip(self.round.client_jobs[peer], points):
+            self._job_nonces[j][peer + 1] = pn
+            self._nonces_due[j] -= 1
+            if self._nonces_due[j] == 0:
+                self._aggregate_nonces(j)
         if len(self._nonces) < len(self.round.proposals):
             return []
-        return self._aggregate_nonces()
-
-    def _job_nonces(self) -> list[dict[int, tuple[Point, Point]]]:
-        """Per job: participant index → public nonce points (clients only)."""
-        per_job: list[dict[int, tuple[Point, Point]]] = [{} for _ in self.round.jobs]
-        for c, jobs in self.round.client_jobs.items():
-            for j, pn in zip(jobs, self._nonce_points[c]):
-                per_job[j][c + 1] = pn
-        return per_job
-
-    def _aggregate_nonces(self) -> list[Action]:
-        per_job = self._job_nonces()
-        self._nonce_points = {}
-        for j, t in enumerate(self.round.jobs):
-            secnonce, pubnonce = musig2.nonce_gen_internal(self._rand(32), self._seckey, self._lsp_pk,
-                                                           musig2.XonlyPk(_output_key(t)), t.sighash, None)
-            self._secnonces[j] = secnonce
-            if set(per_job[j]) != set(t.spend.signers) - {0}:
-                raise _Violation(AbortCode.INTERNAL, f"job {t.name}: nonces missing from some signers")
-            self._aggnonces.append(musig2.nonce_agg_points([musig2.pubnonce_points(pubnonce), *per_job[j].values()]))
-            self._sessions.append(_session(t, self._aggnonces[j]))
+        if len(self._sessions) != len(self.round.jobs):
+            raise _Violation(AbortCode.INTERNAL, "some jobs have no signer's nonces")
         self.state = CState.AWAIT_PSIGS
         return [Send(c, AggNonces(self.round.factory_id, self.round.session_id,
                                   tuple(self._aggnonces[j] for j in self.round.client_jobs[c])))
                 for c in self.clients]
+
+    def _aggregate_nonces(self, j: int) -> None:
+        """Every client of job j sent its nonce: add ours, aggregate, and fix the job's session."""
+        t = self.round.jobs[j]
+        clients = self._job_nonces[j]
+        if set(clients) != set(t.spend.signers) - {0}:
+            raise _Violation(AbortCode.INTERNAL, f"job {t.name}: nonces from other than its signers")
+        secnonce, pubnonce = musig2.nonce_gen_internal(self._rand(32), self._seckey, self._lsp_pk,
+                                                       musig2.XonlyPk(_output_key(t)), t.sighash, None)
+        self._secnonces[j] = secnonce
+        self._aggnonces[j] = musig2.nonce_agg_points([musig2.pubnonce_points(pubnonce), *clients.values()])
+        self._sessions[j] = _session(t, self._aggnonces[j])
+        self._job_nonces[j] = {}
 
     def _on_psigs(self, peer: int, msg: PartialSigs) -> list[Action]:
         self._expect_once(self._psigs, peer)
@@ -235,31 +245,29 @@ class Coordinator:
         # proves the set, and only a job whose aggregate fails has its partial signatures verified
         # one by one to name the culprit (as libsecp256k1's musig module advises).
         self._psigs[peer] = msg.psigs
+        for j, psig in zip(jobs, msg.psigs):
+            self._job_psigs[j].append(psig)
+            if len(self._job_psigs[j]) == self._signers_due[j]:
+                self._aggregate_signature(j)
         if len(self._psigs) < len(self.round.proposals):
             return []
-        return self._aggregate_signatures()
-
-    def _aggregate_signatures(self) -> list[Action]:
-        per_job: list[list[bytes]] = [[] for _ in self.round.jobs]
-        for c, jobs in self.round.client_jobs.items():
-            for j, psig in zip(jobs, self._psigs[c]):
-                per_job[j].append(psig)
-        sigs: list[bytes] = []
-        signed: list[Tx] = []
-        for j, t in enumerate(self.round.jobs):
-            ctx = self._sessions[j]
-            own = musig2.sign(self._secnonces.pop(j), self._seckey, ctx)
-            sig = musig2.partial_sig_agg([own, *per_job[j]], ctx)
-            if not schnorr_verify(t.sighash, _output_key(t), sig):
-                raise self._blame(j)
-            sigs.append(sig)
-            signed.append(t.tx.with_witness(0, [sig]))
-        self._signed = tuple(signed)
+        signed = tuple(self.round.jobs[j].tx.with_witness(0, [self._sigs[j]]) for j in range(len(self.round.jobs)))
+        self._signed = signed
         self.state = CState.AWAIT_DONE
         record = Persist("signed", {"session_id": self.round.session_id.hex(), "txs": [tx.to_hex() for tx in signed]})
         sends = [Send(c, Signatures(self.round.factory_id, self.round.session_id,
-                                    tuple(sigs[j] for j in self.round.client_jobs[c]))) for c in self.clients]
+                                    tuple(self._sigs[j] for j in self.round.client_jobs[c]))) for c in self.clients]
         return [record, *sends]
+
+    def _aggregate_signature(self, j: int) -> None:
+        """Every client of job j sent its partial signature: add ours and check the final one."""
+        t, ctx = self.round.jobs[j], self._sessions[j]
+        own = musig2.sign(self._secnonces.pop(j), self._seckey, ctx)
+        sig = musig2.partial_sig_agg([own, *self._job_psigs[j]], ctx)
+        if not schnorr_verify(t.sighash, _output_key(t), sig):
+            raise self._blame(j)
+        self._sigs[j] = sig
+        self._job_psigs[j] = []
 
     def _blame(self, j: int) -> _Violation:
         """Job j's aggregate signature is invalid: find the client whose partial signature is."""

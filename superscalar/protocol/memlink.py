@@ -8,6 +8,7 @@ second core.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import traceback
 from collections import deque
@@ -137,13 +138,33 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant], wo
         if whole is not None:
             from_lsp(coordinator.receive(client, whole))
 
+    def take_replies() -> None:
+        """One part of the worker's answer to the batch in flight (it answers in parts, so the
+        coordinator works on them while the worker goes on)."""
+        nonlocal in_flight
+        reply = conn.recv()
+        if isinstance(reply, str):
+            raise RuntimeError(f"worker failed: {reply}")
+        last, messages = reply
+        for client, wire in messages:
+            to_lsp(client, wire)
+        if last:
+            in_flight = False
+            flush()
+
     worker = ctx.Process(target=_worker, args=(child_conn, {c: participants[c] for c in remote}), daemon=True)
-    worker.start()
+    gc.freeze()  # the worker's collector then leaves the inherited objects (and their pages) alone
+    try:
+        worker.start()
+    finally:
+        gc.unfreeze()
     child_conn.close()
     try:
         from_lsp(coordinator.start())
         while True:
             while local:
+                if in_flight and conn.poll():
+                    take_replies()
                 client, wire = local.popleft()
                 whole = _reassembled(at_client[client], wire)
                 if whole is None:
@@ -157,13 +178,7 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant], wo
                     else:
                         result.clients[client].append(a)
             if in_flight:
-                replies = conn.recv()
-                in_flight = False
-                if isinstance(replies, str):
-                    raise RuntimeError(f"worker failed: {replies}")
-                for client, wire in replies:
-                    to_lsp(client, wire)
-                flush()
+                take_replies()
             elif not to_worker and not local:
                 break
         conn.send(None)
@@ -187,6 +202,9 @@ def _reassembled(at: Reassembler, wire: bytes) -> Optional[Message]:
     return at.add(decoded) if isinstance(decoded, Fragment) else decoded
 
 
+_PART = 32  # messages per part of the worker's answer
+
+
 def _worker(conn: Connection, participants: dict[int, Participant]) -> None:
     """The worker side of `run_split`: batches of (client, bytes from the LSP) in, batches of
     (client, bytes to the LSP) out; None ends the run and returns the kept actions and records."""
@@ -207,7 +225,10 @@ def _worker(conn: Connection, participants: dict[int, Participant]) -> None:
                         persisted.append((client, a.record))
                     else:
                         kept[client].append(a)
-            conn.send(out)
+                if len(out) >= _PART:
+                    conn.send((False, out))
+                    out = []
+            conn.send((True, out))
         conn.send((kept, persisted))
     except BaseException:  # report, do not hang the parent
         conn.send(traceback.format_exc())

@@ -254,3 +254,31 @@ def test_participant_never_raises_on_any_message_sequence(seq: list[str], junk: 
         actions = p.receive(msgs[name])
         assert all(isinstance(a, (Send, Failed, Completed)) or a.__class__.__name__ == "Persist" for a in actions)
     assert p.state in PState
+
+
+def test_run_split_gives_every_client_the_lsps_signed_transactions() -> None:
+    """Participants in a second process (run_split): the round completes, each client holds exactly
+    the LSP's signed transactions for its jobs, and the byte counts match the one-process run."""
+    kit, coordinator, participants = setup(16)
+    result = memlink.run_split(coordinator, participants, range(5, 16))
+    lsp = result.lsp_outcome
+    assert isinstance(lsp, Completed)
+    by_txid = {tx.txid: tx for tx in lsp.signed}
+    for c in range(16):
+        out = result.client_outcome(c)
+        assert isinstance(out, Completed), c
+        assert all(by_txid[tx.txid].serialize() == tx.serialize() for tx in out.signed)
+        assert [r for peer, r in result.persisted if peer == c] == ["signing", "signed"]
+    _, coordinator2, participants2 = setup(16)
+    serial = memlink.run(coordinator2, participants2)
+    assert result.sent == serial.sent and result.received == serial.received
+
+
+def test_run_split_reports_a_refusal_in_the_worker() -> None:
+    kit, coordinator, participants = setup(8)
+    stingy = dataclasses.replace(participants[6].expect, capacity_sat=(participants[6].expect.capacity_sat or 0) + 1)
+    participants[6] = Participant(stingy, kit.seckeys[7])
+    result = memlink.run_split(coordinator, participants, range(4, 8))
+    lsp = result.lsp_outcome
+    assert isinstance(lsp, Failed) and lsp.code == AbortCode.BAD_PROPOSAL and lsp.culprit == 6
+    assert all(isinstance(result.client_outcome(c), Failed) for c in range(8))
