@@ -350,7 +350,10 @@ class Tx:
         return any(i.witness for i in self.inputs)
 
     def serialize_without_witness(self) -> bytes:
-        """Legacy serialization (BIP-144 "Serialization" without marker/flag)."""
+        """Legacy serialization (BIP-144 "Serialization" without marker/flag). Kept once computed,
+        except for a transaction whose outputs are an OutputVector: its bytes are held there already."""
+        if isinstance(self.outputs, OutputVector):
+            return self._legacy_bytes()
         return self._legacy
 
     @classmethod
@@ -375,6 +378,9 @@ class Tx:
 
     @cached_property
     def _legacy(self) -> bytes:
+        return self._legacy_bytes()
+
+    def _legacy_bytes(self) -> bytes:
         return b"".join(
             (
                 ser_u32(self.version),

@@ -73,6 +73,12 @@ class TreeTx:
     spend: Spend
     relative_wait: int = 0  # BIP-68 blocks after its parent confirms
 
+    def without_key_list(self) -> TreeTx:
+        """This transaction once signed: the same, without its signers' key list (which only
+        signing needs; `spend.signers` and the taproot data stay)."""
+        return TreeTx(self.name, self.tx, self.prevout, Spend(self.spend.signers, (), self.spend.taproot),
+                      self.relative_wait)
+
     @cached_property
     def sighash(self) -> bytes:
         """BIP-341 key-path signature hash of input 0 (SIGHASH_DEFAULT)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import resource
 import traceback
 from collections import deque
 from collections.abc import Collection
@@ -31,6 +32,11 @@ class LinkResult:
     sent: dict[int, int] = field(default_factory=dict)  # bytes each client sent
     received: dict[int, int] = field(default_factory=dict)  # bytes each client received
     persisted: list[tuple[int, str]] = field(default_factory=list)  # (peer, record name), in order
+    # run_split only, at the end of the round (both processes alive): this process's and the
+    # worker's memory, each {"peak_rss": ..., "pss": ...} in KiB (PSS: shared pages counted once
+    # across the two; Linux only, else 0).
+    memory_kb: dict[str, int] = field(default_factory=dict)
+    worker_memory_kb: dict[str, int] = field(default_factory=dict)
 
     @property
     def lsp_outcome(self) -> Optional[Completed | Failed]:
@@ -185,7 +191,8 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant], wo
         final = conn.recv()
         if isinstance(final, str):
             raise RuntimeError(f"worker failed: {final}")
-        kept, persisted = final
+        kept, persisted, result.worker_memory_kb = final
+        result.memory_kb = _memory_kb()
         for c, actions in kept.items():
             result.clients[c].extend(actions)
         result.persisted.extend(persisted)
@@ -200,6 +207,16 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant], wo
 def _reassembled(at: Reassembler, wire: bytes) -> Optional[Message]:
     decoded = decode_message(wire)
     return at.add(decoded) if isinstance(decoded, Fragment) else decoded
+
+
+def _memory_kb() -> dict[str, int]:
+    pss = 0
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            pss = next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
+    except OSError:
+        pass
+    return {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "pss": pss}
 
 
 _PART = 32  # messages per part of the worker's answer
@@ -229,7 +246,7 @@ def _worker(conn: Connection, participants: dict[int, Participant]) -> None:
                     conn.send((False, out))
                     out = []
             conn.send((True, out))
-        conn.send((kept, persisted))
+        conn.send((kept, persisted, _memory_kb()))
     except BaseException:  # report, do not hang the parent
         conn.send(traceback.format_exc())
     finally:
