@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 from functools import lru_cache
-from typing import NamedTuple, NewType, Optional, Sequence
+from typing import Callable, NamedTuple, NewType, Optional, Sequence
 
 from .bitcoin.hashes import tagged_hash
 from .secp256k1 import N, G, Point, point_mul_g, point_sum
@@ -51,11 +51,26 @@ class KeyGenContext(NamedTuple):
     tacc: int
 
 
+class KeyAggCache(NamedTuple):
+    """KeyAgg's result as signing needs it, without the key list (what libsecp256k1's keyagg_cache
+    holds): the aggregate point Q, the hash L of the key list and its second distinct key, from
+    which any member's coefficient follows. Used in place of the list in a SessionContext, it
+    cannot check that a key is a member: the signer must know its key is in the list."""
+
+    Q: Point
+    L: bytes
+    pk2: bytes
+
+    def coeff(self, pk: bytes) -> int:
+        """BIP-327 KeyAggCoeff of member `pk`."""
+        return _key_agg_coeff_internal(self.L, pk, self.pk2)
+
+
 class SessionContext(NamedTuple):
-    """BIP-327 Session Context."""
+    """BIP-327 Session Context (`pubkeys` may be a KeyAggCache of them)."""
 
     aggnonce: bytes
-    pubkeys: tuple[PlainPk, ...]
+    pubkeys: tuple[PlainPk, ...] | KeyAggCache
     tweaks: tuple[bytes, ...]
     is_xonly: tuple[bool, ...]
     msg: bytes
@@ -189,6 +204,16 @@ def _key_agg(pubkeys: tuple[PlainPk, ...]) -> tuple[KeyGenContext, dict[bytes, i
     # Infinity happens only with negligible probability (BIP-327 KeyAgg)
     assert Q is not None, "aggregate key is infinity"
     return KeyGenContext(Q, 1, 0), coeffs
+
+
+def key_agg_cache(pubkeys: Sequence[PlainPk]) -> KeyAggCache:
+    """KeyAgg of `pubkeys` kept as a KeyAggCache."""
+    return _key_agg_cache(tuple(pubkeys))
+
+
+@lru_cache(maxsize=4096)
+def _key_agg_cache(pubkeys: tuple[PlainPk, ...]) -> KeyAggCache:
+    return KeyAggCache(_key_agg(pubkeys)[0].Q, _hash_keys(pubkeys), _get_second_key(pubkeys))
 
 
 def get_xonly_pk(keygen_ctx: KeyGenContext) -> XonlyPk:
@@ -333,7 +358,10 @@ def get_session_values(session_ctx: SessionContext) -> SessionValues:
     return _session(session_ctx)[0]
 
 
-def _session(session_ctx: SessionContext) -> tuple[SessionValues, dict[bytes, int]]:
+Coefficients = Callable[[bytes], Optional[int]]  # a member's KeyAggCoeff; None for a non-member
+
+
+def _session(session_ctx: SessionContext) -> tuple[SessionValues, Coefficients]:
     """The session values and every signer's key aggregation coefficient, computed once per session."""
     return _get_session_values(_normalized(session_ctx))
 
@@ -341,16 +369,26 @@ def _session(session_ctx: SessionContext) -> tuple[SessionValues, dict[bytes, in
 def _normalized(session_ctx: SessionContext) -> SessionContext:
     """The context with hashable fields (the memo's key): tuples and bytes."""
     aggnonce, pubkeys, tweaks, is_xonly, msg = session_ctx
-    if (type(aggnonce) is bytes and type(pubkeys) is tuple and type(tweaks) is tuple
+    keys = pubkeys if type(pubkeys) in (tuple, KeyAggCache) else tuple(pubkeys)
+    if (type(aggnonce) is bytes and keys is pubkeys and type(tweaks) is tuple
             and type(is_xonly) is tuple and type(msg) is bytes):
         return session_ctx
-    return SessionContext(bytes(aggnonce), tuple(pubkeys), tuple(tweaks), tuple(is_xonly), bytes(msg))
+    return SessionContext(bytes(aggnonce), keys, tuple(tweaks), tuple(is_xonly), bytes(msg))
 
 
 @lru_cache(maxsize=256)
-def _get_session_values(session_ctx: SessionContext) -> tuple[SessionValues, dict[bytes, int]]:
+def _get_session_values(session_ctx: SessionContext) -> tuple[SessionValues, Coefficients]:
     aggnonce, pubkeys, tweaks, is_xonly, msg = session_ctx
-    Q, gacc, tacc = _key_agg_and_tweak(pubkeys, tweaks, is_xonly)
+    coeffs: Coefficients
+    if isinstance(pubkeys, KeyAggCache):
+        keygen, coeffs = KeyGenContext(pubkeys.Q, 1, 0), pubkeys.coeff
+    else:
+        keygen, coeffs = _key_agg(pubkeys)[0], _key_agg(pubkeys)[1].get
+    if len(tweaks) != len(is_xonly):
+        raise ValueError("The `tweaks` and `is_xonly` arrays must have the same length.")
+    for tweak, xonly in zip(tweaks, is_xonly):
+        keygen = apply_tweak(keygen, tweak, xonly)
+    Q, gacc, tacc = keygen
     b = _int(tagged_hash("MuSig/noncecoef", aggnonce + Q.xonly() + msg)) % N
     try:
         if len(aggnonce) != PUBNONCE_SIZE:
@@ -363,7 +401,7 @@ def _get_session_values(session_ctx: SessionContext) -> tuple[SessionValues, dic
     R_ = point_sum((R_1, None if R_2 is None else R_2.mul_add_g(b, 0)))
     R = G if R_ is None else R_
     e = _int(tagged_hash("BIP0340/challenge", R.xonly() + Q.xonly() + msg)) % N
-    return SessionValues(Q, gacc, tacc, b, R, e), _key_agg(pubkeys)[1]
+    return SessionValues(Q, gacc, tacc, b, R, e), coeffs
 
 
 def get_session_key_agg_coeff(session_ctx: SessionContext, P: Point) -> int:
@@ -371,8 +409,8 @@ def get_session_key_agg_coeff(session_ctx: SessionContext, P: Point) -> int:
     return _session_key_agg_coeff(_session(session_ctx)[1], P)
 
 
-def _session_key_agg_coeff(coeffs: dict[bytes, int], P: Point) -> int:
-    a = coeffs.get(P.to_bytes())
+def _session_key_agg_coeff(coeffs: Coefficients, P: Point) -> int:
+    a = coeffs(P.to_bytes())
     if a is None:
         raise ValueError("The signer's pubkey must be included in the list of pubkeys.")
     return a
@@ -439,7 +477,7 @@ def partial_sig_verify_internal(
 
 
 def _partial_sig_verify_internal(
-    psig: bytes, pubnonce: bytes, pk: bytes, sv: SessionValues, coeffs: dict[bytes, int]
+    psig: bytes, pubnonce: bytes, pk: bytes, sv: SessionValues, coeffs: Coefficients
 ) -> bool:
     if len(psig) != PSIG_SIZE:
         return False

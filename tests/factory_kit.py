@@ -69,7 +69,8 @@ def musig_sign(t: TreeTx, seckeys: Sequence[bytes]) -> Tx:
     msg = t.sighash
     sks = [seckeys[i] for i in t.spend.signers]
     by_pk = {musig2.individual_pk(sk): sk for sk in sks}
-    pubkeys = list(t.spend.pubkeys)
+    pubkeys = musig2.key_sort(list(by_pk))
+    assert musig2.key_agg_cache(pubkeys) == t.spend.keyagg, "spend data does not match the signers"
     keygen = musig2.apply_tweak(musig2.key_agg(pubkeys), t.spend.tweak, True)
     aggpk = musig2.get_xonly_pk(keygen)
     assert aggpk == t.prevout.script_pubkey[2:], "spend data does not match the output"

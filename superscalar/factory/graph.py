@@ -55,7 +55,7 @@ class Spend:
     """How an output is spent through its key path: the signers and the taproot tweak to apply."""
 
     signers: tuple[int, ...]
-    pubkeys: tuple[musig2.PlainPk, ...]  # the signers' keys, BIP-327 KeySort order
+    keyagg: musig2.KeyAggCache  # MuSig2 KeyAgg of the signers' keys in BIP-327 KeySort order
     taproot: TaprootInfo
 
     @property
@@ -72,12 +72,6 @@ class TreeTx:
     prevout: TxOut
     spend: Spend
     relative_wait: int = 0  # BIP-68 blocks after its parent confirms
-
-    def without_key_list(self) -> TreeTx:
-        """This transaction once signed: the same, without its signers' key list (which only
-        signing needs; `spend.signers` and the taproot data stay)."""
-        return TreeTx(self.name, self.tx, self.prevout, Spend(self.spend.signers, (), self.spend.taproot),
-                      self.relative_wait)
 
     @cached_property
     def sighash(self) -> bytes:
@@ -108,7 +102,7 @@ class FactoryKeys:
         if len(set(pubkeys)) != len(pubkeys):
             raise FactoryError("participant keys must be distinct")
         self.pubkeys = tuple(pubkeys)
-        self._agg: dict[tuple[int, ...], bytes] = {}
+        self._agg: dict[tuple[int, ...], musig2.KeyAggCache] = {}
         self._sorted: dict[tuple[int, ...], tuple[musig2.PlainPk, ...]] = {}
 
     @property
@@ -122,14 +116,18 @@ class FactoryKeys:
             self._sorted[signers] = tuple(musig2.key_sort(keys))  # type: ignore[arg-type]
         return self._sorted[signers]
 
-    def aggregate(self, signers: tuple[int, ...]) -> bytes:
-        """x-only MuSig2 aggregate (untweaked internal key) of `signers`."""
+    def keyagg(self, signers: tuple[int, ...]) -> musig2.KeyAggCache:
+        """MuSig2 KeyAgg of `signers` (computed once per signer set)."""
         if signers not in self._agg:
-            self._agg[signers] = musig2.get_xonly_pk(musig2.key_agg(self.sorted_keys(signers)))
+            self._agg[signers] = musig2.key_agg_cache(self.sorted_keys(signers))
         return self._agg[signers]
 
+    def aggregate(self, signers: tuple[int, ...]) -> bytes:
+        """x-only MuSig2 aggregate (untweaked internal key) of `signers`."""
+        return self.keyagg(signers).Q.xonly()
+
     def spend(self, signers: tuple[int, ...], taproot: TaprootInfo) -> Spend:
-        return Spend(signers, self.sorted_keys(signers), taproot)
+        return Spend(signers, self.keyagg(signers), taproot)
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,7 @@ class _Violation(Exception):
 
 
 def _session(t: TreeTx, aggnonce: bytes) -> musig2.SessionContext:
-    return musig2.SessionContext(aggnonce, t.spend.pubkeys, (t.spend.tweak,), (True,), t.sighash)
+    return musig2.SessionContext(aggnonce, t.spend.keyagg, (t.spend.tweak,), (True,), t.sighash)
 
 
 def _output_key(t: TreeTx) -> bytes:
@@ -382,9 +382,6 @@ class Participant:
             if not schnorr_verify(t.sighash, _output_key(t), sig):
                 raise _Violation(AbortCode.BAD_SIGNATURE, f"signature for {t.name} does not verify")
         self.signed = tuple(t.tx.with_witness(0, [sig]) for t, sig in zip(self.jobs, msg.sigs))
-        # Signing is over: keep the transactions and what they spend, not the signers' key lists
-        # (a thousand keys for the top of a large tree).
-        self.jobs = tuple(t.without_key_list() for t in self.jobs)
         self.state = PState.COMPLETE
         record = Persist("signed", {"session_id": msg.session_id.hex(), "txs": [tx.to_hex() for tx in self.signed]})
         return [record, Send(LSP_PEER, Done(msg.factory_id, msg.session_id)), Completed(self.signed)]

@@ -110,3 +110,28 @@ def test_invalid_pubkey_is_blamed_on_its_signer() -> None:
     with pytest.raises(InvalidContributionError) as exc:
         musig2.key_agg(bad)
     assert exc.value.signer == 2 and exc.value.contrib == "pubkey"
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sks=st.lists(seckeys, min_size=1, max_size=20, unique=True), msg=st.binary(max_size=40),
+       tweaks=st.lists(tweak, max_size=2), rand=st.binary(min_size=32, max_size=32))
+def test_key_agg_cache_session_equals_key_list_session(sks: list[bytes], msg: bytes,
+                                                       tweaks: list[tuple[bytes, bool]], rand: bytes) -> None:
+    """A session over KeyAggCache (no key list) gives every signer the same partial signature and
+    the same session values as over the key list, and verifies the same partial signatures."""
+    pubkeys = tuple(musig2.individual_pk(sk) for sk in sks)
+    tw, xo = tuple(t for t, _ in tweaks), tuple(x for _, x in tweaks)
+    try:
+        aggpk = musig2.get_xonly_pk(musig2._key_agg_and_tweak(pubkeys, tw, xo))
+    except ValueError:
+        return  # a tweak landing on infinity
+    nonces = [musig2.nonce_gen_internal(rand, sk, pk, aggpk, msg, None) for sk, pk in zip(sks, pubkeys)]
+    again = [musig2.nonce_gen_internal(rand, sk, pk, aggpk, msg, None) for sk, pk in zip(sks, pubkeys)]
+    aggnonce = musig2.nonce_agg([pn for _, pn in nonces])
+    listed = SessionContext(aggnonce, pubkeys, tw, xo, msg)
+    cached = SessionContext(aggnonce, musig2.key_agg_cache(pubkeys), tw, xo, msg)
+    assert musig2.get_session_values(listed) == musig2.get_session_values(cached)
+    for (sn, pn), (sn2, _), sk, pk in zip(nonces, again, sks, pubkeys):
+        psig = musig2.sign(sn, sk, listed)
+        assert musig2.sign(sn2, sk, cached) == psig
+        assert musig2.partial_sig_verify_internal(psig, pn, pk, cached)
