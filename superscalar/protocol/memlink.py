@@ -15,9 +15,10 @@ import traceback
 from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from typing import Callable, Optional
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Optional, Sequence
 
+from ..bitcoin.tx import Tx
 from .ceremony import LSP_PEER, Action, Completed, Coordinator, Failed, Participant, Persist, Send
 from .wire import Fragment, Message, Reassembler, decode_message, split_message
 
@@ -32,11 +33,11 @@ class LinkResult:
     sent: dict[int, int] = field(default_factory=dict)  # bytes each client sent
     received: dict[int, int] = field(default_factory=dict)  # bytes each client received
     persisted: list[tuple[int, str]] = field(default_factory=list)  # (peer, record name), in order
-    # run_split only, at the end of the round (both processes alive): this process's and the
-    # worker's memory, each {"peak_rss": ..., "pss": ...} in KiB (PSS: shared pages counted once
-    # across the two; Linux only, else 0).
+    # run_split only, at the end of the round (every process alive): this process's and each
+    # worker's memory, {"peak_rss": ..., "pss": ...} in KiB (PSS counts a page shared by n
+    # processes 1/n in each, so the PSS add up; Linux only, else 0).
     memory_kb: dict[str, int] = field(default_factory=dict)
-    worker_memory_kb: dict[str, int] = field(default_factory=dict)
+    workers_memory_kb: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def lsp_outcome(self) -> Optional[Completed | Failed]:
@@ -91,47 +92,62 @@ def run(coordinator: Coordinator, participants: dict[int, Participant], tamper: 
     return result
 
 
-def run_split(coordinator: Coordinator, participants: dict[int, Participant], worker_clients: Collection[int]) -> LinkResult:
-    """`run` on two cores: the participants in `worker_clients` run in a forked worker process, the
-    coordinator and the other participants here. Every message is encoded, split and reassembled as
-    in `run`, and crosses the process boundary as those bytes; the byte counts are the same.
+@dataclass
+class _Worker:
+    clients: set[int]
+    conn: Connection
+    process: multiprocessing.process.BaseProcess
+    pending: list[tuple[int, bytes]] = field(default_factory=list)  # for it, not sent yet
+    in_flight: bool = False  # one batch at a time, so neither side blocks the other on a full pipe
+
+
+_CHUNK = 128  # messages sent to a worker at once while more are being encoded
+
+
+def run_split(coordinator: Coordinator, participants: dict[int, Participant],
+              groups: Sequence[Collection[int]]) -> LinkResult:
+    """`run` on several cores: each group of participants runs in a forked worker process of its
+    own; the coordinator (and any participant in no group) runs here. Every message is encoded,
+    split and reassembled as in `run` and crosses the process boundary as those bytes; the byte
+    counts are the same.
 
     Each machine sees its own messages in order; messages of different clients interleave
-    differently than in `run`, and the worker's records come after this process's in `persisted`.
-    The participant objects of worker clients are left as they were (their outcomes are in the
-    result). Without the fork start method this is `run`.
+    differently than in `run`, and the workers' records come after this process's in `persisted`.
+    The participant objects given for worker clients are left as they were (their outcomes are in
+    the result). Without the fork start method this is `run`.
     """
-    remote = {c for c in worker_clients if c in participants}
-    if not remote or "fork" not in multiprocessing.get_all_start_methods():
+    sets = [{c for c in g if c in participants} for g in groups]
+    sets = [g for g in sets if g]
+    if not sets or "fork" not in multiprocessing.get_all_start_methods():
         return run(coordinator, participants)
     result = LinkResult(clients={c: [] for c in participants}, sent={c: 0 for c in participants},
                         received={c: 0 for c in participants})
     at_lsp = {c: Reassembler() for c in participants}
+    remote = set().union(*sets)
     at_client = {c: Reassembler() for c in participants if c not in remote}
     local: deque[tuple[int, bytes]] = deque()
-    to_worker: list[tuple[int, bytes]] = []
-    in_flight = False  # at most one batch is in flight, so neither side blocks the other on a full pipe
-
     ctx = multiprocessing.get_context("fork")
-    conn, child_conn = ctx.Pipe()
+    workers: list[_Worker] = []
+    where: dict[int, _Worker] = {}
 
-    def flush() -> None:
-        nonlocal to_worker, in_flight
-        if to_worker and not in_flight:
-            conn.send(to_worker)
-            to_worker, in_flight = [], True
+    def flush(w: _Worker) -> None:
+        if w.pending and not w.in_flight:
+            w.conn.send(w.pending)
+            w.pending, w.in_flight = [], True
 
     def from_lsp(actions: list[Action]) -> None:
         sends = [a for a in actions if isinstance(a, Send) and a.peer in participants]
-        # The worker's messages first: they leave as soon as they are encoded, and the worker
-        # starts on them while this process encodes the rest.
-        for a in sorted(sends, key=lambda a: a.peer not in remote):
-            if a.peer not in remote:
-                flush()
+        # Workers' messages first, sent in chunks as they are encoded: the workers start on them
+        # while this process encodes the rest.
+        for a in sorted(sends, key=lambda a: a.peer not in where):
+            w = where.get(a.peer)
             for wire in split_message(a.message):
                 result.received[a.peer] += len(wire)
-                (to_worker if a.peer in remote else local).append((a.peer, wire))
-        flush()
+                (w.pending if w is not None else local).append((a.peer, wire))
+            if w is not None and len(w.pending) >= _CHUNK:
+                flush(w)
+        for w in workers:
+            flush(w)
         for a in actions:
             if isinstance(a, Persist):
                 result.persisted.append((LSP_PEER, a.record))
@@ -144,33 +160,37 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant], wo
         if whole is not None:
             from_lsp(coordinator.receive(client, whole))
 
-    def take_replies() -> None:
-        """One part of the worker's answer to the batch in flight (it answers in parts, so the
-        coordinator works on them while the worker goes on)."""
-        nonlocal in_flight
-        reply = conn.recv()
+    def take_reply(w: _Worker) -> None:
+        """One part of a worker's answer to its batch (it answers in parts, so the coordinator
+        works on them while the worker goes on)."""
+        reply = w.conn.recv()
         if isinstance(reply, str):
             raise RuntimeError(f"worker failed: {reply}")
         last, messages = reply
         for client, wire in messages:
             to_lsp(client, wire)
         if last:
-            in_flight = False
-            flush()
+            w.in_flight = False
+            flush(w)
 
-    worker = ctx.Process(target=_worker, args=(child_conn, {c: participants[c] for c in remote}), daemon=True)
-    gc.freeze()  # the worker's collector then leaves the inherited objects (and their pages) alone
+    gc.freeze()  # the workers' collectors then leave the inherited objects (and their pages) alone
     try:
-        worker.start()
+        for group in sets:
+            conn, child_conn = ctx.Pipe()
+            process = ctx.Process(target=_worker, args=(child_conn, {c: participants[c] for c in group}), daemon=True)
+            process.start()
+            child_conn.close()
+            workers.append(_Worker(group, conn, process))
+            where.update((c, workers[-1]) for c in group)
     finally:
         gc.unfreeze()
-    child_conn.close()
     try:
         from_lsp(coordinator.start())
         while True:
             while local:
-                if in_flight and conn.poll():
-                    take_replies()
+                for w in workers:
+                    if w.in_flight and w.conn.poll():
+                        take_reply(w)
                 client, wire = local.popleft()
                 whole = _reassembled(at_client[client], wire)
                 if whole is None:
@@ -183,30 +203,55 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant], wo
                         result.persisted.append((client, a.record))
                     else:
                         result.clients[client].append(a)
-            if in_flight:
-                take_replies()
-            elif not to_worker and not local:
+            busy = {w.conn: w for w in workers if w.in_flight}
+            if busy:
+                for conn in wait(list(busy)):
+                    take_reply(busy[conn])  # type: ignore[index]
+            elif not local and not any(w.pending for w in workers):
                 break
-        conn.send(None)
-        final = conn.recv()
-        if isinstance(final, str):
-            raise RuntimeError(f"worker failed: {final}")
-        kept, persisted, result.worker_memory_kb = final
+        for w in workers:
+            w.conn.send(None)
         result.memory_kb = _memory_kb()
-        for c, actions in kept.items():
-            result.clients[c].extend(actions)
-        result.persisted.extend(persisted)
+        for w in workers:
+            final = w.conn.recv()
+            if isinstance(final, str):
+                raise RuntimeError(f"worker failed: {final}")
+            txs, kept, persisted, memory = final
+            result.workers_memory_kb.append(memory)
+            for c, actions in kept.items():
+                result.clients[c].extend(Completed(tuple(txs[k] for k in a)) if isinstance(a, list) else a
+                                         for a in actions)
+            result.persisted.extend(persisted)
     finally:
-        conn.close()
-        worker.join(timeout=10)
-        if worker.is_alive():
-            worker.kill()
+        for w in workers:
+            w.conn.close()
+            w.process.join(timeout=10)
+            if w.process.is_alive():
+                w.process.kill()
     return result
 
 
 def _reassembled(at: Reassembler, wire: bytes) -> Optional[Message]:
     decoded = decode_message(wire)
     return at.add(decoded) if isinstance(decoded, Fragment) else decoded
+
+
+def _shared_txs(kept: dict[int, list[Action]]) -> tuple[dict[tuple[bytes, bytes], Tx], dict[int, list[Any]]]:
+    """A worker's outcomes for the trip back: each signed transaction once (many clients hold the
+    same ones, e.g. the distribution), a Completed as the list of its transactions' keys."""
+    txs: dict[tuple[bytes, bytes], Tx] = {}
+    out: dict[int, list[Any]] = {}
+    for c, actions in kept.items():
+        out[c] = []
+        for a in actions:
+            if isinstance(a, Completed):
+                keys = [(tx.txid_bytes, b"".join(w for i in tx.inputs for w in i.witness)) for tx in a.signed]
+                for k, tx in zip(keys, a.signed):
+                    txs.setdefault(k, tx)
+                out[c].append(keys)
+            else:
+                out[c].append(a)
+    return txs, out
 
 
 def _memory_kb() -> dict[str, int]:
@@ -246,7 +291,7 @@ def _worker(conn: Connection, participants: dict[int, Participant]) -> None:
                     conn.send((False, out))
                     out = []
             conn.send((True, out))
-        conn.send((kept, persisted, _memory_kb()))
+        conn.send((*_shared_txs(kept), persisted, _memory_kb()))
     except BaseException:  # report, do not hang the parent
         conn.send(traceback.format_exc())
     finally:
