@@ -1,18 +1,31 @@
 #!/usr/bin/env python3
 """Benchmark the factory engine: build the transaction graph and run the full construction ceremony
-(the LSP and every client in this process, every message encoded, split and decoded, every partial
-and final signature verified) for N clients with default (mainnet-sized) parameters.
+(the LSP and every client, every message encoded, split and decoded, every final signature verified
+by the LSP and by each client on its path) for N clients with default (mainnet-sized) parameters.
 
-Each N runs in a fresh subprocess so its peak memory is its own. Printed per N: seconds to build the
-graph, seconds for the ceremony, peak MB, transactions, the most bytes any client sent and received,
-the worst-placed client's exit path (transactions, vbytes), and on-chain vbytes per client when the
-factory opens and closes cooperatively (a one-input funding tx plus the close, divided by N). Last, the
-exponent of cost growth between the two largest N, next to N·log N's.
+By default the ceremony uses every core: the LSP runs in this process and the clients in two forked
+worker processes (`memlink.run_split`); `--processes 1` runs everything in one process
+(`memlink.run`). Each N runs in a fresh subprocess so its figures are its own.
 
-Clients' checks use memoized MuSig2 key aggregation: each client's own work (rebuilding and checking
-its path) is timed separately for client 0 and printed as `client_s`.
+Printed per N:
+  build_s     seconds to build the graph (the LSP's Factory.graph)
+  cerem_s     seconds for the ceremony: the round's proposals, then the whole exchange
+  total_s     build_s + cerem_s, wall clock
+  cpu_s       CPU seconds of build and ceremony, summed over every process
+  client_s    one client's own work (rebuild and check its path from its proposal) with every
+              cache of derived keys emptied first: what a client's own machine spends
+  MB          memory in use at the end of the round, all processes: PSS summed (a page shared
+              by the forked processes counts once); in one process, its peak RSS
+  txs, sent_B/recv_B (most bytes any client sent/received), exit_tx/exit_vB (the worst-placed
+  client's exit path), chain_vB/client (funding tx + cooperative close, divided by N)
+Last, the cost growth exponent between the smallest and the largest N (wall clock and CPU), next to
+N·log N's.
 
-Usage: contrib/bench_factory.py [N ...]        (default: 8 64 256 1024)
+Derived keys (MuSig2 key aggregation, taproot tweaks, session values) are memoized per process:
+each is computed once per process however many clients derive it, so these figures count that
+work once per process, not once per client; client_s shows one client's own cost.
+
+Usage: contrib/bench_factory.py [--processes P] [N ...]        (default: P = 3, N = 8 64 256 1024)
 """
 
 from __future__ import annotations
@@ -31,7 +44,22 @@ sys.path.insert(0, str(ROOT))
 FUNDING_TX_VBYTES = 154  # one P2TR wallet input, the funding output and change
 
 
-def one(n: int) -> dict[str, float]:
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _clear_derived_caches() -> None:
+    from superscalar import musig2
+    from superscalar.bitcoin import taproot
+
+    for memo in (musig2._key_agg, musig2._key_agg_cache, musig2._get_session_values, musig2._cpoint,
+                 taproot._tweak_point):
+        memo.cache_clear()
+
+
+def one(n: int, processes: int) -> dict[str, float]:
     from superscalar.bitcoin.tx import OutPoint
     from superscalar.factory.graph import cooperative_close
     from superscalar.factory.params import ClientTerms, FactoryParams
@@ -43,25 +71,35 @@ def one(n: int) -> dict[str, float]:
     params = FactoryParams(n_clients=n, start_height=900_000)
     kit = make_kit(params, [ClientTerms(200_000, 800_000)] * n)
     funding = OutPoint(bytes(range(32)), 0)
+    participants = construction_participants(kit)
+    _clear_derived_caches()
 
-    t0 = time.perf_counter()
+    cpu0, t0 = _cpu(), time.perf_counter()
     factory = kit.factory
     graph = factory.graph(funding)
     t_build = time.perf_counter() - t0
 
-    participants = construction_participants(kit)
     t0 = time.perf_counter()
     rnd = construction_round(factory, graph, b"\x01" * 32, b"\x02" * 32)
-    result = memlink.run(Coordinator(rnd, kit.seckeys[0]), participants)
+    coordinator = Coordinator(rnd, kit.seckeys[0])
+    if processes > 1:
+        clients = sorted(participants)
+        k = processes - 1
+        groups = [clients[i * n // k:(i + 1) * n // k] for i in range(k)]
+        result = memlink.run_split(coordinator, participants, groups)
+    else:
+        result = memlink.run(coordinator, participants)
     t_ceremony = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
     assert isinstance(result.lsp_outcome, Completed), result.lsp_outcome
     assert all(isinstance(result.client_outcome(c), Completed) for c in range(n))
+    if result.workers_memory_kb:
+        mb = (result.memory_kb["pss"] + sum(m["pss"] for m in result.workers_memory_kb)) / 1024
+    else:
+        mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    # One client's own checking work, with nothing memoized from the others (fresh process state
-    # would be the honest measure; here the aggregation memo is cleared first).
-    from superscalar import musig2
-    musig2._key_agg.cache_clear()
-    musig2._get_session_values.cache_clear()
+    # One client's own checking work, with nothing derived by the others left in memory.
+    _clear_derived_caches()
     t0 = time.perf_counter()
     participant_jobs(participants[0].expect, rnd.proposals[0])
     t_client = time.perf_counter() - t0
@@ -72,8 +110,9 @@ def one(n: int) -> dict[str, float]:
         "n": n,
         "build_s": t_build,
         "ceremony_s": t_ceremony,
+        "cpu_s": cpu,
         "client_s": t_client,
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "mb": mb,
         "txs": len(graph.txs()) + 1,
         "max_sent": max(result.sent.values()),
         "max_recv": max(result.received.values()),
@@ -83,27 +122,36 @@ def one(n: int) -> dict[str, float]:
     }
 
 
+def _exponent(a: dict[str, float], b: dict[str, float], key: str) -> float:
+    return math.log(b[key] / a[key]) / math.log(b["n"] / a["n"])
+
+
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "--one":
-        print(json.dumps(one(int(argv[1]))))
+        print(json.dumps(one(int(argv[1]), int(argv[2]))))
         return
+    processes = 3
+    if argv[:1] == ["--processes"]:
+        processes, argv = int(argv[1]), argv[2:]
     sizes = [int(a) for a in argv] or [8, 64, 256, 1024]
-    print(f"{'N':>5} {'build_s':>8} {'cerem_s':>8} {'total_s':>8} {'client_s':>8} {'peak_MB':>8} {'txs':>6} "
+    print(f"processes: {processes} ({'the LSP here, clients in ' + str(processes - 1) + ' workers' if processes > 1 else 'one'})")
+    print(f"{'N':>5} {'build_s':>8} {'cerem_s':>8} {'total_s':>8} {'cpu_s':>7} {'client_s':>8} {'MB':>5} {'txs':>6} "
           f"{'sent_B':>7} {'recv_B':>8} {'exit_tx':>7} {'exit_vB':>7} {'chain_vB/client':>15}")
     rows = []
     for n in sizes:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, "--one", str(n), str(processes)],
+                             capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
+        r["total_s"] = r["build_s"] + r["ceremony_s"]
         rows.append(r)
-        print(f"{n:>5} {r['build_s']:8.2f} {r['ceremony_s']:8.2f} {r['build_s'] + r['ceremony_s']:8.2f} "
-              f"{r['client_s']:8.3f} {r['peak_mb']:8.0f} {r['txs']:>6} {r['max_sent']:>7} {r['max_recv']:>8} "
+        print(f"{n:>5} {r['build_s']:8.2f} {r['ceremony_s']:8.2f} {r['total_s']:8.2f} {r['cpu_s']:7.2f} "
+              f"{r['client_s']:8.3f} {r['mb']:5.0f} {r['txs']:>6} {r['max_sent']:>7} {r['max_recv']:>8} "
               f"{r['exit_txs']:>7} {r['exit_vb']:>7} {r['onchain_vb_per_client']:15.1f}")
     if len(rows) >= 2:
-        a, b = rows[-2], rows[-1]
-        ta, tb = a["build_s"] + a["ceremony_s"], b["build_s"] + b["ceremony_s"]
-        k = math.log(tb / ta) / math.log(b["n"] / a["n"])
+        a, b = (next(r for r in rows if r["n"] == 64), rows[-1]) if any(r["n"] == 64 for r in rows[:-1]) else rows[-2:]
         nlogn = math.log((b["n"] * math.log(b["n"])) / (a["n"] * math.log(a["n"]))) / math.log(b["n"] / a["n"])
-        print(f"cost growth N={a['n']}→{b['n']}: exponent {k:.2f} (N·log N would be {nlogn:.2f})")
+        print(f"cost growth N={a['n']}→{b['n']}: exponent {_exponent(a, b, 'total_s'):.2f} wall clock, "
+              f"{_exponent(a, b, 'cpu_s'):.2f} CPU (N·log N would be {nlogn:.2f})")
 
 
 if __name__ == "__main__":

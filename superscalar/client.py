@@ -117,7 +117,7 @@ class Client:
         fid = inv.factory_id.hex()
         for a in actions:
             if isinstance(a, Persist):
-                self.store.put(fid, f"client-{a.record}", a.data)
+                self.store.put(fid, f"client-{a.record}", a.jsonable())
             elif isinstance(a, Send):
                 self.transport.send(inv.lsp, a.message)
             elif isinstance(a, Completed):

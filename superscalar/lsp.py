@@ -112,7 +112,7 @@ class Lsp:
         fid = pending.factory_id.hex()
         for a in actions:
             if isinstance(a, Persist):
-                self.store.put(fid, f"lsp-{a.record}", a.data)
+                self.store.put(fid, f"lsp-{a.record}", a.jsonable())
             elif isinstance(a, Send):
                 try:
                     self.transport.send(pending.clients[a.peer].node_id, a.message)

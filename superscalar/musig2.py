@@ -149,6 +149,23 @@ def individual_pk(seckey: bytes) -> PlainPk:
     return PlainPk(P.to_bytes())
 
 
+class Keypair:
+    """A secret key with its public key, computed once (libsecp256k1's keypair): `sign` checks the
+    nonce's key against it instead of multiplying again. It cannot be pickled or shown by repr."""
+
+    __slots__ = ("seckey", "pubkey")
+
+    def __init__(self, seckey: bytes) -> None:
+        self.pubkey = individual_pk(seckey)  # validates the secret key
+        self.seckey = bytes(seckey)
+
+    def __repr__(self) -> str:
+        return f"Keypair(<secret>, {self.pubkey.hex()})"
+
+    def __reduce__(self) -> str:
+        raise TypeError("key pairs cannot be serialized")
+
+
 def key_sort(pubkeys: Sequence[PlainPk]) -> list[PlainPk]:
     """BIP-327 KeySort: a new list sorted lexicographically (the argument is left untouched)."""
     if set(map(len, pubkeys)) - {33}:
@@ -416,8 +433,9 @@ def _session_key_agg_coeff(coeffs: Coefficients, P: Point) -> int:
     return a
 
 
-def sign(secnonce: SecNonce, sk: bytes, session_ctx: SessionContext) -> bytes:
-    """BIP-327 Sign: the 32-byte partial signature. Consumes `secnonce`.
+def sign(secnonce: SecNonce, sk: bytes | Keypair, session_ctx: SessionContext) -> bytes:
+    """BIP-327 Sign: the 32-byte partial signature. Consumes `secnonce`. `sk` is the secret key, or
+    a Keypair holding it with its public key.
 
     Like libsecp256k1's musig module, this does not run the BIP's optional self-verification of the
     result: the aggregate signature is verified by the coordinator and by every signer that relies
@@ -434,15 +452,21 @@ def sign(secnonce: SecNonce, sk: bytes, session_ctx: SessionContext) -> bytes:
         raise ValueError("second secnonce value is out of range.")
     k_1 = k_1_ if sv.R.has_even_y() else N - k_1_
     k_2 = k_2_ if sv.R.has_even_y() else N - k_2_
-    d_ = _int(sk)
-    if len(sk) != 32 or not 0 < d_ < N:
-        raise ValueError("secret key value is out of range.")
+    if isinstance(sk, Keypair):
+        d_, pk = _int(sk.seckey), sk.pubkey
+    else:
+        d_ = _int(sk)
+        if len(sk) != 32 or not 0 < d_ < N:
+            raise ValueError("secret key value is out of range.")
+        P = point_mul_g(d_)
+        assert P is not None
+        pk = PlainPk(P.to_bytes())
     # BIP-327 Sign: fail unless the secret key's public key is the one the nonce was made for.
-    P = point_mul_g(d_)
-    assert P is not None
-    if P.to_bytes() != secnonce_pk:
+    if pk != secnonce_pk:
         raise ValueError("Public key does not match nonce_gen argument")
-    a = _session_key_agg_coeff(coeffs, P)
+    a = coeffs(pk)
+    if a is None:
+        raise ValueError("The signer's pubkey must be included in the list of pubkeys.")
     g = 1 if sv.Q.has_even_y() else N - 1
     d = g * sv.gacc * d_ % N
     return _bytes32((k_1 + sv.b * k_2 + sv.e * a * d) % N)

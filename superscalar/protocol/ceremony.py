@@ -57,10 +57,15 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """Write this record before acting on anything that follows it."""
+    """Write this record before acting on anything that follows it. `data` may hold transactions;
+    `jsonable()` is the record as a datastore keeps it (transactions as hex)."""
 
     record: str
     data: dict[str, Any]
+
+    def jsonable(self) -> dict[str, Any]:
+        return {k: [tx.to_hex() for tx in v] if isinstance(v, tuple) and v and isinstance(v[0], Tx) else v
+                for k, v in self.data.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +128,8 @@ class Coordinator:
         self.round = round_
         self.state = CState.NEW
         self._seckey = lsp_seckey
-        self._lsp_pk = musig2.individual_pk(lsp_seckey)
+        self._keypair = musig2.Keypair(lsp_seckey)
+        self._lsp_pk = self._keypair.pubkey
         if self._lsp_pk != round_.pubkeys[0]:
             raise LocalProtocolError("our key is not the round's LSP key")
         self._rand = rand
@@ -254,7 +260,7 @@ class Coordinator:
         signed = tuple(self.round.jobs[j].tx.with_witness(0, [self._sigs[j]]) for j in range(len(self.round.jobs)))
         self._signed = signed
         self.state = CState.AWAIT_DONE
-        record = Persist("signed", {"session_id": self.round.session_id.hex(), "txs": [tx.to_hex() for tx in signed]})
+        record = Persist("signed", {"session_id": self.round.session_id.hex(), "txs": signed})
         sends = [Send(c, Signatures(self.round.factory_id, self.round.session_id,
                                     tuple(self._sigs[j] for j in self.round.client_jobs[c]))) for c in self.clients]
         return [record, *sends]
@@ -262,7 +268,7 @@ class Coordinator:
     def _aggregate_signature(self, j: int) -> None:
         """Every client of job j sent its partial signature: add ours and check the final one."""
         t, ctx = self.round.jobs[j], self._sessions[j]
-        own = musig2.sign(self._secnonces.pop(j), self._seckey, ctx)
+        own = musig2.sign(self._secnonces.pop(j), self._keypair, ctx)
         sig = musig2.partial_sig_agg([own, *self._job_psigs[j]], ctx)
         if not schnorr_verify(t.sighash, _output_key(t), sig):
             raise self._blame(j)
@@ -299,7 +305,8 @@ class Participant:
     }
 
     def __init__(self, expect: Expectation, seckey: bytes, rand: Rand = secrets.token_bytes) -> None:
-        if musig2.individual_pk(seckey) != expect.pubkey:
+        self._keypair = musig2.Keypair(seckey)
+        if self._keypair.pubkey != expect.pubkey:
             raise LocalProtocolError("the expectation's key is not ours")
         self.expect = expect
         self.state = PState.AWAIT_PROPOSAL
@@ -365,7 +372,7 @@ class Participant:
         psigs = []
         try:
             for t, secnonce, aggnonce in zip(self.jobs, self._secnonces, msg.aggnonces):
-                psigs.append(musig2.sign(secnonce, self._seckey, _session(t, aggnonce)))
+                psigs.append(musig2.sign(secnonce, self._keypair, _session(t, aggnonce)))
         except (ValueError, musig2.InvalidContributionError) as e:
             raise _Violation(AbortCode.BAD_NONCE, f"cannot sign with the aggregate nonce: {e}") from None
         finally:
@@ -383,5 +390,5 @@ class Participant:
                 raise _Violation(AbortCode.BAD_SIGNATURE, f"signature for {t.name} does not verify")
         self.signed = tuple(t.tx.with_witness(0, [sig]) for t, sig in zip(self.jobs, msg.sigs))
         self.state = PState.COMPLETE
-        record = Persist("signed", {"session_id": msg.session_id.hex(), "txs": [tx.to_hex() for tx in self.signed]})
+        record = Persist("signed", {"session_id": msg.session_id.hex(), "txs": self.signed})
         return [record, Send(LSP_PEER, Done(msg.factory_id, msg.session_id)), Completed(self.signed)]

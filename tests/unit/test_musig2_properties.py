@@ -133,5 +133,19 @@ def test_key_agg_cache_session_equals_key_list_session(sks: list[bytes], msg: by
     assert musig2.get_session_values(listed) == musig2.get_session_values(cached)
     for (sn, pn), (sn2, _), sk, pk in zip(nonces, again, sks, pubkeys):
         psig = musig2.sign(sn, sk, listed)
-        assert musig2.sign(sn2, sk, cached) == psig
+        assert musig2.sign(sn2, musig2.Keypair(sk), cached) == psig  # and a Keypair signs alike
         assert musig2.partial_sig_verify_internal(psig, pn, pk, cached)
+
+
+def test_keypair_is_checked_against_the_nonce_and_never_serialized() -> None:
+    sk, other = (1).to_bytes(32, "big"), (2).to_bytes(32, "big")
+    pair = musig2.Keypair(sk)
+    assert pair.pubkey == musig2.individual_pk(sk) and sk.hex() not in repr(pair)
+    with pytest.raises(TypeError):
+        pickle.dumps(pair)
+    with pytest.raises(ValueError):
+        musig2.Keypair(bytes(32))
+    secnonce, pubnonce = musig2.nonce_gen_internal(bytes(32), sk, pair.pubkey, None, b"m", None)
+    ctx = SessionContext(musig2.nonce_agg([pubnonce]), (pair.pubkey,), (), (), b"m")
+    with pytest.raises(ValueError, match="does not match"):
+        musig2.sign(secnonce, musig2.Keypair(other), ctx)
