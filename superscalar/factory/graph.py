@@ -173,6 +173,11 @@ class FactoryShape:
         script = csv_leaf_script(self.params.lstock_csv_blocks, self.keys.lsp_xonly)
         return taproot_construct(self.keys.aggregate(n.signers), TapLeaf(script))
 
+    @cached_property
+    def params_bytes(self) -> bytes:
+        """The parameters as a proposal carries them."""
+        return self.params.serialize()
+
     @property
     def funding_taproot(self) -> TaprootInfo:
         return self.owned_taproot(0)

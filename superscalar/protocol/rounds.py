@@ -73,7 +73,7 @@ def _propose(r_kind: Kind, factory_id: bytes, session_id: bytes, factory: Factor
              funding: OutPoint, funding_value: int, state_indices: Sequence[int],
              path_outputs: Sequence[Tx], distribution: bytes) -> Propose:
     return Propose(
-        factory_id=factory_id, session_id=session_id, client_index=client, params=factory.params.serialize(),
+        factory_id=factory_id, session_id=session_id, client_index=client, params=factory.params_bytes,
         funding_txid=funding.txid, funding_vout=funding.vout, funding_value=funding_value,
         pubkeys=factory.keys.pubkeys, state_indices=tuple(state_indices),
         path_outputs=tuple(_outputs_blob(tx) for tx in path_outputs), distribution=distribution,

@@ -125,15 +125,15 @@ def decode_bigsize(data: bytes, offset: int = 0) -> tuple[int, int]:
 
 def encode_tlv_stream(records: Sequence[tuple[int, bytes]]) -> bytes:
     """Serialize (type, value) records; types must be strictly increasing."""
-    out = bytearray()
+    parts = []
     previous = -1
     for tlv_type, value in records:
         # BOLT-1 'Type-Length-Value Format': records are ordered by strictly increasing type.
         if tlv_type <= previous:
             raise EncodeError(f"TLV type {tlv_type} not strictly increasing")
         previous = tlv_type
-        out += encode_bigsize(tlv_type) + encode_bigsize(len(value)) + value
-    return bytes(out)
+        parts += (encode_bigsize(tlv_type), encode_bigsize(len(value)), value)
+    return b"".join(parts)
 
 
 def decode_tlv_stream(data: bytes, known_types: Collection[int]) -> dict[int, bytes]:
