@@ -380,6 +380,13 @@ class Tx:
     def _legacy(self) -> bytes:
         return self._legacy_bytes()
 
+    @property
+    def legacy_size(self) -> int:
+        """len(serialize_without_witness()), without serializing."""
+        ins = sum(36 + len(ser_compact_size(len(i.script_sig))) + len(i.script_sig) + 4 for i in self.inputs)
+        return (8 + len(ser_compact_size(len(self.inputs))) + ins + len(ser_compact_size(len(self.outputs)))
+                + len(self.outputs_bytes))
+
     def _legacy_bytes(self) -> bytes:
         return b"".join(
             (

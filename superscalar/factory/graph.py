@@ -47,7 +47,7 @@ def signed_vsize(tx: Tx, witness: Sequence[bytes] = KEYPATH_WITNESS) -> int:
     if any(i.witness for i in tx.inputs[1:]):
         raise FactoryError("only input 0 may carry a witness here")
     witness_bytes = 2 + len(ser_string_vector(witness)) + (len(tx.inputs) - 1)
-    return (4 * len(tx.serialize_without_witness()) + witness_bytes + 3) // 4
+    return (4 * tx.legacy_size + witness_bytes + 3) // 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,12 +429,6 @@ class FactoryGraph:
         return distribution_tx(self.factory, self.funding)
 
 
-def _version_for(tx: Tx) -> int:
-    """Version 3 unless the transaction is too large for TRUC (a distribution or close for hundreds
-    of clients); version 2 then, still with its P2A anchor and pre-agreed fee."""
-    return TX_VERSION if signed_vsize(tx) <= TRUC_MAX_VSIZE else 2
-
-
 def spend_funding(
     shape: FactoryShape, name: str, funding: OutPoint, funding_value: int, outputs: Sequence[TxOut] | bytes,
     locktime: int = 0,
@@ -460,9 +454,12 @@ def spend_funding(
     values = outputs.values if isinstance(outputs, OutputVector) else [o.value for o in outputs]
     if len(values) > 1 and min(values[:-1]) < params.dust_limit_sat:
         raise FactoryError(f"{name}: an output is below the dust limit")
-    if _version_for(tx) != TX_VERSION:
-        tx = tx.with_version(_version_for(tx))
-    if funding_value - sum(values) != params.fee(signed_vsize(tx)):
+    vsize = signed_vsize(tx)
+    if vsize > TRUC_MAX_VSIZE:
+        # Too large for TRUC (a distribution or close for hundreds of clients): version 2, still
+        # with its P2A anchor and pre-agreed fee.
+        tx = tx.with_version(2)
+    if funding_value - sum(values) != params.fee(vsize):
         raise FactoryError(f"{name}: outputs do not leave the agreed fee")
     prevout = TxOut(funding_value, shape.funding_taproot.script_pubkey)
     return TreeTx(name, tx, prevout, shape.keys.spend(shape.topology.root.signers, shape.funding_taproot))

@@ -139,10 +139,26 @@ def encode_tlv_stream(records: Sequence[tuple[int, bytes]]) -> bytes:
 def decode_tlv_stream(data: bytes, known_types: Collection[int]) -> dict[int, bytes]:
     """Strictly parse a TLV stream, returning the values of ``known_types``."""
     reader = Reader(data)
+    data, end = reader._data, len(reader._data)
     result: dict[int, bytes] = {}
     previous = -1
     # BOLT-1 'Type-Length-Value Format': the stream ends when zero bytes remain before a type.
     while reader.remaining:
+        pos = reader._pos
+        if pos + 2 <= end and data[pos] < 0xFD and data[pos + 1] < 0xFD:
+            # One-byte type and length (most records): the checks below, without the general reader.
+            tlv_type, length = data[pos], data[pos + 1]
+            if tlv_type <= previous:
+                raise DecodeError(f"TLV type {tlv_type} not strictly increasing")
+            previous = tlv_type
+            if pos + 2 + length > end:
+                raise DecodeError(f"TLV {tlv_type} length {length} overflows stream")
+            reader._pos = pos + 2 + length
+            if tlv_type in known_types:
+                result[tlv_type] = data[pos + 2 : pos + 2 + length]
+            elif tlv_type % 2 == 0:
+                raise DecodeError(f"unknown even TLV type {tlv_type}")
+            continue
         tlv_type = reader.bigsize()
         # BOLT-1 'Type-Length-Value Format': types not strictly increasing (incl. duplicates) fail.
         if tlv_type <= previous:

@@ -38,6 +38,7 @@ def test_reads_back_every_output(outs: list[TxOut], repeat: int) -> None:
     tx = Tx.with_output_vector(3, (TxIn(OutPoint(bytes(32), 0)),), vector(outs))
     plain = Tx(3, (TxIn(OutPoint(bytes(32), 0)),), tuple(outs))
     assert tx.serialize() == plain.serialize() and tx.txid == plain.txid
+    assert tx.legacy_size == plain.legacy_size == len(plain.serialize_without_witness())
     assert Tx.deserialize(tx.serialize()).outputs == tx.outputs
 
 
