@@ -203,7 +203,7 @@ class FactoryShape:
             n = self.topology.nodes[node]
             k, s = build_node_txs(
                 self.params, self.keys, node, n.signers, outpoint, prevout, self.owned_taproot(node),
-                self.kickoff_taproot(node), tuple(state_outputs[depth]), self.dw.nsequence(state_indices[depth]),
+                self.kickoff_taproot(node), state_outputs[depth], self.dw.nsequence(state_indices[depth]),
             )
             out += [k, s]
             if depth + 1 < len(path):
@@ -344,13 +344,16 @@ def build_node_txs(
         raise FactoryError(f"node {node}: state tx must end with the agreed P2A anchor")
     k_value = prevout.value - params.anchor_sat - params.fee(_kickoff_vsize())
     k_tx = Tx(TX_VERSION, (TxIn(outpoint, sequence=SEQUENCE_FINAL),), (TxOut(k_value, kickoff.script_pubkey), anchor))
-    s_tx = Tx(TX_VERSION, (TxIn(k_tx.outpoint(0), sequence=nsequence),), tuple(state_outputs))
-    s_fee = k_value - sum(o.value for o in state_outputs)
-    if s_fee != params.fee(signed_vsize(s_tx)):
+    # A client's path comes as serialized output vectors: they stay so, nothing is parsed twice.
+    if isinstance(state_outputs, OutputVector):
+        outputs, values = state_outputs, list(state_outputs.values)
+    else:
+        outputs, values = tuple(state_outputs), [o.value for o in state_outputs]
+    s_tx = Tx(TX_VERSION, (TxIn(k_tx.outpoint(0), sequence=nsequence),), outputs)  # type: ignore[arg-type]
+    if k_value - sum(values) != params.fee(signed_vsize(s_tx)):
         raise FactoryError(f"node {node}: state tx outputs do not leave the agreed fee")
-    for o in state_outputs[:-1]:
-        if o.value < params.dust_limit_sat:
-            raise FactoryError(f"node {node}: output below the dust limit")
+    if len(values) > 1 and min(values[:-1]) < params.dust_limit_sat:
+        raise FactoryError(f"node {node}: output below the dust limit")
     k = TreeTx(f"kickoff/{node}", k_tx, prevout, keys.spend(signers, owned))
     s = TreeTx(f"state/{node}", s_tx, k_tx.outputs[0], keys.spend(signers, kickoff), relative_wait=nsequence)
     return k, s

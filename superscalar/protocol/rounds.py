@@ -62,11 +62,15 @@ def _outputs_blob(tx: Tx) -> bytes:
     return ser_compact_size(len(tx.outputs)) + tx.outputs_bytes
 
 
-def _txouts(blob: bytes) -> tuple[TxOut, ...]:
+def _output_vector(blob: bytes) -> OutputVector:
     try:
-        return tuple(OutputVector(blob))
+        return OutputVector(blob)
     except BitcoinError as e:
         raise ProposalError(f"invalid outputs: {e}") from None
+
+
+def _txouts(blob: bytes) -> tuple[TxOut, ...]:
+    return tuple(_output_vector(blob))
 
 
 def _propose(r_kind: Kind, factory_id: bytes, session_id: bytes, factory: FactoryShape, client: int,
@@ -193,7 +197,7 @@ def _participant_jobs(expect: Expectation, msg: Propose) -> tuple[TreeTx, ...]:
     if expect.funding is not None and (spent, msg.funding_value) != expect.funding and expect.kind != Kind.SALE:
         raise ProposalError("the proposal spends a different funding output")
     if expect.kind in (Kind.CONSTRUCTION, Kind.ADVANCE):
-        outputs = [_txouts(o) for o in msg.path_outputs]
+        outputs = [_output_vector(o) for o in msg.path_outputs]
         return _tree_jobs(expect, msg, params, shape, client, spent, outputs)
     if len(msg.path_outputs) != 1:
         raise ProposalError("one transaction is signed in this round")
