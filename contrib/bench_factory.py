@@ -14,8 +14,8 @@ Printed per N:
   cpu_s       CPU seconds of build and ceremony, summed over every process
   client_s    one client's own work (rebuild and check its path from its proposal) with every
               cache of derived keys emptied first: what a client's own machine spends
-  MB          memory in use at the end of the round, all processes: PSS summed (a page shared
-              by the forked processes counts once); in one process, its peak RSS
+  MB          peak memory: the peak RSS of every process, summed (an upper bound: a page the
+              forked workers share with this process counts in each)
   txs, sent_B/recv_B (most bytes any client sent/received), exit_tx/exit_vB (the worst-placed
   client's exit path), chain_vB/client (funding tx + cooperative close, divided by N)
 Last, the cost growth exponent between the smallest and the largest N (wall clock and CPU), next to
@@ -93,10 +93,8 @@ def one(n: int, processes: int) -> dict[str, float]:
     cpu = _cpu() - cpu0
     assert isinstance(result.lsp_outcome, Completed), result.lsp_outcome
     assert all(isinstance(result.client_outcome(c), Completed) for c in range(n))
-    if result.workers_memory_kb:
-        mb = (result.memory_kb["pss"] + sum(m["pss"] for m in result.workers_memory_kb)) / 1024
-    else:
-        mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+          + sum(m["peak_rss"] for m in result.workers_memory_kb)) / 1024
 
     # One client's own checking work, with nothing derived by the others left in memory.
     _clear_derived_caches()

@@ -9,6 +9,8 @@ second core.
 from __future__ import annotations
 
 import gc
+import queue
+import threading
 import multiprocessing
 import resource
 import traceback
@@ -97,11 +99,24 @@ class _Worker:
     clients: set[int]
     conn: Connection
     process: multiprocessing.process.BaseProcess
-    pending: list[tuple[int, bytes]] = field(default_factory=list)  # for it, not sent yet
-    in_flight: bool = False  # one batch at a time, so neither side blocks the other on a full pipe
+    pending: deque[tuple[int, Message]] = field(default_factory=deque)  # for it, not encoded yet
+    in_flight: int = 0  # batches sent and not fully answered
+    # Batches go out through a thread of their own: this process never blocks on a full pipe
+    # while the worker, busy answering, does not read.
+    outbox: "queue.SimpleQueue[Optional[list[tuple[int, bytes]]]]" = field(default_factory=queue.SimpleQueue)
+    sender: Optional[threading.Thread] = None
+
+    def start_sender(self) -> None:
+        def send_all() -> None:
+            while (batch := self.outbox.get()) is not None:
+                self.conn.send(batch)
+            self.conn.send(None)
+
+        self.sender = threading.Thread(target=send_all, daemon=True)
+        self.sender.start()
 
 
-_CHUNK = 128  # messages sent to a worker at once while more are being encoded
+_CHUNK = 64  # messages encoded and sent to a worker at once: it starts early and holds little
 
 
 def run_split(coordinator: Coordinator, participants: dict[int, Participant],
@@ -131,21 +146,27 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant],
     where: dict[int, _Worker] = {}
 
     def flush(w: _Worker) -> None:
-        if w.pending and not w.in_flight:
-            w.conn.send(w.pending)
-            w.pending, w.in_flight = [], True
+        """Encode and send the worker its next messages, unless it is still busy with the last."""
+        while w.pending and w.in_flight < 2:  # the next batch waits in the pipe while one is worked on
+            batch = []
+            for _ in range(min(_CHUNK, len(w.pending))):
+                peer, message = w.pending.popleft()
+                for wire in split_message(message):
+                    result.received[peer] += len(wire)
+                    batch.append((peer, wire))
+            w.outbox.put(batch)
+            w.in_flight += 1
 
     def from_lsp(actions: list[Action]) -> None:
-        sends = [a for a in actions if isinstance(a, Send) and a.peer in participants]
-        # Workers' messages first, sent in chunks as they are encoded: the workers start on them
-        # while this process encodes the rest.
-        for a in sorted(sends, key=lambda a: a.peer not in where):
-            w = where.get(a.peer)
-            for wire in split_message(a.message):
-                result.received[a.peer] += len(wire)
-                (w.pending if w is not None else local).append((a.peer, wire))
-            if w is not None and len(w.pending) >= _CHUNK:
-                flush(w)
+        for a in actions:
+            if isinstance(a, Send) and a.peer in participants:
+                w = where.get(a.peer)
+                if w is not None:
+                    w.pending.append((a.peer, a.message))
+                    continue
+                for wire in split_message(a.message):
+                    result.received[a.peer] += len(wire)
+                    local.append((a.peer, wire))
         for w in workers:
             flush(w)
         for a in actions:
@@ -170,7 +191,7 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant],
         for client, wire in messages:
             to_lsp(client, wire)
         if last:
-            w.in_flight = False
+            w.in_flight -= 1
             flush(w)
 
     gc.freeze()  # the workers' collectors then leave the inherited objects (and their pages) alone
@@ -181,6 +202,7 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant],
             process.start()
             child_conn.close()
             workers.append(_Worker(group, conn, process))
+            workers[-1].start_sender()
             where.update((c, workers[-1]) for c in group)
     finally:
         gc.unfreeze()
@@ -210,7 +232,7 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant],
             elif not local and not any(w.pending for w in workers):
                 break
         for w in workers:
-            w.conn.send(None)
+            w.outbox.put(None)
         result.memory_kb = _memory_kb()
         for w in workers:
             final = w.conn.recv()
@@ -224,6 +246,9 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant],
             result.persisted.extend(persisted)
     finally:
         for w in workers:
+            w.outbox.put(None)
+            if w.sender is not None:
+                w.sender.join(timeout=10)
             w.conn.close()
             w.process.join(timeout=10)
             if w.process.is_alive():
