@@ -201,7 +201,7 @@ def key_agg(pubkeys: Sequence[PlainPk]) -> KeyGenContext:
     return _key_agg(tuple(pubkeys))[0]
 
 
-@lru_cache(maxsize=4096)  # a factory of 1024 clients has 1171 signer sets
+@lru_cache(maxsize=4096)  # a factory of 1024 clients has 585 signer sets
 def _key_agg(pubkeys: tuple[PlainPk, ...]) -> tuple[KeyGenContext, dict[bytes, int]]:
     """KeyAgg, plus every signer's KeyAggCoeff (kept so signing and verification need not rehash L)."""
     if not pubkeys:
