@@ -386,7 +386,9 @@ def _session(session_ctx: SessionContext) -> tuple[SessionValues, Coefficients]:
 def _normalized(session_ctx: SessionContext) -> SessionContext:
     """The context with hashable fields (the memo's key): tuples and bytes."""
     aggnonce, pubkeys, tweaks, is_xonly, msg = session_ctx
-    keys = pubkeys if type(pubkeys) in (tuple, KeyAggCache) else tuple(pubkeys)
+    keys: tuple[PlainPk, ...] | KeyAggCache = (
+        pubkeys if type(pubkeys) in (tuple, KeyAggCache) else tuple(pubkeys)  # type: ignore[arg-type]
+    )
     if (type(aggnonce) is bytes and keys is pubkeys and type(tweaks) is tuple
             and type(is_xonly) is tuple and type(msg) is bytes):
         return session_ctx

@@ -345,6 +345,7 @@ def build_node_txs(
     k_value = prevout.value - params.anchor_sat - params.fee(_kickoff_vsize())
     k_tx = Tx(TX_VERSION, (TxIn(outpoint, sequence=SEQUENCE_FINAL),), (TxOut(k_value, kickoff.script_pubkey), anchor))
     # A client's path comes as serialized output vectors: they stay so, nothing is parsed twice.
+    outputs: Sequence[TxOut]
     if isinstance(state_outputs, OutputVector):
         outputs, values = state_outputs, list(state_outputs.values)
     else:

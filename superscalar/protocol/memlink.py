@@ -227,8 +227,8 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant],
                         result.clients[client].append(a)
             busy = {w.conn: w for w in workers if w.in_flight}
             if busy:
-                for conn in wait(list(busy)):
-                    take_reply(busy[conn])  # type: ignore[index]
+                for ready in wait(list(busy)):
+                    take_reply(busy[ready])  # type: ignore[index]
             elif not local and not any(w.pending for w in workers):
                 break
         for w in workers:

@@ -125,7 +125,7 @@ def decode_bigsize(data: bytes, offset: int = 0) -> tuple[int, int]:
 
 def encode_tlv_stream(records: Sequence[tuple[int, bytes]]) -> bytes:
     """Serialize (type, value) records; types must be strictly increasing."""
-    parts = []
+    parts: list[bytes] = []
     previous = -1
     for tlv_type, value in records:
         # BOLT-1 'Type-Length-Value Format': records are ordered by strictly increasing type.
@@ -321,7 +321,7 @@ def array(item: Codec[T]) -> Codec[tuple[T, ...]]:
         if not isinstance(values, (tuple, list)):
             raise EncodeError(f"array({item.name}) needs a tuple")
         if (item.read_block is not None and item.fixed_size is not None
-                and set(map(type, values)) <= {bytes} and set(map(len, values)) <= {item.fixed_size}):
+                and set(map(type, values)) <= {bytes} and {len(v) for v in values} <= {item.fixed_size}):  # type: ignore[arg-type]
             block = b"".join(values)  # type: ignore[arg-type]  # checked above: all bytes
             if item.check_block is not None:
                 try:
