@@ -145,6 +145,14 @@ class Lsp:
             for c in clients:
                 self.transport.send(c.node_id, Invite(fid, pending.invite_id, params.serialize(), c.balance_sat, c.inbound_sat))
             self._wait(pending, lambda: len(pending.accepts) == len(clients), "clients to accept")
+            # Clients are numbered in the order of their factory keys: every signer set's key list
+            # is then in BIP-327 KeySort order but for the LSP's key, and sorting it (which everyone
+            # checking the tree does) takes linear time.
+            given = {c.node_id: i for i, c in enumerate(clients)}
+            order = sorted(range(len(clients)), key=lambda i: pending.accepts[i].pubkey)
+            with pending.cond:
+                pending.accepts = {new: pending.accepts[old] for new, old in enumerate(order)}
+                pending.clients = clients = [clients[i] for i in order]
             lsp_sk = _seckey(self.node.secret(f"superscalar/factory/{fid.hex()}/lsp"))
             pubkeys = [musig2.individual_pk(lsp_sk)] + [pending.accepts[i].pubkey for i in range(len(clients))]
             progress("all clients accepted; opening their leaf channels")
@@ -192,7 +200,7 @@ class Lsp:
             self._dev_crash_point("lsp-before-broadcast")
             funding_txid_sent = self.broadcast_funding(fid.hex(), record)
             return {"factory_id": fid.hex(), "funding_txid": funding_txid_sent, "funding_outpoint": f"{funding_txid_sent}:{vout}",
-                    "channels": record["channels"]}
+                    "channels": sorted(record["channels"], key=lambda ch: given[ch["peer_id"]])}  # as the caller listed them
         except Exception:
             self._abort(pending, opened, prepared)
             raise

@@ -45,7 +45,8 @@ class Kit:
 
 def make_kit(params: FactoryParams, terms: Sequence[ClientTerms] | None = None) -> Kit:
     n = params.n_clients
-    seckeys = [key(0, i) for i in range(n + 1)]
+    # Clients numbered in the order of their factory keys, as the LSP numbers them.
+    seckeys = [key(0, 0), *sorted((key(0, i) for i in range(1, n + 1)), key=musig2.individual_pk)]
     lsp_chan = [key(1, i) for i in range(n)]
     client_chan = [key(2, i) for i in range(n)]
     payout = [key(3, i) for i in range(n + 1)]

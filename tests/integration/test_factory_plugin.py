@@ -39,6 +39,9 @@ def pay(payer: Any, payee: Any, amount_sat: int, label: str) -> int:
     # Leaf channels are unannounced: the invoice carries them as route hints.
     # Factory channels need CLTV headroom of their early-warning time (16 blocks in the regtest
     # profile), so invoices ask for a final CLTV above it.
+    # A route hint needs the peer's channel_update, which can lag the channel's CHANNELD_NORMAL.
+    wait_for(lambda: all("remote" in c.get("updates", {}) for c in payee.rpc.listpeerchannels()["channels"]
+                         if c["state"] == "CHANNELD_NORMAL"))
     inv = payee.rpc.call("invoice", {"amount_msat": amount_sat * 1000, "label": label, "description": label,
                                      "cltv": 24,
                                      "exposeprivatechannels": [c["alias"]["local"] for c in payee.rpc.listpeerchannels()["channels"]]})["bolt11"]
