@@ -44,7 +44,9 @@ def pay(payer: Any, payee: Any, amount_sat: int, label: str) -> int:
                          if c["state"] == "CHANNELD_NORMAL"))
     inv = payee.rpc.call("invoice", {"amount_msat": amount_sat * 1000, "label": label, "description": label,
                                      "cltv": 24,
-                                     "exposeprivatechannels": [c["alias"]["local"] for c in payee.rpc.listpeerchannels()["channels"]]})["bolt11"]
+                                     # a leaf confirmed on chain (a leaf-mate's exit) gives the channel a real scid
+                                     "exposeprivatechannels": [c.get("short_channel_id") or c["alias"]["local"]
+                                                               for c in payee.rpc.listpeerchannels()["channels"]]})["bolt11"]
     res = payer.rpc.xpay(inv)
     assert res["amount_msat"] == amount_sat * 1000
     return int(msat(res["amount_sent_msat"])) - amount_sat * 1000
