@@ -94,7 +94,7 @@ def one(n: int, processes: int) -> dict[str, float]:
     assert isinstance(result.lsp_outcome, Completed), result.lsp_outcome
     assert all(isinstance(result.client_outcome(c), Completed) for c in range(n))
     mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-          + sum(m["peak_rss"] for m in result.workers_memory_kb)) / 1024
+          + sum(result.workers_peak_rss_kb)) / 1024
 
     # One client's own checking work, with nothing derived by the others left in memory.
     _clear_derived_caches()

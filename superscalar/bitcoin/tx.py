@@ -317,6 +317,11 @@ class OutputVector(Sequence[TxOut]):
         return f"OutputVector({len(self)} outputs, {sum(self.values)} sat)"
 
 
+def output_values(outputs: Sequence[TxOut]) -> Sequence[int]:
+    """The outputs' values (an OutputVector's are at hand without parsing its outputs)."""
+    return outputs.values if isinstance(outputs, OutputVector) else [o.value for o in outputs]
+
+
 @dataclass(frozen=True)
 class Tx:
     """An immutable transaction (its legacy serialization and txid are computed once).

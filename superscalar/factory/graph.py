@@ -24,7 +24,7 @@ from ..bitcoin.errors import BitcoinError
 from ..bitcoin.script import cltv_leaf_script, csv_leaf_script, p2a_script
 from ..bitcoin.sighash import SIGHASH_DEFAULT, taproot_sighash
 from ..bitcoin.taproot import TapLeaf, TaprootInfo, taproot_construct
-from ..bitcoin.tx import SEQUENCE_FINAL, OutPoint, OutputVector, Tx, TxIn, TxOut
+from ..bitcoin.tx import SEQUENCE_FINAL, OutPoint, OutputVector, Tx, TxIn, TxOut, output_values
 from .dw import DWCounter
 from .errors import FactoryError
 from .params import ClientTerms, FactoryParams
@@ -80,8 +80,7 @@ class TreeTx:
 
     @property
     def fee(self) -> int:
-        outs = self.tx.outputs
-        return self.prevout.value - (sum(outs.values) if isinstance(outs, OutputVector) else sum(o.value for o in outs))
+        return self.prevout.value - sum(output_values(self.tx.outputs))
 
     @cached_property
     def vsize(self) -> int:
@@ -345,11 +344,8 @@ def build_node_txs(
     k_value = prevout.value - params.anchor_sat - params.fee(_kickoff_vsize())
     k_tx = Tx(TX_VERSION, (TxIn(outpoint, sequence=SEQUENCE_FINAL),), (TxOut(k_value, kickoff.script_pubkey), anchor))
     # A client's path comes as serialized output vectors: they stay so, nothing is parsed twice.
-    outputs: Sequence[TxOut]
-    if isinstance(state_outputs, OutputVector):
-        outputs, values = state_outputs, list(state_outputs.values)
-    else:
-        outputs, values = tuple(state_outputs), [o.value for o in state_outputs]
+    outputs = state_outputs if isinstance(state_outputs, OutputVector) else tuple(state_outputs)
+    values = output_values(outputs)
     s_tx = Tx(TX_VERSION, (TxIn(k_tx.outpoint(0), sequence=nsequence),), outputs)  # type: ignore[arg-type]
     if k_value - sum(values) != params.fee(signed_vsize(s_tx)):
         raise FactoryError(f"node {node}: state tx outputs do not leave the agreed fee")
@@ -455,7 +451,7 @@ def spend_funding(
         tx = Tx(TX_VERSION, inputs, tuple(outputs), locktime)
     if not outputs or outputs[-1] != anchor_output(params):
         raise FactoryError(f"{name}: must end with the agreed P2A anchor")
-    values = outputs.values if isinstance(outputs, OutputVector) else [o.value for o in outputs]
+    values = output_values(outputs)
     if len(values) > 1 and min(values[:-1]) < params.dust_limit_sat:
         raise FactoryError(f"{name}: an output is below the dust limit")
     vsize = signed_vsize(tx)

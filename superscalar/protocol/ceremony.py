@@ -127,10 +127,8 @@ class Coordinator:
     def __init__(self, round_: Round, lsp_seckey: bytes, rand: Rand = secrets.token_bytes) -> None:
         self.round = round_
         self.state = CState.NEW
-        self._seckey = lsp_seckey
         self._keypair = musig2.Keypair(lsp_seckey)
-        self._lsp_pk = self._keypair.pubkey
-        if self._lsp_pk != round_.pubkeys[0]:
+        if self._keypair.pubkey != round_.pubkeys[0]:
             raise LocalProtocolError("our key is not the round's LSP key")
         self._rand = rand
         self._nonces: dict[int, tuple[bytes, ...]] = {}  # per client, as received
@@ -233,7 +231,7 @@ class Coordinator:
         clients = self._job_nonces[j]
         if set(clients) != set(t.spend.signers) - {0}:
             raise _Violation(AbortCode.INTERNAL, f"job {t.name}: nonces from other than its signers")
-        secnonce, pubnonce = musig2.nonce_gen_internal(self._rand(32), self._seckey, self._lsp_pk,
+        secnonce, pubnonce = musig2.nonce_gen_internal(self._rand(32), self._keypair.seckey, self._keypair.pubkey,
                                                        musig2.XonlyPk(_output_key(t)), t.sighash, None)
         self._secnonces[j] = secnonce
         self._aggnonces[j] = musig2.nonce_agg_points([musig2.pubnonce_points(pubnonce), *clients.values()])
@@ -310,7 +308,6 @@ class Participant:
             raise LocalProtocolError("the expectation's key is not ours")
         self.expect = expect
         self.state = PState.AWAIT_PROPOSAL
-        self._seckey = seckey
         self._rand = rand
         self._ids: tuple[bytes, bytes] = (b"", b"")
         self.jobs: tuple[TreeTx, ...] = ()
@@ -359,7 +356,7 @@ class Participant:
         self.client_index = msg.client_index
         pubnonces = []
         for t in self.jobs:
-            secnonce, pubnonce = musig2.nonce_gen_internal(self._rand(32), self._seckey, musig2.PlainPk(self.expect.pubkey),
+            secnonce, pubnonce = musig2.nonce_gen_internal(self._rand(32), self._keypair.seckey, self._keypair.pubkey,
                                                            musig2.XonlyPk(_output_key(t)), t.sighash, None)
             self._secnonces.append(secnonce)
             pubnonces.append(pubnonce)

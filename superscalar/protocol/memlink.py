@@ -35,11 +35,7 @@ class LinkResult:
     sent: dict[int, int] = field(default_factory=dict)  # bytes each client sent
     received: dict[int, int] = field(default_factory=dict)  # bytes each client received
     persisted: list[tuple[int, str]] = field(default_factory=list)  # (peer, record name), in order
-    # run_split only, at the end of the round (every process alive): this process's and each
-    # worker's memory, {"peak_rss": ..., "pss": ...} in KiB (PSS counts a page shared by n
-    # processes 1/n in each, so the PSS add up; Linux only, else 0).
-    memory_kb: dict[str, int] = field(default_factory=dict)
-    workers_memory_kb: list[dict[str, int]] = field(default_factory=list)
+    workers_peak_rss_kb: list[int] = field(default_factory=list)  # run_split: each worker's peak RSS
 
     @property
     def lsp_outcome(self) -> Optional[Completed | Failed]:
@@ -96,7 +92,6 @@ def run(coordinator: Coordinator, participants: dict[int, Participant], tamper: 
 
 @dataclass
 class _Worker:
-    clients: set[int]
     conn: Connection
     process: multiprocessing.process.BaseProcess
     pending: deque[tuple[int, Message]] = field(default_factory=deque)  # for it, not encoded yet
@@ -201,7 +196,7 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant],
             process = ctx.Process(target=_worker, args=(child_conn, {c: participants[c] for c in group}), daemon=True)
             process.start()
             child_conn.close()
-            workers.append(_Worker(group, conn, process))
+            workers.append(_Worker(conn, process))
             workers[-1].start_sender()
             where.update((c, workers[-1]) for c in group)
     finally:
@@ -214,17 +209,10 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant],
                     if w.in_flight and w.conn.poll():
                         take_reply(w)
                 client, wire = local.popleft()
-                whole = _reassembled(at_client[client], wire)
-                if whole is None:
-                    continue
-                for a in participants[client].receive(whole):
-                    if isinstance(a, Send):
-                        for out in split_message(a.message):
-                            to_lsp(client, out)
-                    elif isinstance(a, Persist):
-                        result.persisted.append((client, a.record))
-                    else:
-                        result.clients[client].append(a)
+                replies = _client_step(participants[client], at_client[client], client, wire,
+                                       result.persisted, result.clients[client])
+                for out in replies:
+                    to_lsp(client, out)
             busy = {w.conn: w for w in workers if w.in_flight}
             if busy:
                 for ready in wait(list(busy)):
@@ -233,13 +221,12 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant],
                 break
         for w in workers:
             w.outbox.put(None)
-        result.memory_kb = _memory_kb()
         for w in workers:
             final = w.conn.recv()
             if isinstance(final, str):
                 raise RuntimeError(f"worker failed: {final}")
-            txs, kept, persisted, memory = final
-            result.workers_memory_kb.append(memory)
+            txs, kept, persisted, peak_rss = final
+            result.workers_peak_rss_kb.append(peak_rss)
             for c, actions in kept.items():
                 result.clients[c].extend(Completed(tuple(txs[k] for k in a)) if isinstance(a, list) else a
                                          for a in actions)
@@ -261,6 +248,22 @@ def _reassembled(at: Reassembler, wire: bytes) -> Optional[Message]:
     return at.add(decoded) if isinstance(decoded, Fragment) else decoded
 
 
+def _client_step(participant: Participant, at: Reassembler, client: int, wire: bytes,
+                 persisted: list[tuple[int, str]], kept: list[Action]) -> list[bytes]:
+    """One piece of wire from the LSP to a client in `run_split`: the wire pieces it answers; its
+    records' names and its other actions are appended to `persisted` and `kept`."""
+    whole = _reassembled(at, wire)
+    out: list[bytes] = []
+    for a in participant.receive(whole) if whole is not None else ():
+        if isinstance(a, Send):
+            out += split_message(a.message)
+        elif isinstance(a, Persist):
+            persisted.append((client, a.record))
+        else:
+            kept.append(a)
+    return out
+
+
 def _shared_txs(kept: dict[int, list[Action]]) -> tuple[dict[tuple[bytes, bytes], Tx], dict[int, list[Any]]]:
     """A worker's outcomes for the trip back: each signed transaction once (many clients hold the
     same ones, e.g. the distribution), a Completed as the list of its transactions' keys."""
@@ -279,16 +282,6 @@ def _shared_txs(kept: dict[int, list[Action]]) -> tuple[dict[tuple[bytes, bytes]
     return txs, out
 
 
-def _memory_kb() -> dict[str, int]:
-    pss = 0
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            pss = next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
-    except OSError:
-        pass
-    return {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "pss": pss}
-
-
 _PART = 32  # messages per part of the worker's answer
 
 
@@ -302,21 +295,13 @@ def _worker(conn: Connection, participants: dict[int, Participant]) -> None:
         while (batch := conn.recv()) is not None:
             out: list[tuple[int, bytes]] = []
             for client, wire in batch:
-                whole = _reassembled(at_client[client], wire)
-                if whole is None:
-                    continue
-                for a in participants[client].receive(whole):
-                    if isinstance(a, Send):
-                        out += [(client, w) for w in split_message(a.message)]
-                    elif isinstance(a, Persist):
-                        persisted.append((client, a.record))
-                    else:
-                        kept[client].append(a)
+                replies = _client_step(participants[client], at_client[client], client, wire, persisted, kept[client])
+                out += [(client, w) for w in replies]
                 if len(out) >= _PART:
                     conn.send((False, out))
                     out = []
             conn.send((True, out))
-        conn.send((*_shared_txs(kept), persisted, _memory_kb()))
+        conn.send((*_shared_txs(kept), persisted, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
     except BaseException:  # report, do not hang the parent
         conn.send(traceback.format_exc())
     finally:
