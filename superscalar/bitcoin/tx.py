@@ -141,11 +141,11 @@ class TxIn:
         _check_u32("sequence", self.sequence)
         if not isinstance(self.witness, tuple):
             object.__setattr__(self, "witness", tuple(self.witness))
+        for item in self.witness:
+            _check_bytes("witness item", item)
 
     def __reduce__(self) -> tuple[type[TxIn], tuple[OutPoint, bytes, int, tuple[bytes, ...]]]:
         return TxIn, (self.prevout, self.script_sig, self.sequence, self.witness)
-        for item in self.witness:
-            _check_bytes("witness item", item)
 
     def serialize(self) -> bytes:
         """Serialize without the witness (witnesses live at the end of the tx)."""

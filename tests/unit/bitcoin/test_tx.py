@@ -127,6 +127,11 @@ def test_construction_validation() -> None:
         tx.version = 3  # type: ignore[misc]
     with pytest.raises(BitcoinError):
         tx.with_witness(1, [b""])
+    # Witness items must be bytes, however the input is made.
+    with pytest.raises(BitcoinError):
+        TxIn(op, witness=("a",))  # type: ignore[arg-type]
+    with pytest.raises(BitcoinError):
+        tx.with_witness(0, [b"ok", 7])  # type: ignore[list-item]
 
 
 def _sample() -> Tx:
