@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from functools import cached_property
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NewType, TypeVar, overload
+
+from ..memo import once
 
 from .encoding import (
     ByteReader,
@@ -374,14 +375,14 @@ class Tx:
             tx.__dict__["outputs_bytes"] = self.__dict__["outputs_bytes"]
         return tx
 
-    @cached_property
+    @once
     def outputs_bytes(self) -> bytes:
         """The outputs serialized back to back, without their count (what BIP-341's sha_outputs hashes)."""
         if isinstance(self.outputs, OutputVector):
             return self.outputs.raw
         return b"".join(o.serialize() for o in self.outputs)
 
-    @cached_property
+    @once
     def _legacy(self) -> bytes:
         return self._legacy_bytes()
 
@@ -485,7 +486,7 @@ class Tx:
 
     # -- identifiers and size -----------------------------------------------
 
-    @cached_property
+    @once
     def txid_bytes(self) -> Txid:
         """BIP-141: txid = HASH256(legacy serialization), internal byte order."""
         return Txid(hash256(self.serialize_without_witness()))
@@ -531,8 +532,11 @@ class Tx:
         old = self.inputs[index]
         new_in = TxIn(old.prevout, old.script_sig, old.sequence, tuple(witness))
         inputs = self.inputs[:index] + (new_in,) + self.inputs[index + 1 :]
-        tx = type(self)(self.version, inputs, self.outputs, self.locktime)
-        for cached in ("outputs_bytes", "_legacy", "txid_bytes"):  # a witness changes none of these
+        # Only the new input needs checking (TxIn did that): the copy skips __post_init__ and keeps
+        # what a witness cannot change.
+        tx = object.__new__(type(self))
+        tx.__dict__.update(version=self.version, inputs=inputs, outputs=self.outputs, locktime=self.locktime)
+        for cached in ("outputs_bytes", "_legacy", "txid_bytes"):
             if cached in self.__dict__:
                 tx.__dict__[cached] = self.__dict__[cached]
         return tx

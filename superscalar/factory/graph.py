@@ -15,7 +15,7 @@ exactly what its subtree needs; transactions are built top-down, so every input 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Optional, Sequence
 
 from .. import musig2
@@ -25,6 +25,7 @@ from ..bitcoin.script import cltv_leaf_script, csv_leaf_script, p2a_script
 from ..bitcoin.sighash import SIGHASH_DEFAULT, taproot_sighash
 from ..bitcoin.taproot import TapLeaf, TaprootInfo, taproot_construct
 from ..bitcoin.tx import SEQUENCE_FINAL, OutPoint, OutputVector, Tx, TxIn, TxOut, output_values
+from ..memo import once
 from .dw import DWCounter
 from .errors import FactoryError
 from .params import ClientTerms, FactoryParams
@@ -73,7 +74,7 @@ class TreeTx:
     spend: Spend
     relative_wait: int = 0  # BIP-68 blocks after its parent confirms
 
-    @cached_property
+    @once
     def sighash(self) -> bytes:
         """BIP-341 key-path signature hash of input 0 (SIGHASH_DEFAULT)."""
         return taproot_sighash(self.tx, 0, [self.prevout], SIGHASH_DEFAULT)
@@ -82,7 +83,7 @@ class TreeTx:
     def fee(self) -> int:
         return self.prevout.value - sum(output_values(self.tx.outputs))
 
-    @cached_property
+    @once
     def vsize(self) -> int:
         """vsize once signed."""
         return signed_vsize(self.tx)
@@ -172,7 +173,7 @@ class FactoryShape:
         script = csv_leaf_script(self.params.lstock_csv_blocks, self.keys.lsp_xonly)
         return taproot_construct(self.keys.aggregate(n.signers), TapLeaf(script))
 
-    @cached_property
+    @once
     def params_bytes(self) -> bytes:
         """The parameters as a proposal carries them."""
         return self.params.serialize()
@@ -243,7 +244,7 @@ class Factory(FactoryShape):
         lstock = TxOut(self.params.lstock_sat, self.lstock_taproot(leaf).script_pubkey)
         return (*channels, lstock, anchor_output(self.params))
 
-    @cached_property
+    @once
     def _required(self) -> tuple[int, ...]:
         """The value each node's owned output must carry (its kickoff's input value)."""
         need = [0] * len(self.topology.nodes)

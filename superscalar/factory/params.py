@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .errors import ParamsError
@@ -142,6 +143,7 @@ class FactoryParams:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
+    @lru_cache(maxsize=64)  # immutable, and every proposal of a factory carries the same bytes
     def deserialize(cls, data: bytes) -> "FactoryParams":
         try:
             raw: Any = json.loads(data.decode("utf-8"))

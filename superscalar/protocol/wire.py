@@ -321,7 +321,7 @@ def array(item: Codec[T]) -> Codec[tuple[T, ...]]:
         if not isinstance(values, (tuple, list)):
             raise EncodeError(f"array({item.name}) needs a tuple")
         if (item.read_block is not None and item.fixed_size is not None
-                and set(map(type, values)) <= {bytes} and {len(v) for v in values} <= {item.fixed_size}):  # type: ignore[arg-type]
+                and set(map(type, values)) <= {bytes} and set(map(len, values)) <= {item.fixed_size}):  # type: ignore[arg-type]
             block = b"".join(values)  # type: ignore[arg-type]  # checked above: all bytes
             if item.check_block is not None:
                 try:
