@@ -37,6 +37,7 @@ SEQUENCE_LOCKTIME_ENABLED = 0xFFFFFFFE  # BIP-65: a non-final input makes nLockT
 KEYPATH_WITNESS = (bytes(64),)  # BIP-341 key path, SIGHASH_DEFAULT: one 64-byte signature
 
 
+@lru_cache(maxsize=64)
 def anchor_output(params: FactoryParams) -> TxOut:
     return TxOut(params.anchor_sat, p2a_script())
 
@@ -150,22 +151,32 @@ class FactoryShape:
         self.keys = FactoryKeys(pubkeys)
         self.topology: Topology = build_topology(params.n_clients, params.leaf_arity, params.arity)
         self.dw = DWCounter(params.layers, params.states_per_layer, params.step_blocks)
-        self._owned_memo: dict[int, TaprootInfo] = {}
-        self._kickoff_memo: dict[int, TaprootInfo] = {}
+        self._owned_memo: dict[int, Spend] = {}
+        self._kickoff_memo: dict[int, Spend] = {}
 
-    def owned_taproot(self, node: int) -> TaprootInfo:
+    def owned_spend(self, node: int) -> Spend:
         """The output `node` owns: MuSig2 of its signers, or the LSP after the node's timeout."""
-        if node not in self._owned_memo:
+        spend = self._owned_memo.get(node)
+        if spend is None:
             n = self.topology.nodes[node]
             leaf = TapLeaf(cltv_leaf_script(self.params.timeout(n.depth), self.keys.lsp_xonly))
-            self._owned_memo[node] = taproot_construct(self.keys.aggregate(n.signers), leaf)
-        return self._owned_memo[node]
+            spend = self.keys.spend(n.signers, taproot_construct(self.keys.aggregate(n.signers), leaf))
+            self._owned_memo[node] = spend
+        return spend
+
+    def kickoff_spend(self, node: int) -> Spend:
+        """A kickoff output: MuSig2 of the node's signers only, so only a state tx can spend it."""
+        spend = self._kickoff_memo.get(node)
+        if spend is None:
+            signers = self.topology.nodes[node].signers
+            spend = self._kickoff_memo[node] = self.keys.spend(signers, taproot_construct(self.keys.aggregate(signers)))
+        return spend
+
+    def owned_taproot(self, node: int) -> TaprootInfo:
+        return self.owned_spend(node).taproot
 
     def kickoff_taproot(self, node: int) -> TaprootInfo:
-        """A kickoff output: MuSig2 of the node's signers only, so only a state tx can spend it."""
-        if node not in self._kickoff_memo:
-            self._kickoff_memo[node] = taproot_construct(self.keys.aggregate(self.topology.nodes[node].signers))
-        return self._kickoff_memo[node]
+        return self.kickoff_spend(node).taproot
 
     def lstock_taproot(self, leaf: int) -> TaprootInfo:
         """The L-stock: MuSig2 of the leaf's signers, or the LSP alone after a relative delay."""
@@ -201,10 +212,8 @@ class FactoryShape:
         out: list[TreeTx] = []
         for depth, node in enumerate(path):
             n = self.topology.nodes[node]
-            k, s = build_node_txs(
-                self.params, self.keys, node, n.signers, outpoint, prevout, self.owned_taproot(node),
-                self.kickoff_taproot(node), state_outputs[depth], self.dw.nsequence(state_indices[depth]),
-            )
+            k, s = build_node_txs(self.params, node, outpoint, prevout, self.owned_spend(node), self.kickoff_spend(node),
+                                  state_outputs[depth], self.dw.nsequence(state_indices[depth]))
             out += [k, s]
             if depth + 1 < len(path):
                 vout = n.children.index(path[depth + 1])
@@ -300,11 +309,8 @@ class Factory(FactoryShape):
         inputs: dict[int, tuple[OutPoint, TxOut]] = {0: (funding, self.funding_output)}
         for n in self.topology.nodes:
             outpoint, prevout = inputs[n.index]
-            k, s = build_node_txs(
-                self.params, self.keys, n.index, n.signers, outpoint, prevout,
-                self.owned_taproot(n.index), self.kickoff_taproot(n.index), self.state_outputs(n.index),
-                self.dw.nsequence(indices[n.index]),
-            )
+            k, s = build_node_txs(self.params, n.index, outpoint, prevout, self.owned_spend(n.index),
+                                  self.kickoff_spend(n.index), self.state_outputs(n.index), self.dw.nsequence(indices[n.index]))
             kickoffs[n.index], states[n.index] = k, s
             for vout, child in enumerate(n.children):
                 inputs[child] = (s.tx.outpoint(vout), s.tx.outputs[vout])
@@ -323,27 +329,27 @@ def _state_vsize(outputs: Sequence[TxOut]) -> int:
 
 def build_node_txs(
     params: FactoryParams,
-    keys: FactoryKeys,
     node: int,
-    signers: tuple[int, ...],
     outpoint: OutPoint,
     prevout: TxOut,
-    owned: TaprootInfo,
-    kickoff: TaprootInfo,
+    owned: Spend,
+    kickoff: Spend,
     state_outputs: Sequence[TxOut],
     nsequence: int,
 ) -> tuple[TreeTx, TreeTx]:
-    """A node's kickoff and state transactions from its input and its state tx's outputs.
+    """A node's kickoff and state transactions from its input and its state tx's outputs; `owned`
+    and `kickoff` say how the node's own output and its kickoff output are spent.
 
     Shared by the LSP (whole tree) and clients (their path): raises FactoryError unless the values
     balance with the pre-agreed fees and the input is the output the node's signers own."""
-    if prevout.script_pubkey != owned.script_pubkey:
+    if prevout.script_pubkey != owned.taproot.script_pubkey:
         raise FactoryError(f"node {node}: input is not the output its signers own")
     anchor = anchor_output(params)
     if not state_outputs or state_outputs[-1] != anchor:
         raise FactoryError(f"node {node}: state tx must end with the agreed P2A anchor")
     k_value = prevout.value - params.anchor_sat - params.fee(_kickoff_vsize())
-    k_tx = Tx(TX_VERSION, (TxIn(outpoint, sequence=SEQUENCE_FINAL),), (TxOut(k_value, kickoff.script_pubkey), anchor))
+    k_out = TxOut(k_value, kickoff.taproot.script_pubkey)
+    k_tx = Tx(TX_VERSION, (TxIn(outpoint, sequence=SEQUENCE_FINAL),), (k_out, anchor))
     # A client's path comes as serialized output vectors: they stay so, nothing is parsed twice.
     outputs = state_outputs if isinstance(state_outputs, OutputVector) else tuple(state_outputs)
     values = output_values(outputs)
@@ -352,8 +358,8 @@ def build_node_txs(
         raise FactoryError(f"node {node}: state tx outputs do not leave the agreed fee")
     if len(values) > 1 and min(values[:-1]) < params.dust_limit_sat:
         raise FactoryError(f"node {node}: output below the dust limit")
-    k = TreeTx(f"kickoff/{node}", k_tx, prevout, keys.spend(signers, owned))
-    s = TreeTx(f"state/{node}", s_tx, k_tx.outputs[0], keys.spend(signers, kickoff), relative_wait=nsequence)
+    k = TreeTx(f"kickoff/{node}", k_tx, prevout, owned)
+    s = TreeTx(f"state/{node}", s_tx, k_out, kickoff, relative_wait=nsequence)
     return k, s
 
 
@@ -463,7 +469,7 @@ def spend_funding(
     if funding_value - sum(values) != params.fee(vsize):
         raise FactoryError(f"{name}: outputs do not leave the agreed fee")
     prevout = TxOut(funding_value, shape.funding_taproot.script_pubkey)
-    return TreeTx(name, tx, prevout, shape.keys.spend(shape.topology.root.signers, shape.funding_taproot))
+    return TreeTx(name, tx, prevout, shape.owned_spend(0))
 
 
 def _pay_lsp_the_rest(factory: Factory, name: str, funding: OutPoint, clients: Sequence[TxOut], locktime: int) -> TreeTx:
