@@ -51,11 +51,11 @@ def _cpu() -> float:
 
 
 def _clear_derived_caches() -> None:
-    from superscalar import musig2
+    from superscalar import musig2, secp256k1
     from superscalar.bitcoin import taproot
 
-    for memo in (musig2._key_agg, musig2._key_agg_cache, musig2._get_session_values, musig2._cpoint,
-                 taproot._tweak_point):
+    for memo in (musig2._key_agg, musig2._key_agg_point, musig2._key_agg_cache, musig2._get_session_values, musig2._cpoint,
+                 taproot._tweak_point, secp256k1._tweak_add):
         memo.cache_clear()
 
 
@@ -83,10 +83,7 @@ def one(n: int, processes: int) -> dict[str, float]:
     rnd = construction_round(factory, graph, b"\x01" * 32, b"\x02" * 32)
     coordinator = Coordinator(rnd, kit.seckeys[0])
     if processes > 1:
-        clients = sorted(participants)
-        k = processes - 1
-        groups = [clients[i * n // k:(i + 1) * n // k] for i in range(k)]
-        result = memlink.run_split(coordinator, participants, groups)
+        result = memlink.run_split(coordinator, participants, workers=processes - 1)
     else:
         result = memlink.run(coordinator, participants)
     t_ceremony = time.perf_counter() - t0

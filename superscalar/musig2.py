@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Callable, NamedTuple, NewType, Optional, Sequence
 
 from .bitcoin.hashes import tagged_hash
-from .secp256k1 import N, G, Point, point_mul_g, point_sum
+from .secp256k1 import N, G, Point, musig_key_agg_point, point_mul_g, point_sum, tweak_add
 
 PlainPk = NewType("PlainPk", bytes)  # 33-byte compressed public key
 XonlyPk = NewType("XonlyPk", bytes)  # 32-byte BIP-340 public key
@@ -204,23 +204,28 @@ def key_agg(pubkeys: Sequence[PlainPk]) -> KeyGenContext:
 @lru_cache(maxsize=4096)  # a factory of 1024 clients has 585 signer sets
 def _key_agg(pubkeys: tuple[PlainPk, ...]) -> tuple[KeyGenContext, dict[bytes, int]]:
     """KeyAgg, plus every signer's KeyAggCoeff (kept so signing and verification need not rehash L)."""
+    Q = _key_agg_point(pubkeys)
+    L, pk2 = _hash_keys(pubkeys), _get_second_key(pubkeys)
+    return KeyGenContext(Q, 1, 0), {pk: _key_agg_coeff_internal(L, pk, pk2) for pk in pubkeys}
+
+
+@lru_cache(maxsize=4096)
+def _key_agg_point(pubkeys: tuple[PlainPk, ...]) -> Point:
+    """BIP-327 KeyAgg's Q = Σ KeyAggCoeff(pubkeys, pkᵢ)·cpoint(pkᵢ), one multi-scalar multiplication
+    in libsecp256k1 (whose musig module computes the same coefficients)."""
     if not pubkeys:
         raise ValueError("at least one public key is needed")
-    L = _hash_keys(pubkeys)
-    pk2 = _get_second_key(pubkeys)
-    coeffs: dict[bytes, int] = {}
-    terms: list[Optional[Point]] = []
+    points = []
     for i, pk in enumerate(pubkeys):
         try:
-            P_i = _cpoint(pk)
+            points.append(_cpoint(pk))
         except ValueError:
             raise InvalidContributionError(i, "pubkey") from None
-        a_i = coeffs[pk] = _key_agg_coeff_internal(L, pk, pk2)
-        terms.append(P_i if a_i == 1 else P_i.mul_add_g(a_i, 0))
-    Q = point_sum(terms)
-    # Infinity happens only with negligible probability (BIP-327 KeyAgg)
-    assert Q is not None, "aggregate key is infinity"
-    return KeyGenContext(Q, 1, 0), coeffs
+    try:
+        return musig_key_agg_point(points)
+    except ValueError:
+        # Infinity happens only with negligible probability (BIP-327 KeyAgg)
+        raise AssertionError("aggregate key is infinity") from None
 
 
 def key_agg_cache(pubkeys: Sequence[PlainPk]) -> KeyAggCache:
@@ -230,7 +235,7 @@ def key_agg_cache(pubkeys: Sequence[PlainPk]) -> KeyAggCache:
 
 @lru_cache(maxsize=4096)
 def _key_agg_cache(pubkeys: tuple[PlainPk, ...]) -> KeyAggCache:
-    return KeyAggCache(_key_agg(pubkeys)[0].Q, _hash_keys(pubkeys), _get_second_key(pubkeys))
+    return KeyAggCache(_key_agg_point(pubkeys), _hash_keys(pubkeys), _get_second_key(pubkeys))
 
 
 def get_xonly_pk(keygen_ctx: KeyGenContext) -> XonlyPk:
@@ -252,7 +257,7 @@ def apply_tweak(keygen_ctx: KeyGenContext, tweak: bytes, is_xonly: bool) -> KeyG
     t = _int(tweak)
     if t >= N:
         raise ValueError("The tweak must be less than n.")
-    Q_ = Q.mul_add_g(g, t)
+    Q_ = tweak_add(Q if g == 1 else Q.negate(), t)  # g·Q + t·G
     if Q_ is None:
         raise ValueError("The result of tweaking cannot be infinity.")
     return KeyGenContext(Q_, g * gacc % N, (t + g * tacc) % N)

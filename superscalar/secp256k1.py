@@ -10,7 +10,8 @@ Constant-time operations (`Point.mul`, `point_mul_g`) are used wherever a secret
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from functools import lru_cache
+from typing import Iterable, Optional, Sequence
 
 from coincurve._libsecp256k1 import ffi, lib
 from coincurve.context import GLOBAL_CONTEXT
@@ -155,6 +156,35 @@ def point_sum(points: Iterable[Optional[Point]]) -> Optional[Point]:
     if not lib.secp256k1_ec_pubkey_combine(_CTX, out, arr, len(raws)):
         return None
     return Point(out)
+
+
+def musig_key_agg_point(points: Sequence[Point]) -> Point:
+    """BIP-327 KeyAgg's aggregate point Q = Σ aᵢ·Pᵢ of the keys `points` in their given order, by
+    libsecp256k1's musig module (the same coefficients: hash of the key list and each key, 1 for
+    the second distinct key). ValueError if there are none or Q is infinity."""
+    if not points:
+        raise ValueError("at least one public key is needed")
+    cache = ffi.new("secp256k1_musig_keyagg_cache *")
+    if not lib.secp256k1_musig_pubkey_agg(_CTX, ffi.NULL, cache, ffi.new("secp256k1_pubkey *[]", [p._raw for p in points]),
+                                          len(points)):
+        raise ValueError("aggregate key is infinity")
+    raw = ffi.new("secp256k1_pubkey *")
+    if not lib.secp256k1_musig_pubkey_get(_CTX, raw, cache):
+        raise AssertionError("musig_pubkey_get failed on a valid cache")
+    return Point(raw)
+
+
+def tweak_add(point: Point, t: int) -> Optional[Point]:
+    """point + t·G (variable time: public t only); None if the sum is infinity.
+
+    Memoized per process by (point, t): a BIP-341 output key and the MuSig2 x-only tweak of the same
+    aggregate (BIP-327 ApplyTweak) are this same sum, so each is computed once."""
+    return _tweak_add(point.to_bytes(), t % N)
+
+
+@lru_cache(maxsize=8192)
+def _tweak_add(point: bytes, t: int) -> Optional[Point]:
+    return Point.from_bytes(point).mul_add_g(1, t)
 
 
 def point_add(a: Optional[Point], b: Optional[Point]) -> Optional[Point]:

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NewType, TypeAlias
 
-from coincurve import PrivateKey, PublicKey
+from coincurve import PrivateKey
 
+from ..secp256k1 import Point, tweak_add
 from .encoding import ser_string
 from .errors import BitcoinError
 from .hashes import tagged_hash
@@ -130,10 +131,13 @@ def taproot_tweak(internal_key: bytes, merkle_root: bytes | None) -> bytes:
 def _tweak_point(internal_key: bytes, merkle_root: bytes | None) -> tuple[XonlyPk, int]:
     t = taproot_tweak(internal_key, merkle_root)
     try:
-        # BIP-341: P = lift_x(p) (even y); Q = P + t*G.
-        q = PublicKey(b"\x02" + internal_key).add(t).format(compressed=True)
+        P = Point.lift_x(internal_key)  # BIP-341: P = lift_x(p), even y
     except ValueError as exc:
-        raise BitcoinError(f"invalid internal key or tweak: {exc}") from exc
+        raise BitcoinError(f"invalid internal key: {exc}") from exc
+    Q = tweak_add(P, int.from_bytes(t, "big"))  # BIP-341: Q = P + t·G
+    if Q is None:
+        raise BitcoinError("tweaked key is infinity")
+    q = Q.to_bytes()
     return XonlyPk(q[1:]), q[0] & 1
 
 

@@ -14,6 +14,7 @@ exactly what its subtree needs; transactions are built top-down, so every input 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional, Sequence
@@ -153,6 +154,7 @@ class FactoryShape:
         self.dw = DWCounter(params.layers, params.states_per_layer, params.step_blocks)
         self._owned_memo: dict[int, Spend] = {}
         self._kickoff_memo: dict[int, Spend] = {}
+        self._lstock_memo: dict[int, TaprootInfo] = {}
 
     def owned_spend(self, node: int) -> Spend:
         """The output `node` owns: MuSig2 of its signers, or the LSP after the node's timeout."""
@@ -180,9 +182,34 @@ class FactoryShape:
 
     def lstock_taproot(self, leaf: int) -> TaprootInfo:
         """The L-stock: MuSig2 of the leaf's signers, or the LSP alone after a relative delay."""
-        n = self.topology.nodes[leaf]
-        script = csv_leaf_script(self.params.lstock_csv_blocks, self.keys.lsp_xonly)
-        return taproot_construct(self.keys.aggregate(n.signers), TapLeaf(script))
+        info = self._lstock_memo.get(leaf)
+        if info is None:
+            n = self.topology.nodes[leaf]
+            script = csv_leaf_script(self.params.lstock_csv_blocks, self.keys.lsp_xonly)
+            info = self._lstock_memo[leaf] = taproot_construct(self.keys.aggregate(n.signers), TapLeaf(script))
+        return info
+
+    def derive_outputs(self, threads: int = 2) -> None:
+        """Derive every node's output keys now (a MuSig2 key aggregation per signer set, a taproot
+        tweak per output: nearly all of a graph's elliptic-curve work) on `threads` threads.
+
+        libsecp256k1 runs without the GIL, so the threads use as many cores. Later calls return the
+        memoized results; the results are the same however the work is divided."""
+        def derive(nodes: Sequence[int]) -> None:
+            for node in nodes:
+                self.owned_spend(node)
+                self.kickoff_spend(node)
+                if self.topology.nodes[node].is_leaf:
+                    self.lstock_taproot(node)
+
+        every = range(len(self.topology.nodes))
+        if threads < 2 or len(every) < 2 * threads:
+            return derive(every)
+        with ThreadPoolExecutor(threads - 1) as pool:
+            helpers = [pool.submit(derive, every[i::threads]) for i in range(1, threads)]
+            derive(every[0::threads])
+            for h in helpers:
+                h.result()  # re-raises a helper's error here
 
     @once
     def params_bytes(self) -> bytes:
@@ -304,6 +331,7 @@ class Factory(FactoryShape):
         indices = tuple(state) if state is not None else self.initial_state()
         if len(indices) != len(self.topology.nodes):
             raise FactoryError("one state index per node is needed")
+        self.derive_outputs()
         kickoffs: list[Optional[TreeTx]] = [None] * len(indices)
         states: list[Optional[TreeTx]] = [None] * len(indices)
         inputs: dict[int, tuple[OutPoint, TxOut]] = {0: (funding, self.funding_output)}

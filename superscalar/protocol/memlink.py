@@ -9,6 +9,7 @@ second core.
 from __future__ import annotations
 
 import gc
+import os
 import queue
 import threading
 import multiprocessing
@@ -111,58 +112,72 @@ class _Worker:
         self.sender.start()
 
 
-_CHUNK = 64  # messages encoded and sent to a worker at once: it starts early and holds little
+_CHUNK = 16  # messages encoded and sent to a worker at once: it starts early and holds little
 
 
-def run_split(coordinator: Coordinator, participants: dict[int, Participant],
-              groups: Sequence[Collection[int]]) -> LinkResult:
-    """`run` on several cores: each group of participants runs in a forked worker process of its
-    own; the coordinator (and any participant in no group) runs here. Every message is encoded,
-    split and reassembled as in `run` and crosses the process boundary as those bytes; the byte
-    counts are the same.
+def run_split(coordinator: Coordinator, participants: dict[int, Participant], workers: int = 2,
+              local: Collection[int] = ()) -> LinkResult:
+    """`run` on several cores: the coordinator and the participants in `local` run here, the others
+    in `workers` forked worker processes. A client goes to a worker when the coordinator first
+    sends it something, to whichever worker asks for more work first, and stays there: a worker
+    that gets more of the CPU takes more clients, and all finish each step together. Every message
+    is encoded, split and reassembled as in `run` and crosses the process boundary as those bytes;
+    the byte counts are the same.
 
     Each machine sees its own messages in order; messages of different clients interleave
     differently than in `run`, and the workers' records come after this process's in `persisted`.
-    The participant objects given for worker clients are left as they were (their outcomes are in
-    the result). Without the fork start method this is `run`.
+    The participant objects of worker clients are left as they were (their outcomes are in the
+    result). With no workers, or without the fork start method, this is `run`.
     """
-    sets = [{c for c in g if c in participants} for g in groups]
-    sets = [g for g in sets if g]
-    if not sets or "fork" not in multiprocessing.get_all_start_methods():
+    if workers < 1 or not set(participants) - set(local) or "fork" not in multiprocessing.get_all_start_methods():
         return run(coordinator, participants)
     result = LinkResult(clients={c: [] for c in participants}, sent={c: 0 for c in participants},
                         received={c: 0 for c in participants})
     at_lsp = {c: Reassembler() for c in participants}
-    remote = set().union(*sets)
-    at_client = {c: Reassembler() for c in participants if c not in remote}
-    local: deque[tuple[int, bytes]] = deque()
+    at_client = {c: Reassembler() for c in participants if c in local}
+    here: deque[tuple[int, bytes]] = deque()  # wire for the local participants
+    unassigned: deque[tuple[int, Message]] = deque()  # for clients no worker has yet
     ctx = multiprocessing.get_context("fork")
-    workers: list[_Worker] = []
+    pool: list[_Worker] = []
     where: dict[int, _Worker] = {}
+
+    def next_message(w: _Worker) -> Optional[tuple[int, Message]]:
+        while w.pending or unassigned:
+            if w.pending:
+                return w.pending.popleft()
+            peer, message = unassigned.popleft()
+            owner = where.setdefault(peer, w)
+            if owner is w:
+                return peer, message
+            owner.pending.append((peer, message))  # a second message for a client just given away
+        return None
 
     def flush(w: _Worker) -> None:
         """Encode and send the worker its next messages, unless it is still busy with the last."""
-        while w.pending and w.in_flight < 2:  # the next batch waits in the pipe while one is worked on
+        while w.in_flight < 2:  # the next batch waits in the pipe while one is worked on
             batch = []
-            for _ in range(min(_CHUNK, len(w.pending))):
-                peer, message = w.pending.popleft()
+            while len(batch) < _CHUNK and (item := next_message(w)) is not None:
+                peer, message = item
                 for wire in split_message(message):
                     result.received[peer] += len(wire)
                     batch.append((peer, wire))
+            if not batch:
+                return
             w.outbox.put(batch)
             w.in_flight += 1
 
     def from_lsp(actions: list[Action]) -> None:
         for a in actions:
             if isinstance(a, Send) and a.peer in participants:
-                w = where.get(a.peer)
-                if w is not None:
-                    w.pending.append((a.peer, a.message))
-                    continue
-                for wire in split_message(a.message):
-                    result.received[a.peer] += len(wire)
-                    local.append((a.peer, wire))
-        for w in workers:
+                if a.peer in at_client:
+                    for wire in split_message(a.message):
+                        result.received[a.peer] += len(wire)
+                        here.append((a.peer, wire))
+                elif a.peer in where:
+                    where[a.peer].pending.append((a.peer, a.message))
+                else:
+                    unassigned.append((a.peer, a.message))
+        for w in pool:
             flush(w)
         for a in actions:
             if isinstance(a, Persist):
@@ -191,37 +206,36 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant],
 
     gc.freeze()  # the workers' collectors then leave the inherited objects (and their pages) alone
     try:
-        for group in sets:
+        for _ in range(workers):
             conn, child_conn = ctx.Pipe()
-            process = ctx.Process(target=_worker, args=(child_conn, {c: participants[c] for c in group}), daemon=True)
+            process = ctx.Process(target=_worker, args=(child_conn, participants), daemon=True)
             process.start()
             child_conn.close()
-            workers.append(_Worker(conn, process))
-            workers[-1].start_sender()
-            where.update((c, workers[-1]) for c in group)
+            pool.append(_Worker(conn, process))
+            pool[-1].start_sender()
     finally:
         gc.unfreeze()
     try:
         from_lsp(coordinator.start())
         while True:
-            while local:
-                for w in workers:
+            while here:
+                for w in pool:
                     if w.in_flight and w.conn.poll():
                         take_reply(w)
-                client, wire = local.popleft()
+                client, wire = here.popleft()
                 replies = _client_step(participants[client], at_client[client], client, wire,
                                        result.persisted, result.clients[client])
                 for out in replies:
                     to_lsp(client, out)
-            busy = {w.conn: w for w in workers if w.in_flight}
+            busy = {w.conn: w for w in pool if w.in_flight}
             if busy:
                 for ready in wait(list(busy)):
                     take_reply(busy[ready])  # type: ignore[index]
-            elif not local and not any(w.pending for w in workers):
+            elif not here and not unassigned and not any(w.pending for w in pool):
                 break
-        for w in workers:
+        for w in pool:
             w.outbox.put(None)
-        for w in workers:
+        for w in pool:
             final = w.conn.recv()
             if isinstance(final, str):
                 raise RuntimeError(f"worker failed: {final}")
@@ -232,7 +246,7 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant],
                                          for a in actions)
             result.persisted.extend(persisted)
     finally:
-        for w in workers:
+        for w in pool:
             w.outbox.put(None)
             if w.sender is not None:
                 w.sender.join(timeout=10)
@@ -283,18 +297,24 @@ def _shared_txs(kept: dict[int, list[Action]]) -> tuple[dict[tuple[bytes, bytes]
 
 
 _PART = 32  # messages per part of the worker's answer
+_WORKER_NICENESS = 10  # workers yield the CPU to the coordinator's process
 
 
 def _worker(conn: Connection, participants: dict[int, Participant]) -> None:
     """The worker side of `run_split`: batches of (client, bytes from the LSP) in, batches of
     (client, bytes to the LSP) out; None ends the run and returns the kept actions and records."""
-    at_client = {c: Reassembler() for c in participants}
-    kept: dict[int, list[Action]] = {c: [] for c in participants}
+    # The coordinator is on every client's critical path (a round moves on only when it has
+    # aggregated every job): it runs first, and the workers use the CPU it leaves.
+    os.nice(_WORKER_NICENESS)
+    at_client: dict[int, Reassembler] = {}
+    kept: dict[int, list[Action]] = {}  # of the clients given to this worker
     persisted: list[tuple[int, str]] = []
     try:
         while (batch := conn.recv()) is not None:
             out: list[tuple[int, bytes]] = []
             for client, wire in batch:
+                if client not in kept:
+                    at_client[client], kept[client] = Reassembler(), []
                 replies = _client_step(participants[client], at_client[client], client, wire, persisted, kept[client])
                 out += [(client, w) for w in replies]
                 if len(out) >= _PART:

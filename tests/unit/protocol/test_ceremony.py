@@ -260,7 +260,7 @@ def test_run_split_gives_every_client_the_lsps_signed_transactions() -> None:
     """Participants in two worker processes and this one (run_split): the round completes, each client holds exactly
     the LSP's signed transactions for its jobs, and the byte counts match the one-process run."""
     kit, coordinator, participants = setup(16)
-    result = memlink.run_split(coordinator, participants, [range(5, 11), range(11, 16)])  # 0-4 stay here
+    result = memlink.run_split(coordinator, participants, workers=2, local=range(0, 5))
     lsp = result.lsp_outcome
     assert isinstance(lsp, Completed)
     by_txid = {tx.txid: tx for tx in lsp.signed}
@@ -278,7 +278,7 @@ def test_run_split_reports_a_refusal_in_the_worker() -> None:
     kit, coordinator, participants = setup(8)
     stingy = dataclasses.replace(participants[6].expect, capacity_sat=(participants[6].expect.capacity_sat or 0) + 1)
     participants[6] = Participant(stingy, kit.seckeys[7])
-    result = memlink.run_split(coordinator, participants, [range(0, 4), range(4, 8)])
+    result = memlink.run_split(coordinator, participants, workers=2)
     lsp = result.lsp_outcome
     assert isinstance(lsp, Failed) and lsp.code == AbortCode.BAD_PROPOSAL and lsp.culprit == 6
     assert all(isinstance(result.client_outcome(c), Failed) for c in range(8))
