@@ -318,9 +318,16 @@ UTF8 = _rest_codec("utf8", MAX_UTF8_LEN, _utf8_encode, _utf8_decode)
 
 def array(item: Codec[T]) -> Codec[tuple[T, ...]]:
     """bigsize count, then items (variable-size items are bigsize-length-prefixed)."""
+    # The last tuple of fixed-size bytes encoded, with its encoding (one tuple, swapped whole): every
+    # proposal of a round carries the same key list. A tuple of bytes cannot change.
+    last: list[tuple[object, bytes]] = [(object(), b"")]
+
     def encode(values: tuple[T, ...]) -> bytes:
         if not isinstance(values, (tuple, list)):
             raise EncodeError(f"array({item.name}) needs a tuple")
+        memo = last[0]
+        if memo[0] is values:
+            return memo[1]
         if (item.read_block is not None and item.fixed_size is not None
                 and set(map(type, values)) <= {bytes} and set(map(len, values)) <= {item.fixed_size}):  # type: ignore[arg-type]
             block = b"".join(values)  # type: ignore[arg-type]  # checked above: all bytes
@@ -329,7 +336,10 @@ def array(item: Codec[T]) -> Codec[tuple[T, ...]]:
                     item.check_block(block, len(values))  # the same checks as decoding (prefixes)
                 except DecodeError as e:
                     raise EncodeError(str(e)) from None
-            return encode_bigsize(len(values)) + block
+            encoded = encode_bigsize(len(values)) + block
+            if isinstance(values, tuple):
+                last[0] = (values, encoded)
+            return encoded
         parts = [encode_bigsize(len(values))]
         for value in values:
             raw = item.encode(value)

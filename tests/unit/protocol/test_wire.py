@@ -214,6 +214,20 @@ def test_codec_encode_rejects(codec: Codec[Any], value: Any) -> None:
         codec.encode(value)
 
 
+def test_fixed_size_array_reuses_the_last_tuple_encoding_only() -> None:
+    codec = wire.array(wire.POINT33)
+    keys = tuple(bytes([2 + i % 2]) + bytes([i]) * 32 for i in range(40))
+    once = codec.encode(keys)
+    assert codec.encode(keys) is once and codec.decode(once) == keys
+    assert codec.encode(list(keys)) == once  # a list is encoded afresh
+    assert codec.encode(()) == b"\x00" and codec.decode(b"\x00") == ()
+    other = keys[:39] + (b"\x03" + bytes(32),)
+    assert codec.decode(codec.encode(other)) == other
+    with pytest.raises(EncodeError):
+        codec.encode(keys[:39] + (b"\x05" + bytes(32),))  # checked every time it is not the memo
+    assert codec.encode(keys) == once
+
+
 def test_bool_codec_roundtrip() -> None:
     assert [wire.BOOL.decode(wire.BOOL.encode(b)) for b in (False, True)] == [False, True]
 
