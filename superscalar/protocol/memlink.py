@@ -298,6 +298,7 @@ def _shared_txs(kept: dict[int, list[Action]]) -> tuple[dict[tuple[bytes, bytes]
 
 _PART = 32  # messages per part of the worker's answer
 _WORKER_NICENESS = 10  # workers yield the CPU to the coordinator's process
+_WORKER_GC_THRESHOLDS = (100_000, 50, 1_000)  # gen-0 allocations, gen-1 and gen-2 collection counts
 
 
 def _worker(conn: Connection, participants: dict[int, Participant]) -> None:
@@ -306,6 +307,8 @@ def _worker(conn: Connection, participants: dict[int, Participant]) -> None:
     # The coordinator is on every client's critical path (a round moves on only when it has
     # aggregated every job): it runs first, and the workers use the CPU it leaves.
     os.nice(_WORKER_NICENESS)
+    # Its clients' objects live until the run ends, and it ends soon: collect cycles rarely.
+    gc.set_threshold(*_WORKER_GC_THRESHOLDS)
     at_client: dict[int, Reassembler] = {}
     kept: dict[int, list[Action]] = {}  # of the clients given to this worker
     persisted: list[tuple[int, str]] = []
