@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Callable, NamedTuple, NewType, Optional, Sequence
 
 from .bitcoin.hashes import tagged_hash
-from .secp256k1 import N, G, Point, musig_key_agg_point, point_mul_g, point_sum, tweak_add
+from .secp256k1 import N, G, Point, musig_key_agg_point, point_mul_g, point_mul_g_bytes, point_sum, tweak_add
 
 PlainPk = NewType("PlainPk", bytes)  # 33-byte compressed public key
 XonlyPk = NewType("XonlyPk", bytes)  # 32-byte BIP-340 public key
@@ -319,10 +319,7 @@ def nonce_gen_internal(
     k_2 = _nonce_hash(rand, pk, aggpk_b, 1, msg_prefixed, extra) % N
     # k_1 == 0 or k_2 == 0 happens with negligible probability (BIP-327 NonceGen)
     assert k_1 != 0 and k_2 != 0
-    R_s1 = point_mul_g(k_1)
-    R_s2 = point_mul_g(k_2)
-    assert R_s1 is not None and R_s2 is not None
-    pubnonce = R_s1.to_bytes() + R_s2.to_bytes()
+    pubnonce = point_mul_g_bytes(k_1) + point_mul_g_bytes(k_2)
     return SecNonce(_bytes32(k_1) + _bytes32(k_2) + pk), pubnonce
 
 

@@ -63,7 +63,7 @@ class Point:
             out = ffi.new("unsigned char[33]")
             outlen = ffi.new("size_t *", 33)
             lib.secp256k1_ec_pubkey_serialize(_CTX, out, outlen, self._raw, _COMPRESSED)
-            self._ser = bytes(out)
+            self._ser = ffi.buffer(out)[:]
         return self._ser
 
     def xonly(self) -> bytes:
@@ -142,6 +142,16 @@ def point_mul_g(k: int) -> Optional[Point]:
     if not lib.secp256k1_ec_pubkey_create(_CTX, raw, _scalar_bytes(k)):
         raise AssertionError("pubkey_create failed on a valid scalar")
     return Point(raw)
+
+
+def point_mul_g_bytes(k: int) -> bytes:
+    """The 33-byte compressed encoding of k·G (constant time), for 0 < k < n."""
+    raw = ffi.new("secp256k1_pubkey *")
+    if not 0 < k < N or not lib.secp256k1_ec_pubkey_create(_CTX, raw, _scalar_bytes(k)):
+        raise ValueError("scalar must be in 1..n-1")
+    out = ffi.new("unsigned char[33]")
+    lib.secp256k1_ec_pubkey_serialize(_CTX, out, ffi.new("size_t *", 33), raw, _COMPRESSED)
+    return ffi.buffer(out)[:]
 
 
 def point_sum(points: Iterable[Optional[Point]]) -> Optional[Point]:

@@ -34,14 +34,16 @@ def hash160(data: bytes) -> bytes:
 
 
 @cache
-def _tag_prefix(tag: str) -> bytes:
+def _tag_state(tag: str) -> "hashlib._Hash":
     tag_hash = sha256(tag.encode("utf-8"))
-    return tag_hash + tag_hash
+    return hashlib.sha256(tag_hash + tag_hash)  # the 64-byte prefix fills one block: hashed once
 
 
 def tagged_hash(tag: str, msg: bytes) -> bytes:
     """BIP-340 "Design / Tagged Hashes": SHA256(SHA256(tag) || SHA256(tag) || msg)."""
-    return sha256(_tag_prefix(tag) + msg)
+    h = _tag_state(tag).copy()
+    h.update(msg)
+    return h.digest()
 
 
 # --- Pure-Python RIPEMD-160 fallback (Dobbertin, Bosselaers, Preneel 1996) ---

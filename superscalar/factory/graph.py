@@ -106,6 +106,8 @@ class FactoryKeys:
         self.pubkeys = tuple(pubkeys)
         self._agg: dict[tuple[int, ...], musig2.KeyAggCache] = {}
         self._sorted: dict[tuple[int, ...], tuple[musig2.PlainPk, ...]] = {}
+        # BIP-327 KeySort of everyone (the root's signers); checked above, so a plain sort.
+        self._all_sorted = tuple(sorted(self.pubkeys))  # type: ignore[arg-type]
 
     @property
     def lsp_xonly(self) -> bytes:
@@ -113,9 +115,10 @@ class FactoryKeys:
 
     def sorted_keys(self, signers: tuple[int, ...]) -> tuple[musig2.PlainPk, ...]:
         """The signers' keys in BIP-327 KeySort order (computed once per signer set)."""
+        if len(signers) == len(self.pubkeys):
+            return self._all_sorted
         if signers not in self._sorted:
-            keys = self.pubkeys if len(signers) == len(self.pubkeys) else [self.pubkeys[i] for i in signers]
-            self._sorted[signers] = tuple(musig2.key_sort(keys))  # type: ignore[arg-type]
+            self._sorted[signers] = tuple(musig2.key_sort([self.pubkeys[i] for i in signers]))  # type: ignore[arg-type]
         return self._sorted[signers]
 
     def keyagg(self, signers: tuple[int, ...]) -> musig2.KeyAggCache:

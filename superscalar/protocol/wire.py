@@ -71,11 +71,12 @@ class Reader:
         return len(self._data) - self._pos
 
     def read(self, n: int) -> bytes:
-        if n < 0 or n > self.remaining:
+        pos = self._pos
+        end = pos + n
+        if n < 0 or end > len(self._data):
             raise DecodeError(f"truncated: need {n} bytes, have {self.remaining}")
-        chunk = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return chunk
+        self._pos = end
+        return self._data[pos:end]
 
     def uint(self, width: int) -> int:
         return int.from_bytes(self.read(width), "big")
