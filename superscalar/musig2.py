@@ -23,7 +23,8 @@ from functools import lru_cache
 from typing import Callable, NamedTuple, NewType, Optional, Sequence
 
 from .bitcoin.hashes import tagged_hash
-from .secp256k1 import N, G, Point, musig_key_agg_point, point_mul_g, point_mul_g_bytes, point_sum, tweak_add
+from .secp256k1 import (N, G, Point, musig_key_agg_point, musig_nonce_agg, musig_pubnonce_parse, point_mul_g,
+                        point_mul_g_bytes, point_sum, tweak_add)
 
 PlainPk = NewType("PlainPk", bytes)  # 33-byte compressed public key
 XonlyPk = NewType("XonlyPk", bytes)  # 32-byte BIP-340 public key
@@ -334,30 +335,29 @@ def nonce_gen(
     return nonce_gen_internal(secrets.token_bytes(32), sk, pk, aggpk, msg, extra_in)
 
 
-def pubnonce_points(pubnonce: bytes) -> tuple[Point, Point]:
-    """The two points of a 66-byte public nonce (BIP-327 NonceAgg's cpoint step); ValueError if
-    either is not a valid compressed point."""
-    if len(pubnonce) != PUBNONCE_SIZE:
-        raise ValueError("a public nonce is 66 bytes")
-    return Point.from_bytes(pubnonce[0:33]), Point.from_bytes(pubnonce[33:66])
+ParsedPubnonce = object  # a public nonce as libsecp256k1's musig module holds it
 
 
-def nonce_agg_points(pairs: Sequence[tuple[Point, Point]]) -> bytes:
-    """BIP-327 NonceAgg over already parsed public nonces: the 66-byte aggregate nonce."""
-    if not pairs:
-        raise ValueError("at least one public nonce is needed")
-    return _cbytes_ext(point_sum(p[0] for p in pairs)) + _cbytes_ext(point_sum(p[1] for p in pairs))
+def parse_pubnonce(pubnonce: bytes) -> ParsedPubnonce:
+    """A 66-byte public nonce checked and parsed once (BIP-327 NonceAgg's cpoint step), for
+    `nonce_agg_parsed`; ValueError if either point is invalid."""
+    return musig_pubnonce_parse(pubnonce)
+
+
+def nonce_agg_parsed(parsed: Sequence[ParsedPubnonce]) -> bytes:
+    """BIP-327 NonceAgg over parsed public nonces: the 66-byte aggregate nonce."""
+    return musig_nonce_agg(parsed)
 
 
 def nonce_agg(pubnonces: Sequence[bytes]) -> bytes:
     """BIP-327 NonceAgg: the 66-byte aggregate nonce."""
-    pairs = []
+    parsed = []
     for i, pubnonce in enumerate(pubnonces):
         try:
-            pairs.append(pubnonce_points(pubnonce))
+            parsed.append(parse_pubnonce(pubnonce))
         except ValueError:
             raise InvalidContributionError(i, "pubnonce") from None
-    return nonce_agg_points(pairs)
+    return nonce_agg_parsed(parsed)
 
 
 # --- Signing (BIP-327 "Session Context", "Signing", "Partial Signature Verification") ---

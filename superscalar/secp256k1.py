@@ -151,7 +151,8 @@ def point_mul_g_bytes(k: int) -> bytes:
         raise ValueError("scalar must be in 1..n-1")
     out = ffi.new("unsigned char[33]")
     lib.secp256k1_ec_pubkey_serialize(_CTX, out, ffi.new("size_t *", 33), raw, _COMPRESSED)
-    return ffi.buffer(out)[:]
+    encoded: bytes = ffi.buffer(out)[:]
+    return encoded
 
 
 def point_sum(points: Iterable[Optional[Point]]) -> Optional[Point]:
@@ -182,6 +183,31 @@ def musig_key_agg_point(points: Sequence[Point]) -> Point:
     if not lib.secp256k1_musig_pubkey_get(_CTX, raw, cache):
         raise AssertionError("musig_pubkey_get failed on a valid cache")
     return Point(raw)
+
+
+def musig_pubnonce_parse(pubnonce: bytes) -> object:
+    """A 66-byte BIP-327 public nonce (two compressed points) parsed by libsecp256k1's musig
+    module, for `musig_nonce_agg`; ValueError if either point is invalid."""
+    if len(pubnonce) != 66:
+        raise ValueError("a public nonce is 66 bytes")
+    parsed = ffi.new("secp256k1_musig_pubnonce *")
+    if not lib.secp256k1_musig_pubnonce_parse(_CTX, parsed, pubnonce):
+        raise ValueError("not a valid public nonce")
+    return parsed
+
+
+def musig_nonce_agg(parsed: Sequence[object]) -> bytes:
+    """BIP-327 NonceAgg of parsed public nonces, by libsecp256k1's musig module: the 66-byte
+    aggregate (a half that sums to infinity is 33 zero bytes, as BIP-327's cbytes_ext)."""
+    if not parsed:
+        raise ValueError("at least one public nonce is needed")
+    agg = ffi.new("secp256k1_musig_aggnonce *")
+    if not lib.secp256k1_musig_nonce_agg(_CTX, agg, ffi.new("secp256k1_musig_pubnonce *[]", list(parsed)), len(parsed)):
+        raise AssertionError("nonce_agg failed on parsed nonces")
+    out = ffi.new("unsigned char[66]")
+    lib.secp256k1_musig_aggnonce_serialize(_CTX, out, agg)
+    aggnonce: bytes = ffi.buffer(out)[:]
+    return aggnonce
 
 
 def tweak_add(point: Point, t: int) -> Optional[Point]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 from .. import musig2
 from ..bitcoin.encoding import ser_string_vector
@@ -107,7 +107,7 @@ class FactoryKeys:
         self._agg: dict[tuple[int, ...], musig2.KeyAggCache] = {}
         self._sorted: dict[tuple[int, ...], tuple[musig2.PlainPk, ...]] = {}
         # BIP-327 KeySort of everyone (the root's signers); checked above, so a plain sort.
-        self._all_sorted = tuple(sorted(self.pubkeys))  # type: ignore[arg-type]
+        self._all_sorted = cast(tuple[musig2.PlainPk, ...], tuple(sorted(self.pubkeys)))
 
     @property
     def lsp_xonly(self) -> bytes:
@@ -118,7 +118,8 @@ class FactoryKeys:
         if len(signers) == len(self.pubkeys):
             return self._all_sorted
         if signers not in self._sorted:
-            self._sorted[signers] = tuple(musig2.key_sort([self.pubkeys[i] for i in signers]))  # type: ignore[arg-type]
+            keys = cast(list[musig2.PlainPk], [self.pubkeys[i] for i in signers])
+            self._sorted[signers] = tuple(musig2.key_sort(keys))
         return self._sorted[signers]
 
     def keyagg(self, signers: tuple[int, ...]) -> musig2.KeyAggCache:

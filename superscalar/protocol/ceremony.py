@@ -24,7 +24,6 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .. import musig2
 from ..bip340 import schnorr_verify
 from ..bitcoin.tx import Tx
-from ..secp256k1 import Point
 from ..factory.graph import TreeTx
 from .rounds import Expectation, ProposalError, Round, participant_jobs
 from .wire import (
@@ -140,7 +139,7 @@ class Coordinator:
             for j in client_jobs:
                 self._signers_due[j] += 1
         self._nonces_due = list(self._signers_due)
-        self._job_nonces: list[dict[int, tuple[Point, Point]]] = [{} for _ in jobs]  # parsed, until aggregated
+        self._job_nonces: list[dict[int, musig2.ParsedPubnonce]] = [{} for _ in jobs]  # parsed, until aggregated
         self._job_psigs: list[list[bytes]] = [[] for _ in jobs]  # until aggregated
         self._aggnonces: dict[int, bytes] = {}
         self._sessions: dict[int, musig2.SessionContext] = {}
@@ -207,7 +206,7 @@ class Coordinator:
         if len(msg.pubnonces) != len(self.round.client_jobs[peer]):
             raise _Violation(AbortCode.BAD_NONCE, "wrong number of nonces", peer)
         try:
-            points = [musig2.pubnonce_points(pn) for pn in msg.pubnonces]
+            points = [musig2.parse_pubnonce(pn) for pn in msg.pubnonces]
         except ValueError:
             raise _Violation(AbortCode.BAD_NONCE, "invalid public nonce", peer) from None
         self._nonces[peer] = msg.pubnonces
@@ -234,7 +233,7 @@ class Coordinator:
         secnonce, pubnonce = musig2.nonce_gen_internal(self._rand(32), self._keypair.seckey, self._keypair.pubkey,
                                                        musig2.XonlyPk(_output_key(t)), t.sighash, None)
         self._secnonces[j] = secnonce
-        self._aggnonces[j] = musig2.nonce_agg_points([musig2.pubnonce_points(pubnonce), *clients.values()])
+        self._aggnonces[j] = musig2.nonce_agg_parsed([musig2.parse_pubnonce(pubnonce), *clients.values()])
         self._sessions[j] = _session(t, self._aggnonces[j])
         self._job_nonces[j] = {}
 

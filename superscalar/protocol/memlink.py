@@ -155,7 +155,7 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant], wo
     def flush(w: _Worker) -> None:
         """Encode and send the worker its next messages, unless it is still busy with the last."""
         while w.in_flight < 2:  # the next batch waits in the pipe while one is worked on
-            batch = []
+            batch: list[tuple[int, bytes]] = []
             while len(batch) < _CHUNK and (item := next_message(w)) is not None:
                 peer, message = item
                 for wire in split_message(message):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from superscalar import musig2
 from superscalar.musig2 import InvalidContributionError, SecNonce, SessionContext
-from superscalar.secp256k1 import N
+from superscalar.secp256k1 import N, Point, point_mul_g, point_mul_g_bytes, point_sum, tweak_add
 
 seckeys = st.integers(min_value=1, max_value=N - 1).map(lambda k: k.to_bytes(32, "big"))
 tweak = st.tuples(st.integers(min_value=0, max_value=N - 1).map(lambda t: t.to_bytes(32, "big")), st.booleans())
@@ -149,3 +149,43 @@ def test_keypair_is_checked_against_the_nonce_and_never_serialized() -> None:
     ctx = SessionContext(musig2.nonce_agg([pubnonce]), (pair.pubkey,), (), (), b"m")
     with pytest.raises(ValueError, match="does not match"):
         musig2.sign(secnonce, musig2.Keypair(other), ctx)
+
+
+def _python_nonce_agg(pubnonces: list[bytes]) -> bytes:
+    """BIP-327 NonceAgg spelled out with this package's point arithmetic (the reference for
+    libsecp256k1's musig nonce aggregation, which the coordinator uses)."""
+    halves = []
+    for h in (0, 33):
+        total = point_sum(Point.from_bytes(pn[h:h + 33]) for pn in pubnonces)
+        halves.append(bytes(33) if total is None else total.to_bytes())
+    return halves[0] + halves[1]
+
+
+@given(st.lists(st.tuples(st.integers(1, N - 1), st.integers(1, N - 1)), min_size=1, max_size=8))
+@settings(max_examples=40, deadline=None)
+def test_nonce_agg_matches_point_sums(scalars: list[tuple[int, int]]) -> None:
+    pubnonces = [point_mul_g_bytes(a) + point_mul_g_bytes(b) for a, b in scalars]
+    assert musig2.nonce_agg(pubnonces) == _python_nonce_agg(pubnonces)
+
+
+def test_nonce_agg_half_at_infinity_and_bad_nonce() -> None:
+    R, S = point_mul_g_bytes(5), point_mul_g_bytes(9)
+    minus_R = Point.from_bytes(R).negate().to_bytes()
+    agg = musig2.nonce_agg([R + S, minus_R + S])
+    assert agg[:33] == bytes(33) and agg == _python_nonce_agg([R + S, minus_R + S])
+    with pytest.raises(InvalidContributionError) as e:
+        musig2.nonce_agg([R + S, b"\x04" + bytes(32) + S])
+    assert e.value.signer == 1
+    with pytest.raises(ValueError):
+        musig2.parse_pubnonce(R)
+
+
+@given(st.integers(1, N - 1), st.integers(0, N - 1))
+@settings(max_examples=30, deadline=None)
+def test_point_helpers_agree(k: int, t: int) -> None:
+    P = point_mul_g(k)
+    assert P is not None and point_mul_g_bytes(k) == P.to_bytes()
+    assert tweak_add(P, t) == P.mul_add_g(1, t)
+    for bad in (0, N):
+        with pytest.raises(ValueError):
+            point_mul_g_bytes(bad)
