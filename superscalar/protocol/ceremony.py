@@ -17,7 +17,7 @@ the machine's memory and are consumed by signing or dropped on failure.
 from __future__ import annotations
 
 import enum
-import secrets
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -38,7 +38,7 @@ from .wire import (
     Signatures,
 )
 
-Rand = Callable[[int], bytes]
+Rand = Callable[[int], bytes]  # fresh randomness for nonces; os.urandom (the OS CSPRNG, what secrets reads) unless a test injects one
 
 
 class LocalProtocolError(RuntimeError):
@@ -123,7 +123,7 @@ class Coordinator:
         (CState.AWAIT_DONE, Done): "_on_done",
     }
 
-    def __init__(self, round_: Round, lsp_seckey: bytes, rand: Rand = secrets.token_bytes) -> None:
+    def __init__(self, round_: Round, lsp_seckey: bytes, rand: Rand = os.urandom) -> None:
         self.round = round_
         self.state = CState.NEW
         self._keypair = musig2.Keypair(lsp_seckey)
@@ -301,7 +301,7 @@ class Participant:
         (PState.AWAIT_SIGNATURES, Signatures): "_on_signatures",
     }
 
-    def __init__(self, expect: Expectation, seckey: bytes, rand: Rand = secrets.token_bytes) -> None:
+    def __init__(self, expect: Expectation, seckey: bytes, rand: Rand = os.urandom) -> None:
         self._keypair = musig2.Keypair(seckey)
         if self._keypair.pubkey != expect.pubkey:
             raise LocalProtocolError("the expectation's key is not ours")
