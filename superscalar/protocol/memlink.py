@@ -278,16 +278,19 @@ def _client_step(participant: Participant, at: Reassembler, client: int, wire: b
     return out
 
 
-def _shared_txs(kept: dict[int, list[Action]]) -> tuple[dict[tuple[bytes, bytes], Tx], dict[int, list[Any]]]:
+TxKey = tuple[bytes, tuple[tuple[bytes, ...], ...]]  # txid and witnesses: one signed transaction
+
+
+def _shared_txs(kept: dict[int, list[Action]]) -> tuple[dict[TxKey, Tx], dict[int, list[Any]]]:
     """A worker's outcomes for the trip back: each signed transaction once (many clients hold the
     same ones, e.g. the distribution), a Completed as the list of its transactions' keys."""
-    txs: dict[tuple[bytes, bytes], Tx] = {}
+    txs: dict[TxKey, Tx] = {}
     out: dict[int, list[Any]] = {}
     for c, actions in kept.items():
         out[c] = []
         for a in actions:
             if isinstance(a, Completed):
-                keys = [(tx.txid_bytes, b"".join(w for i in tx.inputs for w in i.witness)) for tx in a.signed]
+                keys = [(tx.txid_bytes, tuple(i.witness for i in tx.inputs)) for tx in a.signed]
                 for k, tx in zip(keys, a.signed):
                     txs.setdefault(k, tx)
                 out[c].append(keys)
