@@ -3,14 +3,17 @@
 (the LSP and every client, every message encoded, split and decoded, every final signature verified
 by the LSP and by each client on its path) for N clients with default (mainnet-sized) parameters.
 
-By default the ceremony uses every core: the LSP runs in this process and the clients in two forked
-worker processes (`memlink.run_split`); `--processes 1` runs everything in one process
-(`memlink.run`). Each N runs in a fresh subprocess so its figures are its own.
+By default both cores are used: the graph derives its output keys on two threads (libsecp256k1 runs
+without the GIL), and in the ceremony the LSP runs in this process and the clients in two forked
+worker processes (`memlink.run_split`: a client goes to whichever worker asks for work first, and the
+workers run at lower priority than the LSP, whose aggregation every client waits for).
+`--processes 1` runs the ceremony in one process (`memlink.run`).
 
 Printed per N:
   build_s     seconds to build the graph (the LSP's Factory.graph)
   cerem_s     seconds for the ceremony: the round's proposals, then the whole exchange
   total_s     build_s + cerem_s, wall clock
+  range_s     the lowest and highest total_s of the repeated runs
   cpu_s       CPU seconds of build and ceremony, summed over every process
   client_s    one client's own work (rebuild and check its path from its proposal) with every
               cache of derived keys emptied first: what a client's own machine spends
@@ -23,9 +26,15 @@ clock and CPU, next to N·log N's over the same sizes.
 
 Derived keys (MuSig2 key aggregation, taproot tweaks, session values) are memoized per process:
 each is computed once per process however many clients derive it, so these figures count that
-work once per process, not once per client; client_s shows one client's own cost.
+work once per process, not once per client. The workers are forked after the build, so they start
+with the keys the LSP derived. client_s shows one client's own cost, with none of that memoized.
+Everything else a client does (decoding, rebuilding and checking its path and the distribution,
+its nonces and partial signatures, verifying every signature on its path) is done per client.
 
-Usage: contrib/bench_factory.py [--processes P] [N ...]        (default: P = 3, N = 8 64 256 1024)
+Each N runs `--repeat R` times (default 3), each in a fresh subprocess; the row shown is the run
+with the median total, next to the range of totals (this machine's speed varies from run to run).
+
+Usage: contrib/bench_factory.py [--processes P] [--repeat R] [N ...]   (default: P = 3, R = 3, N = 8 64 256 1024)
 """
 
 from __future__ import annotations
@@ -124,34 +133,47 @@ def _fit(xs: list[float], ys: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
+def _run(n: int, processes: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--one", str(n), str(processes)],
+                         capture_output=True, text=True, check=True)
+    r: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    r["total_s"] = r["build_s"] + r["ceremony_s"]
+    return r
+
+
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "--one":
         print(json.dumps(one(int(argv[1]), int(argv[2]))))
         return
-    processes = 3
-    if argv[:1] == ["--processes"]:
-        processes, argv = int(argv[1]), argv[2:]
+    processes, repeat = 3, 3
+    while argv[:1] in (["--processes"], ["--repeat"]):
+        if argv[0] == "--processes":
+            processes = int(argv[1])
+        else:
+            repeat = int(argv[1])
+        argv = argv[2:]
     sizes = [int(a) for a in argv] or [8, 64, 256, 1024]
-    print(f"processes: {processes} ({'the LSP here, clients in ' + str(processes - 1) + ' workers' if processes > 1 else 'one'})")
-    print(f"{'N':>5} {'build_s':>8} {'cerem_s':>8} {'total_s':>8} {'cpu_s':>7} {'client_s':>8} {'MB':>5} {'txs':>6} "
-          f"{'sent_B':>7} {'recv_B':>8} {'exit_tx':>7} {'exit_vB':>7} {'chain_vB/client':>15}")
+    print(f"processes: {processes} ({'the LSP here, clients in ' + str(processes - 1) + ' workers' if processes > 1 else 'one'}); "
+          f"each N run {repeat} times, the run with the median total shown, and the range of totals")
+    print(f"{'N':>5} {'build_s':>8} {'cerem_s':>8} {'total_s':>8} {'range_s':>11} {'cpu_s':>7} {'client_s':>8} {'MB':>5} "
+          f"{'txs':>6} {'sent_B':>7} {'recv_B':>8} {'exit_tx':>7} {'exit_vB':>7} {'chain_vB/client':>15}")
     rows = []
     for n in sizes:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n), str(processes)],
-                             capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        r["total_s"] = r["build_s"] + r["ceremony_s"]
+        runs = sorted((_run(n, processes) for _ in range(repeat)), key=lambda r: r["total_s"])
+        r = runs[len(runs) // 2]
         rows.append(r)
-        print(f"{n:>5} {r['build_s']:8.2f} {r['ceremony_s']:8.2f} {r['total_s']:8.2f} {r['cpu_s']:7.2f} "
+        spread = f"{runs[0]['total_s']:.2f}-{runs[-1]['total_s']:.2f}"
+        print(f"{n:>5} {r['build_s']:8.2f} {r['ceremony_s']:8.2f} {r['total_s']:8.2f} {spread:>11} {r['cpu_s']:7.2f} "
               f"{r['client_s']:8.3f} {r['mb']:5.0f} {r['txs']:>6} {r['max_sent']:>7} {r['max_recv']:>8} "
               f"{r['exit_txs']:>7} {r['exit_vb']:>7} {r['onchain_vb_per_client']:15.1f}")
     fitted = [r for r in rows if r["n"] >= 64] if sum(r["n"] >= 64 for r in rows) >= 2 else rows
     if len(fitted) >= 2:
         ns = [float(r["n"]) for r in fitted]
         nlogn = _fit(ns, [n * math.log(n) for n in ns])
-        print(f"cost growth N={fitted[0]['n']}→{fitted[-1]['n']} (log-log fit over {len(fitted)} sizes): exponent "
+        print(f"cost growth N={fitted[0]['n']}→{fitted[-1]['n']} (log-log fit over {len(fitted)} sizes, median runs): exponent "
               f"{_fit(ns, [r['total_s'] for r in fitted]):.2f} wall clock, {_fit(ns, [r['cpu_s'] for r in fitted]):.2f} CPU "
               f"(N·log N would be {nlogn:.2f})")
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])
