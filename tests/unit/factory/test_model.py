@@ -13,6 +13,7 @@ from superscalar.factory.dw import DWCounter
 from superscalar.factory.errors import ExhaustedError, FactoryError, ParamsError
 from superscalar.factory.graph import (
     TX_VERSION,
+    Factory,
     cooperative_close,
     distribution_tx,
     liquidity_sale,
@@ -100,6 +101,22 @@ def check_graph(n: int, params: FactoryParams) -> None:
 @given(n=st.integers(1, 80), leaf_arity=st.sampled_from([1, 2]), arity=st.integers(2, 9), feerate=st.integers(1000, 20_000))
 def test_amounts_balance_in_every_transaction(n: int, leaf_arity: int, arity: int, feerate: int) -> None:
     check_graph(n, regtest_params(n, 500, leaf_arity=leaf_arity, arity=arity, feerate_per_kvb=feerate))
+
+
+def test_output_keys_derived_on_threads_equal_serial_ones() -> None:
+    """Factory.graph derives its output keys on two threads: the same graph as deriving them one
+    by one in this thread (every txid, output and signer key aggregate)."""
+    kit = make_kit(regtest_params(40, 500, arity=3))
+    f = kit.factory
+    serial = Factory(f.params, f.terms, f.keys.pubkeys, f.scripts)
+    serial.derive_outputs(threads=1)
+    threaded = Factory(f.params, f.terms, f.keys.pubkeys, f.scripts)
+    threaded.derive_outputs(threads=2)
+    for node in range(len(f.topology.nodes)):
+        assert threaded.owned_spend(node) == serial.owned_spend(node)
+        assert threaded.kickoff_spend(node) == serial.kickoff_spend(node)
+    a, b = serial.graph(FUNDING), threaded.graph(FUNDING)
+    assert [t.tx.serialize() for t in a.txs()] == [t.tx.serialize() for t in b.txs()]
 
 
 def test_signed_graph_verifies_under_each_output_key() -> None:

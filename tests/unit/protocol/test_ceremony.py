@@ -274,6 +274,21 @@ def test_run_split_gives_every_client_the_lsps_signed_transactions() -> None:
     assert result.sent == serial.sent and result.received == serial.received
 
 
+def test_run_split_deals_clients_to_workers_as_they_ask() -> None:
+    """Three workers, no local clients: every client lands in some worker and completes with the
+    LSP's transactions; each client's two records come back."""
+    kit, coordinator, participants = setup(12)
+    result = memlink.run_split(coordinator, participants, workers=3)
+    lsp = result.lsp_outcome
+    assert isinstance(lsp, Completed)
+    signed = {tx.serialize() for tx in lsp.signed}
+    for c in range(12):
+        out = result.client_outcome(c)
+        assert isinstance(out, Completed) and {tx.serialize() for tx in out.signed} <= signed
+        assert [r for peer, r in result.persisted if peer == c] == ["signing", "signed"]
+    assert len(result.workers_peak_rss_kb) == 3
+
+
 def test_run_split_reports_a_refusal_in_the_worker() -> None:
     kit, coordinator, participants = setup(8)
     stingy = dataclasses.replace(participants[6].expect, capacity_sat=(participants[6].expect.capacity_sat or 0) + 1)
