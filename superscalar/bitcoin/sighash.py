@@ -159,8 +159,29 @@ def taproot_sighash(
     codesep_pos: int = CODESEP_NONE,
 ) -> bytes:
     """BIP-341 signature hash: hash_TapSighash(0x00 || SigMsg(...))."""
+    if (hash_type == SIGHASH_DEFAULT and leaf_hash is None and annex is None and input_index == 0
+            and len(tx.inputs) == 1 and len(prevouts) == 1):
+        return _key_path_default_one_input(tx, prevouts[0])
     msg = taproot_sigmsg(tx, input_index, prevouts, hash_type, leaf_hash, annex, codesep_pos)
     return tagged_hash("TapSighash", SIGHASH_EPOCH + msg)
+
+
+def _key_path_default_one_input(tx: Tx, spent: TxOut) -> bytes:
+    """The signature hash of a key-path SIGHASH_DEFAULT spend of a one-input transaction (every
+    transaction of a factory): the bytes of taproot_sigmsg for that case, written out in order."""
+    txin, spk = tx.inputs[0], spent.script_pubkey
+    msg = b"".join((
+        SIGHASH_EPOCH, b"\x00",  # epoch; hash_type DEFAULT
+        ser_u32(tx.version), ser_u32(tx.locktime),
+        sha256(txin.prevout.serialize()),  # sha_prevouts
+        sha256(ser_u64(spent.value)),  # sha_amounts
+        sha256(ser_string(spk)),  # sha_scriptpubkeys
+        sha256(ser_u32(txin.sequence)),  # sha_sequences
+        sha256(tx.outputs_bytes),  # sha_outputs
+        b"\x00",  # spend_type: key path, no annex
+        b"\x00\x00\x00\x00",  # input_index 0
+    ))
+    return tagged_hash("TapSighash", msg)
 
 
 def segwit_v0_sighash(

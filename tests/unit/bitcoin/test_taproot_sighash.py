@@ -8,11 +8,15 @@ from typing import Any
 
 import coincurve
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from superscalar.bitcoin.address import segwit_address
 from superscalar.bitcoin.errors import BitcoinError
 from superscalar.bitcoin.script import p2tr_script, p2wpkh_script_code
+from superscalar.bitcoin.hashes import tagged_hash
 from superscalar.bitcoin.sighash import (
+    SIGHASH_EPOCH,
     SIGHASH_ALL,
     SIGHASH_ANYONECANPAY,
     SIGHASH_DEFAULT,
@@ -38,7 +42,9 @@ from superscalar.bitcoin.taproot import (
     tweak_seckey,
     xonly_from_seckey,
 )
-from superscalar.bitcoin.tx import OutPoint, Tx, TxIn, TxOut
+from superscalar.bitcoin.tx import MAX_MONEY, OutPoint, Tx, TxIn, TxOut
+
+from .test_tx import txs
 
 # The official vectors sit beside the repository: /work/main -> /work/shared/vectors.
 VECTORS_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors"
@@ -285,3 +291,14 @@ def test_tapleaf_version_validation() -> None:
         taproot_construct(b"\x00" * 31)
     with pytest.raises(BitcoinError):
         tweak_seckey(bytes(32), None)
+
+
+@settings(max_examples=80, deadline=None)
+@given(txs(with_witness=False), st.integers(0, MAX_MONEY), st.binary(max_size=80))
+def test_one_input_key_path_default_equals_the_general_message(tx: Tx, value: int, spk: bytes) -> None:
+    """taproot_sighash takes a written-out path for a one-input key-path SIGHASH_DEFAULT spend;
+    it must hash exactly the general SigMsg."""
+    one = Tx(tx.version, tx.inputs[:1], tx.outputs, tx.locktime)
+    spent = [TxOut(value, spk)]
+    general = tagged_hash("TapSighash", SIGHASH_EPOCH + taproot_sigmsg(one, 0, spent, SIGHASH_DEFAULT))
+    assert taproot_sighash(one, 0, spent, SIGHASH_DEFAULT) == general
