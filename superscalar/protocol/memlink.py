@@ -231,7 +231,10 @@ def run_split(coordinator: Coordinator, participants: dict[int, Participant], wo
             if busy:
                 for ready in wait(list(busy)):
                     take_reply(busy[ready])  # type: ignore[index]
-            elif not here and not unassigned and not any(w.pending for w in pool):
+            elif unassigned or any(w.pending for w in pool):
+                for w in pool:  # an idle worker given a message while another was being filled
+                    flush(w)
+            elif not here:
                 break
         for w in pool:
             w.outbox.put(None)
