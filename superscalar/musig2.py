@@ -14,6 +14,9 @@ Secret nonces are `SecNonce` objects: a bytearray that `sign` zeroes before it r
 
 Session values and key aggregation depend only on public data and are memoized per distinct input, so
 that N signers sharing one session in one process do the O(N) aggregation once, not N times.
+
+The sums over many points (KeyAgg's Q, NonceAgg) are computed by libsecp256k1's musig module, which
+implements the same BIP; the official vectors check both through this module.
 """
 
 from __future__ import annotations
@@ -130,11 +133,6 @@ def _cpoint_ext(x: bytes) -> Optional[Point]:
     if x == bytes(33):
         return None
     return _cpoint(x)
-
-
-def _cbytes_ext(P: Optional[Point]) -> bytes:
-    """BIP-327 cbytes_ext: 33 zero bytes for infinity."""
-    return bytes(33) if P is None else P.to_bytes()
 
 
 # --- Key generation and aggregation (BIP-327 "Key Generation and Aggregation") ---

@@ -159,6 +159,7 @@ class FactoryShape:
         self._owned_memo: dict[int, Spend] = {}
         self._kickoff_memo: dict[int, Spend] = {}
         self._lstock_memo: dict[int, TaprootInfo] = {}
+        self._derived = False  # derive_outputs has filled the three memos
 
     def owned_spend(self, node: int) -> Spend:
         """The output `node` owns: MuSig2 of its signers, or the LSP after the node's timeout."""
@@ -207,13 +208,17 @@ class FactoryShape:
                     self.lstock_taproot(node)
 
         every = range(len(self.topology.nodes))
+        if self._derived:
+            return
         if threads < 2 or len(every) < 2 * threads:
-            return derive(every)
-        with ThreadPoolExecutor(threads - 1) as pool:
-            helpers = [pool.submit(derive, every[i::threads]) for i in range(1, threads)]
-            derive(every[0::threads])
-            for h in helpers:
-                h.result()  # re-raises a helper's error here
+            derive(every)
+        else:
+            with ThreadPoolExecutor(threads - 1) as pool:
+                helpers = [pool.submit(derive, every[i::threads]) for i in range(1, threads)]
+                derive(every[0::threads])
+                for h in helpers:
+                    h.result()  # re-raises a helper's error here
+        self._derived = True
 
     @once
     def params_bytes(self) -> bytes:
