@@ -210,8 +210,8 @@ def _key_agg(pubkeys: tuple[PlainPk, ...]) -> tuple[KeyGenContext, dict[bytes, i
 
 @lru_cache(maxsize=4096)
 def _key_agg_point(pubkeys: tuple[PlainPk, ...]) -> Point:
-    """BIP-327 KeyAgg's Q = Σ KeyAggCoeff(pubkeys, pkᵢ)·cpoint(pkᵢ), one multi-scalar multiplication
-    in libsecp256k1 (whose musig module computes the same coefficients)."""
+    """BIP-327 KeyAgg's Q = Σ KeyAggCoeff(pubkeys, pkᵢ)·cpoint(pkᵢ), in one call to libsecp256k1's
+    musig module (which computes the same coefficients)."""
     if not pubkeys:
         raise ValueError("at least one public key is needed")
     points = []

@@ -215,12 +215,12 @@ def tweak_add(point: Point, t: int) -> Optional[Point]:
 
     Memoized per process by (point, t): a BIP-341 output key and the MuSig2 x-only tweak of the same
     aggregate (BIP-327 ApplyTweak) are this same sum, so each is computed once."""
-    return _tweak_add(point.to_bytes(), t % N)
+    return _tweak_add(point, t % N)
 
 
-@lru_cache(maxsize=8192)
-def _tweak_add(point: bytes, t: int) -> Optional[Point]:
-    return Point.from_bytes(point).mul_add_g(1, t)
+@lru_cache(maxsize=8192)  # keyed by the point's encoding (Point hashes and compares by it)
+def _tweak_add(point: Point, t: int) -> Optional[Point]:
+    return point.mul_add_g(1, t)
 
 
 def point_add(a: Optional[Point], b: Optional[Point]) -> Optional[Point]:

@@ -38,7 +38,7 @@ from .wire import (
     Signatures,
 )
 
-Rand = Callable[[int], bytes]  # fresh randomness for nonces; os.urandom (the OS CSPRNG, what secrets reads) unless a test injects one
+Rand = Callable[[int], bytes]  # nonce randomness: os.urandom (what secrets reads) unless a test injects one
 
 
 class LocalProtocolError(RuntimeError):

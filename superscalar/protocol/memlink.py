@@ -2,8 +2,8 @@
 
 Every message is encoded, split to the wire's size limit and reassembled exactly as it would cross a
 peer connection, and the bytes each client sends and receives are counted. Used by tests, benchmarks
-and the demo; no sockets, no threads. `run_split` puts some participants in a second process, for a
-second core.
+and the demo. `run` is one thread in this process; `run_split` runs participants in forked worker
+processes, for the other cores.
 """
 
 from __future__ import annotations

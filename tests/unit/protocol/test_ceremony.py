@@ -289,23 +289,18 @@ def test_run_split_deals_clients_to_workers_as_they_ask() -> None:
     assert len(result.workers_peak_rss_kb) == 3
 
 
-def test_run_split_aborts_clients_no_worker_has_yet() -> None:
-    """A refusal in a worker's first batch, while later clients wait for a worker: the LSP's abort
-    reaches every client, the waiting ones included, and the run ends."""
-    kit, coordinator, participants = setup(80)  # two batches of 16 in flight per worker: 64 given out, 16 waiting
-    stingy = dataclasses.replace(participants[1].expect, capacity_sat=(participants[1].expect.capacity_sat or 0) + 1)
-    participants[1] = Participant(stingy, kit.seckeys[2])
+@pytest.mark.parametrize("n,refuser", [
+    (8, 6),  # every client already with a worker
+    (80, 1),  # two batches of 16 in flight per worker: 64 given out, 16 still waiting for a worker
+])
+def test_run_split_reports_a_refusal_in_the_worker(n: int, refuser: int) -> None:
+    """A client in a worker refuses: the LSP's abort reaches every client (those no worker has yet
+    included), the run ends, and the culprit is named."""
+    kit, coordinator, participants = setup(n)
+    expect = participants[refuser].expect
+    participants[refuser] = Participant(dataclasses.replace(expect, capacity_sat=(expect.capacity_sat or 0) + 1),
+                                        kit.seckeys[refuser + 1])
     result = memlink.run_split(coordinator, participants, workers=2)
     lsp = result.lsp_outcome
-    assert isinstance(lsp, Failed) and lsp.code == AbortCode.BAD_PROPOSAL and lsp.culprit == 1
-    assert all(isinstance(result.client_outcome(c), Failed) for c in range(80))
-
-
-def test_run_split_reports_a_refusal_in_the_worker() -> None:
-    kit, coordinator, participants = setup(8)
-    stingy = dataclasses.replace(participants[6].expect, capacity_sat=(participants[6].expect.capacity_sat or 0) + 1)
-    participants[6] = Participant(stingy, kit.seckeys[7])
-    result = memlink.run_split(coordinator, participants, workers=2)
-    lsp = result.lsp_outcome
-    assert isinstance(lsp, Failed) and lsp.code == AbortCode.BAD_PROPOSAL and lsp.culprit == 6
-    assert all(isinstance(result.client_outcome(c), Failed) for c in range(8))
+    assert isinstance(lsp, Failed) and lsp.code == AbortCode.BAD_PROPOSAL and lsp.culprit == refuser
+    assert all(isinstance(result.client_outcome(c), Failed) for c in range(n))
