@@ -25,7 +25,7 @@ from .. import musig2
 from ..bip340 import schnorr_verify
 from ..bitcoin.tx import Tx
 from ..factory.graph import TreeTx
-from .rounds import Expectation, ProposalError, Round, participant_jobs
+from .rounds import Expectation, Round, participant_jobs
 from .wire import (
     Abort,
     AbortCode,
@@ -106,6 +106,10 @@ class _Violation(Exception):
         self.code, self.reason, self.culprit = code, reason, culprit
 
 
+def _describe(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"[:300]
+
+
 def _session(t: TreeTx, aggnonce: bytes) -> musig2.SessionContext:
     return musig2.SessionContext(aggnonce, t.spend.keyagg, (t.spend.tweak,), (True,), t.sighash)
 
@@ -180,6 +184,8 @@ class Coordinator:
             return getattr(self, handler)(peer, msg)  # type: ignore[no-any-return]
         except _Violation as v:
             return self._fail(v)
+        except Exception as e:  # hostile input must fail the round, never escape into the shell
+            return self._fail(_Violation(AbortCode.PROTOCOL_VIOLATION, f"unprocessable message: {_describe(e)}", peer))
 
     def peer_failed(self, peer: int, reason: str, code: AbortCode = AbortCode.PEER_DISCONNECTED) -> list[Action]:
         """Client `peer` disconnected or timed out."""
@@ -331,11 +337,17 @@ class Participant:
             if handler is None:
                 raise _Violation(AbortCode.PROTOCOL_VIOLATION, f"{type(msg).__name__} not allowed in {self.state.value}")
             return getattr(self, handler)(msg)  # type: ignore[no-any-return]
-        except _Violation as v:
-            self.state = PState.ERROR
-            self._secnonces = []
-            fid, sid = self._ids if self._ids[0] else (msg.factory_id, msg.session_id)
-            return [Send(LSP_PEER, Abort(fid, sid, int(v.code), v.reason[:900], None)), Failed(v.code, v.reason)]
+        except Exception as e:  # hostile input must fail the round, never escape into the shell
+            v = e if isinstance(e, _Violation) else _Violation(AbortCode.PROTOCOL_VIOLATION,
+                                                               f"unprocessable message: {_describe(e)}")
+            return self._fail(v, msg)
+
+    def _fail(self, v: _Violation, msg: Message) -> list[Action]:
+        """Abort the round (the Abort names the reason) and forget the secret nonces."""
+        self.state = PState.ERROR
+        self._secnonces = []
+        fid, sid = self._ids if self._ids[0] else (msg.factory_id, msg.session_id)
+        return [Send(LSP_PEER, Abort(fid, sid, int(v.code), v.reason[:900], None)), Failed(v.code, v.reason)]
 
     def lsp_failed(self, reason: str) -> list[Action]:
         """The LSP disconnected or timed out: give up this round (nothing was funded for it)."""
@@ -348,7 +360,7 @@ class Participant:
     def _on_propose(self, msg: Propose) -> list[Action]:
         try:
             self.jobs = participant_jobs(self.expect, msg)
-        except (ProposalError, ValueError) as e:
+        except Exception as e:  # ProposalError, or anything a crafted proposal trips over
             self._ids = (msg.factory_id, msg.session_id)
             raise _Violation(AbortCode.BAD_PROPOSAL, f"proposal refused: {e}") from None
         self._ids = (msg.factory_id, msg.session_id)

@@ -213,6 +213,8 @@ def _tree_jobs(expect: Expectation, msg: Propose, params: FactoryParams, shape: 
                funding: OutPoint, outputs: Sequence[Sequence[TxOut]]) -> tuple[TreeTx, ...]:
     path = shape.rebuild_path(client, funding, msg.funding_value, msg.state_indices, outputs)
     leaf = shape.topology.nodes[shape.topology.leaf_of_client[client]]
+    if len(path[-1].tx.outputs) != leaf.n_clients + 2:
+        raise ProposalError("the leaf must have one channel per client, the L-stock and the anchor")
     mine = path[-1].tx.outputs[client - leaf.first_client]
     # Before the open completes a client cannot know its channel's funding script; it then checks
     # the amount and the P2WSH form here, and the funding outpoint once the channel exists.
