@@ -1,23 +1,32 @@
 """The client role: join factories of LSPs this node trusts, sign only what it checked, keep its exit.
 
-An invitation is accepted only from an allowed LSP, with sane parameters; the client then answers
-with its factory key (from `makesecret`) and a payout script of its wallet, and expects exactly one
-zero-conf channel from that LSP with the invited capacity and push. The ceremony's `Participant`
-checks the whole proposal; the signed exit path is written to the datastore before Done is sent.
+An invitation is accepted only from an allowed LSP, for a factory id never seen before, with
+timelines, fees and amounts inside this client's policy (checked against its own block height);
+the client then answers with its factory key (from `makesecret`, labelled with the LSP and the
+factory) and a payout script of its wallet, and expects exactly one zero-conf channel from that LSP
+with the invited capacity and push. The ceremony's `Participant` checks the whole proposal; the
+record an exit needs is written to the datastore before Done is sent. Afterwards the client watches
+the chain for the funding output it signed over: if it does not confirm, as signed, within the
+policy's funding timeout, the factory is marked unfunded and its channel closed.
 A channel counts as part of the factory only once its funding outpoint is the client's leaf output.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from . import musig2
-from .exits import path_entry
+from .bitcoin.block import block_transactions
+from .bitcoin.tx import Tx
+from .exits import CLOSING_STATES, path_entry
 from .factory.errors import FactoryError
 from .factory.params import FactoryParams
 from .factory.tree import build_topology
 from .node import ClnNode, msat
+from .policy import ClientPolicy, refusal
 from .protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from .protocol.rounds import Expectation, Kind
 from .protocol.wire import Abort, AbortCode, Accept, Invite, Message, Propose
@@ -35,19 +44,36 @@ class Invitation:
     seckey: bytes
     pubkey: bytes
     payout_script: bytes
+    height: int  # our block height when we accepted
+    created: float  # time.monotonic() when we accepted
     channel_opened: bool = False
+
+
+def factory_key_label(lsp: str, factory_id: bytes, role: str) -> str:
+    """The `makesecret` label of a factory key: it names the LSP, the factory and the role, so two
+    LSPs that pick the same id (or an LSP that reuses one) never get the same key from us."""
+    return f"superscalar/factory/{lsp}/{factory_id.hex()}/{role}"
+
+
+# A client factory record's `funding.status`: waiting for the funding output, seen confirmed as
+# signed, or given up on (never confirmed in time, or confirmed with another value or script).
+AWAITING, CONFIRMED, UNFUNDED = "awaiting", "confirmed", "unfunded"
+MAX_BLOCKS_PER_SCAN = 32  # blocks fetched per block_added while catching up after downtime
 
 
 class Client:
     def __init__(self, node: ClnNode, store: Store, transport: Transport, allowed_lsps: Optional[set[str]],
-                 log: Callable[[str], None], dev_fail_at: str = "") -> None:
+                 log: Callable[[str], None], dev_fail_at: str = "", policy: ClientPolicy = ClientPolicy(),
+                 stale_after: float = 600.0) -> None:
         self.node, self.store, self.transport = node, store, transport
         self.allowed = allowed_lsps  # None: any LSP
         self.log = log
-        # Test-only (superscalar-dev-fail-at): "<message>-disconnect" drops the connection when that
-        # message arrives; "propose-refuse" refuses every proposal.
+        self.policy = policy
+        self.stale_after = stale_after  # seconds after which an unfinished invitation is dropped
+        # Test-only (superscalar-dev-fail-at, developer mode only): "<message>-disconnect" drops the
+        # connection when that message arrives; "propose-refuse" refuses every proposal.
         self.dev_fail_at = dev_fail_at
-        self.invitations: dict[bytes, Invitation] = {}
+        self.invitations: dict[bytes, Invitation] = {}  # at most one per LSP, until its ceremony ends
         self.participants: dict[bytes, Participant] = {}
 
     def _refuse(self, peer: str, msg: Message, reason: str) -> None:
@@ -70,7 +96,7 @@ class Client:
         participant = self.participants.get(msg.factory_id)
         if participant is None:
             if isinstance(msg, Abort):
-                self.invitations.pop(msg.factory_id, None)
+                self._forget(inv)
             return
         self._execute(inv, participant.receive(msg))
 
@@ -88,8 +114,29 @@ class Client:
 
     def on_disconnect(self, peer: str) -> None:
         for fid, inv in list(self.invitations.items()):
-            if inv.lsp == peer and fid in self.participants:
+            if inv.lsp != peer:
+                continue
+            if fid in self.participants:
                 self._execute(inv, self.participants[fid].lsp_failed("disconnected"))
+            else:
+                self._forget(inv)
+
+    def _prune(self, peer: str) -> None:
+        """Drop this LSP's invitations whose ceremony went quiet (an LSP that vanished without a
+        disconnect must not block its next invitation, nor hold our memory)."""
+        now = time.monotonic()
+        for inv in [i for i in self.invitations.values() if i.lsp == peer and now - i.created > self.stale_after]:
+            self.log(f"factory {inv.factory_id.hex()}: invitation went stale, dropped")
+            self._forget(inv)
+
+    def _forget(self, inv: Invitation) -> None:
+        """An unfinished ceremony is over: drop it from memory and its scratch records from the datastore
+        (a factory that completed keeps its `factory` record)."""
+        self.invitations.pop(inv.factory_id, None)
+        self.participants.pop(inv.factory_id, None)
+        fid = inv.factory_id.hex()
+        if self.store.get(fid, "factory") is None:
+            self.store.delete_factory(fid)
 
     def _on_invite(self, peer: str, msg: Invite) -> None:
         if self.allowed is not None and peer not in self.allowed:
@@ -100,16 +147,21 @@ class Client:
         except FactoryError as e:
             self._refuse(peer, msg, f"bad parameters: {e}")
             return
-        if msg.balance_sat + msg.inbound_sat < params.dust_limit_sat:
-            self._refuse(peer, msg, "channel below the dust limit")
+        height = self.node.blockheight()
+        why = refusal(self.policy, params, msg.balance_sat, msg.inbound_sat, height)
+        if why is not None:
+            self._refuse(peer, msg, why)
             return
-        if any(i.lsp == peer and not i.channel_opened and msg.factory_id not in self.participants
-               for i in self.invitations.values()):
+        if msg.factory_id in self.invitations or msg.factory_id.hex() in self.store.factory_ids():
+            self._refuse(peer, msg, "factory id already used")
+            return
+        self._prune(peer)
+        if any(i.lsp == peer for i in self.invitations.values()):
             self._refuse(peer, msg, "another invitation from this LSP is pending")
             return
-        seckey = self.node.secret(f"superscalar/factory/{msg.factory_id.hex()}/client")
+        seckey = self.node.secret(factory_key_label(peer, msg.factory_id, "client"))
         inv = Invitation(peer, msg.factory_id, params, msg.balance_sat, msg.inbound_sat, seckey,
-                         musig2.individual_pk(seckey), self.node.new_script())
+                         musig2.individual_pk(seckey), self.node.new_script(), height, time.monotonic())
         self.invitations[msg.factory_id] = inv
         self.transport.send(peer, Accept(msg.factory_id, msg.session_id, inv.pubkey, inv.payout_script))
 
@@ -118,16 +170,20 @@ class Client:
         for a in actions:
             if isinstance(a, Persist):
                 self.store.put(fid, f"client-{a.record}", a.jsonable())
+                if a.record == "signed":
+                    # Everything an exit needs is durable before Done goes out (Done follows this).
+                    self.store.put(fid, "factory", self._record(inv, a.data["txs"]))
             elif isinstance(a, Send):
                 self.transport.send(inv.lsp, a.message)
             elif isinstance(a, Completed):
-                self.store.put(fid, "factory", self._record(inv, a))
-            elif isinstance(a, Failed):
-                self.log(f"factory {fid} failed: {a.reason}")
+                self.log(f"factory {fid}: joined; exit path stored, waiting for the funding output")
                 self.invitations.pop(inv.factory_id, None)
                 self.participants.pop(inv.factory_id, None)
+            elif isinstance(a, Failed):
+                self.log(f"factory {fid} failed: {a.reason}")
+                self._forget(inv)
 
-    def _record(self, inv: Invitation, done: Completed) -> dict[str, Any]:
+    def _record(self, inv: Invitation, signed: tuple[Tx, ...]) -> dict[str, Any]:
         participant = self.participants[inv.factory_id]
         path = participant.jobs[:-1]  # the tree path; the last job is the distribution
         leaf = path[-1]
@@ -138,20 +194,73 @@ class Client:
         topology = build_topology(params.n_clients, params.leaf_arity, params.arity)
         vout = index - topology.nodes[topology.leaf_of_client[index]].first_client
         waits = [t.relative_wait for t in path]
+        funding = path[0].tx.inputs[0].prevout
+        height = self.node.blockheight()
         return {
             "role": "client", "lsp": inv.lsp, "params": params.serialize().decode(), "client_index": index,
             "state_indices": _state_indices(params, path),
             "pubkey": inv.pubkey.hex(), "capacity_sat": capacity, "balance_sat": inv.balance_sat,
             "leaf_outpoint": f"{leaf.tx.txid}:{vout}",
-            "funding_outpoint": f"{path[0].tx.inputs[0].prevout.txid_hex}:{path[0].tx.inputs[0].prevout.vout}",
-            "signed_path": [tx.to_hex() for tx in done.signed[:-1]],
+            "funding_outpoint": f"{funding.txid_hex}:{funding.vout}",
+            "signed_path": [tx.to_hex() for tx in signed[:-1]],
             "path_prevouts": [[t.prevout.value, t.prevout.script_pubkey.hex()] for t in path],
             "path_waits": waits,
-            "distribution": done.signed[-1].to_hex(),
+            "distribution": signed[-1].to_hex(),
             "exit": {"transactions": len(path), "vbytes": sum(t.vsize for t in path),
                      "fee_sat": sum(t.fee for t in path), "wait_blocks": sum(waits)},
             "early_warning_blocks": sum(waits) + params.confirm_blocks * len(path),
+            # What this client checked, and when (its own block heights).
+            "verified": {"params_at_height": inv.height, "signed_at_height": height,
+                         "leaf_script": "amount and P2WSH form only (see README: What the client checks)"},
+            "funding": {"status": AWAITING, "scanned_height": inv.height,
+                        "deadline_height": height + self.policy.funding_timeout_blocks,
+                        "confirmed_height": None, "reason": None},
         }
+
+    # --- the funding output: watched until it confirms as signed, or given up on ---
+
+    def on_block(self, height: int) -> None:
+        """Scan the blocks since the last look for each factory whose funding has not confirmed yet."""
+        for fid in self.store.factory_ids():
+            rec = self.store.get(fid, "factory")
+            if rec is None or rec.get("role") != "client" or rec.get("funding", {}).get("status") != AWAITING:
+                continue
+            self._watch_funding(fid, rec, height)
+
+    def _watch_funding(self, fid: str, rec: dict[str, Any], height: int) -> None:
+        funding = rec["funding"]
+        txid, vout = rec["funding_outpoint"].split(":")
+        value, script = rec["path_prevouts"][0]
+        first = int(funding["scanned_height"]) + 1
+        for h in range(first, min(height, first + MAX_BLOCKS_PER_SCAN - 1) + 1):
+            found = next((tx for tx in block_transactions(bytes.fromhex(self.node.raw_block(h))) if tx.txid == txid), None)
+            funding["scanned_height"] = h
+            if found is None:
+                continue
+            verdict = funding_verdict(found, int(vout), int(value), bytes.fromhex(script))
+            if verdict is None:
+                funding.update(status=CONFIRMED, confirmed_height=h)
+                self.log(f"factory {fid}: funding output confirmed at height {h} as signed")
+            else:
+                funding.update(status=UNFUNDED, reason=f"funding transaction at height {h}: {verdict}")
+            break
+        if funding["status"] == AWAITING and funding["scanned_height"] >= int(funding["deadline_height"]):
+            funding.update(status=UNFUNDED, reason=f"no funding output by height {funding['deadline_height']}")
+        self.store.put(fid, "factory", rec)
+        if funding["status"] == UNFUNDED:
+            self.log(f"factory {fid}: UNFUNDED ({funding['reason']}); closing its channel, it takes no more HTLCs")
+            self._close_unbacked(rec)
+
+    def _close_unbacked(self, rec: dict[str, Any]) -> None:
+        for ch in self.node.peer_channels(rec["lsp"]):
+            if channel_in_factory(rec, ch) and ch.get("state") not in CLOSING_STATES:
+                threading.Thread(target=self._close, args=(str(ch["channel_id"]),), daemon=True).start()
+
+    def _close(self, channel_id: str) -> None:
+        try:
+            self.log(f"closing unbacked channel {channel_id}: {self.node.close(channel_id)}")
+        except Exception as e:
+            self.log(f"closing unbacked channel {channel_id}: {e}")
 
     # --- openchannel hook ---
 
@@ -183,6 +292,21 @@ class Client:
 def _state_indices(params: FactoryParams, path: Any) -> list[int]:
     """The DW state index of each state tx on a path, read back from its nSequence."""
     return [params.states_per_layer - 1 - t.relative_wait // params.step_blocks for t in path[1::2]]
+
+
+def funding_verdict(tx: Tx, vout: int, value: int, script: bytes) -> Optional[str]:
+    """Is output `vout` of the confirmed funding transaction the one the tree was signed over? None if so."""
+    if vout >= len(tx.outputs):
+        return f"it has no output {vout}"
+    out = tx.outputs[vout]
+    if out.value != value or out.script_pubkey != script:
+        return f"output {vout} is {out.value} sat to {out.script_pubkey.hex()}, not the signed {value} sat to {script.hex()}"
+    return None
+
+
+def funding_ok(record: dict[str, Any]) -> bool:
+    """May a client credit this factory's channel? Not once its funding was given up on."""
+    return bool(record.get("funding", {}).get("status", AWAITING) != UNFUNDED)
 
 
 def channel_in_factory(record: dict[str, Any], channel: dict[str, Any]) -> bool:

@@ -14,6 +14,7 @@ Ceremony messages arrive through the custommsg hook (`on_message`) on pyln's mai
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import threading
@@ -23,7 +24,8 @@ from typing import Any, Callable, Optional
 from . import musig2
 from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
 from .bitcoin.tx import OutPoint, Tx, TxIn, TxOut
-from .exits import path_entry
+from .client import factory_key_label
+from .exits import CLOSING_STATES, path_entry
 from .factory.graph import Factory, FactoryScripts
 from .factory.params import ClientTerms, FactoryParams
 from .node import ClnNode, PreparedTx
@@ -135,10 +137,16 @@ class Lsp:
         if not clients or len({c.node_id for c in clients}) != len(clients):
             raise CreateError("clients must be distinct and at least one")
         params = self.params_for(len(clients), self.node.blockheight())
+        if self.dev_fail_at == "lsp-start-height-zero":
+            params = dataclasses.replace(params, start_height=0)
         fid = secrets.token_bytes(32)
+        if self.dev_fail_at.startswith("lsp-reuse-id="):
+            fid = bytes.fromhex(self.dev_fail_at.split("=", 1)[1])
         pending = Pending(fid, clients, params, secrets.token_bytes(32))
         self._pending[fid] = pending
-        opened: list[str] = []
+        record: dict[str, Any] = {}
+        opened: list[str] = []  # peers with a pending open
+        completed: list[str] = []  # channel ids completed on a leaf that is not funded yet
         prepared: Optional[PreparedTx] = None
         try:
             progress(f"inviting {len(clients)} clients to factory {fid.hex()}")
@@ -153,7 +161,7 @@ class Lsp:
             with pending.cond:
                 pending.accepts = {new: pending.accepts[old] for new, old in enumerate(order)}
                 pending.clients = clients = [clients[i] for i in order]
-            lsp_sk = _seckey(self.node.secret(f"superscalar/factory/{fid.hex()}/lsp"))
+            lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid, "lsp")))
             pubkeys = [musig2.individual_pk(lsp_sk)] + [pending.accepts[i].pubkey for i in range(len(clients))]
             progress("all clients accepted; opening their leaf channels")
             channels = []
@@ -191,30 +199,62 @@ class Lsp:
                 psbt = Psbt(leaf.tx, (PsbtInput(witness_utxo=leaf.prevout),), tuple(PsbtOutput() for _ in leaf.tx.outputs))
                 if self.dev_fail_at == "lsp-fake-leaf" and i == 0:
                     psbt = _fake_funding(leaf.tx.outputs[leaf.tx.outputs.index(TxOut(c.balance_sat + c.inbound_sat, channels[i]))])
-                record["channels"][i]["channel_id"] = self.node.fundchannel_complete(c.node_id, psbt.to_base64())
+                channel_id = self.node.fundchannel_complete(c.node_id, psbt.to_base64())
+                opened.remove(c.node_id)
+                record["channels"][i]["channel_id"] = channel_id
+                completed.append(channel_id)
+                if i == 0:
+                    self._dev_crash_point("lsp-mid-completion")
             # Every channel now exists on both sides: the funding must go out, never be abandoned.
             record["stage"] = "funding"
             self.store.put(fid.hex(), "factory", record)
-            prepared, opened = None, []  # nothing to undo any more: a failed broadcast is retried per block
+            prepared, opened, completed = None, [], []  # nothing to undo: a failed broadcast is retried per block
             progress("broadcasting the funding transaction")
             self._dev_crash_point("lsp-before-broadcast")
             funding_txid_sent = self.broadcast_funding(fid.hex(), record)
             return {"factory_id": fid.hex(), "funding_txid": funding_txid_sent, "funding_outpoint": f"{funding_txid_sent}:{vout}",
                     "channels": sorted(record["channels"], key=lambda ch: given[ch["peer_id"]])}  # as the caller listed them
         except Exception:
-            self._abort(pending, opened, prepared)
+            self._abort(pending, opened, prepared, completed)
+            if completed:
+                record["stage"] = "abandoned"
+                self.store.put(fid.hex(), "factory", record)
             raise
         finally:
             self._pending.pop(fid, None)
 
     def broadcast_funding(self, factory_id: str, record: dict[str, Any]) -> str:
-        """Sign and broadcast a recorded factory's funding transaction (stage "funding" → "funded")."""
+        """Sign and broadcast a recorded factory's funding transaction (stage "funding" → "funded").
+        The txid that went out must be the one the tree was signed over: anything else leaves every
+        exit path spending an output that does not exist."""
         txid, _ = record["funding_outpoint"].split(":")
-        self.node.send_prepared(PreparedTx(txid, record["funding_psbt"]))
+        if self.dev_fail_at == "lsp-never-broadcast":
+            self.log(f"dev: factory {factory_id}: not broadcasting the funding transaction")
+            sent = txid
+        elif self.dev_fail_at == "lsp-wrong-funding":
+            sent = self._dev_wrong_funding(record)
+        else:
+            sent = self.node.send_prepared(PreparedTx(txid, record["funding_psbt"]))
+            if sent != txid:
+                record["stage"] = "funding-mismatch"
+                self.store.put(factory_id, "factory", record)
+                raise CreateError(f"factory {factory_id}: sendpsbt broadcast {sent}, not the signed funding {txid}")
         record["stage"] = "funded"
         self.store.put(factory_id, "factory", record)
         self.log(f"factory {factory_id} funded by {txid}")
         return str(txid)
+
+    def _dev_wrong_funding(self, record: dict[str, Any]) -> str:
+        """Testing only: release the signed funding's inputs and pay the same output from others, so the
+        transaction that goes out is not the one the tree was signed over."""
+        txid, _ = record["funding_outpoint"].split(":")
+        signed = Psbt.from_base64(record["funding_psbt"]).tx
+        out = next(o for o in signed.outputs if o.value == record["funding_value_sat"])
+        other = self.node.prepare_payment(out.script_pubkey, out.value)  # the signed one's inputs stay reserved
+        sent = self.node.send_prepared(other)
+        self.node.discard_prepared(PreparedTx(txid, record["funding_psbt"]))
+        self.log(f"dev: funded by {sent} instead of the signed {txid}")
+        return sent
 
     def resume(self) -> None:
         """After a restart (called on each block): a factory whose channels all exist gets its funding
@@ -240,13 +280,30 @@ class Lsp:
                 record["stage"] = "abandoned"
                 self.store.put(fid, "factory", record)
                 self.log(f"factory {fid}: abandoned after a restart during channel completion; nothing was broadcast")
+                self._close_unbacked(fid, record)
+
+    def _close_unbacked(self, factory_id: str, record: dict[str, Any]) -> None:
+        """Close every channel of an abandoned factory that was completed on its unfunded leaf: nothing
+        backs it, so neither side may go on crediting it (fundchannel_cancel cannot undo a completed
+        open). Each close becomes a mutual close whose transaction can never confirm; both sides stop
+        using the channel at once."""
+        ids = {c["channel_id"] for c in record["channels"] if c.get("channel_id")}
+        for ch in self.node.peer_channels():
+            if ch.get("channel_id") in ids and ch.get("state") not in CLOSING_STATES:
+                threading.Thread(target=self._close, args=(factory_id, str(ch["channel_id"])), daemon=True).start()
+
+    def _close(self, factory_id: str, channel_id: str) -> None:
+        try:
+            self.log(f"factory {factory_id}: closing unbacked channel {channel_id}: {self.node.close(channel_id)}")
+        except Exception as e:
+            self.log(f"factory {factory_id}: closing unbacked channel {channel_id}: {e}")
 
     def _dev_crash_point(self, name: str) -> None:
         if self.dev_fail_at == name:
             self.log(f"dev: stopping the plugin at {name}")
             os._exit(1)
 
-    def _abort(self, pending: Pending, opened: list[str], prepared: Optional[PreparedTx]) -> None:
+    def _abort(self, pending: Pending, opened: list[str], prepared: Optional[PreparedTx], completed: list[str]) -> None:
         with pending.cond:
             if pending.coordinator is None or pending.outcome is None:
                 for c in pending.clients:
@@ -262,6 +319,11 @@ class Lsp:
                 self.log(f"fundchannel_cancel {peer}: {e}")
         if prepared is not None:
             self.node.discard_prepared(prepared)
+        ids = set(completed)
+        for ch in self.node.peer_channels() if ids else []:
+            if ch.get("channel_id") in ids:
+                threading.Thread(target=self._close, args=(pending.factory_id.hex(), str(ch["channel_id"])),
+                                 daemon=True).start()
 
 
 def lsp_exit_path(record: dict[str, Any], peer: str | None) -> tuple[list[list[Any]], list[str]]:

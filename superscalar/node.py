@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from .bitcoin.address import address_to_script, segwit_address
+from .bitcoin.script import is_native_segwit
 from .protocol.wire import SUPERSCALAR_MSG_TYPE
 
 if TYPE_CHECKING:
@@ -71,17 +72,23 @@ class ClnNode:
     def prepare_payment(self, script_pubkey: bytes, amount_sat: int) -> "PreparedTx":
         """An unsigned wallet transaction paying `amount_sat` to `script_pubkey`, its inputs reserved
         (`fundpsbt` with the excess as change, then `addpsbtoutput`). Its txid is final already:
-        every wallet input is segwit."""
+        `nonwrapped` keeps P2SH-wrapped coins out, and every input is checked to be native segwit."""
         from .bitcoin.psbt import Psbt
 
         weight = 4 * (8 + 1 + len(script_pubkey))  # the output we add (BIP-141 weight of a TxOut)
         funded = self.rpc.call("fundpsbt", {"satoshi": amount_sat, "feerate": "normal", "startweight": weight,
-                                            "excess_as_change": True})
+                                            "excess_as_change": True, "nonwrapped": True})
         try:
             added = self.rpc.call("addpsbtoutput", {"satoshi": amount_sat, "initialpsbt": funded["psbt"],
                                                     "destination": self.address(script_pubkey)})
             psbt = str(added["psbt"])
-            return PreparedTx(Psbt.from_base64(psbt).tx.txid, psbt)
+            parsed = Psbt.from_base64(psbt)
+            for i, inp in enumerate(parsed.inputs):
+                # BIP-141: only native segwit spends keep the txid fixed before signing.
+                script = inp.witness_utxo.script_pubkey if inp.witness_utxo is not None else b""
+                if not is_native_segwit(script):
+                    raise ValueError(f"funding input {i} is not native segwit: its txid could change when signed")
+            return PreparedTx(parsed.tx.txid, psbt)
         except Exception:
             self.rpc.call("unreserveinputs", {"psbt": funded["psbt"]})
             raise
@@ -205,6 +212,9 @@ class ClnNode:
             params["mode"] = "must-replace"
             params["generation"] = generation
         return int(self.rpc.call("datastore", params)["generation"])
+
+    def datastore_del(self, key: list[str]) -> None:
+        self.rpc.call("deldatastore", {"key": key})
 
     def datastore_list(self, prefix: list[str]) -> list[list[str]]:
         return [list(e["key"]) for e in self.rpc.call("listdatastore", {"key": prefix})["datastore"]]

@@ -3,17 +3,19 @@ into calls on the roles. No logic lives here; hooks never raise (a failure gets 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any, Optional
 
 from pyln.client import Plugin, RpcException
 
 from superscalar import __version__
-from superscalar.client import Client, channel_in_factory
+from superscalar.client import Client, channel_in_factory, funding_ok
 from superscalar.factory.params import FactoryParams, regtest_params
 from superscalar.exits import CLOSING_STATES, Exits
 from superscalar.lsp import ClientSpec, Lsp, lsp_exit_path
 from superscalar.node import ClnNode, msat
+from superscalar.policy import ClientPolicy
 from superscalar.protocol.wire import WireError
 from superscalar.store import Store
 from superscalar.transport import Transport
@@ -36,17 +38,50 @@ class Roles:
         self.profile = str(options.get("superscalar-profile", "mainnet"))
         feerate = options.get("superscalar-feerate-per-kvb")
         self.feerate: Optional[int] = int(feerate) if feerate not in (None, "") else None
-        self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log,
-                       float(options.get("superscalar-timeout", 60)), str(options.get("superscalar-dev-fail-at", "")))
+        self.developer = _developer_mode(plugin)
+        dev_fail_at = str(options.get("superscalar-dev-fail-at", "") or "")
+        if dev_fail_at and not self.developer:
+            plugin.log("superscalar-dev-fail-at is ignored: lightningd is not running with --developer", level="unusual")
+            dev_fail_at = ""
+        self.policy = client_policy(self.profile, options)
+        timeout = float(options.get("superscalar-timeout", 60))
+        self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log, timeout, dev_fail_at)
         self.exits = Exits(self.node, self.store, plugin.log)
-        self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log,
-                             str(options.get("superscalar-dev-fail-at", "")))
+        self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log, dev_fail_at,
+                             self.policy, stale_after=10 * timeout)
 
     def params_for(self, n_clients: int, height: int) -> FactoryParams:
         fee = {} if self.feerate is None else {"feerate_per_kvb": self.feerate}
         if self.profile == "regtest":
             return regtest_params(n_clients, height, **fee)
         return FactoryParams(n_clients=n_clients, start_height=height, **fee)
+
+
+def _developer_mode(plugin: Plugin) -> bool:
+    """Is lightningd running with --developer? Test hooks are honoured only then."""
+    try:
+        return bool(plugin.rpc.call("listconfigs", {"config": "developer"})["configs"]["developer"]["set"])
+    except Exception:
+        return False
+
+
+POLICY_OPTION = "superscalar-client-"
+
+
+def client_policy(profile: str, options: dict[str, Any]) -> ClientPolicy:
+    """The profile's client policy with every `superscalar-client-<field>` option that was set."""
+    overrides = {f.name: int(options[POLICY_OPTION + f.name.replace("_", "-")])
+                 for f in dataclasses.fields(ClientPolicy)
+                 if options.get(POLICY_OPTION + f.name.replace("_", "-")) not in (None, "")}
+    return ClientPolicy.for_profile(profile).with_overrides(overrides)
+
+
+def _report(plugin: Plugin, what: str, e: Exception) -> None:
+    """A handler's failure: lightningd's RPC socket being gone is shutdown, not a broken plugin."""
+    if isinstance(e, OSError):
+        plugin.log(f"{what}: lightningd unreachable ({e!r}), probably shutting down", level="info")
+    else:
+        plugin.log(f"{what}: {e!r}", level="broken")
 
 
 def _progress_note(plugin: Plugin, request: Any, text: str) -> None:
@@ -83,7 +118,13 @@ def build_plugin() -> Plugin:
     plugin.add_option("superscalar-timeout", "60", "Seconds to wait for each step of a factory ceremony.")
     plugin.add_option("superscalar-feerate-per-kvb", "", "Fee rate (sat per 1000 vB) pre-agreed for every factory "
                       "transaction; default: the profile's (2000).")
-    plugin.add_option("superscalar-dev-fail-at", "", "Testing only: make this client fail a ceremony on purpose.")
+    plugin.add_option("superscalar-dev-fail-at", "", "Testing only (honoured with --developer): make this node "
+                      "fail or misbehave in a ceremony on purpose.")
+    defaults = ClientPolicy()
+    for f in dataclasses.fields(ClientPolicy):
+        plugin.add_option(POLICY_OPTION + f.name.replace("_", "-"), "",
+                          f"Client policy: {f.name.replace('_', ' ')} (default {getattr(defaults, f.name)} on "
+                          f"mainnet, {getattr(ClientPolicy.for_profile('regtest'), f.name)} on the regtest profile).")
 
     @plugin.init()
     def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin, **kwargs: Any) -> None:
@@ -101,6 +142,7 @@ def build_plugin() -> Plugin:
                                "states_per_layer": sample.states_per_layer, "step_blocks": sample.step_blocks,
                                "active_blocks": sample.active_blocks, "dying_blocks": sample.dying_blocks,
                                "feerate_per_kvb": sample.feerate_per_kvb, "lstock_sat": sample.lstock_sat},
+                "client_policy": dataclasses.asdict(r.policy), "developer": r.developer,
                 "factories": len(r.store.factory_ids())}
 
     @plugin.async_method("superscalar-create")
@@ -150,11 +192,14 @@ def build_plugin() -> Plugin:
         r = holder.get("roles")
         if r is None:
             return
-        try:
-            r.lsp.resume()
-            r.exits.on_block(int(kwargs.get("block_added", {}).get("height") or r.node.blockheight()))
-        except Exception as e:
-            plugin.log(f"exit progress: {e!r}", level="broken")
+        height = int(kwargs.get("block_added", {}).get("height") or 0)
+        for what, step in (("funding broadcast", lambda: r.lsp.resume()),
+                           ("funding watch", lambda: r.client.on_block(height or r.node.blockheight())),
+                           ("exit progress", lambda: r.exits.on_block(height or r.node.blockheight()))):
+            try:
+                step()
+            except Exception as e:
+                _report(plugin, what, e)
 
     @plugin.subscribe("channel_state_changed")
     def on_channel_state_changed(plugin: Plugin, channel_state_changed: dict[str, Any], **kwargs: Any) -> None:
@@ -166,7 +211,7 @@ def build_plugin() -> Plugin:
         try:
             _exit_for_closing_channel(r, channel_state_changed)
         except Exception as e:
-            plugin.log(f"exit for closing channel: {e!r}", level="broken")
+            _report(plugin, "exit for closing channel", e)
 
     @plugin.hook("htlc_accepted")
     def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
@@ -174,7 +219,7 @@ def build_plugin() -> Plugin:
         try:
             failure = _htlc_headroom_failure(r, onion, htlc) if r else None
         except Exception as e:
-            plugin.log(f"htlc_accepted check failed: {e!r}", level="broken")
+            _report(plugin, "htlc_accepted check", e)
             failure = None
         if failure is None:
             return {"result": "continue"}
@@ -194,7 +239,7 @@ def build_plugin() -> Plugin:
         except WireError as e:
             plugin.log(f"malformed superscalar message from {peer_id}: {e}", level="info")
         except Exception as e:  # never let an exception escape into the hook
-            plugin.log(f"error handling message from {peer_id}: {e!r}", level="broken")
+            _report(plugin, f"handling a message from {peer_id}", e)
         return {"result": "continue"}
 
     @plugin.hook("openchannel")
@@ -217,7 +262,7 @@ def build_plugin() -> Plugin:
             r.lsp.on_disconnect(peer)
             r.client.on_disconnect(peer)
         except Exception as e:
-            plugin.log(f"disconnect handling for {peer}: {e!r}", level="broken")
+            _report(plugin, f"disconnect handling for {peer}", e)
 
     return plugin
 
@@ -235,19 +280,29 @@ def _factory_views(r: Roles) -> tuple[dict[str, int], set[str]]:
     records = [rec for fid in r.store.factory_ids() if (rec := r.store.get(fid, "factory"))]
     wanted: dict[str, int] = {}  # channel_id or funding outpoint → early warning
     lsps: set[str] = set()
+    dead: set[str] = set()  # channel ids or leaf outpoints of factories that nothing funds
     for rec in records:
         if rec.get("role") == "lsp":
-            wanted.update({c["channel_id"]: int(c["early_warning_blocks"]) for c in rec["channels"] if c["channel_id"]})
+            ids = {c["channel_id"]: int(c["early_warning_blocks"]) for c in rec["channels"] if c["channel_id"]}
+            if rec.get("stage") in ("abandoned", "funding-mismatch"):
+                dead.update(ids)
+            else:
+                wanted.update(ids)
         elif rec.get("role") == "client":
-            wanted[rec["leaf_outpoint"]] = int(rec["early_warning_blocks"])
             lsps.add(rec["lsp"])
+            if funding_ok(rec):
+                wanted[rec["leaf_outpoint"]] = int(rec["early_warning_blocks"])
+            else:
+                dead.add(rec["leaf_outpoint"])
     headroom: dict[str, int] = {}
     unbacked: set[str] = set()
     for ch in r.node.peer_channels():
         outpoint = f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}"
         ids = [x for x in (ch.get("short_channel_id"), *(ch.get("alias") or {}).values()) if x]
         ew = wanted.get(ch.get("channel_id", "")) or wanted.get(outpoint)
-        if ew is not None:
+        if ch.get("channel_id") in dead or outpoint in dead:
+            unbacked.update(ids)
+        elif ew is not None:
             headroom.update({x: ew for x in ids})
         elif ch.get("peer_id") in lsps and not ch.get("short_channel_id"):
             unbacked.update(ids)
@@ -264,7 +319,9 @@ def _htlc_headroom_failure(r: Roles, onion: dict[str, Any], htlc: dict[str, Any]
     if str(htlc.get("short_channel_id")) in unbacked:
         amount = msat(htlc["amount_msat"])
         return (f"{INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:04x}{amount:016x}{height:08x}",
-                "incoming channel from our LSP is not funded by our factory leaf")
+                "incoming channel is not backed by a funded factory leaf")
+    if onion.get("short_channel_id") and str(onion.get("short_channel_id")) in unbacked:
+        return f"{TEMPORARY_NODE_FAILURE:04x}", "outgoing channel is not backed by a funded factory leaf"
     incoming = headroom.get(str(htlc.get("short_channel_id")))
     outgoing = headroom.get(str(onion.get("short_channel_id"))) if onion.get("short_channel_id") else None
     if outgoing is not None and int(onion.get("outgoing_cltv_value", 0)) - height < outgoing:
@@ -300,6 +357,9 @@ def _exit_for_closing_channel(r: Roles, change: dict[str, Any]) -> None:
         return  # not ours, or its leaf is on chain already: CLN's close machinery has what it needs
     for fid in r.store.factory_ids():
         rec = r.store.get(fid, "factory") or {}
+        if rec.get("stage") in ("completing", "abandoned", "funding-mismatch") or \
+                (rec.get("role") == "client" and not funding_ok(rec)):
+            continue  # its funding output never existed: there is no path to publish
         if rec.get("role") == "lsp":
             peer = next((c["peer_id"] for c in rec["channels"] if c["channel_id"] == channel_id), None)
             if peer is not None:
@@ -351,6 +411,20 @@ def _describe(r: Roles, fid: str) -> dict[str, Any]:
                              "funding_outpoint": rec["leaf_outpoint"], "capacity_msat": rec["capacity_sat"] * 1000,
                              "our_balance_msat": msat(ch.get("to_us_msat", 0)),
                              "early_warning_blocks": rec["early_warning_blocks"]})
+    funding = rec.get("funding") or {"status": "confirmed", "confirmed_height": None}  # records before the watch
+    if progress is None:
+        out["state"] = {"awaiting": "awaiting_funding", "confirmed": "open", "unfunded": "unfunded"}[funding["status"]]
     out.update({"lsp": rec["lsp"], "participants": [rec["lsp"]], "epoch": rec.get("state_indices", []),
-                "channels": channels, "exit": rec["exit"], "exit_progress": _progress(r, fid)})
+                "channels": channels, "exit": rec["exit"], "exit_progress": _progress(r, fid),
+                "safety": _client_safety(funding), "verified": {**rec.get("verified", {}), "funding": funding}})
     return out
+
+
+def _client_safety(funding: dict[str, Any]) -> str:
+    """One line for a client: can its money in this factory be relied on?"""
+    if funding["status"] == "unfunded":
+        return f"not backed: {funding.get('reason')}; the channel was closed and takes no HTLCs"
+    if funding["status"] == "awaiting":
+        return (f"exit path stored; funding output not confirmed yet (given up at height "
+                f"{funding.get('deadline_height')}): until then the channel is only as good as the LSP")
+    return f"exit path stored; funding output confirmed as signed at height {funding.get('confirmed_height')}"

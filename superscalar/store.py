@@ -15,6 +15,9 @@ from .node import ClnNode
 
 ROOT = ["superscalar", "factories"]
 SCHEMA_VERSION = 1
+# The fields that say which factory a `factory` record belongs to: a write that changes any of them
+# would put another factory's data (another tree, another exit path) where a funded one's was.
+IDENTITY = ("role", "params", "funding_outpoint", "lsp", "pubkey", "client_index", "leaf_outpoint")
 
 
 class StoreError(RuntimeError):
@@ -38,16 +41,33 @@ class Store:
         return dict(data["data"])
 
     def put(self, factory_id: str, record: str, data: dict[str, Any]) -> None:
-        """Write `record`, replacing only the version this store last read or wrote."""
+        """Write `record`, replacing only the version this store last read or wrote. A `factory`
+        record is never replaced by another factory's (see `IDENTITY`), whoever asks."""
         key = (factory_id, record)
-        if key not in self._generations and self.node.datastore_get([*ROOT, factory_id, record]) is not None:
-            self.get(factory_id, record)
+        if record == "factory" or (key not in self._generations
+                                   and self.node.datastore_get([*ROOT, factory_id, record]) is not None):
+            old = self.get(factory_id, record)
+            if record == "factory" and old is not None:
+                changed = [k for k in IDENTITY if old.get(k) != data.get(k)]
+                if changed:
+                    raise StoreError(f"{factory_id}: refusing to replace the factory record with another "
+                                     f"factory's ({', '.join(changed)} differ)")
         text = json.dumps({"schema": SCHEMA_VERSION, "data": data}, sort_keys=True)
         try:
             self._generations[key] = self.node.datastore_put([*ROOT, factory_id, record], text,
                                                              self._generations.get(key))
         except Exception as e:  # the RPC error says the generation moved: someone else wrote
             raise StoreError(f"{factory_id}/{record}: write conflict or failure: {e}") from e
+
+    def delete_factory(self, factory_id: str) -> None:
+        """Remove every record of a factory that never came to exist (an unfinished ceremony's scratch
+        records). Refused once a `factory` record exists: those are kept for good."""
+        if self.get(factory_id, "factory") is not None:
+            raise StoreError(f"{factory_id}: a factory record is never deleted")
+        for key in self.node.datastore_list([*ROOT, factory_id]):
+            if len(key) > 3:
+                self.node.datastore_del(key)
+                self._generations.pop((factory_id, key[3]), None)
 
     def factory_ids(self) -> list[str]:
         return sorted({k[2] for k in self.node.datastore_list(ROOT) if len(k) > 2})

@@ -134,6 +134,12 @@ def witness_program(script_pubkey: bytes) -> tuple[int, bytes] | None:
     return (0 if op == OP_0 else op - OP_1 + 1), script_pubkey[2:]
 
 
+def is_native_segwit(script_pubkey: bytes) -> bool:
+    """BIP-141: a spend of this output has an empty scriptSig (its signature is all witness), so
+    signing cannot change the spending transaction's txid. P2SH-wrapped segwit is not native."""
+    return witness_program(script_pubkey) is not None
+
+
 def p2tr_script(xonly: bytes) -> bytes:
     """BIP-341 P2TR output: ``OP_1 <32-byte x-only key>``."""
     _check_len("x-only key", xonly, 32)

@@ -437,6 +437,11 @@ class Tx:
         return _decode(lambda r: cls._read(r, allow_witness), data)
 
     @classmethod
+    def read(cls, r: ByteReader) -> Tx:
+        """One transaction (witness allowed) from a stream of several, as in a block."""
+        return cls._read(r, True)
+
+    @classmethod
     def _read(cls, r: ByteReader, allow_witness: bool) -> Tx:
         version = r.read_u32()
         inputs = cls._read_inputs(r)

@@ -1,0 +1,31 @@
+"""Blocks, as far as a chain watcher needs them: the transactions of a serialized block.
+
+A block is an 80-byte header, a CompactSize transaction count, then the transactions in their
+witness serialization (BIP-144). Nothing here checks proof of work or the merkle root: blocks come
+from our own bitcoind through lightningd.
+"""
+
+from __future__ import annotations
+
+from .encoding import ByteReader
+from .errors import BitcoinError, DecodeError
+from .tx import Tx
+
+HEADER_SIZE = 80
+_MIN_TX_SIZE = 10  # version, two counts, locktime: a count beyond what the rest could hold is malformed
+
+
+def block_transactions(data: bytes) -> tuple[Tx, ...]:
+    """Every transaction of a serialized block, in block order. Raises DecodeError."""
+    if len(data) < HEADER_SIZE + 1:
+        raise DecodeError("block shorter than its header")
+    r = ByteReader(data[HEADER_SIZE:])
+    try:
+        count = r.read_count(_MIN_TX_SIZE)
+        txs = tuple(Tx.read(r) for _ in range(count))
+    except DecodeError:
+        raise
+    except BitcoinError as e:
+        raise DecodeError(str(e)) from e
+    r.expect_end()
+    return txs

@@ -1,0 +1,85 @@
+"""The factory store: compare-and-swap writes, and a funded factory's record is never replaced by
+another factory's data, whoever asks."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pytest
+
+from superscalar.store import Store, StoreError
+
+
+class MemoryDatastore:
+    """lightningd's datastore semantics that Store relies on: must-create, must-replace at a generation."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, ...], tuple[str, int]] = {}
+
+    def datastore_get(self, key: list[str]) -> Optional[tuple[str, int]]:
+        return self.data.get(tuple(key))
+
+    def datastore_put(self, key: list[str], value: str, generation: Optional[int]) -> int:
+        k = tuple(key)
+        if generation is None:
+            if k in self.data:
+                raise RuntimeError("already exists")
+            self.data[k] = (value, 0)
+        else:
+            if k not in self.data or self.data[k][1] != generation:
+                raise RuntimeError("generation mismatch")
+            self.data[k] = (value, generation + 1)
+        return self.data[k][1]
+
+    def datastore_del(self, key: list[str]) -> None:
+        del self.data[tuple(key)]
+
+    def datastore_list(self, prefix: list[str]) -> list[list[str]]:
+        return [list(k) for k in self.data if list(k[:len(prefix)]) == prefix]
+
+
+def client_record(**change: Any) -> dict[str, Any]:
+    rec = {"role": "client", "params": "{}", "funding_outpoint": "aa" * 32 + ":0", "lsp": "02" + "11" * 32,
+           "pubkey": "03" + "22" * 32, "client_index": 0, "leaf_outpoint": "bb" * 32 + ":0",
+           "signed_path": ["00"], "funding": {"status": "awaiting"}}
+    rec.update(change)
+    return rec
+
+
+def test_a_factory_record_is_never_replaced_by_another_factorys() -> None:
+    node = MemoryDatastore()
+    store = Store(node)  # type: ignore[arg-type]
+    store.put("f1", "factory", client_record())
+    # The same factory's record can change (its funding watch, its stage).
+    store.put("f1", "factory", client_record(funding={"status": "confirmed"}))
+    for change in ({"funding_outpoint": "cc" * 32 + ":1"}, {"leaf_outpoint": "dd" * 32 + ":0"},
+                   {"pubkey": "03" + "33" * 32}, {"lsp": "02" + "44" * 32}, {"params": "{\"x\":1}"}):
+        with pytest.raises(StoreError, match="refusing to replace"):
+            store.put("f1", "factory", client_record(**change))
+        # Another Store over the same datastore (a second writer, a restart) refuses too.
+        with pytest.raises(StoreError, match="refusing to replace"):
+            Store(node).put("f1", "factory", client_record(**change))  # type: ignore[arg-type]
+    assert store.get("f1", "factory") == client_record(funding={"status": "confirmed"})
+
+
+def test_concurrent_writers_do_not_clobber_each_other() -> None:
+    node = MemoryDatastore()
+    a, b = Store(node), Store(node)  # type: ignore[arg-type]
+    a.put("f1", "exit", {"n": 1})
+    assert b.get("f1", "exit") == {"n": 1}
+    a.put("f1", "exit", {"n": 2})
+    with pytest.raises(StoreError):
+        b.put("f1", "exit", {"n": 3})
+
+
+def test_unfinished_ceremonies_are_pruned_but_factories_are_kept() -> None:
+    node = MemoryDatastore()
+    store = Store(node)  # type: ignore[arg-type]
+    store.put("f1", "client-signing", {"session_id": "00"})
+    store.put("f2", "client-signed", {"session_id": "00"})
+    store.put("f2", "factory", client_record())
+    store.delete_factory("f1")
+    assert store.factory_ids() == ["f2"]
+    with pytest.raises(StoreError):
+        store.delete_factory("f2")
+    assert store.get("f2", "client-signed") is not None
