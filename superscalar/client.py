@@ -58,6 +58,7 @@ def factory_key_label(lsp: str, factory_id: bytes, role: str) -> str:
 # A client factory record's `funding.status`: waiting for the funding output, seen confirmed as
 # signed, or given up on (never confirmed in time, or confirmed with another value or script).
 AWAITING, CONFIRMED, UNFUNDED = "awaiting", "confirmed", "unfunded"
+MAX_PENDING_INVITATIONS = 64  # across all LSPs (one each): what `superscalar-join=any` can cost us
 MAX_BLOCKS_PER_SCAN = 32  # blocks fetched per block_added while catching up after downtime
 
 
@@ -121,11 +122,11 @@ class Client:
             else:
                 self._forget(inv)
 
-    def _prune(self, peer: str) -> None:
-        """Drop this LSP's invitations whose ceremony went quiet (an LSP that vanished without a
-        disconnect must not block its next invitation, nor hold our memory)."""
+    def _prune(self) -> None:
+        """Drop invitations whose ceremony went quiet (an LSP that vanished without a disconnect
+        must not block its next invitation, nor hold our memory)."""
         now = time.monotonic()
-        for inv in [i for i in self.invitations.values() if i.lsp == peer and now - i.created > self.stale_after]:
+        for inv in [i for i in self.invitations.values() if now - i.created > self.stale_after]:
             self.log(f"factory {inv.factory_id.hex()}: invitation went stale, dropped")
             self._forget(inv)
 
@@ -155,9 +156,12 @@ class Client:
         if msg.factory_id in self.invitations or msg.factory_id.hex() in self.store.factory_ids():
             self._refuse(peer, msg, "factory id already used")
             return
-        self._prune(peer)
+        self._prune()
         if any(i.lsp == peer for i in self.invitations.values()):
             self._refuse(peer, msg, "another invitation from this LSP is pending")
+            return
+        if len(self.invitations) >= MAX_PENDING_INVITATIONS:
+            self._refuse(peer, msg, "too many invitations pending")
             return
         seckey = self.node.secret(factory_key_label(peer, msg.factory_id, "client"))
         inv = Invitation(peer, msg.factory_id, params, msg.balance_sat, msg.inbound_sat, seckey,
@@ -250,6 +254,10 @@ class Client:
         if funding["status"] == UNFUNDED:
             self.log(f"factory {fid}: UNFUNDED ({funding['reason']}); closing its channel, it takes no more HTLCs")
             self._close_unbacked(rec)
+            progress = self.store.get(fid, "exit")
+            if progress is not None and progress["status"] != "closed":
+                progress["status"] = "cancelled"  # a path whose funding output never existed cannot be published
+                self.store.put(fid, "exit", progress)
 
     def _close_unbacked(self, rec: dict[str, Any]) -> None:
         for ch in self.node.peer_channels(rec["lsp"]):

@@ -56,7 +56,7 @@ class Exits:
 
     def on_block(self, height: int) -> None:
         active = [fid for fid in self.store.factory_ids()
-                  if (p := self.store.get(fid, "exit")) is not None and p["status"] != "closed"]
+                  if (p := self.store.get(fid, "exit")) is not None and p["status"] not in ("closed", "cancelled")]
         block = self.node.raw_block(height) if active else ""
         for fid in active:
             self.step(fid, height, block)

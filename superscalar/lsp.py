@@ -203,6 +203,7 @@ class Lsp:
                 opened.remove(c.node_id)
                 record["channels"][i]["channel_id"] = channel_id
                 completed.append(channel_id)
+                self.store.put(fid.hex(), "factory", record)
                 if i == 0:
                     self._dev_crash_point("lsp-mid-completion")
             # Every channel now exists on both sides: the funding must go out, never be abandoned.
@@ -288,8 +289,10 @@ class Lsp:
         open). Each close becomes a mutual close whose transaction can never confirm; both sides stop
         using the channel at once."""
         ids = {c["channel_id"] for c in record["channels"] if c.get("channel_id")}
+        leaves = {c["funding_outpoint"] for c in record["channels"]}  # also finds one completed just before a crash
         for ch in self.node.peer_channels():
-            if ch.get("channel_id") in ids and ch.get("state") not in CLOSING_STATES:
+            outpoint = f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}"
+            if (ch.get("channel_id") in ids or outpoint in leaves) and ch.get("state") not in CLOSING_STATES:
                 threading.Thread(target=self._close, args=(factory_id, str(ch["channel_id"])), daemon=True).start()
 
     def _close(self, factory_id: str, channel_id: str) -> None:

@@ -345,6 +345,9 @@ def _exit_plan(r: Roles, factory_id: str, peer_id: Optional[str]) -> tuple[list[
     rec = r.store.get(factory_id, "factory")
     if rec is None:
         raise ValueError(f"unknown factory {factory_id}")
+    if rec.get("stage") in ("completing", "abandoned", "funding-mismatch") or \
+            (rec["role"] == "client" and not funding_ok(rec)):
+        raise ValueError(f"factory {factory_id} was never funded: there is no exit path to publish")
     if rec["role"] == "lsp":
         return lsp_exit_path(rec, peer_id)
     return r.client.exit_path(factory_id)
@@ -412,7 +415,7 @@ def _describe(r: Roles, fid: str) -> dict[str, Any]:
                              "our_balance_msat": msat(ch.get("to_us_msat", 0)),
                              "early_warning_blocks": rec["early_warning_blocks"]})
     funding = rec.get("funding") or {"status": "confirmed", "confirmed_height": None}  # records before the watch
-    if progress is None:
+    if progress is None or funding["status"] == "unfunded":
         out["state"] = {"awaiting": "awaiting_funding", "confirmed": "open", "unfunded": "unfunded"}[funding["status"]]
     out.update({"lsp": rec["lsp"], "participants": [rec["lsp"]], "epoch": rec.get("state_indices", []),
                 "channels": channels, "exit": rec["exit"], "exit_progress": _progress(r, fid),

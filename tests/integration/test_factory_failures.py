@@ -139,7 +139,7 @@ def test_client_takes_no_payment_into_a_channel_that_is_not_its_leaf(node_factor
     assert channel_with(cheated, lsp)["state"] == "CHANNELD_NORMAL"
     with pytest.raises(RpcError):
         pay(lsp, cheated, 1_000, "into-fake")
-    cheated.daemon.wait_for_log("not funded by our factory leaf")
+    cheated.daemon.wait_for_log("not backed by a funded factory leaf")
     assert channel_with(cheated, lsp)["to_us_msat"] == 10_000_000
     # The honest leaf channel works.
     assert pay(lsp, honest, 1_000, "into-leaf") == 0

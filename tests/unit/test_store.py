@@ -3,39 +3,13 @@ another factory's data, whoever asks."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
 from superscalar.store import Store, StoreError
 
-
-class MemoryDatastore:
-    """lightningd's datastore semantics that Store relies on: must-create, must-replace at a generation."""
-
-    def __init__(self) -> None:
-        self.data: dict[tuple[str, ...], tuple[str, int]] = {}
-
-    def datastore_get(self, key: list[str]) -> Optional[tuple[str, int]]:
-        return self.data.get(tuple(key))
-
-    def datastore_put(self, key: list[str], value: str, generation: Optional[int]) -> int:
-        k = tuple(key)
-        if generation is None:
-            if k in self.data:
-                raise RuntimeError("already exists")
-            self.data[k] = (value, 0)
-        else:
-            if k not in self.data or self.data[k][1] != generation:
-                raise RuntimeError("generation mismatch")
-            self.data[k] = (value, generation + 1)
-        return self.data[k][1]
-
-    def datastore_del(self, key: list[str]) -> None:
-        del self.data[tuple(key)]
-
-    def datastore_list(self, prefix: list[str]) -> list[list[str]]:
-        return [list(k) for k in self.data if list(k[:len(prefix)]) == prefix]
+from ..fakes import MemoryDatastore
 
 
 def client_record(**change: Any) -> dict[str, Any]:

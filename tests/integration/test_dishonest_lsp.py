@@ -1,0 +1,141 @@
+"""A client against an LSP that misbehaves on purpose (`superscalar-dev-fail-at`, honoured only in
+developer mode): each case ends with the client refusing or detecting, its earlier factories and exit
+paths untouched, and no balance credited that nothing backs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyln.client import RpcError
+from pyln.testing.utils import sync_blockheight, wait_for
+
+from .test_factory_plugin import channel_with, create_factory, pay
+
+pytestmark = pytest.mark.lightningd
+
+FUNDING_TIMEOUT = 6  # the regtest profile's client policy
+CLOSED_OR_CLOSING = {"CHANNELD_SHUTTING_DOWN", "CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE", "AWAITING_UNILATERAL",
+                     "FUNDING_SPEND_SEEN", "ONCHAIN", "CLOSED"}
+# The LSP's plugin misbehaves or stops on purpose; closing channels whose funding never existed makes
+# lightningd retry a closing transaction bitcoind refuses.
+LSP_BROKEN = "superscalar|plugin|Peer permanent failure|bad-txns-inputs-missingorspent"
+
+
+def network(node_factory: Any, plugin_path: Path, n: int, lsp_fail: str = "", wallet_coins: int = 1) -> tuple[Any, list[Any]]:
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp_opts = {**common, "superscalar-lsp": "true"}
+    if lsp_fail:
+        lsp_opts["superscalar-dev-fail-at"] = lsp_fail
+    lsp = node_factory.get_node(options=lsp_opts, may_reconnect=True, broken_log=LSP_BROKEN)
+    clients = [node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True,
+                                     broken_log="bad-txns-inputs-missingorspent")
+               for _ in range(n)]
+    for _ in range(wallet_coins):
+        lsp.fundwallet(5_000_000)
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    return lsp, clients
+
+
+def spec(clients: list[Any]) -> list[dict[str, Any]]:
+    return [{"id": c.info["id"], "balance_sat": 20_000, "inbound_sat": 100_000} for c in clients]
+
+
+def views(node: Any) -> list[dict[str, Any]]:
+    return list(node.rpc.call("superscalar-list")["factories"])
+
+
+def usable(node: Any, peer: Any) -> list[dict[str, Any]]:
+    """The node's channels with `peer` that can still carry a payment."""
+    return [c for c in node.rpc.listpeerchannels(peer.info["id"])["channels"] if c["state"] == "CHANNELD_NORMAL"]
+
+
+def test_client_refuses_a_factory_starting_at_zero(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = network(node_factory, plugin_path, 2, "lsp-start-height-zero")
+    with pytest.raises(RpcError, match="start height 0 is more than 6 blocks from ours"):
+        lsp.rpc.call("superscalar-create", {"clients": spec(clients)})
+    assert bitcoind.rpc.getrawmempool() == []
+    for c in clients:
+        assert views(c) == [] and c.rpc.listpeerchannels()["channels"] == []
+    wait_for(lambda: lsp.rpc.listpeerchannels()["channels"] == [])
+
+
+def test_client_refuses_a_reused_factory_id(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = network(node_factory, plugin_path, 2, wallet_coins=2)
+    first = create_factory(lsp, clients, bitcoind)
+    before = [c.rpc.listdatastore(["superscalar", "factories", first["factory_id"], "factory"])["datastore"]
+              for c in clients]
+    # The LSP restarts as a cheat that proposes the same id again (any co-client knows it).
+    lsp.stop()
+    lsp.daemon.opts["superscalar-dev-fail-at"] = f"lsp-reuse-id={first['factory_id']}"
+    lsp.start()
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    with pytest.raises(RpcError, match="factory id already used"):
+        lsp.rpc.call("superscalar-create", {"clients": spec(clients)})
+    # The funded factory's record, exit path included, is exactly what it was; it still works.
+    for c, old in zip(clients, before):
+        assert c.rpc.listdatastore(["superscalar", "factories", first["factory_id"], "factory"])["datastore"] == old
+        [view] = views(c)
+        assert view["state"] == "open" and view["verified"]["funding"]["status"] == "confirmed"
+    assert pay(lsp, clients[0], 1_000, "after-reuse") == 0
+
+
+def test_client_gives_up_on_funding_never_broadcast(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = network(node_factory, plugin_path, 2, "lsp-never-broadcast")
+    lsp.rpc.call("superscalar-create", {"clients": spec(clients)})
+    assert bitcoind.rpc.getrawmempool() == []
+    for c in clients:
+        [view] = views(c)
+        assert view["state"] == "awaiting_funding" and "not confirmed yet" in view["safety"]
+    bitcoind.generate_block(FUNDING_TIMEOUT)
+    sync_blockheight(bitcoind, [lsp, *clients])
+    for c in clients:
+        wait_for(lambda: views(c)[0]["state"] == "unfunded")
+        assert "no funding output by height" in views(c)[0]["safety"]
+        # Its channel was closed: nothing can be paid into or out of it any more.
+        wait_for(lambda: usable(c, lsp) == [])
+        assert all(ch["state"] in CLOSED_OR_CLOSING for ch in c.rpc.listpeerchannels()["channels"])
+    wait_for(lambda: all(usable(lsp, c) == [] for c in clients))
+    # No exit is started for a factory whose funding output never existed.
+    assert all(v["exit_progress"]["status"] == "none" for c in clients for v in views(c))
+
+
+def test_client_detects_a_funding_txid_not_signed(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = network(node_factory, plugin_path, 2, "lsp-wrong-funding", wallet_coins=2)
+    res = lsp.rpc.call("superscalar-create", {"clients": spec(clients)})
+    signed_txid = res["funding_txid"]
+    lsp.daemon.wait_for_log("instead of the signed")
+    mempool = bitcoind.rpc.getrawmempool()
+    assert len(mempool) == 1 and signed_txid not in mempool  # another transaction pays the same output
+    bitcoind.generate_block(FUNDING_TIMEOUT)
+    sync_blockheight(bitcoind, [lsp, *clients])
+    for c in clients:
+        wait_for(lambda: views(c)[0]["state"] == "unfunded")
+        wait_for(lambda: usable(c, lsp) == [])
+
+
+def test_lsp_restart_mid_completion_leaves_no_channel(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = network(node_factory, plugin_path, 4, "lsp-mid-completion")
+    with pytest.raises(RpcError):
+        lsp.rpc.call("superscalar-create", {"clients": spec(clients)})
+    # One channel was completed on its (unfunded) leaf before the LSP's plugin died.
+    assert sum(len(usable(c, lsp)) for c in clients) == 1
+    lsp.restart()
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    bitcoind.generate_block(1)
+    # The LSP abandons the factory: it releases the funding inputs and closes the completed channel.
+    lsp.daemon.wait_for_log("abandoned after a restart")
+    wait_for(lambda: not any(o.get("reserved") for o in lsp.rpc.listfunds()["outputs"]))
+    wait_for(lambda: all(usable(lsp, c) == [] and usable(c, lsp) == [] for c in clients))
+    assert bitcoind.rpc.getrawmempool() == []
+    # Every client that signed gives the factory up once its funding timeout passes.
+    bitcoind.generate_block(FUNDING_TIMEOUT)
+    sync_blockheight(bitcoind, [lsp, *clients])
+    for c in clients:
+        wait_for(lambda: all(v["state"] == "unfunded" for v in views(c)))
+        assert usable(c, lsp) == []
+    assert lsp.rpc.call("superscalar-list")["factories"] == []  # abandoned factories are not listed
