@@ -20,11 +20,13 @@ from typing import Any, Callable, Optional
 
 from . import musig2
 from .bitcoin.block import block_transactions
+from .bitcoin.script import p2wsh_script
 from .bitcoin.tx import Tx
 from .exits import CLOSING_STATES, path_entry
 from .factory.errors import FactoryError
 from .factory.params import FactoryParams
 from .factory.tree import build_topology
+from .leaf_script import check_leaf_script, funding_wscript
 from .node import ClnNode, msat
 from .policy import ClientPolicy, refusal
 from .protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
@@ -58,6 +60,8 @@ def factory_key_label(lsp: str, factory_id: bytes, role: str) -> str:
 # A client factory record's `funding.status`: waiting for the funding output, seen confirmed as
 # signed, or given up on (never confirmed in time, or confirmed with another value or script).
 AWAITING, CONFIRMED, UNFUNDED = "awaiting", "confirmed", "unfunded"
+# `verified.leaf_script.status`: see leaf_script.py.
+UNVERIFIED, VERIFIED, MISMATCH = "unverified", "verified", "mismatch"
 MAX_PENDING_INVITATIONS = 64  # across all LSPs (one each): what `superscalar-join=any` can cost us
 MAX_BLOCKS_PER_SCAN = 32  # blocks fetched per block_added while catching up after downtime
 
@@ -215,11 +219,39 @@ class Client:
             "early_warning_blocks": sum(waits) + params.confirm_blocks * len(path),
             # What this client checked, and when (its own block heights).
             "verified": {"params_at_height": inv.height, "signed_at_height": height,
-                         "leaf_script": "amount and P2WSH form only (see README: What the client checks)"},
+                         "leaf_script": {"status": UNVERIFIED, "reason": "checked before the first HTLC comes in"}},
             "funding": {"status": AWAITING, "scanned_height": inv.height,
                         "deadline_height": height + self.policy.funding_timeout_blocks,
                         "confirmed_height": None, "reason": None},
         }
+
+    # --- the leaf's channel output: our channel's 2-of-2, or nothing comes in ---
+
+    def verify_leaf(self, fid: str) -> Optional[bool]:
+        """Check (once) that this factory's leaf output is our channel's BOLT-3 2-of-2 (leaf_script.py):
+        True if it is, False if it is not (the factory is then treated as unbacked and its channel
+        closed), None while our channeld has not signed a commitment for it yet."""
+        rec = self.store.get(fid, "factory")
+        if rec is None or rec.get("role") != "client":
+            return None
+        status = leaf_status(rec)
+        if status != UNVERIFIED:
+            return status == VERIFIED
+        txid, vout = rec["leaf_outpoint"].split(":")
+        found = funding_wscript(self.node.debug_log(), rec["lsp"], txid, int(vout))
+        if found is None:
+            return None
+        leaf_script = Tx.from_hex(rec["signed_path"][-1]).outputs[int(vout)].script_pubkey
+        if self.dev_fail_at == "client-other-leaf-script":  # test only: as if the LSP's leaf paid another script
+            leaf_script = p2wsh_script(b"\x51")
+        verdict = check_leaf_script(found[0], found[1], leaf_script)
+        rec["verified"]["leaf_script"] = {"status": VERIFIED if verdict.ok else MISMATCH, "reason": verdict.reason,
+                                          "at_height": self.node.blockheight(), "funding_wscript": verdict.wscript.hex()}
+        self.store.put(fid, "factory", rec)
+        if not verdict.ok:
+            self.log(f"factory {fid}: LEAF SCRIPT MISMATCH ({verdict.reason}); closing its channel, it takes no HTLCs")
+            self._close_unbacked(rec)
+        return verdict.ok
 
     # --- the funding output: watched until it confirms as signed, or given up on ---
 
@@ -313,8 +345,15 @@ def funding_verdict(tx: Tx, vout: int, value: int, script: bytes) -> Optional[st
 
 
 def funding_ok(record: dict[str, Any]) -> bool:
-    """May a client credit this factory's channel? Not once its funding was given up on."""
-    return bool(record.get("funding", {}).get("status", AWAITING) != UNFUNDED)
+    """May a client credit this factory's channel? Not once its funding was given up on, nor once its
+    leaf was found to pay another script than the channel's 2-of-2."""
+    return bool(record.get("funding", {}).get("status", AWAITING) != UNFUNDED
+                and leaf_status(record) != MISMATCH)
+
+
+def leaf_status(record: dict[str, Any]) -> str:
+    leaf = record.get("verified", {}).get("leaf_script")
+    return str(leaf["status"]) if isinstance(leaf, dict) else UNVERIFIED
 
 
 def channel_in_factory(record: dict[str, Any], channel: dict[str, Any]) -> bool:

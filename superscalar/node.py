@@ -194,6 +194,10 @@ class ClnNode:
         assert int.from_bytes(payload[:2], "big") == SUPERSCALAR_MSG_TYPE
         self.rpc.call("sendcustommsg", {"node_id": peer, "msg": payload.hex()})
 
+    def debug_log(self) -> list[dict[str, Any]]:
+        """lightningd's in-memory log at debug level and above (`getlog`), oldest first."""
+        return list(self.rpc.call("getlog", {"level": "debug"})["log"])
+
     # --- datastore ---
 
     def datastore_get(self, key: list[str]) -> Optional[tuple[str, int]]:

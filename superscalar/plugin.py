@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from pyln.client import Plugin, RpcException
 
 from superscalar import __version__
-from superscalar.client import Client, channel_in_factory, funding_ok
+from superscalar.client import Client, channel_in_factory, funding_ok, leaf_status
 from superscalar.factory.params import FactoryParams, regtest_params
 from superscalar.exits import CLOSING_STATES, Exits
 from superscalar.lsp import ClientSpec, Lsp, lsp_exit_path
@@ -273,15 +274,25 @@ TEMPORARY_NODE_FAILURE = 0x2002
 INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS = 0x400F
 
 
-def _factory_views(r: Roles) -> tuple[dict[str, int], set[str]]:
-    """One look at the records and at lightningd's channels per HTLC: every factory channel's short
-    channel id and aliases → its early-warning blocks, and the ids of unconfirmed channels from our
-    factory LSPs that are not our leaf (a client must take nothing into those: nothing backs them)."""
-    records = [rec for fid in r.store.factory_ids() if (rec := r.store.get(fid, "factory"))]
+@dataclass(frozen=True)
+class FactoryViews:
+    """Per HTLC, one look at the records and at lightningd's channels, keyed by every short channel id
+    and alias: each factory channel's early-warning blocks; the channels nothing backs (unconfirmed
+    channels from our factory LSPs that are not our leaf, channels of unfunded or abandoned factories);
+    and our client channels whose leaf script is not verified yet (→ factory id)."""
+
+    headroom: dict[str, int]
+    unbacked: set[str]
+    unverified: dict[str, str]
+
+
+def _factory_views(r: Roles) -> FactoryViews:
+    records = [(fid, rec) for fid in r.store.factory_ids() if (rec := r.store.get(fid, "factory"))]
     wanted: dict[str, int] = {}  # channel_id or funding outpoint → early warning
     lsps: set[str] = set()
     dead: set[str] = set()  # channel ids or leaf outpoints of factories that nothing funds
-    for rec in records:
+    checking: dict[str, str] = {}  # leaf outpoint → factory id, while its leaf script is unverified
+    for fid, rec in records:
         if rec.get("role") == "lsp":
             ids = {c["channel_id"]: int(c["early_warning_blocks"]) for c in rec["channels"] if c["channel_id"]}
             if rec.get("stage") in ("abandoned", "funding-mismatch"):
@@ -292,21 +303,24 @@ def _factory_views(r: Roles) -> tuple[dict[str, int], set[str]]:
             lsps.add(rec["lsp"])
             if funding_ok(rec):
                 wanted[rec["leaf_outpoint"]] = int(rec["early_warning_blocks"])
+                if leaf_status(rec) == "unverified":
+                    checking[rec["leaf_outpoint"]] = fid
             else:
                 dead.add(rec["leaf_outpoint"])
-    headroom: dict[str, int] = {}
-    unbacked: set[str] = set()
+    views = FactoryViews({}, set(), {})
     for ch in r.node.peer_channels():
         outpoint = f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}"
         ids = [x for x in (ch.get("short_channel_id"), *(ch.get("alias") or {}).values()) if x]
         ew = wanted.get(ch.get("channel_id", "")) or wanted.get(outpoint)
         if ch.get("channel_id") in dead or outpoint in dead:
-            unbacked.update(ids)
+            views.unbacked.update(ids)
         elif ew is not None:
-            headroom.update({x: ew for x in ids})
+            views.headroom.update({x: ew for x in ids})
+            if outpoint in checking:
+                views.unverified.update({x: checking[outpoint] for x in ids})
         elif ch.get("peer_id") in lsps and not ch.get("short_channel_id"):
-            unbacked.update(ids)
-    return headroom, unbacked
+            views.unbacked.update(ids)
+    return views
 
 
 def _htlc_headroom_failure(r: Roles, onion: dict[str, Any], htlc: dict[str, Any]) -> Optional[tuple[str, str]]:
@@ -315,11 +329,19 @@ def _htlc_headroom_failure(r: Roles, onion: dict[str, Any], htlc: dict[str, Any]
     zero-conf channel from its LSP that is not its leaf; (failure_message hex, reason) if refused."""
     relative = int(htlc["cltv_expiry_relative"])
     height = int(htlc["cltv_expiry"]) - relative
-    headroom, unbacked = _factory_views(r)
+    views = _factory_views(r)
+    headroom, unbacked = views.headroom, views.unbacked
+    amount = msat(htlc["amount_msat"])
     if str(htlc.get("short_channel_id")) in unbacked:
-        amount = msat(htlc["amount_msat"])
         return (f"{INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:04x}{amount:016x}{height:08x}",
                 "incoming channel is not backed by a funded factory leaf")
+    checking = views.unverified.get(str(htlc.get("short_channel_id")))
+    if checking is not None:
+        verdict = r.client.verify_leaf(checking)
+        if verdict is not True:
+            why = ("its leaf does not pay our channel's 2-of-2" if verdict is False
+                   else "its leaf script cannot be verified yet (no commitment signed by our channeld in the log)")
+            return f"{INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:04x}{amount:016x}{height:08x}", f"incoming channel: {why}"
     if onion.get("short_channel_id") and str(onion.get("short_channel_id")) in unbacked:
         return f"{TEMPORARY_NODE_FAILURE:04x}", "outgoing channel is not backed by a funded factory leaf"
     incoming = headroom.get(str(htlc.get("short_channel_id")))
@@ -330,7 +352,6 @@ def _htlc_headroom_failure(r: Roles, onion: dict[str, Any], htlc: dict[str, Any]
         reason = f"incoming factory channel needs {incoming} blocks of CLTV headroom, HTLC has {relative}"
         if onion.get("short_channel_id"):
             return f"{TEMPORARY_NODE_FAILURE:04x}", reason
-        amount = msat(htlc["amount_msat"])
         return f"{INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:04x}{amount:016x}{height:08x}", reason
     return None
 
@@ -415,19 +436,30 @@ def _describe(r: Roles, fid: str) -> dict[str, Any]:
                              "our_balance_msat": msat(ch.get("to_us_msat", 0)),
                              "early_warning_blocks": rec["early_warning_blocks"]})
     funding = rec.get("funding") or {"status": "confirmed", "confirmed_height": None}  # records before the watch
-    if progress is None or funding["status"] == "unfunded":
+    leaf = leaf_status(rec)
+    if leaf == "mismatch":
+        out["state"] = "leaf_script_mismatch"
+    elif progress is None or funding["status"] == "unfunded":
         out["state"] = {"awaiting": "awaiting_funding", "confirmed": "open", "unfunded": "unfunded"}[funding["status"]]
     out.update({"lsp": rec["lsp"], "participants": [rec["lsp"]], "epoch": rec.get("state_indices", []),
                 "channels": channels, "exit": rec["exit"], "exit_progress": _progress(r, fid),
-                "safety": _client_safety(funding), "verified": {**rec.get("verified", {}), "funding": funding}})
+                "safety": _client_safety(funding, rec.get("verified", {}).get("leaf_script") or {}),
+                "verified": {**rec.get("verified", {}), "funding": funding}})
     return out
 
 
-def _client_safety(funding: dict[str, Any]) -> str:
+def _client_safety(funding: dict[str, Any], leaf: dict[str, Any]) -> str:
     """One line for a client: can its money in this factory be relied on?"""
+    if leaf.get("status") == "mismatch":
+        return f"not backed: {leaf.get('reason')}; the channel was closed and takes no HTLCs"
     if funding["status"] == "unfunded":
         return f"not backed: {funding.get('reason')}; the channel was closed and takes no HTLCs"
+    parts = ["exit path stored"]
+    parts.append("leaf output verified as our channel's 2-of-2" if leaf.get("status") == "verified"
+                 else "leaf script not verified yet (checked before the first incoming HTLC is accepted)")
     if funding["status"] == "awaiting":
-        return (f"exit path stored; funding output not confirmed yet (given up at height "
-                f"{funding.get('deadline_height')}): until then the channel is only as good as the LSP")
-    return f"exit path stored; funding output confirmed as signed at height {funding.get('confirmed_height')}"
+        parts.append(f"funding output not confirmed yet (given up at height {funding.get('deadline_height')}): "
+                     "until then the channel is only as good as the LSP")
+    else:
+        parts.append(f"funding output confirmed as signed at height {funding.get('confirmed_height')}")
+    return "; ".join(parts)

@@ -139,3 +139,33 @@ def test_lsp_restart_mid_completion_leaves_no_channel(node_factory: Any, bitcoin
         wait_for(lambda: all(v["state"] == "unfunded" for v in views(c)))
         assert usable(c, lsp) == []
     assert lsp.rpc.call("superscalar-list")["factories"] == []  # abandoned factories are not listed
+
+
+def test_client_refuses_htlcs_if_leaf_is_not_its_2of2(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A stock-CLN LSP cannot complete a channel on a leaf output that is not the channel's 2-of-2 (its
+    own fundchannel_complete refuses), so the client plays the discrepancy: with
+    `client-other-leaf-script` it believes its signed leaf pays another P2WSH, exactly what it would see
+    if a modified LSP node had put its own script there."""
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, broken_log=LSP_BROKEN)
+    join = {**common, "superscalar-join": lsp.info["id"]}
+    cheated = node_factory.get_node(options={**join, "superscalar-dev-fail-at": "client-other-leaf-script"},
+                                    broken_log="bad-txns-inputs-missingorspent")
+    # lightningd's default log level: the check reads the in-memory log, which keeps debug lines anyway.
+    honest = node_factory.get_node(options={**join, "log-level": "info"})
+    lsp.fundwallet(5_000_000)
+    for c in (cheated, honest):
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    create_factory(lsp, [cheated, honest], bitcoind)
+    before = channel_with(cheated, lsp)["to_us_msat"]
+    with pytest.raises(RpcError):
+        pay(lsp, cheated, 1_000, "into-foreign-leaf")
+    cheated.daemon.wait_for_log("LEAF SCRIPT MISMATCH")
+    [view] = views(cheated)
+    assert view["state"] == "leaf_script_mismatch" and "not backed" in view["safety"]
+    assert view["verified"]["leaf_script"]["status"] == "mismatch"
+    wait_for(lambda: usable(cheated, lsp) == [])
+    assert channel_with(cheated, lsp)["to_us_msat"] == before  # nothing was credited
+    # The leaf-mate's channel verifies and takes payments.
+    assert pay(lsp, honest, 1_000, "into-own-leaf") == 0
+    assert views(honest)[0]["verified"]["leaf_script"]["status"] == "verified"

@@ -105,6 +105,12 @@ def test_lsp_creates_a_factory_with_four_clients_and_payments_flow(node_factory:
     expected[0] -= 1_000_000 + fee
     expected[1] += 1_000_000
     assert_balances(lsp, clients, expected)
+    # Before taking its first HTLC in, each client verified from its own channeld that its leaf output
+    # is its channel's BOLT-3 2-of-2.
+    for c in clients:
+        [view] = c.rpc.call("superscalar-list")["factories"]
+        assert view["verified"]["leaf_script"]["status"] == "verified", view["verified"]
+        assert "leaf output verified" in view["safety"]
 
     # An HTLC into a factory channel that leaves less CLTV headroom than the channel's early-warning
     # time (16 blocks here) is failed by the client's plugin; the payment fails and moves nothing.
