@@ -63,7 +63,8 @@ AWAITING, CONFIRMED, UNFUNDED = "awaiting", "confirmed", "unfunded"
 # `verified.leaf_script.status`: see leaf_script.py.
 UNVERIFIED, VERIFIED, MISMATCH = "unverified", "verified", "mismatch"
 MAX_PENDING_INVITATIONS = 64  # across all LSPs (one each): what `superscalar-join=any` can cost us
-MAX_BLOCKS_PER_SCAN = 32  # blocks fetched per block_added while catching up after downtime
+MAX_BLOCKS_PER_SCAN = 32
+LEAF_CHECK_INTERVAL = 5.0  # seconds between two reads of the log for one unverified leaf  # blocks fetched per block_added while catching up after downtime
 
 
 class Client:
@@ -80,6 +81,7 @@ class Client:
         self.dev_fail_at = dev_fail_at
         self.invitations: dict[bytes, Invitation] = {}  # at most one per LSP, until its ceremony ends
         self.participants: dict[bytes, Participant] = {}
+        self._leaf_checked: dict[str, float] = {}  # factory id → when its log was last read, while unverified
 
     def _refuse(self, peer: str, msg: Message, reason: str) -> None:
         self.log(f"refusing invitation from {peer}: {reason}")
@@ -237,6 +239,10 @@ class Client:
         status = leaf_status(rec)
         if status != UNVERIFIED:
             return status == VERIFIED
+        now = time.monotonic()
+        if now - self._leaf_checked.get(fid, -LEAF_CHECK_INTERVAL) < LEAF_CHECK_INTERVAL:
+            return None  # reading the whole log again so soon would let a flood of HTLCs cost us without bound
+        self._leaf_checked[fid] = now
         txid, vout = rec["leaf_outpoint"].split(":")
         found = funding_wscript(self.node.debug_log(), rec["lsp"], txid, int(vout))
         if found is None:

@@ -100,3 +100,22 @@ def test_one_pending_invitation_per_lsp_and_stale_ones_are_dropped() -> None:
     stranger = "03" + "bb" * 32
     client.on_message(stranger, dataclasses.replace(invite(b"\x0a" * 32)))
     assert "does not join factories of that LSP" in sent(journal)[-1].reason
+
+
+def test_lsp_refuses_a_broadcast_txid_other_than_the_signed_one() -> None:
+    import pytest
+
+    from superscalar.lsp import CreateError, Lsp
+
+    class Node(ClientNode):
+        def send_prepared(self, prepared: Any) -> str:
+            return "bb" * 32  # what sendpsbt says went out
+
+    node = Node(HEIGHT)
+    lsp = Lsp(node, Store(node), Outbox([]), lambda n, h: regtest_params(n, h), lambda _: None)  # type: ignore[arg-type]
+    record = {"role": "lsp", "params": "{}", "funding_outpoint": "aa" * 32 + ":0", "funding_psbt": "", "stage": "funding"}
+    lsp.store.put("f", "factory", dict(record))
+    with pytest.raises(CreateError, match="not the signed funding"):
+        lsp.broadcast_funding("f", dict(record))
+    stored = lsp.store.get("f", "factory")
+    assert stored is not None and stored["stage"] == "funding-mismatch"
