@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pyln.client import Plugin, RpcException
 
@@ -194,9 +194,11 @@ def build_plugin() -> Plugin:
         if r is None:
             return
         height = int(kwargs.get("block_added", {}).get("height") or 0)
-        for what, step in (("funding broadcast", lambda: r.lsp.resume()),
-                           ("funding watch", lambda: r.client.on_block(height or r.node.blockheight())),
-                           ("exit progress", lambda: r.exits.on_block(height or r.node.blockheight()))):
+        steps: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("funding broadcast", r.lsp.resume),
+            ("funding watch", lambda: r.client.on_block(height or r.node.blockheight())),
+            ("exit progress", lambda: r.exits.on_block(height or r.node.blockheight())))
+        for what, step in steps:
             try:
                 step()
             except Exception as e:
@@ -294,11 +296,11 @@ def _factory_views(r: Roles) -> FactoryViews:
     checking: dict[str, str] = {}  # leaf outpoint → factory id, while its leaf script is unverified
     for fid, rec in records:
         if rec.get("role") == "lsp":
-            ids = {c["channel_id"]: int(c["early_warning_blocks"]) for c in rec["channels"] if c["channel_id"]}
+            warnings = {c["channel_id"]: int(c["early_warning_blocks"]) for c in rec["channels"] if c["channel_id"]}
             if rec.get("stage") in ("abandoned", "funding-mismatch"):
-                dead.update(ids)
+                dead.update(warnings)
             else:
-                wanted.update(ids)
+                wanted.update(warnings)
         elif rec.get("role") == "client":
             lsps.add(rec["lsp"])
             if funding_ok(rec):
