@@ -7,8 +7,8 @@ from our own bitcoind through lightningd.
 
 from __future__ import annotations
 
-from .encoding import ByteReader
-from .errors import BitcoinError, DecodeError
+from .encoding import decode_all
+from .errors import DecodeError
 from .tx import Tx
 
 HEADER_SIZE = 80
@@ -19,13 +19,4 @@ def block_transactions(data: bytes) -> tuple[Tx, ...]:
     """Every transaction of a serialized block, in block order. Raises DecodeError."""
     if len(data) < HEADER_SIZE + 1:
         raise DecodeError("block shorter than its header")
-    r = ByteReader(data[HEADER_SIZE:])
-    try:
-        count = r.read_count(_MIN_TX_SIZE)
-        txs = tuple(Tx.read(r) for _ in range(count))
-    except DecodeError:
-        raise
-    except BitcoinError as e:
-        raise DecodeError(str(e)) from e
-    r.expect_end()
-    return txs
+    return decode_all(lambda r: tuple(Tx.read(r) for _ in range(r.read_count(_MIN_TX_SIZE))), data[HEADER_SIZE:])

@@ -7,7 +7,8 @@ framework, but all decoding goes through :class:`ByteReader`, which raises
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from .errors import BitcoinError, DecodeError
 
@@ -183,3 +184,19 @@ class ByteReader:
         """Raise DecodeError if unread bytes remain."""
         if not self.at_end():
             raise DecodeError(f"{self.remaining} trailing bytes")
+
+
+_T = TypeVar("_T")
+
+
+def decode_all(parse: Callable[[ByteReader], _T], data: bytes) -> _T:
+    """Run ``parse`` over all of ``data``; trailing bytes or any validation failure is a DecodeError."""
+    reader = ByteReader(data)
+    try:
+        obj = parse(reader)
+    except DecodeError:
+        raise
+    except BitcoinError as exc:
+        raise DecodeError(str(exc)) from exc
+    reader.expect_end()
+    return obj

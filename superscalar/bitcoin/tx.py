@@ -8,12 +8,13 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NewType, TypeVar, overload
+from typing import NewType, overload
 
 from ..memo import once
 
 from .encoding import (
     ByteReader,
+    decode_all,
     ser_compact_size,
     ser_string,
     ser_string_vector,
@@ -55,8 +56,6 @@ _U32_MAX = 0xFFFFFFFF
 Txid = NewType("Txid", bytes)
 """A 32-byte transaction id in internal (little-endian, serialization) byte order."""
 
-_T = TypeVar("_T")
-
 
 def _check_u32(name: str, n: int) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= _U32_MAX:
@@ -66,19 +65,6 @@ def _check_u32(name: str, n: int) -> None:
 def _check_bytes(name: str, b: object) -> None:
     if not isinstance(b, bytes):
         raise BitcoinError(f"{name} must be bytes, got {type(b).__name__}")
-
-
-def _decode(parse: Callable[[ByteReader], _T], data: bytes) -> _T:
-    """Run ``parse`` over all of ``data``; any validation failure becomes DecodeError."""
-    reader = ByteReader(data)
-    try:
-        obj = parse(reader)
-    except DecodeError:
-        raise
-    except BitcoinError as exc:
-        raise DecodeError(str(exc)) from exc
-    reader.expect_end()
-    return obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +109,7 @@ class OutPoint:
     @classmethod
     def deserialize(cls, data: bytes) -> OutPoint:
         """Parse exactly one outpoint."""
-        return _decode(cls.read, data)
+        return decode_all(cls.read, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +178,7 @@ class TxOut:
     @classmethod
     def deserialize(cls, data: bytes) -> TxOut:
         """Parse exactly one output."""
-        return _decode(cls.read, data)
+        return decode_all(cls.read, data)
 
 
 Run = tuple[int, int, int]  # (index of its first output, byte offset of it, bytes per output)
@@ -434,7 +420,7 @@ class Tx:
         followed by flag byte 0x01 (BIP-144) introduces the extended format;
         a witness record with all-empty stacks or unknown flag bits is invalid.
         """
-        return _decode(lambda r: cls._read(r, allow_witness), data)
+        return decode_all(lambda r: cls._read(r, allow_witness), data)
 
     @classmethod
     def read(cls, r: ByteReader) -> Tx:
