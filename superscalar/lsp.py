@@ -223,6 +223,8 @@ class Lsp:
             raise
         finally:
             self._pending.pop(fid, None)
+            if self.store.get(fid.hex(), "factory") is None:
+                self.store.delete_factory(fid.hex())  # the ceremony's scratch records
 
     def broadcast_funding(self, factory_id: str, record: dict[str, Any]) -> str:
         """Sign and broadcast a recorded factory's funding transaction (stage "funding" → "funded").

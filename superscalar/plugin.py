@@ -130,6 +130,9 @@ def build_plugin() -> Plugin:
     @plugin.init()
     def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin, **kwargs: Any) -> None:
         holder["roles"] = Roles(plugin, options, configuration)
+        pruned = holder["roles"].store.prune_unfinished()
+        if pruned:
+            plugin.log(f"removed the records of {len(pruned)} ceremonies that never completed")
         plugin.log(f"superscalar {__version__} started on {holder['roles'].network}")
 
     @plugin.method("superscalar-getinfo")

@@ -69,5 +69,13 @@ class Store:
                 self.node.datastore_del(key)
                 self._generations.pop((factory_id, key[3]), None)
 
+    def prune_unfinished(self) -> list[str]:
+        """At start-up no ceremony can be under way (their state lives in memory only): remove the
+        scratch records of every factory that never got a `factory` record. Returns their ids."""
+        gone = [fid for fid in self.factory_ids() if self.get(fid, "factory") is None]
+        for fid in gone:
+            self.delete_factory(fid)
+        return gone
+
     def factory_ids(self) -> list[str]:
         return sorted({k[2] for k in self.node.datastore_list(ROOT) if len(k) > 2})

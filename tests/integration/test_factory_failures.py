@@ -54,6 +54,8 @@ def test_failed_ceremonies_leave_nothing_behind(node_factory: Any, bitcoind: Any
         wait_for(lambda: lsp.rpc.listpeerchannels()["channels"] == [])
         assert good.rpc.listpeerchannels()["channels"] == []
         assert lsp.rpc.call("superscalar-list")["factories"] == []
+        # The ceremony's scratch records are gone from the LSP's datastore.
+        assert lsp.rpc.listdatastore(["superscalar", "factories"])["datastore"] == []
         if "disconnect" in mode:
             client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
 

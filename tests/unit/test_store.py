@@ -57,3 +57,13 @@ def test_unfinished_ceremonies_are_pruned_but_factories_are_kept() -> None:
     with pytest.raises(StoreError):
         store.delete_factory("f2")
     assert store.get("f2", "client-signed") is not None
+
+
+def test_start_up_prunes_what_no_ceremony_can_finish_any_more() -> None:
+    node = MemoryDatastore()
+    store = Store(node)  # type: ignore[arg-type]
+    store.put("f1", "lsp-round", {"session_id": "00"})
+    store.put("f2", "lsp-signed", {"session_id": "00"})
+    store.put("f2", "factory", client_record())
+    assert store.prune_unfinished() == ["f1"]
+    assert store.factory_ids() == ["f2"] and store.get("f2", "lsp-signed") is not None
