@@ -18,9 +18,6 @@ pytestmark = pytest.mark.lightningd
 FUNDING_TIMEOUT = 6  # the regtest profile's client policy
 CLOSED_OR_CLOSING = {"CHANNELD_SHUTTING_DOWN", "CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE", "AWAITING_UNILATERAL",
                      "FUNDING_SPEND_SEEN", "ONCHAIN", "CLOSED"}
-# The LSP's plugin misbehaves or stops on purpose; closing channels whose funding never existed makes
-# lightningd retry a closing transaction bitcoind refuses.
-LSP_BROKEN = "superscalar|plugin|Peer permanent failure|bad-txns-inputs-missingorspent"
 
 
 def network(node_factory: Any, plugin_path: Path, n: int, lsp_fail: str = "", wallet_coins: int = 1) -> tuple[Any, list[Any]]:
@@ -28,9 +25,8 @@ def network(node_factory: Any, plugin_path: Path, n: int, lsp_fail: str = "", wa
     lsp_opts = {**common, "superscalar-lsp": "true"}
     if lsp_fail:
         lsp_opts["superscalar-dev-fail-at"] = lsp_fail
-    lsp = node_factory.get_node(options=lsp_opts, may_reconnect=True, broken_log=LSP_BROKEN)
-    clients = [node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True,
-                                     broken_log="bad-txns-inputs-missingorspent")
+    lsp = node_factory.get_node(options=lsp_opts, may_reconnect=True)
+    clients = [node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True)
                for _ in range(n)]
     for _ in range(wallet_coins):
         lsp.fundwallet(5_000_000)
@@ -147,10 +143,9 @@ def test_client_refuses_htlcs_if_leaf_is_not_its_2of2(node_factory: Any, bitcoin
     `client-other-leaf-script` it believes its signed leaf pays another P2WSH, exactly what it would see
     if a modified LSP node had put its own script there."""
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
-    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, broken_log=LSP_BROKEN)
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"})
     join = {**common, "superscalar-join": lsp.info["id"]}
-    cheated = node_factory.get_node(options={**join, "superscalar-dev-fail-at": "client-other-leaf-script"},
-                                    broken_log="bad-txns-inputs-missingorspent")
+    cheated = node_factory.get_node(options={**join, "superscalar-dev-fail-at": "client-other-leaf-script"})
     # lightningd's default log level: the check reads the in-memory log, which keeps debug lines anyway.
     honest = node_factory.get_node(options={**join, "log-level": "info"})
     lsp.fundwallet(5_000_000)

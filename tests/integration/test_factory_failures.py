@@ -22,8 +22,7 @@ def reserved(node: Any) -> int:
 
 def test_failed_ceremonies_leave_nothing_behind(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest", "superscalar-timeout": "30"}
-    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True,
-                                broken_log="superscalar|Peer permanent failure|disconnect")
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
     good = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True)
     failing = [node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"],
                                               "superscalar-dev-fail-at": mode}, may_reconnect=True)
@@ -92,7 +91,7 @@ def test_lsp_restart_between_channels_and_funding_resumes_the_broadcast(node_fac
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
     lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true",
                                          "superscalar-dev-fail-at": "lsp-before-broadcast"},
-                                may_reconnect=True, broken_log="superscalar|plugin")
+                                may_reconnect=True)
     clients = [node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True)
                for _ in range(2)]
     lsp.fundwallet(10_000_000)
