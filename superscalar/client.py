@@ -24,6 +24,7 @@ from .bitcoin.script import p2wsh_script
 from .bitcoin.tx import Tx
 from .exits import CLOSING_STATES, path_entry
 from .factory.errors import FactoryError
+from .factory.graph import ExitPath
 from .factory.params import FactoryParams
 from .factory.tree import build_topology
 from .leaf_script import check_leaf_script, funding_wscript
@@ -203,7 +204,7 @@ class Client:
         assert index is not None
         topology = build_topology(params.n_clients, params.leaf_arity, params.arity)
         vout = index - topology.nodes[topology.leaf_of_client[index]].first_client
-        waits = [t.relative_wait for t in path]
+        exit_path = ExitPath(index, tuple(path))
         funding = path[0].tx.inputs[0].prevout
         height = self.node.blockheight()
         return {
@@ -214,11 +215,11 @@ class Client:
             "funding_outpoint": f"{funding.txid_hex}:{funding.vout}",
             "signed_path": [tx.to_hex() for tx in signed[:-1]],
             "path_prevouts": [[t.prevout.value, t.prevout.script_pubkey.hex()] for t in path],
-            "path_waits": waits,
+            "path_waits": list(exit_path.waits),
             "distribution": signed[-1].to_hex(),
-            "exit": {"transactions": len(path), "vbytes": sum(t.vsize for t in path),
-                     "fee_sat": sum(t.fee for t in path), "wait_blocks": sum(waits)},
-            "early_warning_blocks": sum(waits) + params.confirm_blocks * len(path),
+            "exit": {"transactions": len(path), "vbytes": exit_path.vbytes,
+                     "fee_sat": exit_path.fee, "wait_blocks": sum(exit_path.waits)},
+            "early_warning_blocks": exit_path.early_warning_blocks(params.confirm_blocks),
             # What this client checked, and when (its own block heights).
             "verified": {"params_at_height": inv.height, "signed_at_height": height,
                          "leaf_script": {"status": UNVERIFIED, "reason": "checked before the first HTLC comes in"}},

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from pyln.client import Plugin, RpcException
 
 from superscalar import __version__
-from superscalar.client import Client, channel_in_factory, funding_ok, leaf_status
-from superscalar.factory.params import FactoryParams, regtest_params
+from superscalar.client import Client
+from superscalar.exit_routing import exit_for_closing_channel, exit_plan
 from superscalar.exits import CLOSING_STATES, Exits
-from superscalar.lsp import ClientSpec, Lsp, lsp_exit_path
-from superscalar.node import ClnNode, msat
+from superscalar.factory.params import FactoryParams, regtest_params
+from superscalar.htlc_guard import HtlcGuard
+from superscalar.listing import describe
+from superscalar.lsp import ClientSpec, Lsp
+from superscalar.node import ClnNode
 from superscalar.policy import ClientPolicy
 from superscalar.protocol.wire import WireError
 from superscalar.store import Store
@@ -50,6 +52,7 @@ class Roles:
         self.exits = Exits(self.node, self.store, plugin.log)
         self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log, dev_fail_at,
                              self.policy, stale_after=10 * timeout)
+        self.htlcs = HtlcGuard(self.node, self.store, self.client)
 
     def params_for(self, n_clients: int, height: int) -> FactoryParams:
         fee = {} if self.feerate is None else {"feerate_per_kvb": self.feerate}
@@ -175,7 +178,7 @@ def build_plugin() -> Plugin:
     def list_factories(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
         """List every factory this node is in, with its channels and this node's exit cost."""
         r = holder["roles"]
-        return {"factories": [_describe(r, fid) for fid in r.store.factory_ids()
+        return {"factories": [describe(r.node, r.store, fid) for fid in r.store.factory_ids()
                               if (rec := r.store.get(fid, "factory")) and rec.get("stage") != "abandoned"]}
 
     @plugin.method("superscalar-exit")
@@ -186,10 +189,10 @@ def build_plugin() -> Plugin:
         if not isinstance(factory_id, str) or len(factory_id) != 64:
             raise RpcException("factory_id must be 64 hex characters", code=INVALID_PARAMS)
         try:
-            txs, channels = _exit_plan(r, factory_id, peer_id)
+            txs, channels, bump = exit_plan(r.store, r.client, factory_id, peer_id)
         except ValueError as e:
             raise RpcException(str(e), code=INVALID_PARAMS)
-        return {"factory_id": factory_id, "exit": r.exits.start(factory_id, txs, channels, _bump_after(r, factory_id))}
+        return {"factory_id": factory_id, "exit": r.exits.start(factory_id, txs, channels, bump)}
 
     @plugin.subscribe("block_added")
     def on_block_added(plugin: Plugin, **kwargs: Any) -> None:
@@ -215,7 +218,7 @@ def build_plugin() -> Plugin:
         if r is None or channel_state_changed.get("new_state") not in CLOSING_STATES:
             return
         try:
-            _exit_for_closing_channel(r, channel_state_changed)
+            exit_for_closing_channel(r.node, r.store, r.client, r.exits, str(channel_state_changed.get("channel_id")))
         except Exception as e:
             _report(plugin, "exit for closing channel", e)
 
@@ -223,7 +226,7 @@ def build_plugin() -> Plugin:
     def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
         r = holder.get("roles")
         try:
-            failure = _htlc_headroom_failure(r, onion, htlc) if r else None
+            failure = r.htlcs.failure(onion, htlc) if r else None
         except Exception as e:
             _report(plugin, "htlc_accepted check", e)
             failure = None
@@ -271,200 +274,3 @@ def build_plugin() -> Plugin:
             _report(plugin, f"disconnect handling for {peer}", e)
 
     return plugin
-
-
-# BOLT-4 "Failure Messages": temporary_node_failure = NODE|2; incorrect_or_unknown_payment_details =
-# PERM|15 with htlc_msat (u64) and height (u32).
-TEMPORARY_NODE_FAILURE = 0x2002
-INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS = 0x400F
-
-
-@dataclass(frozen=True)
-class FactoryViews:
-    """Per HTLC, one look at the records and at lightningd's channels, keyed by every short channel id
-    and alias: each factory channel's early-warning blocks; the channels nothing backs (unconfirmed
-    channels from our factory LSPs that are not our leaf, channels of unfunded or abandoned factories);
-    and our client channels whose leaf script is not verified yet (→ factory id)."""
-
-    headroom: dict[str, int]
-    unbacked: set[str]
-    unverified: dict[str, str]
-
-
-def _factory_views(r: Roles) -> FactoryViews:
-    records = [(fid, rec) for fid in r.store.factory_ids() if (rec := r.store.get(fid, "factory"))]
-    wanted: dict[str, int] = {}  # channel_id or funding outpoint → early warning
-    lsps: set[str] = set()
-    dead: set[str] = set()  # channel ids or leaf outpoints of factories that nothing funds
-    checking: dict[str, str] = {}  # leaf outpoint → factory id, while its leaf script is unverified
-    for fid, rec in records:
-        if rec.get("role") == "lsp":
-            warnings = {c["channel_id"]: int(c["early_warning_blocks"]) for c in rec["channels"] if c["channel_id"]}
-            if rec.get("stage") in ("abandoned", "funding-mismatch"):
-                dead.update(warnings)
-            else:
-                wanted.update(warnings)
-        elif rec.get("role") == "client":
-            lsps.add(rec["lsp"])
-            if funding_ok(rec):
-                wanted[rec["leaf_outpoint"]] = int(rec["early_warning_blocks"])
-                if leaf_status(rec) == "unverified":
-                    checking[rec["leaf_outpoint"]] = fid
-            else:
-                dead.add(rec["leaf_outpoint"])
-    views = FactoryViews({}, set(), {})
-    for ch in r.node.peer_channels():
-        outpoint = f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}"
-        ids = [x for x in (ch.get("short_channel_id"), *(ch.get("alias") or {}).values()) if x]
-        ew = wanted.get(ch.get("channel_id", "")) or wanted.get(outpoint)
-        if ch.get("channel_id") in dead or outpoint in dead:
-            views.unbacked.update(ids)
-        elif ew is not None:
-            views.headroom.update({x: ew for x in ids})
-            if outpoint in checking:
-                views.unverified.update({x: checking[outpoint] for x in ids})
-        elif ch.get("peer_id") in lsps and not ch.get("short_channel_id"):
-            views.unbacked.update(ids)
-    return views
-
-
-def _htlc_headroom_failure(r: Roles, onion: dict[str, Any], htlc: dict[str, Any]) -> Optional[tuple[str, str]]:
-    """An HTLC into or out of a factory channel must leave that channel's early-warning time of CLTV
-    headroom (the tree must be able to unwind before it expires), and a client takes nothing into a
-    zero-conf channel from its LSP that is not its leaf; (failure_message hex, reason) if refused."""
-    relative = int(htlc["cltv_expiry_relative"])
-    height = int(htlc["cltv_expiry"]) - relative
-    views = _factory_views(r)
-    headroom, unbacked = views.headroom, views.unbacked
-    amount = msat(htlc["amount_msat"])
-    if str(htlc.get("short_channel_id")) in unbacked:
-        return (f"{INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:04x}{amount:016x}{height:08x}",
-                "incoming channel is not backed by a funded factory leaf")
-    checking = views.unverified.get(str(htlc.get("short_channel_id")))
-    if checking is not None:
-        verdict = r.client.verify_leaf(checking)
-        if verdict is not True:
-            why = ("its leaf does not pay our channel's 2-of-2" if verdict is False
-                   else "its leaf script cannot be verified yet (no commitment signed by our channeld in the log)")
-            return f"{INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:04x}{amount:016x}{height:08x}", f"incoming channel: {why}"
-    if onion.get("short_channel_id") and str(onion.get("short_channel_id")) in unbacked:
-        return f"{TEMPORARY_NODE_FAILURE:04x}", "outgoing channel is not backed by a funded factory leaf"
-    incoming = headroom.get(str(htlc.get("short_channel_id")))
-    outgoing = headroom.get(str(onion.get("short_channel_id"))) if onion.get("short_channel_id") else None
-    if outgoing is not None and int(onion.get("outgoing_cltv_value", 0)) - height < outgoing:
-        return f"{TEMPORARY_NODE_FAILURE:04x}", f"outgoing factory channel needs {outgoing} blocks of CLTV headroom"
-    if incoming is not None and relative < incoming:
-        reason = f"incoming factory channel needs {incoming} blocks of CLTV headroom, HTLC has {relative}"
-        if onion.get("short_channel_id"):
-            return f"{TEMPORARY_NODE_FAILURE:04x}", reason
-        return f"{INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:04x}{amount:016x}{height:08x}", reason
-    return None
-
-
-def _bump_after(r: Roles, factory_id: str) -> int:
-    """Blocks a published factory transaction may stay unconfirmed before it is bumped by CPFP."""
-    rec = r.store.get(factory_id, "factory") or {}
-    return FactoryParams.deserialize(rec["params"].encode()).confirm_blocks + 1
-
-
-def _exit_plan(r: Roles, factory_id: str, peer_id: Optional[str]) -> tuple[list[list[Any]], list[str]]:
-    rec = r.store.get(factory_id, "factory")
-    if rec is None:
-        raise ValueError(f"unknown factory {factory_id}")
-    if rec.get("stage") in ("completing", "abandoned", "funding-mismatch") or \
-            (rec["role"] == "client" and not funding_ok(rec)):
-        raise ValueError(f"factory {factory_id} was never funded: there is no exit path to publish")
-    if rec["role"] == "lsp":
-        return lsp_exit_path(rec, peer_id)
-    return r.client.exit_path(factory_id)
-
-
-def _exit_for_closing_channel(r: Roles, change: dict[str, Any]) -> None:
-    channel_id = change.get("channel_id")
-    live = next((c for c in r.node.peer_channels() if c.get("channel_id") == channel_id), None)
-    if live is None or live.get("short_channel_id"):
-        return  # not ours, or its leaf is on chain already: CLN's close machinery has what it needs
-    for fid in r.store.factory_ids():
-        rec = r.store.get(fid, "factory") or {}
-        if rec.get("stage") in ("completing", "abandoned", "funding-mismatch") or \
-                (rec.get("role") == "client" and not funding_ok(rec)):
-            continue  # its funding output never existed: there is no path to publish
-        if rec.get("role") == "lsp":
-            peer = next((c["peer_id"] for c in rec["channels"] if c["channel_id"] == channel_id), None)
-            if peer is not None:
-                txs, channels = lsp_exit_path(rec, peer)
-                r.exits.start(fid, txs, channels, _bump_after(r, fid))
-        elif rec.get("role") == "client":
-            ch = next((c for c in r.node.peer_channels(rec["lsp"]) if c.get("channel_id") == channel_id), None)
-            if ch is not None and channel_in_factory(rec, ch):
-                txs, channels = r.client.exit_path(fid)
-                r.exits.start(fid, txs, channels, _bump_after(r, fid))
-
-
-def _progress(r: Roles, fid: str) -> dict[str, Any]:
-    p = r.store.get(fid, "exit")
-    if p is None:
-        return {"status": "none"}
-    return {"status": p["status"], "published": p["published"], "confirmed": p.get("confirmed", []),
-            "bumped": p.get("bumped", {}), "transactions": len(p["txs"]), "closed_channels": p["closed"],
-            "last_error": p["last_error"]}
-
-
-def _describe(r: Roles, fid: str) -> dict[str, Any]:
-    rec = r.store.get(fid, "factory") or {}
-    params = FactoryParams.deserialize(rec["params"].encode())
-    progress = r.store.get(fid, "exit")
-    out: dict[str, Any] = {
-        "factory_id": fid, "role": rec["role"],
-        "state": "exiting" if progress is not None else ("open" if rec.get("stage", "funded") == "funded" else rec["stage"]),
-        "funding_outpoint": rec["funding_outpoint"], "n_clients": params.n_clients,
-        "expiry_height": params.expiry_height, "dying_height": params.distribution_height,
-    }
-    if rec["role"] == "lsp":
-        out["epoch"] = rec["state"]  # DW state index of every node of the tree
-        out["participants"] = [c["peer_id"] for c in rec["channels"]]
-        by_id = {c["channel_id"]: c for c in r.node.peer_channels()}
-        channels = []
-        for c in rec["channels"]:
-            live = by_id.get(c["channel_id"], {})
-            channels.append({**{k: c[k] for k in ("peer_id", "channel_id", "funding_outpoint", "capacity_msat",
-                                                  "early_warning_blocks", "exit")},
-                             "state": live.get("state"), "our_balance_msat": msat(live.get("to_us_msat", 0))})
-        out["channels"] = channels
-        out["exit_progress"] = _progress(r, fid)
-        return out
-    channels = []
-    for ch in r.node.peer_channels(rec["lsp"]):
-        if channel_in_factory(rec, ch):
-            channels.append({"peer_id": rec["lsp"], "channel_id": ch.get("channel_id"), "state": ch.get("state"),
-                             "funding_outpoint": rec["leaf_outpoint"], "capacity_msat": rec["capacity_sat"] * 1000,
-                             "our_balance_msat": msat(ch.get("to_us_msat", 0)),
-                             "early_warning_blocks": rec["early_warning_blocks"]})
-    funding = rec.get("funding") or {"status": "confirmed", "confirmed_height": None}  # records before the watch
-    leaf = leaf_status(rec)
-    if leaf == "mismatch":
-        out["state"] = "leaf_script_mismatch"
-    elif progress is None or funding["status"] == "unfunded":
-        out["state"] = {"awaiting": "awaiting_funding", "confirmed": "open", "unfunded": "unfunded"}[funding["status"]]
-    out.update({"lsp": rec["lsp"], "participants": [rec["lsp"]], "epoch": rec.get("state_indices", []),
-                "channels": channels, "exit": rec["exit"], "exit_progress": _progress(r, fid),
-                "safety": _client_safety(funding, rec.get("verified", {}).get("leaf_script") or {}),
-                "verified": {**rec.get("verified", {}), "funding": funding}})
-    return out
-
-
-def _client_safety(funding: dict[str, Any], leaf: dict[str, Any]) -> str:
-    """One line for a client: can its money in this factory be relied on?"""
-    if leaf.get("status") == "mismatch":
-        return f"not backed: {leaf.get('reason')}; the channel was closed and takes no HTLCs"
-    if funding["status"] == "unfunded":
-        return f"not backed: {funding.get('reason')}; the channel was closed and takes no HTLCs"
-    parts = ["exit path stored"]
-    parts.append("leaf output verified as our channel's 2-of-2" if leaf.get("status") == "verified"
-                 else "leaf script not verified yet (checked before the first incoming HTLC is accepted)")
-    if funding["status"] == "awaiting":
-        parts.append(f"funding output not confirmed yet (given up at height {funding.get('deadline_height')}): "
-                     "until then the channel is only as good as the LSP")
-    else:
-        parts.append(f"funding output confirmed as signed at height {funding.get('confirmed_height')}")
-    return "; ".join(parts)

@@ -55,14 +55,6 @@ class ClientPolicy:
         return dataclasses.replace(self, **values)
 
 
-def worst_exit_blocks(params: FactoryParams) -> int:
-    """Blocks from publishing a path's first kickoff until its leaf confirms, at state 0 (every DW
-    state waits its longest): per layer a kickoff and a state transaction, each given
-    `confirm_blocks` to confirm, and the state's relative wait of step × (states − 1)."""
-    per_layer = params.step_blocks * (params.states_per_layer - 1) + 2 * params.confirm_blocks
-    return params.layers * per_layer
-
-
 def refusal(policy: ClientPolicy, params: FactoryParams, balance_sat: int, inbound_sat: int,
             height: int) -> Optional[str]:
     """Why a client at block `height` refuses a factory of `params` with this channel, or None."""
@@ -94,8 +86,8 @@ def refusal(policy: ClientPolicy, params: FactoryParams, balance_sat: int, inbou
          f"L-stock delay {params.lstock_csv_blocks} blocks is below our minimum {p.min_lstock_csv_blocks}"),
         (params.confirm_blocks <= p.max_confirm_blocks,
          f"confirmation allowance {params.confirm_blocks} blocks is above {p.max_confirm_blocks}"),
-        (worst_exit_blocks(params) <= p.max_early_warning_blocks,
-         f"an exit takes up to {worst_exit_blocks(params)} blocks, more than our {p.max_early_warning_blocks}"),
+        (params.longest_exit_blocks <= p.max_early_warning_blocks,
+         f"an exit takes up to {params.longest_exit_blocks} blocks, more than our {p.max_early_warning_blocks}"),
         (balance_sat + inbound_sat >= params.dust_limit_sat, "channel below the dust limit"),
     )
     return next((why for ok, why in checks if not ok), None)

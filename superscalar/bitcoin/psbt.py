@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .encoding import ByteReader, ser_compact_size, ser_string, ser_string_vector
+from .encoding import ByteReader, ser_string, ser_string_vector
 from .errors import BitcoinError, DecodeError
 from .tx import Tx, TxOut
 

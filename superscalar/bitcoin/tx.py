@@ -6,7 +6,7 @@ import dataclasses
 import sys
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NewType, overload
 
@@ -19,7 +19,6 @@ from .encoding import (
     ser_string,
     ser_string_vector,
     ser_u32,
-    ser_u64,
 )
 from .errors import BitcoinError, DecodeError
 from .hashes import hash256

@@ -133,6 +133,14 @@ class FactoryParams:
             raise ParamsError(f"depth {depth} outside the tree")
         return self.distribution_height + self.timeout_margin_blocks + (self.height - depth) * self.stagger_blocks
 
+    @property
+    def longest_exit_blocks(self) -> int:
+        """The early-warning time of a path at state 0, where every DW state waits its longest: per
+        layer a kickoff and a state transaction, each allowed `confirm_blocks` to confirm, and the
+        state's relative wait of step × (states − 1). `ExitPath.early_warning_blocks` gives the same
+        figure for an actual path (tested)."""
+        return self.layers * (self.step_blocks * (self.states_per_layer - 1) + 2 * self.confirm_blocks)
+
     def fee(self, vsize: int) -> int:
         """The pre-agreed fee of a transaction of `vsize` vbytes, rounded up."""
         return -(-vsize * self.feerate_per_kvb // 1000)

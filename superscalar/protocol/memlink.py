@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 from ..bitcoin.tx import Tx
 from .ceremony import LSP_PEER, Action, Completed, Coordinator, Failed, Participant, Persist, Send

@@ -8,7 +8,7 @@ import pytest
 
 from superscalar.bitcoin.tx import OutPoint
 from superscalar.factory.params import FactoryParams, regtest_params
-from superscalar.policy import ClientPolicy, refusal, worst_exit_blocks
+from superscalar.policy import ClientPolicy, refusal
 
 from ..factory_kit import make_kit
 
@@ -64,8 +64,8 @@ def test_overrides_are_checked() -> None:
 
 
 @pytest.mark.parametrize("n", [1, 2, 9, 64])
-def test_worst_exit_matches_the_graph(n: int) -> None:
+def test_longest_exit_matches_the_graph(n: int) -> None:
     params = regtest_params(n, 100)
     graph = make_kit(params).factory.graph(OutPoint(bytes(32), 0))
-    assert worst_exit_blocks(params) == max(graph.exit_path(c).early_warning_blocks(params.confirm_blocks)
+    assert params.longest_exit_blocks == max(graph.exit_path(c).early_warning_blocks(params.confirm_blocks)
                                             for c in range(n))

@@ -1,0 +1,75 @@
+"""What `superscalar-list` shows of one factory, for either role: its channels as lightningd sees
+them, this node's exit, and (for a client) what it verified and a plain `state` and `safety` line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .client import MISMATCH, VERIFIED, channel_in_factory, leaf_status
+from .factory.params import FactoryParams
+from .node import ClnNode, msat
+from .store import Store
+
+CLIENT_STATES = {"awaiting": "awaiting_funding", "confirmed": "open", "unfunded": "unfunded"}
+
+
+def describe(node: ClnNode, store: Store, fid: str) -> dict[str, Any]:
+    rec = store.get(fid, "factory") or {}
+    params = FactoryParams.deserialize(rec["params"].encode())
+    progress = store.get(fid, "exit")
+    out: dict[str, Any] = {
+        "factory_id": fid, "role": rec["role"],
+        "state": "exiting" if progress is not None else ("open" if rec.get("stage", "funded") == "funded" else rec["stage"]),
+        "funding_outpoint": rec["funding_outpoint"], "n_clients": params.n_clients,
+        "expiry_height": params.expiry_height, "dying_height": params.distribution_height,
+        "exit_progress": exit_progress(progress),
+    }
+    if rec["role"] == "lsp":
+        out["epoch"] = rec["state"]  # DW state index of every node of the tree
+        out["participants"] = [c["peer_id"] for c in rec["channels"]]
+        by_id = {c["channel_id"]: c for c in node.peer_channels()}
+        out["channels"] = [{**{k: c[k] for k in ("peer_id", "channel_id", "funding_outpoint", "capacity_msat",
+                                                 "early_warning_blocks", "exit")},
+                            "state": by_id.get(c["channel_id"], {}).get("state"),
+                            "our_balance_msat": msat(by_id.get(c["channel_id"], {}).get("to_us_msat", 0))}
+                           for c in rec["channels"]]
+        return out
+    channels = [{"peer_id": rec["lsp"], "channel_id": ch.get("channel_id"), "state": ch.get("state"),
+                 "funding_outpoint": rec["leaf_outpoint"], "capacity_msat": rec["capacity_sat"] * 1000,
+                 "our_balance_msat": msat(ch.get("to_us_msat", 0)), "early_warning_blocks": rec["early_warning_blocks"]}
+                for ch in node.peer_channels(rec["lsp"]) if channel_in_factory(rec, ch)]
+    funding = rec.get("funding") or {"status": "confirmed", "confirmed_height": None}  # records before the watch
+    if leaf_status(rec) == MISMATCH:
+        out["state"] = "leaf_script_mismatch"
+    elif progress is None or funding["status"] == "unfunded":
+        out["state"] = CLIENT_STATES[funding["status"]]
+    out.update({"lsp": rec["lsp"], "participants": [rec["lsp"]], "epoch": rec.get("state_indices", []),
+                "channels": channels, "exit": rec["exit"],
+                "safety": client_safety(funding, rec.get("verified", {}).get("leaf_script") or {}),
+                "verified": {**rec.get("verified", {}), "funding": funding}})
+    return out
+
+
+def exit_progress(p: dict[str, Any] | None) -> dict[str, Any]:
+    if p is None:
+        return {"status": "none"}
+    return {"status": p["status"], "published": p["published"], "confirmed": p.get("confirmed", []),
+            "bumped": p.get("bumped", {}), "transactions": len(p["txs"]), "closed_channels": p["closed"],
+            "last_error": p["last_error"]}
+
+
+def client_safety(funding: dict[str, Any], leaf: dict[str, Any]) -> str:
+    """One line for a client: can its money in this factory be relied on?"""
+    if leaf.get("status") == MISMATCH:
+        return f"not backed: {leaf.get('reason')}; the channel was closed and takes no HTLCs"
+    if funding["status"] == "unfunded":
+        return f"not backed: {funding.get('reason')}; the channel was closed and takes no HTLCs"
+    parts = ["exit path stored",
+             "leaf output verified as our channel's 2-of-2" if leaf.get("status") == VERIFIED
+             else "leaf script not verified yet (checked before the first incoming HTLC is accepted)"]
+    if funding["status"] == "awaiting":
+        parts.append(f"funding output not confirmed yet (given up at height {funding.get('deadline_height')}): "
+                     "until then the channel is only as good as the LSP")
+    else:
+        parts.append(f"funding output confirmed as signed at height {funding.get('confirmed_height')}")
+    return "; ".join(parts)
