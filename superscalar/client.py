@@ -65,7 +65,7 @@ AWAITING, CONFIRMED, UNFUNDED = "awaiting", "confirmed", "unfunded"
 UNVERIFIED, VERIFIED, MISMATCH = "unverified", "verified", "mismatch"
 MAX_PENDING_INVITATIONS = 64  # across all LSPs (one each): what `superscalar-join=any` can cost us
 MAX_BLOCKS_PER_SCAN = 32
-LEAF_CHECK_INTERVAL = 5.0  # seconds between two reads of the log for one unverified leaf  # blocks fetched per block_added while catching up after downtime
+LEAF_CHECK_INTERVAL = 5.0  # seconds between two routine reads of the log for one unverified leaf  # blocks fetched per block_added while catching up after downtime
 
 
 class Client:
@@ -230,10 +230,12 @@ class Client:
 
     # --- the leaf's channel output: our channel's 2-of-2, or nothing comes in ---
 
-    def verify_leaf(self, fid: str) -> Optional[bool]:
+    def verify_leaf(self, fid: str, routine: bool = False) -> Optional[bool]:
         """Check (once) that this factory's leaf output is our channel's BOLT-3 2-of-2 (leaf_script.py):
         True if it is, False if it is not (the factory is then treated as unbacked and its channel
-        closed), None while our channeld has not signed a commitment for it yet."""
+        closed), None while our channeld has not signed a commitment for it yet. A `routine` check (each
+        block) reads the log at most every LEAF_CHECK_INTERVAL seconds; one for an incoming HTLC always
+        does (its commitment was just signed, so the check completes and is not repeated)."""
         rec = self.store.get(fid, "factory")
         if rec is None or rec.get("role") != "client":
             return None
@@ -241,8 +243,8 @@ class Client:
         if status != UNVERIFIED:
             return status == VERIFIED
         now = time.monotonic()
-        if now - self._leaf_checked.get(fid, -LEAF_CHECK_INTERVAL) < LEAF_CHECK_INTERVAL:
-            return None  # reading the whole log again so soon would let a flood of HTLCs cost us without bound
+        if routine and now - self._leaf_checked.get(fid, -LEAF_CHECK_INTERVAL) < LEAF_CHECK_INTERVAL:
+            return None
         self._leaf_checked[fid] = now
         txid, vout = rec["leaf_outpoint"].split(":")
         found = funding_wscript(self.node.debug_log(), rec["lsp"], txid, int(vout))
@@ -263,12 +265,16 @@ class Client:
     # --- the funding output: watched until it confirms as signed, or given up on ---
 
     def on_block(self, height: int) -> None:
-        """Scan the blocks since the last look for each factory whose funding has not confirmed yet."""
+        """Scan the blocks since the last look for each factory whose funding has not confirmed yet, and
+        check the leaf of each channel that has signed a commitment since (its first HTLC either way)."""
         for fid in self.store.factory_ids():
             rec = self.store.get(fid, "factory")
-            if rec is None or rec.get("role") != "client" or rec.get("funding", {}).get("status") != AWAITING:
+            if rec is None or rec.get("role") != "client":
                 continue
-            self._watch_funding(fid, rec, height)
+            if rec.get("funding", {}).get("status") == AWAITING:
+                self._watch_funding(fid, rec, height)
+            if funding_ok(rec) and leaf_status(rec) == UNVERIFIED:
+                self.verify_leaf(fid, routine=True)
 
     def _watch_funding(self, fid: str, rec: dict[str, Any], height: int) -> None:
         funding = rec["funding"]

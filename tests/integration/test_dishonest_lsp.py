@@ -164,3 +164,48 @@ def test_client_refuses_htlcs_if_leaf_is_not_its_2of2(node_factory: Any, bitcoin
     # The leaf-mate's channel verifies and takes payments.
     assert pay(lsp, honest, 1_000, "into-own-leaf") == 0
     assert views(honest)[0]["verified"]["leaf_script"]["status"] == "verified"
+
+
+def test_client_catches_a_leaf_paying_the_lsps_script(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """The real attack, by an LSP that is not Core Lightning (rogue_lsp.py): the leaf output the client
+    signed pays a 2-of-2 of two keys of the LSP's, and the LSP opens the client's channel on exactly that
+    outpoint, with valid commitment signatures. Once the client's channeld has signed a commitment (its
+    first payment), the client sees that its channel's 2-of-2 is not what the leaf pays."""
+    import hashlib
+
+    from superscalar.factory.params import regtest_params
+
+    from .rogue_lsp import RogueLsp, point
+
+    secret = hashlib.sha256(b"rogue lsp node").digest()
+    client = node_factory.get_node(options={"plugin": str(plugin_path), "superscalar-profile": "regtest",
+                                            "superscalar-join": point(secret).hex()})
+    rogue = RogueLsp(secret, client.info["id"], "127.0.0.1", client.port)
+    try:
+        rogue.handshake()
+        done = rogue.run(regtest_params(1, client.rpc.getinfo()["blockheight"]), 20_000, 100_000)
+        # The client took the channel as its factory channel: its funding outpoint is the signed leaf's.
+        wait_for(lambda: [ch["state"] for ch in views(client)[0]["channels"]] == ["CHANNELD_NORMAL"])
+        [view] = views(client)
+        assert view["channels"][0]["funding_outpoint"] == done["leaf_outpoint"]
+        assert view["verified"]["leaf_script"]["status"] == "unverified"
+        # Its first payment makes its channeld sign a commitment (the LSP never answers it).
+        [ch] = client.rpc.listpeerchannels()["channels"]
+        route = [{"id": rogue.node_id, "channel": ch["alias"]["local"], "amount_msat": 1_000, "delay": 20}]
+        client.rpc.sendpay(route, "00" * 32, payment_secret="11" * 32)
+        client.daemon.wait_for_log("Creating commit_sig signature")
+        bitcoind.generate_block(1)
+        client.daemon.wait_for_log("LEAF SCRIPT MISMATCH")
+        [view] = views(client)
+        assert view["state"] == "leaf_script_mismatch"
+        assert done["leaf_script"] in view["verified"]["leaf_script"]["reason"]
+        wait_for(lambda: usable(client, rogue_peer(rogue)) == [])
+    finally:
+        rogue.close()
+
+
+class rogue_peer:
+    """Stands in for a pyln node where a helper wants `peer.info["id"]`."""
+
+    def __init__(self, rogue: Any) -> None:
+        self.info = {"id": rogue.node_id}
