@@ -138,10 +138,10 @@ def test_lsp_restart_mid_completion_leaves_no_channel(node_factory: Any, bitcoin
 
 
 def test_client_refuses_htlcs_if_leaf_is_not_its_2of2(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
-    """A stock-CLN LSP cannot complete a channel on a leaf output that is not the channel's 2-of-2 (its
-    own fundchannel_complete refuses), so the client plays the discrepancy: with
-    `client-other-leaf-script` it believes its signed leaf pays another P2WSH, exactly what it would see
-    if a modified LSP node had put its own script there."""
+    """The check on the HTLC path, with a stock-CLN LSP: its fundchannel_complete refuses a leaf without
+    the channel's 2-of-2, so here the client plays the discrepancy (`client-other-leaf-script`: it
+    believes its signed leaf pays another P2WSH). The real attack, by an LSP that is not CLN, is
+    `test_client_catches_a_leaf_paying_the_lsps_script`."""
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
     lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"})
     join = {**common, "superscalar-join": lsp.info["id"]}
