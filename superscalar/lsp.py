@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import signal
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -173,6 +174,8 @@ class Lsp:
                                              self.node.new_script()))
             funding_out = factory.funding_output
             prepared = self.node.prepare_payment(funding_out.script_pubkey, funding_out.value)
+            # If this node dies before the factory is recorded, its restart releases these inputs.
+            self.store.put(fid.hex(), "lsp-funding", {"psbt": prepared.psbt})
             funding_txid = prepared.txid
             vout = next(i for i, o in enumerate(prepared.tx.outputs) if o == funding_out)
             graph = factory.graph(OutPoint.from_hex(funding_txid, vout))
@@ -180,6 +183,7 @@ class Lsp:
             with pending.cond:
                 pending.coordinator = Coordinator(construction_round(factory, graph, fid, secrets.token_bytes(32)), lsp_sk)
                 self._execute(pending, pending.coordinator.start())
+            self._dev_crash_point("lsp-kill-mid-ceremony", kill_node=True)
             self._wait(pending, lambda: pending.outcome is not None, "the signing ceremony")
             if isinstance(pending.outcome, Failed):
                 raise CreateError(f"ceremony failed: {pending.outcome.reason}")
@@ -303,7 +307,25 @@ class Lsp:
         except Exception as e:
             self.log(f"factory {factory_id}: closing unbacked channel {channel_id}: {e}")
 
-    def _dev_crash_point(self, name: str) -> None:
+    def release_unfinished(self) -> None:
+        """At start-up: release the wallet inputs of a funding prepared for a factory that was never
+        recorded (the node died during its ceremony); the records themselves are pruned after this."""
+        for fid in self.store.factory_ids():
+            if self.store.get(fid, "factory") is not None:
+                continue
+            funding = self.store.get(fid, "lsp-funding")
+            if funding is None:
+                continue
+            try:
+                self.node.discard_prepared(PreparedTx("", funding["psbt"]))
+                self.log(f"factory {fid}: released the inputs of a funding whose ceremony never completed")
+            except Exception as e:  # already spent or released
+                self.log(f"factory {fid}: releasing inputs: {e}")
+
+    def _dev_crash_point(self, name: str, kill_node: bool = False) -> None:
+        if self.dev_fail_at == name and kill_node:
+            self.log(f"dev: killing lightningd (SIGKILL) at {name}")
+            os.kill(os.getppid(), signal.SIGKILL)
         if self.dev_fail_at == name:
             self.log(f"dev: stopping the plugin at {name}")
             os._exit(1)

@@ -133,6 +133,7 @@ def build_plugin() -> Plugin:
     @plugin.init()
     def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin, **kwargs: Any) -> None:
         holder["roles"] = Roles(plugin, options, configuration)
+        holder["roles"].lsp.release_unfinished()
         pruned = holder["roles"].store.prune_unfinished()
         if pruned:
             plugin.log(f"removed the records of {len(pruned)} ceremonies that never completed")

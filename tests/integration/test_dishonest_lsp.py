@@ -209,3 +209,25 @@ class rogue_peer:
 
     def __init__(self, rogue: Any) -> None:
         self.info = {"id": rogue.node_id}
+
+
+def test_lsp_killed_mid_ceremony_leaves_nothing(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """kill -9 of the LSP's lightningd while the clients sign: after its restart no input stays reserved,
+    no channel or record is left on either side, and the next factory is created and funded."""
+    lsp, clients = network(node_factory, plugin_path, 2, "lsp-kill-mid-ceremony")
+    with pytest.raises(Exception):
+        lsp.rpc.call("superscalar-create", {"clients": spec(clients)})
+    assert lsp.daemon.wait() != 0  # SIGKILL
+    assert bitcoind.rpc.getrawmempool() == []
+    del lsp.daemon.opts["superscalar-dev-fail-at"]
+    lsp.start()
+    wait_for(lambda: lsp.daemon.is_in_log("released the inputs of a funding whose ceremony never completed"))
+    assert not any(o.get("reserved") for o in lsp.rpc.listfunds()["outputs"])
+    for node in (lsp, *clients):
+        wait_for(lambda: node.rpc.listpeerchannels()["channels"] == [])
+        assert node.rpc.listdatastore(["superscalar", "factories"])["datastore"] == []
+        assert views(node) == []
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    res = lsp.rpc.call("superscalar-create", {"clients": spec(clients)})
+    assert res["funding_txid"] in bitcoind.rpc.getrawmempool()
