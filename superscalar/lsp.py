@@ -209,7 +209,7 @@ class Lsp:
                 completed.append(channel_id)
                 self.store.put(fid.hex(), "factory", record)
                 if i == 0:
-                    self._dev_crash_point("lsp-mid-completion")
+                    self._dev_crash_point("lsp-mid-completion", kill_node=True)
             # Every channel now exists on both sides: the funding must go out, never be abandoned.
             record["stage"] = "funding"
             self.store.put(fid.hex(), "factory", record)

@@ -113,13 +113,14 @@ def test_client_detects_a_funding_txid_not_signed(node_factory: Any, bitcoind: A
         wait_for(lambda: usable(c, lsp) == [])
 
 
-def test_lsp_restart_mid_completion_leaves_no_channel(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+def test_lsp_killed_mid_completion_leaves_no_channel(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     lsp, clients = network(node_factory, plugin_path, 4, "lsp-mid-completion")
     with pytest.raises(RpcError):
         lsp.rpc.call("superscalar-create", {"clients": spec(clients)})
-    # One channel was completed on its (unfunded) leaf before the LSP's plugin died.
+    # One channel was completed on its (unfunded) leaf before the LSP's lightningd was killed (SIGKILL).
+    assert lsp.daemon.wait() != 0
     assert sum(len(usable(c, lsp)) for c in clients) == 1
-    lsp.restart()
+    lsp.start()
     for c in clients:
         c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     bitcoind.generate_block(1)
