@@ -227,8 +227,11 @@ class Lsp:
             raise
         finally:
             self._pending.pop(fid, None)
-            if self.store.get(fid.hex(), "factory") is None:
-                self.store.delete_factory(fid.hex())  # the ceremony's scratch records
+            try:
+                if self.store.get(fid.hex(), "factory") is None:
+                    self.store.delete_factory(fid.hex())  # the ceremony's scratch records
+            except Exception as e:  # never hide the error that ended the ceremony; a restart prunes them
+                self.log(f"factory {fid.hex()}: removing scratch records: {e}")
 
     def broadcast_funding(self, factory_id: str, record: dict[str, Any]) -> str:
         """Sign and broadcast a recorded factory's funding transaction (stage "funding" → "funded").
@@ -252,8 +255,8 @@ class Lsp:
         return str(txid)
 
     def _dev_wrong_funding(self, record: dict[str, Any]) -> str:
-        """Testing only: release the signed funding's inputs and pay the same output from others, so the
-        transaction that goes out is not the one the tree was signed over."""
+        """Testing only: pay the same output from other wallet coins, then release the signed funding's
+        inputs, so the transaction that goes out is not the one the tree was signed over."""
         txid, _ = record["funding_outpoint"].split(":")
         signed = Psbt.from_base64(record["funding_psbt"]).tx
         out = next(o for o in signed.outputs if o.value == record["funding_value_sat"])
