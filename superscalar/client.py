@@ -64,8 +64,8 @@ AWAITING, CONFIRMED, UNFUNDED = "awaiting", "confirmed", "unfunded"
 # `verified.leaf_script.status`: see leaf_script.py.
 UNVERIFIED, VERIFIED, MISMATCH = "unverified", "verified", "mismatch"
 MAX_PENDING_INVITATIONS = 64  # across all LSPs (one each): what `superscalar-join=any` can cost us
-MAX_BLOCKS_PER_SCAN = 32
-LEAF_CHECK_INTERVAL = 5.0  # seconds between two routine reads of the log for one unverified leaf  # blocks fetched per block_added while catching up after downtime
+MAX_BLOCKS_PER_SCAN = 32  # blocks fetched per block_added while catching up after downtime
+LEAF_CHECK_INTERVAL = 5.0  # seconds between two routine reads of the log for one unverified leaf
 
 
 class Client:
@@ -78,7 +78,8 @@ class Client:
         self.policy = policy
         self.stale_after = stale_after  # seconds after which an unfinished invitation is dropped
         # Test-only (superscalar-dev-fail-at, developer mode only): "<message>-disconnect" drops the
-        # connection when that message arrives; "propose-refuse" refuses every proposal.
+        # connection when that message arrives; "propose-refuse" refuses every proposal;
+        # "client-other-leaf-script" checks the leaf as if it paid another script.
         self.dev_fail_at = dev_fail_at
         self.invitations: dict[bytes, Invitation] = {}  # at most one per LSP, until its ceremony ends
         self.participants: dict[bytes, Participant] = {}
