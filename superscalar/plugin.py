@@ -14,7 +14,7 @@ from superscalar.client import Client
 from superscalar.exit_routing import exit_for_closing_channel, exit_plan
 from superscalar.exits import CLOSING_STATES, Exits
 from superscalar.factory.params import FactoryParams, regtest_params
-from superscalar.htlc_guard import HtlcGuard
+from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
 from superscalar.listing import describe
 from superscalar.lsp import ClientSpec, Lsp
 from superscalar.node import ClnNode
@@ -228,9 +228,9 @@ def build_plugin() -> Plugin:
         r = holder.get("roles")
         try:
             failure = r.htlcs.failure(onion, htlc) if r else None
-        except Exception as e:
+        except Exception as e:  # fail closed: an HTLC we could not check may be one nothing backs
             _report(plugin, "htlc_accepted check", e)
-            failure = None
+            failure = (f"{TEMPORARY_NODE_FAILURE:04x}", f"the factory channel check failed: {e!r}")
         if failure is None:
             return {"result": "continue"}
         plugin.log(f"failing HTLC {htlc.get('payment_hash')}: {failure[1]}", level="info")

@@ -245,3 +245,24 @@ def test_lsp_killed_mid_ceremony_leaves_nothing(node_factory: Any, bitcoind: Any
         c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     res = lsp.rpc.call("superscalar-create", {"clients": spec(clients)})
     assert res["funding_txid"] in bitcoind.rpc.getrawmempool()
+
+
+def test_htlc_check_that_errors_fails_closed(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """If the client's HTLC check itself fails (here: a factory record it cannot read), the HTLC is
+    failed, not let through: it may be one that nothing backs."""
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"})
+    client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]},
+                                   broken_log="htlc_accepted check|funding watch|unknown schema version")
+    lsp.fundwallet(5_000_000)
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    create_factory(lsp, [client], bitcoind)
+    assert pay(lsp, client, 1_000, "before") == 0
+    wait_for(lambda: channel_with(client, lsp)["to_us_msat"] == (50_000 + 1_000) * 1000)  # settled on its side too
+    client.rpc.datastore(key=["superscalar", "factories", "ff" * 32, "factory"],
+                         string='{"schema": 99, "data": {}}')
+    before = channel_with(client, lsp)["to_us_msat"]
+    with pytest.raises(RpcError):
+        pay(lsp, client, 1_000, "after")
+    client.daemon.wait_for_log("the factory channel check failed")
+    assert channel_with(client, lsp)["to_us_msat"] == before
