@@ -226,6 +226,8 @@ class Client:
                          "leaf_script": {"status": UNVERIFIED, "reason": "checked before the first HTLC comes in"}},
             "funding": {"status": AWAITING, "scanned_height": inv.height,
                         "deadline_height": height + self.policy.funding_timeout_blocks,
+                        # given up on, it is still looked for until then: a late funding is exited from
+                        "watch_until_height": params.expiry_height,
                         "confirmed_height": None, "reason": None},
         }
 
@@ -265,20 +267,35 @@ class Client:
 
     # --- the funding output: watched until it confirms as signed, or given up on ---
 
-    def on_block(self, height: int) -> None:
-        """Scan the blocks since the last look for each factory whose funding has not confirmed yet, and
-        check the leaf of each channel that has signed a commitment since (its first HTLC either way)."""
+    def on_block(self, height: int) -> list[str]:
+        """Scan the blocks since the last look for each factory whose funding has not confirmed yet; check
+        the leaf of each channel that has signed a commitment since (its first HTLC either way); close,
+        block after block until none is left open, the channels of factories nothing backs. Returns the
+        ids of factories whose funding confirmed after they were given up on: their channels were
+        closed, so their exit paths must go out."""
+        late = []
         for fid in self.store.factory_ids():
             rec = self.store.get(fid, "factory")
             if rec is None or rec.get("role") != "client":
                 continue
-            if rec.get("funding", {}).get("status") == AWAITING:
-                self._watch_funding(fid, rec, height)
+            funding = rec.get("funding", {})
+            if funding.get("status") == AWAITING or (
+                    funding.get("status") == UNFUNDED
+                    and int(funding.get("scanned_height", 0)) < int(funding.get("watch_until_height", 0))):
+                if self._watch_funding(fid, rec, height):
+                    late.append(fid)
             if funding_ok(rec) and leaf_status(rec) == UNVERIFIED:
                 self.verify_leaf(fid, routine=True)
+            if not funding_ok(rec) and not rec.get("unbacked_closed") and self._close_unbacked(rec) == 0:
+                rec["unbacked_closed"] = True
+                self.store.put(fid, "factory", rec)
+        return late
 
-    def _watch_funding(self, fid: str, rec: dict[str, Any], height: int) -> None:
+    def _watch_funding(self, fid: str, rec: dict[str, Any], height: int) -> bool:
+        """Look for the funding transaction in the blocks since the last look; True if it confirmed as
+        signed after the factory had been given up on."""
         funding = rec["funding"]
+        given_up = funding["status"] == UNFUNDED
         txid, vout = rec["funding_outpoint"].split(":")
         value, script = rec["path_prevouts"][0]
         first = int(funding["scanned_height"]) + 1
@@ -289,26 +306,32 @@ class Client:
                 continue
             verdict = funding_verdict(found, int(vout), int(value), bytes.fromhex(script))
             if verdict is None:
-                funding.update(status=CONFIRMED, confirmed_height=h)
-                self.log(f"factory {fid}: funding output confirmed at height {h} as signed")
+                funding.update(status=CONFIRMED, confirmed_height=h, reason="confirmed after the deadline" if given_up else None)
+                self.log(f"factory {fid}: funding output confirmed at height {h} as signed"
+                         + (", after it was given up on: exiting" if given_up else ""))
             else:
-                funding.update(status=UNFUNDED, reason=f"funding transaction at height {h}: {verdict}")
+                funding.update(status=UNFUNDED, reason=f"funding transaction at height {h}: {verdict}",
+                               watch_until_height=h)
             break
         if funding["status"] == AWAITING and funding["scanned_height"] >= int(funding["deadline_height"]):
             funding.update(status=UNFUNDED, reason=f"no funding output by height {funding['deadline_height']}")
         self.store.put(fid, "factory", rec)
-        if funding["status"] == UNFUNDED:
+        if funding["status"] == UNFUNDED and not given_up:
             self.log(f"factory {fid}: UNFUNDED ({funding['reason']}); closing its channel, it takes no more HTLCs")
             self._close_unbacked(rec)
             progress = self.store.get(fid, "exit")
             if progress is not None and progress["status"] != "closed":
                 progress["status"] = "cancelled"  # a path whose funding output never existed cannot be published
                 self.store.put(fid, "exit", progress)
+        return bool(given_up and funding["status"] == CONFIRMED)
 
-    def _close_unbacked(self, rec: dict[str, Any]) -> None:
-        for ch in self.node.peer_channels(rec["lsp"]):
-            if channel_in_factory(rec, ch) and ch.get("state") not in CLOSING_STATES:
-                threading.Thread(target=self._close, args=(str(ch["channel_id"]),), daemon=True).start()
+    def _close_unbacked(self, rec: dict[str, Any]) -> int:
+        """Close this factory's channel if it is still open; returns how many were (0: nothing to do)."""
+        open_ = [str(ch["channel_id"]) for ch in self.node.peer_channels(rec["lsp"])
+                 if channel_in_factory(rec, ch) and ch.get("state") not in CLOSING_STATES]
+        for channel_id in open_:
+            threading.Thread(target=self._close, args=(channel_id,), daemon=True).start()
+        return len(open_)
 
     def _close(self, channel_id: str) -> None:
         try:

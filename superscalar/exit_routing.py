@@ -57,3 +57,11 @@ def exit_for_closing_channel(node: ClnNode, store: Store, client: Client, exits:
             if ch is not None and channel_in_factory(rec, ch):
                 txs, channels = client.exit_path(fid)
                 exits.start(fid, txs, channels, bump_after(rec))
+
+
+def exit_late_funded(store: Store, client: Client, exits: Exits, factory_ids: list[str]) -> None:
+    """A client's factory whose funding confirmed after the client had given up on it (and closed its
+    channel): that channel can only pay out once the leaf is on chain, so its path goes out."""
+    for fid in factory_ids:
+        txs, channels, bump = exit_plan(store, client, fid, None)
+        exits.start(fid, txs, channels, bump)

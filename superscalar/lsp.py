@@ -268,17 +268,29 @@ class Lsp:
 
     def resume(self) -> None:
         """After a restart (called on each block): a factory whose channels all exist gets its funding
-        broadcast; one whose channels were still being completed is abandoned, its inputs released
-        (a pending open does not survive a restart, so those channels do not exist)."""
+        broadcast (or is found funded: the node died between `sendpsbt` and the record); one whose
+        channels were still being completed is abandoned, its inputs released (a pending open does not
+        survive a restart, so those channels do not exist) and its completed channels closed, block
+        after block until none is left open (a crash may come between the record and the closes)."""
         for fid in self.store.factory_ids():
             if fid in {p.factory_id.hex() for p in self._pending.values()}:
                 continue
             record = self.store.get(fid, "factory")
-            if record is None or record.get("role") != "lsp" or record.get("stage") in (None, "funded", "abandoned"):
+            if record is None or record.get("role") != "lsp" or record.get("stage") in (None, "funded"):
                 continue
-            if record["stage"] == "funding":
+            if record["stage"] == "abandoned":
+                if not record.get("unbacked_closed") and self._close_unbacked(fid, record) == 0:
+                    record["unbacked_closed"] = True
+                    self.store.put(fid, "factory", record)
+            elif record["stage"] == "funding":
+                txid, vout = record["funding_outpoint"].split(":")
                 try:
-                    self.broadcast_funding(fid, record)
+                    if self.node.output_exists(txid, int(vout)):
+                        record["stage"] = "funded"
+                        self.store.put(fid, "factory", record)
+                        self.log(f"factory {fid}: its funding {txid} was already out")
+                    else:
+                        self.broadcast_funding(fid, record)
                 except Exception as e:
                     self.log(f"factory {fid}: funding broadcast failed, retrying next block: {e}")
             elif record["stage"] == "completing":
@@ -292,17 +304,19 @@ class Lsp:
                 self.log(f"factory {fid}: abandoned after a restart during channel completion; nothing was broadcast")
                 self._close_unbacked(fid, record)
 
-    def _close_unbacked(self, factory_id: str, record: dict[str, Any]) -> None:
+    def _close_unbacked(self, factory_id: str, record: dict[str, Any]) -> int:
         """Close every channel of an abandoned factory that was completed on its unfunded leaf: nothing
         backs it, so neither side may go on crediting it (fundchannel_cancel cannot undo a completed
         open). Each close becomes a mutual close whose transaction can never confirm; both sides stop
-        using the channel at once."""
+        using the channel at once. Returns how many were still open (0: nothing left to close)."""
         ids = {c["channel_id"] for c in record["channels"] if c.get("channel_id")}
         leaves = {c["funding_outpoint"] for c in record["channels"]}  # also finds one completed just before a crash
-        for ch in self.node.peer_channels():
-            outpoint = f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}"
-            if (ch.get("channel_id") in ids or outpoint in leaves) and ch.get("state") not in CLOSING_STATES:
-                threading.Thread(target=self._close, args=(factory_id, str(ch["channel_id"])), daemon=True).start()
+        open_ = [str(ch["channel_id"]) for ch in self.node.peer_channels()
+                 if (ch.get("channel_id") in ids or f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" in leaves)
+                 and ch.get("state") not in CLOSING_STATES]
+        for channel_id in open_:
+            threading.Thread(target=self._close, args=(factory_id, channel_id), daemon=True).start()
+        return len(open_)
 
     def _close(self, factory_id: str, channel_id: str) -> None:
         try:

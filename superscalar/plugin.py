@@ -11,7 +11,7 @@ from pyln.client import Plugin, RpcException
 
 from superscalar import __version__
 from superscalar.client import Client
-from superscalar.exit_routing import exit_for_closing_channel, exit_plan
+from superscalar.exit_routing import exit_for_closing_channel, exit_late_funded, exit_plan
 from superscalar.exits import CLOSING_STATES, Exits
 from superscalar.factory.params import FactoryParams, regtest_params
 from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
@@ -203,7 +203,8 @@ def build_plugin() -> Plugin:
         height = int(kwargs.get("block_added", {}).get("height") or 0)
         steps: tuple[tuple[str, Callable[[], None]], ...] = (
             ("funding broadcast", r.lsp.resume),
-            ("funding watch", lambda: r.client.on_block(height or r.node.blockheight())),
+            ("funding watch", lambda: exit_late_funded(r.store, r.client, r.exits,
+                                                       r.client.on_block(height or r.node.blockheight()))),
             ("exit progress", lambda: r.exits.on_block(height or r.node.blockheight())))
         for what, step in steps:
             try:

@@ -94,7 +94,7 @@ def test_client_refuses_a_reused_factory_id(node_factory: Any, bitcoind: Any, pl
 
 def test_client_gives_up_on_funding_never_broadcast(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     lsp, clients = network(node_factory, plugin_path, 2, "lsp-never-broadcast")
-    lsp.rpc.call("superscalar-create", {"clients": spec(clients)})
+    created = lsp.rpc.call("superscalar-create", {"clients": spec(clients)})
     assert bitcoind.rpc.getrawmempool() == []
     for c in clients:
         [view] = views(c)
@@ -110,6 +110,16 @@ def test_client_gives_up_on_funding_never_broadcast(node_factory: Any, bitcoind:
     wait_for(lambda: all(usable(lsp, c) == [] for c in clients))
     # No exit is started for a factory whose funding output never existed.
     assert all(v["exit_progress"]["status"] == "none" for c in clients for v in views(c))
+    # The signed funding goes out after all: the clients' closed channels can only pay out through
+    # their leaves, so each client publishes its path.
+    [entry] = lsp.rpc.listdatastore(["superscalar", "factories", created["factory_id"], "factory"])["datastore"]
+    psbt = json.loads(entry["string"])["data"]["funding_psbt"]
+    assert lsp.rpc.sendpsbt(lsp.rpc.signpsbt(psbt)["signed_psbt"])["txid"] == created["funding_txid"]
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, [lsp, *clients])
+    for c in clients:
+        wait_for(lambda: views(c)[0]["state"] == "exiting" and views(c)[0]["exit_progress"]["published"] != [])
+        assert "funding output confirmed as signed" in views(c)[0]["safety"]
 
 
 def test_client_detects_a_funding_txid_not_signed(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
