@@ -60,7 +60,7 @@ def show_tree(lsp: Any, factory_id: str) -> None:
         f" or the LSP alone after block {params.timeout(0)})")
     for node in factory.topology.nodes:
         indent = "  " * (2 * node.depth + 1)
-        for t in (graph.kickoffs[node.index], graph.states[node.index]):
+        for t in graph.node_txs(node.index):
             wait = f", waits {t.relative_wait} blocks" if t.relative_wait else ""
             say(f"{indent}{t.name:<10} {t.tx.txid[:16]}…  {t.vsize} vB, fee {t.fee} sat{wait}")
             indent += "  "

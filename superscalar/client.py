@@ -367,8 +367,11 @@ class Client:
 
 
 def _state_indices(params: FactoryParams, path: Any) -> list[int]:
-    """The DW state index of each state tx on a path, read back from its nSequence."""
-    return [params.states_per_layer - 1 - t.relative_wait // params.step_blocks for t in path[1::2]]
+    """The state index of each node on a path: 0 for a static node, else read back from its state
+    tx's nSequence."""
+    return [0 if params.is_static(depth)
+            else params.states_per_layer - 1 - path[params.path_offset(depth) + 1].relative_wait // params.step_blocks
+            for depth in range(params.height + 1)]
 
 
 def funding_verdict(tx: Tx, vout: int, value: int, script: bytes) -> Optional[str]:

@@ -1,12 +1,15 @@
 """The factory's transactions: the kickoff/state tree for a set of state indices, and the transactions
 around it (distribution at the timeout, cooperative close, the LSP's timeout sweeps).
 
-Every node v of the topology has two transactions:
+A node v of a Decker-Wattenhofer layer (the lowest `params.layers` depths) has two transactions:
   kickoff K_v   spends the output v owns (the funding output for the root, else an output of the
-                parent's state tx); one output keyed by MuSig2(v's signers) with no script path.
+                parent's last tx); one output keyed by MuSig2(v's signers) with no script path.
   state   S_v   spends K_v's output with nSequence = the DW wait of v's state index; its outputs are
                 one per child c (MuSig2(c's signers), script path: the LSP after timeout(depth c)),
                 or, at a leaf, the clients' channel outputs and the L-stock output.
+A static node (the depths above, "static near root") has one transaction, N_v: it spends the output v
+owns straight into its children's outputs, with no relative wait, and is never re-signed. In the
+graph, `states[v]` is a node's last transaction (S_v or N_v) and `kickoffs[v]` is None when static.
 Every transaction is version 3, carries a P2A anchor as its last output and pays the pre-agreed fee
 `params.fee(vsize)` computed from its signed size. Values are computed bottom-up, so every output is
 exactly what its subtree needs; transactions are built top-down, so every input names its parent.
@@ -220,6 +223,16 @@ class FactoryShape:
                     h.result()  # re-raises a helper's error here
         self._derived = True
 
+    def advance_path(self, indices: Sequence[int]) -> tuple[tuple[int, ...], int]:
+        """The state indices (root first) of a path after one advance of its DW odometer, and the
+        depth of the node whose subtree is re-signed. Static depths stay at 0. Raises ExhaustedError
+        at the last state, ParamsError if `indices` is not a state of such a path."""
+        first = self.params.first_dw_depth
+        if len(indices) != first + self.dw.layers or any(indices[:first]):
+            raise FactoryError("not the state indices of a path of this factory")
+        digits, layer = self.dw.advance(tuple(indices[first:]))
+        return (0,) * first + digits, first + layer
+
     @once
     def params_bytes(self) -> bytes:
         """The parameters as a proposal carries them."""
@@ -248,9 +261,14 @@ class FactoryShape:
         out: list[TreeTx] = []
         for depth, node in enumerate(path):
             n = self.topology.nodes[node]
-            k, s = build_node_txs(self.params, node, outpoint, prevout, self.owned_spend(node), self.kickoff_spend(node),
-                                  state_outputs[depth], self.dw.nsequence(state_indices[depth]))
-            out += [k, s]
+            static = self.params.is_static(depth)
+            if static and state_indices[depth] != 0:
+                raise FactoryError(f"node {node} is static: its state index must be 0")
+            txs = build_node_txs(self.params, node, outpoint, prevout, self.owned_spend(node),
+                                 None if static else self.kickoff_spend(node), state_outputs[depth],
+                                 self.dw.nsequence(state_indices[depth]))
+            out += txs
+            s = txs[-1]
             if depth + 1 < len(path):
                 vout = n.children.index(path[depth + 1])
                 if vout >= len(s.tx.outputs) - 1:
@@ -291,12 +309,13 @@ class Factory(FactoryShape):
 
     @once
     def _required(self) -> tuple[int, ...]:
-        """The value each node's owned output must carry (its kickoff's input value)."""
+        """The value each node's owned output must carry (its first transaction's input value)."""
         need = [0] * len(self.topology.nodes)
         for n in reversed(self.topology.nodes):
             outs = self._state_outputs(n.index, need)
             state_in = sum(o.value for o in outs) + self.params.fee(_state_vsize(outs))
-            need[n.index] = state_in + self.params.anchor_sat + self.params.fee(_kickoff_vsize())
+            kickoff = 0 if self.params.is_static(n.depth) else self.params.anchor_sat + self.params.fee(_kickoff_vsize())
+            need[n.index] = state_in + kickoff
         return tuple(need)
 
     def _state_outputs(self, node: int, need: Sequence[int]) -> tuple[TxOut, ...]:
@@ -320,35 +339,42 @@ class Factory(FactoryShape):
         return (0,) * len(self.topology.nodes)
 
     def advance(self, state: Sequence[int], client: int) -> tuple[tuple[int, ...], int]:
-        """The next Decker-Wattenhofer state for `client`'s path (the odometer on its path's state
-        indices) and the node whose subtree must be re-signed. Raises ExhaustedError at the end."""
+        """The next Decker-Wattenhofer state for `client`'s path (the odometer on the state indices of
+        its path's DW nodes) and the node whose subtree must be re-signed. Raises ExhaustedError at
+        the end."""
         path = self.topology.path(client)
-        digits, layer = self.dw.advance(tuple(state[n] for n in path))
-        changed = path[layer]
+        digits, depth = self.advance_path(tuple(state[n] for n in path))
+        changed = path[depth]
         new = list(state)
         for n in self.topology.subtree(changed):
             new[n] = 0
-        new[changed] = digits[layer]
+        new[changed] = digits[depth]
         return tuple(new), changed
 
     def advances_left(self, state: Sequence[int], client: int) -> int:
         """How many more state advances `client`'s path allows before the factory must roll over."""
-        return self.dw.advances_left(self.dw.epoch(tuple(state[n] for n in self.topology.path(client))))
+        path = self.topology.path(client)[self.params.first_dw_depth:]
+        return self.dw.advances_left(self.dw.epoch(tuple(state[n] for n in path)))
 
     def graph(self, funding: OutPoint, state: Optional[Sequence[int]] = None) -> "FactoryGraph":
         """Every kickoff and state transaction, for state indices `state` (one per node)."""
         indices = tuple(state) if state is not None else self.initial_state()
         if len(indices) != len(self.topology.nodes):
             raise FactoryError("one state index per node is needed")
+        if any(indices[n.index] for n in self.topology.nodes if self.params.is_static(n.depth)):
+            raise FactoryError("static nodes have only state 0")
         self.derive_outputs()
         kickoffs: list[Optional[TreeTx]] = [None] * len(indices)
         states: list[Optional[TreeTx]] = [None] * len(indices)
         inputs: dict[int, tuple[OutPoint, TxOut]] = {0: (funding, self.funding_output)}
         for n in self.topology.nodes:
             outpoint, prevout = inputs[n.index]
-            k, s = build_node_txs(self.params, n.index, outpoint, prevout, self.owned_spend(n.index),
-                                  self.kickoff_spend(n.index), self.state_outputs(n.index), self.dw.nsequence(indices[n.index]))
-            kickoffs[n.index], states[n.index] = k, s
+            static = self.params.is_static(n.depth)
+            txs = build_node_txs(self.params, n.index, outpoint, prevout, self.owned_spend(n.index),
+                                 None if static else self.kickoff_spend(n.index), self.state_outputs(n.index),
+                                 self.dw.nsequence(indices[n.index]))
+            kickoffs[n.index], s = (None, txs[0]) if static else txs
+            states[n.index] = s
             for vout, child in enumerate(n.children):
                 inputs[child] = (s.tx.outpoint(vout), s.tx.outputs[vout])
         return FactoryGraph(self, funding, indices, tuple(kickoffs), tuple(states))  # type: ignore[arg-type]
@@ -370,12 +396,13 @@ def build_node_txs(
     outpoint: OutPoint,
     prevout: TxOut,
     owned: Spend,
-    kickoff: Spend,
+    kickoff: Optional[Spend],
     state_outputs: Sequence[TxOut],
     nsequence: int,
-) -> tuple[TreeTx, TreeTx]:
-    """A node's kickoff and state transactions from its input and its state tx's outputs; `owned`
-    and `kickoff` say how the node's own output and its kickoff output are spent.
+) -> tuple[TreeTx, ...]:
+    """A node's transactions from its input and its last tx's outputs: (kickoff, state) for a DW node,
+    (node tx,) for a static one (`kickoff` None). `owned` and `kickoff` say how the node's own output
+    and its kickoff output are spent.
 
     Shared by the LSP (whole tree) and clients (their path): raises FactoryError unless the values
     balance with the pre-agreed fees and the input is the output the node's signers own."""
@@ -384,17 +411,22 @@ def build_node_txs(
     anchor = anchor_output(params)
     if not state_outputs or state_outputs[-1] != anchor:
         raise FactoryError(f"node {node}: state tx must end with the agreed P2A anchor")
-    k_value = prevout.value - params.anchor_sat - params.fee(_kickoff_vsize())
-    k_out = TxOut(k_value, kickoff.taproot.script_pubkey)
-    k_tx = Tx(TX_VERSION, (TxIn(outpoint, sequence=SEQUENCE_FINAL),), (k_out, anchor))
     # A client's path comes as serialized output vectors: they stay so, nothing is parsed twice.
     outputs = state_outputs if isinstance(state_outputs, OutputVector) else tuple(state_outputs)
     values = output_values(outputs)
+    if len(values) > 1 and min(values[:-1]) < params.dust_limit_sat:
+        raise FactoryError(f"node {node}: output below the dust limit")
+    if kickoff is None:
+        n_tx = Tx(TX_VERSION, (TxIn(outpoint, sequence=SEQUENCE_FINAL),), outputs)  # type: ignore[arg-type]
+        if prevout.value - sum(values) != params.fee(signed_vsize(n_tx)):
+            raise FactoryError(f"node {node}: node tx outputs do not leave the agreed fee")
+        return (TreeTx(f"node/{node}", n_tx, prevout, owned),)
+    k_value = prevout.value - params.anchor_sat - params.fee(_kickoff_vsize())
+    k_out = TxOut(k_value, kickoff.taproot.script_pubkey)
+    k_tx = Tx(TX_VERSION, (TxIn(outpoint, sequence=SEQUENCE_FINAL),), (k_out, anchor))
     s_tx = Tx(TX_VERSION, (TxIn(k_tx.outpoint(0), sequence=nsequence),), outputs)  # type: ignore[arg-type]
     if k_value - sum(values) != params.fee(signed_vsize(s_tx)):
         raise FactoryError(f"node {node}: state tx outputs do not leave the agreed fee")
-    if len(values) > 1 and min(values[:-1]) < params.dust_limit_sat:
-        raise FactoryError(f"node {node}: output below the dust limit")
     k = TreeTx(f"kickoff/{node}", k_tx, prevout, owned)
     s = TreeTx(f"state/{node}", s_tx, k_out, kickoff, relative_wait=nsequence)
     return k, s
@@ -431,20 +463,24 @@ class FactoryGraph:
     factory: Factory
     funding: OutPoint
     state: tuple[int, ...]
-    kickoffs: tuple[TreeTx, ...]
-    states: tuple[TreeTx, ...]
+    kickoffs: tuple[Optional[TreeTx], ...]  # None for a static node
+    states: tuple[TreeTx, ...]  # each node's last transaction (its state tx, or a static node's one)
+
+    def node_txs(self, node: int) -> tuple[TreeTx, ...]:
+        kickoff = self.kickoffs[node]
+        return (self.states[node],) if kickoff is None else (kickoff, self.states[node])
 
     def txs(self) -> list[TreeTx]:
         """All tree transactions, parents before children."""
         out: list[TreeTx] = []
         for n in self.factory.topology.nodes:
-            out += [self.kickoffs[n.index], self.states[n.index]]
+            out += self.node_txs(n.index)
         return out
 
     def path_txs(self, client: int) -> tuple[TreeTx, ...]:
         out: list[TreeTx] = []
         for node in self.factory.topology.path(client):
-            out += [self.kickoffs[node], self.states[node]]
+            out += self.node_txs(node)
         return tuple(out)
 
     def exit_path(self, client: int) -> ExitPath:

@@ -49,7 +49,12 @@ class FactoryParams:
     """What every participant agrees on before signing.
 
     Tree: clients are grouped `leaf_arity` to a leaf; nodes are grouped `arity` to a parent until one
-    root remains, so every leaf sits at the same depth and each depth is one DW layer.
+    root remains, so every leaf sits at the same depth. Only the lowest `dw_layers` depths are
+    Decker-Wattenhofer layers (a kickoff and a state transaction per node, re-signable); the depths
+    above are static ("static near root"): one transaction per node, never re-signed, no relative wait.
+    A re-sign happens where clients change their channels, which is at the leaves; liquidity sales chain
+    out of a leaf's L-stock and advance no counter. So an exit waits the DW delay of `dw_layers` layers,
+    not of the tree's height.
     Timelines (absolute block heights, all derived from `start_height`):
       expiry = start + active_blocks           the factory stops taking updates; dying period begins
       distribution = expiry + dying_blocks     nLockTime of the distribution transaction
@@ -62,6 +67,7 @@ class FactoryParams:
     start_height: int
     leaf_arity: int = 2
     arity: int = 8
+    dw_layers: int = 1
     states_per_layer: int = 4
     step_blocks: int = 144
     active_blocks: int = 4320
@@ -86,6 +92,7 @@ class FactoryParams:
         need(1 <= self.n_clients <= MAX_CLIENTS, f"n_clients must be 1..{MAX_CLIENTS}")
         need(self.leaf_arity in (1, 2), "leaf_arity must be 1 or 2")
         need(2 <= self.arity <= 64, "arity must be 2..64")
+        need(1 <= self.dw_layers <= 8, "dw_layers must be 1..8")
         need(2 <= self.states_per_layer <= 256, "states_per_layer must be 2..256")
         need(self.step_blocks >= 1, "step_blocks must be at least 1")
         need(self.step_blocks * (self.states_per_layer - 1) <= MAX_RELATIVE_BLOCKS,
@@ -116,8 +123,22 @@ class FactoryParams:
 
     @property
     def layers(self) -> int:
-        """Decker-Wattenhofer layers: one per depth of the tree."""
-        return self.height + 1
+        """Decker-Wattenhofer layers: the lowest `dw_layers` depths (all of them in a shallower tree)."""
+        return min(self.dw_layers, self.height + 1)
+
+    @property
+    def first_dw_depth(self) -> int:
+        """Depths above this one are static: one transaction per node, state index always 0."""
+        return self.height + 1 - self.layers
+
+    def is_static(self, depth: int) -> bool:
+        return depth < self.first_dw_depth
+
+    def path_offset(self, depth: int) -> int:
+        """Index in a client's exit path of the first transaction of its node at `depth`: one
+        transaction per static node above it, two (kickoff, state) per DW node."""
+        static = min(depth, self.first_dw_depth)
+        return static + 2 * (depth - static)
 
     @property
     def expiry_height(self) -> int:
@@ -136,10 +157,12 @@ class FactoryParams:
     @property
     def longest_exit_blocks(self) -> int:
         """The early-warning time of a path at state 0, where every DW state waits its longest: per
-        layer a kickoff and a state transaction, each allowed `confirm_blocks` to confirm, and the
-        state's relative wait of step × (states − 1). `ExitPath.early_warning_blocks` gives the same
-        figure for an actual path (tested)."""
-        return self.layers * (self.step_blocks * (self.states_per_layer - 1) + 2 * self.confirm_blocks)
+        static node one transaction allowed `confirm_blocks` to confirm; per DW layer a kickoff and a
+        state transaction, each allowed `confirm_blocks`, and the state's relative wait of
+        step × (states − 1). `ExitPath.early_warning_blocks` gives the same figure for an actual path
+        (tested)."""
+        dw = self.layers * (self.step_blocks * (self.states_per_layer - 1) + 2 * self.confirm_blocks)
+        return self.first_dw_depth * self.confirm_blocks + dw
 
     def fee(self, vsize: int) -> int:
         """The pre-agreed fee of a transaction of `vsize` vbytes, rounded up."""

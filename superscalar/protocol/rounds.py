@@ -103,7 +103,7 @@ def _tree_round(kind: Kind, factory: Factory, graph: FactoryGraph, factory_id: b
     distribution = _outputs_blob(extra[0].tx) if extra else b""
     for client, layer in first_layer.items():
         path = graph.path_txs(client)
-        mine = path[2 * layer + (0 if kind == Kind.CONSTRUCTION else 1):]
+        mine = path[factory.params.path_offset(layer) + (0 if kind == Kind.CONSTRUCTION else 1):]
         client_jobs[client] = tuple(job(t) for t in (*mine, *extra))
         nodes = factory.topology.path(client)
         proposals[client] = _propose(
@@ -235,10 +235,13 @@ def _tree_jobs(expect: Expectation, msg: Propose, params: FactoryParams, shape: 
         return (*path, dist)
     if expect.previous_state is None:
         raise ProposalError("no current state to advance from")
-    new, layer = shape.dw.advance(expect.previous_state)
+    try:
+        new, depth = shape.advance_path(expect.previous_state)
+    except FactoryError as e:
+        raise ProposalError(f"our current state cannot advance: {e}") from None
     if tuple(msg.state_indices) != new:
         raise ProposalError("the new state is not the next one after ours")
-    return path[2 * layer + 1:]
+    return path[params.path_offset(depth) + 1:]
 
 
 def _sale_job(expect: Expectation, shape: FactoryShape, client: int, lstock: OutPoint, value: int,

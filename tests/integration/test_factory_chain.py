@@ -107,8 +107,9 @@ def test_a_client_exit_path_respects_every_timelock(chain: Chain) -> None:
     graph = kit.factory.graph(funding)
     client = 5
     path = graph.path_txs(client)
-    assert [t.name for t in path] == ["kickoff/0", "state/0", "kickoff/3", "state/3"]
-    assert [t.relative_wait for t in path] == [0, 6, 0, 6]
+    # The root is static (one transaction, no wait); the leaf is the one Decker-Wattenhofer layer.
+    assert [t.name for t in path] == ["node/0", "kickoff/3", "state/3"]
+    assert [t.relative_wait for t in path] == [0, 0, 6]
     publish_path(chain, signed, graph, client)
     spend = spend_channel(chain, kit, graph, client)
     chain.assert_accepted(spend)
@@ -131,12 +132,12 @@ def test_b_newest_state_beats_an_old_one(chain: Chain) -> None:
         signed.update(run_round(kit, rnd, advance_expectations(kit, before, leaf, funding)))
     old, new = f.graph(funding, old_state), f.graph(funding, new_state)
     # Above the leaf nothing changed; the leaf's state tx did, and waits less.
-    assert [t.tx.txid for t in old.path_txs(client)[:3]] == [t.tx.txid for t in new.path_txs(client)[:3]]
+    assert [t.tx.txid for t in old.path_txs(client)[:2]] == [t.tx.txid for t in new.path_txs(client)[:2]]
     old_leaf, new_leaf = old.states[leaf], new.states[leaf]
     assert old_leaf.tx.txid != new_leaf.tx.txid
     assert (old_leaf.relative_wait, new_leaf.relative_wait) == (6, 2)
 
-    for t in old.path_txs(client)[:3]:  # someone publishes the old path up to the leaf's kickoff
+    for t in old.path_txs(client)[:2]:  # someone publishes the old path up to the leaf's kickoff
         publish_after_wait(chain, signed[t.tx.txid], t.relative_wait)
     old_signed, new_signed = signed[old_leaf.tx.txid], signed[new_leaf.tx.txid]
     chain.mine(1)
@@ -154,7 +155,7 @@ def test_b_newest_state_beats_an_old_one(chain: Chain) -> None:
 def test_c_lsp_sweeps_a_state_output_only_after_its_timeout(chain: Chain) -> None:
     kit, funding, signed = funded_factory(chain)
     graph = kit.factory.graph(funding)
-    for t in graph.path_txs(0)[:2]:  # root kickoff and root state: the children's outputs appear
+    for t in graph.path_txs(0)[:1]:  # the static root: the children's outputs appear
         publish_after_wait(chain, signed[t.tx.txid], t.relative_wait)
     node = 2
     lsp_dest = kit.factory.scripts.lsp_payout

@@ -129,8 +129,9 @@ def test_signed_graph_verifies_under_each_output_key() -> None:
 
 
 def test_state_advance_changes_only_the_affected_subtree() -> None:
-    kit = make_kit(regtest_params(8, 100, states_per_layer=2))
+    kit = make_kit(regtest_params(8, 100, states_per_layer=2, dw_layers=2, arity=2))
     f = kit.factory
+    assert (f.params.height, f.params.layers, f.params.first_dw_depth) == (2, 2, 1)
     s0 = f.initial_state()
     s1, changed = f.advance(s0, 0)
     leaf0 = f.topology.leaf_of_client[0]
@@ -138,25 +139,60 @@ def test_state_advance_changes_only_the_affected_subtree() -> None:
     g0, g1 = f.graph(FUNDING, s0), f.graph(FUNDING, s1)
     differ = {t.name for t, u in zip(g0.txs(), g1.txs()) if t.tx.txid != u.tx.txid}
     assert differ == {f"state/{leaf0}"}
-    # The leaf layer is exhausted: the next advance carries into the root, re-signing everything.
+    # The leaf layer is exhausted: the next advance carries into the layer above, re-signing its subtree.
     s2, changed = f.advance(s1, 0)
-    assert changed == 0 and s2[0] == 1 and all(i == 0 for i in s2[1:])
+    parent = f.topology.nodes[leaf0].parent
+    assert changed == parent and s2[parent] == 1 and s2[leaf0] == 0 and s2[0] == 0
     assert f.advances_left(s2, 0) == 1
     s3, _ = f.advance(s2, 0)
     with pytest.raises(ExhaustedError):
         f.advance(s3, 0)
 
 
-def test_exit_paths_and_early_warning() -> None:
-    params = FactoryParams(n_clients=1024, start_height=800_000)
+def test_static_nodes_are_one_transaction_never_resigned() -> None:
+    params = regtest_params(8, 100, states_per_layer=3, arity=2)  # dw_layers 1: only the leaves are DW nodes
+    kit = make_kit(params)
+    f = kit.factory
+    assert (params.height, params.layers, params.first_dw_depth) == (2, 1, 2)
+    graph = f.graph(FUNDING)
+    for n in f.topology.nodes:
+        if n.is_leaf:
+            assert [t.name for t in graph.node_txs(n.index)] == [f"kickoff/{n.index}", f"state/{n.index}"]
+        else:
+            [tx] = graph.node_txs(n.index)
+            assert tx.name == f"node/{n.index}" and tx.relative_wait == 0 and graph.kickoffs[n.index] is None
+    path = graph.path_txs(0)
+    assert [t.name for t in path] == ["node/0", f"node/{path[1].name.split('/')[1]}", *[t.name for t in path[2:]]]
+    assert len(path) == params.path_offset(params.height) + 2 == 4
+    # Every transaction balances and spends its parent's output; both advances touch only leaf 0's state.
+    s1, changed = f.advance(f.initial_state(), 0)
+    s2, _ = f.advance(s1, 0)
+    assert changed == f.topology.leaf_of_client[0]
+    with pytest.raises(ExhaustedError):
+        f.advance(s2, 0)
+    g2 = f.graph(FUNDING, s2)
+    assert {t.name for t, u in zip(graph.txs(), g2.txs()) if t.tx.txid != u.tx.txid} == {f"state/{changed}"}
+    with pytest.raises(FactoryError, match="static"):
+        f.graph(FUNDING, (1,) + f.initial_state()[1:])
+    for t in graph.txs():
+        signed = musig_sign(t, kit.seckeys)
+        assert schnorr_verify(t.sighash, t.prevout.script_pubkey[2:], signed.inputs[0].witness[0])
+
+
+@pytest.mark.parametrize("states,ewt", [(4, 462), (3, 318), (2, 174)])
+def test_mainnet_exit_of_1024_fits_the_target(states: int, ewt: int) -> None:
+    """Mainnet shape at N = 1,024: three static levels and one DW layer of 144-block steps."""
+    params = FactoryParams(n_clients=1024, start_height=800_000, states_per_layer=states)
     kit = make_kit(params, [ClientTerms(100_000, 400_000)] * 1024)
     graph = kit.factory.graph(FUNDING)
     exits = [graph.exit_path(c) for c in range(0, 1024, 37)]
-    worst = max(exits, key=lambda e: e.vbytes)
-    assert len(worst.txs) == 2 * params.layers
+    worst = max(exits, key=lambda e: e.early_warning_blocks(params.confirm_blocks))
+    assert params.step_blocks >= 144 and (params.height, params.layers) == (3, 1)
+    assert len(worst.txs) == 3 + 2
+    assert sum(worst.waits) == params.step_blocks * (states - 1)
+    assert worst.early_warning_blocks(params.confirm_blocks) == sum(worst.waits) + 6 * len(worst.txs) == ewt
+    assert params.longest_exit_blocks == ewt <= 480
     assert worst.vbytes <= 2_900
-    assert sum(worst.waits) == params.layers * params.step_blocks * (params.states_per_layer - 1)
-    assert worst.early_warning_blocks(params.confirm_blocks) == sum(worst.waits) + 6 * len(worst.txs)
 
 
 def test_distribution_close_sweep_and_sale_balance() -> None:
