@@ -33,7 +33,9 @@ class ClientPolicy:
     max_anchor_sat: int = 1_000
     max_lstock_sat: int = 1_000_000_000  # 10 BTC: an L-stock output beyond this is not credible
     min_lstock_csv_blocks: int = 72  # the LSP's delay before it may take a leaf's L-stock alone
-    max_early_warning_blocks: int = 2_016  # CLN's and LND's cap on a payment's total CLTV
+    # An exit longer than this makes our invoices (final CLTV = EWT + 2 confirmations + 12, see
+    # htlc_timing.py) unpayable under LDK's 1,008-block cap once a payer's route adds ~250 blocks.
+    max_early_warning_blocks: int = 720
     max_confirm_blocks: int = 144
     funding_timeout_blocks: int = 144  # blocks after signing for the funding output to confirm
 
