@@ -122,7 +122,7 @@ def test_lsp_creates_a_factory_with_four_clients_and_payments_flow(node_factory:
                                             "cltv": 8})
     assert clients[3].rpc.decode(short["bolt11"])["min_final_cltv_expiry"] == ewt + 2 + 12  # not 8
     hop = {"id": clients[3].info["id"], "channel": channel_with(lsp, clients[3])["alias"]["local"], "direction": 0,
-           "amount_msat": 1_000_000, "delay": 8, "style": "tlv"}
+           "amount_msat": 1_000_000, "delay": 6, "style": "tlv"}  # below 9, above cltv-final (5)
     lsp.rpc.call("sendpay", {"route": [hop], "payment_hash": short["payment_hash"],
                              "payment_secret": short["payment_secret"], "amount_msat": 1_000_000})
     with pytest.raises(RpcError, match="WIRE_INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS|incorrect_or_unknown"):
