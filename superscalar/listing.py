@@ -7,6 +7,7 @@ from typing import Any
 
 from .client import MISMATCH, VERIFIED, channel_in_factory, leaf_status
 from .factory.params import FactoryParams
+from .htlc_timing import invoice_final_cltv
 from .node import ClnNode, msat
 from .store import Store
 
@@ -30,13 +31,15 @@ def describe(node: ClnNode, store: Store, fid: str) -> dict[str, Any]:
         by_id = {c["channel_id"]: c for c in node.peer_channels()}
         out["channels"] = [{**{k: c[k] for k in ("peer_id", "channel_id", "funding_outpoint", "capacity_msat",
                                                  "early_warning_blocks", "exit")},
+                            "invoice_final_cltv": invoice_final_cltv(int(c["early_warning_blocks"]), params.confirm_blocks),
                             "state": by_id.get(c["channel_id"], {}).get("state"),
                             "our_balance_msat": msat(by_id.get(c["channel_id"], {}).get("to_us_msat", 0))}
                            for c in rec["channels"]]
         return out
     channels = [{"peer_id": rec["lsp"], "channel_id": ch.get("channel_id"), "state": ch.get("state"),
                  "funding_outpoint": rec["leaf_outpoint"], "capacity_msat": rec["capacity_sat"] * 1000,
-                 "our_balance_msat": msat(ch.get("to_us_msat", 0)), "early_warning_blocks": rec["early_warning_blocks"]}
+                 "our_balance_msat": msat(ch.get("to_us_msat", 0)), "early_warning_blocks": rec["early_warning_blocks"],
+                 "invoice_final_cltv": invoice_final_cltv(int(rec["early_warning_blocks"]), params.confirm_blocks)}
                 for ch in node.peer_channels(rec["lsp"]) if channel_in_factory(rec, ch)]
     funding = rec.get("funding") or {"status": "confirmed", "confirmed_height": None}  # records before the watch
     if leaf_status(rec) == MISMATCH:

@@ -150,7 +150,10 @@ def build_plugin() -> Plugin:
                 "parameters": {"leaf_arity": sample.leaf_arity, "arity": sample.arity, "dw_layers": sample.dw_layers,
                                "states_per_layer": sample.states_per_layer, "step_blocks": sample.step_blocks,
                                "active_blocks": sample.active_blocks, "dying_blocks": sample.dying_blocks,
-                               "feerate_per_kvb": sample.feerate_per_kvb, "lstock_sat": sample.lstock_sat},
+                               "feerate_per_kvb": sample.feerate_per_kvb, "lstock_sat": sample.lstock_sat,
+                               # the longest exit (EWT) of this profile's tree at a few sizes
+                               "early_warning_blocks": {str(n): r.params_for(n, 0).longest_exit_blocks
+                                                        for n in (2, 16, 128, 1024)}},
                 "client_policy": dataclasses.asdict(r.policy), "developer": r.developer,
                 "factories": len(r.store.factory_ids())}
 

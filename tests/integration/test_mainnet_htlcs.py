@@ -57,6 +57,7 @@ def test_plain_node_and_mainnet_factory_pay_each_other(node_factory: Any, bitcoi
     inv = client.rpc.invoice(30_000_000, "from-plain", "from a plain node")["bolt11"]
     decoded = client.rpc.decode(inv)
     assert decoded["min_final_cltv_expiry"] == invoice_final_cltv(ewt, params.confirm_blocks) == 474
+    assert view["channels"][0]["invoice_final_cltv"] == 474
     assert [h[0]["pubkey"] for h in decoded["routes"]] == [lsp.info["id"]]  # the factory channel's hint
     res = plain.rpc.call("xpay", {"invstring": inv, "maxdelay": 1008})
     assert res["amount_msat"] == 30_000_000
