@@ -43,7 +43,7 @@ from .bitcoind import Bitcoind, BitcoindError
 from .exit_conflicts import conflict_kind, describe_conflict
 from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, child_fee, estimate_for, exit_deadline, feerate_of,
                            relative_wait, replacement_fee, target_feerate, tree_deadlines)
-from .node import ClnNode
+from .node import CHILD_VSIZE_P2WPKH, ClnNode
 from .store import Store
 
 # Channel states in which a factory channel is being closed unilaterally: its commitment can only
@@ -54,7 +54,6 @@ UNILATERAL_STATES = {"AWAITING_UNILATERAL", "FUNDING_SPEND_SEEN", "ONCHAIN"}
 CLOSING_STATES = UNILATERAL_STATES | {"CHANNELD_SHUTTING_DOWN", "CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE"}
 DONE = ("closed", "cancelled", "conflicted")
 
-CHILD_VSIZE = 155  # a child spending a P2A anchor and one P2WPKH/P2TR wallet coin into one P2TR output
 REBUMP_RATIO = 1.1  # a child is replaced once the schedule asks for this much more than it pays
 SCAN_LIMIT = 144  # blocks read per step after a long pause (older ones are not looked at)
 FEE_REFUSALS = ("min relay fee not met", "mempool min fee not met", "insufficient fee")
@@ -302,16 +301,18 @@ class _Step:
         if anchor.script_pubkey != p2a_script():
             return "it has no P2A anchor to bump it with"
         parent_fee = self.values[name] - sum(o.value for o in tx.outputs)
-        fee = child_fee(rate, tx.vsize, parent_fee, CHILD_VSIZE)
-        if old is not None:
-            fee = replacement_fee(fee, int(old["fee"]), CHILD_VSIZE, self.incremental())
+
+        def fee_for(vsize: int) -> int:
+            fee = child_fee(rate, tx.vsize, parent_fee, vsize)
+            return fee if old is None else replacement_fee(fee, int(old["fee"]), vsize, self.incremental())
+
         try:
-            built = self.node.anchor_child(tx.outpoint(len(tx.outputs) - 1), anchor.value, anchor.script_pubkey, fee,
-                                           tx.version, old["coin"] if old else None)
+            built = self.node.anchor_child(tx.outpoint(len(tx.outputs) - 1), anchor.value, anchor.script_pubkey,
+                                           fee_for, tx.version, old["coin"] if old else None)
         except Exception as e:
             return f"building a CPFP child failed: {e}"
         if built is None:
-            return f"no confirmed wallet coin can pay a {fee} sat CPFP child"
+            return f"no confirmed wallet coin can pay a {fee_for(CHILD_VSIZE_P2WPKH)} sat CPFP child"
         if self.bitcoind is None:
             self.node.release(built.reserved_psbt)
             return "no bitcoind RPC settings to finalise the child"
@@ -324,6 +325,7 @@ class _Step:
             self.node.release(built.reserved_psbt)
             return "the wallet did not sign the child"
         child = Tx.from_hex(str(final["hex"]))
+        fee = built.fee
         return {"txid": child.txid, "hex": child.to_hex(), "coin": built.coin, "fee": fee, "vsize": child.vsize,
                 "psbt": built.reserved_psbt, "feerate": feerate_of(parent_fee + fee, tx.vsize + child.vsize),
                 "height": self.height}

@@ -9,7 +9,7 @@ integer satoshis or msat, scripts as bytes, transactions as hex.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .bitcoin.address import address_to_script, segwit_address
 from .bitcoin.script import is_native_segwit
@@ -17,6 +17,13 @@ from .protocol.wire import SUPERSCALAR_MSG_TYPE
 
 if TYPE_CHECKING:
     from .bitcoin.tx import OutPoint, Tx
+
+
+# BIP-141 vsize of a CPFP child: version, counts, locktime and segwit marker (10.5 vB), the P2A
+# input with its empty witness (41.25), the wallet coin's input (P2TR key path 57.5, P2WPKH 68) and
+# one P2TR output (43), rounded up.
+CHILD_VSIZE_P2TR = 153
+CHILD_VSIZE_P2WPKH = 163
 
 
 @dataclass(frozen=True)
@@ -141,18 +148,21 @@ class ClnNode:
         """The block at `height`, hex."""
         return str(self.rpc.call("getrawblockbyheight", {"height": height})["block"])
 
-    def anchor_child(self, anchor: "OutPoint", anchor_value: int, anchor_script: bytes, child_fee: int,
-                     version: int, reuse_coin: Optional[str] = None) -> Optional["AnchorChild"]:
+    def anchor_child(self, anchor: "OutPoint", anchor_value: int, anchor_script: bytes,
+                     fee_for: Callable[[int], int], version: int,
+                     reuse_coin: Optional[str] = None) -> Optional["AnchorChild"]:
         """A signed CPFP child, not broadcast: it spends the P2A `anchor` and one confirmed wallet coin
         (`reuse_coin`, "txid:vout", when it is still ours and big enough: a replacement then conflicts
-        with the child it replaces on both inputs), pays `child_fee` and returns the rest to the
-        wallet. The coin is reserved (`reserveinputs`); `release` gives it back. None when the wallet
-        has no coin big enough."""
+        with the child it replaces on both inputs), pays `fee_for(its vsize)` and returns the rest to
+        the wallet. The coin is reserved (`reserveinputs`); `release` gives it back. None when the
+        wallet has no coin big enough."""
         from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
         from .bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 
+        most = fee_for(CHILD_VSIZE_P2WPKH)
+
         def usable(o: dict[str, Any]) -> bool:
-            return bool(o["status"] == "confirmed" and o["amount_msat"] // 1000 + anchor_value - child_fee >= 330)
+            return bool(o["status"] == "confirmed" and o["amount_msat"] // 1000 + anchor_value - most >= 330)
 
         outputs = self.rpc.listfunds()["outputs"]
         coins = [o for o in outputs if f"{o['txid']}:{o['output']}" == reuse_coin and usable(o)]
@@ -162,10 +172,12 @@ class ClnNode:
             return None
         coin = coins[0]
         value = coin["amount_msat"] // 1000
+        script = bytes.fromhex(coin["scriptpubkey"])
+        child_fee = fee_for(CHILD_VSIZE_P2TR if script[:2] == b"\x51\x20" else CHILD_VSIZE_P2WPKH)
         tx = Tx(version, (TxIn(anchor), TxIn(OutPoint.from_hex(coin["txid"], coin["output"]))),
                 (TxOut(value + anchor_value - child_fee, self.new_script()),))
         psbt = Psbt(tx, (PsbtInput(witness_utxo=TxOut(anchor_value, anchor_script), final_script_witness=()),
-                         PsbtInput(witness_utxo=TxOut(value, bytes.fromhex(coin["scriptpubkey"])))),
+                         PsbtInput(witness_utxo=TxOut(value, script))),
                     (PsbtOutput(),)).to_base64()
         self.rpc.call("reserveinputs", {"psbt": psbt, "exclusive": False})
         try:
