@@ -153,6 +153,7 @@ class _Step:
                 continue
             if name in self.p["published"] and not self.still_out(name):
                 self.p["published"].remove(name)
+                self.release_child(name)  # evicted with its parent
                 self.p["resent"][name] = self.p["resent"].get(name, 0) + 1
                 self.log(f"{name} ({self.parsed[name].txid}) left the mempool without confirming: sending it again")
             if name in self.p["published"]:
@@ -343,7 +344,7 @@ class _Step:
             self.node.release(child["psbt"])
             return f"{res.get('package_msg')} ({'; '.join(errors)})"
         old = self.p["children"].get(name)
-        if old is not None and old["coin"] != child["coin"]:
+        if old is not None:  # replaced: its coin is free, or (the same coin) reserved once, by the new child
             self.node.release(old["psbt"])
         self.p["children"][name] = child
         self.p["bumped"][name] = child["txid"]
