@@ -4,9 +4,12 @@ either side publishes the path; both protect their own balance)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .bitcoin.tx import Tx
 from .client import Client, channel_in_factory, funding_ok
+from .exit_conflicts import DISTRIBUTION
 from .exits import Exits
 from .factory.params import FactoryParams
 from .lsp import lsp_exit_path
@@ -27,22 +30,51 @@ def bump_after(record: dict[str, Any]) -> int:
     return FactoryParams.deserialize(record["params"].encode()).confirm_blocks + 1
 
 
-def exit_plan(store: Store, client: Client, factory_id: str,
-              peer_id: Optional[str]) -> tuple[list[list[Any]], list[str], int]:
-    """(transactions, leaf channel outpoints, bump_after) of this node's exit; ValueError if none."""
+@dataclass(frozen=True)
+class ExitPlan:
+    """What `Exits.start` needs to publish one path (or the LSP's paths) of a factory."""
+
+    txs: list[list[Any]]
+    channels: list[str]
+    bump_after: int
+    timeout_height: int  # the factory timeout of the leaves' depth: the path must be on chain by then
+    known: dict[str, str] = field(default_factory=dict)  # txid of the distribution -> "distribution"
+
+    def start(self, exits: Exits, factory_id: str, htlc_expiry: Optional[int] = None) -> dict[str, Any]:
+        return exits.start(factory_id, self.txs, self.channels, self.bump_after, self.timeout_height, htlc_expiry,
+                           self.known)
+
+
+def plan_for(rec: dict[str, Any], txs: list[list[Any]], channels: list[str]) -> ExitPlan:
+    params = FactoryParams.deserialize(rec["params"].encode())
+    known = {Tx.from_hex(rec["distribution"]).txid: DISTRIBUTION} if rec.get("distribution") else {}
+    return ExitPlan(txs, channels, bump_after(rec), params.timeout(params.height), known)
+
+
+def exit_plan(store: Store, client: Client, factory_id: str, peer_id: Optional[str]) -> ExitPlan:
+    """This node's exit from `factory_id` (the LSP's: `peer_id`'s path, or every path); ValueError if none."""
     rec = store.get(factory_id, "factory")
     if rec is None:
         raise ValueError(f"unknown factory {factory_id}")
     if never_funded(rec):
         raise ValueError(f"factory {factory_id} was never funded: there is no exit path to publish")
     txs, channels = lsp_exit_path(rec, peer_id) if rec["role"] == "lsp" else client.exit_path(factory_id)
-    return txs, channels, bump_after(rec)
+    return plan_for(rec, txs, channels)
+
+
+def htlc_expiry(channel: dict[str, Any]) -> Optional[int]:
+    """The earliest expiry of a channel's pending HTLCs (listpeerchannels), if it has any."""
+    expiries = [int(h["expiry"]) for h in channel.get("htlcs", []) if h.get("expiry") is not None]
+    return min(expiries) if expiries else None
 
 
 def exit_for_closing_channel(node: ClnNode, store: Store, client: Client, exits: Exits, channel_id: str) -> None:
+    """A factory channel closing unilaterally before its leaf is on chain: publish the leaf's path,
+    due before its HTLCs expire when it has any."""
     live = next((c for c in node.peer_channels() if c.get("channel_id") == channel_id), None)
     if live is None or live.get("short_channel_id"):
         return  # not ours, or its leaf is on chain already: CLN's close machinery has what it needs
+    expiry = htlc_expiry(live)
     for fid in store.factory_ids():
         rec = store.get(fid, "factory") or {}
         if not rec or never_funded(rec):
@@ -50,18 +82,15 @@ def exit_for_closing_channel(node: ClnNode, store: Store, client: Client, exits:
         if rec.get("role") == "lsp":
             peer = next((c["peer_id"] for c in rec["channels"] if c["channel_id"] == channel_id), None)
             if peer is not None:
-                txs, channels = lsp_exit_path(rec, peer)
-                exits.start(fid, txs, channels, bump_after(rec))
+                plan_for(rec, *lsp_exit_path(rec, peer)).start(exits, fid, expiry)
         elif rec.get("role") == "client":
             ch = next((c for c in node.peer_channels(rec["lsp"]) if c.get("channel_id") == channel_id), None)
             if ch is not None and channel_in_factory(rec, ch):
-                txs, channels = client.exit_path(fid)
-                exits.start(fid, txs, channels, bump_after(rec))
+                plan_for(rec, *client.exit_path(fid)).start(exits, fid, expiry)
 
 
 def exit_late_funded(store: Store, client: Client, exits: Exits, factory_ids: list[str]) -> None:
     """A client's factory whose funding confirmed after the client had given up on it (and closed its
     channel): that channel can only pay out once the leaf is on chain, so its path goes out."""
     for fid in factory_ids:
-        txs, channels, bump = exit_plan(store, client, fid, None)
-        exits.start(fid, txs, channels, bump)
+        exit_plan(store, client, fid, None).start(exits, fid)

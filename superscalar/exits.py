@@ -1,121 +1,420 @@
-"""Unilateral exits, for either role: publish signed factory transactions block by block and close each
-leaf channel on chain once its leaf has confirmed.
+"""Unilateral exits, for either role: publish signed factory transactions block by block until they
+confirm, and close each leaf channel on chain once its leaf has confirmed.
 
 An exit is a datastore record per factory (`exit`): the signed transactions to publish, parents first,
-each with the output it spends; which are out and which confirmed; and which channels to close. Every
-block, each transaction not yet out is offered to bitcoind through lightningd (`sendpsbt`): those whose
-parent is missing or whose relative wait has not passed are refused and retried at the next block. So
-an exit resumes by itself after a restart, and the record says how far it got.
+each with the output it spends; which are out and which confirmed; the CPFP children paying for them;
+what conflicted; and which channels to close. Every block (and once when the exit starts):
 
-Every factory transaction pays its pre-agreed fee; if one is still unconfirmed `bump_after` blocks after
-it went out, the node bumps it once by CPFP: a child spends its P2A anchor and a coin of the node's
-wallet so that the pair pays `BUMP_FEERATE`.
+1. The blocks since the last step are read (`getrawblockbyheight`): a transaction of ours in one is
+   confirmed; another transaction spending an input of one of ours is a *conflict* (the distribution,
+   the LSP's timeout sweep, another state, see `exit_conflicts`): the record names it and that
+   transaction and everything below it are dropped, never retried.
+2. A transaction we sent that is neither confirmed nor in bitcoind's mempool any more was evicted: it
+   is sent again.
+3. A transaction not out yet is offered through lightningd (`sendpsbt`, which also clears a leaf
+   channel's `withheld` flag). If bitcoind refuses it for its fee (below the mempool's minimum), it goes
+   out as a package with a CPFP child through bitcoind's `submitpackage` (`bitcoind.py`: the
+   `bitcoin-*` settings lightningd runs with). Other refusals (parent not confirmed, relative lock not
+   passed) are retried at the next block; so an exit resumes by itself after a restart.
+4. A transaction still unconfirmed `bump_after` blocks after it went out is bumped by CPFP: a child
+   spends its P2A anchor (its last output) and one confirmed coin of the node's wallet (built and
+   signed by lightningd's wallet: `reserveinputs`/`signpsbt`). The fee rate follows `fee_schedule`:
+   lightningd's estimate while the deadline is far, rising geometrically over its last
+   `ESCALATION_BLOCKS` to the cap `superscalar-exit-max-feerate-perkvb`. A later bump replaces the
+   child (RBF: it spends the same anchor and, when it still suffices, the same coin) once the schedule
+   asks for `REBUMP_RATIO` times what the package pays. A child that was not accepted, was replaced
+   by one with another coin, or left the mempool, gives its coin back (`unreserveinputs`).
+
+Deadlines: the whole path is due by the factory timeout of the leaves' depth, or by the HTLC expiry
+(less `HTLC_RESOLVE_BLOCKS`) when the exit was started for a channel with pending HTLCs; each
+transaction is due early enough for the relative locks after it (`fee_schedule.tree_deadlines`).
 """
 
 from __future__ import annotations
 
 import threading
+from decimal import Decimal
 from typing import Any, Callable, Optional
 
+from .bitcoin.block import block_transactions
 from .bitcoin.script import p2a_script
-from .bitcoin.tx import Tx
-from .node import ClnNode
+from .bitcoin.tx import OutPoint, Tx
+from .bitcoind import Bitcoind, BitcoindError
+from .exit_conflicts import conflict_kind, describe_conflict
+from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, child_fee, estimate_for, exit_deadline, feerate_of,
+                           relative_wait, replacement_fee, target_feerate, tree_deadlines)
+from .node import CHILD_VSIZE_P2WPKH, ClnNode
 from .store import Store
 
-# A channel in one of these states is closing: its leaf must reach the chain for anyone to be paid.
-CLOSING_STATES = {"AWAITING_UNILATERAL", "FUNDING_SPEND_SEEN", "ONCHAIN", "CHANNELD_SHUTTING_DOWN",
-                  "CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE"}
+# Channel states in which a factory channel is being closed unilaterally: its commitment can only
+# confirm once its leaf is on chain, so these start an exit. A mutual close does not: its signed
+# closing transaction spends the leaf output too, but nobody needs it on chain (see README).
+UNILATERAL_STATES = {"AWAITING_UNILATERAL", "FUNDING_SPEND_SEEN", "ONCHAIN"}
+# A channel in any of these is closing already: once its leaf confirms, CLN finishes that close.
+CLOSING_STATES = UNILATERAL_STATES | {"CHANNELD_SHUTTING_DOWN", "CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE"}
+DONE = ("closed", "cancelled", "conflicted")
 
-
-BUMP_FEERATE = 10  # sat/vB that a bumped transaction and its child pay together
-CHILD_VSIZE = 155  # a child spending a P2A anchor and one P2WPKH/P2TR wallet coin into one P2TR output
+REBUMP_RATIO = 1.1  # a child is replaced once the schedule asks for this much more than it pays
+SCAN_LIMIT = 144  # blocks read per step after a long pause (older ones are not looked at)
+FEE_REFUSALS = ("min relay fee not met", "mempool min fee not met", "insufficient fee")
 
 
 def path_entry(name: str, tx_hex: str, prevout_value: int, prevout_script: bytes) -> list[Any]:
     return [name, tx_hex, prevout_value, prevout_script.hex()]
 
 
+def btc_to_sat(value: Any) -> int:
+    return int(Decimal(str(value)) * 100_000_000)
+
+
 class Exits:
-    def __init__(self, node: ClnNode, store: Store, log: Callable[[str], None]) -> None:
+    def __init__(self, node: ClnNode, store: Store, log: Callable[[str], None],
+                 bitcoind: Optional[Bitcoind] = None, max_feerate: int = DEFAULT_MAX_FEERATE_PERKVB) -> None:
         self.node, self.store, self.log = node, store, log
+        self.bitcoind, self.max_feerate = bitcoind, max_feerate
         self._lock = threading.Lock()
 
-    def start(self, factory_id: str, txs: list[list[Any]], channels: list[str], bump_after: int = 6) -> dict[str, Any]:
+    def start(self, factory_id: str, txs: list[list[Any]], channels: list[str], bump_after: int = 6,
+              timeout_height: Optional[int] = None, htlc_expiry: Optional[int] = None,
+              known: Optional[dict[str, str]] = None) -> dict[str, Any]:
         """Add `txs` ([name, hex, prevout value, prevout script hex], parents first) and the leaf
-        channels at outpoints `channels` to this factory's exit, and take the first step."""
+        channels at outpoints `channels` to this factory's exit, and take the first step.
+        `timeout_height`: the factory timeout the path must beat; `htlc_expiry`: the earliest expiry of
+        the HTLCs that made us exit; `known`: txids of this factory's other signed transactions
+        (the distribution) and what they are, to name a conflict."""
         with self._lock:
+            height = self.node.blockheight()
             progress = self.store.get(factory_id, "exit") or {
                 "status": "publishing", "txs": [], "published": [], "channels": [], "closed": [], "last_error": None,
                 "out_at": {}, "confirmed": [], "bumped": {}, "bump_after": bump_after}
-            known = {t[0] for t in progress["txs"]}
-            progress["txs"] += [t for t in txs if t[0] not in known]
+            _upgrade(progress, height)
+            known_names = {t[0] for t in progress["txs"]}
+            progress["txs"] += [t for t in txs if t[0] not in known_names]
             progress["channels"] += [c for c in channels if c not in progress["channels"]]
-            progress["status"] = "publishing"
+            if timeout_height is not None:
+                progress["timeout_height"] = min(timeout_height, progress.get("timeout_height") or timeout_height)
+            if htlc_expiry is not None:
+                progress["htlc_expiry"] = min(htlc_expiry, progress.get("htlc_expiry") or htlc_expiry)
+            progress["known"].update(known or {})
+            if progress["status"] != "conflicted" or len(progress["stopped"]) < len(progress["txs"]):
+                progress["status"] = "publishing"
             self.store.put(factory_id, "exit", progress)
         return self.step(factory_id)
 
     def on_block(self, height: int) -> None:
         active = [fid for fid in self.store.factory_ids()
-                  if (p := self.store.get(fid, "exit")) is not None and p["status"] not in ("closed", "cancelled")]
-        block = self.node.raw_block(height) if active else ""
+                  if (p := self.store.get(fid, "exit")) is not None and p["status"] not in DONE]
         for fid in active:
-            self.step(fid, height, block)
+            self.step(fid, height)
 
-    def step(self, factory_id: str, height: Optional[int] = None, block: str = "") -> dict[str, Any]:
+    def step(self, factory_id: str, height: Optional[int] = None) -> dict[str, Any]:
         with self._lock:
             progress = self.store.get(factory_id, "exit")
             assert progress is not None
             height = self.node.blockheight() if height is None else height
-            for name, tx_hex, value, script in progress["txs"]:
-                if name in progress["published"]:
-                    if name not in progress["confirmed"] and tx_hex in block:
-                        progress["confirmed"].append(name)
-                    elif name not in progress["confirmed"] and name not in progress["bumped"] \
-                            and height - progress["out_at"].get(name, height) >= progress["bump_after"]:
-                        self._bump(progress, name, tx_hex, int(value))
-                    continue
-                error = self.node.broadcast(tx_hex, [(int(value), bytes.fromhex(script))])
-                if error is None:
-                    progress["published"].append(name)
-                    progress["out_at"][name] = height
-                else:
-                    progress["last_error"] = f"{name}: {error}"  # retried next block
-            by_outpoint = {f"{c.get('funding_txid')}:{c.get('funding_outnum')}": c for c in self.node.peer_channels()}
-            for outpoint in progress["channels"]:
-                channel = by_outpoint.get(outpoint)
-                if outpoint in progress["closed"] or channel is None or not channel.get("short_channel_id"):
-                    continue  # the leaf has not confirmed yet (only aliases so far)
-                progress["closed"].append(outpoint)
-                if channel.get("state") not in CLOSING_STATES:
-                    threading.Thread(target=self._close, args=(factory_id, str(channel["channel_id"])),
-                                     daemon=True).start()
-            if len(progress["published"]) == len(progress["txs"]):
-                progress["status"] = "closed" if set(progress["closed"]) >= set(progress["channels"]) else "closing"
+            _upgrade(progress, height - 1)
+            _Step(self, factory_id, progress, height).run()
             self.store.put(factory_id, "exit", progress)
             return progress
-
-    def _bump(self, progress: dict[str, Any], name: str, tx_hex: str, input_value: int) -> None:
-        """CPFP `name` through its P2A anchor (its last output) with a coin of this node's wallet."""
-        tx = Tx.from_hex(tx_hex)
-        anchor = tx.outputs[-1]
-        if anchor.script_pubkey != p2a_script():
-            return
-        parent_fee = input_value - sum(o.value for o in tx.outputs)
-        child_fee = max(BUMP_FEERATE * (tx.vsize + CHILD_VSIZE) - parent_fee, BUMP_FEERATE * CHILD_VSIZE)
-        try:
-            child = self.node.bump_with_anchor(tx.outpoint(len(tx.outputs) - 1), anchor.value, anchor.script_pubkey,
-                                               child_fee, tx.version)
-        except Exception as e:
-            progress["last_error"] = f"{name}: bump failed: {e}"
-            return
-        if child is None:
-            progress["last_error"] = f"{name}: no wallet coin to bump it with"
-            return
-        progress["bumped"][name] = child
-        self.log(f"bumped {name} ({tx.txid}) with child {child} paying {child_fee} sat")
 
     def _close(self, factory_id: str, channel_id: str) -> None:
         try:
             self.log(f"factory {factory_id}: leaf confirmed, closing channel {channel_id}: {self.node.close(channel_id)}")
         except Exception as e:
             self.log(f"factory {factory_id}: close of {channel_id} failed: {e}")
+
+
+def _upgrade(progress: dict[str, Any], scanned: int) -> None:
+    """Fields records written before them lack."""
+    for key, default in (("children", {}), ("conflicts", []), ("stopped", []), ("resent", {}), ("known", {}),
+                         ("timeout_height", None), ("htlc_expiry", None), ("scanned_height", scanned)):
+        progress.setdefault(key, default)
+
+
+class _Step:
+    """One pass over an exit record (see the module docstring); mutates `progress`."""
+
+    def __init__(self, exits: Exits, factory_id: str, progress: dict[str, Any], height: int) -> None:
+        self.exits, self.node, self.bitcoind = exits, exits.node, exits.bitcoind
+        self.fid, self.p, self.height = factory_id, progress, height
+        self.parsed = {name: Tx.from_hex(h) for name, h, _, _ in progress["txs"]}
+        self.values = {name: int(v) for name, _, v, _ in progress["txs"]}
+        self._fees: Optional[tuple[dict[int, int], int]] = None
+        self._incremental: Optional[int] = None
+
+    def log(self, text: str) -> None:
+        self.exits.log(f"factory {self.fid} exit: {text}")
+
+    def run(self) -> None:
+        self.scan_blocks()
+        deadlines = self.deadlines()
+        for name in list(self.parsed):
+            if name in self.p["confirmed"] or name in self.p["stopped"]:
+                continue
+            if name in self.p["published"] and not self.still_out(name):
+                self.p["published"].remove(name)
+                self.release_child(name)  # evicted with its parent
+                self.p["resent"][name] = self.p["resent"].get(name, 0) + 1
+                self.log(f"{name} ({self.parsed[name].txid}) left the mempool without confirming: sending it again")
+            if name in self.p["published"]:
+                if self.height - self.p["out_at"].get(name, self.height) >= self.p["bump_after"]:
+                    self.bump(name, deadlines.get(name))
+            else:
+                self.publish(name, deadlines.get(name))
+        self.close_channels()
+        self.update_status()
+
+    # --- 1. what the chain says ---
+
+    def scan_blocks(self) -> None:
+        first = max(int(self.p["scanned_height"]) + 1, self.height - SCAN_LIMIT + 1)
+        for h in range(first, self.height + 1):
+            self.scan_block(block_transactions(bytes.fromhex(self.node.raw_block(h))))
+            self.p["scanned_height"] = h
+
+    def scan_block(self, block: tuple[Tx, ...]) -> None:
+        ours = {tx.txid: name for name, tx in self.parsed.items()}
+        pending = [n for n in self.parsed if n not in self.p["confirmed"] and n not in self.p["stopped"]]
+        watched = {i.prevout: n for n in pending for i in self.parsed[n].inputs}
+        for tx in block:
+            name = ours.get(tx.txid)
+            if name is not None:
+                if name not in self.p["confirmed"]:
+                    self.p["confirmed"].append(name)
+                    if name not in self.p["published"]:
+                        self.p["published"].append(name)  # someone else published it
+                continue
+            for i in tx.inputs:
+                victim = watched.get(i.prevout)
+                if victim is not None and victim not in self.p["stopped"]:
+                    self.conflict(victim, i.prevout, tx)
+
+    def conflict(self, name: str, outpoint: OutPoint, spender: Tx) -> None:
+        kind = conflict_kind(spender, outpoint, self.p["known"])
+        dropped = self.descendants(name)
+        self.p["conflicts"].append({"tx": name, "txid": self.parsed[name].txid,
+                                    "outpoint": f"{outpoint.txid_hex}:{outpoint.vout}",
+                                    "spent_by": spender.txid, "kind": kind, "height": self.height,
+                                    "dropped": dropped})
+        for n in dropped:
+            self.p["stopped"].append(n)
+            if n in self.p["published"]:
+                self.p["published"].remove(n)
+            self.release_child(n)
+        self.log(f"{name} ({self.parsed[name].txid}) can no longer confirm: its input {outpoint.txid_hex}:"
+                 f"{outpoint.vout} was spent by {spender.txid}, {describe_conflict(kind)}; "
+                 f"not retrying {', '.join(dropped)}")
+
+    def descendants(self, name: str) -> list[str]:
+        """`name` and every transaction of this exit that spends one of them, in order."""
+        out, txids = [name], {self.parsed[name].txid}
+        for n, tx in self.parsed.items():
+            if n not in out and any(i.prevout.txid_hex in txids for i in tx.inputs):
+                out.append(n)
+                txids.add(tx.txid)
+        return out
+
+    def still_out(self, name: str) -> bool:
+        """Is a transaction we sent (and not seen confirmed) still in the mempool? Without bitcoind's
+        RPC (no settings) we cannot tell, and assume it is."""
+        if self.bitcoind is None:
+            return True
+        try:
+            return self.bitcoind.in_mempool(self.parsed[name].txid)
+        except BitcoindError as e:
+            self.p["last_error"] = f"{name}: mempool check failed: {e}"
+            return True
+
+    # --- deadlines and fee rates ---
+
+    def deadlines(self) -> dict[str, int]:
+        deadline = None
+        if self.p["timeout_height"] is not None:
+            deadline = exit_deadline(int(self.p["timeout_height"]), self.p["htlc_expiry"])
+        elif self.p["htlc_expiry"] is not None:
+            deadline = int(self.p["htlc_expiry"])
+        if deadline is None:
+            return {}
+        names = list(self.parsed)
+        index = {self.parsed[n].txid: k for k, n in enumerate(names)}
+        parents = [next((index[i.prevout.txid_hex] for i in self.parsed[n].inputs if i.prevout.txid_hex in index), None)
+                   for n in names]
+        waits = [relative_wait(self.parsed[n].inputs[0].sequence, self.parsed[n].version) for n in names]
+        return dict(zip(names, tree_deadlines(parents, waits, deadline)))
+
+    def feerate(self, deadline: Optional[int]) -> int:
+        if self._fees is None:
+            self._fees = self.node.feerate_estimates()
+        estimates, floor = self._fees
+        blocks_left = 1_000_000 if deadline is None else deadline - self.height
+        return target_feerate(blocks_left, estimate_for(blocks_left, estimates), floor, self.exits.max_feerate)
+
+    def incremental(self) -> int:
+        if self._incremental is None:
+            self._incremental = 1000
+            if self.bitcoind is not None:
+                try:
+                    self._incremental = btc_to_sat(self.bitcoind.mempool_info()["incrementalrelayfee"])
+                except (BitcoindError, KeyError):
+                    pass
+        return self._incremental
+
+    # --- 3. publishing ---
+
+    def prevouts(self, name: str) -> list[tuple[int, bytes]]:
+        entry = next(t for t in self.p["txs"] if t[0] == name)
+        return [(int(entry[2]), bytes.fromhex(entry[3]))]
+
+    def publish(self, name: str, deadline: Optional[int]) -> None:
+        tx_hex = next(t[1] for t in self.p["txs"] if t[0] == name)
+        error = self.node.broadcast(tx_hex, self.prevouts(name))
+        if error is not None and any(r in error for r in FEE_REFUSALS):
+            error = self.send_package(name, deadline, error)
+        if error is None:
+            self.p["published"].append(name)
+            self.p["out_at"][name] = self.height
+        else:
+            self.p["last_error"] = f"{name}: {error}"  # retried next block
+
+    def send_package(self, name: str, deadline: Optional[int], refusal: str) -> Optional[str]:
+        """`name` with a CPFP child through submitpackage; None once it is in the mempool."""
+        if self.bitcoind is None:
+            return f"{refusal}; no bitcoind RPC settings to send it as a package"
+        rate = self.feerate(deadline)
+        child = self.build_child(name, rate, None)
+        if isinstance(child, str):
+            return f"{refusal}; {child}"
+        tx_hex = next(t[1] for t in self.p["txs"] if t[0] == name)
+        error = self.submit(name, [tx_hex, child["hex"]], child)
+        if error is not None:
+            return f"{refusal}; as a package: {error}"
+        self.log(f"{name} ({self.parsed[name].txid}) is below the mempool's minimum fee: sent as a package with "
+                 f"child {child['txid']} paying {child['fee']} sat ({rate} sat/kvB for both)")
+        # lightningd learns of it too (an LSP's leaf: this clears the channel's withheld flag)
+        self.node.broadcast(tx_hex, self.prevouts(name))
+        return None
+
+    def build_child(self, name: str, rate: int, old: Optional[dict[str, Any]]) -> dict[str, Any] | str:
+        """A signed CPFP child of `name` paying for the pair at `rate` (and enough to replace `old`), or
+        why there is none."""
+        tx = self.parsed[name]
+        anchor = tx.outputs[-1]
+        if anchor.script_pubkey != p2a_script():
+            return "it has no P2A anchor to bump it with"
+        parent_fee = self.values[name] - sum(o.value for o in tx.outputs)
+
+        def fee_for(vsize: int) -> int:
+            fee = child_fee(rate, tx.vsize, parent_fee, vsize)
+            return fee if old is None else replacement_fee(fee, int(old["fee"]), vsize, self.incremental())
+
+        try:
+            built = self.node.anchor_child(tx.outpoint(len(tx.outputs) - 1), anchor.value, anchor.script_pubkey,
+                                           fee_for, tx.version, old["coin"] if old else None)
+        except Exception as e:
+            return f"building a CPFP child failed: {e}"
+        if built is None:
+            return f"no confirmed wallet coin can pay a {fee_for(CHILD_VSIZE_P2WPKH)} sat CPFP child"
+        if self.bitcoind is None:
+            self.node.release(built.reserved_psbt)
+            return "no bitcoind RPC settings to finalise the child"
+        try:
+            final = self.bitcoind.call("finalizepsbt", built.signed_psbt)
+        except BitcoindError as e:
+            self.node.release(built.reserved_psbt)
+            return f"finalizing the child failed: {e}"
+        if not final.get("complete"):
+            self.node.release(built.reserved_psbt)
+            return "the wallet did not sign the child"
+        child = Tx.from_hex(str(final["hex"]))
+        fee = built.fee
+        return {"txid": child.txid, "hex": child.to_hex(), "coin": built.coin, "fee": fee, "vsize": child.vsize,
+                "psbt": built.reserved_psbt, "feerate": feerate_of(parent_fee + fee, tx.vsize + child.vsize),
+                "height": self.height}
+
+    def submit(self, name: str, package: list[str], child: dict[str, Any]) -> Optional[str]:
+        """submitpackage; None if the child is in the mempool, else why (its coin is given back)."""
+        assert self.bitcoind is not None
+        try:
+            res = self.bitcoind.submitpackage(package)
+        except BitcoindError as e:
+            self.node.release(child["psbt"])
+            return str(e)
+        if res.get("package_msg") != "success":
+            errors = [f"{r.get('txid')}: {r['error']}" for r in res.get("tx-results", {}).values() if r.get("error")]
+            self.node.release(child["psbt"])
+            return f"{res.get('package_msg')} ({'; '.join(errors)})"
+        old = self.p["children"].get(name)
+        if old is not None:  # replaced: its coin is free, or (the same coin) reserved once, by the new child
+            self.node.release(old["psbt"])
+        self.p["children"][name] = child
+        self.p["bumped"][name] = child["txid"]
+        return None
+
+    # --- 4. bumping ---
+
+    def bump(self, name: str, deadline: Optional[int]) -> None:
+        if self.bitcoind is None:
+            return
+        tx = self.parsed[name]
+        parent_fee = self.values[name] - sum(o.value for o in tx.outputs)
+        old = self.p["children"].get(name)
+        if old is not None and not self.child_alive(old):
+            self.release_child(name)
+            old = None
+        paying = feerate_of(parent_fee + (old["fee"] if old else 0), tx.vsize + (old["vsize"] if old else 0))
+        rate = self.feerate(deadline)
+        if rate < paying * REBUMP_RATIO:
+            return
+        child = self.build_child(name, rate, old)
+        if isinstance(child, str):
+            self.p["last_error"] = f"{name}: bump failed: {child}"
+            return
+        tx_hex = next(t[1] for t in self.p["txs"] if t[0] == name)
+        error = self.submit(name, [tx_hex, child["hex"]], child)
+        if error is not None:
+            self.p["last_error"] = f"{name}: bump failed: {error}"
+            return
+        blocks_left = "no deadline" if deadline is None else f"{deadline - self.height} blocks before its deadline"
+        self.log(f"bumped {name} ({tx.txid}) with child {child['txid']} paying {child['fee']} sat "
+                 f"({child['feerate']} sat/kvB for both, {blocks_left}{', replacing ' + old['txid'] if old else ''})")
+
+    def child_alive(self, child: dict[str, Any]) -> bool:
+        assert self.bitcoind is not None
+        try:
+            return self.bitcoind.in_mempool(str(child["txid"]))
+        except BitcoindError:
+            return True
+
+    def release_child(self, name: str) -> None:
+        """The child of `name` is gone (evicted with it, or conflicted): its coin is ours again."""
+        child = self.p["children"].pop(name, None)
+        if child is None:
+            return
+        try:
+            self.node.release(child["psbt"])
+        except Exception as e:  # already spent or unreserved: nothing to give back
+            self.log(f"releasing the coin of child {child['txid']}: {e}")
+
+    # --- channels and status ---
+
+    def close_channels(self) -> None:
+        by_outpoint = {f"{c.get('funding_txid')}:{c.get('funding_outnum')}": c for c in self.node.peer_channels()}
+        for outpoint in self.p["channels"]:
+            channel = by_outpoint.get(outpoint)
+            if outpoint in self.p["closed"] or channel is None or not channel.get("short_channel_id"):
+                continue  # the leaf has not confirmed yet (only aliases so far)
+            self.p["closed"].append(outpoint)
+            if channel.get("state") not in CLOSING_STATES:
+                threading.Thread(target=self.exits._close, args=(self.fid, str(channel["channel_id"])),
+                                 daemon=True).start()
+
+    def update_status(self) -> None:
+        if any(n not in self.p["published"] and n not in self.p["stopped"] for n in self.parsed):
+            self.p["status"] = "publishing"
+            return
+        dropped = {self.parsed[n].txid for n in self.p["stopped"]}
+        live = [c for c in self.p["channels"] if c.split(":")[0] not in dropped]
+        if not set(self.p["closed"]) >= set(live):
+            self.p["status"] = "closing"
+        else:
+            self.p["status"] = "conflicted" if self.p["stopped"] else "closed"

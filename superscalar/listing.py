@@ -58,7 +58,11 @@ def exit_progress(p: dict[str, Any] | None) -> dict[str, Any]:
         return {"status": "none"}
     return {"status": p["status"], "published": p["published"], "confirmed": p.get("confirmed", []),
             "bumped": p.get("bumped", {}), "transactions": len(p["txs"]), "closed_channels": p["closed"],
-            "last_error": p["last_error"]}
+            "last_error": p["last_error"], "conflicts": p.get("conflicts", []), "dropped": p.get("stopped", []),
+            "resent": p.get("resent", {}), "timeout_height": p.get("timeout_height"),
+            "htlc_expiry": p.get("htlc_expiry"),
+            "cpfp_children": {n: {k: c[k] for k in ("txid", "fee", "feerate", "height")}
+                              for n, c in p.get("children", {}).items()}}
 
 
 def client_safety(funding: dict[str, Any], leaf: dict[str, Any]) -> str:

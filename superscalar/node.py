@@ -9,7 +9,7 @@ integer satoshis or msat, scripts as bytes, transactions as hex.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .bitcoin.address import address_to_script, segwit_address
 from .bitcoin.script import is_native_segwit
@@ -17,6 +17,25 @@ from .protocol.wire import SUPERSCALAR_MSG_TYPE
 
 if TYPE_CHECKING:
     from .bitcoin.tx import OutPoint, Tx
+
+
+# BIP-141 vsize of a CPFP child: version, counts, locktime and segwit marker (10.5 vB), the P2A
+# input with its empty witness (41.25), the wallet coin's input (P2TR key path 57.5, P2WPKH 68) and
+# one P2TR output (43), rounded up.
+CHILD_VSIZE_P2TR = 153
+CHILD_VSIZE_P2WPKH = 163
+
+
+@dataclass(frozen=True)
+class AnchorChild:
+    """A signed CPFP child of a tree transaction (not broadcast): its txid, signed PSBT, the wallet
+    coin it spends ("txid:vout"), its fee, and its unsigned PSBT (what `release` takes)."""
+
+    txid: str
+    signed_psbt: str
+    coin: str
+    fee: int
+    reserved_psbt: str
 
 
 @dataclass(frozen=True)
@@ -129,33 +148,54 @@ class ClnNode:
         """The block at `height`, hex."""
         return str(self.rpc.call("getrawblockbyheight", {"height": height})["block"])
 
-    def bump_with_anchor(self, anchor: "OutPoint", anchor_value: int, anchor_script: bytes, child_fee: int,
-                         version: int) -> Optional[str]:
-        """CPFP: a child spending the P2A `anchor` and one wallet coin, paying `child_fee`, change back to
-        the wallet. Returns the child's txid, or None when the wallet has no coin big enough."""
+    def anchor_child(self, anchor: "OutPoint", anchor_value: int, anchor_script: bytes,
+                     fee_for: Callable[[int], int], version: int,
+                     reuse_coin: Optional[str] = None) -> Optional["AnchorChild"]:
+        """A signed CPFP child, not broadcast: it spends the P2A `anchor` and one confirmed wallet coin
+        (`reuse_coin`, "txid:vout", when it is still ours and big enough: a replacement then conflicts
+        with the child it replaces on both inputs), pays `fee_for(its vsize)` and returns the rest to
+        the wallet. The coin is reserved (`reserveinputs`); `release` gives it back. None when the
+        wallet has no coin big enough."""
         from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
         from .bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 
-        coins = sorted((o for o in self.rpc.listfunds()["outputs"]
-                        if o["status"] == "confirmed" and not o.get("reserved")
-                        and o["amount_msat"] // 1000 + anchor_value - child_fee >= 330),
-                       key=lambda o: o["amount_msat"])
+        most = fee_for(CHILD_VSIZE_P2WPKH)
+
+        def usable(o: dict[str, Any]) -> bool:
+            return bool(o["status"] == "confirmed" and o["amount_msat"] // 1000 + anchor_value - most >= 330)
+
+        outputs = self.rpc.listfunds()["outputs"]
+        coins = [o for o in outputs if f"{o['txid']}:{o['output']}" == reuse_coin and usable(o)]
+        coins = coins or sorted((o for o in outputs if usable(o) and not o.get("reserved")),
+                                key=lambda o: o["amount_msat"])
         if not coins:
             return None
         coin = coins[0]
         value = coin["amount_msat"] // 1000
+        script = bytes.fromhex(coin["scriptpubkey"])
+        child_fee = fee_for(CHILD_VSIZE_P2TR if script[:2] == b"\x51\x20" else CHILD_VSIZE_P2WPKH)
         tx = Tx(version, (TxIn(anchor), TxIn(OutPoint.from_hex(coin["txid"], coin["output"]))),
                 (TxOut(value + anchor_value - child_fee, self.new_script()),))
         psbt = Psbt(tx, (PsbtInput(witness_utxo=TxOut(anchor_value, anchor_script), final_script_witness=()),
-                         PsbtInput(witness_utxo=TxOut(value, bytes.fromhex(coin["scriptpubkey"])))),
+                         PsbtInput(witness_utxo=TxOut(value, script))),
                     (PsbtOutput(),)).to_base64()
-        self.rpc.call("reserveinputs", {"psbt": psbt})
+        self.rpc.call("reserveinputs", {"psbt": psbt, "exclusive": False})
         try:
             signed = self.rpc.call("signpsbt", {"psbt": psbt, "signonly": [1]})["signed_psbt"]
-            return str(self.rpc.call("sendpsbt", {"psbt": signed})["txid"])
+            return AnchorChild(tx.txid, signed, f"{coin['txid']}:{coin['output']}", child_fee, psbt)
         except Exception:
-            self.rpc.call("unreserveinputs", {"psbt": psbt})
+            self.release(psbt)
             raise
+
+    def release(self, psbt: str) -> None:
+        """Give back the wallet inputs of `psbt` (`unreserveinputs`)."""
+        self.rpc.call("unreserveinputs", {"psbt": psbt})
+
+    def feerate_estimates(self) -> tuple[dict[int, int], int]:
+        """lightningd's fee estimates ({blocks: sat/kvB}) and its floor (the mempool's minimum)."""
+        res = self.rpc.call("feerates", {"style": "perkb"})["perkb"]
+        return ({int(e["blockcount"]): int(e["feerate"]) for e in res.get("estimates", [])},
+                int(res.get("floor", 1000)))
 
     def output_exists(self, txid: str, vout: int) -> bool:
         """Is txid:vout unspent (confirmed or in the mempool), as bitcoind sees it?"""

@@ -12,7 +12,9 @@ from pyln.client import Plugin, RpcException
 from superscalar import __version__
 from superscalar.client import Client
 from superscalar.exit_routing import exit_for_closing_channel, exit_late_funded, exit_plan
-from superscalar.exits import CLOSING_STATES, Exits
+from superscalar.bitcoind import Bitcoind, from_lightningd
+from superscalar.exits import UNILATERAL_STATES, Exits
+from superscalar.fee_schedule import DEFAULT_MAX_FEERATE_PERKVB
 from superscalar.factory.params import FactoryParams, regtest_params
 from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
 from superscalar.invoices import rewrite_invoice
@@ -50,7 +52,8 @@ class Roles:
         self.policy = client_policy(self.profile, options)
         timeout = float(options.get("superscalar-timeout", 60))
         self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log, timeout, dev_fail_at)
-        self.exits = Exits(self.node, self.store, plugin.log)
+        max_feerate = int(options.get("superscalar-exit-max-feerate-perkvb") or DEFAULT_MAX_FEERATE_PERKVB)
+        self.exits = Exits(self.node, self.store, plugin.log, _bitcoind(plugin, self.network), max_feerate)
         self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log, dev_fail_at,
                              self.policy, stale_after=10 * timeout)
         self.htlcs = HtlcGuard(self.node, self.store, self.client)
@@ -60,6 +63,15 @@ class Roles:
         if self.profile == "regtest":
             return regtest_params(n_clients, height, **fee)
         return FactoryParams(n_clients=n_clients, start_height=height, **fee)
+
+
+def _bitcoind(plugin: Plugin, network: str) -> Optional[Bitcoind]:
+    """bitcoind as lightningd reaches it (for packages and mempool checks), or None if unreadable."""
+    try:
+        return from_lightningd(plugin.rpc, network)
+    except Exception as e:
+        plugin.log(f"cannot read lightningd's bitcoind settings ({e!r}): exits send no packages", level="unusual")
+        return None
 
 
 def _developer_mode(plugin: Plugin) -> bool:
@@ -123,6 +135,9 @@ def build_plugin() -> Plugin:
     plugin.add_option("superscalar-timeout", "60", "Seconds to wait for each step of a factory ceremony.")
     plugin.add_option("superscalar-feerate-per-kvb", "", "Fee rate (sat per 1000 vB) pre-agreed for every factory "
                       "transaction; default: the profile's (2000).")
+    plugin.add_option("superscalar-exit-max-feerate-perkvb", str(DEFAULT_MAX_FEERATE_PERKVB),
+                      "Highest fee rate (sat per 1000 vB, parent and CPFP child together) an exit pays as a "
+                      "transaction's deadline comes (see README, Exits).")
     plugin.add_option("superscalar-dev-fail-at", "", "Testing only (honoured with --developer): make this node "
                       "fail or misbehave in a ceremony on purpose.")
     defaults = ClientPolicy()
@@ -194,10 +209,10 @@ def build_plugin() -> Plugin:
         if not isinstance(factory_id, str) or len(factory_id) != 64:
             raise RpcException("factory_id must be 64 hex characters", code=INVALID_PARAMS)
         try:
-            txs, channels, bump = exit_plan(r.store, r.client, factory_id, peer_id)
+            plan = exit_plan(r.store, r.client, factory_id, peer_id)
         except ValueError as e:
             raise RpcException(str(e), code=INVALID_PARAMS)
-        return {"factory_id": factory_id, "exit": r.exits.start(factory_id, txs, channels, bump)}
+        return {"factory_id": factory_id, "exit": plan.start(r.exits, factory_id)}
 
     @plugin.subscribe("block_added")
     def on_block_added(plugin: Plugin, **kwargs: Any) -> None:
@@ -218,10 +233,11 @@ def build_plugin() -> Plugin:
 
     @plugin.subscribe("channel_state_changed")
     def on_channel_state_changed(plugin: Plugin, channel_state_changed: dict[str, Any], **kwargs: Any) -> None:
-        """A factory channel that starts closing before its leaf is on chain can only pay out once the
-        leaf confirms: publish its path (either side may do it; both protect their own balance)."""
+        """A factory channel closing unilaterally before its leaf is on chain can only pay out once the
+        leaf confirms: publish its path (either side may do it; both protect their own balance). A
+        mutual close leaves the tree alone."""
         r = holder.get("roles")
-        if r is None or channel_state_changed.get("new_state") not in CLOSING_STATES:
+        if r is None or channel_state_changed.get("new_state") not in UNILATERAL_STATES:
             return
         try:
             exit_for_closing_channel(r.node, r.store, r.client, r.exits, str(channel_state_changed.get("channel_id")))
