@@ -40,7 +40,7 @@ from .bitcoin.block import block_transactions
 from .bitcoin.script import p2a_script
 from .bitcoin.tx import OutPoint, Tx
 from .bitcoind import Bitcoind, BitcoindError
-from .exit_conflicts import conflict_kind, describe_conflict
+from .exit_conflicts import UNKNOWN, conflict_kind, describe_conflict
 from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, child_fee, estimate_for, exit_deadline, feerate_of,
                            relative_wait, replacement_fee, target_feerate, tree_deadlines)
 from .node import CHILD_VSIZE_P2WPKH, ClnNode
@@ -57,6 +57,7 @@ DONE = ("closed", "cancelled", "conflicted")
 REBUMP_RATIO = 1.1  # a child is replaced once the schedule asks for this much more than it pays
 SCAN_LIMIT = 144  # blocks read per step after a long pause (older ones are not looked at)
 FEE_REFUSALS = ("min relay fee not met", "mempool min fee not met", "insufficient fee")
+MISSING_INPUT = ("missingorspent", "missing-inputs")
 
 
 def path_entry(name: str, tx_hex: str, prevout_value: int, prevout_script: bytes) -> list[Any]:
@@ -190,11 +191,13 @@ class _Step:
                     self.conflict(victim, i.prevout, tx)
 
     def conflict(self, name: str, outpoint: OutPoint, spender: Tx) -> None:
-        kind = conflict_kind(spender, outpoint, self.p["known"])
+        self.record_conflict(name, outpoint, spender.txid, conflict_kind(spender, outpoint, self.p["known"]))
+
+    def record_conflict(self, name: str, outpoint: OutPoint, spender_txid: Optional[str], kind: str) -> None:
         dropped = self.descendants(name)
         self.p["conflicts"].append({"tx": name, "txid": self.parsed[name].txid,
                                     "outpoint": f"{outpoint.txid_hex}:{outpoint.vout}",
-                                    "spent_by": spender.txid, "kind": kind, "height": self.height,
+                                    "spent_by": spender_txid, "kind": kind, "height": self.height,
                                     "dropped": dropped})
         for n in dropped:
             self.p["stopped"].append(n)
@@ -202,8 +205,50 @@ class _Step:
                 self.p["published"].remove(n)
             self.release_child(n)
         self.log(f"{name} ({self.parsed[name].txid}) can no longer confirm: its input {outpoint.txid_hex}:"
-                 f"{outpoint.vout} was spent by {spender.txid}, {describe_conflict(kind)}; "
+                 f"{outpoint.vout} was spent by {spender_txid or 'a confirmed transaction'}, {describe_conflict(kind)}; "
                  f"not retrying {', '.join(dropped)}")
+
+    def spent_before(self, name: str) -> bool:
+        """After bitcoind refused `name` for a missing input: was that input spent before this exit
+        could see it (the distribution or a sweep confirmed before the exit started, or blocks older
+        than the scan)? Records the conflict and returns True if so.
+
+        An input whose parent is one of ours not confirmed yet is an ordinary wait. The funding output
+        cannot be told apart from one never broadcast, so a missing one counts as spent only when a
+        transaction this node knows spends it (the distribution) is on chain. A spend still in the
+        mempool is left to the block scan."""
+        if self.bitcoind is None:
+            return False
+        ours = {t.txid: n for n, t in self.parsed.items()}
+        for i in self.parsed[name].inputs:
+            parent = ours.get(i.prevout.txid_hex)
+            if parent is not None and parent not in self.p["confirmed"]:
+                continue
+            try:
+                if self.bitcoind.txout(i.prevout.txid_hex, i.prevout.vout) is not None:
+                    continue
+                if self.bitcoind.mempool_spender(i.prevout.txid_hex, i.prevout.vout) is not None:
+                    continue  # spent in the mempool only: the block scan sees it if it confirms
+                spender = None  # spent by a confirmed transaction the scan never saw
+                if parent is None:
+                    spender = next((txid for txid in self.p["known"] if self.exists(txid)), None)
+                    if spender is None:
+                        continue
+            except BitcoindError:
+                continue
+            kind = self.p["known"].get(spender or "", UNKNOWN)
+            self.record_conflict(name, i.prevout, spender, kind)
+            return True
+        return False
+
+    def exists(self, txid: str) -> bool:
+        """Is some output of `txid` unspent (in the UTXO set or the mempool)? A transaction the node
+        signed, like the distribution, pays several outputs; one of them still unspent shows it exists."""
+        assert self.bitcoind is not None
+        for vout in range(8):
+            if self.bitcoind.txout(txid, vout) is not None:
+                return True
+        return False
 
     def descendants(self, name: str) -> list[str]:
         """`name` and every transaction of this exit that spends one of them, in order."""
@@ -273,6 +318,8 @@ class _Step:
         if error is None:
             self.p["published"].append(name)
             self.p["out_at"][name] = self.height
+        elif any(r in error for r in MISSING_INPUT) and self.spent_before(name):
+            self.p["last_error"] = f"{name}: {error} (its input was spent: see conflicts)"
         else:
             self.p["last_error"] = f"{name}: {error}"  # retried next block
 

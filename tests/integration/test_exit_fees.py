@@ -232,3 +232,27 @@ def test_distribution_conflicting_with_an_exit(node_factory: Any, bitcoind: Any,
         print(f"client {c.info['id'][:8]} paid {paid} sat by the distribution")
         assert paid == [BALANCE_SAT + INBOUND_SAT]
     assert not leaver.daemon.is_in_log("superscalar.*BROKEN")
+
+
+def test_exit_after_the_distribution_stops_at_once(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """An exit started when the distribution confirmed long before (older than any block the exit
+    reads): bitcoind refuses the root for its spent input; the record names the distribution."""
+    lsp, clients = start_network(node_factory, plugin_path, 2)
+    res = create_factory(lsp, clients, bitcoind)
+    nodes = [lsp, *clients]
+    leaver = clients[0]
+    rec = factory_record(leaver, res["factory_id"])
+    distribution = Tx.from_hex(rec["distribution"])
+    [view] = leaver.rpc.call("superscalar-list")["factories"]
+    while bitcoind.rpc.getblockcount() < view["dying_height"]:
+        mine(bitcoind, nodes)
+    bitcoind.rpc.sendrawtransaction(distribution.to_hex())
+    mine(bitcoind, nodes, 3)
+    p = leaver.rpc.call("superscalar-exit", {"factory_id": res["factory_id"]})["exit"]
+    assert p["status"] == "conflicted" and p["published"] == []
+    [conflict] = p["conflicts"]
+    assert conflict["tx"] == "path/0" and conflict["kind"] == "distribution"
+    assert conflict["spent_by"] == distribution.txid and conflict["outpoint"] == rec["funding_outpoint"]
+    mine(bitcoind, nodes, 2)
+    assert progress(leaver)["status"] == "conflicted"
+    assert not leaver.daemon.is_in_log("superscalar.*BROKEN")
