@@ -39,16 +39,17 @@ class ExitPlan:
     bump_after: int
     timeout_height: int  # the factory timeout of the leaves' depth: the path must be on chain by then
     known: dict[str, str] = field(default_factory=dict)  # txid of the distribution -> "distribution"
+    dw_step: Optional[int] = None  # an older state of a node becomes valid this many blocks after a newer one
 
     def start(self, exits: Exits, factory_id: str, htlc_expiry: Optional[int] = None) -> dict[str, Any]:
         return exits.start(factory_id, self.txs, self.channels, self.bump_after, self.timeout_height, htlc_expiry,
-                           self.known)
+                           self.known, self.dw_step)
 
 
 def plan_for(rec: dict[str, Any], txs: list[list[Any]], channels: list[str]) -> ExitPlan:
     params = FactoryParams.deserialize(rec["params"].encode())
     known = {Tx.from_hex(rec["distribution"]).txid: DISTRIBUTION} if rec.get("distribution") else {}
-    return ExitPlan(txs, channels, bump_after(rec), params.timeout(params.height), known)
+    return ExitPlan(txs, channels, bump_after(rec), params.timeout(params.height), known, params.step_blocks)
 
 
 def exit_plan(store: Store, client: Client, factory_id: str, peer_id: Optional[str]) -> ExitPlan:

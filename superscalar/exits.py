@@ -27,7 +27,9 @@ what conflicted; and which channels to close. Every block (and once when the exi
 
 Deadlines: the whole path is due by the factory timeout of the leaves' depth, or by the HTLC expiry
 (less `HTLC_RESOLVE_BLOCKS`) when the exit was started for a channel with pending HTLCs; each
-transaction is due early enough for the relative locks after it (`fee_schedule.tree_deadlines`).
+transaction is due early enough for the relative locks after it (`fee_schedule.tree_deadlines`); and
+a state transaction whose kickoff confirmed is due before an older state of its node could be
+(`fee_schedule.race_deadlines`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .bitcoin.script import p2a_script
 from .bitcoin.tx import OutPoint, Tx
 from .bitcoind import Bitcoind, BitcoindError
 from .exit_conflicts import UNKNOWN, conflict_kind, describe_conflict
-from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, child_fee, estimate_for, exit_deadline, feerate_of,
+from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, child_fee, estimate_for, exit_deadline, feerate_of, race_deadlines,
                            relative_wait, replacement_fee, target_feerate, tree_deadlines)
 from .node import CHILD_VSIZE_P2WPKH, ClnNode
 from .store import Store
@@ -77,7 +79,7 @@ class Exits:
 
     def start(self, factory_id: str, txs: list[list[Any]], channels: list[str], bump_after: int = 6,
               timeout_height: Optional[int] = None, htlc_expiry: Optional[int] = None,
-              known: Optional[dict[str, str]] = None) -> dict[str, Any]:
+              known: Optional[dict[str, str]] = None, dw_step: Optional[int] = None) -> dict[str, Any]:
         """Add `txs` ([name, hex, prevout value, prevout script hex], parents first) and the leaf
         channels at outpoints `channels` to this factory's exit, and take the first step.
         `timeout_height`: the factory timeout the path must beat; `htlc_expiry`: the earliest expiry of
@@ -97,6 +99,8 @@ class Exits:
             if htlc_expiry is not None:
                 progress["htlc_expiry"] = min(htlc_expiry, progress.get("htlc_expiry") or htlc_expiry)
             progress["known"].update(known or {})
+            if dw_step is not None:
+                progress["dw_step"] = dw_step
             if progress["status"] != "conflicted" or len(progress["stopped"]) < len(progress["txs"]):
                 progress["status"] = "publishing"
             self.store.put(factory_id, "exit", progress)
@@ -128,7 +132,8 @@ class Exits:
 def _upgrade(progress: dict[str, Any], scanned: int) -> None:
     """Fields records written before them lack."""
     for key, default in (("children", {}), ("conflicts", []), ("stopped", []), ("resent", {}), ("known", {}),
-                         ("timeout_height", None), ("htlc_expiry", None), ("scanned_height", scanned)):
+                         ("timeout_height", None), ("htlc_expiry", None), ("scanned_height", scanned),
+                         ("confirmed_at", {}), ("dw_step", None)):
         progress.setdefault(key, default)
 
 
@@ -170,10 +175,10 @@ class _Step:
     def scan_blocks(self) -> None:
         first = max(int(self.p["scanned_height"]) + 1, self.height - SCAN_LIMIT + 1)
         for h in range(first, self.height + 1):
-            self.scan_block(block_transactions(bytes.fromhex(self.node.raw_block(h))))
+            self.scan_block(block_transactions(bytes.fromhex(self.node.raw_block(h))), h)
             self.p["scanned_height"] = h
 
-    def scan_block(self, block: tuple[Tx, ...]) -> None:
+    def scan_block(self, block: tuple[Tx, ...], height: int) -> None:
         ours = {tx.txid: name for name, tx in self.parsed.items()}
         pending = [n for n in self.parsed if n not in self.p["confirmed"] and n not in self.p["stopped"]]
         watched = {i.prevout: n for n in pending for i in self.parsed[n].inputs}
@@ -182,6 +187,7 @@ class _Step:
             if name is not None:
                 if name not in self.p["confirmed"]:
                     self.p["confirmed"].append(name)
+                    self.p["confirmed_at"][name] = height
                     if name not in self.p["published"]:
                         self.p["published"].append(name)  # someone else published it
                 continue
@@ -278,14 +284,17 @@ class _Step:
             deadline = exit_deadline(int(self.p["timeout_height"]), self.p["htlc_expiry"])
         elif self.p["htlc_expiry"] is not None:
             deadline = int(self.p["htlc_expiry"])
-        if deadline is None:
-            return {}
         names = list(self.parsed)
         index = {self.parsed[n].txid: k for k, n in enumerate(names)}
         parents = [next((index[i.prevout.txid_hex] for i in self.parsed[n].inputs if i.prevout.txid_hex in index), None)
                    for n in names]
         waits = [relative_wait(self.parsed[n].inputs[0].sequence, self.parsed[n].version) for n in names]
-        return dict(zip(names, tree_deadlines(parents, waits, deadline)))
+        out = dict(zip(names, tree_deadlines(parents, waits, deadline))) if deadline is not None else {}
+        confirmed = [self.p["confirmed_at"].get(n) for n in names]
+        for k, race in enumerate(race_deadlines(parents, waits, confirmed, self.p.get("dw_step"))):
+            if race is not None:
+                out[names[k]] = min(out.get(names[k], race), race)
+        return out
 
     def feerate(self, deadline: Optional[int]) -> int:
         if self._fees is None:

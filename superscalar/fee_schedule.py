@@ -6,6 +6,8 @@ on any path, as a child's timeout comes before its parent's), or earlier when th
 because of pending HTLCs (their expiry less `HTLC_RESOLVE_BLOCKS` for the commitment and HTLC
 transactions). Each transaction's own deadline leaves room for every relative lock after it:
 deadline(parent) = min over its children of deadline(child) - wait(child), a leaf's being the path's.
+And once a kickoff confirmed, its state transaction must confirm before an older state of that node
+could (`race_deadlines`): within `step_blocks` of becoming valid.
 
 Fee rates (sat per 1000 vB of parent and child together). With `blocks_left` before a transaction's
 deadline:
@@ -51,6 +53,22 @@ def tree_deadlines(parents: Sequence[Optional[int]], waits: Sequence[int], deadl
             if not 0 <= parent < i:
                 raise ValueError(f"transaction {i}: its parent must come before it")
             out[parent] = min(out[parent], out[i] - waits[i])
+    return out
+
+
+def race_deadlines(parents: Sequence[Optional[int]], waits: Sequence[int], confirmed_at: Sequence[Optional[int]],
+                   dw_step: Optional[int]) -> list[Optional[int]]:
+    """Decker-Wattenhofer: the state transaction of a node whose kickoff confirmed at height h becomes
+    valid at h + wait, and any older state of that node (which waits `dw_step` more) at
+    h + wait + dw_step; so ours must confirm by h + wait + dw_step - 1. None where no such race runs
+    (no relative wait, the parent not confirmed, or no step known). The oldest state (the longest
+    wait) has no older rival, but a client cannot tell it apart, so every state is raced."""
+    out: list[Optional[int]] = [None] * len(waits)
+    if not dw_step:
+        return out
+    for i, (parent, wait) in enumerate(zip(parents, waits)):
+        if wait and parent is not None and confirmed_at[parent] is not None:
+            out[i] = int(confirmed_at[parent]) + wait + dw_step - 1  # type: ignore[arg-type]
     return out
 
 

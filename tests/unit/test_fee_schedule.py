@@ -77,3 +77,13 @@ def test_replacement_pays_more_than_it_replaces() -> None:
     assert replacement_fee(5_000, 3_000, 153, 1_000) == 5_000
     assert replacement_fee(3_000, 3_000, 153, 1_000) == 3_000 + 153 + 1
     assert replacement_fee(3_000, 3_000, 153, 100) == 3_000 + 16 + 1
+
+
+def test_a_state_races_the_older_states_of_its_node() -> None:
+    from superscalar.fee_schedule import race_deadlines
+
+    # node tx (no wait), kickoff (no wait), state waiting 288 blocks; kickoff confirmed at 1,000
+    parents, waits = [None, 0, 1], [0, 0, 288]
+    assert race_deadlines(parents, waits, [990, 1000, None], 144) == [None, None, 1000 + 288 + 143]
+    assert race_deadlines(parents, waits, [990, None, None], 144) == [None, None, None]  # kickoff not on chain
+    assert race_deadlines(parents, waits, [990, 1000, None], None) == [None, None, None]
