@@ -40,9 +40,11 @@ class Exits:
         self.node, self.store, self.log = node, store, log
         self._lock = threading.Lock()
 
-    def start(self, factory_id: str, txs: list[list[Any]], channels: list[str], bump_after: int = 6) -> dict[str, Any]:
+    def start(self, factory_id: str, txs: list[list[Any]], channels: list[str], bump_after: int = 6,
+              reason: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Add `txs` ([name, hex, prevout value, prevout script hex], parents first) and the leaf
-        channels at outpoints `channels` to this factory's exit, and take the first step."""
+        channels at outpoints `channels` to this factory's exit, and take the first step. `reason`, if
+        given, is added to the record's `reasons` (why this exit started, e.g. an HTLC's deadline)."""
         with self._lock:
             progress = self.store.get(factory_id, "exit") or {
                 "status": "publishing", "txs": [], "published": [], "channels": [], "closed": [], "last_error": None,
@@ -51,6 +53,8 @@ class Exits:
             progress["txs"] += [t for t in txs if t[0] not in known]
             progress["channels"] += [c for c in channels if c not in progress["channels"]]
             progress["status"] = "publishing"
+            if reason is not None:
+                progress["reasons"] = [*progress.get("reasons", []), reason]
             self.store.put(factory_id, "exit", progress)
         return self.step(factory_id)
 
