@@ -3,10 +3,15 @@ plugin starts the factory exit an early-warning time plus the commitment/HTLC al
 HTLC expires (not before, and not when lightningd would give up), and the HTLC's amount reaches the
 client's wallet with its balance.
 
-What Core Lightning itself does here (v26.06, observed in this test's logs): the client's lightningd
-goes on chain for an incoming HTLC whose preimage it knows only a few blocks before its expiry
-(`cltv_expiry_delta / 2`); by then our exit has put the leaf on chain and closed the channel, and
-onchaind claims the HTLC with its preimage from the confirmed commitment."""
+What Core Lightning does here (v26.06, observed in this test's logs): our exit puts the leaf on chain
+and closes the channel (a unilateral close: the LSP is gone) well before lightningd's own deadline for
+the HTLC; onchaind then claims the HTLC with its preimage (OUR_HTLC_SUCCESS_TX) from the confirmed
+commitment. With anchor channels that transaction carries no fee of its own: lightningd adds a coin of
+the node's wallet to pay it ("We want to bump HTLC fee, but no funds!" otherwise, and after the HTLC's
+expiry onchaind gives the output up as THEIR_HTLC_TIMEOUT_TO_THEM). So a client needs an on-chain coin
+to enforce an HTLC; this one gets one. At pyln-testing's default feerates lightningd spent 38,183 sat
+of a 100,000-sat HTLC on those fees and refused to claim a 10,000-sat one ("Not spending 16500sat in fees
+to get an HTLC worth 10000sat!"); the test sets the client's feerates to 1 sat/vB."""
 
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from .test_factory_plugin import BALANCE_SAT, create_factory
 pytestmark = pytest.mark.lightningd
 
 ALLOWANCE = 4  # superscalar-htlc-exit-allowance-blocks for this test
-AMOUNT_SAT = 10_000
+AMOUNT_SAT = 100_000  # lightningd will not spend more in fees than an HTLC is worth
+FEES_SAT = 10_000  # upper bound: the HTLC-success fee and the commitment CPFP at the feerates set below
 
 
 def wallet_sat(node: Any) -> int:
@@ -43,9 +49,11 @@ def test_client_exits_in_time_for_an_htlc_it_can_claim(node_factory: Any, bitcoi
                                             "superscalar-htlc-exit-allowance-blocks": ALLOWANCE},
                                    may_reconnect=False, disconnect=["-WIRE_UPDATE_FULFILL_HTLC"])
     lsp.fundwallet(5_000_000)
+    client.fundwallet(200_000)  # pays the fee of the HTLC-success transaction (anchor channels)
     client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     res = create_factory(lsp, [client], bitcoind)
     fid = res["factory_id"]
+    client.set_feerates((1000, 1000, 1000, 1000), False)
     [view] = client.rpc.call("superscalar-list")["factories"]
     ewt = view["channels"][0]["early_warning_blocks"]
 
@@ -87,10 +95,12 @@ def test_client_exits_in_time_for_an_htlc_it_can_claim(node_factory: Any, bitcoi
     for _ in range(200):
         bitcoind.generate_block(1)
         sync_blockheight(bitcoind, [client])
-        if wallet_sat(client) - before >= BALANCE_SAT + AMOUNT_SAT - 5_000 and \
+        if wallet_sat(client) - before >= BALANCE_SAT + AMOUNT_SAT - FEES_SAT and \
                 not any(o["status"] != "confirmed" for o in client.rpc.listfunds()["outputs"]):
             break
     gained = wallet_sat(client) - before
-    assert BALANCE_SAT + AMOUNT_SAT - 5_000 <= gained <= BALANCE_SAT + AMOUNT_SAT, gained
-    # The HTLC was claimed on chain with the preimage, before it expired.
-    assert client.daemon.is_in_log("OUR_HTLC_SUCCESS_TX|THEIR_HTLC.*OUR_HTLC_SUCCESS")
+    assert BALANCE_SAT + AMOUNT_SAT - FEES_SAT <= gained <= BALANCE_SAT + AMOUNT_SAT, gained
+    # The HTLC was claimed on chain with the preimage, and before it expired.
+    assert client.daemon.is_in_log("Resolved OUR_UNILATERAL/THEIR_HTLC by our proposal OUR_HTLC_SUCCESS_TX")
+    success = client.daemon.is_in_log("Resolved OUR_UNILATERAL/THEIR_HTLC by our proposal OUR_HTLC_SUCCESS_TX")
+    assert success
