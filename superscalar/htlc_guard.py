@@ -26,16 +26,16 @@ INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS = 0x400F
 
 class HtlcGuard:
     """The hook's check: a constant number of index lookups per HTLC (`htlc_index.py`); lightningd is
-    asked for its channels only when an HTLC names a short channel id the index does not know, at most
-    once per such id per block."""
+    asked only when an HTLC names a short channel id the index does not know, and then only for that
+    channel (`listpeerchannels short_channel_id`), at most once per such id per block."""
 
     def __init__(self, node: ClnNode, index: HtlcIndex, client: Client, exposure: ShortHtlcExposure) -> None:
         self.node, self.index, self.client, self.exposure = node, index, client, exposure
 
-    def lookup(self, name: str, height: int, peer: Optional[str] = None) -> Optional[Lookup]:
+    def lookup(self, name: str, height: int) -> Optional[Lookup]:
         found = self.index.lookup(name)
         if found is None and self.index.should_refresh(name, height):
-            self.index.set_channels(self.node.peer_channels(peer), peer)
+            self.index.add_channels(self.node.channel_named(name))
             found = self.index.lookup(name)
         return found
 
@@ -46,7 +46,7 @@ class HtlcGuard:
         unknown = f"{INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:04x}{msat(htlc['amount_msat']):016x}{height:08x}"
         temporary = f"{TEMPORARY_NODE_FAILURE:04x}"
         outgoing_id = str(onion["short_channel_id"]) if onion.get("short_channel_id") else None
-        incoming = self.lookup(str(htlc.get("short_channel_id")), height, htlc.get("peer_id"))
+        incoming = self.lookup(str(htlc.get("short_channel_id")), height)
         outgoing = self.lookup(outgoing_id, height) if outgoing_id is not None else None
         if incoming is not None and incoming.unbacked:
             return unknown, "incoming channel is not backed by a funded factory leaf"

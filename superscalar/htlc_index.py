@@ -8,8 +8,9 @@ halves of the answer and joins them on lookup:
   channel ids (LSP records) and leaf outpoints (client records) belong to which factory, with their
   early-warning blocks, whether anything backs them, and whether a client's leaf script is verified;
 - from lightningd: each channel's id, funding outpoint, peer, short channel id and aliases (loaded at
-  start, refreshed from `channel_opened` / `channel_state_changed`, once per block, and when an HTLC
-  names an unknown short channel id: at most once per such id per block).
+  start, refreshed from `channel_opened` / `channel_state_changed` (that peer's channels) and once per
+  block (all), and when an HTLC names an unknown short channel id: that channel only, at most once per
+  such id per block).
 
 A record that cannot be read makes every lookup raise `IndexUnreadable`: the hook then fails the HTLC
 (fail closed), as it did when it read the records itself.
@@ -167,6 +168,20 @@ class HtlcIndex:
                     if self._by_name.get(name) == c.channel_id:
                         del self._by_name[name]
             for c in fresh:
+                self._channels[c.channel_id] = c
+                for name in c.names:
+                    self._by_name[name] = c.channel_id
+                    self._refreshed.pop(name, None)
+
+    def add_channels(self, listing: Iterable[dict[str, Any]]) -> None:
+        """Add (or update) the channels of `listing`, keeping every other one."""
+        fresh = [LiveChannel.from_listing(ch) for ch in listing]
+        with self._lock:
+            for c in fresh:
+                old = self._channels.pop(c.channel_id, None)
+                for name in old.names if old is not None else ():
+                    if self._by_name.get(name) == c.channel_id:
+                        del self._by_name[name]
                 self._channels[c.channel_id] = c
                 for name in c.names:
                     self._by_name[name] = c.channel_id

@@ -187,6 +187,10 @@ class ClnNode:
         params = {"id": peer} if peer else {}
         return list(self.rpc.call("listpeerchannels", params)["channels"])
 
+    def channel_named(self, name: str) -> list[dict[str, Any]]:
+        """The channel whose short channel id or local alias is `name` (a list of at most one)."""
+        return list(self.rpc.call("listpeerchannels", {"short_channel_id": name})["channels"])
+
     def peer_channels_fields(self, fields: tuple[str, ...]) -> list[dict[str, Any]]:
         """Every channel, with only `fields` of each (a JSON-RPC `filter`: lightningd sends less)."""
         return list(self.rpc.call("listpeerchannels", {}, filter={"channels": [{f: True for f in fields}]})

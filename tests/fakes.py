@@ -92,6 +92,10 @@ class ChannelNode(MemoryDatastore):
         self.listings.append(peer)
         return [c for c in self.channels if peer is None or c["peer_id"] == peer]
 
+    def channel_named(self, name: str) -> list[dict[str, Any]]:
+        self.listings.append(name)
+        return [c for c in self.channels if name in (c["short_channel_id"], c["alias"]["local"])]
+
     def peer_channels_fields(self, fields: tuple[str, ...]) -> list[dict[str, Any]]:
         self.listings.append(None)
         return [{k: v for k, v in c.items() if k in fields} for c in self.channels]

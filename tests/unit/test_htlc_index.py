@@ -127,21 +127,19 @@ def test_unknown_short_channel_ids_refresh_at_most_once_per_block() -> None:
     store.put("f1", "factory", client_record(outpoint(1)))
     index.set_channels(node.peer_channels())
     node.listings.clear()
-    # A channel lightningd has but the index has not seen: one refresh (of that peer, if named), found.
-    node.channels = [listed_channel(1, LSP_ID, outpoint(1))]
-    onion, h = htlc("1x0x1", EWT - 1)
-    h["peer_id"] = LSP_ID
-    assert guard.failure(onion, h) is not None
-    assert node.listings == [LSP_ID]
-    # A name nobody has: one refresh per block, then treated as no factory channel.
+    # A channel lightningd has but the index has not seen: that channel is asked for, and found.
+    node.channels = [listed_channel(1, LSP_ID, outpoint(1)), listed_channel(2, LSP_ID, outpoint(2), scid="2x1x0")]
+    assert guard.failure(*htlc("1x0x1", EWT - 1)) is not None
+    assert node.listings == ["1x0x1"]
+    assert index.lookup("1x0x2") is not None and index.lookup("2x1x0") is None  # that channel only
+    # A name nobody has: asked once per block, then treated as no factory channel.
     for _ in range(3):
         assert guard.failure(*htlc("9x9x9", 1)) is None
-    assert node.listings == [LSP_ID, None]
-    node.height += 1
+    assert node.listings == ["1x0x1", "9x9x9"]
     later = htlc("9x9x9", 1)
-    later[1]["cltv_expiry"] += 1
+    later[1]["cltv_expiry"] += 1  # the next block
     assert guard.failure(*later) is None
-    assert node.listings == [LSP_ID, None, None]
+    assert node.listings == ["1x0x1", "9x9x9", "9x9x9"]
 
 
 def test_an_unreadable_record_fails_every_lookup() -> None:
