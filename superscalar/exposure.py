@@ -10,7 +10,8 @@ amount is at risk. The LSP takes such HTLCs anyway, but only while the sums stil
 
 `ShortHtlcExposure` keeps those sums: once per block it is recounted from lightningd's pending HTLCs
 (incoming HTLCs on the LSP's factory channels whose expiry is nearer than the channel's early-warning
-time), and between blocks each admitted HTLC is added and each resolved one (`forward_event`) removed.
+time), and between blocks each admitted HTLC is added and each resolved one removed (`forward_event`
+names the incoming channel and payment hash, not the HTLC id).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class ShortHtlcExposure:
         self._counted: Counter[str] = Counter()  # per client, at the last recount
         self._counted_keys: frozenset[HtlcKey] = frozenset()
         self._count_height = -1
-        self._added: dict[HtlcKey, tuple[str, int, int]] = {}  # admitted since: key → (client, msat, height)
+        self._added: dict[HtlcKey, tuple[str, int, int, str]] = {}  # admitted since: key → (client, msat, height, hash)
         self._added_by_client: Counter[str] = Counter()
 
     def pending_msat(self, client: Optional[str] = None) -> int:
@@ -63,7 +64,7 @@ class ShortHtlcExposure:
             return sum(self._counted.values()) + sum(self._added_by_client.values())
         return self._counted[client] + self._added_by_client[client]
 
-    def admit(self, client: str, key: HtlcKey, amount_msat: int, height: int) -> Optional[str]:
+    def admit(self, client: str, key: HtlcKey, amount_msat: int, height: int, payment_hash: str = "") -> Optional[str]:
         """Take the short HTLC `key` of `amount_msat` from `client`'s channel; returns why not if either
         bound would be exceeded (nothing is counted then)."""
         with self._lock:
@@ -76,16 +77,17 @@ class ShortHtlcExposure:
             if total + amount_msat > self.limits.total_msat:
                 return (f"short-CLTV HTLCs pending in all factory channels would reach {total + amount_msat} msat, "
                         f"above superscalar-lsp-short-htlc-max-msat-total={self.limits.total_msat}")
-            self._added[key] = (client, amount_msat, height)
+            self._added[key] = (client, amount_msat, height, payment_hash)
             self._added_by_client[client] += amount_msat
             return None
 
-    def resolved(self, key: HtlcKey) -> None:
-        """An admitted HTLC was settled or failed (forward_event)."""
+    def resolved(self, channel_id: str, payment_hash: str) -> None:
+        """The admitted HTLCs of `payment_hash` from channel `channel_id` were settled or failed."""
         with self._lock:
-            found = self._added.pop(key, None)
-            if found is not None:
-                self._drop(found[0], found[1])
+            for key, (client, amount, _, hash_) in list(self._added.items()):
+                if key[0] == channel_id and hash_ == payment_hash:
+                    del self._added[key]
+                    self._drop(client, amount)
 
     def _drop(self, client: str, amount: int) -> None:
         self._added_by_client[client] -= amount
@@ -103,7 +105,7 @@ class ShortHtlcExposure:
                 self._counted[p.client] += p.amount_msat
             self._counted_keys = frozenset(p.key for p in pending)
             self._count_height = height
-            for key, (client, amount, at) in list(self._added.items()):
+            for key, (client, amount, at, _) in list(self._added.items()):
                 if key in self._counted_keys or at < height:
                     del self._added[key]
                     self._drop(client, amount)

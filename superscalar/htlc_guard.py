@@ -67,7 +67,7 @@ class HtlcGuard:
             fail = temporary if outgoing_id is not None else unknown
             if incoming.factory.role == LSP:  # a client's payment: the LSP carries it within its bounds
                 why = self.exposure.admit(incoming.factory.peer_id, (incoming.channel.channel_id, int(htlc.get("id", -1))),
-                                          msat(htlc["amount_msat"]), height)
+                                          msat(htlc["amount_msat"]), height, str(htlc.get("payment_hash", "")))
                 return None if why is None else (fail, why)
             need = incoming.factory.early_warning_blocks
             return fail, f"incoming factory channel needs {need} blocks of CLTV headroom, HTLC has {relative}"

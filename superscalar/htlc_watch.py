@@ -13,7 +13,9 @@ starts the exit of a channel's path (`exit_routing.exit_plan`, `Exits.start`) at
 - the LSP: HTLCs it offered to the client (it must time them out before its own upstream HTLC expires)
   and incoming ones it fulfilled (it holds the preimage; `listforwards` / `listinvoices` say so).
 
-The same pass recounts the LSP's pending short-headroom HTLCs for `exposure.py` and refreshes the
+An HTLC counts only once it was already pending at an earlier block's pass: one caught in the middle
+of being settled as a block arrives (a normal payment, or a short-headroom one the LSP took within its
+bounds, whose exit height has passed already) starts nothing. The same pass recounts the LSP's pending short-headroom HTLCs for `exposure.py` and refreshes the
 index's view of lightningd's channels. The exit record says why it started (`reasons`).
 """
 
@@ -83,6 +85,7 @@ class HtlcWatch:
                  allowance: int = DEFAULT_HTLC_EXIT_ALLOWANCE) -> None:
         self.node, self.store, self.index, self.client, self.exits = node, store, index, client, exits
         self.exposure, self.log, self.allowance = exposure, log, allowance
+        self._first_seen: dict[tuple[str, int, str], int] = {}  # (channel id, HTLC id, direction) → height
 
     def on_block(self, height: int) -> list[str]:
         """Refresh the channels, recount the LSP's short HTLCs, and start each exit an HTLC calls for.
@@ -98,9 +101,14 @@ class HtlcWatch:
             nearest = min(pending, key=lambda d: d.exit_height)
             self.log(f"HTLC watch at height {height}: {len(pending)} factory HTLCs pending, the nearest "
                      f"({nearest.payment_hash}) calls for an exit at height {nearest.exit_height}", level="debug")
+        seen = {(d.channel.channel_id, d.htlc_id, d.direction): self._first_seen.get(
+            (d.channel.channel_id, d.htlc_id, d.direction), height) for d in pending}
+        self._first_seen = seen
         started = []
         for d in pending:
-            if height < d.exit_height or not self.must_enforce(d) or self._exiting(d):
+            if height < d.exit_height or seen[(d.channel.channel_id, d.htlc_id, d.direction)] >= height:
+                continue
+            if not self.must_enforce(d) or self._exiting(d):
                 continue
             peer = d.factory.peer_id if d.factory.role == LSP else None
             txs, channels, bump = exit_plan(self.store, self.client, d.factory.factory_id, peer)

@@ -272,8 +272,8 @@ def build_plugin() -> Plugin:
         if r is None or forward_event.get("status") not in ("settled", "failed", "local_failed"):
             return
         channel_id = r.index.channel_of(str(forward_event.get("in_channel")))
-        if channel_id is not None and forward_event.get("in_htlc_id") is not None:
-            r.exposure.resolved((channel_id, int(forward_event["in_htlc_id"])))
+        if channel_id is not None:
+            r.exposure.resolved(channel_id, str(forward_event.get("payment_hash")))
 
     plugin.add_subscription("channel_opened", on_channel_opened)
     plugin.add_subscription("forward_event", on_forward_event)

@@ -66,10 +66,11 @@ def setup(limits: ShortHtlcLimits = ShortHtlcLimits()) -> tuple[ChannelNode, Sto
 def htlc(scid: str, relative: int, out: Optional[str] = None, out_relative: int = 0, amount: int = 1_000_000,
          htlc_id: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     onion: dict[str, Any] = {}
+    payment_hash = f"{htlc_id:064x}"
     if out is not None:
         onion = {"short_channel_id": out, "outgoing_cltv_value": HEIGHT + out_relative}
     return onion, {"short_channel_id": scid, "cltv_expiry": HEIGHT + relative, "cltv_expiry_relative": relative,
-                   "amount_msat": amount, "id": htlc_id}
+                   "amount_msat": amount, "id": htlc_id, "payment_hash": payment_hash}
 
 
 def test_client_headroom_verification_and_backing_come_from_the_index() -> None:
@@ -178,7 +179,7 @@ def test_lsp_takes_short_htlcs_from_clients_within_its_bounds() -> None:
     fail = guard.failure(*htlc("2x0x1", short, out="9x1x0", out_relative=5, htlc_id=1))
     assert fail is not None and "total" in fail[1]
     # One resolves (forward_event): room again.
-    guard.exposure.resolved((cids[1], 1))
+    guard.exposure.resolved(cids[1], f"{1:064x}")
     assert guard.exposure.pending_msat(CLIENT_ID) == 1_000_000
     assert guard.failure(*htlc("2x0x1", short, out="9x1x0", out_relative=5, htlc_id=1)) is None
     # HTLCs with the full headroom do not count.
@@ -264,10 +265,10 @@ def test_lsp_exits_for_htlcs_it_offered_and_incoming_ones_it_fulfilled() -> None
     node.channels = [listed_channel(1, CLIENT_ID, outpoint(1), htlcs=[
         pending_htlc(0, "in", expiry, "SENT_REMOVE_COMMIT"), pending_htlc(1, "in", expiry)])]
     w, started = watch(node, store, index)
-    assert w.on_block(at + 5) == []
+    assert w.on_block(at) == [] and w.on_block(at + 1) == []
     # The same incoming HTLC once we know we fulfilled it.
     node.fulfilled.add(("1x0x1", 0))
-    assert w.on_block(at) == ["f1"]
+    assert w.on_block(at + 2) == ["f1"]
     # An HTLC the LSP offered: it must be able to time it out.
     store2 = Store(ChannelNode(HEIGHT))  # type: ignore[arg-type]
     index2 = HtlcIndex()
@@ -278,6 +279,20 @@ def test_lsp_exits_for_htlcs_it_offered_and_incoming_ones_it_fulfilled() -> None
     w2, started2 = watch(node2, store2, index2)  # type: ignore[arg-type]
     assert w2.on_block(at - 1) == [] and w2.on_block(at) == ["f1"]
     assert started2.calls[0][1] == [outpoint(1)]
+
+
+def test_an_htlc_caught_mid_settlement_by_a_block_starts_no_exit() -> None:
+    node, store, index, _, _ = setup()
+    store.put("f1", "factory", client_record(outpoint(1)))
+    # Accepted with less headroom than EWT + allowance: its exit height has passed already.
+    node.channels = [listed_channel(1, LSP_ID, outpoint(1), htlcs=[pending_htlc(0, "in", HEIGHT + EWT, "SENT_REMOVE_HTLC")])]
+    w, started = watch(node, store, index)
+    assert w.on_block(HEIGHT) == []  # first seen at this block: being settled, most likely
+    node.channels = [listed_channel(1, LSP_ID, outpoint(1))]
+    assert w.on_block(HEIGHT + 1) == [] and started.calls == []
+    # Still pending a block later: stuck, the exit starts.
+    node.channels = [listed_channel(1, LSP_ID, outpoint(1), htlcs=[pending_htlc(1, "in", HEIGHT + EWT, "SENT_REMOVE_HTLC")])]
+    assert w.on_block(HEIGHT + 2) == [] and w.on_block(HEIGHT + 3) == ["f1"]
 
 
 def test_lsp_recounts_short_htlcs_pending_in_its_factory_channels_each_block() -> None:
