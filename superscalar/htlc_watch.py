@@ -111,8 +111,12 @@ class HtlcWatch:
             if not self.must_enforce(d) or self._exiting(d):
                 continue
             peer = d.factory.peer_id if d.factory.role == LSP else None
-            txs, channels, bump = exit_plan(self.store, self.client, d.factory.factory_id, peer)
             why = d.reason(height)
+            try:
+                txs, channels, bump = exit_plan(self.store, self.client, d.factory.factory_id, peer)
+            except ValueError as e:  # a factory whose funding never went out has no path
+                self.log(f"factory {d.factory.factory_id}: {why['reason']}, but no exit: {e}", level="unusual")
+                continue
             self.log(f"factory {d.factory.factory_id}: {why['reason']}, its path needs {d.factory.early_warning_blocks} "
                      f"+ {self.allowance} blocks: starting the exit at height {height}", level="info")
             self.exits.start(d.factory.factory_id, txs, channels, bump, reason=why)

@@ -12,6 +12,8 @@ import pytest
 from pyln.client import RpcError
 from pyln.testing.utils import wait_for
 
+from superscalar.node import msat
+
 from .test_factory_plugin import channel_with, create_factory, start_network
 
 pytestmark = pytest.mark.lightningd
@@ -26,6 +28,12 @@ def invoice(payee: Any, amount_sat: int, label: str) -> str:
         "amount_msat": amount_sat * 1000, "label": label, "description": label, "cltv": FINAL_CLTV,
         "exposeprivatechannels": [c.get("short_channel_id") or c["alias"]["local"]
                                   for c in payee.rpc.listpeerchannels()["channels"]]})["bolt11"])
+
+
+def settled(lsp: Any, payer: Any, balance: int) -> None:
+    """xpay returns once it has the preimage; both sides' commitments settle a moment later."""
+    wait_for(lambda: channel_with(lsp, payer)["htlcs"] == [] and channel_with(payer, lsp)["htlcs"] == []
+             and msat(channel_with(payer, lsp)["to_us_msat"]) == balance)
 
 
 def test_lsp_carries_short_htlcs_within_its_bound(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
@@ -49,14 +57,14 @@ def test_lsp_carries_short_htlcs_within_its_bound(node_factory: Any, bitcoind: A
     assert FINAL_CLTV + delta < ewt, (FINAL_CLTV, delta, ewt)
 
     # Within the bound: paid (twice: the first one no longer counts once it settled).
+    balance = msat(channel_with(payer, lsp)["to_us_msat"])
     for i in range(2):
         res = payer.rpc.xpay(invoice(payee, 10_000, f"short-{i}"))
         assert res["amount_msat"] == 10_000_000
-        wait_for(lambda: channel_with(lsp, payer)["htlcs"] == [])
+        balance -= msat(res["amount_sent_msat"])
+        settled(lsp, payer, balance)
     # Above it: failed by the LSP, nothing moves.
-    before = channel_with(payer, lsp)["to_us_msat"]
     with pytest.raises(RpcError):
         payer.rpc.xpay(invoice(payee, 20_000, "too-much"))
     lsp.daemon.wait_for_log("superscalar-lsp-short-htlc-max-msat-per-client=15000000")
-    wait_for(lambda: channel_with(payer, lsp)["htlcs"] == [])
-    assert channel_with(payer, lsp)["to_us_msat"] == before
+    settled(lsp, payer, balance)
