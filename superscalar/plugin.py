@@ -225,11 +225,11 @@ def build_plugin() -> Plugin:
         if r is None:
             return
         height = int(kwargs.get("block_added", {}).get("height") or 0)
-        steps: tuple[tuple[str, Callable[[], None]], ...] = (
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
             ("funding broadcast", r.lsp.resume),
             ("funding watch", lambda: exit_late_funded(r.store, r.client, r.exits,
                                                        r.client.on_block(height or r.node.blockheight()))),
-            ("HTLC watch", lambda: None if r.watch.on_block(height or r.node.blockheight()) else None),
+            ("HTLC watch", lambda: r.watch.on_block(height or r.node.blockheight())),
             ("exit progress", lambda: r.exits.on_block(height or r.node.blockheight())))
         for what, step in steps:
             try:
