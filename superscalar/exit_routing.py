@@ -41,9 +41,10 @@ class ExitPlan:
     known: dict[str, str] = field(default_factory=dict)  # txid of the distribution -> "distribution"
     dw_step: Optional[int] = None  # an older state of a node becomes valid this many blocks after a newer one
 
-    def start(self, exits: Exits, factory_id: str, htlc_expiry: Optional[int] = None) -> dict[str, Any]:
+    def start(self, exits: Exits, factory_id: str, htlc_expiry: Optional[int] = None,
+              reason: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         return exits.start(factory_id, self.txs, self.channels, self.bump_after, self.timeout_height, htlc_expiry,
-                           self.known, self.dw_step)
+                           self.known, self.dw_step, reason)
 
 
 def plan_for(rec: dict[str, Any], txs: list[list[Any]], channels: list[str]) -> ExitPlan:

@@ -79,12 +79,15 @@ class Exits:
 
     def start(self, factory_id: str, txs: list[list[Any]], channels: list[str], bump_after: int = 6,
               timeout_height: Optional[int] = None, htlc_expiry: Optional[int] = None,
-              known: Optional[dict[str, str]] = None, dw_step: Optional[int] = None) -> dict[str, Any]:
+              known: Optional[dict[str, str]] = None, dw_step: Optional[int] = None,
+              reason: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Add `txs` ([name, hex, prevout value, prevout script hex], parents first) and the leaf
         channels at outpoints `channels` to this factory's exit, and take the first step.
         `timeout_height`: the factory timeout the path must beat; `htlc_expiry`: the earliest expiry of
         the HTLCs that made us exit; `known`: txids of this factory's other signed transactions
-        (the distribution) and what they are, to name a conflict."""
+        (the distribution) and what they are, to name a conflict; `dw_step`: the factory's DW step (an
+        older state's head start); `reason`, if given, is added to the record's `reasons` (why this
+        exit started, e.g. an HTLC's deadline)."""
         with self._lock:
             height = self.node.blockheight()
             progress = self.store.get(factory_id, "exit") or {
@@ -103,6 +106,8 @@ class Exits:
                 progress["dw_step"] = dw_step
             if progress["status"] != "conflicted" or len(progress["stopped"]) < len(progress["txs"]):
                 progress["status"] = "publishing"
+            if reason is not None:
+                progress["reasons"] = [*progress.get("reasons", []), reason]
             self.store.put(factory_id, "exit", progress)
         return self.step(factory_id)
 

@@ -227,6 +227,25 @@ class ClnNode:
         params = {"id": peer} if peer else {}
         return list(self.rpc.call("listpeerchannels", params)["channels"])
 
+    def channel_named(self, name: str) -> list[dict[str, Any]]:
+        """The channel whose short channel id or local alias is `name` (a list of at most one)."""
+        return list(self.rpc.call("listpeerchannels", {"short_channel_id": name})["channels"])
+
+    def peer_channels_fields(self, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Every channel, with only `fields` of each (a JSON-RPC `filter`: lightningd sends less)."""
+        return list(self.rpc.call("listpeerchannels", {}, filter={"channels": [{f: True for f in fields}]})
+                    .get("channels", []))
+
+    def incoming_fulfilled(self, names: tuple[str, ...], htlc_id: int, payment_hash: str) -> bool:
+        """Did this node fulfil incoming HTLC `htlc_id` of the channel known by `names` (its short channel
+        id and aliases)? A forward of it settled, or we were the payee and the invoice is paid."""
+        for name in names:
+            for fwd in self.rpc.call("listforwards", {"in_channel": name})["forwards"]:
+                if int(fwd.get("in_htlc_id", -1)) == htlc_id:
+                    return bool(fwd.get("status") == "settled")
+        invoices = self.rpc.call("listinvoices", {"payment_hash": payment_hash})["invoices"]
+        return any(i.get("status") == "paid" for i in invoices)
+
     # --- peers ---
 
     def send_message(self, peer: str, payload: bytes) -> None:

@@ -16,7 +16,10 @@ from superscalar.bitcoind import Bitcoind, from_lightningd
 from superscalar.exits import UNILATERAL_STATES, Exits
 from superscalar.fee_schedule import DEFAULT_MAX_FEERATE_PERKVB
 from superscalar.factory.params import FactoryParams, regtest_params
+from superscalar.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
+from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex
+from superscalar.htlc_watch import DEFAULT_HTLC_EXIT_ALLOWANCE, HtlcWatch
 from superscalar.invoices import rewrite_invoice
 from superscalar.listing import describe
 from superscalar.lsp import ClientSpec, Lsp
@@ -56,7 +59,19 @@ class Roles:
         self.exits = Exits(self.node, self.store, plugin.log, _bitcoind(plugin, self.network), max_feerate)
         self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log, dev_fail_at,
                              self.policy, stale_after=10 * timeout)
-        self.htlcs = HtlcGuard(self.node, self.store, self.client)
+        self.index = HtlcIndex()
+        self.store.listen(self.index.on_record)
+        self.exposure = ShortHtlcExposure(ShortHtlcLimits(
+            int(options.get("superscalar-lsp-short-htlc-max-msat-per-client") or DEFAULT_PER_CLIENT_MSAT),
+            int(options.get("superscalar-lsp-short-htlc-max-msat-total") or DEFAULT_TOTAL_MSAT)))
+        self.htlcs = HtlcGuard(self.node, self.index, self.client, self.exposure)
+        self.watch = HtlcWatch(self.node, self.store, self.index, self.client, self.exits, self.exposure, plugin.log,
+                               int(options.get("superscalar-htlc-exit-allowance-blocks") or DEFAULT_HTLC_EXIT_ALLOWANCE))
+
+    def load_index(self) -> None:
+        """At start: every factory record, and lightningd's channels, into the HTLC index."""
+        self.index.load(self.store)
+        self.index.set_channels(self.node.peer_channels_fields(CHANNEL_FIELDS))
 
     def params_for(self, n_clients: int, height: int) -> FactoryParams:
         fee = {} if self.feerate is None else {"feerate_per_kvb": self.feerate}
@@ -140,6 +155,14 @@ def build_plugin() -> Plugin:
                       "transaction's deadline comes (see README, Exits).")
     plugin.add_option("superscalar-dev-fail-at", "", "Testing only (honoured with --developer): make this node "
                       "fail or misbehave in a ceremony on purpose.")
+    plugin.add_option("superscalar-lsp-short-htlc-max-msat-per-client", str(DEFAULT_PER_CLIENT_MSAT),
+                      "LSP: most msat of HTLCs from one client's factory channels, with less CLTV headroom than the "
+                      "channel's early-warning time, pending at once (0: take none).")
+    plugin.add_option("superscalar-lsp-short-htlc-max-msat-total", str(DEFAULT_TOTAL_MSAT),
+                      "LSP: the same, summed over all its factory channels.")
+    plugin.add_option("superscalar-htlc-exit-allowance-blocks", str(DEFAULT_HTLC_EXIT_ALLOWANCE),
+                      "Blocks for the commitment and HTLC transactions: a factory exit starts at an HTLC's expiry "
+                      "minus the path's early-warning time minus this.")
     defaults = ClientPolicy()
     for f in dataclasses.fields(ClientPolicy):
         plugin.add_option(POLICY_OPTION + f.name.replace("_", "-"), "",
@@ -151,6 +174,7 @@ def build_plugin() -> Plugin:
         holder["roles"] = Roles(plugin, options, configuration)
         holder["roles"].lsp.release_unfinished()
         pruned = holder["roles"].store.prune_unfinished()
+        holder["roles"].load_index()
         if pruned:
             plugin.log(f"removed the records of {len(pruned)} ceremonies that never completed")
         plugin.log(f"superscalar {__version__} started on {holder['roles'].network}")
@@ -220,10 +244,11 @@ def build_plugin() -> Plugin:
         if r is None:
             return
         height = int(kwargs.get("block_added", {}).get("height") or 0)
-        steps: tuple[tuple[str, Callable[[], None]], ...] = (
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
             ("funding broadcast", r.lsp.resume),
             ("funding watch", lambda: exit_late_funded(r.store, r.client, r.exits,
                                                        r.client.on_block(height or r.node.blockheight()))),
+            ("HTLC watch", lambda: r.watch.on_block(height or r.node.blockheight())),
             ("exit progress", lambda: r.exits.on_block(height or r.node.blockheight())))
         for what, step in steps:
             try:
@@ -237,12 +262,41 @@ def build_plugin() -> Plugin:
         leaf confirms: publish its path (either side may do it; both protect their own balance). A
         mutual close leaves the tree alone."""
         r = holder.get("roles")
-        if r is None or channel_state_changed.get("new_state") not in UNILATERAL_STATES:
+        if r is None:
+            return
+        try:
+            r.index.set_channels(r.node.peer_channels(channel_state_changed.get("peer_id")),
+                                 channel_state_changed.get("peer_id"))
+        except Exception as e:
+            _report(plugin, "HTLC index refresh", e)
+        if channel_state_changed.get("new_state") not in UNILATERAL_STATES:
             return
         try:
             exit_for_closing_channel(r.node, r.store, r.client, r.exits, str(channel_state_changed.get("channel_id")))
         except Exception as e:
             _report(plugin, "exit for closing channel", e)
+
+    def on_channel_opened(plugin: Plugin, channel_opened: dict[str, Any], **kwargs: Any) -> None:
+        r = holder.get("roles")
+        peer = channel_opened.get("id")
+        if r is None or not peer:
+            return
+        try:
+            r.index.set_channels(r.node.peer_channels(peer), peer)
+        except Exception as e:
+            _report(plugin, "HTLC index refresh", e)
+
+    def on_forward_event(plugin: Plugin, forward_event: dict[str, Any], **kwargs: Any) -> None:
+        """A forward resolved: a short-headroom HTLC from a client no longer counts (exposure.py)."""
+        r = holder.get("roles")
+        if r is None or forward_event.get("status") not in ("settled", "failed", "local_failed"):
+            return
+        channel_id = r.index.channel_of(str(forward_event.get("in_channel")))
+        if channel_id is not None:
+            r.exposure.resolved(channel_id, str(forward_event.get("payment_hash")))
+
+    plugin.add_subscription("channel_opened", on_channel_opened)
+    plugin.add_subscription("forward_event", on_forward_event)
 
     @plugin.hook("htlc_accepted")
     def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:

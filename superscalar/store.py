@@ -9,7 +9,7 @@ Secret nonces are never stored here.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .node import ClnNode
 
@@ -24,10 +24,20 @@ class StoreError(RuntimeError):
     """A record could not be read or written as expected."""
 
 
+# Told of every record this store writes (factory id, record name, data) or deletes (data None).
+Listener = Callable[[str, str, Optional[dict[str, Any]]], None]
+
+
 class Store:
     def __init__(self, node: ClnNode) -> None:
         self.node = node
         self._generations: dict[tuple[str, str], int] = {}
+        self._listeners: list[Listener] = []
+
+    def listen(self, listener: Listener) -> None:
+        """Call `listener` after each successful write or delete (in the writer's thread). A listener
+        must not raise: the write has happened."""
+        self._listeners.append(listener)
 
     def get(self, factory_id: str, record: str) -> Optional[dict[str, Any]]:
         found = self.node.datastore_get([*ROOT, factory_id, record])
@@ -58,6 +68,8 @@ class Store:
                                                              self._generations.get(key))
         except Exception as e:  # the RPC error says the generation moved: someone else wrote
             raise StoreError(f"{factory_id}/{record}: write conflict or failure: {e}") from e
+        for listener in self._listeners:
+            listener(factory_id, record, data)
 
     def delete_factory(self, factory_id: str) -> None:
         """Remove every record of a factory that never came to exist (an unfinished ceremony's scratch
@@ -68,14 +80,24 @@ class Store:
             if len(key) > 3:
                 self.node.datastore_del(key)
                 self._generations.pop((factory_id, key[3]), None)
+                for listener in self._listeners:
+                    listener(factory_id, key[3], None)
 
     def prune_unfinished(self) -> list[str]:
         """At start-up no ceremony can be under way (their state lives in memory only): remove the
         scratch records of every factory that never got a `factory` record. Returns their ids."""
-        gone = [fid for fid in self.factory_ids() if self.get(fid, "factory") is None]
+        gone = [fid for fid in self.factory_ids() if self._absent(fid)]
         for fid in gone:
             self.delete_factory(fid)
         return gone
+
+    def _absent(self, factory_id: str) -> bool:
+        """Has this factory no `factory` record? An unreadable one counts as present: it is kept, and
+        whoever reads it reports the error."""
+        try:
+            return self.get(factory_id, "factory") is None
+        except StoreError:
+            return False
 
     def factory_ids(self) -> list[str]:
         return sorted({k[2] for k in self.node.datastore_list(ROOT) if len(k) > 2})

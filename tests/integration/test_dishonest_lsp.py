@@ -258,11 +258,12 @@ def test_lsp_killed_mid_ceremony_leaves_nothing(node_factory: Any, bitcoind: Any
 
 
 def test_htlc_check_that_errors_fails_closed(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
-    """If the client's HTLC check itself fails (here: a factory record it cannot read), the HTLC is
-    failed, not let through: it may be one that nothing backs."""
+    """If the client's HTLC check itself fails (here: a factory record it cannot read, found when the
+    plugin starts and indexes its records), the HTLC is failed, not let through: it may be one that
+    nothing backs. The plugin still starts (it does not leave every HTLC unchecked)."""
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
-    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"})
-    client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]},
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
+    client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True,
                                    broken_log="htlc_accepted check|funding watch|unknown schema version")
     lsp.fundwallet(5_000_000)
     client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
@@ -271,6 +272,9 @@ def test_htlc_check_that_errors_fails_closed(node_factory: Any, bitcoind: Any, p
     wait_for(lambda: channel_with(client, lsp)["to_us_msat"] == (50_000 + 1_000) * 1000)  # settled on its side too
     client.rpc.datastore(key=["superscalar", "factories", "ff" * 32, "factory"],
                          string='{"schema": 99, "data": {}}')
+    client.restart()
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    wait_for(lambda: channel_with(client, lsp)["state"] == "CHANNELD_NORMAL" and channel_with(client, lsp)["peer_connected"])
     before = channel_with(client, lsp)["to_us_msat"]
     with pytest.raises(RpcError):
         pay(lsp, client, 1_000, "after")
