@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from .client import UNVERIFIED, funding_ok, leaf_status
+from .factory.params import FactoryParams
 from .store import Store, StoreError
 
 # LSP factory stages whose channels nothing funds.
@@ -47,6 +48,7 @@ class FactoryChannel:
     early_warning_blocks: int
     backed: bool  # False: nothing funds it (abandoned, unfunded, leaf paying another script)
     leaf_unverified: bool  # client role: its leaf script is not verified yet
+    confirm_blocks: int = 6  # the factory's confirmation allowance per transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +89,15 @@ def record_channels(factory_id: str, rec: dict[str, Any]) -> tuple[dict[str, Fac
     (client), and the LSP a client record names."""
     if rec.get("role") == LSP:
         backed = rec.get("stage") not in DEAD_STAGES
+        confirm = FactoryParams.deserialize(rec["params"].encode()).confirm_blocks
         return ({str(c["channel_id"]): FactoryChannel(factory_id, LSP, str(c["peer_id"]), int(c["early_warning_blocks"]),
-                                                      backed, False)
+                                                      backed, False, confirm)
                  for c in rec["channels"] if c.get("channel_id")}, None)
     if rec.get("role") == CLIENT:
         ok = funding_ok(rec)
         entry = FactoryChannel(factory_id, CLIENT, str(rec["lsp"]), int(rec["early_warning_blocks"]), ok,
-                               ok and leaf_status(rec) == UNVERIFIED)
+                               ok and leaf_status(rec) == UNVERIFIED,
+                               FactoryParams.deserialize(rec["params"].encode()).confirm_blocks)
         return {str(rec["leaf_outpoint"]): entry}, str(rec["lsp"])
     return {}, None
 

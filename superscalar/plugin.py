@@ -316,7 +316,7 @@ def build_plugin() -> Plugin:
         """`invoice` on a node with factory channels asks for their final CLTV (invoices.py)."""
         r = holder.get("roles")
         try:
-            replaced = rewrite_invoice(r.store, rpc_command) if r else None
+            replaced = rewrite_invoice(r.index, rpc_command) if r else None
         except Exception as e:  # the invoice is still made, with lightningd's defaults
             _report(plugin, "invoice final CLTV", e)
             replaced = None

@@ -19,8 +19,8 @@ BALANCE_SAT = 50_000
 INBOUND_SAT = 200_000
 
 
-def start_network(node_factory: Any, plugin_path: Path, n_clients: int) -> tuple[Any, list[Any]]:
-    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+def start_network(node_factory: Any, plugin_path: Path, n_clients: int, profile: str = "regtest") -> tuple[Any, list[Any]]:
+    common = {"plugin": str(plugin_path), "superscalar-profile": profile}
     lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
     clients = node_factory.get_nodes(n_clients, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"]})
     for c in clients:

@@ -37,7 +37,8 @@ def settled(lsp: Any, payer: Any, balance: int) -> None:
 
 
 def test_lsp_carries_short_htlcs_within_its_bound(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
-    lsp, clients = start_network(node_factory, plugin_path, 3)
+    # Mainnet timelocks (EWT 450 blocks): CLN's cltv-delta and a 5-block final CLTV are far below it.
+    lsp, clients = start_network(node_factory, plugin_path, 3, profile="mainnet")
     lsp.stop()
     lsp.daemon.opts["superscalar-lsp-short-htlc-max-msat-per-client"] = str(PER_CLIENT_MSAT)
     lsp.start()
