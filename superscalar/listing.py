@@ -3,7 +3,7 @@ them, this node's exit, and (for a client) what it verified and a plain `state` 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from .client import MISMATCH, VERIFIED, channel_in_factory, leaf_status
 from .factory.params import FactoryParams
@@ -48,7 +48,8 @@ def describe(node: ClnNode, store: Store, fid: str) -> dict[str, Any]:
         out["state"] = CLIENT_STATES[funding["status"]]
     out.update({"lsp": rec["lsp"], "participants": [rec["lsp"]], "epoch": rec.get("state_indices", []),
                 "channels": channels, "exit": rec["exit"],
-                "safety": client_safety(funding, rec.get("verified", {}).get("leaf_script") or {}),
+                "safety": client_safety(funding, rec.get("verified", {}).get("leaf_script") or {},
+                                        node.spendable_wallet_sat() if channels else None),
                 "verified": {**rec.get("verified", {}), "funding": funding}})
     return out
 
@@ -65,8 +66,9 @@ def exit_progress(p: dict[str, Any] | None) -> dict[str, Any]:
                               for n, c in p.get("children", {}).items()}}
 
 
-def client_safety(funding: dict[str, Any], leaf: dict[str, Any]) -> str:
-    """One line for a client: can its money in this factory be relied on?"""
+def client_safety(funding: dict[str, Any], leaf: dict[str, Any], wallet_sat: Optional[int] = None) -> str:
+    """One line for a client: can its money in this factory be relied on? `wallet_sat`: its spendable
+    on-chain coins, while it has a channel in the factory."""
     if leaf.get("status") == MISMATCH:
         return f"not backed: {leaf.get('reason')}; the channel was closed and takes no HTLCs"
     if funding["status"] == "unfunded":
@@ -79,4 +81,7 @@ def client_safety(funding: dict[str, Any], leaf: dict[str, Any]) -> str:
                      "until then the channel is only as good as the LSP")
     else:
         parts.append(f"funding output confirmed as signed at height {funding.get('confirmed_height')}")
+    if wallet_sat == 0:
+        parts.append("no confirmed coin in this node's wallet: an HTLC could not be claimed on chain "
+                     "(anchor channels pay the HTLC transactions' fees from the wallet)")
     return "; ".join(parts)

@@ -121,6 +121,11 @@ class ClnNode:
         """Release a prepared transaction's inputs."""
         self.rpc.call("unreserveinputs", {"psbt": prepared.psbt})
 
+    def spendable_wallet_sat(self) -> int:
+        """Confirmed, unreserved on-chain coins of this node's wallet."""
+        return sum(msat(o["amount_msat"]) // 1000 for o in self.rpc.listfunds()["outputs"]
+                   if o.get("status") == "confirmed" and not o.get("reserved"))
+
     def reserved_outputs(self) -> int:
         return sum(1 for o in self.rpc.listfunds()["outputs"] if o.get("reserved"))
 

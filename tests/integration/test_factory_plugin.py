@@ -111,6 +111,7 @@ def test_lsp_creates_a_factory_with_four_clients_and_payments_flow(node_factory:
         [view] = c.rpc.call("superscalar-list")["factories"]
         assert view["verified"]["leaf_script"]["status"] == "verified", view["verified"]
         assert "leaf output verified" in view["safety"]
+        assert "no confirmed coin in this node's wallet" in view["safety"]  # these clients have none
 
     # An HTLC into a factory channel that leaves less CLTV headroom than the channel's early-warning
     # time is failed by the client's plugin; the payment fails and moves nothing. (The client's own
