@@ -66,6 +66,8 @@ class Store:
         try:
             self._generations[key] = self.node.datastore_put([*ROOT, factory_id, record], text,
                                                              self._generations.get(key))
+        except OSError:
+            raise  # lightningd unreachable (shutting down): not a conflict
         except Exception as e:  # the RPC error says the generation moved: someone else wrote
             raise StoreError(f"{factory_id}/{record}: write conflict or failure: {e}") from e
         for listener in self._listeners:

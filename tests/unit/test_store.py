@@ -67,3 +67,16 @@ def test_start_up_prunes_what_no_ceremony_can_finish_any_more() -> None:
     store.put("f2", "factory", client_record())
     assert store.prune_unfinished() == ["f1"]
     assert store.factory_ids() == ["f2"] and store.get("f2", "lsp-signed") is not None
+
+
+def test_lightningd_gone_is_not_reported_as_a_write_conflict() -> None:
+    """At shutdown the RPC socket refuses connections: callers see OSError (logged as shutdown), not
+    a StoreError (which the plugin reports as broken)."""
+
+    class Gone(MemoryDatastore):
+        def datastore_put(self, key: list[str], value: str, generation: Any) -> int:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    store = Store(Gone())  # type: ignore[arg-type]
+    with pytest.raises(ConnectionRefusedError):
+        store.put("f1", "factory", client_record())
