@@ -5,7 +5,7 @@ by the LSP and by each client on its path) for N clients with default (mainnet-s
 
 By default both cores are used: the graph derives its output keys on two threads (libsecp256k1 runs
 without the GIL), and in the ceremony the LSP runs in this process and the clients in two forked
-worker processes (`memlink.run_split`: a client goes to whichever worker asks for work first, and the
+worker processes (`split_link.run_split`, beside this script: a client goes to whichever worker asks for work first, and the
 workers run at lower priority than the LSP, whose aggregation every client waits for).
 `--processes 1` runs the ceremony in one process (`memlink.run`).
 
@@ -92,7 +92,9 @@ def one(n: int, processes: int) -> dict[str, float]:
     rnd = construction_round(factory, graph, b"\x01" * 32, b"\x02" * 32)
     coordinator = Coordinator(rnd, kit.seckeys[0])
     if processes > 1:
-        result = memlink.run_split(coordinator, participants, workers=processes - 1)
+        from split_link import run_split
+
+        result = run_split(coordinator, participants, workers=processes - 1)
     else:
         result = memlink.run(coordinator, participants)
     t_ceremony = time.perf_counter() - t0

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .client import Client
-from .exposure import ShortHtlcExposure
+from .client.membership import Client
 from .htlc_index import LSP, HtlcIndex, Lookup
+from .lsp.exposure import ShortHtlcExposure
 from .node import ClnNode, msat
 
 # BOLT-4 "Failure Messages": temporary_node_failure = NODE|2; incorrect_or_unknown_payment_details =

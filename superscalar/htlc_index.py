@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from .client import UNVERIFIED, funding_ok, leaf_status
+from .client.membership import UNVERIFIED, funding_ok, leaf_status
 from .factory.params import FactoryParams
 from .store import Store, StoreError
 

@@ -5,26 +5,27 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from pyln.client import Plugin, RpcException
 
 from superscalar import __version__
-from superscalar.client import Client
-from superscalar.exit_routing import exit_for_closing_channel, exit_late_funded, exit_plan
 from superscalar.bitcoind import Bitcoind, from_lightningd
-from superscalar.exits import UNILATERAL_STATES, Exits
-from superscalar.fee_schedule import DEFAULT_MAX_FEERATE_PERKVB
+from superscalar.chain.exits import UNILATERAL_STATES, Exits
+from superscalar.chain.fee_schedule import DEFAULT_MAX_FEERATE_PERKVB
+from superscalar.chain.follower import ChainFollower
+from superscalar.chain.htlc_watch import DEFAULT_HTLC_EXIT_ALLOWANCE, HtlcWatch
+from superscalar.chain.routing import exit_for_closing_channel, exit_late_funded, exit_plan
+from superscalar.client.membership import Client
+from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
-from superscalar.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
 from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex
-from superscalar.htlc_watch import DEFAULT_HTLC_EXIT_ALLOWANCE, HtlcWatch
 from superscalar.invoices import rewrite_invoice
 from superscalar.listing import describe
-from superscalar.lsp import ClientSpec, Lsp
+from superscalar.lsp.creation import ClientSpec, Lsp
+from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.node import ClnNode
-from superscalar.policy import ClientPolicy
 from superscalar.protocol.wire import WireError
 from superscalar.store import Store
 from superscalar.transport import Transport
@@ -67,6 +68,13 @@ class Roles:
         self.htlcs = HtlcGuard(self.node, self.index, self.client, self.exposure)
         self.watch = HtlcWatch(self.node, self.store, self.index, self.client, self.exits, self.exposure, plugin.log,
                                int(options.get("superscalar-htlc-exit-allowance-blocks") or DEFAULT_HTLC_EXIT_ALLOWANCE))
+        self.follower = ChainFollower((
+            ("funding broadcast", lambda height: self.lsp.resume()),
+            ("funding watch", lambda height: exit_late_funded(self.store, self.client, self.exits,
+                                                              self.client.on_block(height))),
+            ("HTLC watch", self.watch.on_block),
+            ("exit progress", self.exits.on_block),
+        ), lambda what, e: _report(plugin, what, e))
 
     def load_index(self) -> None:
         """At start: every factory record, and lightningd's channels, into the HTLC index."""
@@ -243,18 +251,12 @@ def build_plugin() -> Plugin:
         r = holder.get("roles")
         if r is None:
             return
-        height = int(kwargs.get("block_added", {}).get("height") or 0)
-        steps: tuple[tuple[str, Callable[[], object]], ...] = (
-            ("funding broadcast", r.lsp.resume),
-            ("funding watch", lambda: exit_late_funded(r.store, r.client, r.exits,
-                                                       r.client.on_block(height or r.node.blockheight()))),
-            ("HTLC watch", lambda: r.watch.on_block(height or r.node.blockheight())),
-            ("exit progress", lambda: r.exits.on_block(height or r.node.blockheight())))
-        for what, step in steps:
-            try:
-                step()
-            except Exception as e:
-                _report(plugin, what, e)
+        try:
+            height = int(kwargs.get("block_added", {}).get("height") or 0) or r.node.blockheight()
+        except Exception as e:
+            _report(plugin, "block height", e)
+            return
+        r.follower.on_block(height)
 
     @plugin.subscribe("channel_state_changed")
     def on_channel_state_changed(plugin: Plugin, channel_state_changed: dict[str, Any], **kwargs: Any) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 from superscalar import musig2
 from superscalar.bitcoin.script import funding_script_2of2, p2tr_script, p2wsh_script
 from superscalar.bitcoin.tx import OutPoint
-from superscalar.client import Client, factory_key_label
+from superscalar.client.membership import Client, factory_key_label
 from superscalar.factory.graph import Factory, FactoryScripts
 from superscalar.factory.params import ClientTerms, regtest_params
-from superscalar.policy import ClientPolicy
+from superscalar.client.policy import ClientPolicy
 from superscalar.protocol.ceremony import Completed, Coordinator, Send
 from superscalar.protocol.rounds import construction_round
 from superscalar.protocol.wire import Abort, Accept, Done, Invite
@@ -105,7 +105,7 @@ def test_one_pending_invitation_per_lsp_and_stale_ones_are_dropped() -> None:
 def test_lsp_refuses_a_broadcast_txid_other_than_the_signed_one() -> None:
     import pytest
 
-    from superscalar.lsp import CreateError, Lsp
+    from superscalar.lsp.creation import CreateError, Lsp
 
     class Node(ClientNode):
         def send_prepared(self, prepared: Any) -> str:

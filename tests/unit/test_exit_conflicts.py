@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from superscalar.bitcoin.script import p2a_script
 from superscalar.bitcoin.tx import OutPoint, Tx, TxIn, TxOut
-from superscalar.exit_conflicts import DISTRIBUTION, FACTORY_TX, LSP_TIMEOUT_SWEEP, UNKNOWN, conflict_kind
+from superscalar.chain.conflicts import DISTRIBUTION, FACTORY_TX, LSP_TIMEOUT_SWEEP, UNKNOWN, conflict_kind
 
 SPENT = OutPoint(bytes(range(32)), 1)
 P2TR = b"\x51\x20" + bytes(32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from superscalar.fee_schedule import (ESCALATION_BLOCKS, HTLC_RESOLVE_BLOCKS, child_fee, estimate_for,
+from superscalar.chain.fee_schedule import (ESCALATION_BLOCKS, HTLC_RESOLVE_BLOCKS, child_fee, estimate_for,
                                       exit_deadline, feerate_of, relative_wait, replacement_fee, target_feerate,
                                       tree_deadlines)
 
@@ -80,7 +80,7 @@ def test_replacement_pays_more_than_it_replaces() -> None:
 
 
 def test_a_state_races_the_older_states_of_its_node() -> None:
-    from superscalar.fee_schedule import race_deadlines
+    from superscalar.chain.fee_schedule import race_deadlines
 
     # node tx (no wait), kickoff (no wait), state waiting 288 blocks; kickoff confirmed at 1,000
     parents, waits = [None, 0, 1], [0, 0, 288]

@@ -8,11 +8,11 @@ from typing import Any, Optional
 
 import pytest
 
-from superscalar.exposure import PendingHtlc, ShortHtlcExposure, ShortHtlcLimits
+from superscalar.lsp.exposure import PendingHtlc, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.factory.params import regtest_params
 from superscalar.htlc_guard import HtlcGuard
 from superscalar.htlc_index import HtlcIndex, IndexUnreadable
-from superscalar.htlc_watch import HtlcWatch
+from superscalar.chain.htlc_watch import HtlcWatch
 from superscalar.store import Store
 
 from ..fakes import ChannelNode, listed_channel

@@ -8,7 +8,7 @@ import pytest
 
 from superscalar.bitcoin.tx import OutPoint
 from superscalar.factory.params import FactoryParams, regtest_params
-from superscalar.policy import ClientPolicy, refusal
+from superscalar.client.policy import ClientPolicy, refusal
 
 from ..factory_kit import make_kit
 

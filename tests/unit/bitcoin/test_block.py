@@ -10,7 +10,7 @@ from superscalar.bitcoin.block import block_transactions
 from superscalar.bitcoin.encoding import ser_compact_size
 from superscalar.bitcoin.errors import DecodeError
 from superscalar.bitcoin.tx import Tx, TxOut
-from superscalar.client import funding_verdict
+from superscalar.client.membership import funding_verdict
 
 from .test_tx import txs
 

@@ -13,6 +13,7 @@ from superscalar.bip340 import schnorr_verify
 from superscalar.bitcoin.tx import OutPoint, TxOut
 from superscalar.factory.graph import cooperative_close, liquidity_sale
 from superscalar.factory.params import regtest_params
+from contrib.split_link import run_split
 from superscalar.protocol import memlink
 from superscalar.protocol.ceremony import (
     CState,
@@ -260,7 +261,7 @@ def test_run_split_gives_every_client_the_lsps_signed_transactions() -> None:
     """Participants in two worker processes and this one (run_split): the round completes, each client holds exactly
     the LSP's signed transactions for its jobs, and the byte counts match the one-process run."""
     kit, coordinator, participants = setup(16)
-    result = memlink.run_split(coordinator, participants, workers=2, local=range(0, 5))
+    result = run_split(coordinator, participants, workers=2, local=range(0, 5))
     lsp = result.lsp_outcome
     assert isinstance(lsp, Completed)
     by_txid = {tx.txid: tx for tx in lsp.signed}
@@ -278,7 +279,7 @@ def test_run_split_deals_clients_to_workers_as_they_ask() -> None:
     """Three workers, no local clients: every client lands in some worker and completes with the
     LSP's transactions; each client's two records come back."""
     kit, coordinator, participants = setup(12)
-    result = memlink.run_split(coordinator, participants, workers=3)
+    result = run_split(coordinator, participants, workers=3)
     lsp = result.lsp_outcome
     assert isinstance(lsp, Completed)
     signed = {tx.serialize() for tx in lsp.signed}
@@ -300,7 +301,7 @@ def test_run_split_reports_a_refusal_in_the_worker(n: int, refuser: int) -> None
     expect = participants[refuser].expect
     participants[refuser] = Participant(dataclasses.replace(expect, capacity_sat=(expect.capacity_sat or 0) + 1),
                                         kit.seckeys[refuser + 1])
-    result = memlink.run_split(coordinator, participants, workers=2)
+    result = run_split(coordinator, participants, workers=2)
     lsp = result.lsp_outcome
     assert isinstance(lsp, Failed) and lsp.code == AbortCode.BAD_PROPOSAL and lsp.culprit == refuser
     assert all(isinstance(result.client_outcome(c), Failed) for c in range(n))

@@ -18,23 +18,23 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import musig2
-from .bitcoin.block import block_transactions
-from .bitcoin.script import p2wsh_script
-from .bitcoin.tx import Tx
-from .exits import CLOSING_STATES, path_entry
-from .factory.errors import FactoryError
-from .factory.graph import ExitPath
-from .factory.params import FactoryParams
-from .factory.tree import build_topology
-from .leaf_script import check_leaf_script, funding_wscript
-from .node import ClnNode, msat
+from .. import musig2
+from ..bitcoin.block import block_transactions
+from ..bitcoin.script import p2wsh_script
+from ..bitcoin.tx import Tx
+from ..chain.exits import CLOSING_STATES, path_entry
+from ..factory.errors import FactoryError
+from ..factory.graph import ExitPath
+from ..factory.params import FactoryParams
+from ..factory.tree import build_topology
+from ..leaf_script import check_leaf_script, funding_wscript
+from ..node import ClnNode, msat
+from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
+from ..protocol.rounds import Expectation, Kind
+from ..protocol.wire import Abort, AbortCode, Accept, Invite, Message, Propose
+from ..store import Store
+from ..transport import Transport
 from .policy import ClientPolicy, refusal
-from .protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
-from .protocol.rounds import Expectation, Kind
-from .protocol.wire import Abort, AbortCode, Accept, Invite, Message, Propose
-from .store import Store
-from .transport import Transport
 
 
 @dataclass

@@ -22,19 +22,19 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from . import musig2
-from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
-from .bitcoin.tx import OutPoint, Tx, TxIn, TxOut
-from .client import factory_key_label
-from .exits import CLOSING_STATES, path_entry
-from .factory.graph import Factory, FactoryScripts
-from .factory.params import ClientTerms, FactoryParams
-from .node import ClnNode, PreparedTx
-from .protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
-from .protocol.rounds import construction_round
-from .protocol.wire import Abort, AbortCode, Accept, Invite, Message
-from .store import Store, StoreError
-from .transport import Transport
+from .. import musig2
+from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
+from ..bitcoin.tx import OutPoint, Tx, TxIn, TxOut
+from ..chain.exits import CLOSING_STATES, path_entry
+from ..client.membership import factory_key_label
+from ..factory.graph import Factory, FactoryScripts
+from ..factory.params import ClientTerms, FactoryParams
+from ..node import ClnNode, PreparedTx
+from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
+from ..protocol.rounds import construction_round
+from ..protocol.wire import Abort, AbortCode, Accept, Invite, Message
+from ..store import Store, StoreError
+from ..transport import Transport
 
 ParamsFor = Callable[[int, int], FactoryParams]  # (n_clients, start height) → parameters
 
@@ -387,7 +387,7 @@ def lsp_exit_path(record: dict[str, Any], peer: str | None) -> tuple[list[list[A
 def _fake_funding(channel_output: TxOut) -> Psbt:
     """Testing only (superscalar-dev-fail-at=lsp-fake-leaf): a misbehaving LSP's funding transaction for a
     channel that pays the right script but is not the client's leaf."""
-    from .bitcoin.hashes import sha256
+    from ..bitcoin.hashes import sha256
 
     tx = Tx(2, (TxIn(OutPoint(sha256(b"not a factory leaf"), 0)),), (channel_output,))
     return Psbt(tx, (PsbtInput(witness_utxo=TxOut(channel_output.value + 1_000, b"\x00\x14" + bytes(20))),), (PsbtOutput(),))

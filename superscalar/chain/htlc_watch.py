@@ -24,13 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .client import Client
-from .exit_routing import exit_plan
+from ..client.membership import Client
+from ..htlc_index import CHANNEL_FIELDS, LSP, FactoryChannel, HtlcIndex, LiveChannel
+from ..lsp.exposure import PendingHtlc, ShortHtlcExposure
+from ..node import ClnNode, msat
+from ..store import Store
 from .exits import Exits
-from .exposure import PendingHtlc, ShortHtlcExposure
-from .htlc_index import CHANNEL_FIELDS, LSP, FactoryChannel, HtlcIndex, LiveChannel
-from .node import ClnNode, msat
-from .store import Store
+from .routing import exit_plan
 
 # Blocks allowed, after the leaf confirms, for the commitment and then the HTLC transaction to confirm
 # (each gets its own fee-bumped broadcast by lightningd's onchaind). Option superscalar-htlc-exit-allowance-blocks.

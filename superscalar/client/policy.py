@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from .factory.params import P2A_DUST_SAT, SEGWIT_DUST_SAT, FactoryParams
+from ..factory.params import P2A_DUST_SAT, SEGWIT_DUST_SAT, FactoryParams
 
 
 @dataclass(frozen=True, slots=True)

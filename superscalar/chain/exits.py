@@ -38,15 +38,15 @@ import threading
 from decimal import Decimal
 from typing import Any, Callable, Optional
 
-from .bitcoin.block import block_transactions
-from .bitcoin.script import p2a_script
-from .bitcoin.tx import OutPoint, Tx
-from .bitcoind import Bitcoind, BitcoindError
-from .exit_conflicts import UNKNOWN, conflict_kind, describe_conflict
+from ..bitcoin.block import block_transactions
+from ..bitcoin.script import p2a_script
+from ..bitcoin.tx import OutPoint, Tx
+from ..bitcoind import Bitcoind, BitcoindError
+from .conflicts import UNKNOWN, conflict_kind, describe_conflict
 from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, child_fee, estimate_for, exit_deadline, feerate_of, race_deadlines,
                            relative_wait, replacement_fee, target_feerate, tree_deadlines)
-from .node import CHILD_VSIZE_P2WPKH, ClnNode
-from .store import Store
+from ..node import CHILD_VSIZE_P2WPKH, ClnNode
+from ..store import Store
 
 # Channel states in which a factory channel is being closed unilaterally: its commitment can only
 # confirm once its leaf is on chain, so these start an exit. A mutual close does not: its signed

@@ -7,14 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .bitcoin.tx import Tx
-from .client import Client, channel_in_factory, funding_ok
-from .exit_conflicts import DISTRIBUTION
+from ..bitcoin.tx import Tx
+from ..client.membership import Client, channel_in_factory, funding_ok
+from ..factory.params import FactoryParams
+from ..lsp.creation import lsp_exit_path
+from ..node import ClnNode
+from ..store import Store
+from .conflicts import DISTRIBUTION
 from .exits import Exits
-from .factory.params import FactoryParams
-from .lsp import lsp_exit_path
-from .node import ClnNode
-from .store import Store
 
 # LSP factory stages whose funding output never existed.
 UNFUNDED_STAGES = ("completing", "abandoned", "funding-mismatch")

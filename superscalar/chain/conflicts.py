@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .bitcoin.script import OP_CHECKLOCKTIMEVERIFY, p2a_script
-from .bitcoin.tx import OutPoint, Tx
+from ..bitcoin.script import OP_CHECKLOCKTIMEVERIFY, p2a_script
+from ..bitcoin.tx import OutPoint, Tx
 
 DISTRIBUTION = "distribution"
 LSP_TIMEOUT_SWEEP = "lsp_timeout_sweep"

@@ -1,0 +1,1 @@
+"""Benchmarks, the regtest demo and their helpers; not part of the plugin."""
