@@ -24,6 +24,7 @@ from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex
 from superscalar.invoices import rewrite_invoice
 from superscalar.listing import describe
 from superscalar.lsp.creation import ClientSpec, Lsp
+from superscalar.lsp.ladder import Ladder, LadderConfig, alive
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.node import ClnNode
 from superscalar.protocol.wire import WireError
@@ -32,6 +33,8 @@ from superscalar.transport import Transport
 
 INVALID_PARAMS = -32602  # JSON-RPC
 CREATE_FAILED = 1700  # superscalar-create: the factory was not created (nothing broadcast)
+MAINNET_LADDER_INTERVAL = 144  # blocks: a new factory a day
+REGTEST_LADDER_INTERVAL = 5
 
 
 class Roles:
@@ -68,12 +71,24 @@ class Roles:
         self.htlcs = HtlcGuard(self.node, self.index, self.client, self.exposure)
         self.watch = HtlcWatch(self.node, self.store, self.index, self.client, self.exits, self.exposure, plugin.log,
                                int(options.get("superscalar-htlc-exit-allowance-blocks") or DEFAULT_HTLC_EXIT_ALLOWANCE))
+        self.ladder: Optional[Ladder] = None
+        if self.is_lsp and str(options.get("superscalar-ladder", "false")).lower() in ("true", "1", "yes"):
+            interval = options.get("superscalar-ladder-interval-blocks") or (
+                REGTEST_LADDER_INTERVAL if self.profile == "regtest" else MAINNET_LADDER_INTERVAL)
+            self.ladder = Ladder(self.node, self.store,
+                                 LadderConfig(int(interval), int(options.get("superscalar-ladder-max-alive") or 33)),
+                                 lambda waiting, height: self.lsp.create(
+                                     [ClientSpec(w.node_id, w.balance_sat, w.inbound_sat) for w in waiting],
+                                     height=height),
+                                 None, plugin.log)
+        ladder = self.ladder
         self.follower = ChainFollower((
             ("funding broadcast", lambda height: self.lsp.resume()),
             ("funding watch", lambda height: exit_late_funded(self.store, self.client, self.exits,
                                                               self.client.on_block(height))),
             ("HTLC watch", self.watch.on_block),
             ("exit progress", self.exits.on_block),
+            *((("ladder", ladder.on_block),) if ladder is not None else ()),
         ), lambda what, e: _report(plugin, what, e))
 
     def load_index(self) -> None:
@@ -171,6 +186,11 @@ def build_plugin() -> Plugin:
     plugin.add_option("superscalar-htlc-exit-allowance-blocks", str(DEFAULT_HTLC_EXIT_ALLOWANCE),
                       "Blocks for the commitment and HTLC transactions: a factory exit starts at an HTLC's expiry "
                       "minus the path's early-warning time minus this.")
+    plugin.add_option("superscalar-ladder", "false", "LSP: start a factory every interval for the clients waiting "
+                      "(superscalar-ladder-add) and roll every dying factory over into the next: true/false.")
+    plugin.add_option("superscalar-ladder-interval-blocks", "", f"LSP ladder: blocks between two new factories "
+                      f"(default {MAINNET_LADDER_INTERVAL}, a day; {REGTEST_LADDER_INTERVAL} on the regtest profile).")
+    plugin.add_option("superscalar-ladder-max-alive", "33", "LSP ladder: most factories alive (active or dying) at once.")
     defaults = ClientPolicy()
     for f in dataclasses.fields(ClientPolicy):
         plugin.add_option(POLICY_OPTION + f.name.replace("_", "-"), "",
@@ -225,6 +245,35 @@ def build_plugin() -> Plugin:
                 request.set_exception(RpcException(f"factory not created: {e}", code=CREATE_FAILED))
 
         threading.Thread(target=work, name="superscalar-create", daemon=True).start()
+
+    @plugin.method("superscalar-ladder-add")
+    def ladder_add(plugin: Plugin, id: str, inbound_sat: int, balance_sat: int = 0, **kwargs: Any) -> dict[str, Any]:
+        """Queue client `id` for the next laddered factory with `inbound_sat` (and `balance_sat`) (LSP, ladder on)."""
+        r = holder["roles"]
+        if r.ladder is None:
+            raise RpcException("the ladder is off (superscalar-lsp and superscalar-ladder must be true)",
+                               code=INVALID_PARAMS)
+        [spec] = _parse_clients([{"id": id, "inbound_sat": inbound_sat, "balance_sat": balance_sat}])
+        return r.ladder.add(spec.node_id, spec.balance_sat, spec.inbound_sat)
+
+    @plugin.method("superscalar-ladder")
+    def ladder_status(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
+        """Show the ladder: clients waiting, when it last started a factory, the factories alive."""
+        r = holder["roles"]
+        if r.ladder is None:
+            return {"enabled": False}
+        height = r.node.blockheight()
+        st = r.ladder.state()
+        summaries = r.ladder.summaries()
+        live = [{"factory_id": f.factory_id, "start_height": f.start_height, "expiry_height": f.expiry_height,
+                 "distribution_height": f.distribution_height, "dying": f.expiry_height <= height,
+                 "offline_clients": list(f.offline)}
+                for f in alive(summaries, height)]
+        return {"enabled": True, "interval_blocks": r.ladder.config.interval_blocks,
+                "max_alive": r.ladder.config.max_alive, "waiting": st["waiting"],
+                "last_start_height": st["last_start_height"],
+                "next_start_height": r.ladder.next_start_height(height, summaries),
+                "started": st["started"], "alive": live}
 
     @plugin.method("superscalar-list")
     def list_factories(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:

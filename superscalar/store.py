@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 from .node import ClnNode
 
 ROOT = ["superscalar", "factories"]
+DOCS = ["superscalar", "docs"]  # documents that belong to no factory (the LSP's ladder)
 SCHEMA_VERSION = 1
 # The fields that say which factory a `factory` record belongs to: a write that changes any of them
 # would put another factory's data (another tree, another exit path) where a funded one's was.
@@ -100,6 +101,31 @@ class Store:
             return self.get(factory_id, "factory") is None
         except StoreError:
             return False
+
+    def get_doc(self, name: str) -> Optional[dict[str, Any]]:
+        """A document that belongs to no factory (e.g. the ladder's waiting list), or None."""
+        found = self.node.datastore_get([*DOCS, name])
+        if found is None:
+            return None
+        text, generation = found
+        data = json.loads(text)
+        if data.get("schema") != SCHEMA_VERSION:
+            raise StoreError(f"{name}: unknown schema version {data.get('schema')!r}")
+        self._generations[("/docs", name)] = generation
+        return dict(data["data"])
+
+    def put_doc(self, name: str, data: dict[str, Any]) -> None:
+        """Write such a document, with the same compare-and-swap as a factory record."""
+        text = json.dumps({"schema": SCHEMA_VERSION, "data": data}, sort_keys=True)
+        key = ("/docs", name)
+        if key not in self._generations:
+            self.get_doc(name)
+        try:
+            self._generations[key] = self.node.datastore_put([*DOCS, name], text, self._generations.get(key))
+        except OSError:
+            raise
+        except Exception as e:
+            raise StoreError(f"{name}: write conflict or failure: {e}") from e
 
     def factory_ids(self) -> list[str]:
         return sorted({k[2] for k in self.node.datastore_list(ROOT) if len(k) > 2})

@@ -133,11 +133,14 @@ class Lsp:
 
     # --- superscalar-create, in a worker thread ---
 
-    def create(self, clients: list[ClientSpec], progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-        """Create a factory (see the module docstring); `progress` is told each step as it starts."""
+    def create(self, clients: list[ClientSpec], progress: Callable[[str], None] = lambda _: None,
+               height: int = 0) -> dict[str, Any]:
+        """Create a factory (see the module docstring); `progress` is told each step as it starts. Its
+        timelines start at our block height, or at `height` (a block notification already seen) if
+        lightningd's reported height still lags it."""
         if not clients or len({c.node_id for c in clients}) != len(clients):
             raise CreateError("clients must be distinct and at least one")
-        params = self.params_for(len(clients), self.node.blockheight())
+        params = self.params_for(len(clients), max(self.node.blockheight(), height))
         if self.dev_fail_at == "lsp-start-height-zero":
             params = dataclasses.replace(params, start_height=0)
         fid = secrets.token_bytes(32)

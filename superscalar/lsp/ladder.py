@@ -1,0 +1,188 @@
+"""Laddering: with `superscalar-ladder` on, the LSP starts a factory every interval for the clients
+waiting to join, and rolls every factory that enters its dying period over into the next one, so that
+at any time up to `max_alive` factories are alive, one per interval (seed "What is an LSP": a 30-day
+life, a 3-day dying period, a factory a day, ~33 alive).
+
+`plan` is pure: from the height, the waiting clients and a summary of each factory it decides what to
+start now. `Ladder` is the shell: a chain-follower step that reads the records, asks `plan`, and runs
+one action at a time in a worker thread (a ceremony waits for peer messages that arrive on pyln's main
+thread, so it must never run there). Its own state (the waiting clients, when it last started a
+factory) is one datastore document.
+
+A rollover is a cooperative close (every client of the old factory must sign: N-of-N), so it can only
+happen while all of them are online; the ladder tries again on every block of the dying period. A
+client that stays away until the distribution height is paid by the distribution transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from ..factory.params import MAX_CLIENTS, FactoryParams
+from ..node import ClnNode
+from ..store import Store
+
+LADDER_DOC = "ladder"
+
+
+@dataclass(frozen=True)
+class LadderConfig:
+    interval_blocks: int  # a new factory at most once per interval (144: daily on mainnet)
+    max_alive: int = 33  # factories alive (active or dying) at once
+    max_clients: int = MAX_CLIENTS  # clients per new factory
+
+
+@dataclass(frozen=True)
+class Waiting:
+    node_id: str
+    balance_sat: int
+    inbound_sat: int
+    since_height: int
+
+
+@dataclass(frozen=True)
+class FactorySummary:
+    factory_id: str
+    start_height: int
+    expiry_height: int
+    distribution_height: int
+    settled: bool  # a cooperative close or rollover is recorded, or the factory is exiting or gone
+    clients: tuple[str, ...]
+    offline: tuple[str, ...]  # its clients that are not connected now
+
+
+@dataclass(frozen=True)
+class Create:
+    clients: tuple[Waiting, ...]
+
+
+@dataclass(frozen=True)
+class Rollover:
+    factory_id: str
+
+
+@dataclass(frozen=True)
+class WaitForClients:
+    """A dying factory that cannot roll over yet: these clients are offline."""
+
+    factory_id: str
+    offline: tuple[str, ...]
+    distribution_height: int
+
+
+Action = Create | Rollover | WaitForClients
+
+
+def alive(factories: Sequence[FactorySummary], height: int) -> list[FactorySummary]:
+    """Factories in their active or dying period that nobody has closed, rolled over or exited."""
+    return [f for f in factories if not f.settled and height < f.distribution_height]
+
+
+def plan(config: LadderConfig, height: int, last_start: Optional[int], waiting: Sequence[Waiting],
+         factories: Sequence[FactorySummary]) -> list[Action]:
+    """What the ladder does at `height`, most urgent first: roll over dying factories whose clients are
+    all online (the one whose distribution comes first leads), say which dying factories wait for
+    whom, and start a factory for the waiting clients once an interval has passed since the last."""
+    actions: list[Action] = []
+    dying = sorted((f for f in alive(factories, height) if f.expiry_height <= height),
+                   key=lambda f: f.distribution_height)
+    for f in dying:
+        actions.append(Rollover(f.factory_id) if not f.offline
+                       else WaitForClients(f.factory_id, f.offline, f.distribution_height))
+    # The interval counts from the newest factory's own start height (what its timelines derive from),
+    # or from when the ladder last started one, whichever is later.
+    starts = [f.start_height for f in factories] + ([last_start] if last_start is not None else [])
+    due = not starts or height >= max(starts) + config.interval_blocks
+    if waiting and due and len(alive(factories, height)) < config.max_alive:
+        actions.append(Create(tuple(waiting[:config.max_clients])))
+    return actions
+
+
+Creator = Callable[[Sequence[Waiting], int], dict[str, Any]]  # a creation ceremony starting at a height
+Roller = Callable[[str], dict[str, Any]]  # rolls a factory over, returns the result
+
+
+class Ladder:
+    def __init__(self, node: ClnNode, store: Store, config: LadderConfig, create: Creator,
+                 rollover: Optional[Roller], log: Callable[..., None]) -> None:
+        self.node, self.store, self.config = node, store, config
+        self.create, self.rollover = create, rollover
+        self.log = log
+        self._busy: Optional[threading.Thread] = None
+        self._warned: dict[str, int] = {}  # factory id → height of its last "waiting for clients" line
+
+    # --- the waiting list (superscalar-ladder-add) ---
+
+    def state(self) -> dict[str, Any]:
+        return self.store.get_doc(LADDER_DOC) or {"waiting": [], "last_start_height": None, "started": []}
+
+    def add(self, node_id: str, balance_sat: int, inbound_sat: int) -> dict[str, Any]:
+        """Queue a client for the next laddered factory (once; a second add replaces its amounts)."""
+        st = self.state()
+        st["waiting"] = [w for w in st["waiting"] if w["node_id"] != node_id]
+        st["waiting"].append({"node_id": node_id, "balance_sat": balance_sat, "inbound_sat": inbound_sat,
+                              "since_height": self.node.blockheight()})
+        self.store.put_doc(LADDER_DOC, st)
+        return st
+
+    def next_start_height(self, height: int, factories: Sequence[FactorySummary]) -> int:
+        """The first height at which the ladder may start its next factory (as `plan` counts)."""
+        last = self.state()["last_start_height"]
+        starts = [f.start_height for f in factories] + ([last] if last is not None else [])
+        return max(height, max(starts) + self.config.interval_blocks) if starts else height
+
+    # --- per block ---
+
+    def summaries(self) -> list[FactorySummary]:
+        connected = {p["id"] for p in self.node.rpc.call("listpeers", {})["peers"] if p.get("connected")}
+        out = []
+        for fid in self.store.factory_ids():
+            rec = self.store.get(fid, "factory")
+            if rec is None or rec.get("role") != "lsp" or rec.get("stage") != "funded":
+                continue
+            params = FactoryParams.deserialize(rec["params"].encode())
+            clients = tuple(c["peer_id"] for c in rec["channels"])
+            settled = bool(rec.get("close")) or self.store.get(fid, "exit") is not None
+            out.append(FactorySummary(fid, params.start_height, params.expiry_height, params.distribution_height, settled, clients,
+                                      tuple(c for c in clients if c not in connected)))
+        return out
+
+    def on_block(self, height: int) -> list[Action]:
+        """Decide and start at most one ceremony; returns what `plan` said (for tests and the log)."""
+        if self._busy is not None and self._busy.is_alive():
+            return []
+        st = self.state()
+        waiting = [Waiting(**w) for w in st["waiting"]]
+        actions = plan(self.config, height, st["last_start_height"], waiting, self.summaries())
+        for a in actions:
+            if isinstance(a, WaitForClients) and height - self._warned.get(a.factory_id, -10**9) >= 6:
+                self._warned[a.factory_id] = height
+                self.log(f"ladder: factory {a.factory_id} is dying and cannot roll over while "
+                         f"{len(a.offline)} of its clients are offline ({', '.join(a.offline)}); "
+                         f"its distribution pays them at height {a.distribution_height}", level="unusual")
+        runnable = next((a for a in actions if isinstance(a, (Create, Rollover))
+                         and (self.rollover is not None or isinstance(a, Create))), None)
+        if runnable is not None:
+            self._busy = threading.Thread(target=self._run, args=(runnable, height), name="superscalar-ladder",
+                                          daemon=True)
+            self._busy.start()
+        return actions
+
+    def _run(self, action: Create | Rollover, height: int) -> None:
+        try:
+            if isinstance(action, Create):
+                result = self.create(action.clients, height)
+                st = self.state()
+                started = {w.node_id for w in action.clients}
+                st["waiting"] = [w for w in st["waiting"] if w["node_id"] not in started]
+                st["last_start_height"] = height
+                st["started"] = [*st["started"], result["factory_id"]]
+                self.store.put_doc(LADDER_DOC, st)
+                self.log(f"ladder: started factory {result['factory_id']} for {len(action.clients)} clients")
+            elif self.rollover is not None:
+                result = self.rollover(action.factory_id)
+                self.log(f"ladder: rolled factory {action.factory_id} over: {result}")
+        except Exception as e:  # the next block tries again
+            self.log(f"ladder: {type(action).__name__.lower()} failed, retrying next block: {e}", level="info")

@@ -1,0 +1,95 @@
+"""The ladder's decisions (lsp/ladder.py `plan`) and its shell over an in-memory datastore."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from superscalar.lsp.ladder import (
+    Create,
+    FactorySummary,
+    Ladder,
+    LadderConfig,
+    Rollover,
+    WaitForClients,
+    Waiting,
+    alive,
+    plan,
+)
+from superscalar.store import Store
+
+from ..fakes import MemoryDatastore
+
+CFG = LadderConfig(interval_blocks=144, max_alive=33)
+W = [Waiting("02" + "11" * 32, 0, 500_000, 100), Waiting("03" + "22" * 32, 10_000, 400_000, 101)]
+
+
+def summary(fid: str, start: int, settled: bool = False, offline: tuple[str, ...] = ()) -> FactorySummary:
+    return FactorySummary(fid, start, start + 4320, start + 4320 + 432, settled, ("a", "b"), offline)
+
+
+def test_first_factory_starts_at_once_then_one_per_interval() -> None:
+    assert plan(CFG, 1000, None, W, []) == [Create(tuple(W))]
+    assert plan(CFG, 1143, 1000, W, [summary("f1", 1000)]) == []
+    assert plan(CFG, 1144, 1000, W, [summary("f1", 1000)]) == [Create(tuple(W))]
+    assert plan(CFG, 5000, 1000, [], [summary("f1", 1000)]) == []  # nobody waiting: nothing to start
+
+
+def test_a_dying_factory_rolls_over_first_or_waits_for_its_clients() -> None:
+    f1, f2 = summary("f1", 0), summary("f2", 144, offline=("b",))
+    h = f2.expiry_height  # both dying; f1's distribution comes first
+    assert plan(CFG, h, 144, [], [f2, f1]) == [Rollover("f1"), WaitForClients("f2", ("b",), f2.distribution_height)]
+    # a settled factory (closed, rolled, exiting) or one past its distribution is no longer the ladder's
+    assert plan(CFG, h, 144, [], [summary("f1", 0, settled=True)]) == []
+    assert plan(CFG, f1.distribution_height, 144, [], [f1]) == []
+
+
+def test_at_most_max_alive_factories_and_batch_size() -> None:
+    ladder = [summary(f"f{i}", i * 144) for i in range(33)]  # a 30-day life, a 3-day dying period, daily
+    h = 32 * 144 + 100  # f0 is near the end of its dying period, f32 a day old
+    assert len(alive(ladder, h)) == 33
+    assert not any(isinstance(a, Create) for a in plan(CFG, h, 32 * 144, W, ladder))
+    small = LadderConfig(interval_blocks=1, max_clients=1)
+    assert plan(small, 10, None, W, []) == [Create((W[0],))]
+
+
+class Node(MemoryDatastore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.height = 500
+        self.rpc = self
+
+    def blockheight(self) -> int:
+        return self.height
+
+    def call(self, method: str, params: Any) -> Any:
+        assert method == "listpeers"
+        return {"peers": []}
+
+
+def test_ladder_starts_a_factory_and_forgets_who_it_served() -> None:
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    done = threading.Event()
+    created: list[list[str]] = []
+
+    def create(clients: Any, height: int) -> dict[str, Any]:
+        assert height == 500
+        created.append([c.node_id for c in clients])
+        done.set()
+        return {"factory_id": "ab" * 32}
+
+    lines: list[str] = []
+    ladder = Ladder(node, store, LadderConfig(interval_blocks=10), create, None,  # type: ignore[arg-type]
+                    lambda text, level="info": lines.append(text))
+    ladder.add(W[0].node_id, 0, 500_000)
+    ladder.add(W[1].node_id, 0, 300_000)
+    ladder.add(W[0].node_id, 0, 600_000)  # a second add replaces the first
+    assert [w["inbound_sat"] for w in ladder.state()["waiting"]] == [300_000, 600_000]
+    ladder.on_block(500)
+    assert done.wait(5) and ladder._busy is not None
+    ladder._busy.join(5)
+    assert created == [[W[1].node_id, W[0].node_id]]
+    st = ladder.state()
+    assert st["waiting"] == [] and st["last_start_height"] == 500 and st["started"] == ["ab" * 32]
+    assert ladder.on_block(505) == []  # nobody waiting
