@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,22 @@ from superscalar.factory.params import ClientTerms, FactoryParams  # noqa: E402
 PLUGIN = ROOT / "superscalar_plugin.py"
 
 
+STORY = sys.stdout  # replaced in main(): the story keeps the terminal, the daemons' logs go to a file
+
+
 def say(text: str = "") -> None:
-    print(text, flush=True)
+    print(text, file=STORY, flush=True)
+
+
+def logs_to_file(path: str) -> None:
+    """lightningd writes its log to its stdout (pyln-testing passes `--log-file=-`) and inherits ours; send
+    file descriptors 1 and 2, and so every daemon's output, to `path`, and keep the story on the terminal."""
+    global STORY
+    STORY = os.fdopen(os.dup(1), "w")
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
 
 
 def sat(msat: Any) -> str:
@@ -81,7 +96,11 @@ def show_channels(lsp: Any, clients: list[Any]) -> None:
 
 
 def pay(payer: Any, payee: Any, amount_sat: int, label: str) -> None:
-    aliases = [ch["alias"]["local"] for ch in payee.rpc.listpeerchannels()["channels"]]
+    # a route hint needs the peer's channel_update, which can come a moment after CHANNELD_NORMAL
+    wait_for(lambda: all("remote" in ch.get("updates", {}) for ch in payee.rpc.listpeerchannels()["channels"]
+                         if ch["state"] == "CHANNELD_NORMAL"))
+    aliases = [ch.get("short_channel_id") or ch["alias"]["local"] for ch in payee.rpc.listpeerchannels()["channels"]
+               if ch["state"] == "CHANNELD_NORMAL"]
     inv = payee.rpc.call("invoice", {"amount_msat": amount_sat * 1000, "label": label, "description": label,
                                      "cltv": 24, "exposeprivatechannels": aliases})["bolt11"]
     payer.rpc.xpay(inv)
@@ -97,6 +116,9 @@ def main() -> None:
             sys.exit(f"{binary} not found on PATH")
 
     directory = tempfile.mkdtemp(prefix="superscalar-demo-")
+    logs = os.path.join(directory, "daemons.log")
+    logs_to_file(logs)
+    say(f"daemon logs: {logs} (each node's own log is also in {directory}/lightning-<n>/log)")
     bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
     executor = ThreadPoolExecutor(max_workers=4)
     db = SqliteDbProvider(directory)
@@ -176,8 +198,14 @@ def main() -> None:
         executor.shutdown()
         if not args.keep:
             shutil.rmtree(directory, ignore_errors=True)
-        say("done")
+            say("done (logs removed with the directory; --keep keeps them)")
+        else:
+            say(f"done; logs kept in {directory}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BaseException:  # fd 2 goes to the log file by now: tell the terminal
+        traceback.print_exc(file=STORY)
+        sys.exit(1)
