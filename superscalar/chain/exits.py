@@ -38,10 +38,10 @@ import threading
 from decimal import Decimal
 from typing import Any, Callable, Optional
 
-from ..bitcoin.block import block_transactions
 from ..bitcoin.script import p2a_script
 from ..bitcoin.tx import OutPoint, Tx
 from ..bitcoind import Bitcoind, BitcoindError
+from .blocks import Blocks
 from .conflicts import UNKNOWN, conflict_kind, describe_conflict
 from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, child_fee, estimate_for, exit_deadline, feerate_of, race_deadlines,
                            relative_wait, replacement_fee, target_feerate, tree_deadlines)
@@ -72,8 +72,10 @@ def btc_to_sat(value: Any) -> int:
 
 class Exits:
     def __init__(self, node: ClnNode, store: Store, log: Callable[[str], None],
-                 bitcoind: Optional[Bitcoind] = None, max_feerate: int = DEFAULT_MAX_FEERATE_PERKVB) -> None:
+                 bitcoind: Optional[Bitcoind] = None, max_feerate: int = DEFAULT_MAX_FEERATE_PERKVB,
+                 blocks: Optional[Blocks] = None) -> None:
         self.node, self.store, self.log = node, store, log
+        self.blocks = blocks if blocks is not None else Blocks(lambda h: node.raw_block(h))  # shared with the other steps
         self.bitcoind, self.max_feerate = bitcoind, max_feerate
         self._lock = threading.Lock()
 
@@ -180,7 +182,7 @@ class _Step:
     def scan_blocks(self) -> None:
         first = max(int(self.p["scanned_height"]) + 1, self.height - SCAN_LIMIT + 1)
         for h in range(first, self.height + 1):
-            self.scan_block(block_transactions(bytes.fromhex(self.node.raw_block(h))), h)
+            self.scan_block(self.exits.blocks.transactions(h), h)
             self.p["scanned_height"] = h
 
     def scan_block(self, block: tuple[Tx, ...], height: int) -> None:
