@@ -82,14 +82,15 @@ class Exits:
     def start(self, factory_id: str, txs: list[list[Any]], channels: list[str], bump_after: int = 6,
               timeout_height: Optional[int] = None, htlc_expiry: Optional[int] = None,
               known: Optional[dict[str, str]] = None, dw_step: Optional[int] = None,
-              reason: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+              reason: Optional[dict[str, Any]] = None, confirmed: Optional[dict[str, int]] = None) -> dict[str, Any]:
         """Add `txs` ([name, hex, prevout value, prevout script hex], parents first) and the leaf
         channels at outpoints `channels` to this factory's exit, and take the first step.
         `timeout_height`: the factory timeout the path must beat; `htlc_expiry`: the earliest expiry of
         the HTLCs that made us exit; `known`: txids of this factory's other signed transactions
         (the distribution) and what they are, to name a conflict; `dw_step`: the factory's DW step (an
         older state's head start); `reason`, if given, is added to the record's `reasons` (why this
-        exit started, e.g. an HTLC's deadline)."""
+        exit started, e.g. an HTLC's deadline); `confirmed`: names of `txs` already seen confirmed, with
+        their heights (the chain follower saw them before this exit existed)."""
         with self._lock:
             height = self.node.blockheight()
             progress = self.store.get(factory_id, "exit") or {
@@ -99,6 +100,13 @@ class Exits:
             known_names = {t[0] for t in progress["txs"]}
             progress["txs"] += [t for t in txs if t[0] not in known_names]
             progress["channels"] += [c for c in channels if c not in progress["channels"]]
+            names = {t[0] for t in progress["txs"]}
+            for name, at in (confirmed or {}).items():
+                if name in names and name not in progress["confirmed"]:
+                    progress["confirmed"].append(name)
+                    progress["confirmed_at"][name] = at
+                    if name not in progress["published"]:
+                        progress["published"].append(name)
             if timeout_height is not None:
                 progress["timeout_height"] = min(timeout_height, progress.get("timeout_height") or timeout_height)
             if htlc_expiry is not None:
@@ -477,6 +485,9 @@ class _Step:
             return
         dropped = {self.parsed[n].txid for n in self.p["stopped"]}
         live = [c for c in self.p["channels"] if c.split(":")[0] not in dropped]
+        if not live and any(n not in self.p["confirmed"] and n not in self.p["stopped"] for n in self.parsed):
+            self.p["status"] = "confirming"  # a path published for itself (no channel to close): until it confirms
+            return
         if not set(self.p["closed"]) >= set(live):
             self.p["status"] = "closing"
         else:

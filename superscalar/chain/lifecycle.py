@@ -31,7 +31,6 @@ read at the next start (at most `SCAN_LIMIT`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 import threading
@@ -370,8 +369,9 @@ class Lifecycle:
                               f"{watch.params.timeout(watch.params.height)}")
         plan = exit_plan(self.store, self.client, watch.fid, None)
         # Publish the path only: once the leaf confirms the channel is an ordinary, funded one.
-        progress = dataclasses.replace(plan, channels=[]).start(self.exits, watch.fid,
-                                                               reason={"reason": why, "height": height})
+        progress = self.exits.start(watch.fid, plan.txs, [], plan.bump_after, plan.timeout_height, None, plan.known,
+                                    plan.dw_step, {"reason": why, "height": height},
+                                    {n: h for n, h in confirmed.items() if n in {t[0] for t in plan.txs}})
         life["exit_started"] = {"height": height, "reason": why}
         self.log(f"factory {watch.fid}: {why}; publishing this client's path ({progress['status']})")
         return True
