@@ -79,6 +79,8 @@ def test_distribution_pays_clients_left_alone(node_factory: Any, bitcoind: Any, 
     bitcoind.generate_block(1)
     sync_blockheight(bitcoind, nodes)
     assert confirmed_height(bitcoind, distribution.txid) == dist_height + 1
+    print(f"expiry {expiry}, distribution height {dist_height}: distribution {distribution.txid} broadcast by "
+          f"all {len(nodes)} nodes, confirmed at {dist_height + 1}, {distribution.vsize} vB")
     for n in nodes:
         wait_for(lambda: view_of(n, fid)["phase"] == "distributed")
         v = view_of(n, fid)
@@ -124,6 +126,13 @@ def test_tree_on_chain_clients_exit_lsp_sweeps(node_factory: Any, bitcoind: Any,
     lsp_coins = {(o["txid"], o["output"]) for o in lsp.rpc.listfunds()["outputs"]}
 
     leaver.rpc.call("superscalar-exit", {"factory_id": fid})
+    # One of the clients that stay is down while the root confirms: it reads the blocks it missed.
+    late = stayers[0]
+    late.stop()
+    for _ in range(3):
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, [n for n in online if n is not late])
+    late.start()
     for _ in range(80):
         bitcoind.generate_block(1)
         sync_blockheight(bitcoind, online)
@@ -169,6 +178,11 @@ def test_tree_on_chain_clients_exit_lsp_sweeps(node_factory: Any, bitcoind: Any,
             assert prev_txid not in (leaf_x, leaf_y) and height > leaf_timeout
         assert outputs_of(lsp, s["txid"]) == [tx.outputs[0].value]
         total += tx.outputs[0].value
+        print(f"sweep {s['kind']}: {prevout.value} sat at {prev_txid}:{prev_vout} (confirmed {parent_height}) -> "
+              f"{tx.outputs[0].value} sat, fee {s['fee_sat']} sat ({tx.vsize} vB), confirmed at {height}")
+    print(f"leaves confirmed at {confirmed_height(bitcoind, leaf_x)} (leaver) and {confirmed_height(bitcoind, leaf_y)} "
+          f"(stayers), leaf timeout {leaf_timeout}; paths started at "
+          f"{[record(c, fid, 'lifecycle')['exit_started']['height'] for c in (mate, *stayers)]}")
     # Nothing else reached the LSP's wallet but the sweeps and its side of the leaver's closed channel.
     new = [o for o in lsp.rpc.listfunds()["outputs"] if (o["txid"], o["output"]) not in lsp_coins]
     sweep_txids = {s["txid"] for s in sweeps.values()}
