@@ -150,6 +150,7 @@ class Lifecycle:
         self._life: dict[str, dict[str, Any]] = {}
         self._txids: dict[str, tuple[str, str, str]] = {}  # txid -> (factory, kind, name)
         self._outpoints: dict[str, tuple[str, str, str]] = {}  # "txid:vout" -> (factory, kind, name)
+        self._keys: dict[str, tuple[list[str], list[str]]] = {}  # factory -> its keys in the two tables
         self._dirty: set[str] = set()
         self._dirty_lock = threading.Lock()
         self._graphs: dict[str, FactoryGraph] = {}
@@ -161,7 +162,7 @@ class Lifecycle:
     # --- the index ---
 
     def _on_record(self, fid: str, record: str, data: Optional[dict[str, Any]]) -> None:
-        if record in ("factory", "exit"):
+        if record == "factory":  # a new factory, a recorded close, a state advance
             with self._dirty_lock:
                 self._dirty.add(fid)
 
@@ -180,11 +181,13 @@ class Lifecycle:
 
     def _reload(self, fid: str) -> None:
         assert self._watches is not None
-        old = self._watches.pop(fid, None)
-        if old is not None:
-            for table in (self._txids, self._outpoints):
-                for key in [k for k, v in table.items() if v[0] == fid]:
-                    del table[key]
+        self._watches.pop(fid, None)
+        self._graphs.pop(fid, None)
+        txids, outpoints = self._keys.pop(fid, ([], []))
+        for key in txids:
+            self._txids.pop(key, None)
+        for key in outpoints:
+            self._outpoints.pop(key, None)
         rec = self.store.get(fid, "factory")
         watch = watch_of(fid, rec) if rec else None
         if watch is None:
@@ -192,19 +195,28 @@ class Lifecycle:
         self._watches[fid] = watch
         life = self._life.get(fid) or self.store.get(fid, LIFECYCLE) or new_record()
         self._life[fid] = life
-        self._outpoints[watch.funding] = (fid, "funding", "funding")
+        self._keys[fid] = ([], [])
+        self._index_outpoint(fid, watch.funding, "funding", "funding")
         if watch.distribution is not None:
-            self._txids[watch.distribution.txid] = (fid, "distribution", "distribution")
+            self._index_txid(fid, watch.distribution.txid, "distribution", "distribution")
         if watch.close_txid is not None:
-            self._txids[watch.close_txid] = (fid, "close", "close")
+            self._index_txid(fid, watch.close_txid, "close", "close")
         for txid, name in watch.tree.items():
-            self._txids[txid] = (fid, "tree", name)
+            self._index_txid(fid, txid, "tree", name)
         for name, sweep in life["sweeps"].items():
             self._index_sweep(fid, name, sweep)
 
+    def _index_txid(self, fid: str, txid: str, kind: str, name: str) -> None:
+        self._txids[txid] = (fid, kind, name)
+        self._keys[fid][0].append(txid)
+
+    def _index_outpoint(self, fid: str, outpoint: str, kind: str, name: str) -> None:
+        self._outpoints[outpoint] = (fid, kind, name)
+        self._keys[fid][1].append(outpoint)
+
     def _index_sweep(self, fid: str, name: str, sweep: dict[str, Any]) -> None:
-        self._txids[sweep["txid"]] = (fid, "sweep", name)
-        self._outpoints[sweep["outpoint"]] = (fid, "sweep-input", name)
+        self._index_txid(fid, sweep["txid"], "sweep", name)
+        self._index_outpoint(fid, sweep["outpoint"], "sweep-input", name)
 
     # --- each block ---
 
@@ -214,8 +226,13 @@ class Lifecycle:
         for b in self._heights_to_scan(height):
             self._scan(self.blocks.at(b), changed)
         for fid, watch in watches.items():
-            if self._act(watch, height):
-                changed.add(fid)
+            try:
+                if self._act(watch, height):
+                    changed.add(fid)
+            except OSError:
+                raise  # lightningd unreachable (shutting down): the follower reports it
+            except Exception as e:  # one factory's failure does not hold up the others; retried next block
+                self.log(f"factory {fid}: lifecycle step at height {height} failed: {e!r}", level="broken")
         for fid in changed:
             self.store.put(fid, LIFECYCLE, self._life[fid])
         self._save_scanned(height)
