@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .chain.lifecycle import LIFECYCLE, describe_life
 from .client.membership import MISMATCH, VERIFIED, channel_in_factory, leaf_status
 from .factory.params import FactoryParams
 from .htlc_timing import invoice_final_cltv
@@ -14,16 +15,18 @@ from .store import Store
 CLIENT_STATES = {"awaiting": "awaiting_funding", "confirmed": "open", "unfunded": "unfunded"}
 
 
-def describe(node: ClnNode, store: Store, fid: str) -> dict[str, Any]:
+def describe(node: ClnNode, store: Store, fid: str, height: Optional[int] = None) -> dict[str, Any]:
     rec = store.get(fid, "factory") or {}
     params = FactoryParams.deserialize(rec["params"].encode())
     progress = store.get(fid, "exit")
+    life = describe_life(rec, store.get(fid, LIFECYCLE), progress, node.blockheight() if height is None else height)
     out: dict[str, Any] = {
         "factory_id": fid, "role": rec["role"],
         "state": "exiting" if progress is not None else ("open" if rec.get("stage", "funded") == "funded" else rec["stage"]),
         "funding_outpoint": rec["funding_outpoint"], "n_clients": params.n_clients,
         "expiry_height": params.expiry_height, "dying_height": params.distribution_height,
         "exit_progress": exit_progress(progress),
+        **life,  # phase, next phase, expiry/distribution/timeout heights, (client) must_be_online_by_height
     }
     if rec["role"] == "lsp":
         out["epoch"] = rec["state"]  # DW state index of every node of the tree

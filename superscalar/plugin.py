@@ -11,10 +11,12 @@ from pyln.client import Plugin, RpcException
 
 from superscalar import __version__
 from superscalar.bitcoind import Bitcoind, from_lightningd
+from superscalar.chain.blocks import Blocks
 from superscalar.chain.exits import UNILATERAL_STATES, Exits
 from superscalar.chain.fee_schedule import DEFAULT_MAX_FEERATE_PERKVB
 from superscalar.chain.follower import ChainFollower
 from superscalar.chain.htlc_watch import DEFAULT_HTLC_EXIT_ALLOWANCE, HtlcWatch
+from superscalar.chain.lifecycle import Lifecycle
 from superscalar.chain.routing import exit_for_closing_channel, exit_late_funded, exit_plan
 from superscalar.client.membership import Client
 from superscalar.client.policy import ClientPolicy
@@ -60,9 +62,10 @@ class Roles:
         timeout = float(options.get("superscalar-timeout", 60))
         self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log, timeout, dev_fail_at)
         max_feerate = int(options.get("superscalar-exit-max-feerate-perkvb") or DEFAULT_MAX_FEERATE_PERKVB)
-        self.exits = Exits(self.node, self.store, plugin.log, _bitcoind(plugin, self.network), max_feerate)
+        self.blocks = Blocks(self.node.raw_block)  # each block parsed once for every step
+        self.exits = Exits(self.node, self.store, plugin.log, _bitcoind(plugin, self.network), max_feerate, self.blocks)
         self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log, dev_fail_at,
-                             self.policy, stale_after=10 * timeout)
+                             self.policy, stale_after=10 * timeout, blocks=self.blocks)
         self.index = HtlcIndex()
         self.store.listen(self.index.on_record)
         self.exposure = ShortHtlcExposure(ShortHtlcLimits(
@@ -82,12 +85,15 @@ class Roles:
                                      height=height),
                                  None, plugin.log)
         ladder = self.ladder
+        self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)
         self.follower = ChainFollower((
+            ("new block", self.blocks.new_tip),
             ("funding broadcast", lambda height: self.lsp.resume()),
             ("funding watch", lambda height: exit_late_funded(self.store, self.client, self.exits,
                                                               self.client.on_block(height))),
             ("HTLC watch", self.watch.on_block),
             ("exit progress", self.exits.on_block),
+            ("lifecycle", self.lifecycle.on_block),
             *((("ladder", ladder.on_block),) if ladder is not None else ()),
         ), lambda what, e: _report(plugin, what, e))
 
@@ -279,7 +285,8 @@ def build_plugin() -> Plugin:
     def list_factories(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
         """List every factory this node is in, with its channels and this node's exit cost."""
         r = holder["roles"]
-        return {"factories": [describe(r.node, r.store, fid) for fid in r.store.factory_ids()
+        height = r.node.blockheight()
+        return {"factories": [describe(r.node, r.store, fid, height) for fid in r.store.factory_ids()
                               if (rec := r.store.get(fid, "factory")) and rec.get("stage") != "abandoned"]}
 
     @plugin.method("superscalar-exit")

@@ -38,10 +38,10 @@ import threading
 from decimal import Decimal
 from typing import Any, Callable, Optional
 
-from ..bitcoin.block import block_transactions
 from ..bitcoin.script import p2a_script
 from ..bitcoin.tx import OutPoint, Tx
 from ..bitcoind import Bitcoind, BitcoindError
+from .blocks import Blocks
 from .conflicts import UNKNOWN, conflict_kind, describe_conflict
 from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, child_fee, estimate_for, exit_deadline, feerate_of, race_deadlines,
                            relative_wait, replacement_fee, target_feerate, tree_deadlines)
@@ -72,22 +72,25 @@ def btc_to_sat(value: Any) -> int:
 
 class Exits:
     def __init__(self, node: ClnNode, store: Store, log: Callable[[str], None],
-                 bitcoind: Optional[Bitcoind] = None, max_feerate: int = DEFAULT_MAX_FEERATE_PERKVB) -> None:
+                 bitcoind: Optional[Bitcoind] = None, max_feerate: int = DEFAULT_MAX_FEERATE_PERKVB,
+                 blocks: Optional[Blocks] = None) -> None:
         self.node, self.store, self.log = node, store, log
+        self.blocks = blocks if blocks is not None else Blocks(lambda h: node.raw_block(h))  # shared with the other steps
         self.bitcoind, self.max_feerate = bitcoind, max_feerate
         self._lock = threading.Lock()
 
     def start(self, factory_id: str, txs: list[list[Any]], channels: list[str], bump_after: int = 6,
               timeout_height: Optional[int] = None, htlc_expiry: Optional[int] = None,
               known: Optional[dict[str, str]] = None, dw_step: Optional[int] = None,
-              reason: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+              reason: Optional[dict[str, Any]] = None, confirmed: Optional[dict[str, int]] = None) -> dict[str, Any]:
         """Add `txs` ([name, hex, prevout value, prevout script hex], parents first) and the leaf
         channels at outpoints `channels` to this factory's exit, and take the first step.
         `timeout_height`: the factory timeout the path must beat; `htlc_expiry`: the earliest expiry of
         the HTLCs that made us exit; `known`: txids of this factory's other signed transactions
         (the distribution) and what they are, to name a conflict; `dw_step`: the factory's DW step (an
         older state's head start); `reason`, if given, is added to the record's `reasons` (why this
-        exit started, e.g. an HTLC's deadline)."""
+        exit started, e.g. an HTLC's deadline); `confirmed`: names of `txs` already seen confirmed, with
+        their heights (the chain follower saw them before this exit existed)."""
         with self._lock:
             height = self.node.blockheight()
             progress = self.store.get(factory_id, "exit") or {
@@ -97,6 +100,13 @@ class Exits:
             known_names = {t[0] for t in progress["txs"]}
             progress["txs"] += [t for t in txs if t[0] not in known_names]
             progress["channels"] += [c for c in channels if c not in progress["channels"]]
+            names = {t[0] for t in progress["txs"]}
+            for name, at in (confirmed or {}).items():
+                if name in names and name not in progress["confirmed"]:
+                    progress["confirmed"].append(name)
+                    progress["confirmed_at"][name] = at
+                    if name not in progress["published"]:
+                        progress["published"].append(name)
             if timeout_height is not None:
                 progress["timeout_height"] = min(timeout_height, progress.get("timeout_height") or timeout_height)
             if htlc_expiry is not None:
@@ -180,7 +190,7 @@ class _Step:
     def scan_blocks(self) -> None:
         first = max(int(self.p["scanned_height"]) + 1, self.height - SCAN_LIMIT + 1)
         for h in range(first, self.height + 1):
-            self.scan_block(block_transactions(bytes.fromhex(self.node.raw_block(h))), h)
+            self.scan_block(self.exits.blocks.transactions(h), h)
             self.p["scanned_height"] = h
 
     def scan_block(self, block: tuple[Tx, ...], height: int) -> None:
@@ -475,6 +485,9 @@ class _Step:
             return
         dropped = {self.parsed[n].txid for n in self.p["stopped"]}
         live = [c for c in self.p["channels"] if c.split(":")[0] not in dropped]
+        if not live and any(n not in self.p["confirmed"] and n not in self.p["stopped"] for n in self.parsed):
+            self.p["status"] = "confirming"  # a path published for itself (no channel to close): until it confirms
+            return
         if not set(self.p["closed"]) >= set(live):
             self.p["status"] = "closing"
         else:

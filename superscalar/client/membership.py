@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .. import musig2
-from ..bitcoin.block import block_transactions
 from ..bitcoin.script import p2wsh_script
 from ..bitcoin.tx import Tx
+from ..chain.blocks import Blocks
 from ..chain.exits import CLOSING_STATES, path_entry
 from ..factory.errors import FactoryError
 from ..factory.graph import ExitPath
@@ -71,8 +71,9 @@ LEAF_CHECK_INTERVAL = 5.0  # seconds between two routine reads of the log for on
 class Client:
     def __init__(self, node: ClnNode, store: Store, transport: Transport, allowed_lsps: Optional[set[str]],
                  log: Callable[[str], None], dev_fail_at: str = "", policy: ClientPolicy = ClientPolicy(),
-                 stale_after: float = 600.0) -> None:
+                 stale_after: float = 600.0, blocks: Optional[Blocks] = None) -> None:
         self.node, self.store, self.transport = node, store, transport
+        self.blocks = blocks if blocks is not None else Blocks(lambda h: node.raw_block(h))  # shared with the other steps
         self.allowed = allowed_lsps  # None: any LSP
         self.log = log
         self.policy = policy
@@ -300,7 +301,7 @@ class Client:
         value, script = rec["path_prevouts"][0]
         first = int(funding["scanned_height"]) + 1
         for h in range(first, min(height, first + MAX_BLOCKS_PER_SCAN - 1) + 1):
-            found = next((tx for tx in block_transactions(bytes.fromhex(self.node.raw_block(h))) if tx.txid == txid), None)
+            found = self.blocks.at(h).by_txid.get(txid)
             funding["scanned_height"] = h
             if found is None:
                 continue
