@@ -16,13 +16,15 @@ from ..store import Store
 from .conflicts import DISTRIBUTION
 from .exits import Exits
 
-# LSP factory stages whose funding output never existed.
-UNFUNDED_STAGES = ("completing", "abandoned", "funding-mismatch")
+# LSP factory stages whose funding output never existed (a rollover's next factory: not yet).
+UNFUNDED_STAGES = ("completing", "abandoned", "funding-mismatch", "rollover-completing", "rolling")
 
 
 def never_funded(record: dict[str, Any]) -> bool:
-    """A factory whose funding output never existed has no path to publish."""
-    return record.get("stage") in UNFUNDED_STAGES or (record.get("role") == "client" and not funding_ok(record))
+    """A factory whose funding output never existed, or was spent by its cooperative close, has no path
+    to publish."""
+    return (record.get("stage") in UNFUNDED_STAGES or (record.get("role") == "client" and not funding_ok(record))
+            or (record.get("close") or {}).get("status") == "confirmed")
 
 
 def bump_after(record: dict[str, Any]) -> int:

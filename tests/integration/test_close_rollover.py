@@ -1,0 +1,123 @@
+"""The cooperative close and the rollover of a factory, on real lightningd and bitcoind (regtest profile)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from pyln.testing.utils import sync_blockheight, wait_for
+
+from superscalar.bitcoin.tx import Tx
+from superscalar.chain.exits import CLOSING_STATES
+from superscalar.node import msat
+
+from .test_dishonest_lsp import killed
+from .test_factory_plugin import BALANCE_SAT, INBOUND_SAT, create_factory, start_network
+
+pytestmark = pytest.mark.lightningd
+CAPACITY_MSAT = (BALANCE_SAT + INBOUND_SAT) * 1000
+
+
+def record(node: Any, factory_id: str) -> dict[str, Any]:
+    store = node.rpc.call("listdatastore", {"key": ["superscalar", "factories", factory_id, "factory"]})
+    return dict(json.loads(store["datastore"][0]["string"])["data"])
+
+
+def channels_in(node: Any, peer: Any, outpoint: Optional[str] = None) -> list[dict[str, Any]]:
+    return [c for c in node.rpc.listpeerchannels(peer.info["id"])["channels"]
+            if outpoint is None or f"{c['funding_txid']}:{c['funding_outnum']}" == outpoint]
+
+
+def one_channel(node: Any, peer: Any, outpoint: str) -> dict[str, Any]:
+    [ch] = channels_in(node, peer, outpoint)
+    return ch
+
+
+def pay_msat(payer: Any, payee: Any, amount_msat: int, label: str) -> int:
+    """payee invoices (route hints through its normal channels), payer pays; returns the fee in msat."""
+    normal = [c for c in payee.rpc.listpeerchannels()["channels"] if c["state"] == "CHANNELD_NORMAL"]
+    wait_for(lambda: all("remote" in c.get("updates", {}) for c in payee.rpc.listpeerchannels()["channels"]
+                         if c["state"] == "CHANNELD_NORMAL"))
+    inv = payee.rpc.call("invoice", {"amount_msat": amount_msat, "label": label, "description": label,
+                                     "exposeprivatechannels": [c.get("short_channel_id") or c["alias"]["local"]
+                                                               for c in normal]})["bolt11"]
+    res = payer.rpc.xpay(inv)
+    return int(msat(res["amount_sent_msat"])) - amount_msat
+
+
+def settled(lsp: Any, clients: list[Any]) -> None:
+    wait_for(lambda: all(not c["htlcs"] for n in (lsp, *clients) for c in n.rpc.listpeerchannels()["channels"]))
+
+
+def wallet_sat(node: Any) -> int:
+    return sum(msat(o["amount_msat"]) // 1000 for o in node.rpc.listfunds()["outputs"] if o["status"] == "confirmed")
+
+
+def payments(lsp: Any, clients: list[Any]) -> None:
+    """Uneven payments, some with msat, one routed through the LSP (a fee in msat)."""
+    for i, c in enumerate(clients):
+        pay_msat(lsp, c, 7_000_000 + 1_234 * (i + 1), f"to-{i}")
+        pay_msat(c, lsp, 2_000_000 + 999 * i, f"from-{i}")
+    pay_msat(clients[0], clients[1], 1_000_777, "0-to-1")
+    settled(lsp, clients)
+
+
+def no_broken(nodes: list[Any]) -> None:
+    assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in nodes)
+
+
+def mine_until(bitcoind: Any, nodes: list[Any], done: Any, blocks: int = 8) -> None:
+    for _ in range(blocks):
+        if done():
+            return
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, nodes)
+    wait_for(done)
+
+
+def test_superscalar_close_pays_each_client_its_balance(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = start_network(node_factory, plugin_path, 4)
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    payments(lsp, clients)
+    outpoints = {ch["peer_id"]: ch["funding_outpoint"] for ch in res["channels"]}
+    balances = [msat(one_channel(c, lsp, outpoints[c.info["id"]])["to_us_msat"]) for c in clients]
+    assert any(b % 1000 for b in balances)  # the floor matters
+    before = {c.info["id"]: wallet_sat(c) for c in clients}
+    lsp_before = wallet_sat(lsp)
+
+    out = lsp.rpc.call("superscalar-close", {"factory_id": fid})
+    print("close:", out)
+    assert out["status"] == "broadcast"
+    close_txid = out["close_txid"]
+    assert close_txid in bitcoind.rpc.getrawmempool()
+    entry = bitcoind.rpc.getmempoolentry(close_txid)
+    tx = Tx.from_hex(bitcoind.rpc.getrawtransaction(close_txid))
+    funding_value = record(lsp, fid)["funding_value_sat"]
+    assert int(round(entry["fees"]["base"] * 100_000_000)) == out["fee_sat"] == funding_value - sum(o.value for o in tx.outputs)
+    # Both sides hold the fully signed close; every channel is frozen.
+    for n in (lsp, *clients):
+        rec = record(n, fid)
+        assert rec["frozen"] and rec["close"]["txid"] == close_txid and rec["close"]["status"] in ("signed", "broadcast")
+
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, [lsp, *clients])
+    for c, b in zip(clients, balances):
+        wait_for(lambda: wallet_sat(c) - before[c.info["id"]] == b // 1000)
+    wait_for(lambda: wallet_sat(lsp) - lsp_before == out["lsp_sat"])
+    assert out["payouts_sat"] == {c.info["id"]: b // 1000 for c, b in zip(clients, balances)}
+    assert sum(b // 1000 for b in balances) + out["lsp_sat"] + out["anchor_sat"] + out["fee_sat"] == funding_value
+    lsp_side = sum(CAPACITY_MSAT - b for b in balances) // 1000
+    print(f"clients {[b // 1000 for b in balances]} sat, LSP {out['lsp_sat']} sat (its channel sides {lsp_side} sat), "
+          f"fee {out['fee_sat']} sat, anchor {out['anchor_sat']} sat, funding {funding_value} sat")
+
+    # The close confirmed on both sides; the factory's channels are retired.
+    mine_until(bitcoind, [lsp, *clients], lambda: all(record(n, fid)["close"]["status"] == "confirmed"
+                                                      for n in (lsp, *clients)))
+    mine_until(bitcoind, [lsp, *clients], lambda: all(ch["state"] in CLOSING_STATES or ch["state"] == "CLOSED"
+                                                      for n in (lsp, *clients)
+                                                      for ch in n.rpc.listpeerchannels()["channels"]))
+    mine_until(bitcoind, [lsp, *clients], lambda: all(record(n, fid)["close"]["retired"] for n in (lsp, *clients)))
+    no_broken([lsp, *clients])
