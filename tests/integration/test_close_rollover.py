@@ -121,3 +121,69 @@ def test_superscalar_close_pays_each_client_its_balance(node_factory: Any, bitco
                                                       for ch in n.rpc.listpeerchannels()["channels"]))
     mine_until(bitcoind, [lsp, *clients], lambda: all(record(n, fid)["close"]["retired"] for n in (lsp, *clients)))
     no_broken([lsp, *clients])
+
+
+def test_rollover_carries_balances_to_the_msat(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = start_network(node_factory, plugin_path, 4)
+    nodes = [lsp, *clients]
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    payments(lsp, clients)
+    outpoints = {ch["peer_id"]: ch["funding_outpoint"] for ch in res["channels"]}
+    balances = {c.info["id"]: msat(one_channel(c, lsp, outpoints[c.info["id"]])["to_us_msat"]) for c in clients}
+    rolling, leaver = clients[:3], clients[3]
+    leaver_before, lsp_before = wallet_sat(leaver), wallet_sat(lsp)
+
+    out = lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [leaver.info["id"]]})
+    print("rollover:", out)
+    nxt = out["next_factory"]
+    assert out["status"] == "broadcast" and out["next_funding_outpoint"] == f"{out['close_txid']}:0"
+    assert out["payouts_sat"] == {leaver.info["id"]: balances[leaver.info["id"]] // 1000}
+    tx = Tx.from_hex(bitcoind.rpc.getrawtransaction(out["close_txid"]))
+    assert tx.outputs[0].value == out["next_funding_sat"] and len(tx.outputs) == 4  # B, leaver, LSP, anchor
+    funding_value = record(lsp, fid)["funding_value_sat"]
+    assert out["next_funding_sat"] + sum(out["payouts_sat"].values()) + out["lsp_sat"] + out["anchor_sat"] + out["fee_sat"] \
+        == funding_value == sum(o.value for o in tx.outputs) + out["fee_sat"]
+    entry = bitcoind.rpc.getmempoolentry(out["close_txid"])
+    assert int(round(entry["fees"]["base"] * 100_000_000)) == out["fee_sat"]
+
+    # Each rolling client has a B channel of its A capacity holding exactly its A balance, frozen until
+    # the close confirms; the leaver has none.
+    b_lsp = record(lsp, nxt)
+    assert b_lsp["stage"] == "rolling" and b_lsp["frozen"] and b_lsp["funding_outpoint"] == out["next_funding_outpoint"]
+    for c in rolling:
+        ch_rec = next(ch for ch in b_lsp["channels"] if ch["peer_id"] == c.info["id"])
+        mine, theirs = one_channel(c, lsp, ch_rec["funding_outpoint"]), one_channel(lsp, c, ch_rec["funding_outpoint"])
+        assert msat(mine["to_us_msat"]) == balances[c.info["id"]]
+        assert msat(theirs["to_us_msat"]) == CAPACITY_MSAT - balances[c.info["id"]]
+        assert msat(mine["total_msat"]) == CAPACITY_MSAT and mine["state"] == "CHANNELD_NORMAL"
+        b_client = record(c, nxt)
+        assert b_client["frozen"] and b_client["rollover_of"] == fid and b_client["push_msat"] == balances[c.info["id"]]
+    assert not any(nxt in r for r in [leaver.rpc.call("listdatastore", {"key": ["superscalar", "factories"]})["datastore"]])
+
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, nodes)
+    mine_until(bitcoind, nodes, lambda: all(record(n, fid)["close"]["status"] == "confirmed" for n in nodes))
+    wait_for(lambda: wallet_sat(leaver) - leaver_before == balances[leaver.info["id"]] // 1000)
+    wait_for(lambda: wallet_sat(lsp) - lsp_before == out["lsp_sat"])
+    assert record(lsp, nxt)["stage"] == "funded" and not record(lsp, nxt).get("frozen")
+    for c in rolling:
+        wait_for(lambda: not record(c, nxt).get("frozen"))
+        assert record(c, nxt)["funding"]["status"] == "confirmed"
+    # A's channels are retired on both sides; B's carry payments.
+    mine_until(bitcoind, nodes, lambda: all(record(n, fid)["close"]["retired"] for n in nodes))
+    for c in clients:
+        a_out = outpoints[c.info["id"]]
+        assert all(ch["state"] != "CHANNELD_NORMAL" for ch in channels_in(lsp, c, a_out) + channels_in(c, lsp, a_out))
+    pay_msat(lsp, rolling[0], 3_000_123, "in-b")
+    pay_msat(rolling[1], lsp, 1_000_001, "from-b")
+    settled(lsp, rolling)
+    b_chans = {ch["peer_id"]: ch["funding_outpoint"] for ch in record(lsp, nxt)["channels"]}
+    assert msat(one_channel(rolling[0], lsp, b_chans[rolling[0].info["id"]])["to_us_msat"]) == \
+        balances[rolling[0].info["id"]] + 3_000_123
+    assert msat(one_channel(rolling[1], lsp, b_chans[rolling[1].info["id"]])["to_us_msat"]) == \
+        balances[rolling[1].info["id"]] - 1_000_001
+    print(f"B funding {out['next_funding_sat']} sat, leaver {out['payouts_sat']} sat, LSP {out['lsp_sat']} sat, "
+          f"fee {out['fee_sat']} sat, anchor {out['anchor_sat']} sat, A funding {funding_value} sat; "
+          f"carried {[balances[c.info['id']] for c in rolling]} msat")
+    no_broken(nodes)
