@@ -49,7 +49,7 @@ from typing import Any, Callable, Optional
 
 from .. import musig2
 from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
-from ..bitcoin.tx import OutPoint
+from ..bitcoin.tx import OutPoint, TxOut
 from ..chain.close_watch import close_pending, drop_next_factory, new_close
 from ..chain.exits import path_entry
 from ..client.membership import factory_key_label
@@ -102,6 +102,9 @@ def factory_from_record(rec: dict[str, Any]) -> Factory:
 
 class Closer:
     def __init__(self, lsp: Lsp, log: Callable[[str], None], timeout: float, dev_fail_at: str = "") -> None:
+        # Testing only (developer mode): "lsp-close-before-sign", "lsp-roll-after-b-channels" and
+        # "lsp-close-after-sign" kill lightningd there; "lsp-close-underpay" and "lsp-roll-wrong-output0"
+        # propose an unfair close.
         self.lsp = lsp
         self.node, self.store, self.transport = lsp.node, lsp.store, lsp.transport
         self.log, self.timeout, self.dev_fail_at = log, timeout, dev_fail_at
@@ -159,6 +162,8 @@ class Closer:
             factory = factory_from_record(rec)
             balances = self._quiesce(factory_id, rec)
             amounts = [b // 1000 for b in balances]
+            if self.dev_fail_at == "lsp-close-underpay":  # testing only: a client is paid 1 sat too little
+                amounts[0] -= 1
             close = cooperative_close(factory, _funding(rec), amounts)
             progress(f"factory {factory_id} frozen; proposing the close: clients get {amounts} sat")
             self._dev_crash_point("lsp-close-before-sign")
@@ -219,6 +224,9 @@ class Closer:
             except FactoryError as e:
                 raise CloseError(str(e)) from None
             graph = b.graph(OutPoint.from_hex(close.tx.txid, 0))
+            if self.dev_fail_at == "lsp-roll-wrong-output0":  # testing only: B is signed over another close
+                close = rollover_close(factory, _funding(rec), TxOut(b.funding_output.value - 1_000,
+                                                                     b.funding_output.script_pubkey), leaver_amounts)
             progress(f"factory {fid_b.hex()} funded by the close {close.tx.txid}:0 ({b.funding_output.value} sat); "
                      f"signing its {len(graph.txs()) + 1} transactions")
             with pending.cond:

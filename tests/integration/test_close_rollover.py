@@ -25,6 +25,15 @@ def record(node: Any, factory_id: str) -> dict[str, Any]:
     return dict(json.loads(store["datastore"][0]["string"])["data"])
 
 
+def factory_ids(node: Any) -> list[str]:
+    return [e["key"][2] for e in node.rpc.call("listdatastore", {"key": ["superscalar", "factories"]})["datastore"]]
+
+
+def has_record(node: Any, factory_id: str) -> bool:
+    key = ["superscalar", "factories", factory_id, "factory"]
+    return bool(node.rpc.call("listdatastore", {"key": key})["datastore"])
+
+
 def channels_in(node: Any, peer: Any, outpoint: Optional[str] = None) -> list[dict[str, Any]]:
     return [c for c in node.rpc.listpeerchannels(peer.info["id"])["channels"]
             if outpoint is None or f"{c['funding_txid']}:{c['funding_outnum']}" == outpoint]
@@ -159,7 +168,7 @@ def test_rollover_carries_balances_to_the_msat(node_factory: Any, bitcoind: Any,
         assert msat(mine["total_msat"]) == CAPACITY_MSAT and mine["state"] == "CHANNELD_NORMAL"
         b_client = record(c, nxt)
         assert b_client["frozen"] and b_client["rollover_of"] == fid and b_client["push_msat"] == balances[c.info["id"]]
-    assert not any(nxt in r for r in [leaver.rpc.call("listdatastore", {"key": ["superscalar", "factories"]})["datastore"]])
+    assert nxt not in factory_ids(leaver)
 
     bitcoind.generate_block(1)
     sync_blockheight(bitcoind, nodes)
@@ -187,3 +196,157 @@ def test_rollover_carries_balances_to_the_msat(node_factory: Any, bitcoind: Any,
           f"fee {out['fee_sat']} sat, anchor {out['anchor_sat']} sat, A funding {funding_value} sat; "
           f"carried {[balances[c.info['id']] for c in rolling]} msat")
     no_broken(nodes)
+
+
+# --- restarts and hostile proposals ---
+
+
+def network(node_factory: Any, plugin_path: Path, n: int, fail: dict[int, str]) -> tuple[Any, list[Any]]:
+    """An LSP (node 0) and n clients (nodes 1..n); `fail` sets superscalar-dev-fail-at per node index."""
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+
+    def opts(i: int, extra: dict[str, str]) -> dict[str, str]:
+        return {**common, **extra, **({"superscalar-dev-fail-at": fail[i]} if i in fail else {})}
+
+    lsp = node_factory.get_node(options=opts(0, {"superscalar-lsp": "true"}), may_reconnect=True)
+    clients = [node_factory.get_node(options=opts(i, {"superscalar-join": lsp.info["id"]}), may_reconnect=True)
+               for i in range(1, n + 1)]
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp.fundwallet(10_000_000)
+    return lsp, clients
+
+
+def restart(node: Any, lsp: Any, clients: list[Any]) -> None:
+    """`node` was SIGKILLed by its plugin: start it again without the crash point and reconnect."""
+    killed(node)
+    del node.daemon.opts["superscalar-dev-fail-at"]
+    node.start()
+    for c in clients:
+        wait_for(lambda: bool(c.rpc.connect(lsp.info["id"], "localhost", lsp.port)))
+
+
+def prepared(node_factory: Any, bitcoind: Any, plugin_path: Path, fail: dict[int, str]) -> tuple[Any, list[Any], str, dict[str, str], dict[str, int]]:
+    lsp, clients = network(node_factory, plugin_path, 3, fail)
+    res = create_factory(lsp, clients, bitcoind)
+    payments(lsp, clients)
+    outpoints = {ch["peer_id"]: ch["funding_outpoint"] for ch in res["channels"]}
+    balances = {c.info["id"]: msat(one_channel(c, lsp, outpoints[c.info["id"]])["to_us_msat"]) for c in clients}
+    return lsp, clients, res["factory_id"], outpoints, balances
+
+
+def assert_aborted(bitcoind: Any, lsp: Any, clients: list[Any], fid: str, outpoints: dict[str, str],
+                   balances: dict[str, int]) -> None:
+    """Nothing went out: every side unfrozen, no next factory left usable, balances as before the
+    ceremony, and the factory carries payments again."""
+    nodes = [lsp, *clients]
+    mine_until(bitcoind, nodes, lambda: all(not record(n, fid).get("frozen") and "close" not in record(n, fid)
+                                            for n in nodes))
+    txid, vout = record(lsp, fid)["funding_outpoint"].split(":")
+    assert bitcoind.rpc.gettxout(txid, int(vout)) is not None  # A's funding output is unspent
+    for n in nodes:
+        for other in factory_ids(n):
+            if other != fid and has_record(n, other):
+                rec = record(n, other)
+                assert rec.get("stage") == "abandoned" or rec.get("funding", {}).get("status") == "unfunded", rec
+    peers_of = {c.info["id"]: c for c in clients}
+
+    def only_a_normal() -> bool:
+        return all(ch["state"] != "CHANNELD_NORMAL" or f"{ch['funding_txid']}:{ch['funding_outnum']}" == outpoints[p]
+                   for p, c in peers_of.items() for ch in channels_in(c, lsp) + channels_in(lsp, c))
+
+    mine_until(bitcoind, nodes, only_a_normal)
+    for c in clients:
+        wait_for(lambda: one_channel(c, lsp, outpoints[c.info["id"]])["peer_connected"])
+        assert msat(one_channel(c, lsp, outpoints[c.info["id"]])["to_us_msat"]) == balances[c.info["id"]]
+        assert one_channel(c, lsp, outpoints[c.info["id"]])["state"] == "CHANNELD_NORMAL"
+    pay_msat(lsp, clients[0], 1_000_001, "after-abort")
+    pay_msat(clients[1], lsp, 500_003, "after-abort-back")
+    settled(lsp, clients)
+    assert msat(one_channel(clients[0], lsp, outpoints[clients[0].info["id"]])["to_us_msat"]) == \
+        balances[clients[0].info["id"]] + 1_000_001
+    no_broken(nodes)
+
+
+def assert_rolled(bitcoind: Any, lsp: Any, clients: list[Any], fid: str, balances: dict[str, int],
+                  leaver: Optional[Any]) -> None:
+    """The signed close confirmed: A retired, B funded with every rolling client's balance, payments in B."""
+    nodes = [lsp, *clients]
+    mine_until(bitcoind, nodes, lambda: all((record(n, fid).get("close") or {}).get("status") == "confirmed"
+                                            for n in nodes))
+    nxt = record(lsp, fid)["close"]["next_factory"]
+    wait_for(lambda: record(lsp, nxt)["stage"] == "funded")
+    rolling = [c for c in clients if c is not leaver]
+    b_chans = {ch["peer_id"]: ch["funding_outpoint"] for ch in record(lsp, nxt)["channels"]}
+    for c in rolling:
+        wait_for(lambda: not record(c, nxt).get("frozen"))
+        wait_for(lambda: one_channel(c, lsp, b_chans[c.info["id"]])["peer_connected"])
+        assert msat(one_channel(c, lsp, b_chans[c.info["id"]])["to_us_msat"]) == balances[c.info["id"]]
+    mine_until(bitcoind, nodes, lambda: all(record(n, fid)["close"]["retired"] for n in nodes))
+    pay_msat(lsp, rolling[0], 2_000_002, "in-b-after-restart")
+    settled(lsp, rolling)
+    assert msat(one_channel(rolling[0], lsp, b_chans[rolling[0].info["id"]])["to_us_msat"]) == \
+        balances[rolling[0].info["id"]] + 2_000_002
+    no_broken(nodes)
+
+
+def test_lsp_killed_before_close_signed_aborts(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients, fid, outpoints, balances = prepared(node_factory, bitcoind, plugin_path, {0: "lsp-close-before-sign"})
+    with pytest.raises(Exception):
+        lsp.rpc.call("superscalar-close", {"factory_id": fid})
+    restart(lsp, lsp, clients)
+    assert_aborted(bitcoind, lsp, clients, fid, outpoints, balances)
+
+
+def test_lsp_killed_after_b_channels_aborts(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients, fid, outpoints, balances = prepared(node_factory, bitcoind, plugin_path, {0: "lsp-roll-after-b-channels"})
+    with pytest.raises(Exception):
+        lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [clients[2].info["id"]]})
+    restart(lsp, lsp, clients)
+    assert_aborted(bitcoind, lsp, clients, fid, outpoints, balances)
+
+
+def test_lsp_killed_after_close_signed_resumes(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients, fid, outpoints, balances = prepared(node_factory, bitcoind, plugin_path, {0: "lsp-close-after-sign"})
+    with pytest.raises(Exception):
+        lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [clients[2].info["id"]]})
+    killed(lsp)
+    # The clients hold the signed close: they broadcast it themselves while the LSP is down.
+    leaver_before = wallet_sat(clients[2])
+    mine_until(bitcoind, clients, lambda: all(record(c, fid)["close"]["status"] == "confirmed" for c in clients))
+    wait_for(lambda: wallet_sat(clients[2]) - leaver_before == balances[clients[2].info["id"]] // 1000)
+    del lsp.daemon.opts["superscalar-dev-fail-at"]
+    lsp.start()
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    assert_rolled(bitcoind, lsp, clients, fid, balances, clients[2])
+
+
+def test_client_killed_on_close_proposal_aborts(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients, fid, outpoints, balances = prepared(node_factory, bitcoind, plugin_path, {1: "client-close-on-propose"})
+    with pytest.raises(Exception, match="factory not closed"):
+        lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [clients[2].info["id"]]})
+    restart(clients[0], lsp, clients)
+    assert_aborted(bitcoind, lsp, clients, fid, outpoints, balances)
+
+
+def test_client_killed_after_close_signed_resumes(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients, fid, outpoints, balances = prepared(node_factory, bitcoind, plugin_path, {2: "client-close-after-sign"})
+    # The close exists once everyone signed: the LSP broadcasts it although one client died before Done.
+    out = lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [clients[2].info["id"]]})
+    assert out["status"] == "broadcast"
+    restart(clients[1], lsp, clients)
+    assert_rolled(bitcoind, lsp, clients, fid, balances, clients[2])
+
+
+@pytest.mark.parametrize("fail", ["lsp-close-underpay", "lsp-roll-wrong-output0"])
+def test_unfair_close_proposal_is_refused(node_factory: Any, bitcoind: Any, plugin_path: Path, fail: str) -> None:
+    lsp, clients, fid, outpoints, balances = prepared(node_factory, bitcoind, plugin_path, {0: fail})
+    if fail == "lsp-close-underpay":
+        with pytest.raises(Exception, match="less than our"):
+            lsp.rpc.call("superscalar-close", {"factory_id": fid})
+    else:
+        with pytest.raises(Exception, match="output 0 is not the next factory"):
+            lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [clients[2].info["id"]]})
+    assert bitcoind.rpc.getrawmempool() == []
+    assert_aborted(bitcoind, lsp, clients, fid, outpoints, balances)
