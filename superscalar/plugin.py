@@ -238,7 +238,7 @@ def build_plugin() -> Plugin:
 
         threading.Thread(target=work, name="superscalar-create", daemon=True).start()
 
-    def close_command(request: Any, factory_id: Any, work: Any) -> None:
+    def close_command(request: Any, factory_id: Any, work: Any, command: str) -> None:
         r = holder["roles"]
         if not r.is_lsp:
             request.set_exception(RpcException("this node is not an LSP (superscalar-lsp=false)", code=INVALID_PARAMS))
@@ -249,16 +249,16 @@ def build_plugin() -> Plugin:
 
         def run() -> None:
             try:
-                request.set_result(work(r, lambda text: _progress_note(plugin, request, text, "superscalar-close")))
+                request.set_result(work(r, lambda text: _progress_note(plugin, request, text, command)))
             except Exception as e:  # CloseError: aborted, the factory unfrozen
                 request.set_exception(RpcException(f"factory not closed: {e}", code=CLOSE_FAILED))
 
-        threading.Thread(target=run, name="superscalar-close", daemon=True).start()
+        threading.Thread(target=run, name=command, daemon=True).start()
 
     def close_factory(plugin: Plugin, request: Any, factory_id: Any, **kwargs: Any) -> None:
         """Close factory `factory_id` cooperatively (LSP; every client online): each client is paid its
         channel balance on chain, the channels are retired once the close confirms."""
-        close_command(request, factory_id, lambda r, note: r.closer.close(factory_id, note))
+        close_command(request, factory_id, lambda r, note: r.closer.close(factory_id, note), "superscalar-close")
 
     def rollover_factory(plugin: Plugin, request: Any, factory_id: Any, leave: Any = None, **kwargs: Any) -> None:
         """Roll factory `factory_id` over into a new factory (LSP): its clients carry their balances to the
@@ -266,7 +266,8 @@ def build_plugin() -> Plugin:
         if leave is not None and not (isinstance(leave, list) and all(isinstance(x, str) for x in leave)):
             request.set_exception(RpcException("leave must be a list of node ids", code=INVALID_PARAMS))
             return
-        close_command(request, factory_id, lambda r, note: r.closer.rollover(factory_id, list(leave or []), note))
+        close_command(request, factory_id, lambda r, note: r.closer.rollover(factory_id, list(leave or []), note),
+                      "superscalar-rollover")
 
     plugin.add_method("superscalar-close", close_factory, background=True)
     plugin.add_method("superscalar-rollover", rollover_factory, background=True)
