@@ -11,6 +11,7 @@ from pyln.testing.utils import sync_blockheight, wait_for
 
 from superscalar.bitcoin.tx import Tx
 from superscalar.chain.exits import CLOSING_STATES
+from superscalar.factory.params import FactoryParams
 from superscalar.node import msat
 
 from .test_dishonest_lsp import killed
@@ -106,6 +107,8 @@ def test_superscalar_close_pays_each_client_its_balance(node_factory: Any, bitco
     tx = Tx.from_hex(bitcoind.rpc.getrawtransaction(close_txid))
     funding_value = record(lsp, fid)["funding_value_sat"]
     assert int(round(entry["fees"]["base"] * 100_000_000)) == out["fee_sat"] == funding_value - sum(o.value for o in tx.outputs)
+    # the pre-agreed fee: the factory's fee rate times the close's size as bitcoind measures it
+    assert out["fee_sat"] == FactoryParams.deserialize(record(lsp, fid)["params"].encode()).fee(entry["vsize"])
     # Both sides hold the fully signed close; every channel is frozen.
     for n in (lsp, *clients):
         rec = record(n, fid)
@@ -155,6 +158,7 @@ def test_rollover_carries_balances_to_the_msat(node_factory: Any, bitcoind: Any,
         == funding_value == sum(o.value for o in tx.outputs) + out["fee_sat"]
     entry = bitcoind.rpc.getmempoolentry(out["close_txid"])
     assert int(round(entry["fees"]["base"] * 100_000_000)) == out["fee_sat"]
+    assert out["fee_sat"] == FactoryParams.deserialize(record(lsp, fid)["params"].encode()).fee(entry["vsize"])
 
     # Each rolling client has a B channel of its A capacity holding exactly its A balance, frozen until
     # the close confirms; the leaver has none.
