@@ -13,6 +13,7 @@ from ..factory.params import FactoryParams
 from ..lsp.creation import lsp_exit_path
 from ..node import ClnNode
 from ..store import Store
+from .close_watch import close_pending
 from .conflicts import DISTRIBUTION
 from .exits import Exits
 
@@ -81,8 +82,8 @@ def exit_for_closing_channel(node: ClnNode, store: Store, client: Client, exits:
     expiry = htlc_expiry(live)
     for fid in store.factory_ids():
         rec = store.get(fid, "factory") or {}
-        if not rec or never_funded(rec):
-            continue
+        if not rec or never_funded(rec) or close_pending(rec):
+            continue  # a signed cooperative close pays this channel's balance: the tree stays off chain
         if rec.get("role") == "lsp":
             peer = next((c["peer_id"] for c in rec["channels"] if c["channel_id"] == channel_id), None)
             if peer is not None:

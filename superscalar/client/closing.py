@@ -34,6 +34,9 @@ from ..transport import Transport
 from .membership import CONFIRMED, channel_in_factory, factory_key_label
 
 FREEZE_REASONS = ("close", "rollover")
+# A freeze with no close round under way for this many blocks is given up (an LSP that went quiet
+# without disconnecting): before our partial signature nobody can hold the close.
+STALE_FREEZE_BLOCKS = 3
 
 
 @dataclass
@@ -88,14 +91,18 @@ class ClientCloser:
             self._unfreeze(fid, rec, f"the rollover ended: {reason}")
 
     def on_block(self, height: int) -> None:
-        """A factory frozen by a process that is gone (a restart), with no partial signature given:
-        unfreeze it (and give up its next factory)."""
+        """A factory frozen by a process that is gone (a restart), or frozen for STALE_FREEZE_BLOCKS with
+        no close round, with no partial signature given: unfreeze it (and give up its next factory)."""
         for fid in self.store.factory_ids():
-            if fid in self._live:
+            if fid in self._sessions:
                 continue
             rec = self.store.get(fid, "factory")
-            if rec is not None and rec.get("role") == "client" and self._abortable(rec):
+            if rec is None or rec.get("role") != "client" or not self._abortable(rec):
+                continue
+            if fid not in self._live:
                 self._unfreeze(fid, rec, "its ceremony did not survive a restart")
+            elif height >= int(rec["frozen"]["since_height"]) + STALE_FREEZE_BLOCKS:
+                self._unfreeze(fid, rec, f"no close round for {STALE_FREEZE_BLOCKS} blocks")
 
     @staticmethod
     def _abortable(rec: dict[str, Any]) -> bool:

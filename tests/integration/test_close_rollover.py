@@ -132,6 +132,11 @@ def test_superscalar_close_pays_each_client_its_balance(node_factory: Any, bitco
                                                       for n in (lsp, *clients)
                                                       for ch in n.rpc.listpeerchannels()["channels"]))
     mine_until(bitcoind, [lsp, *clients], lambda: all(record(n, fid)["close"]["retired"] for n in (lsp, *clients)))
+    mined_at = bitcoind.rpc.getblockcount() - bitcoind.rpc.getrawtransaction(close_txid, True)["confirmations"] + 1
+    for n in (lsp, *clients):
+        [view] = n.rpc.call("superscalar-list")["factories"]
+        assert view["close"] == {"frozen": True, "status": "confirmed", "txid": close_txid,
+                                 "confirmed_height": mined_at, "next_factory": None}
     no_broken([lsp, *clients])
 
 
