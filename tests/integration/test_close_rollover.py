@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from pyln.client import RpcError
 from pyln.testing.utils import sync_blockheight, wait_for
 
 from superscalar.bitcoin.tx import Tx
@@ -178,6 +179,14 @@ def test_rollover_carries_balances_to_the_msat(node_factory: Any, bitcoind: Any,
         b_client = record(c, nxt)
         assert b_client["frozen"] and b_client["rollover_of"] == fid and b_client["push_msat"] == balances[c.info["id"]]
     assert nxt not in factory_ids(leaver)
+    # Until the close confirms, neither A's frozen channel nor B's takes an HTLC.
+    with pytest.raises(RpcError):
+        pay_msat(lsp, rolling[0], 1_000_000, "while-frozen")
+    assert rolling[0].daemon.is_in_log("channel is frozen")
+    settled(lsp, clients)
+    b0 = next(ch["funding_outpoint"] for ch in b_lsp["channels"] if ch["peer_id"] == rolling[0].info["id"])
+    assert msat(one_channel(rolling[0], lsp, b0)["to_us_msat"]) == balances[rolling[0].info["id"]]
+    assert msat(one_channel(rolling[0], lsp, outpoints[rolling[0].info["id"]])["to_us_msat"]) == balances[rolling[0].info["id"]]
 
     bitcoind.generate_block(1)
     sync_blockheight(bitcoind, nodes)
