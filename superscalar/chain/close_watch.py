@@ -21,6 +21,7 @@ it signed may confirm, and then it is recognised by its txid.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Optional
 
 from ..bitcoin.block import block_transactions
@@ -58,14 +59,44 @@ def new_close(tx: Tx, prevout: tuple[int, bytes], height: int, next_factory: Opt
             "retired": False}
 
 
+def _active(record: dict[str, Any]) -> bool:
+    close = record.get("close") or {}
+    return close_pending(record) or (close.get("status") == CONFIRMED and not close.get("retired"))
+
+
 class CloseWatch:
+    """Per block, only the factories with a close to follow or channels to retire are read: the set is
+    found by one scan of the records at the first block, then kept by `Store`'s write listener."""
+
     def __init__(self, node: ClnNode, store: Store, log: Callable[[str], None]) -> None:
         self.node, self.store, self.log = node, store, log
         self._retiring: set[str] = set()  # channel ids with a `close` under way
+        self._watched: Optional[set[str]] = None  # factory ids with a close to follow or retire
+        self._lock = threading.Lock()  # the listener runs in the writer's thread
+        store.listen(self._on_record)
+
+    def _on_record(self, factory_id: str, record: str, data: Optional[dict[str, Any]]) -> None:
+        with self._lock:
+            if record != "factory" or self._watched is None:
+                return
+            if data is not None and _active(data):
+                self._watched.add(factory_id)
+            else:
+                self._watched.discard(factory_id)
 
     def on_block(self, height: int) -> None:
         blocks: dict[int, tuple[Tx, ...]] = {}
-        for fid in self.store.factory_ids():
+        if self._watched is None:
+            watched = set()
+            for fid in self.store.factory_ids():
+                rec = self.store.get(fid, "factory")
+                if rec is not None and _active(rec):
+                    watched.add(fid)
+            with self._lock:
+                self._watched = watched
+        with self._lock:
+            due = sorted(self._watched)
+        for fid in due:
             rec = self.store.get(fid, "factory")
             if rec is None:
                 continue

@@ -55,6 +55,7 @@ class ClientCloser:
         self.dev_fail_at = dev_fail_at
         self._sessions: dict[str, CloseSession] = {}  # factory id → its close round
         self._live: set[str] = set()  # factories this process froze (a restart finds the others stale)
+        self._recovered = False  # every record was looked at once (at the first block after a start)
 
     # --- messages ---
 
@@ -91,9 +92,11 @@ class ClientCloser:
             self._unfreeze(fid, rec, f"the rollover ended: {reason}")
 
     def on_block(self, height: int) -> None:
-        """A factory frozen by a process that is gone (a restart), or frozen for STALE_FREEZE_BLOCKS with
-        no close round, with no partial signature given: unfreeze it (and give up its next factory)."""
-        for fid in self.store.factory_ids():
+        """A factory frozen by a process that is gone (a restart: every record is looked at once, at the
+        first block), or frozen for STALE_FREEZE_BLOCKS with no close round, with no partial signature
+        given: unfreeze it (and give up its next factory)."""
+        first, self._recovered = not self._recovered, True
+        for fid in self.store.factory_ids() if first else sorted(self._live):
             if fid in self._sessions:
                 continue
             rec = self.store.get(fid, "factory")

@@ -110,6 +110,7 @@ class Closer:
         self.log, self.timeout, self.dev_fail_at = log, timeout, dev_fail_at
         self._sessions: dict[bytes, Session] = {}
         self._busy: set[str] = set()  # factory ids with a close or rollover under way in this process
+        self._recovered = False  # the records left by an earlier process were looked at
 
     # --- messages (custommsg hook thread) ---
 
@@ -364,8 +365,12 @@ class Closer:
             drop_next_factory(self.store, next_factory, f"the rollover of {factory_id} was aborted: {reason}")
 
     def on_block(self, height: int) -> None:
-        """After a restart: a frozen factory with no close under way in this process and no signed
-        close is unfrozen (its next factory abandoned); a signed one is left to the close watch."""
+        """At the first block after a start: a frozen factory with no close under way in this process and
+        no signed close is unfrozen (its next factory abandoned); a signed one is left to the close watch.
+        (Within a process every failure aborts at once, so later blocks have nothing to recover.)"""
+        if self._recovered:
+            return
+        self._recovered = True
         for fid in self.store.factory_ids():
             if fid in self._busy:
                 continue
