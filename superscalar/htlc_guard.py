@@ -5,7 +5,9 @@ headroom (the tree must be able to unwind before the HTLC expires). A client tak
 channel that nothing backs: a zero-conf channel from its LSP that is not its leaf, or a channel of a
 factory found unfunded or whose leaf pays another script; and it takes the first HTLC into a factory
 channel only once its leaf output is verified as the channel's 2-of-2 (`leaf_script.py`). Nothing
-is forwarded into an unbacked channel either. An LSP takes HTLCs with less headroom from its clients'
+is forwarded into an unbacked channel either. Neither side takes an HTLC on a channel of a factory being
+closed cooperatively or rolled over (its record is `frozen`), nor on the next factory's channels until
+the close that funds them has confirmed. An LSP takes HTLCs with less headroom from its clients'
 channels within the bounds of `exposure.py` (a plain payee's invoice never gives the tree's headroom).
 """
 
@@ -50,6 +52,10 @@ class HtlcGuard:
         outgoing = self.lookup(outgoing_id, height) if outgoing_id is not None else None
         if incoming is not None and incoming.unbacked:
             return unknown, "incoming channel is not backed by a funded factory leaf"
+        if incoming is not None and incoming.factory is not None and incoming.factory.frozen:
+            return unknown, "incoming channel is frozen: its factory is being closed or rolled over"
+        if outgoing is not None and outgoing.factory is not None and outgoing.factory.frozen:
+            return temporary, "outgoing channel is frozen: its factory is being closed or rolled over"
         if incoming is not None and incoming.factory is not None and incoming.factory.leaf_unverified:
             verdict = self.client.verify_leaf(incoming.factory.factory_id)
             if verdict is False:

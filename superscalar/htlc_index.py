@@ -49,6 +49,7 @@ class FactoryChannel:
     backed: bool  # False: nothing funds it (abandoned, unfunded, leaf paying another script)
     leaf_unverified: bool  # client role: its leaf script is not verified yet
     confirm_blocks: int = 6  # the factory's confirmation allowance per transaction
+    frozen: bool = False  # a cooperative close or rollover is under way: it takes no HTLC
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +91,15 @@ def record_channels(factory_id: str, rec: dict[str, Any]) -> tuple[dict[str, Fac
     if rec.get("role") == LSP:
         backed = rec.get("stage") not in DEAD_STAGES
         confirm = FactoryParams.deserialize(rec["params"].encode()).confirm_blocks
+        frozen = bool(rec.get("frozen"))
         return ({str(c["channel_id"]): FactoryChannel(factory_id, LSP, str(c["peer_id"]), int(c["early_warning_blocks"]),
-                                                      backed, False, confirm)
+                                                      backed, False, confirm, frozen)
                  for c in rec["channels"] if c.get("channel_id")}, None)
     if rec.get("role") == CLIENT:
         ok = funding_ok(rec)
         entry = FactoryChannel(factory_id, CLIENT, str(rec["lsp"]), int(rec["early_warning_blocks"]), ok,
                                ok and leaf_status(rec) == UNVERIFIED,
-                               FactoryParams.deserialize(rec["params"].encode()).confirm_blocks)
+                               FactoryParams.deserialize(rec["params"].encode()).confirm_blocks, bool(rec.get("frozen")))
         return {str(rec["leaf_outpoint"]): entry}, str(rec["lsp"])
     return {}, None
 

@@ -28,6 +28,11 @@ def describe(node: ClnNode, store: Store, fid: str, height: Optional[int] = None
         "exit_progress": exit_progress(progress),
         **life,  # phase, next phase, expiry/distribution/timeout heights, (client) must_be_online_by_height
     }
+    if rec.get("frozen") or rec.get("close"):  # a cooperative close or rollover (chain/close_watch.py)
+        close = rec.get("close") or {}
+        out["close"] = {"frozen": bool(rec.get("frozen")), "status": close.get("status", "started"),
+                        "txid": close.get("txid"), "confirmed_height": close.get("confirmed_height"),
+                        "next_factory": close.get("next_factory") or (rec.get("frozen") or {}).get("next_factory")}
     if rec["role"] == "lsp":
         out["epoch"] = rec["state"]  # DW state index of every node of the tree
         out["participants"] = [c["peer_id"] for c in rec["channels"]]

@@ -12,12 +12,14 @@ from pyln.client import Plugin, RpcException
 from superscalar import __version__
 from superscalar.bitcoind import Bitcoind, from_lightningd
 from superscalar.chain.blocks import Blocks
+from superscalar.chain.close_watch import CloseWatch
 from superscalar.chain.exits import UNILATERAL_STATES, Exits
 from superscalar.chain.fee_schedule import DEFAULT_MAX_FEERATE_PERKVB
 from superscalar.chain.follower import ChainFollower
 from superscalar.chain.htlc_watch import DEFAULT_HTLC_EXIT_ALLOWANCE, HtlcWatch
 from superscalar.chain.lifecycle import Lifecycle
 from superscalar.chain.routing import exit_for_closing_channel, exit_late_funded, exit_plan
+from superscalar.client.closing import ClientCloser
 from superscalar.client.membership import Client
 from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
@@ -25,9 +27,10 @@ from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
 from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex
 from superscalar.invoices import rewrite_invoice
 from superscalar.listing import describe
+from superscalar.lsp.closing import Closer
 from superscalar.lsp.creation import ClientSpec, Lsp
-from superscalar.lsp.ladder import Ladder, LadderConfig, alive
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
+from superscalar.lsp.ladder import Ladder, LadderConfig, alive
 from superscalar.node import ClnNode
 from superscalar.protocol.wire import WireError
 from superscalar.store import Store
@@ -37,6 +40,7 @@ INVALID_PARAMS = -32602  # JSON-RPC
 CREATE_FAILED = 1700  # superscalar-create: the factory was not created (nothing broadcast)
 MAINNET_LADDER_INTERVAL = 144  # blocks: a new factory a day
 REGTEST_LADDER_INTERVAL = 5
+CLOSE_FAILED = 1701  # superscalar-close / -rollover: aborted before the close existed, factory unfrozen
 
 
 class Roles:
@@ -66,6 +70,11 @@ class Roles:
         self.exits = Exits(self.node, self.store, plugin.log, _bitcoind(plugin, self.network), max_feerate, self.blocks)
         self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log, dev_fail_at,
                              self.policy, stale_after=10 * timeout, blocks=self.blocks)
+        self.closer = Closer(self.lsp, plugin.log, timeout, dev_fail_at)
+        self.client_closer = ClientCloser(self.node, self.store, self.transport, plugin.log, dev_fail_at)
+        self.client.accept_rollover = self.client_closer.accept_rollover
+        self.client.rollover_dropped = self.client_closer.rollover_dropped
+        self.close_watch = CloseWatch(self.node, self.store, plugin.log)
         self.index = HtlcIndex()
         self.store.listen(self.index.on_record)
         self.exposure = ShortHtlcExposure(ShortHtlcLimits(
@@ -83,7 +92,8 @@ class Roles:
                                  lambda waiting, height: self.lsp.create(
                                      [ClientSpec(w.node_id, w.balance_sat, w.inbound_sat) for w in waiting],
                                      height=height),
-                                 None, plugin.log)
+                                 lambda fid: self.closer.rollover(fid, [], lambda text: plugin.log(f"ladder: {text}")),
+                                 plugin.log)
         ladder = self.ladder
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)
         self.follower = ChainFollower((
@@ -95,6 +105,9 @@ class Roles:
             ("exit progress", self.exits.on_block),
             ("lifecycle", self.lifecycle.on_block),
             *((("ladder", ladder.on_block),) if ladder is not None else ()),
+            ("close recovery (LSP)", self.closer.on_block),
+            ("close recovery (client)", self.client_closer.on_block),
+            ("cooperative close", self.close_watch.on_block),
         ), lambda what, e: _report(plugin, what, e))
 
     def load_index(self) -> None:
@@ -145,9 +158,9 @@ def _report(plugin: Plugin, what: str, e: Exception) -> None:
         plugin.log(f"{what}: {e!r}", level="broken")
 
 
-def _progress_note(plugin: Plugin, request: Any, text: str) -> None:
-    """A step of superscalar-create: a notification to the caller, and a line in the log."""
-    plugin.log(f"superscalar-create: {text}")
+def _progress_note(plugin: Plugin, request: Any, text: str, command: str = "superscalar-create") -> None:
+    """A step of a ceremony command: a notification to the caller, and a line in the log."""
+    plugin.log(f"{command}: {text}")
     plugin.notify_message(request, text)
 
 
@@ -280,6 +293,39 @@ def build_plugin() -> Plugin:
                 "last_start_height": st["last_start_height"],
                 "next_start_height": r.ladder.next_start_height(height, summaries),
                 "started": st["started"], "alive": live}
+    def close_command(request: Any, factory_id: Any, work: Any, command: str) -> None:
+        r = holder["roles"]
+        if not r.is_lsp:
+            request.set_exception(RpcException("this node is not an LSP (superscalar-lsp=false)", code=INVALID_PARAMS))
+            return
+        if not isinstance(factory_id, str) or len(factory_id) != 64:
+            request.set_exception(RpcException("factory_id must be 64 hex characters", code=INVALID_PARAMS))
+            return
+
+        def run() -> None:
+            try:
+                request.set_result(work(r, lambda text: _progress_note(plugin, request, text, command)))
+            except Exception as e:  # CloseError: aborted, the factory unfrozen
+                request.set_exception(RpcException(f"factory not closed: {e}", code=CLOSE_FAILED))
+
+        threading.Thread(target=run, name=command, daemon=True).start()
+
+    def close_factory(plugin: Plugin, request: Any, factory_id: Any, **kwargs: Any) -> None:
+        """Close factory `factory_id` cooperatively (LSP; every client online): each client is paid its
+        channel balance on chain, the channels are retired once the close confirms."""
+        close_command(request, factory_id, lambda r, note: r.closer.close(factory_id, note), "superscalar-close")
+
+    def rollover_factory(plugin: Plugin, request: Any, factory_id: Any, leave: Any = None, **kwargs: Any) -> None:
+        """Roll factory `factory_id` over into a new factory (LSP): its clients carry their balances to the
+        msat, except those in `leave` (node ids), paid on chain in the same close."""
+        if leave is not None and not (isinstance(leave, list) and all(isinstance(x, str) for x in leave)):
+            request.set_exception(RpcException("leave must be a list of node ids", code=INVALID_PARAMS))
+            return
+        close_command(request, factory_id, lambda r, note: r.closer.rollover(factory_id, list(leave or []), note),
+                      "superscalar-rollover")
+
+    plugin.add_method("superscalar-close", close_factory, background=True)
+    plugin.add_method("superscalar-rollover", rollover_factory, background=True)
 
     @plugin.method("superscalar-list")
     def list_factories(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
@@ -388,7 +434,8 @@ def build_plugin() -> Plugin:
             if r is None or not Transport.is_ours(raw):
                 return {"result": "continue"}
             msg = r.transport.receive(peer_id, raw)
-            if msg is not None and not r.lsp.on_message(peer_id, msg):
+            if msg is not None and not r.lsp.on_message(peer_id, msg) and not r.closer.on_message(peer_id, msg) \
+                    and not r.client_closer.on_message(peer_id, msg):
                 r.client.on_message(peer_id, msg)
         except WireError as e:
             plugin.log(f"malformed superscalar message from {peer_id}: {e}", level="info")
@@ -414,7 +461,9 @@ def build_plugin() -> Plugin:
         try:
             r.transport.forget(peer)
             r.lsp.on_disconnect(peer)
+            r.closer.on_disconnect(peer)
             r.client.on_disconnect(peer)
+            r.client_closer.on_disconnect(peer)
         except Exception as e:
             _report(plugin, f"disconnect handling for {peer}", e)
 

@@ -13,16 +13,19 @@ from ..factory.params import FactoryParams
 from ..lsp.creation import lsp_exit_path
 from ..node import ClnNode
 from ..store import Store
+from .close_watch import close_pending
 from .conflicts import DISTRIBUTION
 from .exits import Exits
 
-# LSP factory stages whose funding output never existed.
-UNFUNDED_STAGES = ("completing", "abandoned", "funding-mismatch")
+# LSP factory stages whose funding output never existed (a rollover's next factory: not yet).
+UNFUNDED_STAGES = ("completing", "abandoned", "funding-mismatch", "rollover-completing", "rolling")
 
 
 def never_funded(record: dict[str, Any]) -> bool:
-    """A factory whose funding output never existed has no path to publish."""
-    return record.get("stage") in UNFUNDED_STAGES or (record.get("role") == "client" and not funding_ok(record))
+    """A factory whose funding output never existed, or was spent by its cooperative close, has no path
+    to publish."""
+    return (record.get("stage") in UNFUNDED_STAGES or (record.get("role") == "client" and not funding_ok(record))
+            or (record.get("close") or {}).get("status") == "confirmed")
 
 
 def bump_after(record: dict[str, Any]) -> int:
@@ -79,8 +82,8 @@ def exit_for_closing_channel(node: ClnNode, store: Store, client: Client, exits:
     expiry = htlc_expiry(live)
     for fid in store.factory_ids():
         rec = store.get(fid, "factory") or {}
-        if not rec or never_funded(rec):
-            continue
+        if not rec or never_funded(rec) or close_pending(rec):
+            continue  # a signed cooperative close pays this channel's balance: the tree stays off chain
         if rec.get("role") == "lsp":
             peer = next((c["peer_id"] for c in rec["channels"] if c["channel_id"] == channel_id), None)
             if peer is not None:

@@ -50,6 +50,8 @@ class Invitation:
     height: int  # our block height when we accepted
     created: float  # time.monotonic() when we accepted
     channel_opened: bool = False
+    push_msat: Optional[int] = None  # a rollover's exact push (else balance_sat in msat)
+    rollover_of: Optional[bytes] = None  # the factory whose channel this one replaces
 
 
 def factory_key_label(lsp: str, factory_id: bytes, role: str) -> str:
@@ -85,6 +87,10 @@ class Client:
         self.invitations: dict[bytes, Invitation] = {}  # at most one per LSP, until its ceremony ends
         self.participants: dict[bytes, Participant] = {}
         self._leaf_checked: dict[str, float] = {}  # factory id → when its log was last read, while unverified
+        # Rollover invitations (client/closing.py): freeze and check the old channel (None: accepted, else
+        # why not), and hear when such an invitation ends without a factory.
+        self.accept_rollover: Optional[Callable[[str, Invite], Optional[str]]] = None
+        self.rollover_dropped: Optional[Callable[[bytes, str], None]] = None
 
     def _refuse(self, peer: str, msg: Message, reason: str) -> None:
         self.log(f"refusing invitation from {peer}: {reason}")
@@ -147,6 +153,8 @@ class Client:
         fid = inv.factory_id.hex()
         if self.store.get(fid, "factory") is None:
             self.store.delete_factory(fid)
+            if inv.rollover_of is not None and self.rollover_dropped is not None:
+                self.rollover_dropped(inv.rollover_of, "the next factory's ceremony ended")
 
     def _on_invite(self, peer: str, msg: Invite) -> None:
         if self.allowed is not None and peer not in self.allowed:
@@ -172,9 +180,16 @@ class Client:
         if len(self.invitations) >= MAX_PENDING_INVITATIONS:
             self._refuse(peer, msg, "too many invitations pending")
             return
+        if msg.rollover_of is not None:
+            why = self.accept_rollover(peer, msg) if self.accept_rollover is not None else "rollovers not supported"
+            if why is not None:
+                self._refuse(peer, msg, f"rollover refused: {why}")
+                return
         seckey = self.node.secret(factory_key_label(peer, msg.factory_id, "client"))
         inv = Invitation(peer, msg.factory_id, params, msg.balance_sat, msg.inbound_sat, seckey,
-                         musig2.individual_pk(seckey), self.node.new_script(), height, time.monotonic())
+                         musig2.individual_pk(seckey), self.node.new_script(), height, time.monotonic(),
+                         push_msat=msg.push_msat if msg.rollover_of is not None else None,
+                         rollover_of=msg.rollover_of)
         self.invitations[msg.factory_id] = inv
         self.transport.send(peer, Accept(msg.factory_id, msg.session_id, inv.pubkey, inv.payout_script))
 
@@ -209,7 +224,12 @@ class Client:
         exit_path = ExitPath(index, tuple(path))
         funding = path[0].tx.inputs[0].prevout
         height = self.node.blockheight()
+        rollover = {} if inv.rollover_of is None else {
+            # funded by the close of that factory: no HTLC until it confirms (chain/close_watch.py)
+            "rollover_of": inv.rollover_of.hex(), "push_msat": inv.push_msat,
+            "frozen": {"reason": "rollover-funding", "since_height": height, "next_factory": None}}
         return {
+            **rollover,
             "role": "client", "lsp": inv.lsp, "params": params.serialize().decode(), "client_index": index,
             "state_indices": _state_indices(params, path),
             "pubkey": inv.pubkey.hex(), "capacity_sat": capacity, "balance_sat": inv.balance_sat,
@@ -348,8 +368,9 @@ class Client:
         funding = msat(payload.get("funding_msat", 0))
         push = msat(payload.get("push_msat", 0))
         for inv in self.invitations.values():
+            want_push = inv.push_msat if inv.push_msat is not None else inv.balance_sat * 1000
             if inv.lsp == peer and not inv.channel_opened and funding == (inv.balance_sat + inv.inbound_sat) * 1000 \
-                    and push == inv.balance_sat * 1000:
+                    and push == want_push:
                 inv.channel_opened = True
                 return {"result": "continue", "mindepth": 0}
         return {"result": "continue"}

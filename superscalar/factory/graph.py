@@ -576,6 +576,21 @@ def cooperative_close(factory: Factory, funding: OutPoint, client_amounts: Seque
     return _pay_lsp_the_rest(factory, "close", funding, clients, 0)
 
 
+def rollover_close(factory: Factory, funding: OutPoint, next_funding: TxOut, client_amounts: Sequence[int]) -> TreeTx:
+    """A cooperative close that funds the next factory: output 0 is `next_funding` (the next factory's
+    funding output, so the next tree is signed over (this txid, 0) before this is signed), then each
+    leaving client's `client_amounts[i]` (nothing for 0: a rolling client is carried by the next
+    factory), the LSP the rest, the anchor. Raises FactoryError when the next factory does not fit."""
+    if len(client_amounts) != factory.params.n_clients:
+        raise FactoryError("one amount per client is needed")
+    leavers = [TxOut(a, s) for a, s in zip(client_amounts, factory.scripts.payouts) if a > 0]
+    try:
+        return _pay_lsp_the_rest(factory, "close", funding, [next_funding, *leavers], 0)
+    except FactoryError as e:
+        raise FactoryError(f"the next factory's funding ({next_funding.value} sat) does not fit in this "
+                           f"factory's {factory.funding_output.value} sat: {e}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class ScriptSpend:
     """A single-key script-path spend (the LSP's timeout or L-stock sweeps), unsigned."""

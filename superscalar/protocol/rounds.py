@@ -158,7 +158,9 @@ class Expectation:
     construction / advance: `channel_script` and `capacity_sat` of its leaf channel, and (construction)
     `payout_script` for the distribution; advance also `previous_state` (its path's state indices now)
     and `funding`. sale: the buyer sets `channel_script`/`capacity_sat` of the new channel; the other
-    clients of the leaf leave them None. close: `payout_script` and `payout_sat`, and `funding`.
+    clients of the leaf leave them None. close: `funding` (required), and either `payout_script` and
+    `payout_sat` (the close pays at least that much there) or, for a client rolling into the next
+    factory, `next_funding`: the close's txid and output 0 must be the funding the next tree spends.
     """
 
     kind: Kind
@@ -170,6 +172,7 @@ class Expectation:
     params: Optional[FactoryParams] = None
     previous_state: Optional[tuple[int, ...]] = None
     funding: Optional[tuple[OutPoint, int]] = None
+    next_funding: Optional[tuple[OutPoint, TxOut]] = None  # close of a rollover: output 0 funds this
 
 
 def participant_jobs(expect: Expectation, msg: Propose) -> tuple[TreeTx, ...]:
@@ -203,10 +206,24 @@ def _participant_jobs(expect: Expectation, msg: Propose) -> tuple[TreeTx, ...]:
         raise ProposalError("one transaction is signed in this round")
     if expect.kind == Kind.SALE:
         return (_sale_job(expect, shape, client, spent, msg.funding_value, _txouts(msg.path_outputs[0])),)
+    if expect.funding is None:
+        raise ProposalError("a close must name the funding output it spends")
     close = spend_funding(shape, "close", spent, msg.funding_value, msg.path_outputs[0])
-    if expect.payout_sat and TxOut(expect.payout_sat, expect.payout_script or b"") not in close.tx.outputs:
-        raise ProposalError("the close does not pay us the agreed amount")
+    check_close(expect, close.tx)
     return (close,)
+
+
+def check_close(expect: Expectation, close: Tx) -> None:
+    """A close pays this client at least `payout_sat` to its payout script, or (rolling over) its txid
+    and output 0 are exactly the next factory's funding outpoint and output. Raises ProposalError."""
+    if expect.next_funding is not None:
+        outpoint, output = expect.next_funding
+        if outpoint.vout != 0 or close.txid != outpoint.txid_hex or close.outputs[0] != output:
+            raise ProposalError("the close's output 0 is not the next factory's funding we signed over")
+        return
+    paid = sum(o.value for o in close.outputs if o.script_pubkey == expect.payout_script)
+    if expect.payout_sat and paid < expect.payout_sat:
+        raise ProposalError(f"the close pays us {paid} sat, less than our {expect.payout_sat} sat")
 
 
 def _tree_jobs(expect: Expectation, msg: Propose, params: FactoryParams, shape: FactoryShape, client: int,

@@ -481,12 +481,19 @@ class Invite(Message):
     invitation's id). `params` are the factory parameters, serialized as in Propose."""
 
     KIND: ClassVar[int] = 9
-    FIELDS: ClassVar[Mapping[int, Field]] = _table(
-        Field("params", VARBYTES), Field("balance_sat", U64), Field("inbound_sat", U64)
-    )
+    # Odd types for the rollover fields (BOLT-1 "it's ok to be odd"): an older client ignores them.
+    FIELDS: ClassVar[Mapping[int, Field]] = {
+        **_table(Field("params", VARBYTES), Field("balance_sat", U64), Field("inbound_sat", U64)),
+        11: Field("rollover_of", BYTES32, required=False),
+        13: Field("push_msat", U64, required=False),
+    }
     params: bytes
     balance_sat: int
     inbound_sat: int
+    # A rollover of factory `rollover_of`: the channel is pushed exactly `push_msat`, the client's
+    # balance in its frozen channel of that factory (balance_sat is its floor in sat).
+    rollover_of: bytes | None = None
+    push_msat: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

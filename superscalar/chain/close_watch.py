@@ -1,0 +1,198 @@
+"""The cooperative close of a factory, followed block by block for either role (one ChainFollower step).
+
+A factory record carries the close in two fields (both roles):
+  record["frozen"]  set when the close (or rollover) starts: the factory's channels take no HTLC.
+                    {"reason": "close"|"rollover", "since_height", "next_factory": id|None,
+                     "close_txid": the close this node signed over (once it gave a partial signature),
+                     "partial_signed": True once this node's partial signature went out}
+  record["close"]   set once this node holds the fully signed close, before it is broadcast:
+                    {"tx", "txid", "status": "signed"|"broadcast"|"confirmed"|"conflicted",
+                     "confirmed_height", "next_factory", "prevout": [value, script hex], "scanned_height",
+                     "retired"}
+Each block, for every close not yet settled, the new blocks are scanned for the spend of the factory's
+funding output. The close itself: "confirmed", the channels are retired (`retire.retire_channels`) and
+the next factory (rollover) is unfrozen and funded. Any other spend (a tree transaction: someone
+exited): "conflicted", the factory's channels stay backed by the tree and are unfrozen, and the next
+factory, whose funding can now never exist, is dropped (its channels closed as unbacked). Until one
+of them confirms, the signed close is rebroadcast every block. A node that gave its partial signature
+but never received the full close (a crash between the two) still follows the funding output: the close
+it signed may confirm, and then it is recognised by its txid.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Optional
+
+from ..bitcoin.block import block_transactions
+from ..bitcoin.tx import OutPoint, Tx
+from ..client.membership import UNFUNDED, channel_in_factory
+from ..node import ClnNode
+from ..store import Store
+from .retire import retire_channels
+
+SIGNED, BROADCAST, CONFIRMED, CONFLICTED = "signed", "broadcast", "confirmed", "conflicted"
+MAX_BLOCKS_PER_SCAN = 32
+
+
+def frozen(record: dict[str, Any]) -> bool:
+    return bool(record.get("frozen"))
+
+
+def close_pending(record: dict[str, Any]) -> bool:
+    """Does this node hold (or may another hold) a signed close of this factory not yet settled?"""
+    close = record.get("close")
+    if close is not None:
+        return close.get("status") in (SIGNED, BROADCAST)
+    return bool((record.get("frozen") or {}).get("partial_signed"))
+
+
+def closed(record: dict[str, Any]) -> bool:
+    """Was this factory closed cooperatively (its funding output spent by the close)?"""
+    return (record.get("close") or {}).get("status") == CONFIRMED
+
+
+def new_close(tx: Tx, prevout: tuple[int, bytes], height: int, next_factory: Optional[str]) -> dict[str, Any]:
+    """The `close` field of a record, for a close this node holds fully signed."""
+    return {"tx": tx.to_hex(), "txid": tx.txid, "status": SIGNED, "confirmed_height": None,
+            "next_factory": next_factory, "prevout": [prevout[0], prevout[1].hex()], "scanned_height": height,
+            "retired": False}
+
+
+def _active(record: dict[str, Any]) -> bool:
+    close = record.get("close") or {}
+    return close_pending(record) or (close.get("status") == CONFIRMED and not close.get("retired"))
+
+
+class CloseWatch:
+    """Per block, only the factories with a close to follow or channels to retire are read: the set is
+    found by one scan of the records at the first block, then kept by `Store`'s write listener."""
+
+    def __init__(self, node: ClnNode, store: Store, log: Callable[[str], None]) -> None:
+        self.node, self.store, self.log = node, store, log
+        self._retiring: set[str] = set()  # channel ids with a `close` under way
+        self._watched: Optional[set[str]] = None  # factory ids with a close to follow or retire
+        self._lock = threading.Lock()  # the listener runs in the writer's thread
+        store.listen(self._on_record)
+
+    def _on_record(self, factory_id: str, record: str, data: Optional[dict[str, Any]]) -> None:
+        with self._lock:
+            if record != "factory" or self._watched is None:
+                return
+            if data is not None and _active(data):
+                self._watched.add(factory_id)
+            else:
+                self._watched.discard(factory_id)
+
+    def on_block(self, height: int) -> None:
+        blocks: dict[int, tuple[Tx, ...]] = {}
+        if self._watched is None:
+            watched = set()
+            for fid in self.store.factory_ids():
+                rec = self.store.get(fid, "factory")
+                if rec is not None and _active(rec):
+                    watched.add(fid)
+            with self._lock:
+                self._watched = watched
+        with self._lock:
+            due = sorted(self._watched)
+        for fid in due:
+            rec = self.store.get(fid, "factory")
+            if rec is None:
+                continue
+            if close_pending(rec):
+                self._follow(fid, rec, height, blocks)
+            close = rec.get("close") or {}
+            if close.get("status") == CONFIRMED and not close.get("retired"):
+                if retire_channels(self.node, self._channels(rec), self.log, self._retiring) == 0:
+                    close["retired"] = True
+                    self.store.put(fid, "factory", rec)
+
+    def _channels(self, rec: dict[str, Any]) -> list[str]:
+        if rec.get("role") == "lsp":
+            return [str(c["channel_id"]) for c in rec["channels"] if c.get("channel_id")]
+        return [str(ch["channel_id"]) for ch in self.node.peer_channels(rec["lsp"]) if channel_in_factory(rec, ch)]
+
+    def _block(self, h: int, blocks: dict[int, tuple[Tx, ...]]) -> tuple[Tx, ...]:
+        if h not in blocks:
+            blocks[h] = block_transactions(bytes.fromhex(self.node.raw_block(h)))
+        return blocks[h]
+
+    def _follow(self, fid: str, rec: dict[str, Any], height: int, blocks: dict[int, tuple[Tx, ...]]) -> None:
+        txid, vout = rec["funding_outpoint"].split(":")
+        funding = OutPoint.from_hex(txid, int(vout))
+        freeze = rec.get("frozen") or {}
+        close = rec.get("close")
+        expected = close["txid"] if close else freeze.get("close_txid")
+        scanned = int(close["scanned_height"]) if close else int(freeze.get("scanned_height", freeze["since_height"]))
+        first = scanned + 1
+        for h in range(first, min(height, first + MAX_BLOCKS_PER_SCAN - 1) + 1):
+            spend = next((tx for tx in self._block(h, blocks) if any(i.prevout == funding for i in tx.inputs)), None)
+            scanned = h
+            if spend is not None:
+                self._settle(fid, rec, spend, h, spend.txid == expected)
+                return
+        if close is None:
+            freeze["scanned_height"] = scanned
+            self.store.put(fid, "factory", rec)
+            return
+        close["scanned_height"] = scanned
+        if scanned >= height:  # caught up and still unspent: (re)broadcast the close
+            value, script = close["prevout"]
+            why = self.node.broadcast(close["tx"], [(int(value), bytes.fromhex(script))])
+            if why is None and close["status"] == SIGNED:
+                close["status"] = BROADCAST
+                self.log(f"factory {fid}: cooperative close {close['txid']} broadcast")
+            elif why is not None:
+                self.log(f"factory {fid}: broadcasting the cooperative close {close['txid']}: {why}")
+        self.store.put(fid, "factory", rec)
+
+    def _settle(self, fid: str, rec: dict[str, Any], spend: Tx, height: int, ours: bool) -> None:
+        freeze = rec.get("frozen") or {}
+        close = rec.get("close") or {"tx": spend.to_hex(), "txid": spend.txid, "prevout": None, "retired": False,
+                                     "next_factory": freeze.get("next_factory")}
+        close["scanned_height"] = height
+        next_factory = close.get("next_factory")
+        if ours:
+            close.update(status=CONFIRMED, confirmed_height=height)
+            rec["close"] = close
+            self.store.put(fid, "factory", rec)
+            self.log(f"factory {fid}: cooperative close {spend.txid} confirmed at height {height}; retiring its channels"
+                     + (f"; factory {next_factory} is funded" if next_factory else ""))
+            if next_factory:
+                self._next_funded(next_factory)
+            return
+        close.update(status=CONFLICTED, confirmed_height=None, conflict_txid=spend.txid, conflict_height=height)
+        rec["close"] = close
+        rec.pop("frozen", None)  # the tree backs the channels again; the close can never confirm
+        self.store.put(fid, "factory", rec)
+        self.log(f"factory {fid}: its funding output was spent by {spend.txid}, not the cooperative close; "
+                 "its channels follow the tree" + (f"; factory {next_factory} is dropped" if next_factory else ""))
+        if next_factory:
+            drop_next_factory(self.store, next_factory, f"the close of {fid} was conflicted by {spend.txid}")
+
+    def _next_funded(self, fid: str) -> None:
+        rec = self.store.get(fid, "factory")
+        if rec is None:
+            return
+        rec.pop("frozen", None)
+        if rec.get("role") == "lsp" and rec.get("stage") == "rolling":
+            rec["stage"] = "funded"
+        self.store.put(fid, "factory", rec)
+
+
+def drop_next_factory(store: Store, fid: str, reason: str) -> None:
+    """A rollover's next factory whose funding (the close) can never exist: an LSP abandons it and a
+    client gives it up as unfunded; either way its channels are then closed as unbacked (the roles'
+    per-block steps) and take no HTLC."""
+    rec = store.get(fid, "factory")
+    if rec is None:
+        return
+    if rec.get("role") == "lsp":
+        if rec.get("stage") in ("rollover-completing", "rolling"):
+            rec["stage"] = "abandoned"
+            rec["abandoned_reason"] = reason
+            store.put(fid, "factory", rec)
+    elif rec.get("funding", {}).get("status") != UNFUNDED:
+        rec["funding"].update(status=UNFUNDED, reason=reason)
+        store.put(fid, "factory", rec)

@@ -1,0 +1,259 @@
+"""The client's side of a cooperative close and of a rollover (see `lsp/closing.py` for the ceremony and
+why the carry-over is atomic).
+
+A client signs a close of its factory only after it froze its own side (durable: its HTLC policy then
+refuses every HTLC on that channel) and checked, in its own `listpeerchannels`, that the channel holds
+no pending HTLC and that the close spends its factory's funding output and pays it at least
+floor(to_us_msat / 1000) sat to its payout script, or, when it rolls into the next factory, that the
+close's txid and output 0 are exactly the funding of the next factory whose exit path it stored. A
+rollover invitation is accepted only from the same LSP, for a factory it is in, once its channel there
+is frozen with no HTLC, and for a channel of the same capacity pushed exactly its current balance.
+
+The fully signed close is stored before Done goes out. Until this client has given its partial
+signature nobody can hold the close, so aborting is free: the factory is unfrozen and a next factory
+is given up (its channel closed as unbacked). After it, the close may exist: the channel stays frozen
+until the close or another spend of the funding output confirms (`chain/close_watch.py`); a client
+that wants its balance back sooner can still exit unilaterally.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from ..bitcoin.tx import OutPoint, Tx, TxOut
+from ..chain.close_watch import close_pending, drop_next_factory, new_close
+from ..node import ClnNode, msat
+from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
+from ..protocol.rounds import Expectation, Kind
+from ..protocol.wire import Abort, AbortCode, Invite, Message, Propose
+from ..store import Store
+from ..transport import Transport
+from .membership import CONFIRMED, channel_in_factory, factory_key_label
+
+FREEZE_REASONS = ("close", "rollover")
+# A freeze with no close round under way for this many blocks is given up (an LSP that went quiet
+# without disconnecting): before our partial signature nobody can hold the close.
+STALE_FREEZE_BLOCKS = 3
+
+
+@dataclass
+class CloseSession:
+    lsp: str
+    participant: Participant
+    session_id: bytes
+
+
+class ClientCloser:
+    def __init__(self, node: ClnNode, store: Store, transport: Transport, log: Callable[[str], None],
+                 dev_fail_at: str = "") -> None:
+        self.node, self.store, self.transport, self.log = node, store, transport, log
+        # Test-only (developer mode): "client-close-on-propose" kills lightningd when a close proposal
+        # arrives (after freezing); "client-close-after-sign" once the signed close is stored, before Done.
+        self.dev_fail_at = dev_fail_at
+        self._sessions: dict[str, CloseSession] = {}  # factory id → its close round
+        self._live: set[str] = set()  # factories this process froze (a restart finds the others stale)
+        self._recovered = False  # every record was looked at once (at the first block after a start)
+
+    # --- messages ---
+
+    def on_message(self, peer: str, msg: Message) -> bool:
+        fid = msg.factory_id.hex()
+        if isinstance(msg, Propose) and msg.kind == int(Kind.CLOSE):
+            self._on_propose(peer, msg)
+            return True
+        session = self._sessions.get(fid)
+        if session is not None and session.lsp == peer:
+            self._execute(fid, session, session.participant.receive(msg))
+            return True
+        if isinstance(msg, Abort):
+            rec = self.store.get(fid, "factory")
+            if rec is not None and rec.get("role") == "client" and rec.get("lsp") == peer and self._abortable(rec):
+                self._unfreeze(fid, rec, f"the LSP aborted: {msg.reason}")
+                return True
+        return False
+
+    def on_disconnect(self, peer: str) -> None:
+        for fid, session in list(self._sessions.items()):
+            if session.lsp == peer:
+                self._execute(fid, session, session.participant.lsp_failed("disconnected"))
+        for fid in list(self._live):
+            rec = self.store.get(fid, "factory")
+            if rec is not None and rec.get("lsp") == peer and fid not in self._sessions and self._abortable(rec):
+                self._unfreeze(fid, rec, "the LSP disconnected")
+
+    def rollover_dropped(self, factory_id: bytes, reason: str) -> None:
+        """The invitation into the next factory of `factory_id` ended without a factory."""
+        fid = factory_id.hex()
+        rec = self.store.get(fid, "factory")
+        if rec is not None and fid not in self._sessions and self._abortable(rec):
+            self._unfreeze(fid, rec, f"the rollover ended: {reason}")
+
+    def on_block(self, height: int) -> None:
+        """A factory frozen by a process that is gone (a restart: every record is looked at once, at the
+        first block), or frozen for STALE_FREEZE_BLOCKS with no close round, with no partial signature
+        given: unfreeze it (and give up its next factory)."""
+        first, self._recovered = not self._recovered, True
+        for fid in self.store.factory_ids() if first else sorted(self._live):
+            if fid in self._sessions:
+                continue
+            rec = self.store.get(fid, "factory")
+            if rec is None or rec.get("role") != "client" or not self._abortable(rec):
+                continue
+            if fid not in self._live:
+                self._unfreeze(fid, rec, "its ceremony did not survive a restart")
+            elif height >= int(rec["frozen"]["since_height"]) + STALE_FREEZE_BLOCKS:
+                self._unfreeze(fid, rec, f"no close round for {STALE_FREEZE_BLOCKS} blocks")
+
+    @staticmethod
+    def _abortable(rec: dict[str, Any]) -> bool:
+        freeze = rec.get("frozen") or {}
+        return (freeze.get("reason") in FREEZE_REASONS and rec.get("close") is None
+                and not close_pending(rec))
+
+    # --- freezing ---
+
+    def _freeze(self, fid: str, rec: dict[str, Any], reason: str, next_factory: Optional[str]) -> None:
+        rec["frozen"] = {"reason": reason, "since_height": self.node.blockheight(), "next_factory": next_factory,
+                         "close_txid": None, "partial_signed": False}
+        self.store.put(fid, "factory", rec)
+        self._live.add(fid)
+
+    def _unfreeze(self, fid: str, rec: dict[str, Any], reason: str) -> None:
+        next_factory = (rec.get("frozen") or {}).get("next_factory")
+        rec.pop("frozen", None)
+        self.store.put(fid, "factory", rec)
+        self._live.discard(fid)
+        self.log(f"factory {fid}: close aborted ({reason}); unfrozen")
+        if next_factory and self.store.get(next_factory, "factory") is not None:
+            drop_next_factory(self.store, next_factory, f"the rollover of {fid} was aborted: {reason}")
+
+    def _quiet_balance(self, rec: dict[str, Any]) -> tuple[Optional[int], str]:
+        """Our balance (msat) in the factory's channel, if it is normal and holds no HTLC; else why not."""
+        chans = [ch for ch in self.node.peer_channels(rec["lsp"]) if channel_in_factory(rec, ch)]
+        if len(chans) != 1 or chans[0].get("state") != "CHANNELD_NORMAL":
+            return None, "our channel in that factory is not normal"
+        if chans[0].get("htlcs"):
+            return None, "our channel in that factory has pending HTLCs"
+        return msat(chans[0]["to_us_msat"]), ""
+
+    def accept_rollover(self, peer: str, msg: Invite) -> Optional[str]:
+        """An invitation into the next factory of one of ours: freeze our channel in it and check it;
+        None if we accept, else why not (and the factory is unfrozen again)."""
+        assert msg.rollover_of is not None
+        fid = msg.rollover_of.hex()
+        rec = self.store.get(fid, "factory")
+        if rec is None or rec.get("role") != "client" or rec.get("lsp") != peer:
+            return "a rollover of a factory we are not in with this LSP"
+        if rec.get("frozen") or rec.get("close") is not None:
+            return "that factory is already being closed"
+        if rec.get("funding", {}).get("status", CONFIRMED) != CONFIRMED:
+            return "that factory's funding has not confirmed"
+        self._freeze(fid, rec, "rollover", msg.factory_id.hex())
+        balance, why = self._quiet_balance(rec)
+        if balance is None:
+            pass
+        elif msg.balance_sat + msg.inbound_sat != int(rec["capacity_sat"]):
+            why = f"the new channel's capacity is not our channel's {rec['capacity_sat']} sat"
+        elif msg.push_msat != balance or msg.balance_sat != balance // 1000:
+            why = f"the new channel is not pushed our balance of {balance} msat"
+        if why:
+            self._unfreeze(fid, rec, why)
+            return why
+        self.log(f"factory {fid}: frozen for its rollover into {msg.factory_id.hex()} ({balance} msat carried)")
+        return None
+
+    # --- the close round ---
+
+    def _on_propose(self, peer: str, msg: Propose) -> None:
+        fid = msg.factory_id.hex()
+        if fid in self._sessions:
+            return
+        rec = self.store.get(fid, "factory")
+        if rec is None or rec.get("role") != "client" or rec.get("lsp") != peer:
+            return  # not a factory of ours with this LSP: nothing to sign
+        freeze = rec.get("frozen") or {}
+        why = None
+        if rec.get("close") is not None or freeze.get("partial_signed"):
+            why = "we already signed a close of this factory"
+        elif rec.get("funding", {}).get("status", CONFIRMED) != CONFIRMED:
+            why = "the factory's funding has not confirmed"
+        if why is None and not freeze:
+            self._freeze(fid, rec, "close", None)
+            freeze = rec["frozen"]
+        self._dev_crash("client-close-on-propose")
+        expect = None
+        if why is None:
+            expect, why = self._expectation(fid, rec, freeze.get("next_factory"))
+        if why is not None or expect is None:
+            self.log(f"factory {fid}: refusing the close: {why}")
+            self.transport.send(peer, Abort(msg.factory_id, msg.session_id, int(AbortCode.BAD_PROPOSAL),
+                                            f"close refused: {why}", None))
+            if self._abortable(rec):
+                self._unfreeze(fid, rec, str(why))
+            return
+        seckey = self.node.secret(factory_key_label(peer, msg.factory_id, "client"))
+        session = CloseSession(peer, Participant(expect, seckey), msg.session_id)
+        self._sessions[fid] = session
+        self._execute(fid, session, session.participant.receive(msg))
+
+    def _expectation(self, fid: str, rec: dict[str, Any], next_factory: Optional[str]) -> tuple[Optional[Expectation], Optional[str]]:
+        balance, why = self._quiet_balance(rec)
+        if balance is None:
+            return None, why
+        txid, vout = rec["funding_outpoint"].split(":")
+        value, _ = rec["path_prevouts"][0]
+        funding = (OutPoint.from_hex(txid, int(vout)), int(value))
+        pubkey = bytes.fromhex(rec["pubkey"])
+        if next_factory:
+            nxt = self.store.get(next_factory, "factory")
+            if nxt is None or nxt.get("role") != "client" or nxt.get("rollover_of") != fid:
+                return None, "we hold no next factory for this rollover"
+            ntxid, nvout = nxt["funding_outpoint"].split(":")
+            nvalue, nscript = nxt["path_prevouts"][0]
+            return Expectation(Kind.CLOSE, pubkey, funding=funding,
+                               next_funding=(OutPoint.from_hex(ntxid, int(nvout)), TxOut(int(nvalue), bytes.fromhex(nscript)))), None
+        payout = Tx.from_hex(rec["distribution"]).outputs[int(rec["client_index"])].script_pubkey
+        return Expectation(Kind.CLOSE, pubkey, payout_script=payout, payout_sat=balance // 1000, funding=funding), None
+
+    def _execute(self, fid: str, session: CloseSession, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Persist) and a.record == "signing":
+                rec = self.store.get(fid, "factory")
+                assert rec is not None
+                rec["frozen"].update(partial_signed=True, close_txid=session.participant.jobs[0].tx.txid,
+                                     scanned_height=self.node.blockheight())
+                self.store.put(fid, "factory", rec)
+            elif isinstance(a, Persist) and a.record == "signed":
+                rec = self.store.get(fid, "factory")
+                assert rec is not None
+                job = session.participant.jobs[0]
+                rec["close"] = new_close(a.data["txs"][0], (job.prevout.value, job.prevout.script_pubkey),
+                                         int(rec["frozen"].get("scanned_height", self.node.blockheight())),
+                                         rec["frozen"].get("next_factory"))
+                self.store.put(fid, "factory", rec)
+                self._dev_crash("client-close-after-sign")
+            elif isinstance(a, Send):
+                try:
+                    self.transport.send(session.lsp, a.message)
+                except Exception as e:
+                    self.log(f"factory {fid}: send to the LSP failed: {e}")
+            elif isinstance(a, Completed):
+                self._sessions.pop(fid, None)
+                self.log(f"factory {fid}: signed its cooperative close; stored, waiting for it to confirm")
+            elif isinstance(a, Failed):
+                self._sessions.pop(fid, None)
+                rec = self.store.get(fid, "factory")
+                if rec is not None and self._abortable(rec):
+                    self._unfreeze(fid, rec, a.reason)
+                else:
+                    self.log(f"factory {fid}: close round failed after our partial signature ({a.reason}); "
+                             "frozen until the close or another spend of the funding output confirms")
+
+    def _dev_crash(self, name: str) -> None:
+        if self.dev_fail_at == name:
+            self.log(f"dev: killing lightningd (SIGKILL) at {name}")
+            os.kill(os.getppid(), signal.SIGKILL)
+

@@ -1,0 +1,408 @@
+"""The LSP's side of the cooperative close and of the rollover of a factory.
+
+`superscalar-close` (every client online):
+  1. FREEZE: the factory record is marked `frozen` (durable): from then on the HTLC policy fails every
+     new HTLC on its channels; we wait until none of them has a pending HTLC (timeout: unfreeze, fail).
+  2. The CLOSE round is proposed: each client is paid floor(its channel balance msat / 1000) sat to its
+     payout script (the one the distribution pays), the LSP the rest less the pre-agreed fee and anchor.
+  3. Each client freezes its own side first (durable), checks in its own listpeerchannels that its
+     channel holds no HTLC and that the close pays it at least floor(to_us_msat / 1000) sat, and that it
+     spends its factory's funding output; otherwise it refuses, we abort and both sides unfreeze.
+  4. The fully signed close is stored on both sides before it goes out (a client stores it before it
+     sends Done; we as soon as we aggregate it); we broadcast it, and both sides rebroadcast it every
+     block until it or a conflicting spend confirms (`chain/close_watch.py`).
+  5. Once it confirms, the factory's channels are retired (`chain/retire.py`).
+
+`superscalar-rollover` (the laddering calls the same code): the close's outputs are the next factory
+B's funding output (output 0), the leavers' payouts, the LSP's rest and the anchor. B's clients are
+the rolling clients; each B channel has its A channel's capacity and is pushed exactly the client's A
+balance in msat. Order: freeze A → invite B's clients (the invite names A; each client freezes its A
+channel and checks it holds no HTLC, that B's capacity is A's and the push its own to_us_msat) →
+`fundchannel_start` every B channel → B's tree over (close txid, 0) (the close's txid is final before
+it is signed) → B's construction round (each client stores B's exit path before Done) → B recorded,
+its channels completed → the CLOSE round on A (rolling clients check that output 0 is B's funding
+output they signed over, leavers their payout) → the signed close stored on both sides → broadcast →
+once it confirms A's channels are retired and B is funded. No HTLC moves on A's channels from the
+freeze on, nor on B's until the close has confirmed.
+
+Why the carry-over is atomic: A's funding output can be spent once. Either the close spends it, and
+then B's funding output exists (it is output 0 of that very transaction) and A's channels are backed
+by nothing and retired; or A's tree spends it (someone exits), and then A's channels are backed as
+before and B's funding can never exist, so B's channels are treated as unfunded and closed. Each
+client's balance is the same number in both (B's push is its A balance to the msat) and neither
+channel moves it until that is settled (both frozen), so no side can lose it or hold it twice. Before
+the close is fully signed by everyone it does not exist and aborting is free (unfreeze A, close B's
+unbacked channels, drop B); once anyone holds it, it is only ever rebroadcast, never abandoned.
+
+After a restart: a factory frozen without a signed close, whose ceremony died with the process, is
+aborted (unfrozen; a next factory abandoned and its channels closed); one with a signed close goes on
+being rebroadcast until it settles.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .. import musig2
+from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
+from ..bitcoin.tx import OutPoint, TxOut
+from ..chain.close_watch import close_pending, drop_next_factory, new_close
+from ..chain.exits import path_entry
+from ..client.membership import factory_key_label
+from ..factory.errors import FactoryError
+from ..factory.graph import Factory, FactoryScripts, TreeTx, cooperative_close, rollover_close
+from ..factory.params import ClientTerms, FactoryParams
+from ..node import msat
+from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
+from ..protocol.rounds import close_round, construction_round
+from ..protocol.wire import Abort, AbortCode, Invite, Message
+from .creation import ClientSpec, Lsp, Pending, _lsp_record, _seckey
+
+POLL_SECONDS = 0.2
+
+
+class CloseError(RuntimeError):
+    """superscalar-close / superscalar-rollover failed; the factory was unfrozen, nothing went out."""
+
+
+@dataclass
+class Session:
+    """One CLOSE round on a factory: its clients by index (node ids), the coordinator and its outcome."""
+
+    factory_id: bytes
+    peers: list[str]
+    session_id: bytes
+    coordinator: Optional[Coordinator] = None
+    outcome: Optional[Completed | Failed] = None
+    signed: bool = False  # the fully signed close is stored
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+@dataclass(frozen=True)
+class RollingClient:
+    index: int  # in A
+    node_id: str
+    capacity_sat: int
+    balance_msat: int
+
+
+def factory_from_record(rec: dict[str, Any]) -> Factory:
+    """The LSP's Factory object back from its record (for a factory at its initial state)."""
+    params = FactoryParams.deserialize(rec["params"].encode())
+    s = rec["scripts"]
+    scripts = FactoryScripts(tuple(bytes.fromhex(x) for x in s["channels"]), tuple(bytes.fromhex(x) for x in s["payouts"]),
+                             bytes.fromhex(s["lsp"]))
+    return Factory(params, [ClientTerms(int(b), int(i)) for b, i in rec["terms"]],
+                   [bytes.fromhex(k) for k in rec["pubkeys"]], scripts)
+
+
+class Closer:
+    def __init__(self, lsp: Lsp, log: Callable[[str], None], timeout: float, dev_fail_at: str = "") -> None:
+        # Testing only (developer mode): "lsp-close-before-sign", "lsp-roll-after-b-channels" and
+        # "lsp-close-after-sign" kill lightningd there; "lsp-close-underpay" and "lsp-roll-wrong-output0"
+        # propose an unfair close.
+        self.lsp = lsp
+        self.node, self.store, self.transport = lsp.node, lsp.store, lsp.transport
+        self.log, self.timeout, self.dev_fail_at = log, timeout, dev_fail_at
+        self._sessions: dict[bytes, Session] = {}
+        self._busy: set[str] = set()  # factory ids with a close or rollover under way in this process
+        self._recovered = False  # the records left by an earlier process were looked at
+
+    # --- messages (custommsg hook thread) ---
+
+    def on_message(self, peer: str, msg: Message) -> bool:
+        session = self._sessions.get(msg.factory_id)
+        if session is None:
+            return False
+        if peer not in session.peers:
+            return True
+        with session.cond:
+            if session.coordinator is not None:
+                self._execute(session, session.coordinator.receive(session.peers.index(peer), msg))
+            session.cond.notify_all()
+        return True
+
+    def on_disconnect(self, peer: str) -> None:
+        for session in list(self._sessions.values()):
+            if peer in session.peers and session.coordinator is not None:
+                with session.cond:
+                    self._execute(session, session.coordinator.peer_failed(session.peers.index(peer), "disconnected"))
+                    session.cond.notify_all()
+
+    def _execute(self, session: Session, actions: list[Action]) -> None:
+        fid = session.factory_id.hex()
+        for a in actions:
+            if isinstance(a, Persist) and a.record == "signed":
+                # Everyone signed: the close exists. It is stored before any client is sent it.
+                rec = self.store.get(fid, "factory")
+                assert rec is not None
+                tx = a.data["txs"][0]
+                job = session.coordinator.round.jobs[0] if session.coordinator else None
+                assert job is not None
+                rec["close"] = new_close(tx, (job.prevout.value, job.prevout.script_pubkey), self.node.blockheight(),
+                                         (rec.get("frozen") or {}).get("next_factory"))
+                self.store.put(fid, "factory", rec)
+                session.signed = True
+            elif isinstance(a, Send):
+                try:
+                    self.transport.send(session.peers[a.peer], a.message)
+                except Exception as e:  # a peer gone: the round fails through on_disconnect
+                    self.log(f"close of {fid}: send to {session.peers[a.peer]} failed: {e}")
+            elif isinstance(a, (Completed, Failed)):
+                session.outcome = a
+
+    # --- the commands (worker threads) ---
+
+    def close(self, factory_id: str, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+        rec = self._start(factory_id, "close", None)
+        try:
+            factory = factory_from_record(rec)
+            balances = self._quiesce(factory_id, rec)
+            amounts = [b // 1000 for b in balances]
+            if self.dev_fail_at == "lsp-close-underpay":  # testing only: a client is paid 1 sat too little
+                amounts[0] -= 1
+            close = cooperative_close(factory, _funding(rec), amounts)
+            progress(f"factory {factory_id} frozen; proposing the close: clients get {amounts} sat")
+            self._dev_crash_point("lsp-close-before-sign")
+            self._close_round(factory_id, rec, factory, close)
+            return self._finish(factory_id, close, progress,
+                                {"payouts_sat": {c["peer_id"]: a for c, a in zip(rec["channels"], amounts)}})
+        except Exception as e:
+            self._abort(factory_id, str(e))
+            raise CloseError(str(e)) from None
+        finally:
+            self._busy.discard(factory_id)
+
+    def rollover(self, factory_id: str, leave: list[str], progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+        rec = self._start(factory_id, "rollover", None)
+        pending: Optional[Pending] = None
+        opened: list[str] = []
+        completed: list[str] = []
+        try:
+            peers = [c["peer_id"] for c in rec["channels"]]
+            if set(leave) - set(peers):
+                raise CloseError(f"not clients of this factory: {sorted(set(leave) - set(peers))}")
+            if set(leave) == set(peers):
+                raise CloseError("every client leaves: use superscalar-close")
+            factory = factory_from_record(rec)
+            balances = self._quiesce(factory_id, rec)
+            rolling = [RollingClient(i, p, factory.terms[i].capacity_sat, balances[i])
+                       for i, p in enumerate(peers) if p not in leave]
+            leaver_amounts = [balances[i] // 1000 if p in leave else 0 for i, p in enumerate(peers)]
+            fid_b = secrets.token_bytes(32)
+            rec = self.store.get(factory_id, "factory") or rec
+            rec["frozen"]["next_factory"] = fid_b.hex()  # durable before anyone hears of B
+            self.store.put(factory_id, "factory", rec)
+            specs = [ClientSpec(r.node_id, r.balance_msat // 1000, r.capacity_sat - r.balance_msat // 1000) for r in rolling]
+            push = {r.node_id: r.balance_msat for r in rolling}
+            params = self.lsp.params_for(len(rolling), self.node.blockheight())
+            pending = Pending(fid_b, specs, params, secrets.token_bytes(32))
+            self.lsp._pending[fid_b] = pending
+            progress(f"factory {factory_id} frozen; inviting {len(rolling)} clients into factory {fid_b.hex()}")
+            for c in specs:
+                self.transport.send(c.node_id, Invite(fid_b, pending.invite_id, params.serialize(), c.balance_sat,
+                                                      c.inbound_sat, bytes.fromhex(factory_id), push[c.node_id]))
+            self.lsp._wait(pending, lambda: len(pending.accepts) == len(specs), "clients to accept the rollover")
+            order = sorted(range(len(specs)), key=lambda i: pending.accepts[i].pubkey)
+            with pending.cond:
+                pending.accepts = {new: pending.accepts[old] for new, old in enumerate(order)}
+                pending.clients = specs = [specs[i] for i in order]
+            lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid_b, "lsp")))
+            pubkeys = [musig2.individual_pk(lsp_sk)] + [pending.accepts[i].pubkey for i in range(len(specs))]
+            channels = []
+            for c in specs:
+                channels.append(self.node.fundchannel_start(c.node_id, c.balance_sat + c.inbound_sat, push[c.node_id]))
+                opened.append(c.node_id)
+            b = Factory(params, [ClientTerms(c.balance_sat, c.inbound_sat) for c in specs], pubkeys,
+                        FactoryScripts(tuple(channels), tuple(pending.accepts[i].payout_script for i in range(len(specs))),
+                                       self.node.new_script()))
+            try:
+                close = rollover_close(factory, _funding(rec), b.funding_output, leaver_amounts)
+            except FactoryError as e:
+                raise CloseError(str(e)) from None
+            graph = b.graph(OutPoint.from_hex(close.tx.txid, 0))
+            if self.dev_fail_at == "lsp-roll-wrong-output0":  # testing only: B is signed over another close
+                close = rollover_close(factory, _funding(rec), TxOut(b.funding_output.value - 1_000,
+                                                                     b.funding_output.script_pubkey), leaver_amounts)
+            progress(f"factory {fid_b.hex()} funded by the close {close.tx.txid}:0 ({b.funding_output.value} sat); "
+                     f"signing its {len(graph.txs()) + 1} transactions")
+            with pending.cond:
+                pending.coordinator = Coordinator(construction_round(b, graph, fid_b, secrets.token_bytes(32)), lsp_sk)
+                self.lsp._execute(pending, pending.coordinator.start())
+            self.lsp._wait(pending, lambda: pending.outcome is not None, "the next factory's signing ceremony")
+            if isinstance(pending.outcome, Failed):
+                raise CloseError(f"the next factory's ceremony failed: {pending.outcome.reason}")
+            record = _next_record(b, graph, specs, pending, factory_id, push)
+            self.store.put(fid_b.hex(), "factory", record)
+            for i, c in enumerate(specs):
+                leaf = graph.states[b.topology.leaf_of_client[i]]
+                psbt = Psbt(leaf.tx, (PsbtInput(witness_utxo=leaf.prevout),), tuple(PsbtOutput() for _ in leaf.tx.outputs))
+                channel_id = self.node.fundchannel_complete(c.node_id, psbt.to_base64())
+                opened.remove(c.node_id)
+                completed.append(channel_id)
+                record["channels"][i]["channel_id"] = channel_id
+                self.store.put(fid_b.hex(), "factory", record)
+            record["stage"] = "rolling"  # every B channel exists; funded once the close confirms
+            self.store.put(fid_b.hex(), "factory", record)
+            self.lsp._pending.pop(fid_b, None)
+            progress(f"the channels of factory {fid_b.hex()} exist; signing the close of {factory_id}")
+            self._dev_crash_point("lsp-roll-after-b-channels")
+            self._close_round(factory_id, rec, factory, close)
+            return self._finish(factory_id, close, progress, {
+                "next_factory": fid_b.hex(), "next_funding_outpoint": f"{close.tx.txid}:0",
+                "next_funding_sat": b.funding_output.value,
+                "rolled": [{"peer_id": c.node_id, "push_msat": push[c.node_id], "channel_id": ch["channel_id"]}
+                           for c, ch in zip(specs, record["channels"])],
+                "payouts_sat": {p: a for p, a in zip(peers, leaver_amounts) if p in leave}})
+        except Exception as e:
+            if pending is not None:
+                self.lsp._abort(pending, opened, None, [])
+                self.lsp._pending.pop(pending.factory_id, None)
+            self._abort(factory_id, str(e))
+            raise CloseError(str(e)) from None
+        finally:
+            self._busy.discard(factory_id)
+
+    # --- steps ---
+
+    def _start(self, factory_id: str, reason: str, next_factory: Optional[str]) -> dict[str, Any]:
+        """Check the factory can be closed now and freeze it (durable)."""
+        if factory_id in self._busy:
+            raise CloseError(f"factory {factory_id}: a close is already under way")
+        rec = self.store.get(factory_id, "factory")
+        if rec is None or rec.get("role") != "lsp":
+            raise CloseError(f"no factory {factory_id} of which this node is the LSP")
+        if rec.get("stage") != "funded" or rec.get("close") is not None or rec.get("frozen"):
+            raise CloseError(f"factory {factory_id} cannot be closed now (stage {rec.get('stage')}, "
+                             f"close {(rec.get('close') or {}).get('status')}, frozen {bool(rec.get('frozen'))})")
+        if self.store.get(factory_id, "exit") is not None:
+            raise CloseError(f"factory {factory_id} is being exited")
+        live = {c["channel_id"]: c for c in self.node.peer_channels()}
+        for c in rec["channels"]:
+            ch = live.get(c.get("channel_id"))
+            if ch is None or ch.get("state") != "CHANNELD_NORMAL" or not ch.get("peer_connected"):
+                raise CloseError(f"client {c['peer_id']} is not connected with a normal channel")
+        self._busy.add(factory_id)
+        rec["frozen"] = {"reason": reason, "since_height": self.node.blockheight(), "next_factory": next_factory,
+                         "close_txid": None, "partial_signed": False}
+        self.store.put(factory_id, "factory", rec)
+        return rec
+
+    def _quiesce(self, factory_id: str, rec: dict[str, Any]) -> list[int]:
+        """Wait until no channel of the frozen factory has a pending HTLC; each client's balance (msat)."""
+        ids = [str(c["channel_id"]) for c in rec["channels"]]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            live = {c["channel_id"]: c for c in self.node.peer_channels()}
+            chans = [live.get(i) for i in ids]
+            if any(ch is None or ch.get("state") != "CHANNELD_NORMAL" for ch in chans):
+                raise CloseError("a channel of the factory is not normal any more")
+            if not any(ch.get("htlcs") for ch in chans if ch is not None):
+                return [msat(ch["total_msat"]) - msat(ch["to_us_msat"]) for ch in chans if ch is not None]
+            if time.monotonic() > deadline:
+                raise CloseError(f"factory {factory_id}: HTLCs still pending after {self.timeout:.0f} s")
+            time.sleep(POLL_SECONDS)
+
+    def _close_round(self, factory_id: str, rec: dict[str, Any], factory: Factory, close: TreeTx) -> None:
+        fid = bytes.fromhex(factory_id)
+        lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid, "lsp")))
+        session = Session(fid, [c["peer_id"] for c in rec["channels"]], secrets.token_bytes(32))
+        self._sessions[fid] = session
+        try:
+            with session.cond:
+                session.coordinator = Coordinator(close_round(factory, close, _funding(rec), fid, session.session_id), lsp_sk)
+                self._execute(session, session.coordinator.start())
+                session.cond.wait_for(lambda: session.outcome is not None, self.timeout)
+            if session.signed:
+                return  # the close exists: it goes out whatever happened to the Done messages
+            if session.outcome is None:
+                with session.cond:
+                    self._execute(session, session.coordinator.peer_failed(0, "timed out", AbortCode.TIMEOUT))
+            raise CloseError(f"close round failed: {getattr(session.outcome, 'reason', 'timed out')}")
+        finally:
+            self._sessions.pop(fid, None)
+
+    def _finish(self, factory_id: str, close: TreeTx, progress: Callable[[str], None], extra: dict[str, Any]) -> dict[str, Any]:
+        self._dev_crash_point("lsp-close-after-sign")
+        rec = self.store.get(factory_id, "factory")
+        assert rec is not None and rec.get("close") is not None
+        signed = rec["close"]
+        value, script = signed["prevout"]
+        why = self.node.broadcast(signed["tx"], [(int(value), bytes.fromhex(script))])
+        if why is None:
+            signed["status"] = "broadcast"
+            self.store.put(factory_id, "factory", rec)
+            progress(f"cooperative close {signed['txid']} broadcast")
+        else:
+            self.log(f"factory {factory_id}: broadcasting the close {signed['txid']}: {why}; retried every block")
+        lsp_out = next(o for o in close.tx.outputs if o.script_pubkey == bytes.fromhex(rec["scripts"]["lsp"]))
+        return {"factory_id": factory_id, "close_txid": signed["txid"], "status": signed["status"],
+                "fee_sat": close.fee, "anchor_sat": close.tx.outputs[-1].value, "lsp_sat": lsp_out.value, **extra}
+
+    def _abort(self, factory_id: str, reason: str) -> None:
+        """Before the close exists: tell the clients, unfreeze, drop the next factory. Never after."""
+        rec = self.store.get(factory_id, "factory")
+        if rec is None or rec.get("close") is not None or not rec.get("frozen"):
+            return
+        for c in rec["channels"]:
+            try:
+                self.transport.send(c["peer_id"], Abort(bytes.fromhex(factory_id), bytes(32), int(AbortCode.REFUSED),
+                                                        f"close aborted: {reason}"[:900], None))
+            except Exception as e:
+                self.log(f"close abort to {c['peer_id']}: {e}")
+        self.unfreeze(factory_id, rec, reason)
+
+    def unfreeze(self, factory_id: str, rec: dict[str, Any], reason: str) -> None:
+        next_factory = (rec.get("frozen") or {}).get("next_factory")
+        rec.pop("frozen", None)
+        self.store.put(factory_id, "factory", rec)
+        self.log(f"factory {factory_id}: close aborted ({reason}); unfrozen")
+        if next_factory:
+            drop_next_factory(self.store, next_factory, f"the rollover of {factory_id} was aborted: {reason}")
+
+    def on_block(self, height: int) -> None:
+        """At the first block after a start: a frozen factory with no close under way in this process and
+        no signed close is unfrozen (its next factory abandoned); a signed one is left to the close watch.
+        (Within a process every failure aborts at once, so later blocks have nothing to recover.)"""
+        if self._recovered:
+            return
+        self._recovered = True
+        for fid in self.store.factory_ids():
+            if fid in self._busy:
+                continue
+            rec = self.store.get(fid, "factory")
+            if (rec is None or rec.get("role") != "lsp" or close_pending(rec)
+                    or (rec.get("frozen") or {}).get("reason") not in ("close", "rollover")):
+                continue
+            if rec.get("close") is None:
+                self.unfreeze(fid, rec, "its ceremony did not survive a restart")
+
+    def _dev_crash_point(self, name: str) -> None:
+        self.lsp._dev_crash_point(name, kill_node=True)
+
+
+def _funding(rec: dict[str, Any]) -> OutPoint:
+    txid, vout = rec["funding_outpoint"].split(":")
+    return OutPoint.from_hex(txid, int(vout))
+
+
+def _next_record(b: Factory, graph: Any, specs: list[ClientSpec], pending: Pending, rollover_of: str,
+                 push: dict[str, int]) -> dict[str, Any]:
+    """B's record: like a created factory's, funded by A's close, frozen until that confirms."""
+    record = _lsp_record(b, graph, specs, [None] * len(specs))
+    assert pending.coordinator is not None and isinstance(pending.outcome, Completed)
+    signed = {t.name: tx for t, tx in zip(pending.coordinator.round.jobs, pending.outcome.signed)}
+    record["txs"] = [path_entry(t.name, signed[t.name].to_hex(), t.prevout.value, t.prevout.script_pubkey)
+                     for t in graph.txs()]
+    record["paths"] = [[t.name for t in graph.path_txs(i)] for i in range(len(specs))]
+    record["distribution"] = signed["distribution"].to_hex()
+    record["stage"] = "rollover-completing"
+    record["rollover_of"] = rollover_of
+    record["frozen"] = {"reason": "rollover-funding", "since_height": b.params.start_height, "next_factory": None}
+    for ch, c in zip(record["channels"], specs):
+        ch["push_msat"] = push[c.node_id]
+    return record
