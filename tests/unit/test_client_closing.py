@@ -92,3 +92,31 @@ def test_freeze_given_up_after_an_lsp_goes_quiet_or_a_restart() -> None:
     store.put(A, "factory", rec)
     ClientCloser(node, store, Outbox([]), lambda _: None).on_block(200)  # type: ignore[arg-type]
     assert (store.get(A, "factory") or {}).get("frozen")
+
+
+def test_lsp_gives_up_and_unfreezes_when_htlcs_stay_pending() -> None:
+    import pytest
+
+    from superscalar.lsp.closing import CloseError, Closer
+    from superscalar.lsp.creation import Lsp
+
+    from .test_htlc_index import CLIENT_ID, lsp_record
+
+    node = Node(100)
+    store = Store(node)  # type: ignore[arg-type]
+    ch = listed_channel(1, CLIENT_ID, outpoint(1), htlcs=[{"id": 7}])
+    ch.update(peer_connected=True, to_us_msat=1, total_msat=2)
+    node.channels = [ch]
+    store.put(A, "factory", lsp_record([(CLIENT_ID, f"{1:064x}", outpoint(1))]))
+    journal: list[tuple[str, Any]] = []
+    lsp = Lsp(node, store, Outbox(journal), lambda n, h: None, lambda _: None, timeout=0.3)  # type: ignore[arg-type]
+    closer = Closer(lsp, lambda _: None, timeout=0.3)
+    with pytest.raises(CloseError, match="HTLCs still pending"):
+        closer.close(A)
+    assert not (store.get(A, "factory") or {}).get("frozen")
+    assert [(k, p) for k, (p, m) in journal if isinstance(m, Abort)] == [("send", CLIENT_ID)]
+    # A channel that is not connected: refused before anything is frozen or sent.
+    ch.update(htlcs=[], peer_connected=False)
+    with pytest.raises(CloseError, match="not connected"):
+        closer.close(A)
+    assert len(journal) == 1 and not (store.get(A, "factory") or {}).get("frozen")
