@@ -160,8 +160,8 @@ class Closer:
     def close(self, factory_id: str, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
         rec = self._start(factory_id, "close", None)
         try:
-            factory = factory_from_record(rec)
             balances = self._quiesce(factory_id, rec)
+            factory = factory_from_record(rec)
             amounts = [b // 1000 for b in balances]
             if self.dev_fail_at == "lsp-close-underpay":  # testing only: a client is paid 1 sat too little
                 amounts[0] -= 1
@@ -188,8 +188,8 @@ class Closer:
                 raise CloseError(f"not clients of this factory: {sorted(set(leave) - set(peers))}")
             if set(leave) == set(peers):
                 raise CloseError("every client leaves: use superscalar-close")
-            factory = factory_from_record(rec)
             balances = self._quiesce(factory_id, rec)
+            factory = factory_from_record(rec)
             rolling = [RollingClient(i, p, factory.terms[i].capacity_sat, balances[i])
                        for i, p in enumerate(peers) if p not in leave]
             leaver_amounts = [balances[i] // 1000 if p in leave else 0 for i, p in enumerate(peers)]

@@ -1,0 +1,122 @@
+"""The client's side of a rollover invitation and a close proposal (client/closing.py), against fakes:
+it freezes first, accepts only the exact carry-over of a quiet channel, and unfreezes when it refuses."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from superscalar.client.closing import STALE_FREEZE_BLOCKS, ClientCloser
+from superscalar.protocol.rounds import Kind
+from superscalar.protocol.wire import Abort, Invite, Propose
+from superscalar.store import Store
+
+from ..fakes import ChannelNode, Outbox, listed_channel
+from .test_htlc_index import LSP_ID, client_record, outpoint
+
+A, B = "aa" * 32, "bb" * 32
+BALANCE_MSAT = 54_000_446
+
+
+class Node(ChannelNode):
+    def secret(self, label: str) -> bytes:
+        return bytes(31) + b"\x01"
+
+
+def setup(htlcs: Optional[list[dict[str, Any]]] = None) -> tuple[Node, Store, ClientCloser, list[tuple[str, Any]]]:
+    node = Node(100)
+    store = Store(node)  # type: ignore[arg-type]
+    journal: list[tuple[str, Any]] = []
+    ch = listed_channel(1, LSP_ID, outpoint(1), htlcs=htlcs)
+    ch.update(to_us_msat=BALANCE_MSAT, total_msat=250_000_000)
+    node.channels = [ch]
+    rec = client_record(outpoint(1))
+    rec["capacity_sat"] = 250_000
+    store.put(A, "factory", rec)
+    return node, store, ClientCloser(node, store, Outbox(journal), lambda _: None), journal  # type: ignore[arg-type]
+
+
+def invite(push: int = BALANCE_MSAT, capacity: int = 250_000, of: str = A) -> Invite:
+    return Invite(bytes.fromhex(B), b"\x01" * 32, b"{}", push // 1000, capacity - push // 1000, bytes.fromhex(of), push)
+
+
+def test_rollover_accepted_only_for_the_exact_balance_of_a_quiet_channel() -> None:
+    node, store, closer, _ = setup()
+    assert closer.accept_rollover(LSP_ID, invite()) is None
+    rec = store.get(A, "factory")
+    assert rec is not None and rec["frozen"]["reason"] == "rollover" and rec["frozen"]["next_factory"] == B
+    # A second invitation while frozen is refused.
+    assert closer.accept_rollover(LSP_ID, invite()) == "that factory is already being closed"
+    for bad, why in ((invite(push=BALANCE_MSAT + 1), "not pushed our balance"),
+                     (invite(capacity=250_001), "capacity"),
+                     (invite(of="cc" * 32), "not in")):
+        node, store, closer, _ = setup()
+        reason = closer.accept_rollover(LSP_ID, bad)
+        assert reason is not None and why in reason
+        assert not (store.get(A, "factory") or {}).get("frozen")  # unfrozen again
+    node, store, closer, _ = setup()
+    assert closer.accept_rollover("02" + "dd" * 32, invite()) == "a rollover of a factory we are not in with this LSP"
+    node, store, closer, _ = setup(htlcs=[{"id": 0}])
+    assert closer.accept_rollover(LSP_ID, invite()) == "our channel in that factory has pending HTLCs"
+    assert not (store.get(A, "factory") or {}).get("frozen")
+
+
+def test_close_proposal_with_a_pending_htlc_is_refused_and_unfrozen() -> None:
+    node, store, closer, journal = setup(htlcs=[{"id": 3}])
+    proposal = Propose(bytes.fromhex(A), b"\x02" * 32, 0, b"{}", bytes(32), 0, 1, (), (), (), b"", int(Kind.CLOSE))
+    assert closer.on_message(LSP_ID, proposal)
+    [(kind, (peer, msg))] = journal
+    assert kind == "send" and peer == LSP_ID and isinstance(msg, Abort) and "pending HTLCs" in msg.reason
+    assert not (store.get(A, "factory") or {}).get("frozen")
+    # A proposal from another node than the factory's LSP is ignored: nothing frozen, nothing sent.
+    assert closer.on_message("02" + "dd" * 32, proposal) and len(journal) == 1
+
+
+def test_freeze_given_up_after_an_lsp_goes_quiet_or_a_restart() -> None:
+    node, store, closer, _ = setup()
+    closer.on_block(100)  # the first block: nothing frozen yet
+    assert closer.accept_rollover(LSP_ID, invite()) is None
+    closer.on_block(100 + STALE_FREEZE_BLOCKS - 1)
+    assert (store.get(A, "factory") or {}).get("frozen")
+    closer.on_block(100 + STALE_FREEZE_BLOCKS)
+    assert not (store.get(A, "factory") or {}).get("frozen")
+    # A freeze found at start (left by a process that died) is given up at the first block...
+    assert closer.accept_rollover(LSP_ID, invite()) is None
+    restarted = ClientCloser(node, store, Outbox([]), lambda _: None)  # type: ignore[arg-type]
+    restarted.on_block(101)
+    assert not (store.get(A, "factory") or {}).get("frozen")
+    # ...but never once this node gave its partial signature: the close may exist.
+    rec = store.get(A, "factory")
+    assert rec is not None
+    rec["frozen"] = {"reason": "rollover", "since_height": 100, "next_factory": B, "partial_signed": True,
+                     "close_txid": "ee" * 32}
+    store.put(A, "factory", rec)
+    ClientCloser(node, store, Outbox([]), lambda _: None).on_block(200)  # type: ignore[arg-type]
+    assert (store.get(A, "factory") or {}).get("frozen")
+
+
+def test_lsp_gives_up_and_unfreezes_when_htlcs_stay_pending() -> None:
+    import pytest
+
+    from superscalar.lsp.closing import CloseError, Closer
+    from superscalar.lsp.creation import Lsp
+
+    from .test_htlc_index import CLIENT_ID, lsp_record
+
+    node = Node(100)
+    store = Store(node)  # type: ignore[arg-type]
+    ch = listed_channel(1, CLIENT_ID, outpoint(1), htlcs=[{"id": 7}])
+    ch.update(peer_connected=True, to_us_msat=1, total_msat=2)
+    node.channels = [ch]
+    store.put(A, "factory", lsp_record([(CLIENT_ID, f"{1:064x}", outpoint(1))]))
+    journal: list[tuple[str, Any]] = []
+    lsp = Lsp(node, store, Outbox(journal), lambda n, h: None, lambda _: None, timeout=0.3)  # type: ignore[arg-type]
+    closer = Closer(lsp, lambda _: None, timeout=0.3)
+    with pytest.raises(CloseError, match="HTLCs still pending"):
+        closer.close(A)
+    assert not (store.get(A, "factory") or {}).get("frozen")
+    assert [(k, p) for k, (p, m) in journal if isinstance(m, Abort)] == [("send", CLIENT_ID)]
+    # A channel that is not connected: refused before anything is frozen or sent.
+    ch.update(htlcs=[], peer_connected=False)
+    with pytest.raises(CloseError, match="not connected"):
+        closer.close(A)
+    assert len(journal) == 1 and not (store.get(A, "factory") or {}).get("frozen")
