@@ -20,6 +20,7 @@ from superscalar.chain.htlc_watch import DEFAULT_HTLC_EXIT_ALLOWANCE, HtlcWatch
 from superscalar.chain.lifecycle import Lifecycle
 from superscalar.chain.routing import exit_for_closing_channel, exit_late_funded, exit_plan
 from superscalar.client.closing import ClientCloser
+from superscalar.client.leaving import request_leave
 from superscalar.client.membership import Client
 from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
@@ -30,6 +31,7 @@ from superscalar.listing import describe
 from superscalar.lsp.closing import Closer
 from superscalar.lsp.creation import ClientSpec, Lsp
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
+from superscalar.lsp.leaving import Leavers, leaving
 from superscalar.lsp.ladder import Ladder, LadderConfig, alive
 from superscalar.node import ClnNode
 from superscalar.protocol.wire import WireError
@@ -75,6 +77,7 @@ class Roles:
         self.client.accept_rollover = self.client_closer.accept_rollover
         self.client.rollover_dropped = self.client_closer.rollover_dropped
         self.close_watch = CloseWatch(self.node, self.store, plugin.log)
+        self.leavers = Leavers(self.store, plugin.log, self.node.blockheight)
         self.index = HtlcIndex()
         self.store.listen(self.index.on_record)
         self.exposure = ShortHtlcExposure(ShortHtlcLimits(
@@ -92,7 +95,8 @@ class Roles:
                                  lambda waiting, height: self.lsp.create(
                                      [ClientSpec(w.node_id, w.balance_sat, w.inbound_sat) for w in waiting],
                                      height=height),
-                                 lambda fid: self.closer.rollover(fid, [], lambda text: plugin.log(f"ladder: {text}")),
+                                 lambda fid: self.closer.rollover(fid, leaving(self.store, fid),
+                                                                  lambda text: plugin.log(f"ladder: {text}")),
                                  plugin.log)
         ladder = self.ladder
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)
@@ -348,6 +352,18 @@ def build_plugin() -> Plugin:
             raise RpcException(str(e), code=INVALID_PARAMS)
         return {"factory_id": factory_id, "exit": plan.start(r.exits, factory_id)}
 
+    @plugin.method("superscalar-leave")
+    def leave(plugin: Plugin, factory_id: str, **kwargs: Any) -> dict[str, Any]:
+        """Ask the LSP of factory `factory_id` to pay this client on chain at the factory's next cooperative
+        close or rollover instead of carrying it into the next factory (client)."""
+        r = holder["roles"]
+        if not isinstance(factory_id, str) or len(factory_id) != 64:
+            raise RpcException("factory_id must be 64 hex characters", code=INVALID_PARAMS)
+        try:
+            return request_leave(r.node, r.store, r.transport, factory_id)
+        except ValueError as e:
+            raise RpcException(str(e), code=INVALID_PARAMS)
+
     @plugin.subscribe("block_added")
     def on_block_added(plugin: Plugin, **kwargs: Any) -> None:
         r = holder.get("roles")
@@ -435,6 +451,7 @@ def build_plugin() -> Plugin:
                 return {"result": "continue"}
             msg = r.transport.receive(peer_id, raw)
             if msg is not None and not r.lsp.on_message(peer_id, msg) and not r.closer.on_message(peer_id, msg) \
+                    and not (r.is_lsp and r.leavers.on_message(peer_id, msg)) \
                     and not r.client_closer.on_message(peer_id, msg):
                 r.client.on_message(peer_id, msg)
         except WireError as e:

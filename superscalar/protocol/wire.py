@@ -506,9 +506,18 @@ class Accept(Message):
     payout_script: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Leave(Message):
+    """client → LSP: at the next cooperative close or rollover of `factory_id`, pay me on chain instead
+    of carrying me into the next factory (session_id: a fresh id of the request)."""
+
+    KIND: ClassVar[int] = 11
+    FIELDS: ClassVar[Mapping[int, Field]] = _table()
+
+
 MESSAGE_TYPES: Mapping[int, type[Message]] = {
     cls.KIND: cls
-    for cls in (Propose, Nonces, AggNonces, PartialSigs, Signatures, Done, Abort, Fragment, Invite, Accept)
+    for cls in (Propose, Nonces, AggNonces, PartialSigs, Signatures, Done, Abort, Fragment, Invite, Accept, Leave)
 }
 
 

@@ -1,0 +1,43 @@
+"""Clients that asked to leave: a client sends `Leave` for a factory it is in (`superscalar-leave`), and
+the LSP pays it on chain in that factory's next cooperative close instead of carrying it into the next
+factory (the ladder's rollover reads the list). The list is the factory's own `leaving` record, apart
+from the `factory` record the ceremonies write, so a request never races a ceremony's write; it holds
+at most one entry per client of the factory, whatever a peer sends."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..protocol.wire import Leave, Message
+from ..store import Store, StoreError
+
+
+def leaving(store: Store, factory_id: str) -> list[str]:
+    """The node ids of the clients of `factory_id` that asked to leave."""
+    rec = store.get(factory_id, "leaving")
+    return list(rec["peers"]) if rec else []
+
+
+class Leavers:
+    def __init__(self, store: Store, log: Callable[..., None], height: Callable[[], int]) -> None:
+        self.store, self.log, self.height = store, log, height
+
+    def on_message(self, peer: str, msg: Message) -> bool:
+        """Record a `Leave` from a client of an LSP factory of ours; True if `msg` was a Leave."""
+        if not isinstance(msg, Leave):
+            return False
+        fid = msg.factory_id.hex()
+        try:
+            rec: dict[str, Any] | None = self.store.get(fid, "factory") if fid in self.store.factory_ids() else None
+            if rec is None or rec.get("role") != "lsp" or peer not in {c["peer_id"] for c in rec["channels"]}:
+                self.log(f"ignoring a leave request from {peer} for factory {fid}: not a client of ours there",
+                         level="info")
+                return True
+            peers = leaving(self.store, fid)
+            if peer not in peers:
+                self.store.put(fid, "leaving", {"peers": [*peers, peer], "heights": {
+                    **((self.store.get(fid, "leaving") or {}).get("heights", {})), peer: self.height()}})
+                self.log(f"factory {fid}: client {peer} asked to leave; it is paid on chain at the next close")
+        except StoreError as e:  # the client may ask again
+            self.log(f"factory {fid}: recording {peer}'s leave request: {e}", level="unusual")
+        return True

@@ -1,0 +1,27 @@
+"""Leave requests: the LSP records one entry per client of its factory, and nothing from anyone else."""
+
+from __future__ import annotations
+
+from superscalar.lsp.leaving import Leavers, leaving
+from superscalar.protocol.wire import Leave, decode_message, split_message
+from superscalar.store import Store
+
+from ..fakes import MemoryDatastore
+
+A, B, STRANGER = "02" + "aa" * 32, "03" + "bb" * 32, "02" + "cc" * 32
+FID = "11" * 32
+
+
+def test_lsp_records_each_client_that_asks_to_leave_once() -> None:
+    store = Store(MemoryDatastore())  # type: ignore[arg-type]
+    store.put(FID, "factory", {"role": "lsp", "params": "{}", "channels": [{"peer_id": A}, {"peer_id": B}]})
+    lines: list[str] = []
+    leavers = Leavers(store, lambda text, level="info": lines.append(text), lambda: 700)
+    [wire] = split_message(Leave(bytes.fromhex(FID), b"\x01" * 32))
+    msg = decode_message(wire)  # it crosses the wire as any other message
+    assert leavers.on_message(A, msg) and leavers.on_message(A, msg)  # twice: one entry
+    assert leavers.on_message(STRANGER, msg)  # handled (ignored): not a client there
+    assert leavers.on_message(B, Leave(b"\x22" * 32, b"\x01" * 32))  # a factory we do not have
+    assert leaving(store, FID) == [A]
+    assert store.get(FID, "leaving") == {"peers": [A], "heights": {A: 700}}
+    assert not leavers.on_message(A, Leave.__mro__[1](bytes.fromhex(FID), b"\x01" * 32))  # not a Leave
