@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 from pyln.testing.utils import sync_blockheight, wait_for
 
-from superscalar.node import msat
+from superscalar.chain.retire import Retired, retire_channels
+from superscalar.node import ClnNode, msat
 
 from .test_factory_plugin import pay
 
@@ -63,7 +64,8 @@ def rebroadcasts(node: Any, since: int) -> tuple[int, int]:
 
 
 def per_block(bitcoind: Any, nodes: list[Any], blocks: int = 3) -> list[list[tuple[int, int]]]:
-    """Mine `blocks` blocks one at a time; for each, every node's (attempts, distinct txs) rebroadcast."""
+    """Mine `blocks` blocks one at a time; for each, every node's (attempts, distinct txs) rebroadcast
+    in the two seconds after it saw the block."""
     out = []
     for _ in range(blocks):
         for n in nodes:
@@ -216,3 +218,64 @@ def test_withheld_channel_closes_without_a_trace(node_factory: Any, bitcoind: An
     # The LSP's inputs were unreserved by the withheld close: its wallet lost nothing.
     assert lsp.rpc.call("listfunds")["outputs"] and all(not o["reserved"] for o in lsp.rpc.listfunds()["outputs"])
     assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in nodes)
+
+
+def rebroadcast_span_ms(node: Any, since: int) -> int:
+    """Milliseconds from lightningd's "Adding block" line to its last rebroadcast failure after it."""
+    node.daemon.logs_catchup()
+    lines = node.daemon.logs[since:]
+    stamps = [(line.split()[1], REBROADCAST in line, "Adding block" in line) for line in lines if len(line.split()) > 1]
+    start = next((t for t, _, added in stamps if added), None)
+    end = max((t for t, sent, _ in stamps if sent), default=None)
+    if start is None or end is None:
+        return 0
+    from datetime import datetime
+    parse = lambda t: datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
+    return int((parse(end) - parse(start)).total_seconds() * 1000)
+
+
+def test_ten_rollovers_of_four_clients_cost(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """Ten rollovers of a 4-client factory, each retiring the old factory's 4 channels with
+    `retire_channels`: what the LSP's lightningd keeps, and its rebroadcast work per block."""
+    lsp, clients = factory_network(node_factory, plugin_path, 4)
+    for _ in range(10):
+        lsp.fundwallet(2_000_000)  # each never-broadcast funding keeps its inputs reserved
+    node = ClnNode(lsp.rpc, "regtest")
+    spec = [{"id": c.info["id"], "balance_sat": 50_000, "inbound_sat": 200_000} for c in clients]
+    figures: list[tuple[int, int, int]] = []  # (retired channels, LSP attempts on one block, ms)
+    live: list[str] = []
+    for rollover in range(11):
+        created = lsp.rpc.call("superscalar-create", {"clients": spec})
+        outpoints = {ch["funding_outpoint"] for ch in created["channels"]}
+        wait_for(lambda: len([ch for ch in lsp.rpc.listpeerchannels()["channels"] if ch["state"] == "CHANNELD_NORMAL"
+                              and f"{ch['funding_txid']}:{ch['funding_outnum']}" in outpoints]) == 4)
+        new = [ch["channel_id"] for ch in lsp.rpc.listpeerchannels()["channels"]
+               if f"{ch['funding_txid']}:{ch['funding_outnum']}" in outpoints]
+        pay(clients[rollover % 4], lsp, 2_000, f"r{rollover}")  # the new factory carries payments
+        if live:  # the old factory was closed cooperatively: its channels retire
+            got = retire_channels(node, live)
+            assert [r.outcome for r in got] == ["mutual"] * 4, got
+            assert all(isinstance(r, Retired) and r.txid for r in got)
+            assert retire_channels(node, live) == [Retired(cid, "already") for cid in live]  # idempotent
+        live = new
+        retired = 4 * rollover
+        lsp.daemon.logs_catchup()
+        mark = len(lsp.daemon.logs)
+        [[(attempts, _), *_]] = per_block(bitcoind, [lsp, *clients], 1)
+        figures.append((retired, attempts, rebroadcast_span_ms(lsp, mark)))
+    print("retired channels, LSP rebroadcast attempts on one block, ms from block to last attempt:")
+    for f in figures:
+        print(f"  {f[0]:3d} {f[1]:3d} {f[2]:5d}")
+    chans = lsp.rpc.listpeerchannels()["channels"]
+    kept = sorted({ch["state"] for ch in chans if ch["channel_id"] not in live})
+    print(f"LSP listpeerchannels: {len(chans)} channels, {len(live)} live, others {kept}; "
+          f"listclosedchannels: {len(lsp.rpc.listclosedchannels()['closedchannels'])}")
+    for c in clients:
+        print(f"  client {c.info['id'][:8]}: {[ch['state'] for ch in c.rpc.listpeerchannels()['channels']].count('CLOSINGD_COMPLETE')}"
+              " CLOSINGD_COMPLETE channels")
+    # The issue's bound does not hold on stock lightningd: the 40 retired channels stay listed
+    # (CLOSINGD_COMPLETE, not CLOSED), and each costs one sendrawtransaction per block.
+    assert len(chans) == 44 and kept == ["CLOSINGD_COMPLETE"]
+    assert all(attempts >= retired for retired, attempts, _ in figures)
+    assert [a for r, a, _ in figures][-1] >= 40
+    assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, *clients])
