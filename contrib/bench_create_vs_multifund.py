@@ -76,3 +76,18 @@ def test_bench_create_vs_multifund(node_factory: Any, bitcoind: Any, k: int) -> 
     assert len(created["channels"]) == k
     print(f"\nK={k}: superscalar-create {t_create:.1f} s (funding {create_vb} vB); "
           f"multifundchannel {t_multi:.1f} s (funding {multi_vb} vB); ratio create/multifund {t_create / t_multi:.2f}")
+    print(f"  create's steps (from the LSP's progress log lines): {phases(lsp)}")
+
+
+def phases(lsp: Any) -> str:
+    """Seconds between superscalar-create's progress lines in the LSP's log."""
+    from datetime import datetime
+
+    lsp.daemon.logs_catchup()
+    marks = [(datetime.strptime(line.split()[1], "%Y-%m-%dT%H:%M:%S.%fZ"), line.split("superscalar-create: ", 1)[1])
+             for line in lsp.daemon.logs if "plugin-superscalar" in line and "superscalar-create: " in line]
+    if not marks:
+        return "no progress lines found in the LSP's log"
+    marks.append((marks[-1][0], "end"))
+    return "; ".join(f"{text.split(';')[0][:40]} {(b - a).total_seconds():.1f} s"
+                     for (a, text), (b, _) in zip(marks, marks[1:]))
