@@ -19,8 +19,9 @@ import os
 import secrets
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from .. import musig2
 from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
@@ -37,6 +38,31 @@ from ..store import Store, StoreError
 from ..transport import Transport
 
 ParamsFor = Callable[[int, int], FactoryParams]  # (n_clients, start height) → parameters
+T = TypeVar("T")
+R = TypeVar("R")
+MAX_PARALLEL_OPENS = 32
+
+
+def each_peer(fn: Callable[[T], R], items: Sequence[T]) -> list[R | Exception]:
+    """`fn` over `items` (one per peer), concurrently: lightningd runs one open at a time per peer
+    and any number across peers (ARCHITECTURE-HOSTING.md), and each RPC waits on that peer's
+    round trip. Each item's result, or the exception it raised, in the order given."""
+    def attempt(item: T) -> R | Exception:
+        try:
+            return fn(item)
+        except Exception as e:  # the caller undoes what succeeded, then raises the first failure
+            return e
+    if len(items) <= 1:
+        return [attempt(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_OPENS, len(items))) as pool:
+        return list(pool.map(attempt, items))
+
+
+def _raise_first(results: list[R | Exception]) -> list[R]:
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return [r for r in results if not isinstance(r, Exception)]
 
 
 class CreateError(RuntimeError):
@@ -168,10 +194,10 @@ class Lsp:
             lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid, "lsp")))
             pubkeys = [musig2.individual_pk(lsp_sk)] + [pending.accepts[i].pubkey for i in range(len(clients))]
             progress("all clients accepted; opening their leaf channels")
-            channels = []
-            for c in clients:
-                channels.append(self.node.fundchannel_start(c.node_id, c.balance_sat + c.inbound_sat, c.balance_sat * 1000))
-                opened.append(c.node_id)
+            started = each_peer(lambda c: self.node.fundchannel_start(c.node_id, c.balance_sat + c.inbound_sat,
+                                                                     c.balance_sat * 1000), clients)
+            opened.extend(c.node_id for c, r in zip(clients, started) if not isinstance(r, Exception))
+            channels = _raise_first(started)
             factory = Factory(params, [ClientTerms(c.balance_sat, c.inbound_sat) for c in clients], pubkeys,
                               FactoryScripts(tuple(channels), tuple(pending.accepts[i].payout_script for i in range(len(clients))),
                                              self.node.new_script()))
@@ -201,18 +227,25 @@ class Lsp:
             record["funding_psbt"] = prepared.psbt
             record["stage"] = "completing"
             self.store.put(fid.hex(), "factory", record)
+            psbts = []
             for i, c in enumerate(clients):
                 leaf = graph.states[factory.topology.leaf_of_client[i]]
                 psbt = Psbt(leaf.tx, (PsbtInput(witness_utxo=leaf.prevout),), tuple(PsbtOutput() for _ in leaf.tx.outputs))
                 if self.dev_fail_at == "lsp-fake-leaf" and i == 0:
                     psbt = _fake_funding(leaf.tx.outputs[leaf.tx.outputs.index(TxOut(c.balance_sat + c.inbound_sat, channels[i]))])
-                channel_id = self.node.fundchannel_complete(c.node_id, psbt.to_base64())
-                opened.remove(c.node_id)
-                record["channels"][i]["channel_id"] = channel_id
-                completed.append(channel_id)
+                psbts.append(psbt.to_base64())
+            # testing only: "lsp-mid-completion" completes one channel, records it and dies
+            batches = [[0], list(range(1, len(clients)))] if self.dev_fail_at == "lsp-mid-completion" else [list(range(len(clients)))]
+            for batch in batches:
+                done = each_peer(lambda i: self.node.fundchannel_complete(clients[i].node_id, psbts[i]), batch)
+                for i, channel_id in zip(batch, done):
+                    if not isinstance(channel_id, Exception):
+                        opened.remove(clients[i].node_id)
+                        record["channels"][i]["channel_id"] = channel_id
+                        completed.append(channel_id)
                 self.store.put(fid.hex(), "factory", record)
-                if i == 0:
-                    self._dev_crash_point("lsp-mid-completion", kill_node=True)
+                _raise_first(done)
+                self._dev_crash_point("lsp-mid-completion", kill_node=True)
             # Every channel now exists on both sides: the funding must go out, never be abandoned.
             record["stage"] = "funding"
             self.store.put(fid.hex(), "factory", record)

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Benchmark, real lightningd and bitcoind on regtest: `superscalar-create` with K clients against
+Core Lightning's own `multifundchannel` to K peers, for each K given (default 32 and 64).
+
+One LSP node (running the plugin) and K client nodes (running the plugin, `superscalar-join` the
+LSP) are started with pyln-testing's fixtures. The LSP first opens one channel to each of the K
+clients with a single `multifundchannel` (250,000 sat each, unannounced; the clients' plugins answer
+its `openchannel` hook with CLN's normal policy, as for any channel that is not a factory's), then
+creates a factory with the same K clients (50,000 sat balance, 200,000 sat inbound each). Printed
+per K: the wall-clock seconds of each RPC, their ratio (create / multifund; the issue's target is
+≤ 1.0) and each funding transaction's vsize as bitcoind reports it.
+
+    python contrib/bench_create_vs_multifund.py [K ...]
+
+It runs itself under pytest (the fixtures need it); nothing is asserted about time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN = ROOT / "superscalar_plugin.py"
+
+if __name__ == "__main__":
+    import pytest
+
+    ks = [int(k) for k in sys.argv[1:]] or [32, 64]
+    os.environ["BENCH_KS"] = ",".join(map(str, ks))
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    if max(ks) > 64:
+        os.environ.setdefault("TIMEOUT", "180")
+    sys.exit(pytest.main([__file__, "-s", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT)]))
+
+os.environ.setdefault("TEST_NETWORK", "regtest")
+os.environ.setdefault("VALGRIND", "0")
+os.environ.setdefault("RUST", "0")
+sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+from pyln.testing.fixtures import *  # noqa: E402,F401,F403
+from pyln.testing.utils import wait_for  # noqa: E402
+
+KS = [int(k) for k in os.environ.get("BENCH_KS", "32").split(",")]
+CAPACITY_SAT = 250_000
+
+
+@pytest.mark.parametrize("k", KS)
+def test_bench_create_vs_multifund(node_factory: Any, bitcoind: Any, k: int) -> None:
+    common = {"plugin": str(PLUGIN), "superscalar-profile": "regtest", "dev-bitcoind-poll": 5}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
+    clients = node_factory.get_nodes(k, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"]})
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp.fundwallet(CAPACITY_SAT * k * 2)
+    lsp.fundwallet(CAPACITY_SAT * k * 2)
+
+    destinations = [{"id": f"{c.info['id']}@localhost:{c.port}", "amount": CAPACITY_SAT, "announce": False}
+                    for c in clients]
+    t0 = time.perf_counter()
+    multi = lsp.rpc.call("multifundchannel", {"destinations": destinations})
+    t_multi = time.perf_counter() - t0
+    multi_vb = bitcoind.rpc.getmempoolentry(multi["txid"])["vsize"]
+    bitcoind.generate_block(1)
+    wait_for(lambda: bitcoind.rpc.getmempoolinfo()["size"] == 0)
+
+    spec = [{"id": c.info["id"], "balance_sat": 50_000, "inbound_sat": 200_000} for c in clients]
+    t0 = time.perf_counter()
+    created = lsp.rpc.call("superscalar-create", {"clients": spec})
+    t_create = time.perf_counter() - t0
+    create_vb = bitcoind.rpc.getmempoolentry(created["funding_txid"])["vsize"]
+    assert len(created["channels"]) == k
+    print(f"\nK={k}: superscalar-create {t_create:.1f} s (funding {create_vb} vB); "
+          f"multifundchannel {t_multi:.1f} s (funding {multi_vb} vB); ratio create/multifund {t_create / t_multi:.2f}")
+    print(f"  create's steps (from the LSP's progress log lines): {phases(lsp)}")
+
+
+def phases(lsp: Any) -> str:
+    """Seconds between superscalar-create's progress lines in the LSP's log."""
+    from datetime import datetime
+
+    lsp.daemon.logs_catchup()
+    marks = [(datetime.strptime(line.split()[1], "%Y-%m-%dT%H:%M:%S.%fZ"), line.split("superscalar-create: ", 1)[1])
+             for line in lsp.daemon.logs if "plugin-superscalar" in line and "superscalar-create: " in line]
+    if not marks:
+        return "no progress lines found in the LSP's log"
+    marks.append((marks[-1][0], "end"))
+    return "; ".join(f"{text.split(';')[0][:40]} {(b - a).total_seconds():.1f} s"
+                     for (a, text), (b, _) in zip(marks, marks[1:]))
