@@ -26,10 +26,10 @@ from typing import Any, Callable, Optional
 
 from ..bitcoin.block import block_transactions
 from ..bitcoin.tx import OutPoint, Tx
-from ..client.membership import UNFUNDED, channel_in_factory
+from ..client.membership import UNFUNDED
 from ..node import ClnNode
 from ..store import Store
-from .retire import retire_channels
+from .retire import factory_channel_ids, retire_channels
 
 SIGNED, BROADCAST, CONFIRMED, CONFLICTED = "signed", "broadcast", "confirmed", "conflicted"
 MAX_BLOCKS_PER_SCAN = 32
@@ -109,9 +109,7 @@ class CloseWatch:
                     self.store.put(fid, "factory", rec)
 
     def _channels(self, rec: dict[str, Any]) -> list[str]:
-        if rec.get("role") == "lsp":
-            return [str(c["channel_id"]) for c in rec["channels"] if c.get("channel_id")]
-        return [str(ch["channel_id"]) for ch in self.node.peer_channels(rec["lsp"]) if channel_in_factory(rec, ch)]
+        return factory_channel_ids(self.node, rec)
 
     def _block(self, h: int, blocks: dict[int, tuple[Tx, ...]]) -> tuple[Tx, ...]:
         if h not in blocks:

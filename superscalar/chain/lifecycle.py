@@ -48,6 +48,7 @@ from ..node import ClnNode
 from ..store import Store
 from .blocks import Blocks, BlockView
 from .exits import DONE, Exits
+from .retire import factory_channel_ids, retire_channels
 from .routing import exit_plan, never_funded
 
 LIFECYCLE = "lifecycle"  # the per-factory record this step writes
@@ -86,7 +87,9 @@ def watch_of(fid: str, rec: dict[str, Any]) -> Optional[Watch]:
     params = FactoryParams.deserialize(rec["params"].encode())
     close = rec.get("close") if isinstance(rec.get("close"), dict) else None
     dist = Tx.from_hex(rec["distribution"]) if rec.get("distribution") else None
-    close_txid = Tx.from_hex(close["tx"]).txid if close and close.get("tx") else None
+    # a close this node only partially signed (it never got the whole) is still recognised by its txid
+    close_txid = Tx.from_hex(close["tx"]).txid if close and close.get("tx") else \
+        (rec.get("frozen") or {}).get("close_txid")
     if rec["role"] == "lsp":
         first = rec["txs"][0]
         tree = {Tx.from_hex(h).txid: name for name, h, _, _ in rec["txs"]}
@@ -155,6 +158,7 @@ class Lifecycle:
         self._dirty_lock = threading.Lock()
         self._graphs: dict[str, FactoryGraph] = {}
         self._warned: dict[str, int] = {}
+        self._retiring: set[str] = set()  # channel ids whose retiring close is under way
         self._scanned: Optional[int] = None
         self._scanned_generation: Optional[int] = None
         store.listen(self._on_record)
@@ -314,6 +318,14 @@ class Lifecycle:
         life = self._life[watch.fid]
         facts = facts_of(watch, life, None)
         now = phase(watch.params, height, facts)
+        if now == Phase.DISTRIBUTED and not life.get("channels_retired"):
+            # The distribution paid each client its channels' whole capacity: the channels are backed
+            # by nothing from now on, so they are retired like those of a closed factory.
+            rec = self.store.get(watch.fid, "factory")
+            if rec is not None and retire_channels(self.node, factory_channel_ids(self.node, rec), self.log,
+                                                   self._retiring) == 0:
+                life["channels_retired"] = True
+                return True
         if now in TERMINAL:
             return False
         changed = False

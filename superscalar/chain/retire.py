@@ -87,6 +87,16 @@ def _close(node: ChannelNode, channel_id: str, unilateral_after: int) -> Retired
     return Retired(channel_id, str(res.get("type", "unknown")), txid=txids[0])
 
 
+def factory_channel_ids(node: ChannelNode, rec: dict[str, Any]) -> list[str]:
+    """The leaf channels of a factory record: the LSP's from its record, a client's from lightningd
+    (its channel with the LSP whose funding outpoint is its leaf output)."""
+    if rec.get("role") == "lsp":
+        return [str(c["channel_id"]) for c in rec["channels"] if c.get("channel_id")]
+    txid, vout = rec["leaf_outpoint"].split(":")
+    return [str(ch["channel_id"]) for ch in node.peer_channels(rec["lsp"])
+            if ch.get("funding_txid") == txid and int(ch.get("funding_outnum", -1)) == int(vout)]
+
+
 def retire_channels(node: ChannelNode, channel_ids: Iterable[str], log: Callable[[str], None],
                     in_flight: set[str]) -> int:
     """Start retiring every channel of `channel_ids` that is still live, each `close` (mutual only) in a

@@ -122,6 +122,11 @@ def test_ladder_rolls_over_distributes_and_pays_leaver(node_factory: Any, bitcoi
         sync_blockheight(bitcoind, live)
     wait_for(lambda: lsp_view(lsp, f2)["phase"] == "distributed")
     assert lsp.daemon.is_in_log(f"factory {f2} is in its dying period")
+    # Its channels are backed by nothing now: they are retired (the LSP's close waits for the absent peer).
+    f2_channels = {ch["channel_id"] for ch in record(lsp, f2)["channels"]}
+    wait_for(lambda: all(ch["state"] != "CHANNELD_NORMAL" for ch in lsp.rpc.listpeerchannels()["channels"]
+                         if ch["channel_id"] in f2_channels))
     absent.start()
     wait_for(lambda: wallet_sat(absent) == BALANCE + INBOUND)
+    wait_for(lambda: all(ch["state"] != "CHANNELD_NORMAL" for ch in absent.rpc.listpeerchannels()["channels"]))
     no_broken(nodes)
