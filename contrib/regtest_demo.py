@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""See superscalar work: a regtest bitcoind, one LSP and a few clients (real lightningd nodes, all
-running the plugin), a factory with real leaf channels, payments, and one client's unilateral exit.
+"""See a factory's life: a regtest bitcoind, one LSP with the ladder on and five clients (real lightningd
+nodes, all running the plugin): laddered factories, payments, the dying period, a rollover that carries
+three clients' balances into the next factory and pays a leaving client on chain, and an absent client
+paid by its factory's distribution. The daemons' logs go to a file; the terminal gets the story.
 
 Needs `lightningd` and `bitcoind` on PATH and the test extras installed (pyln-testing starts the
 daemons on loopback ports in a temporary directory). Everything is stopped at the end.
 
-Usage: contrib/regtest_demo.py [--clients N] [--keep]
+Usage: contrib/regtest_demo.py [--keep]
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,10 +107,48 @@ def pay(payer: Any, payee: Any, amount_sat: int, label: str) -> None:
     payer.rpc.xpay(inv)
 
 
+def record(node: Any, factory_id: str) -> dict[str, Any]:
+    raw = node.rpc.listdatastore(["superscalar", "factories", factory_id, "factory"])["datastore"][0]["string"]
+    return dict(json.loads(raw)["data"])
+
+
+def wallet_sat(node: Any) -> int:
+    return sum(int(o["amount_msat"]) // 1000 for o in node.rpc.listfunds()["outputs"] if o["status"] == "confirmed")
+
+
+def channel_msat(client: Any, lsp: Any, outpoint: str) -> int:
+    [ch] = [c for c in client.rpc.listpeerchannels(lsp.info["id"])["channels"]
+            if f"{c['funding_txid']}:{c['funding_outnum']}" == outpoint]
+    return int(ch["to_us_msat"])
+
+
+def mine(bitcoind: Any, nodes: list[Any], n: int = 1) -> None:
+    for _ in range(n):
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, nodes)
+
+
+def ladder_factory(lsp: Any, bitcoind: Any, nodes: list[Any], queue: list[Any], names: dict[str, str]) -> str:
+    """Queue clients on the LSP's ladder and mine until it has started their factory and funded it."""
+    known = set(lsp.rpc.call("superscalar-ladder")["started"])
+    for c in queue:
+        lsp.rpc.call("superscalar-ladder-add", {"id": c.info["id"], "inbound_sat": 200_000, "balance_sat": 50_000})
+    while len(lsp.rpc.call("superscalar-ladder")["started"]) == len(known):
+        mine(bitcoind, nodes)
+    [fid] = set(lsp.rpc.call("superscalar-ladder")["started"]) - known
+    txid = record(lsp, fid)["funding_outpoint"].split(":")[0]
+    wait_for(lambda: txid in bitcoind.rpc.getrawmempool())
+    mine(bitcoind, nodes)
+    view = next(f for f in lsp.rpc.call("superscalar-list")["factories"] if f["factory_id"] == fid)
+    say(f"  the ladder started factory {fid[:12]}… at height {view['expiry_height'] - 30} for "
+        f"{', '.join(names[c.info['id']] for c in queue)}: active until {view['expiry_height']}, "
+        f"distribution at {view['distribution_height']}")
+    return str(fid)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clients", type=int, default=3, help="number of clients (default 3)")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (and the logs)")
     args = ap.parse_args()
     for binary in ("lightningd", "bitcoind"):
         if shutil.which(binary) is None:
@@ -118,7 +157,7 @@ def main() -> None:
     directory = tempfile.mkdtemp(prefix="superscalar-demo-")
     logs = os.path.join(directory, "daemons.log")
     logs_to_file(logs)
-    say(f"daemon logs: {logs} (each node's own log is also in {directory}/lightning-<n>/log)")
+    say(f"daemon logs go to {logs} (each node's own log: {directory}/lightning-<n>/log)")
     bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
     executor = ThreadPoolExecutor(max_workers=4)
     db = SqliteDbProvider(directory)
@@ -127,59 +166,84 @@ def main() -> None:
     try:
         bitcoind.start()
         bitcoind.generate_block(101)
-        say(f"bitcoind regtest running; starting an LSP and {args.clients} clients with the plugin …")
         common = {"plugin": str(PLUGIN), "superscalar-profile": "regtest"}
-        lsp = factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
-        clients = factory.get_nodes(args.clients, opts={"may_reconnect": True, **common,
-                                                         "superscalar-join": lsp.info["id"]})
+        lsp = factory.get_node(options={**common, "superscalar-lsp": "true", "superscalar-ladder": "true",
+                                        "superscalar-ladder-interval-blocks": "4"}, may_reconnect=True)
+        clients = factory.get_nodes(5, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"]})
+        names = {c.info["id"]: n for c, n in zip(clients, ("alice", "bob", "carol", "dave", "erin"))}
         for c in clients:
             c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
         lsp.fundwallet(20_000_000)
-        say(f"LSP {lsp.info['id'][:16]}… wallet funded with 20,000,000 sat")
+        nodes = [lsp, *clients]
+        alice, bob, carol, dave, erin = clients
+        say("regtest: an LSP (ladder on, a factory every 4 blocks at most) and five clients, all running the plugin;"
+            " the regtest profile: 30 blocks of life, a 10-block dying period")
 
-        spec = [{"id": c.info["id"], "balance_sat": 50_000, "inbound_sat": 200_000} for c in clients]
-        start = time.perf_counter()
-        res = lsp.rpc.call("superscalar-create", {"clients": spec})
-        elapsed = time.perf_counter() - start
-        say(f"\nsuperscalar-create for {args.clients} clients: {elapsed:.1f} s (invite, channel opens, signing ceremony,"
-            f" channel completion, funding broadcast)")
-        bitcoind.generate_block(1)
-        sync_blockheight(bitcoind, [lsp, *clients])
-        say(f"factory {res['factory_id'][:16]}… funded by {res['funding_txid']} (confirmed)\n")
-        show_tree(lsp, res["factory_id"])
+        say("\n1. laddering: clients queued with superscalar-ladder-add get factories without an operator")
+        f1 = ladder_factory(lsp, bitcoind, nodes, [alice, bob, carol, dave], names)
+        f2 = ladder_factory(lsp, bitcoind, nodes, [erin, alice], names)
+        show_tree(lsp, f1)
 
-        say("\nleaf channels (zero-conf, never broadcast, CHANNELD_NORMAL on stock Core Lightning):")
-        show_channels(lsp, clients)
-        say("\npayments: LSP → each client 10,000 sat; each client → LSP 4,000 sat; client 0 → client 1 1,000 sat")
-        for i, c in enumerate(clients):
-            pay(lsp, c, 10_000, f"to-{i}")
-            pay(c, lsp, 4_000, f"from-{i}")
-        if len(clients) > 1:
-            pay(clients[0], clients[1], 1_000, "0-to-1")
+        say("\n2. payments in the first factory (zero-conf leaf channels, never broadcast)")
+        a_out = {ch["peer_id"]: ch["funding_outpoint"] for ch in record(lsp, f1)["channels"]}
+        for i, c in enumerate((alice, bob, carol, dave)):
+            pay(lsp, c, 10_000 + i, f"to-{i}")
+        pay(bob, lsp, 3_000, "from-bob")
+        pay(dave, lsp, 5_000, "from-dave")
         for c in clients:
-            wait_for(lambda: not c.rpc.listpeerchannels(lsp.info["id"])["channels"][0]["htlcs"])
-        show_channels(lsp, clients)
+            wait_for(lambda: all(not ch["htlcs"] for ch in c.rpc.listpeerchannels(lsp.info["id"])["channels"]))
+        balances = {c.info["id"]: channel_msat(c, lsp, a_out[c.info["id"]]) for c in (alice, bob, carol, dave)}
+        for c in (alice, bob, carol, dave):
+            say(f"  {names[c.info['id']]:<6} {balances[c.info['id']]:>12,} msat")
 
-        leaver = clients[-1]
-        [view] = leaver.rpc.call("superscalar-list")["factories"]
-        say(f"\nclient {len(clients) - 1} exits unilaterally: {view['exit']['transactions']} transactions,"
-            f" {view['exit']['vbytes']} vB, {view['exit']['wait_blocks']} blocks of relative waits"
-            f" (tree fees {view['exit']['fee_sat']} sat, paid inside the factory)")
-        before = sum(o["amount_msat"] for o in leaver.rpc.listfunds()["outputs"] if o["status"] == "confirmed")
-        leaver.rpc.call("superscalar-exit", {"factory_id": res["factory_id"]})
-        for block in range(1, 200):
-            bitcoind.generate_block(1)
-            sync_blockheight(bitcoind, [lsp, *clients])
-            progress = leaver.rpc.call("superscalar-list")["factories"][0]["exit_progress"]
-            funds = sum(o["amount_msat"] for o in leaver.rpc.listfunds()["outputs"] if o["status"] == "confirmed")
-            if block % 4 == 0 or funds > before:
-                say(f"  block +{block}: published {len(progress['published'])}/{view['exit']['transactions']},"
-                    f" status {progress['status']}")
-            if funds > before:
-                say(f"  the client's wallet received {sat(funds - before)} on chain")
-                break
-        say("\nthe other clients' channels keep working:")
-        show_channels(lsp, clients[:-1])
+        say("\n3. dave asks to leave at the next rollover (superscalar-leave); erin goes offline for good")
+        dave.rpc.call("superscalar-leave", {"factory_id": f1})
+        lsp.daemon.wait_for_log("asked to leave")
+        erin.stop()
+        live = [n for n in nodes if n is not erin]
+        dave_before, lsp_before = wallet_sat(dave), wallet_sat(lsp)
+
+        p1 = record(lsp, f1)
+        expiry = next(f for f in lsp.rpc.call("superscalar-list")["factories"] if f["factory_id"] == f1)["expiry_height"]
+        say(f"\n4. mining to the first factory's dying period (height {expiry}) …")
+        while not (record(lsp, f1).get("close") or {}).get("txid"):
+            mine(bitcoind, live)
+        close = record(lsp, f1)["close"]
+        wait_for(lambda: close["txid"] in bitcoind.rpc.getrawmempool())
+        tx = bitcoind.rpc.getrawtransaction(close["txid"], True)
+        say(f"  at height {bitcoind.rpc.getblockcount()} the ladder rolled it over: one key-path close {close['txid'][:16]}…"
+            f" ({tx['vsize']} vB) whose output 0 funds factory {close['next_factory'][:12]}…")
+        mine(bitcoind, live)
+        wait_for(lambda: record(lsp, f1)["close"]["status"] == "confirmed")
+        f3 = close["next_factory"]
+        b_out = {ch["peer_id"]: ch["funding_outpoint"] for ch in record(lsp, f3)["channels"]}
+        for c in (alice, bob, carol):
+            now = channel_msat(c, lsp, b_out[c.info["id"]])
+            say(f"  {names[c.info['id']]:<6} carried over: {now:>12,} msat in the new factory "
+                f"({'the same to the msat' if now == balances[c.info['id']] else 'DIFFERENT'})")
+        wait_for(lambda: wallet_sat(dave) > dave_before)
+        say(f"  dave   paid on chain in that close: {wallet_sat(dave) - dave_before:,} sat "
+            f"(floor of {balances[dave.info['id']]:,} msat)")
+        wait_for(lambda: wallet_sat(lsp) > lsp_before)
+        say(f"  the LSP's wallet got the rest: {wallet_sat(lsp) - lsp_before:,} sat (of a {p1['funding_value_sat']:,}-sat factory)")
+        pay(lsp, alice, 1_000, "in-new")
+        say("  a payment to alice in the new factory went through; the old channels are retired (mutual close,"
+            " never broadcastable)")
+
+        dist = next(f for f in lsp.rpc.call("superscalar-list")["factories"] if f["factory_id"] == f2)["distribution_height"]
+        say(f"\n5. erin never came back: mining to the second factory's distribution height ({dist}) …")
+        while bitcoind.rpc.getblockcount() < dist + 2:
+            mine(bitcoind, live)
+        wait_for(lambda: next(f for f in lsp.rpc.call("superscalar-list")["factories"]
+                              if f["factory_id"] == f2)["phase"] == "distributed")
+        say("  every participant broadcast the pre-signed distribution; it confirmed")
+        erin.start()
+        wait_for(lambda: wallet_sat(erin) > 0)
+        say(f"  erin starts again and finds {wallet_sat(erin):,} sat on chain: her channel's whole capacity")
+
+        say("\nphases as superscalar-list shows them on the LSP:")
+        for f in lsp.rpc.call("superscalar-list")["factories"]:
+            say(f"  {f['factory_id'][:12]}…  {f['phase']:<12} clients {f['n_clients']}")
     finally:
         say("\nshutting down …")
         for node in factory.nodes:
