@@ -31,7 +31,7 @@ from superscalar.listing import describe
 from superscalar.lsp.closing import Closer
 from superscalar.lsp.creation import ClientSpec, Lsp
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
-from superscalar.lsp.leaving import Leavers, leaving
+from superscalar.lsp.leaving import Leavers, roll_or_close
 from superscalar.lsp.ladder import Ladder, LadderConfig, alive
 from superscalar.node import ClnNode
 from superscalar.protocol.wire import WireError
@@ -95,8 +95,8 @@ class Roles:
                                  lambda waiting, height: self.lsp.create(
                                      [ClientSpec(w.node_id, w.balance_sat, w.inbound_sat) for w in waiting],
                                      height=height),
-                                 lambda fid: self.closer.rollover(fid, leaving(self.store, fid),
-                                                                  lambda text: plugin.log(f"ladder: {text}")),
+                                 lambda fid: roll_or_close(self.closer, self.store, fid,
+                                                           lambda text: plugin.log(f"ladder: {text}")),
                                  plugin.log)
         ladder = self.ladder
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)

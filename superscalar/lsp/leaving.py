@@ -6,16 +6,29 @@ at most one entry per client of the factory, whatever a peer sends."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..protocol.wire import Leave, Message
 from ..store import Store, StoreError
+
+if TYPE_CHECKING:
+    from .closing import Closer
 
 
 def leaving(store: Store, factory_id: str) -> list[str]:
     """The node ids of the clients of `factory_id` that asked to leave."""
     rec = store.get(factory_id, "leaving")
     return list(rec["peers"]) if rec else []
+
+
+def roll_or_close(closer: "Closer", store: Store, factory_id: str, progress: Callable[[str], None]) -> dict[str, Any]:
+    """What the ladder does with a dying factory: roll it over, paying those who asked to leave on chain,
+    or, when every client asked to leave, close it cooperatively."""
+    rec = store.get(factory_id, "factory") or {}
+    leavers = leaving(store, factory_id)
+    if {c["peer_id"] for c in rec.get("channels", [])} <= set(leavers):
+        return closer.close(factory_id, progress)
+    return closer.rollover(factory_id, leavers, progress)
 
 
 class Leavers:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from superscalar.lsp.leaving import Leavers, leaving
+from superscalar.lsp.leaving import Leavers, leaving, roll_or_close
 from superscalar.protocol.wire import Leave, decode_message, split_message
 from superscalar.store import Store
 
@@ -25,3 +25,26 @@ def test_lsp_records_each_client_that_asks_to_leave_once() -> None:
     assert leaving(store, FID) == [A]
     assert store.get(FID, "leaving") == {"peers": [A], "heights": {A: 700}}
     assert not leavers.on_message(A, Leave.__mro__[1](bytes.fromhex(FID), b"\x01" * 32))  # not a Leave
+
+
+def test_ladder_rolls_over_with_leavers_or_closes_when_all_leave() -> None:
+    store = Store(MemoryDatastore())  # type: ignore[arg-type]
+    store.put(FID, "factory", {"role": "lsp", "params": "{}", "channels": [{"peer_id": A}, {"peer_id": B}]})
+    calls: list[tuple[str, object]] = []
+
+    class Closer:
+        def close(self, fid: str, progress: object) -> dict[str, str]:
+            calls.append(("close", fid))
+            return {}
+
+        def rollover(self, fid: str, leave: list[str], progress: object) -> dict[str, str]:
+            calls.append(("rollover", leave))
+            return {}
+
+    leavers = Leavers(store, lambda text, level="info": None, lambda: 700)
+    roll_or_close(Closer(), store, FID, print)  # type: ignore[arg-type]
+    leavers.on_message(A, Leave(bytes.fromhex(FID), b"\x01" * 32))
+    roll_or_close(Closer(), store, FID, print)  # type: ignore[arg-type]
+    leavers.on_message(B, Leave(bytes.fromhex(FID), b"\x02" * 32))
+    roll_or_close(Closer(), store, FID, print)  # type: ignore[arg-type]
+    assert calls == [("rollover", []), ("rollover", [A]), ("close", FID)]
