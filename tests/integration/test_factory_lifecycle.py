@@ -89,7 +89,14 @@ def test_distribution_pays_clients_left_alone(node_factory: Any, bitcoind: Any, 
     # Each client's wallet gets exactly its channel's capacity; the LSP the rest (its own output).
     for c in clients:
         wait_for(lambda: outputs_of(c, distribution.txid) == [CAPACITY_SAT])
-        assert sum(o["amount_msat"] for o in c.rpc.listfunds()["outputs"]) == CAPACITY_SAT * 1000
+        assert sum(o["amount_msat"] for o in c.rpc.listfunds()["outputs"] if o["status"] == "confirmed") \
+            == CAPACITY_SAT * 1000
+    # Their channels are retired: each client signed a mutual close that can never confirm (its input is a
+    # leaf that will never exist); lightningd lists that close's output as unconfirmed, never spendable.
+    for c in clients:
+        wait_for(lambda: all(ch["state"] == "CLOSINGD_COMPLETE" for ch in c.rpc.listpeerchannels()["channels"]))
+        phantom = [o for o in c.rpc.listfunds()["outputs"] if o["status"] != "confirmed"]
+        assert all(o["status"] == "unconfirmed" for o in phantom)
     lsp_out = distribution.outputs[len(clients)].value
     wait_for(lambda: outputs_of(lsp, distribution.txid) == [lsp_out])
     params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
