@@ -32,7 +32,7 @@ from superscalar.lsp.closing import Closer
 from superscalar.lsp.creation import ClientSpec, Lsp
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.lsp.leaving import Leavers, roll_or_close
-from superscalar.lsp.ladder import Ladder, LadderConfig, alive
+from superscalar.lsp.ladder import Ladder, LadderConfig
 from superscalar.node import ClnNode
 from superscalar.protocol.wire import WireError
 from superscalar.store import Store
@@ -285,18 +285,8 @@ def build_plugin() -> Plugin:
         r = holder["roles"]
         if r.ladder is None:
             return {"enabled": False}
-        height = r.node.blockheight()
-        st = r.ladder.state()
-        summaries = r.ladder.summaries()
-        live = [{"factory_id": f.factory_id, "start_height": f.start_height, "expiry_height": f.expiry_height,
-                 "distribution_height": f.distribution_height, "dying": f.expiry_height <= height,
-                 "offline_clients": list(f.offline)}
-                for f in alive(summaries, height)]
-        return {"enabled": True, "interval_blocks": r.ladder.config.interval_blocks,
-                "max_alive": r.ladder.config.max_alive, "waiting": st["waiting"],
-                "last_start_height": st["last_start_height"],
-                "next_start_height": r.ladder.next_start_height(height, summaries),
-                "started": st["started"], "alive": live}
+        return r.ladder.status(r.node.blockheight())
+
     def close_command(request: Any, factory_id: Any, work: Any, command: str) -> None:
         r = holder["roles"]
         if not r.is_lsp:

@@ -133,6 +133,19 @@ class Ladder:
         starts = [f.start_height for f in factories] + ([last] if last is not None else [])
         return max(height, max(starts) + self.config.interval_blocks) if starts else height
 
+    def status(self, height: int) -> dict[str, Any]:
+        """What `superscalar-ladder` shows: the queue, the next start height, the factories alive."""
+        st = self.state()
+        summaries = self.summaries()
+        live = [{"factory_id": f.factory_id, "start_height": f.start_height, "expiry_height": f.expiry_height,
+                 "distribution_height": f.distribution_height, "dying": f.expiry_height <= height,
+                 "offline_clients": list(f.offline)}
+                for f in alive(summaries, height)]
+        return {"enabled": True, "interval_blocks": self.config.interval_blocks, "max_alive": self.config.max_alive,
+                "waiting": st["waiting"], "last_start_height": st["last_start_height"],
+                "next_start_height": self.next_start_height(height, summaries), "started": st["started"],
+                "alive": live}
+
     # --- per block ---
 
     def summaries(self) -> list[FactorySummary]:
