@@ -41,14 +41,18 @@ class Store:
         self._listeners.append(listener)
 
     def get(self, factory_id: str, record: str) -> Optional[dict[str, Any]]:
-        found = self.node.datastore_get([*ROOT, factory_id, record])
+        return self._read([*ROOT, factory_id, record], (factory_id, record), f"{factory_id}/{record}")
+
+    def _read(self, key: list[str], generation_key: tuple[str, str], what: str) -> Optional[dict[str, Any]]:
+        """A record's data (None if absent), remembering its generation for the next write."""
+        found = self.node.datastore_get(key)
         if found is None:
             return None
         text, generation = found
         data = json.loads(text)
         if data.get("schema") != SCHEMA_VERSION:
-            raise StoreError(f"{factory_id}/{record}: unknown schema version {data.get('schema')!r}")
-        self._generations[(factory_id, record)] = generation
+            raise StoreError(f"{what}: unknown schema version {data.get('schema')!r}")
+        self._generations[generation_key] = generation
         return dict(data["data"])
 
     def put(self, factory_id: str, record: str, data: dict[str, Any]) -> None:
@@ -104,15 +108,7 @@ class Store:
 
     def get_doc(self, name: str) -> Optional[dict[str, Any]]:
         """A document that belongs to no factory (e.g. the ladder's waiting list), or None."""
-        found = self.node.datastore_get([*DOCS, name])
-        if found is None:
-            return None
-        text, generation = found
-        data = json.loads(text)
-        if data.get("schema") != SCHEMA_VERSION:
-            raise StoreError(f"{name}: unknown schema version {data.get('schema')!r}")
-        self._generations[("/docs", name)] = generation
-        return dict(data["data"])
+        return self._read([*DOCS, name], ("/docs", name), name)
 
     def put_doc(self, name: str, data: dict[str, Any]) -> None:
         """Write such a document, with the same compare-and-swap as a factory record."""

@@ -15,7 +15,7 @@ from ..transport import Transport
 def request_leave(node: ClnNode, store: Store, transport: Transport, factory_id: str) -> dict[str, Any]:
     """Send the request (again, if asked again) and note it in this client's `leave-request` record.
     Raises ValueError if this node is no client of that factory."""
-    rec = store.get(factory_id, "factory") if factory_id in store.factory_ids() else None
+    rec = store.get(factory_id, "factory")
     if rec is None or rec.get("role") != "client":
         raise ValueError(f"no factory {factory_id} in which this node is a client")
     transport.send(rec["lsp"], Leave(bytes.fromhex(factory_id), secrets.token_bytes(32)))

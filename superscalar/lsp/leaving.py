@@ -41,7 +41,7 @@ class Leavers:
             return False
         fid = msg.factory_id.hex()
         try:
-            rec: dict[str, Any] | None = self.store.get(fid, "factory") if fid in self.store.factory_ids() else None
+            rec: dict[str, Any] | None = self.store.get(fid, "factory")
             if rec is None or rec.get("role") != "lsp" or peer not in {c["peer_id"] for c in rec["channels"]}:
                 self.log(f"ignoring a leave request from {peer} for factory {fid}: not a client of ours there",
                          level="info")
