@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .bitcoin.address import address_to_script, segwit_address
 from .bitcoin.script import is_native_segwit
+from .protocol.lsps0 import LSPS_MESSAGE_TYPE
 from .protocol.wire import SUPERSCALAR_MSG_TYPE
 
 if TYPE_CHECKING:
@@ -254,8 +255,8 @@ class ClnNode:
     # --- peers ---
 
     def send_message(self, peer: str, payload: bytes) -> None:
-        """Send one custom message (`payload` starts with its 2-byte type)."""
-        assert int.from_bytes(payload[:2], "big") == SUPERSCALAR_MSG_TYPE
+        """Send one custom message (`payload` starts with its 2-byte type: ours, or LSPS0's)."""
+        assert int.from_bytes(payload[:2], "big") in (SUPERSCALAR_MSG_TYPE, LSPS_MESSAGE_TYPE)
         self.rpc.call("sendcustommsg", {"node_id": peer, "msg": payload.hex()})
 
     def debug_log(self) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ into calls on the roles. No logic lives here; hooks never raise (a failure gets 
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from typing import Any, Optional
 
@@ -22,6 +23,7 @@ from superscalar.chain.routing import exit_for_closing_channel, exit_late_funded
 from superscalar.client.closing import ClientCloser
 from superscalar.client.leaving import request_leave
 from superscalar.client.membership import Client
+from superscalar.client.onboarding import ask_join, ask_terms, hello
 from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
 from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
@@ -33,7 +35,11 @@ from superscalar.lsp.creation import ClientSpec, Lsp
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.lsp.leaving import Leavers, roll_or_close
 from superscalar.lsp.ladder import Ladder, LadderConfig
+from superscalar.lsp.onboarding import JoinLimits, Onboarding, Speakers, terms
+from superscalar.lsps.client import LspsClient
+from superscalar.lsps.server import LspsServer
 from superscalar.node import ClnNode
+from superscalar.protocol.lsps0 import LspsError, is_lsps
 from superscalar.protocol.wire import WireError
 from superscalar.store import Store
 from superscalar.transport import Transport
@@ -43,6 +49,7 @@ CREATE_FAILED = 1700  # superscalar-create: the factory was not created (nothing
 MAINNET_LADDER_INTERVAL = 144  # blocks: a new factory a day
 REGTEST_LADDER_INTERVAL = 5
 CLOSE_FAILED = 1701  # superscalar-close / -rollover: aborted before the close existed, factory unfrozen
+LSP_REFUSED = 1702  # superscalar-terms / -join-next: the LSP answered an error, or did not answer
 
 
 class Roles:
@@ -66,7 +73,9 @@ class Roles:
             dev_fail_at = ""
         self.policy = client_policy(self.profile, options)
         timeout = float(options.get("superscalar-timeout", 60))
-        self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log, timeout, dev_fail_at)
+        self.speakers = Speakers()
+        self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log, timeout, dev_fail_at,
+                       self.speakers.silent)
         max_feerate = int(options.get("superscalar-exit-max-feerate-perkvb") or DEFAULT_MAX_FEERATE_PERKVB)
         self.blocks = Blocks(self.node.raw_block)  # each block parsed once for every step
         self.exits = Exits(self.node, self.store, plugin.log, _bitcoind(plugin, self.network), max_feerate, self.blocks)
@@ -99,6 +108,20 @@ class Roles:
                                                            lambda text: plugin.log(f"ladder: {text}")),
                                  plugin.log)
         ladder = self.ladder
+        self.lsps_client = LspsClient(self.node.send_message)
+        self.lsps_server: Optional[LspsServer] = None
+        if self.is_lsp:
+            others = tuple(x.strip() for x in str(options.get("superscalar-lsps-others") or "").split(",") if x.strip())
+            self.lsps_server = LspsServer(self.node.send_message, plugin.log, others)
+            limits = JoinLimits(int(options.get("superscalar-lsp-join-min-inbound-sat") or 0),
+                                int(options.get("superscalar-lsp-join-max-inbound-sat") or 0))
+            interval = ladder.config.interval_blocks if ladder is not None else None
+            self.onboarding = Onboarding(lambda: terms(self.params_for, limits, interval, self.network), limits,
+                                         None if ladder is None else lambda peer, inbound: (
+                                             ladder.add(peer, 0, inbound), ladder.status(self.node.blockheight()))[1],
+                                         self.speakers)
+            self.lsps_server.register("superscalar.get_info", self.onboarding.get_info)
+            self.lsps_server.register("superscalar.join", self.onboarding.join)
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)
         self.follower = ChainFollower((
             ("new block", self.blocks.new_tip),
@@ -214,6 +237,12 @@ def build_plugin() -> Plugin:
     plugin.add_option("superscalar-ladder-interval-blocks", "", f"LSP ladder: blocks between two new factories "
                       f"(default {MAINNET_LADDER_INTERVAL}, a day; {REGTEST_LADDER_INTERVAL} on the regtest profile).")
     plugin.add_option("superscalar-ladder-max-alive", "33", "LSP ladder: most factories alive (active or dying) at once.")
+    plugin.add_option("superscalar-lsp-join-min-inbound-sat", "20000", "LSP: least inbound a client may ask for "
+                      "with superscalar.join (its free place in the next laddered factory).")
+    plugin.add_option("superscalar-lsp-join-max-inbound-sat", "500000", "LSP: most inbound a client gets free with "
+                      "superscalar.join; more is bought (LSPS1).")
+    plugin.add_option("superscalar-lsps-others", "", "LSP: method families (e.g. 'lsps5,lsps7') another plugin on "
+                      "this node answers over message 37913: their requests pass through unanswered by us.")
     defaults = ClientPolicy()
     for f in dataclasses.fields(ClientPolicy):
         plugin.add_option(POLICY_OPTION + f.name.replace("_", "-"), "",
@@ -320,6 +349,31 @@ def build_plugin() -> Plugin:
 
     plugin.add_method("superscalar-close", close_factory, background=True)
     plugin.add_method("superscalar-rollover", rollover_factory, background=True)
+
+    def ask_lsp(request: Any, work: Any, command: str) -> None:
+        """Run a request to an LSP in a thread (it waits for the LSP's answer)."""
+        def run() -> None:
+            try:
+                request.set_result(work(holder["roles"]))
+            except LspsError as e:
+                data = f" {json.dumps(e.data)}" if e.data else ""
+                request.set_exception(RpcException(f"the LSP answered error {e.code}: {e.message}{data}",
+                                                   code=LSP_REFUSED))
+            except Exception as e:  # no answer in time, peer gone, bad parameters, an RPC failure
+                request.set_exception(RpcException(f"{command}: {e}", code=LSP_REFUSED))
+
+        threading.Thread(target=run, name=command, daemon=True).start()
+
+    def lsp_terms(plugin: Plugin, request: Any, id: str, **kwargs: Any) -> None:
+        """Ask LSP `id` (a connected peer) which LSPS protocols it serves and its SuperScalar terms."""
+        ask_lsp(request, lambda r: ask_terms(r.lsps_client, id), "superscalar-terms")
+
+    def join_next(plugin: Plugin, request: Any, id: str, inbound_sat: int, **kwargs: Any) -> None:
+        """Ask LSP `id` for a place in its next laddered factory with `inbound_sat` of inbound."""
+        ask_lsp(request, lambda r: ask_join(r.lsps_client, id, int(inbound_sat)), "superscalar-join-next")
+
+    plugin.add_method("superscalar-terms", lsp_terms, background=True)
+    plugin.add_method("superscalar-join-next", join_next, background=True)
 
     @plugin.method("superscalar-list")
     def list_factories(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
@@ -437,6 +491,10 @@ def build_plugin() -> Plugin:
         r = holder.get("roles")
         try:
             raw = bytes.fromhex(payload)
+            if r is not None and is_lsps(raw):  # LSPS0: a response to us, else a request to the LSP
+                if not r.lsps_client.on_message(peer_id, raw) and r.lsps_server is not None:
+                    r.lsps_server.on_message(peer_id, raw)
+                return {"result": "continue"}
             if r is None or not Transport.is_ours(raw):
                 return {"result": "continue"}
             msg = r.transport.receive(peer_id, raw)
@@ -449,6 +507,16 @@ def build_plugin() -> Plugin:
         except Exception as e:  # never let an exception escape into the hook
             _report(plugin, f"handling a message from {peer_id}", e)
         return {"result": "continue"}
+
+    @plugin.subscribe("connect")
+    def on_connect(plugin: Plugin, **kwargs: Any) -> None:
+        """A peer whose factories we join: say hello (superscalar.get_info), so it may invite us."""
+        r = holder.get("roles")
+        peer = (kwargs.get("connect") or {}).get("id") or kwargs.get("id")
+        if r is None or not peer or r.is_lsp or (r.allowed is not None and peer not in r.allowed):
+            return
+        threading.Thread(target=hello, args=(r.lsps_client, peer, plugin.log), name="superscalar-hello",
+                         daemon=True).start()
 
     @plugin.hook("openchannel")
     def on_openchannel(openchannel: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
@@ -466,6 +534,8 @@ def build_plugin() -> Plugin:
         if r is None or not peer:
             return
         try:
+            r.speakers.forget(peer)
+            r.lsps_client.on_disconnect(peer)
             r.transport.forget(peer)
             r.lsp.on_disconnect(peer)
             r.closer.on_disconnect(peer)

@@ -94,8 +94,12 @@ class Pending:
 
 class Lsp:
     def __init__(self, node: ClnNode, store: Store, transport: Transport, params_for: ParamsFor,
-                 log: Callable[[str], None], timeout: float = 60.0, dev_fail_at: str = "") -> None:
+                 log: Callable[[str], None], timeout: float = 60.0, dev_fail_at: str = "",
+                 silent: Callable[[list[str]], list[str]] = lambda peers: []) -> None:
         self.node, self.store, self.transport = node, store, transport
+        # which of these peers has not spoken SuperScalar on its connection (lsp/onboarding.py): we
+        # invite none of them
+        self.silent = silent
         # testing only: "lsp-before-broadcast" stops the plugin there; "lsp-fake-leaf" completes the first
         # client's channel with a transaction that is not its leaf
         self.dev_fail_at = dev_fail_at
@@ -166,6 +170,10 @@ class Lsp:
         lightningd's reported height still lags it."""
         if not clients or len({c.node_id for c in clients}) != len(clients):
             raise CreateError("clients must be distinct and at least one")
+        silent = self.silent([c.node_id for c in clients])
+        if silent:
+            raise CreateError(f"{len(silent)} peers have not spoken SuperScalar on their connection (not connected, "
+                              f"no plugin, or not configured to join us): {', '.join(silent)}")
         params = self.params_for(len(clients), max(self.node.blockheight(), height))
         if self.dev_fail_at == "lsp-start-height-zero":
             params = dataclasses.replace(params, start_height=0)

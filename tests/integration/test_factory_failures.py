@@ -39,8 +39,8 @@ def test_failed_ceremonies_leave_nothing_behind(node_factory: Any, bitcoind: Any
         assert exc.value.error["code"] == 1700
         return str(exc.value.error["message"])
 
-    # A client that does not join factories of this LSP refuses the invitation.
-    assert "does not join factories of that LSP" in attempt(stranger)
+    # A client that does not join factories of this LSP never says hello: it is not even invited.
+    assert "have not spoken SuperScalar" in attempt(stranger)
     for mode, client in zip(MODES, failing):
         message = attempt(client)
         if mode == "propose-refuse":

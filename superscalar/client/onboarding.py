@@ -1,0 +1,33 @@
+"""A client asking LSPs before it joins: their LSPS protocols and SuperScalar terms, a place in the
+next factory, and the hello that tells an LSP this node speaks SuperScalar (see lsp/onboarding.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..lsps.client import LspsClient
+from ..protocol.lsps0 import amount
+
+Log = Callable[..., None]
+
+
+def ask_terms(lsps: LspsClient, lsp: str) -> dict[str, Any]:
+    """`superscalar-terms`: what the LSP serves (lsps0.list_protocols) and its factory terms."""
+    protocols = lsps.request(lsp, "lsps0.list_protocols", {})
+    return {"id": lsp, "protocols": protocols.get("protocols", []), "terms": lsps.request(lsp, "superscalar.get_info", {})}
+
+
+def ask_join(lsps: LspsClient, lsp: str, inbound_sat: int) -> dict[str, Any]:
+    """`superscalar-join-next`: a place in the LSP's next laddered factory with `inbound_sat` inbound."""
+    if inbound_sat <= 0:
+        raise ValueError("inbound_sat must be positive")
+    return {"id": lsp, **lsps.request(lsp, "superscalar.join", {"inbound_sat": amount(inbound_sat)})}
+
+
+def hello(lsps: LspsClient, lsp: str, log: Log) -> None:
+    """Tell an LSP we may join (it invites only peers that spoke SuperScalar on this connection)."""
+    try:
+        terms = lsps.request(lsp, "superscalar.get_info", {}, timeout=20.0)
+        log(f"LSP {lsp} offers factories (terms version {terms.get('version')})", level="debug")
+    except Exception as e:  # a peer without the plugin does not answer: nothing to do
+        log(f"no SuperScalar terms from {lsp}: {e}", level="debug")

@@ -1,0 +1,1 @@
+"""LSPS (bLIP-50 and the specifications on top of it) over lightningd's custom messages."""

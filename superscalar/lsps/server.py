@@ -1,0 +1,76 @@
+"""The LSP's side of LSPS0 (bLIP-50): answer each request with its method's handler, the spec's errors
+otherwise. Handlers run inside lightningd's custommsg hook: they must answer quickly (RPC calls are fine;
+anything that waits on a peer starts a thread)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from ..protocol.lsps0 import (INTERNAL_ERROR, METHOD_NOT_FOUND, PARSE_ERROR, LspsError, check_params, error_message,
+                              parse_request, request_id_of, result_message)
+
+Handler = Callable[[str, dict[str, Any]], dict[str, Any]]
+Send = Callable[[str, bytes], None]
+Log = Callable[..., None]
+
+_LSPS_FAMILY = re.compile(r"lsps(\d+)\.")
+
+
+def family(method: str) -> str:
+    """`lsps2` of `lsps2.buy`: the prefix bLIP-50 gives every method of one specification."""
+    return method.split(".", 1)[0] if "." in method else method
+
+
+class LspsServer:
+    def __init__(self, send: Send, log: Log, others: tuple[str, ...] = ()) -> None:
+        """`others`: method families (`lsps5`, ...) another plugin on this node answers; their requests
+        pass through untouched instead of getting "Method not found"."""
+        self._send = send
+        self._log = log
+        self._others = frozenset(others)
+        self._methods: dict[str, Handler] = {"lsps0.list_protocols": self._list_protocols}
+
+    def register(self, method: str, handler: Handler) -> None:
+        if method in self._methods:
+            raise ValueError(f"{method} is already registered")
+        self._methods[method] = handler
+
+    def protocols(self) -> list[int]:
+        """bLIP-50 "LSPS Specification Support Query": the LSPS numbers served, never 0."""
+        return sorted({int(m.group(1)) for name in self._methods if (m := _LSPS_FAMILY.match(name))} - {0})
+
+    def _list_protocols(self, peer: str, params: dict[str, Any]) -> dict[str, Any]:
+        check_params(params, ())
+        return {"protocols": self.protocols()}
+
+    def on_message(self, peer: str, message: bytes) -> bool:
+        """Answer `message` (a whole 37913 message); False when it is another plugin's to answer."""
+        try:
+            request = parse_request(message)
+        except LspsError as e:
+            if e.code == PARSE_ERROR:
+                self._log(f"LSPS: bad message format from {peer}: {e.__cause__!r}", level="unusual")
+                self._send(peer, error_message(None, e))
+            else:
+                self._log(f"LSPS: invalid request from {peer}: {e.message}", level="info")
+                self._send(peer, error_message(request_id_of(message), e))
+            return True
+        handler = self._methods.get(request.method)
+        if handler is None:
+            if family(request.method) in self._others:
+                return False
+            self._send(peer, error_message(request.id, LspsError(METHOD_NOT_FOUND, "Method not found")))
+            return True
+        try:
+            result = handler(peer, request.params)
+        except LspsError as e:
+            self._log(f"LSPS: {request.method} from {peer}: error {e.code} {e.message}", level="debug")
+            self._send(peer, error_message(request.id, e))
+            return True
+        except Exception as e:  # a failure of ours: the client hears "Internal error", the log hears why
+            self._log(f"LSPS: {request.method} from {peer} failed: {e!r}", level="unusual")
+            self._send(peer, error_message(request.id, LspsError(INTERNAL_ERROR, "Internal error")))
+            return True
+        self._send(peer, result_message(request.id, result))
+        return True

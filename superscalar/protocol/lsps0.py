@@ -1,0 +1,204 @@
+"""LSPS0 (bLIP-50): JSON-RPC 2.0 over peer message 37913, and the common schemas other LSPS
+specifications refer to (amounts as decimal strings, datetimes, SCIDs). Pure: bytes in, bytes out."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+LSPS_MESSAGE_TYPE = 37913  # bLIP-50 "Lightning Peer-To-Peer Transport": lsps0_message_id
+MAX_PAYLOAD = 65533  # BOLT 8: a message's payload after its 2-byte type
+
+# JSON-RPC 2.0 "Error object" codes, as bLIP-50 "Error Handling" uses them
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+U64_MAX = 2**64 - 1
+
+
+class LspsError(Exception):
+    """A JSON-RPC error object: raised by a method handler, or received from the LSP."""
+
+    def __init__(self, code: int, message: str, data: Optional[dict[str, Any]] = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_json(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Response:
+    """A response: exactly one of `result` and `error` is set."""
+
+    id: Optional[str]
+    result: Optional[dict[str, Any]] = None
+    error: Optional[LspsError] = None
+
+
+def frame(obj: dict[str, Any]) -> bytes:
+    """The whole peer message: type 37913 then the UTF-8 JSON text (no NUL can appear: json escapes it)."""
+    return LSPS_MESSAGE_TYPE.to_bytes(2, "big") + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def is_lsps(message: bytes) -> bool:
+    return len(message) >= 2 and int.from_bytes(message[:2], "big") == LSPS_MESSAGE_TYPE
+
+
+def request_message(req: Request) -> bytes:
+    return frame({"jsonrpc": "2.0", "method": req.method, "params": req.params, "id": req.id})
+
+
+def result_message(request_id: Optional[str], result: dict[str, Any]) -> bytes:
+    return frame({"jsonrpc": "2.0", "id": request_id, "result": result})
+
+
+def error_message(request_id: Optional[str], error: LspsError) -> bytes:
+    return frame({"jsonrpc": "2.0", "id": request_id, "error": error.to_json()})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _object(payload: bytes) -> dict[str, Any]:
+    """bLIP-50 "Message Payload Format": one complete UTF-8 JSON object, optional surrounding
+    whitespace, no 0 byte. Anything else is a bad message format (ValueError)."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError("payload longer than a peer message can be")
+    if b"\x00" in payload:
+        raise ValueError("payload contains a 0 byte")
+    text = payload.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    # JSON's own whitespace is exactly space, tab, line feed and carriage return; a second object
+    # after the first raises ("Extra data")
+    obj = json.loads(text, parse_constant=_reject_constant)
+    if not isinstance(obj, dict):
+        raise ValueError("payload is not a JSON object")
+    return obj
+
+
+def parse_request(message: bytes) -> Request:
+    """A request to the LSP (`message` with its 2-byte type). Raises LspsError with the code the LSP
+    answers: PARSE_ERROR for a bad message format, INVALID_REQUEST for a non-request object."""
+    try:
+        obj = _object(message[2:])
+    except ValueError as e:
+        raise LspsError(PARSE_ERROR, "Parse error", None) from e
+    request_id = obj.get("id")
+    if obj.get("jsonrpc") != "2.0" or not isinstance(obj.get("method"), str) or not isinstance(request_id, str):
+        raise LspsError(INVALID_REQUEST, "Invalid Request")
+    params = obj.get("params", {})
+    if not isinstance(params, dict):  # bLIP-50: by-name parameter structures only
+        raise LspsError(INVALID_REQUEST, "Invalid Request: params must be an object")
+    return Request(request_id, obj["method"], params)
+
+
+def request_id_of(message: bytes) -> Optional[str]:
+    """The string `id` of a request we could not accept, if one can be read (else null, as JSON-RPC says)."""
+    try:
+        value = _object(message[2:]).get("id")
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def parse_response(message: bytes) -> Optional[Response]:
+    """A response from the LSP, or None for anything else (a notification, a bad message format)."""
+    try:
+        obj = _object(message[2:])
+    except ValueError:
+        return None
+    if obj.get("jsonrpc") != "2.0" or "id" not in obj or ("result" in obj) == ("error" in obj):
+        return None
+    request_id = obj["id"] if isinstance(obj["id"], str) else None
+    if "result" in obj:
+        return Response(request_id, result=obj["result"]) if isinstance(obj["result"], dict) else None
+    error = obj["error"]
+    if not isinstance(error, dict) or not isinstance(error.get("code"), int):
+        return None
+    data = error.get("data")
+    return Response(request_id, error=LspsError(error["code"], printable(str(error.get("message", ""))),
+                                                data if isinstance(data, dict) else None))
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """An LSP's error message made safe to log or show (bLIP-50 "Error Handling": filter NUL, `<`,
+    newlines and control characters)."""
+    return "".join(c if c.isprintable() and c != "<" else "?" for c in text[:limit])
+
+
+def check_params(params: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """bLIP-50 "LSPS Extension And Versioning": an unrecognised parameter is -32602 with
+    data.unrecognized; a missing required one is -32602 too."""
+    unrecognized = sorted(set(params) - set(required) - set(optional))
+    if unrecognized:
+        raise LspsError(INVALID_PARAMS, "Invalid params", {"unrecognized": unrecognized})
+    missing = [name for name in required if name not in params]
+    if missing:
+        raise LspsError(INVALID_PARAMS, f"Invalid params: missing {', '.join(missing)}", {"unrecognized": []})
+
+
+_DECIMAL = re.compile(r"(0|[1-9][0-9]*)")
+
+
+def parse_amount(value: Any, name: str) -> int:
+    """bLIP-50 "Monetary Amounts" (LSPS0.sat / LSPS0.msat): a JSON string of the decimal number, u64."""
+    if not isinstance(value, str) or not _DECIMAL.fullmatch(value) or int(value) > U64_MAX:
+        raise LspsError(INVALID_PARAMS, f"Invalid params: {name} must be a decimal string", {"unrecognized": []})
+    return int(value)
+
+
+def amount(value: int) -> str:
+    if not 0 <= value <= U64_MAX:
+        raise ValueError(f"amount {value} out of u64 range")
+    return str(value)
+
+
+def iso8601(unix_seconds: float) -> str:
+    """bLIP-50 "Datetimes" (LSPS0.datetime): "YYYY-MM-DDThh:mm:ss.uuuZ", UTC."""
+    moment = datetime.fromtimestamp(unix_seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+
+
+def parse_iso8601(value: Any) -> float:
+    """Unix seconds of an LSPS0.datetime; ValueError for anything else."""
+    if not isinstance(value, str) or not _DATETIME.fullmatch(value):
+        raise ValueError(f"not an LSPS0 datetime: {value!r}")
+    return datetime.strptime(value.replace("Z", "+0000") if "." in value else value[:-1] + ".0+0000",
+                             "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def format_scid(scid: int) -> str:
+    """bLIP-50 "Short Channel Identifiers" (LSPS0.scid): "<block>x<tx>x<output>" (BOLT 7)."""
+    return f"{scid >> 40}x{(scid >> 16) & 0xFFFFFF}x{scid & 0xFFFF}"
+
+
+def parse_scid(value: str) -> int:
+    parts = value.split("x")
+    if len(parts) != 3 or not all(_DECIMAL.fullmatch(p) for p in parts):
+        raise ValueError(f"not a short channel id: {value!r}")
+    block, tx, out = (int(p) for p in parts)
+    if block >= 1 << 24 or tx >= 1 << 24 or out >= 1 << 16:
+        raise ValueError(f"short channel id out of range: {value!r}")
+    return block << 40 | tx << 16 | out

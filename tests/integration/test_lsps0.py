@@ -1,0 +1,118 @@
+"""LSPS0 (bLIP-50) on real lightningd: the LSP answers requests over message 37913 with the spec's
+results and errors, leaves other plugins' methods alone, publishes its SuperScalar terms, queues a
+client that asks to join, and invites no peer that has not spoken SuperScalar."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyln.client import RpcError
+from pyln.testing.utils import wait_for
+
+pytestmark = pytest.mark.lightningd
+
+PROBE = Path(__file__).parent / "lsps_probe_plugin.py"
+
+
+def answers(node: Any, count: int) -> list[dict[str, Any]]:
+    wait_for(lambda: len(node.rpc.call("probe-inbox")["messages"]) >= count)
+    return [m["body"] for m in node.rpc.call("probe-inbox")["messages"]]
+
+
+def test_lsps0_answers_errors_and_passes_through(node_factory: Any, plugin_path: Path) -> None:
+    lsp = node_factory.get_node(options={"plugin": [str(plugin_path), str(PROBE)], "superscalar-profile": "regtest",
+                                         "superscalar-lsp": "true", "superscalar-lsps-others": "lsps5"})
+    raw = node_factory.get_node(options={"plugin": str(PROBE)})  # a wallet speaking LSPS by hand
+    raw.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp_id = lsp.info["id"]
+    sent = [
+        '{"jsonrpc":"2.0","method":"lsps0.list_protocols","params":{},"id":"a1"}',
+        '{"jsonrpc":"2.0","method":"lsps0.list_protocols","params":{},',  # cut short
+        '{} {}',
+        '[{"jsonrpc":"2.0","method":"lsps0.list_protocols","params":{},"id":"batch"}]',
+        "hex:" + b'{"jsonrpc":"2.0","method":"lsps0.list_protocols","id":"nul"}\x00'.hex(),
+        '{"method":"lsps0.list_protocols","params":{},"id":"a2"}',
+        '{"jsonrpc":"2.0","method":"lsps0.list_protocols","params":[],"id":"a3"}',
+        '{"jsonrpc":"2.0","method":"lsps9.unknown","params":{},"id":"a4"}',
+        '{"jsonrpc":"2.0","method":"superscalar.get_info","params":{"future":1},"id":"a5"}',
+        '{"jsonrpc":"2.0","method":"superscalar.join","params":{"inbound_sat":"100000"},"id":"a6"}',
+        '{"jsonrpc":"2.0","method":"lsps5.list_webhooks","params":{},"id":"a7"}',
+        '{"jsonrpc":"2.0","method":"superscalar.get_info","params":{},"id":"a8"}',
+    ]
+    for text in sent:
+        raw.rpc.call("probe-send", {"peer": lsp_id, "text": text})
+    answers(raw, len(sent))
+    time.sleep(1)  # nothing more comes: exactly one answer per request, the lsps5 one from the probe alone
+    got = answers(raw, len(sent))
+    assert len(got) == len(sent), got
+    by_id: dict[Any, list[dict[str, Any]]] = {}
+    for body in got:
+        by_id.setdefault(body.get("id"), []).append(body)
+    assert by_id["a1"] == [{"jsonrpc": "2.0", "id": "a1", "result": {"protocols": []}}]
+    parse_errors = by_id[None]
+    assert len(parse_errors) == 4  # cut short, two objects, an array, a NUL byte
+    assert all(b["error"] == {"code": -32700, "message": "Parse error"} for b in parse_errors)
+    assert by_id["a2"][0]["error"]["code"] == -32600
+    assert by_id["a3"][0]["error"]["code"] == -32600
+    assert by_id["a4"][0]["error"]["code"] == -32601
+    assert by_id["a5"][0]["error"] == {"code": -32602, "message": "Invalid params", "data": {"unrecognized": ["future"]}}
+    assert by_id["a6"][0]["error"]["code"] == -31001  # no ladder: this LSP forms no factory by itself
+    assert by_id["a7"] == [{"jsonrpc": "2.0", "id": "a7", "result": {"answered_by": "probe"}}]
+    terms = by_id["a8"][0]["result"]
+    assert terms["version"] == 1 and terms["network"] == "regtest"
+    assert terms["factory"]["lifetime_blocks"] == terms["factory"]["active_blocks"] + terms["factory"]["dying_blocks"]
+    assert terms["join"]["offered"] is False
+    assert lsp.daemon.is_in_log("LSPS: bad message format from")
+    # the LSP's own probe saw every request too: the message type is shared, nothing is swallowed
+    assert len(lsp.rpc.call("probe-inbox")["messages"]) == len(sent)
+
+
+def test_client_terms_join_and_ladder_start(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true", "superscalar-ladder": "true",
+                                         "superscalar-ladder-interval-blocks": "3",
+                                         "superscalar-lsp-join-max-inbound-sat": "300000"})
+    clients = node_factory.get_nodes(2, opts={**common, "superscalar-join": lsp.info["id"]})
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp.fundwallet(10_000_000)
+    seen = clients[0].rpc.call("superscalar-terms", {"id": lsp.info["id"]})
+    assert seen["protocols"] == [] and seen["terms"]["join"] == {
+        "offered": True, "interval_blocks": 3, "min_inbound_sat": "20000", "max_inbound_sat": "300000"}
+    with pytest.raises(RpcError) as e:
+        clients[0].rpc.call("superscalar-join-next", {"id": lsp.info["id"], "inbound_sat": 300_001})
+    assert e.value.error["code"] == 1702 and "error -31002" in e.value.error["message"]
+    assert lsp.rpc.call("superscalar-ladder")["waiting"] == []  # nothing queued by a refused join
+    for c, inbound in zip(clients, (150_000, 250_000)):
+        joined = c.rpc.call("superscalar-join-next", {"id": lsp.info["id"], "inbound_sat": inbound})
+        assert joined["inbound_sat"] == str(inbound)
+    waiting = lsp.rpc.call("superscalar-ladder")["waiting"]
+    assert sorted((w["node_id"], w["inbound_sat"]) for w in waiting) == sorted(
+        (c.info["id"], i) for c, i in zip(clients, (150_000, 250_000)))
+    bitcoind.generate_block(1)  # the ladder starts a factory for them by itself
+    wait_for(lambda: len(lsp.rpc.call("superscalar-ladder")["started"]) == 1)
+    for c, inbound in zip(clients, (150_000, 250_000)):
+        [ch] = c.rpc.listpeerchannels(lsp.info["id"])["channels"]
+        assert ch["total_msat"] == inbound * 1000 and ch["to_us_msat"] == 0
+
+
+def test_create_refuses_a_silent_peer_at_once(node_factory: Any, plugin_path: Path) -> None:
+    lsp = node_factory.get_node(options={"plugin": str(plugin_path), "superscalar-profile": "regtest",
+                                         "superscalar-lsp": "true"})
+    plain = node_factory.get_node()  # no plugin: it never speaks SuperScalar
+    plain.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp.fundwallet(1_000_000)
+    start = time.monotonic()
+    with pytest.raises(RpcError) as e:
+        lsp.rpc.call("superscalar-create", {"clients": [{"id": plain.info["id"], "inbound_sat": 100_000}]})
+    took = time.monotonic() - start
+    assert e.value.error["code"] == 1700 and "have not spoken SuperScalar" in e.value.error["message"]
+    print(f"superscalar-create refused a plain peer after {took:.1f} s (the ceremony timeout is 60 s)")
+    assert not any(o.get("reserved") for o in lsp.rpc.listfunds()["outputs"])
+    assert lsp.rpc.listpeerchannels()["channels"] == [] and lsp.rpc.call("superscalar-list")["factories"] == []
+    assert json.dumps(plain.rpc.listpeerchannels()["channels"]) == "[]"
