@@ -23,6 +23,7 @@ from superscalar.chain.routing import exit_for_closing_channel, exit_late_funded
 from superscalar.client.closing import ClientCloser
 from superscalar.client.leaving import request_leave
 from superscalar.client.membership import Client
+from superscalar.client.moving import move
 from superscalar.client.onboarding import ask_join, ask_terms, hello
 from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
@@ -372,7 +373,14 @@ def build_plugin() -> Plugin:
         """Ask LSP `id` for a place in its next laddered factory with `inbound_sat` of inbound."""
         ask_lsp(request, lambda r: ask_join(r.lsps_client, id, int(inbound_sat)), "superscalar-join-next")
 
+    def move_factory(plugin: Plugin, request: Any, factory_id: str, id: str, inbound_sat: int, **kwargs: Any) -> None:
+        """Roll over into LSP `id`'s next factory (with `inbound_sat`) instead of factory `factory_id`'s next
+        one: a place there first, then a leave request here (paid on chain at this factory's rollover)."""
+        ask_lsp(request, lambda r: move(r.node, r.store, r.transport, r.lsps_client, r.allowed, factory_id, id,
+                                        int(inbound_sat)), "superscalar-move")
+
     plugin.add_method("superscalar-terms", lsp_terms, background=True)
+    plugin.add_method("superscalar-move", move_factory, background=True)
     plugin.add_method("superscalar-join-next", join_next, background=True)
 
     @plugin.method("superscalar-list")

@@ -116,3 +116,46 @@ def test_create_refuses_a_silent_peer_at_once(node_factory: Any, plugin_path: Pa
     assert not any(o.get("reserved") for o in lsp.rpc.listfunds()["outputs"])
     assert lsp.rpc.listpeerchannels()["channels"] == [] and lsp.rpc.call("superscalar-list")["factories"] == []
     assert json.dumps(plain.rpc.listpeerchannels()["channels"]) == "[]"
+
+
+def test_client_moves_to_another_lsps_factory(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A client of two LSPs chooses where it rolls over: a place in LSP 2's next factory, then paid on
+    chain by LSP 1's rollover; its leaf-mate is carried over by LSP 1 as usual."""
+    from .test_close_rollover import mine_until, record, wallet_sat
+    from .test_factory_plugin import create_factory
+
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp1 = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
+    lsp2 = node_factory.get_node(options={**common, "superscalar-lsp": "true", "superscalar-ladder": "true",
+                                          "superscalar-ladder-interval-blocks": "3"}, may_reconnect=True)
+    clients = node_factory.get_nodes(2, opts={**common, "may_reconnect": True,
+                                              "superscalar-join": f"{lsp1.info['id']},{lsp2.info['id']}"})
+    for c in clients:
+        c.rpc.connect(lsp1.info["id"], "localhost", lsp1.port)
+    lsp1.fundwallet(10_000_000)
+    lsp2.fundwallet(10_000_000)
+    fid = create_factory(lsp1, clients, bitcoind)["factory_id"]
+    mover, stayer = clients
+    mover.rpc.connect(lsp2.info["id"], "localhost", lsp2.port)
+    with pytest.raises(RpcError, match="own LSP"):
+        mover.rpc.call("superscalar-move", {"factory_id": fid, "id": lsp1.info["id"], "inbound_sat": 100_000})
+    moved = mover.rpc.call("superscalar-move", {"factory_id": fid, "id": lsp2.info["id"], "inbound_sat": 120_000})
+    assert moved["join"]["inbound_sat"] == "120000" and moved["leave"]["lsp"] == lsp1.info["id"]
+    lsp1.daemon.wait_for_log(f"client {mover.info['id']} asked to leave")
+    [mover_ch] = mover.rpc.listpeerchannels(lsp1.info["id"])["channels"]
+    balance_sat = int(mover_ch["to_us_msat"]) // 1000
+    before = wallet_sat(mover)
+    out = lsp1.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [mover.info["id"]]})
+    assert out["payouts_sat"] == {mover.info["id"]: balance_sat}
+    nodes = [lsp1, lsp2, *clients]
+    mine_until(bitcoind, nodes, lambda: record(lsp1, fid)["close"]["status"] == "confirmed")
+    wait_for(lambda: wallet_sat(mover) - before == balance_sat)
+    # LSP 2's ladder formed its factory with the mover by itself; the stayer is in LSP 1's next factory
+    mine_until(bitcoind, nodes, lambda: len(lsp2.rpc.call("superscalar-ladder")["started"]) == 1)
+    wait_for(lambda: [c["state"] for c in mover.rpc.listpeerchannels(lsp2.info["id"])["channels"]]
+             == ["CHANNELD_NORMAL"])
+    [new] = mover.rpc.listpeerchannels(lsp2.info["id"])["channels"]
+    assert int(new["total_msat"]) == 120_000_000 and int(new["to_us_msat"]) == 0
+    assert any(f["role"] == "client" and f["factory_id"] == out["next_factory"]
+               for f in stayer.rpc.call("superscalar-list")["factories"])
+    assert out["next_factory"] not in [f["factory_id"] for f in mover.rpc.call("superscalar-list")["factories"]]
