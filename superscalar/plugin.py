@@ -115,12 +115,14 @@ class Roles:
             others = tuple(x.strip() for x in str(options.get("superscalar-lsps-others") or "").split(",") if x.strip())
             self.lsps_server = LspsServer(self.node.send_message, plugin.log, others)
             limits = JoinLimits(int(options.get("superscalar-lsp-join-min-inbound-sat") or 0),
-                                int(options.get("superscalar-lsp-join-max-inbound-sat") or 0))
+                                int(options.get("superscalar-lsp-join-max-inbound-sat") or 0),
+                                int(options.get("superscalar-lsp-join-max-waiting") or 0))
             interval = ladder.config.interval_blocks if ladder is not None else None
             self.onboarding = Onboarding(lambda: terms(self.params_for, limits, interval, self.network), limits,
                                          None if ladder is None else lambda peer, inbound: (
                                              ladder.add(peer, 0, inbound), ladder.status(self.node.blockheight()))[1],
-                                         self.speakers)
+                                         self.speakers,
+                                         lambda: [] if ladder is None else [w["node_id"] for w in ladder.state()["waiting"]])
             self.lsps_server.register("superscalar.get_info", self.onboarding.get_info)
             self.lsps_server.register("superscalar.join", self.onboarding.join)
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)
@@ -242,6 +244,8 @@ def build_plugin() -> Plugin:
                       "with superscalar.join (its free place in the next laddered factory).")
     plugin.add_option("superscalar-lsp-join-max-inbound-sat", "500000", "LSP: most inbound a client gets free with "
                       "superscalar.join; more is bought (LSPS1).")
+    plugin.add_option("superscalar-lsp-join-max-waiting", "100", "LSP: most clients waiting for the next factory "
+                      "when superscalar.join takes one more (free inbound strangers can lock up is bounded).")
     plugin.add_option("superscalar-lsps-others", "", "LSP: method families (e.g. 'lsps5,lsps7') another plugin on "
                       "this node answers over message 37913: their requests pass through unanswered by us.")
     defaults = ClientPolicy()

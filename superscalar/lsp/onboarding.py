@@ -23,6 +23,7 @@ from ..protocol.lsps0 import LspsError, amount, check_params, parse_amount
 TERMS_VERSION = 1
 JOIN_NOT_OFFERED = -31001  # this LSP has no ladder: it forms no factory by itself
 INBOUND_OUT_OF_RANGE = -31002  # wanted inbound outside [min, max] of the terms
+QUEUE_FULL = -31003  # as many clients wait for the next factory as the LSP takes free joins for
 HELLO_WAIT_SECONDS = 5.0  # how long a creation waits for a just-connected client's first request
 
 
@@ -30,6 +31,7 @@ HELLO_WAIT_SECONDS = 5.0  # how long a creation waits for a just-connected clien
 class JoinLimits:
     min_inbound_sat: int
     max_inbound_sat: int  # the most inbound the LSP gives a client free in its next factory
+    max_waiting: int = 100  # free joins wait at most this many at once: what strangers can lock up is bounded
 
 
 def terms(params_for: Callable[[int, int], FactoryParams], limits: JoinLimits, ladder_interval: Optional[int],
@@ -63,6 +65,7 @@ def terms(params_for: Callable[[int, int], FactoryParams], limits: JoinLimits, l
             "interval_blocks": ladder_interval,  # a new factory at most this often
             "min_inbound_sat": amount(limits.min_inbound_sat),
             "max_inbound_sat": amount(limits.max_inbound_sat),
+            "max_waiting": limits.max_waiting,
         },
     }
 
@@ -97,10 +100,12 @@ class Onboarding:
     """The LSP's `superscalar.get_info` and `superscalar.join` handlers."""
 
     def __init__(self, terms_of: Callable[[], dict[str, Any]], limits: JoinLimits,
-                 enqueue: Optional[Callable[[str, int], dict[str, Any]]], speakers: Speakers) -> None:
+                 enqueue: Optional[Callable[[str, int], dict[str, Any]]], speakers: Speakers,
+                 waiting: Callable[[], list[str]] = lambda: []) -> None:
         self._terms_of = terms_of
         self.limits = limits
         self._enqueue = enqueue  # the ladder's queue, None when the ladder is off
+        self._waiting = waiting  # node ids queued for the next factory
         self.speakers = speakers
 
     def get_info(self, peer: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +125,9 @@ class Onboarding:
             raise LspsError(INBOUND_OUT_OF_RANGE, "inbound_sat outside the terms' join limits",
                             {"min_inbound_sat": amount(self.limits.min_inbound_sat),
                              "max_inbound_sat": amount(self.limits.max_inbound_sat)})
+        queued = self._waiting()
+        if peer not in queued and len(queued) >= self.limits.max_waiting:
+            raise LspsError(QUEUE_FULL, "The next factory is full; ask again after it starts")
         state = self._enqueue(peer, inbound)
         waiting = [w for w in state.get("waiting", []) if w.get("node_id") == peer]
         return {"inbound_sat": amount(inbound), "queued_at_height": waiting[0]["since_height"] if waiting else None,

@@ -83,7 +83,8 @@ def test_client_terms_join_and_ladder_start(node_factory: Any, bitcoind: Any, pl
     lsp.fundwallet(10_000_000)
     seen = clients[0].rpc.call("superscalar-terms", {"id": lsp.info["id"]})
     assert seen["protocols"] == [] and seen["terms"]["join"] == {
-        "offered": True, "interval_blocks": 3, "min_inbound_sat": "20000", "max_inbound_sat": "300000"}
+        "offered": True, "interval_blocks": 3, "min_inbound_sat": "20000", "max_inbound_sat": "300000",
+        "max_waiting": 100}
     with pytest.raises(RpcError) as e:
         clients[0].rpc.call("superscalar-join-next", {"id": lsp.info["id"], "inbound_sat": 300_001})
     assert e.value.error["code"] == 1702 and "error -31002" in e.value.error["message"]

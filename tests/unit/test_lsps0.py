@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from superscalar.lsp.onboarding import INBOUND_OUT_OF_RANGE, JOIN_NOT_OFFERED, JoinLimits, Onboarding, Speakers, terms
+from superscalar.lsp.onboarding import (INBOUND_OUT_OF_RANGE, JOIN_NOT_OFFERED, QUEUE_FULL, JoinLimits, Onboarding,
+                                        Speakers, terms)
 from superscalar.factory.params import regtest_params
 from superscalar.lsps.client import LspsClient
 from superscalar.lsps.server import LspsServer
@@ -201,7 +202,8 @@ def test_terms_and_join() -> None:
     t = terms(lambda n, h: regtest_params(n, h), limits, 5, "regtest")
     p = regtest_params(2, 0)
     assert t["factory"]["lifetime_blocks"] == p.active_blocks + p.dying_blocks
-    assert t["join"] == {"offered": True, "interval_blocks": 5, "min_inbound_sat": "20000", "max_inbound_sat": "500000"}
+    assert t["join"] == {"offered": True, "interval_blocks": 5, "min_inbound_sat": "20000", "max_inbound_sat": "500000",
+                         "max_waiting": 100}
     assert t["fees"]["feerate_per_kvb"] == p.feerate_per_kvb
     queued: list[tuple[str, int]] = []
     speakers = Speakers()
@@ -222,6 +224,11 @@ def test_terms_and_join() -> None:
             ob.join("03" * 33, params)
         assert e.value.code == code
     assert queued == [("03" * 33, 100_000)]
+    full = Onboarding(lambda: t, JoinLimits(20_000, 500_000, 1), enqueue, speakers, lambda: ["03" * 33])
+    assert full.join("03" * 33, {"inbound_sat": "50000"})["inbound_sat"] == "50000"  # already waiting: replaced
+    with pytest.raises(LspsError) as e:
+        full.join("04" * 33, {"inbound_sat": "50000"})
+    assert e.value.code == QUEUE_FULL
     with pytest.raises(LspsError) as e:
         Onboarding(lambda: t, limits, None, speakers).join("03" * 33, {"inbound_sat": "100000"})
     assert e.value.code == JOIN_NOT_OFFERED
