@@ -60,7 +60,7 @@ from ..node import msat
 from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
 from ..protocol.rounds import close_round, construction_round
 from ..protocol.wire import Abort, AbortCode, Invite, Message
-from .creation import ClientSpec, Lsp, Pending, _lsp_record, _seckey
+from .creation import ClientSpec, Lsp, Pending, _lsp_record, _raise_first, _seckey, each_peer
 
 POLL_SECONDS = 0.2
 
@@ -207,16 +207,13 @@ class Closer:
                 self.transport.send(c.node_id, Invite(fid_b, pending.invite_id, params.serialize(), c.balance_sat,
                                                       c.inbound_sat, bytes.fromhex(factory_id), push[c.node_id]))
             self.lsp._wait(pending, lambda: len(pending.accepts) == len(specs), "clients to accept the rollover")
-            order = sorted(range(len(specs)), key=lambda i: pending.accepts[i].pubkey)
-            with pending.cond:
-                pending.accepts = {new: pending.accepts[old] for new, old in enumerate(order)}
-                pending.clients = specs = [specs[i] for i in order]
+            specs = pending.number_by_key()
             lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid_b, "lsp")))
             pubkeys = [musig2.individual_pk(lsp_sk)] + [pending.accepts[i].pubkey for i in range(len(specs))]
-            channels = []
-            for c in specs:
-                channels.append(self.node.fundchannel_start(c.node_id, c.balance_sat + c.inbound_sat, push[c.node_id]))
-                opened.append(c.node_id)
+            started = each_peer(lambda c: self.node.fundchannel_start(c.node_id, c.balance_sat + c.inbound_sat,
+                                                                     push[c.node_id]), specs)
+            opened.extend(c.node_id for c, r in zip(specs, started) if not isinstance(r, Exception))
+            channels = _raise_first(started)
             b = Factory(params, [ClientTerms(c.balance_sat, c.inbound_sat) for c in specs], pubkeys,
                         FactoryScripts(tuple(channels), tuple(pending.accepts[i].payout_script for i in range(len(specs))),
                                        self.node.new_script()))
@@ -238,14 +235,19 @@ class Closer:
                 raise CloseError(f"the next factory's ceremony failed: {pending.outcome.reason}")
             record = _next_record(b, graph, specs, pending, factory_id, push)
             self.store.put(fid_b.hex(), "factory", record)
-            for i, c in enumerate(specs):
+            def complete(i: int) -> str:
                 leaf = graph.states[b.topology.leaf_of_client[i]]
                 psbt = Psbt(leaf.tx, (PsbtInput(witness_utxo=leaf.prevout),), tuple(PsbtOutput() for _ in leaf.tx.outputs))
-                channel_id = self.node.fundchannel_complete(c.node_id, psbt.to_base64())
-                opened.remove(c.node_id)
-                completed.append(channel_id)
-                record["channels"][i]["channel_id"] = channel_id
-                self.store.put(fid_b.hex(), "factory", record)
+                return self.node.fundchannel_complete(specs[i].node_id, psbt.to_base64())
+
+            done = each_peer(complete, list(range(len(specs))))
+            for i, channel_id in enumerate(done):
+                if not isinstance(channel_id, Exception):
+                    opened.remove(specs[i].node_id)
+                    completed.append(channel_id)
+                    record["channels"][i]["channel_id"] = channel_id
+            self.store.put(fid_b.hex(), "factory", record)
+            _raise_first(done)
             record["stage"] = "rolling"  # every B channel exists; funded once the close confirms
             self.store.put(fid_b.hex(), "factory", record)
             self.lsp._pending.pop(fid_b, None)
