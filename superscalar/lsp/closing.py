@@ -283,6 +283,8 @@ class Closer:
                              f"close {(rec.get('close') or {}).get('status')}, frozen {bool(rec.get('frozen'))})")
         if self.store.get(factory_id, "exit") is not None:
             raise CloseError(f"factory {factory_id} is being exited")
+        if rec.get("sales"):  # the close pays one channel per client: a sale channel's balance would be lost
+            raise CloseError(f"factory {factory_id} has liquidity-sale channels: its cooperative close is not supported yet")
         live = {c["channel_id"]: c for c in self.node.peer_channels()}
         for c in rec["channels"]:
             ch = live.get(c.get("channel_id"))
