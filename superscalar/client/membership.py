@@ -411,7 +411,11 @@ class Client:
         txs = [path_entry(f"path/{i}", h, int(v), bytes.fromhex(s))
                for i, (h, (v, s)) in enumerate(zip(rec["signed_path"], rec["path_prevouts"]))]
         sales = rec.get("sales", [])
-        sale_txs, sale_channels = exit_additions(sales, [k for k, s in enumerate(sales) if s.get("mine")])
+        # Our sale channels that exist (one whose open died with the LSP backs nothing: its sale stays off chain)
+        live = {f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" for ch in self.node.peer_channels(rec["lsp"])} \
+            if any(s.get("mine") for s in sales) else set()
+        sale_txs, sale_channels = exit_additions(sales, [k for k, s in enumerate(sales)
+                                                         if s.get("mine") and s["channel_outpoint"] in live])
         return txs + sale_txs, [rec["leaf_outpoint"], *sale_channels]
 
 

@@ -17,6 +17,7 @@ from superscalar.factory.params import FactoryParams
 from superscalar.node import msat
 
 from .test_close_rollover import channels_in, no_broken, pay_msat, record, settled
+from .test_dishonest_lsp import killed
 from .test_factory_plugin import create_factory
 
 pytestmark = pytest.mark.lightningd
@@ -127,14 +128,64 @@ def test_client_refuses_a_dishonest_sale(node_factory: Any, bitcoind: Any, plugi
     res = create_factory(lsp, clients, bitcoind)
     fid = res["factory_id"]
     before = {n.info["id"]: record(n, fid) for n in (lsp, *clients)}
-    with pytest.raises(RpcError, match="sale refused"):
+    with pytest.raises(RpcError, match="aborted: (proposal|sale) refused"):
         sell(lsp, fid, buyer, CAPACITY_SAT)
     # Nothing changed: no sale in any record, no new channel on either side, no open pending.
     for n in (lsp, *clients):
         assert "sales" not in record(n, fid) and record(n, fid) == before[n.info["id"]]
     assert len(channels_in(buyer, lsp)) == 1
     wait_for(lambda: len(channels_in(lsp, buyer)) == 1)
-    assert buyer.daemon.is_in_log("refusing the sale")
+    assert buyer.daemon.is_in_log("refusing the sale|sale round failed: proposal refused")
     # The factory's channels still work.
     pay_msat(lsp, buyer, 5_000_000, "after-refusal")
+    no_broken([lsp, *clients])
+
+
+def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A leaf signer offline: a clear error, nothing changed. The LSP killed (SIGKILL) once the signed sale
+    is stored, before its channel is completed: after the restart the sale is kept (marked unopened, its
+    output 0 backs nothing) and the next sale chains off its rest output; that channel works."""
+    lsp, clients = network(node_factory, plugin_path, 2, "lsp-sale-kill-after-sign")
+    buyer, mate = clients
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    mate.rpc.disconnect(lsp.info["id"], force=True)
+    with pytest.raises(RpcError, match="every signer of the leaf must be online"):
+        sell(lsp, fid, buyer, 40_000)
+    assert "sales" not in record(lsp, fid) and len(channels_in(lsp, buyer)) == 1
+    mate.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    wait_for(lambda: all(c["peer_connected"] and c["state"] == "CHANNELD_NORMAL" for c in channels_in(lsp, mate)))
+
+    with pytest.raises(RpcError):
+        sell(lsp, fid, buyer, 40_000)
+    killed(lsp)
+    del lsp.daemon.opts["superscalar-dev-fail-at"]
+    lsp.start()
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, [lsp, *clients])
+    wait_for(lambda: record(lsp, fid)["sales"][0]["status"] == "unopened")
+    first = record(lsp, fid)["sales"][0]
+    assert [s["txid"] for s in record(buyer, fid)["sales"]] == [s["txid"] for s in record(mate, fid)["sales"]] == \
+        [first["txid"]]
+    assert len(channels_in(lsp, buyer)) == 1 and len(channels_in(buyer, lsp)) == 1
+    wait_for(lambda: all(c["peer_connected"] and c["state"] == "CHANNELD_NORMAL"
+                         for c in channels_in(lsp, buyer) + channels_in(lsp, mate)))
+
+    pay_msat(lsp, buyer, 150_000_000, "use-inbound")
+    settled(lsp, clients)
+    old = next(ch["funding_outpoint"] for ch in res["channels"] if ch["peer_id"] == buyer.info["id"])
+    old_inbound = spendable_msat(lsp, buyer, old)
+    second = sell(lsp, fid, buyer, 40_000)
+    rest = params.lstock_sat - 40_000 - params.anchor_sat - first["fee_sat"]
+    assert first["rest_sat"] == rest and second["lstock_before_sat"] == rest
+    assert second["lstock_after_sat"] == rest - 40_000 - params.anchor_sat - second["sale_fee_sat"]
+    chained = Tx.from_hex(record(lsp, fid)["sales"][1]["tx"])
+    assert chained.inputs[0].prevout.txid_hex == first["txid"] and chained.inputs[0].prevout.vout == 1
+    wait_for(lambda: channels_in(buyer, lsp, second["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
+    pay_msat(lsp, buyer, old_inbound + 20_000_000, "over-the-second-sale")
+    settled(lsp, clients)
+    assert msat(channels_in(buyer, lsp, second["funding_outpoint"])[0]["to_us_msat"]) >= 20_000_000
     no_broken([lsp, *clients])
