@@ -16,7 +16,7 @@ the order that keeps everyone's money safe:
 A failure before step 4 cancels the open: nothing changed. After it the sale is kept for good (a signer
 never signs two spends of one output): the next sale chains off its rest output.
 
-After a restart (`resume`, each block): a sale stored "signed" whose channel exists (the node died after
+After a restart (`resume`, at the first block): a sale stored "signed" whose channel exists (the node died after
 `fundchannel_complete`, before the record) gets its channel id; one whose open died with the process is
 marked "unopened" (its output 0 backs no channel; the L-stock chain continues from its output 1). A round
 that had not reached step 4 left nothing behind.
@@ -81,6 +81,7 @@ class Seller:
         self._sessions: dict[bytes, SaleSession] = {}
         self._lock = threading.Lock()
         self._busy: set[str] = set()  # factories with a sale under way in this process
+        self._recovered = False  # the records an earlier process left were looked at
 
     def fee_sat(self, capacity_sat: int) -> int:
         return sale_fee_sat(capacity_sat, self.fee_base_sat, self.fee_ppm)
@@ -255,7 +256,11 @@ class Seller:
         self.store.put(factory_id, "factory", rec)
 
     def resume(self, height: int = 0) -> None:
-        """Sales stored "signed" by a process that is gone (see the module docstring)."""
+        """Sales stored "signed" by a process that is gone (see the module docstring); looked at once, at
+        the first block after a start (within a process every sale leaves "signed" before it ends)."""
+        if self._recovered:
+            return
+        self._recovered = True
         with self._lock:
             busy = set(self._busy)
         for fid in self.store.factory_ids():
