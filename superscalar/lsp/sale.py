@@ -124,7 +124,8 @@ class Seller:
                     session.stored = True
                 except Exception as e:  # not stored: nobody may get the signature
                     session.error = f"storing the signed sale failed: {e}"
-                    self._execute(session, session.coordinator.peer_failed(0, session.error, AbortCode.INTERNAL))
+                    self._execute(session, session.coordinator.peer_failed(session.coordinator.clients[0], session.error,
+                                                                           AbortCode.INTERNAL))
                     return
             elif isinstance(a, Send):
                 try:

@@ -97,6 +97,8 @@ def test_sale_adds_a_channel_and_the_exit_publishes_it(node_factory: Any, bitcoi
     settled(lsp, clients)
     got_new = msat(channels_in(buyer, lsp, new)[0]["to_us_msat"])
     assert got_new >= amount_msat - old_inbound, (got_new, amount_msat, old_inbound)
+    # The buyer took that HTLC only after checking, from its own log, that output 0 is its channel's 2-of-2.
+    assert record(buyer, fid)["sales"][0]["verified"] == "verified"
     listed = {ch["funding_outpoint"] for ch in buyer.rpc.call("superscalar-list")["factories"][0]["channels"]}
     assert listed == {old, new}
 
