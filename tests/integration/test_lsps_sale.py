@@ -16,7 +16,7 @@ from superscalar.chain.exits import CLOSING_STATES
 from superscalar.factory.params import FactoryParams
 from superscalar.node import msat
 
-from .test_close_rollover import channels_in, no_broken, pay_msat, record, settled
+from .test_close_rollover import channels_in, mine_until, no_broken, pay_msat, record, settled, wallet_sat
 from .test_dishonest_lsp import killed
 from .test_factory_plugin import create_factory
 
@@ -190,4 +190,39 @@ def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any
     pay_msat(lsp, buyer, old_inbound + 20_000_000, "over-the-second-sale")
     settled(lsp, clients)
     assert msat(channels_in(buyer, lsp, second["funding_outpoint"])[0]["to_us_msat"]) >= 20_000_000
+    no_broken([lsp, *clients])
+
+
+def test_close_pays_sale_channel_balances(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A cooperative close of a factory with a sale pays each client the sum of its channels' balances
+    (its leaf's and its sale channels'); the sale channels are retired with the leaf channels. A rollover
+    of it is refused before anything is frozen or signed."""
+    lsp, clients = network(node_factory, plugin_path, 2)
+    buyer, mate = clients
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    old = next(ch["funding_outpoint"] for ch in res["channels"] if ch["peer_id"] == buyer.info["id"])
+    pay_msat(lsp, buyer, 150_000_000, "use-inbound")
+    settled(lsp, clients)
+    old_inbound = spendable_msat(lsp, buyer, old)
+    sale = sell(lsp, fid, buyer, CAPACITY_SAT)
+    wait_for(lambda: channels_in(buyer, lsp, sale["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
+    pay_msat(lsp, buyer, old_inbound + 20_000_001, "over-the-sale")
+    settled(lsp, clients)
+    with pytest.raises(RpcError, match="rolling them over is not supported"):
+        lsp.rpc.call("superscalar-rollover", {"factory_id": fid})
+    assert not record(lsp, fid).get("frozen")
+    owed = {c.info["id"]: sum(msat(ch["to_us_msat"]) for ch in channels_in(c, lsp)) // 1000 for c in clients}
+    assert owed[buyer.info["id"]] > 200_000  # more than its leaf channel alone could hold for it
+    before = {c.info["id"]: wallet_sat(c) for c in clients}
+    out = lsp.rpc.call("superscalar-close", {"factory_id": fid})
+    assert out["payouts_sat"] == owed
+    mine_until(bitcoind, [lsp, *clients], lambda: all(record(n, fid)["close"]["status"] == "confirmed"
+                                                      for n in (lsp, *clients)))
+    for c in clients:
+        wait_for(lambda: wallet_sat(c) - before[c.info["id"]] == owed[c.info["id"]])
+    mine_until(bitcoind, [lsp, *clients], lambda: all(record(n, fid)["close"]["retired"] for n in (lsp, *clients)))
+    assert all(ch["state"] in CLOSING_STATES or ch["state"] == "CLOSED"
+               for n in (lsp, buyer) for ch in n.rpc.listpeerchannels()["channels"])
+    print(f"close with a sale: payouts {out['payouts_sat']} sat, LSP {out['lsp_sat']} sat, fee {out['fee_sat']} sat")
     no_broken([lsp, *clients])
