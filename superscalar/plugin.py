@@ -94,7 +94,7 @@ class Roles:
                              int(options.get("superscalar-sale-fee-base-sat") or 0),
                              int(options.get("superscalar-sale-fee-ppm") or 0), dev_fail_at,
                              lambda name: self.lsp._dev_crash_point(name, kill_node=True))
-        self.client_sales = ClientSales(self.node, self.store, self.transport, plugin.log)
+        self.client_sales = ClientSales(self.node, self.store, self.transport, plugin.log, dev_fail_at)
         self.client.sale_channel = self.client_sales.expect_channel
         self.leavers = Leavers(self.store, plugin.log, self.node.blockheight)
         self.index = HtlcIndex()

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..bitcoin.tx import OutPoint, OutputVector, Tx, TxOut
+from ..bip340 import schnorr_verify
+from ..factory.graph import FactoryShape, liquidity_sale
 from ..factory.params import FactoryParams
 from ..factory.tree import build_topology
 from ..node import ClnNode
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from ..protocol.rounds import Expectation, Kind
-from ..protocol.wire import Abort, AbortCode, Message, Propose
+from ..protocol.wire import Abort, AbortCode, Message, Propose, Signatures
 from ..sales import OPEN, current_lstock, sale_entry
 from ..store import Store
 from ..transport import Transport
@@ -44,8 +46,12 @@ class SaleSignSession:
 
 
 class ClientSales:
-    def __init__(self, node: ClnNode, store: Store, transport: Transport, log: Callable[[str], None]) -> None:
+    def __init__(self, node: ClnNode, store: Store, transport: Transport, log: Callable[[str], None],
+                 dev_fail_at: str = "") -> None:
         self.node, self.store, self.transport, self.log = node, store, transport, log
+        # Testing only (developer mode): "sale-signatures-disconnect" drops the connection instead of taking
+        # the final signatures of the first sale round (so that sale is missed and caught up later).
+        self.dev_fail_at = dev_fail_at
         self._sessions: dict[str, SaleSignSession] = {}  # factory id → its sale round
         self._expected: dict[str, tuple[int, float]] = {}  # LSP → (capacity sat, when) of a sale channel it opened
         self._lock = threading.Lock()
@@ -76,6 +82,11 @@ class ClientSales:
             return True
         session = self._sessions.get(fid)
         if session is not None and session.lsp == peer:
+            if self.dev_fail_at == "sale-signatures-disconnect" and isinstance(msg, Signatures):
+                self.dev_fail_at = ""
+                self.log(f"dev: disconnecting from {peer} instead of taking the sale's signatures")
+                self.node.rpc.call("disconnect", {"id": peer, "force": True})
+                return True
             self._execute(fid, session, session.participant.receive(msg))
             return True
         return False
@@ -105,6 +116,8 @@ class ClientSales:
         if fid in self._sessions:
             self._refuse(peer, msg, "a sale of this factory is already being signed")
             return
+        if msg.prior_sales:
+            rec = self._catch_up(fid, rec, msg)
         why = self._check(rec, msg)
         if why is not None:
             self._refuse(peer, msg, why)
@@ -121,6 +134,42 @@ class ClientSales:
         session = SaleSignSession(peer, Participant(expect, seckey), leaf, mine)
         self._sessions[fid] = session
         self._execute(fid, session, session.participant.receive(msg))
+
+    def _catch_up(self, fid: str, rec: dict[str, Any], msg: Propose) -> dict[str, Any]:
+        """Add the earlier sales of our leaf we lack (our round ended before we got the final signature)
+        from the proposal's `prior_sales`: each one that spends our current L-stock, that the engine's own
+        builder rebuilds exactly (fee included) and whose key-path signature verifies for the L-stock's
+        N-of-N (which needs our partial signature: we gave it only after checking that very sale).
+        Returns the record (updated and stored if anything was added)."""
+        params = FactoryParams.deserialize(rec["params"].encode())
+        added = False
+        for raw in msg.prior_sales or ():
+            leaf, (outpoint, lstock) = self._lstock(rec)
+            try:
+                tx = Tx.from_hex(raw.hex())
+                if len(tx.inputs) != 1 or tx.inputs[0].prevout != outpoint or len(tx.outputs) != 3:
+                    continue  # one we hold already, or not a spend of our L-stock
+                shape = FactoryShape(params, msg.pubkeys)
+                rebuilt = liquidity_sale(shape, leaf, (outpoint, lstock), tx.outputs[0].value, tx.outputs[0].script_pubkey)
+                witness = tx.inputs[0].witness
+                if rebuilt.tx.txid != tx.txid or len(witness) != 1 or not schnorr_verify(
+                        rebuilt.sighash, lstock.script_pubkey[2:], witness[0]):
+                    self.log(f"factory {fid}: ignoring an earlier sale {tx.txid} we cannot verify")
+                    return rec
+            except Exception as e:  # a malformed transaction: nothing added
+                self.log(f"factory {fid}: ignoring an earlier sale we cannot parse: {e}")
+                return rec
+            channel = f"{tx.txid}:0"
+            mine = any(f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" == channel
+                       for ch in self.node.peer_channels(rec["lsp"]))
+            rec.setdefault("sales", []).append(sale_entry(
+                leaf, tx, lstock, outpoint, mine=mine, status=OPEN, verified=UNVERIFIED if mine else None,
+                caught_up_at_height=self.node.blockheight()))
+            added = True
+            self.log(f"factory {fid}: caught up with earlier sale {tx.txid} (signed by every signer of our leaf)")
+        if added:
+            self.store.put(fid, "factory", rec)
+        return rec
 
     def _check(self, rec: dict[str, Any], msg: Propose) -> Optional[str]:
         """Why this client will not sign the proposed sale, or None. (The fee, the anchor and the rest's

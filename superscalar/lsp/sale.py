@@ -28,6 +28,7 @@ JIT forward deducting it).
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from ..factory.errors import FactoryError
 from ..factory.graph import TX_VERSION, Factory, TreeTx, anchor_output, liquidity_sale
 from ..node import ClnNode
 from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
-from ..protocol.rounds import sale_round
+from ..protocol.rounds import Round, sale_round
 from ..protocol.wire import AbortCode, Message
 from ..sales import OPEN, SIGNED, UNOPENED, current_lstock, sale_entry, sale_fee_sat
 from ..store import Store
@@ -192,8 +193,7 @@ class Seller:
             progress(f"signing sale {sale.tx.txid} ({sale.fee} sat fee) with {len(signers)} clients of the leaf")
             self._sessions[fid] = session
             with session.cond:
-                session.coordinator = Coordinator(
-                    sale_round(factory, sale, lstock[0], leaf, fid, secrets.token_bytes(32)), lsp_sk)
+                session.coordinator = Coordinator(self._round(factory, sale, lstock[0], leaf, fid, sales), lsp_sk)
                 self._execute(session, session.coordinator.start())
                 session.cond.wait_for(lambda: session.outcome is not None or session.stored, self.timeout)
             if not session.stored:
@@ -233,6 +233,18 @@ class Seller:
                 "sale_fee_sat": sale.fee, "sale_vsize": sale.vsize, "feerate_per_kvb": factory.params.feerate_per_kvb,
                 "lstock_before_sat": lstock[1].value, "lstock_after_sat": sale.tx.outputs[1].value,
                 "anchor_sat": sale.tx.outputs[2].value, "fee_sat": self.fee_sat(capacity_sat), "leaf": leaf}
+
+    @staticmethod
+    def _round(factory: Factory, sale: TreeTx, lstock: OutPoint, leaf: int, fid: bytes,
+               sales: list[dict[str, Any]]) -> Round:
+        """The SALE round; each proposal carries the leaf's earlier signed sales, so a client that missed
+        the end of an earlier round (it never got the final signature) can catch up (client/sale.py)."""
+        round_ = sale_round(factory, sale, lstock, leaf, fid, secrets.token_bytes(32))
+        prior = tuple(bytes.fromhex(s["tx"]) for s in sales if int(s["leaf"]) == leaf)
+        if not prior:
+            return round_
+        return dataclasses.replace(round_, proposals={c: dataclasses.replace(p, prior_sales=prior)
+                                                      for c, p in round_.proposals.items()})
 
     def _dev_sale(self, factory: Factory, leaf: int, lstock: tuple[OutPoint, TxOut], capacity_sat: int,
                   script: bytes, rec: dict[str, Any]) -> TreeTx:

@@ -392,18 +392,23 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class Propose(Message):
     KIND: ClassVar[int] = 1
-    FIELDS: ClassVar[Mapping[int, Field]] = _table(
-        Field("client_index", U32),
-        Field("params", VARBYTES),
-        Field("funding_txid", BYTES32),
-        Field("funding_vout", U32),
-        Field("funding_value", U64),
-        Field("pubkeys", array(POINT33)),
-        Field("state_indices", array(U8)),
-        Field("path_outputs", array(VARBYTES)),
-        Field("distribution", VARBYTES),
-        Field("kind", U8),
-    )
+    FIELDS: ClassVar[Mapping[int, Field]] = {
+        **_table(
+            Field("client_index", U32),
+            Field("params", VARBYTES),
+            Field("funding_txid", BYTES32),
+            Field("funding_vout", U32),
+            Field("funding_value", U64),
+            Field("pubkeys", array(POINT33)),
+            Field("state_indices", array(U8)),
+            Field("path_outputs", array(VARBYTES)),
+            Field("distribution", VARBYTES),
+            Field("kind", U8),
+        ),
+        # Odd (optional): a sale's earlier signed sales of the same leaf, oldest first, for a client that
+        # missed one (its round ended before it got the final signature); each is self-authenticating.
+        23: Field("prior_sales", array(VARBYTES), required=False),
+    }
     client_index: int
     params: bytes
     funding_txid: bytes
@@ -414,6 +419,7 @@ class Propose(Message):
     path_outputs: tuple[bytes, ...]  # per layer, the state tx's outputs as the distribution below
     distribution: bytes  # the distribution tx's outputs, consensus-serialized (count, then outputs)
     kind: int  # 0 construction, 1 state advance, 2 liquidity sale, 3 cooperative close
+    prior_sales: tuple[bytes, ...] | None = None  # signed transactions (SALE only)
 
 
 @dataclass(frozen=True, slots=True)

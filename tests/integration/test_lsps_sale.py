@@ -24,7 +24,8 @@ pytestmark = pytest.mark.lightningd
 CAPACITY_SAT = 90_000
 
 
-def network(node_factory: Any, plugin_path: Path, n_clients: int, lsp_fail: Optional[str] = None) -> tuple[Any, list[Any]]:
+def network(node_factory: Any, plugin_path: Path, n_clients: int, lsp_fail: Optional[str] = None,
+            mate_fail: Optional[str] = None) -> tuple[Any, list[Any]]:
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
     lsp_opts = {**common, "superscalar-lsp": "true", "superscalar-sale-fee-base-sat": "1000",
                 "superscalar-sale-fee-ppm": "2500"}
@@ -32,6 +33,9 @@ def network(node_factory: Any, plugin_path: Path, n_clients: int, lsp_fail: Opti
         lsp_opts["superscalar-dev-fail-at"] = lsp_fail
     lsp = node_factory.get_node(options=lsp_opts, may_reconnect=True)
     clients = node_factory.get_nodes(n_clients, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"]})
+    if mate_fail:  # the second client misbehaves on purpose
+        clients[1].daemon.opts["superscalar-dev-fail-at"] = mate_fail
+        clients[1].restart()
     for c in clients:
         c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     lsp.fundwallet(10_000_000)
@@ -153,6 +157,7 @@ def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any
     fid = res["factory_id"]
     params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
     mate.rpc.disconnect(lsp.info["id"], force=True)
+    wait_for(lambda: not any(c["peer_connected"] for c in channels_in(lsp, mate)))
     with pytest.raises(RpcError, match="every signer of the leaf must be online"):
         sell(lsp, fid, buyer, 40_000)
     assert "sales" not in record(lsp, fid) and len(channels_in(lsp, buyer)) == 1
@@ -170,8 +175,9 @@ def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any
     sync_blockheight(bitcoind, [lsp, *clients])
     wait_for(lambda: record(lsp, fid)["sales"][0]["status"] == "unopened")
     first = record(lsp, fid)["sales"][0]
-    assert [s["txid"] for s in record(buyer, fid)["sales"]] == [s["txid"] for s in record(mate, fid)["sales"]] == \
-        [first["txid"]]
+    # A client may or may not have got the final signature before the kill (the LSP stored the sale first).
+    for c in clients:
+        assert [s["txid"] for s in record(c, fid).get("sales", [])] in ([], [first["txid"]])
     assert len(channels_in(lsp, buyer)) == 1 and len(channels_in(buyer, lsp)) == 1
     wait_for(lambda: all(c["peer_connected"] and c["state"] == "CHANNELD_NORMAL"
                          for c in channels_in(lsp, buyer) + channels_in(lsp, mate)))
@@ -184,6 +190,10 @@ def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any
     rest = params.lstock_sat - 40_000 - params.anchor_sat - first["fee_sat"]
     assert first["rest_sat"] == rest and second["lstock_before_sat"] == rest
     assert second["lstock_after_sat"] == rest - 40_000 - params.anchor_sat - second["sale_fee_sat"]
+    # Every leaf client now holds both (one that missed the first caught up from the second's proposal).
+    for c in clients:
+        assert [s["txid"] for s in record(c, fid)["sales"]] == [first["txid"], second["sale_txid"]]
+        assert record(c, fid)["sales"][1]["mine"] == (c is buyer)
     chained = Tx.from_hex(record(lsp, fid)["sales"][1]["tx"])
     assert chained.inputs[0].prevout.txid_hex == first["txid"] and chained.inputs[0].prevout.vout == 1
     wait_for(lambda: channels_in(buyer, lsp, second["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
@@ -225,4 +235,25 @@ def test_close_pays_sale_channel_balances(node_factory: Any, bitcoind: Any, plug
     assert all(ch["state"] in CLOSING_STATES or ch["state"] == "CLOSED"
                for n in (lsp, buyer) for ch in n.rpc.listpeerchannels()["channels"])
     print(f"close with a sale: payouts {out['payouts_sat']} sat, LSP {out['lsp_sat']} sat, fee {out['fee_sat']} sat")
+    no_broken([lsp, *clients])
+
+
+def test_client_that_missed_a_sale_catches_up(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """The leaf-mate drops the connection instead of taking the first sale's final signatures: the LSP
+    (which stored the sale first) opens the channel anyway; the mate adds that sale, checked and
+    signature-verified, from the next sale's proposal, and signs the next one, chained off it."""
+    lsp, clients = network(node_factory, plugin_path, 2, mate_fail="sale-signatures-disconnect")
+    buyer, mate = clients
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    first = sell(lsp, fid, buyer, 30_000)
+    assert "sales" not in record(mate, fid) and [s["txid"] for s in record(buyer, fid)["sales"]] == [first["sale_txid"]]
+    mate.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    wait_for(lambda: all(c["peer_connected"] and c["state"] == "CHANNELD_NORMAL" for c in channels_in(lsp, mate)))
+    second = sell(lsp, fid, buyer, 30_000)
+    assert second["lstock_before_sat"] == first["lstock_after_sat"]
+    for c in clients:
+        assert [s["txid"] for s in record(c, fid)["sales"]] == [first["sale_txid"], second["sale_txid"]]
+    assert mate.daemon.is_in_log(f"caught up with earlier sale {first['sale_txid']}")
+    assert len(channels_in(buyer, lsp)) == 3
     no_broken([lsp, *clients])
