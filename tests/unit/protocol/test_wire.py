@@ -552,3 +552,11 @@ def test_fuzz_reassembler(fragments: list[Fragment]) -> None:
         except DecodeError:
             pass
         assert r.pending <= 3 and r.buffered_bytes <= 200
+
+
+def test_sale_proposal_carries_prior_sales_as_an_odd_field() -> None:
+    base = Propose(FID, SID, client_index=1, params=b"p", funding_txid=bytes(32), funding_vout=1, funding_value=10**5,
+                   pubkeys=(b"\x02" + bytes(32),), state_indices=(), path_outputs=(b"\x00",), distribution=b"", kind=2)
+    with_prior = dataclasses.replace(base, prior_sales=(b"\x01" * 200, b"\x02" * 210))
+    assert wire.decode_body(wire.encode_body(with_prior)) == with_prior
+    assert wire.decode_body(wire.encode_body(base)).prior_sales is None  # absent: older LSPs send none
