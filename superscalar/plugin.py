@@ -21,6 +21,7 @@ from superscalar.chain.htlc_watch import DEFAULT_HTLC_EXIT_ALLOWANCE, HtlcWatch
 from superscalar.chain.lifecycle import Lifecycle
 from superscalar.chain.routing import exit_for_closing_channel, exit_late_funded, exit_plan
 from superscalar.client.closing import ClientCloser
+from superscalar.client.jit import JitClient
 from superscalar.client.leaving import request_leave
 from superscalar.client.membership import Client
 from superscalar.client.moving import move
@@ -33,6 +34,7 @@ from superscalar.invoices import rewrite_invoice
 from superscalar.listing import describe
 from superscalar.lsp.closing import Closer
 from superscalar.lsp.creation import ClientSpec, Lsp
+from superscalar.lsp.jit import JitService, wallet_channel
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.lsp.leaving import Leavers, roll_or_close
 from superscalar.lsp.ladder import Ladder, LadderConfig
@@ -41,6 +43,7 @@ from superscalar.lsps.client import LspsClient
 from superscalar.lsps.server import LspsServer
 from superscalar.node import ClnNode
 from superscalar.protocol.lsps0 import LspsError, is_lsps
+from superscalar.protocol.lsps2 import PROMISE_LABEL, FeeTerms
 from superscalar.protocol.wire import WireError
 from superscalar.store import Store
 from superscalar.transport import Transport
@@ -111,6 +114,8 @@ class Roles:
         ladder = self.ladder
         self.lsps_client = LspsClient(self.node.send_message)
         self.lsps_server: Optional[LspsServer] = None
+        self.jit: Optional[JitService] = None
+        self.jit_client = JitClient(self.node, self.store, self.lsps_client, plugin.log)
         if self.is_lsp:
             others = tuple(x.strip() for x in str(options.get("superscalar-lsps-others") or "").split(",") if x.strip())
             self.lsps_server = LspsServer(self.node.send_message, plugin.log, others)
@@ -125,6 +130,10 @@ class Roles:
                                          lambda: [] if ladder is None else [w["node_id"] for w in ladder.state()["waiting"]])
             self.lsps_server.register("superscalar.get_info", self.onboarding.get_info)
             self.lsps_server.register("superscalar.join", self.onboarding.join)
+            self.jit = JitService(self.node, self.store, self.node.secret(PROMISE_LABEL), [lsps2_terms(options)],
+                                  _config_int(plugin, "cltv-delta"), plugin.log, wallet_channel(self.node))
+            self.lsps_server.register("lsps2.get_info", self.jit.get_info)
+            self.lsps_server.register("lsps2.buy", self.jit.buy)
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)
         self.follower = ChainFollower((
             ("new block", self.blocks.new_tip),
@@ -159,6 +168,21 @@ def _bitcoind(plugin: Plugin, network: str) -> Optional[Bitcoind]:
     except Exception as e:
         plugin.log(f"cannot read lightningd's bitcoind settings ({e!r}): exits send no packages", level="unusual")
         return None
+
+
+def lsps2_terms(options: dict[str, Any]) -> FeeTerms:
+    """The LSP's one LSPS2 menu entry, from the `superscalar-lsps2-*` options."""
+    return FeeTerms(int(options.get("superscalar-lsps2-min-fee-msat") or 0),
+                    int(options.get("superscalar-lsps2-proportional") or 0),
+                    int(options.get("superscalar-lsps2-valid-seconds") or 0),
+                    int(options.get("superscalar-lsps2-min-lifetime") or 0),
+                    int(options.get("superscalar-lsps2-max-client-to-self-delay") or 0),
+                    int(options.get("superscalar-lsps2-min-payment-msat") or 0),
+                    int(options.get("superscalar-lsps2-max-payment-msat") or 0))
+
+
+def _config_int(plugin: Plugin, name: str) -> int:
+    return int(plugin.rpc.call("listconfigs", {"config": name})["configs"][name]["value_int"])
 
 
 def _developer_mode(plugin: Plugin) -> bool:
@@ -248,6 +272,15 @@ def build_plugin() -> Plugin:
                       "when superscalar.join takes one more (free inbound strangers can lock up is bounded).")
     plugin.add_option("superscalar-lsps-others", "", "LSP: method families (e.g. 'lsps5,lsps7') another plugin on "
                       "this node answers over message 37913: their requests pass through unanswered by us.")
+    for name, default, text in (
+            ("min-fee-msat", "546000", "the least opening fee of a JIT channel"),
+            ("proportional", "1000", "the opening fee in parts per million of the payment, if above the least"),
+            ("valid-seconds", "3600", "how long an offered fee stays valid (valid_until); at least 600 by bLIP-52"),
+            ("min-lifetime", "1008", "blocks the LSP keeps a paid JIT channel open after it confirms"),
+            ("max-client-to-self-delay", "2016", "the longest to_self_delay a JIT client may impose on the LSP"),
+            ("min-payment-msat", "1000000", "the smallest payment a JIT channel is opened for"),
+            ("max-payment-msat", "1000000000", "the largest payment a JIT channel is opened for")):
+        plugin.add_option(f"superscalar-lsps2-{name}", default, f"LSP, LSPS2 (JIT channels): {text}.")
     defaults = ClientPolicy()
     for f in dataclasses.fields(ClientPolicy):
         plugin.add_option(POLICY_OPTION + f.name.replace("_", "-"), "",
@@ -260,6 +293,9 @@ def build_plugin() -> Plugin:
         holder["roles"].lsp.release_unfinished()
         pruned = holder["roles"].store.prune_unfinished()
         holder["roles"].load_index()
+        holder["roles"].jit_client.load()
+        if holder["roles"].jit is not None:
+            holder["roles"].jit.load()
         if pruned:
             plugin.log(f"removed the records of {len(pruned)} ceremonies that never completed")
         plugin.log(f"superscalar {__version__} started on {holder['roles'].network}")
@@ -383,6 +419,24 @@ def build_plugin() -> Plugin:
         ask_lsp(request, lambda r: move(r.node, r.store, r.transport, r.lsps_client, r.allowed, factory_id, id,
                                         int(inbound_sat)), "superscalar-move")
 
+    def jit_invoice(plugin: Plugin, request: Any, lsp_id: str, amount_msat: Any, description: str,
+                    **kwargs: Any) -> None:
+        """Buy a JIT channel (LSPS2) from connected LSP `lsp_id` and make an invoice of `amount_msat`
+        ("any": variable amount, no MPP) paid through it; returns the bolt11 and the opening fee."""
+        try:
+            wanted = None if amount_msat == "any" else int(amount_msat)
+        except (TypeError, ValueError):
+            request.set_exception(RpcException("amount_msat must be an integer or 'any'", code=INVALID_PARAMS))
+            return
+        ask_lsp(request, lambda r: r.jit_client.invoice(lsp_id, wanted, str(description)), "superscalar-jit-invoice")
+
+    def jit_list(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
+        """The JIT channels (LSPS2) this node sold (LSP) and bought (client), with their channels."""
+        r = holder["roles"]
+        return {"sold": r.jit.buys() if r.jit is not None else [], "bought": r.jit_client.buys()}
+
+    plugin.add_method("superscalar-jit-invoice", jit_invoice, background=True)
+    plugin.add_method("superscalar-jit-list", jit_list)
     plugin.add_method("superscalar-terms", lsp_terms, background=True)
     plugin.add_method("superscalar-move", move_factory, background=True)
     plugin.add_method("superscalar-join-next", join_next, background=True)
@@ -474,18 +528,33 @@ def build_plugin() -> Plugin:
     plugin.add_subscription("channel_opened", on_channel_opened)
     plugin.add_subscription("forward_event", on_forward_event)
 
-    @plugin.hook("htlc_accepted")
-    def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
+    @plugin.async_hook("htlc_accepted")
+    def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, request: Any,
+                         **kwargs: Any) -> None:
+        """A JIT channel's HTLC first (the LSP holds it, the client takes its underpaid parts), then the
+        factory channels' policy."""
         r = holder.get("roles")
+        try:
+            if r is not None and r.jit is not None and r.jit.on_htlc(onion, htlc, request.set_result):
+                return
+            jit_answer = r.jit_client.on_htlc(onion, htlc) if r is not None else None
+            if jit_answer is not None:
+                request.set_result(jit_answer)
+                return
+        except Exception as e:  # fail closed: a JIT part we could not handle
+            _report(plugin, "htlc_accepted JIT check", e)
+            request.set_result({"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"})
+            return
         try:
             failure = r.htlcs.failure(onion, htlc) if r else None
         except Exception as e:  # fail closed: an HTLC we could not check may be one nothing backs
             _report(plugin, "htlc_accepted check", e)
             failure = (f"{TEMPORARY_NODE_FAILURE:04x}", f"the factory channel check failed: {e!r}")
         if failure is None:
-            return {"result": "continue"}
+            request.set_result({"result": "continue"})
+            return
         plugin.log(f"failing HTLC {htlc.get('payment_hash')}: {failure[1]}", level="info")
-        return {"result": "fail", "failure_message": failure[0]}
+        request.set_result({"result": "fail", "failure_message": failure[0]})
 
     @plugin.hook("rpc_command", filters=["invoice"])
     def on_rpc_command(rpc_command: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
@@ -534,7 +603,8 @@ def build_plugin() -> Plugin:
     def on_openchannel(openchannel: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
         r = holder.get("roles")
         try:
-            return r.client.openchannel(openchannel) if r else {"result": "continue"}
+            return (r.jit_client.openchannel(openchannel) or r.client.openchannel(openchannel)) if r \
+                else {"result": "continue"}
         except Exception as e:
             plugin.log(f"openchannel hook error: {e!r}", level="broken")
             return {"result": "continue"}  # CLN's normal policy (no zero-conf)

@@ -207,3 +207,30 @@ def test_tlv_rejects_bad_streams() -> None:
             tlv.read_tu64(stream[0][1])
     with pytest.raises(tlv.TlvError):
         tlv.extra_fee(tlv.serialize_stream([(tlv.EXTRA_FEE, b"\x01")]))
+
+
+# --- BOLT-11 route hint rewrite ---
+
+# BOLT-11 "Examples": "Please send $3 for a cup of coffee to the same peer, within one minute"
+COFFEE = ("lnbc2500u1pvjluezsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygspp5qqqsyqcyq5rqwzqfqqqsyqc"
+          "yq5rqwzqfqqqsyqcyq5rqwzqfqypqdq5xysxxatsyp3k7enxv4jsxqzpu9qrsgquk0rl77nj30yxdy8j9vdx85fkpmdla2087ne0x"
+          "h8nhedh8w27kyke0lp53ut353s06fv3qfegext0eh0ymjpf39tuven09sam30g4vgpfna3rh")
+
+
+def test_bech32_round_trip_of_the_spec_example() -> None:
+    from superscalar.protocol.bolt11 import bech32_decode, bech32_encode
+
+    hrp, words = bech32_decode(COFFEE)
+    assert hrp == "lnbc2500u" and bech32_encode(hrp, words) == COFFEE
+
+
+def test_route_hint_replaces_every_r_field() -> None:
+    from superscalar.protocol.bolt11 import RouteHop, route_hints, tagged_fields, with_route_hint
+
+    hop = RouteHop(bytes.fromhex("02" + "11" * 32), (29451 << 40) | (4815 << 16) | 1, 0, 0, 144)
+    once = with_route_hint(COFFEE, hop)
+    assert route_hints(once) == [[hop]]
+    twice = with_route_hint(once, RouteHop(hop.pubkey, 7, 0, 0, 40))
+    assert route_hints(twice) == [[RouteHop(hop.pubkey, 7, 0, 0, 40)]]
+    # every other field kept, in order
+    assert [f for f in tagged_fields(twice)[2] if f[0] != 3] == tagged_fields(COFFEE)[2]
