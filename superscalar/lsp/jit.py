@@ -231,6 +231,8 @@ class JitService:
             channel_id = self.open_for(peer, channel_capacity_sat(total - fee))
             self._update(name, rec, channel_id=channel_id)
             channel = self._wait_ready(peer, channel_id)
+            # the invoice's hint promised the payer a free hop: the parts forwarded verbatim pay no fee
+            self.node.rpc.call("setchannel", {"id": channel_id, "feebase": 0, "feeppm": 0, "enforcedelay": 0})
             plan = forward_plan([p.forward_msat for p in parts], fee, msat(channel.get("minimum_htlc_out_msat", 0)))
         except Exception as e:  # the client rejected or vanished, the wallet is short: the payer may retry
             connected = self._connected(peer)
@@ -254,6 +256,24 @@ class JitService:
                 result["extra_tlvs"] = tlv.serialize_stream(
                     tlv.replace(p.extra_tlvs, tlv.EXTRA_FEE, deducted.to_bytes(8, "big"))).hex()
             p.answer(result)
+        threading.Thread(target=self._restore_fees, args=(channel_id,), name="superscalar-jit-fees", daemon=True).start()
+
+    def _restore_fees(self, channel_id: str) -> None:
+        """Once the JIT payment has left the channel, its fees become this node's defaults again."""
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                found = [c for c in self.node.peer_channels() if c.get("channel_id") == channel_id]
+                if found and not found[0].get("htlcs"):
+                    configs = self.node.rpc.call("listconfigs", {})["configs"]
+                    self.node.rpc.call("setchannel", {"id": channel_id,
+                                                      "feebase": configs["fee-base"]["value_int"],
+                                                      "feeppm": configs["fee-per-satoshi"]["value_int"]})
+                    return
+            except Exception as e:
+                self.log(f"JIT channel {channel_id}: restoring fees: {e!r}", level="info")
+                return
 
     def _wait_ready(self, peer: str, channel_id: str) -> dict[str, Any]:
         """The channel once both sides sent channel_ready (CHANNELD_NORMAL): only then can it carry HTLCs."""
