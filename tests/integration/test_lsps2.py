@@ -62,6 +62,9 @@ def pay_in_parts(payer: Any, lsp: Any, bolt11: str, amount_msat: int, parts: int
 
 def assert_jit_channel(lsp: Any, client: Any, receive_msat: int) -> dict[str, Any]:
     """The client's only channel: from the LSP, zero-conf (no block since), holding exactly `receive_msat`."""
+    # the payer has the preimage once the client sent update_fulfill_htlc; the balance moves when the
+    # commitments that remove the HTLCs are signed
+    wait_for(lambda: not client.rpc.listpeerchannels()["channels"][0].get("htlcs"))
     [ch] = client.rpc.listpeerchannels()["channels"]
     assert ch["peer_id"] == lsp.info["id"] and ch["state"] == "CHANNELD_NORMAL"
     assert msat(ch["to_us_msat"]) == receive_msat
