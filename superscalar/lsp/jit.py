@@ -100,6 +100,8 @@ class JitService:
             if len(key) == 3 and key[2].startswith(DOC_PREFIX):
                 rec = self.store.get_doc(key[2])
                 if rec is not None:
+                    if rec["state"] == "opening":  # stopped mid-open: lightningd replays the held HTLCs
+                        rec["state"] = "waiting"
                     self._buys[str(rec["jit_channel_scid"])] = (key[2], rec)
 
     # --- LSPS2 methods (inside the custommsg hook: quick) ---
@@ -228,7 +230,7 @@ class JitService:
         peer, scid = str(rec["peer_id"]), str(rec["jit_channel_scid"])
         opened = time.monotonic()
         try:
-            channel_id = self.open_for(peer, channel_capacity_sat(total - fee))
+            channel_id = self._reusable(peer, rec.get("channel_id")) or self.open_for(peer, channel_capacity_sat(total - fee))
             self._update(name, rec, channel_id=channel_id)
             channel = self._wait_ready(peer, channel_id)
             # the invoice's hint promised the payer a free hop: the parts forwarded verbatim pay no fee
@@ -274,6 +276,14 @@ class JitService:
             except Exception as e:
                 self.log(f"JIT channel {channel_id}: restoring fees: {e!r}", level="info")
                 return
+
+    def _reusable(self, peer: str, channel_id: Optional[str]) -> Optional[str]:
+        """The channel an earlier attempt of this buy opened (before a restart), if it is still open."""
+        if channel_id is None:
+            return None
+        alive = ("CHANNELD_AWAITING_LOCKIN", "CHANNELD_NORMAL")
+        return channel_id if any(c.get("channel_id") == channel_id and c.get("state") in alive
+                                 for c in self.node.peer_channels(peer)) else None
 
     def _wait_ready(self, peer: str, channel_id: str) -> dict[str, Any]:
         """The channel once both sides sent channel_ready (CHANNELD_NORMAL): only then can it carry HTLCs."""

@@ -234,3 +234,194 @@ def test_route_hint_replaces_every_r_field() -> None:
     assert route_hints(twice) == [[RouteHop(hop.pubkey, 7, 0, 0, 40)]]
     # every other field kept, in order
     assert [f for f in tagged_fields(twice)[2] if f[0] != 3] == tagged_fields(COFFEE)[2]
+
+
+# --- the LSP's service and the client's part check, against a fake lightningd ---
+
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from superscalar.client.jit import JitClient  # noqa: E402
+from superscalar.lsp.jit import FAIL_TEMPORARY, FAIL_UNKNOWN_NEXT_PEER, JitService  # noqa: E402
+from superscalar.protocol.lsps0 import parse_scid  # noqa: E402
+from superscalar.store import Store  # noqa: E402
+from tests.fakes import MemoryDatastore  # noqa: E402
+
+PEER = "02" + "22" * 32
+
+
+class FakeLightningd(MemoryDatastore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rpc = self
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append((method, params))
+        if method == "listconfigs":
+            return {"configs": {"fee-base": {"value_int": 1}, "fee-per-satoshi": {"value_int": 10}}}
+        return {"peers": [{"connected": True}]} if method == "listpeers" else {}
+
+    def peer_channels(self, peer: Any = None) -> list[dict[str, Any]]:
+        return [{"channel_id": "cc" * 32, "state": "CHANNELD_NORMAL", "minimum_htlc_out_msat": 1,
+                 "funding_txid": "ab" * 32, "htlcs": []}]
+
+
+def service(clock: Any = lambda: NOW, terms: FeeTerms = TERMS) -> tuple[JitService, FakeLightningd, list[tuple[str, int]]]:
+    node = FakeLightningd()
+    opened: list[tuple[str, int]] = []
+
+    def open_for(peer: str, sat: int) -> str:
+        opened.append((peer, sat))
+        return "cc" * 32
+    return JitService(node, Store(node), KEY, [terms], 40, lambda *a, **k: None, open_for, clock), node, opened  # type: ignore[arg-type]
+
+
+def onion(scid: str, amount_msat: int) -> dict[str, Any]:
+    payload = tlv.serialize_stream([(2, tlv.tu64(amount_msat)), (4, tlv.tu64(900)),
+                                    (6, parse_scid(scid).to_bytes(8, "big"))])
+    return {"short_channel_id": scid, "forward_msat": amount_msat,
+            "payload": (tlv.bigsize(len(payload)) + payload).hex()}
+
+
+def htlc(i: int, amount_msat: int) -> dict[str, Any]:
+    return {"id": i, "amount_msat": amount_msat, "payment_hash": "11" * 32, "cltv_expiry": 940,
+            "cltv_expiry_relative": 40}
+
+
+def collect(n: int) -> tuple[list[dict[str, Any]], Any]:
+    got: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def answer(result: dict[str, Any]) -> None:
+        got.append(result)
+        if len(got) == n:
+            done.set()
+    return got, (answer, done)
+
+
+def test_service_buy_replay_and_reload() -> None:
+    svc, node, _ = service()
+    offer = svc.get_info(PEER, {})["opening_fee_params_menu"][0]
+    with pytest.raises(LspsError) as e:
+        svc.get_info(PEER, {"token": "x"})
+    assert e.value.code == 200
+    res = svc.buy(PEER, {"opening_fee_params": offer, "payment_size_msat": "300000000"})
+    assert res["lsp_cltv_expiry_delta"] == 40 and parse_scid(res["jit_channel_scid"]) >> 40 >= 0xC00000
+    with pytest.raises(LspsError) as e:
+        svc.buy(PEER, {"opening_fee_params": offer, "payment_size_msat": "300000000"})
+    assert e.value.code == INVALID_OPENING_FEE_PARAMS
+    again = JitService(node, Store(node), KEY, [TERMS], 40, lambda *a, **k: None, lambda p, s: "", lambda: NOW)  # type: ignore[arg-type]
+    again.load()
+    assert [b["jit_channel_scid"] for b in again.buys()] == [res["jit_channel_scid"]]
+    assert not again.on_htlc(onion("1x2x3", 1000), htlc(0, 1000), lambda r: None)
+
+
+def test_service_holds_mpp_parts_then_forwards_minus_fee() -> None:
+    svc, node, opened = service()
+    offer = svc.get_info(PEER, {})["opening_fee_params_menu"][0]
+    scid = svc.buy(PEER, {"opening_fee_params": offer, "payment_size_msat": "300000000"})["jit_channel_scid"]
+    got, (answer, done) = collect(3)
+    for i in range(3):
+        assert svc.on_htlc(onion(scid, 100_000_000), htlc(i, 100_000_000), answer)
+        if i < 2:
+            assert got == [] and opened == []
+    assert done.wait(10)
+    assert opened == [(PEER, 299_454 + 2_994 + 50_000)]
+    by_amount = sorted(got, key=lambda r: tlv.read_tu64(tlv.get(tlv.parse_stream(bytes.fromhex(r["payload"])), 2) or b""))
+    first = by_amount[0]
+    assert tlv.read_tu64(tlv.get(tlv.parse_stream(bytes.fromhex(first["payload"])), 2) or b"") == 100_000_000 - 546_000
+    assert tlv.extra_fee(bytes.fromhex(first["extra_tlvs"])) == 546_000
+    assert all(r["forward_to"] == "cc" * 32 and r["result"] == "continue" for r in got)
+    assert all("extra_tlvs" not in r for r in by_amount[1:])
+    assert ("setchannel", {"id": "cc" * 32, "feebase": 0, "feeppm": 0, "enforcedelay": 0}) in node.calls
+    [sold] = svc.buys()
+    assert sold["state"] == "open" and sold["channel_id"] == "cc" * 32 and sold["opening_fee_charged_msat"] == 546_000
+
+
+def test_service_fails_parts_that_do_not_sum_in_time() -> None:
+    svc, _, opened = service()
+    offer = svc.get_info(PEER, {})["opening_fee_params_menu"][0]
+    scid = svc.buy(PEER, {"opening_fee_params": offer, "payment_size_msat": "300000000"})["jit_channel_scid"]
+    got, (answer, done) = collect(2)
+    svc.on_htlc(onion(scid, 100_000_000), htlc(0, 100_000_000), answer)
+    svc.on_htlc(onion(scid, 100_000_000), htlc(1, 100_000_000), answer)
+    [held] = list(svc._held.values())
+    assert held.timer is not None and held.timer.is_alive()
+    held.timer.cancel()
+    svc._expire(held, past_valid_until=False)  # what the 90 s timer does
+    assert got == [{"result": "fail", "failure_message": FAIL_TEMPORARY}] * 2 and opened == []
+    # a later part starts a new set
+    got2, (answer2, _) = collect(1)
+    svc.on_htlc(onion(scid, 100_000_000), htlc(2, 100_000_000), answer2)
+    assert got2 == [] and len(svc._held) == 1
+
+
+def test_service_fails_at_valid_until_with_unknown_next_peer() -> None:
+    svc, _, opened = service(time.time, FeeTerms(546_000, 1200, 1, 1008, 2016, 1000, 10**9))
+    offer = svc.get_info(PEER, {})["opening_fee_params_menu"][0]
+    scid = svc.buy(PEER, {"opening_fee_params": offer, "payment_size_msat": "300000000"})["jit_channel_scid"]
+    got, (answer, done) = collect(1)
+    svc.on_htlc(onion(scid, 100_000_000), htlc(0, 100_000_000), answer)
+    assert done.wait(5)
+    assert got == [{"result": "fail", "failure_message": FAIL_UNKNOWN_NEXT_PEER}] and opened == []
+    got, (answer, done) = collect(1)
+    svc.on_htlc(onion(scid, 100_000_000), htlc(1, 100_000_000), answer)  # after valid_until: at once
+    assert got == [{"result": "fail", "failure_message": FAIL_UNKNOWN_NEXT_PEER}]
+
+
+def test_service_no_mpp_part_too_small_for_the_fee() -> None:
+    svc, _, opened = service()
+    offer = svc.get_info(PEER, {})["opening_fee_params_menu"][0]
+    scid = svc.buy(PEER, {"opening_fee_params": offer})["jit_channel_scid"]
+    got, _ = collect(1)
+    svc.on_htlc(onion(scid, 500_000), htlc(0, 500_000), got.append)
+    assert got == [{"result": "fail", "failure_message": FAIL_UNKNOWN_NEXT_PEER}] and opened == []
+
+
+def client_with_buy(fee: int = 546_000, size: int = 300_000_000) -> JitClient:
+    node = FakeLightningd()
+    client = JitClient(node, Store(node), None, lambda *a, **k: None, lambda: NOW)  # type: ignore[arg-type]
+    client._buys["11" * 32] = {"payment_hash": "11" * 32, "lsp": PEER, "opening_fee_params": offered(),
+                               "payment_size_msat": size, "opening_fee_msat": fee, "channel_accepted": False,
+                               "jit_channel_scid": "1x1x1"}
+    return client
+
+
+def final_onion(amount_msat: int, total_msat: int) -> dict[str, Any]:
+    payload = tlv.serialize_stream([(2, tlv.tu64(amount_msat)), (4, tlv.tu64(900)),
+                                    (8, bytes(range(32)) + tlv.tu64(total_msat))])
+    return {"forward_msat": amount_msat, "total_msat": total_msat, "payload": (tlv.bigsize(len(payload)) + payload).hex()}
+
+
+def test_client_takes_underpaid_parts_within_the_fee() -> None:
+    client = client_with_buy()
+    fee_tlv = tlv.serialize_stream([(tlv.EXTRA_FEE, (546_000).to_bytes(8, "big"))]).hex()
+    answer = client.on_htlc(final_onion(100_000_000, 300_000_000),
+                            {**htlc(0, 100_000_000 - 546_000), "extra_tlvs": fee_tlv})
+    assert answer is not None and answer["result"] == "continue" and answer["invoice_msat"] == 300_000_000 - 546_000
+    payload = tlv.parse_stream(bytes.fromhex(answer["payload"]))
+    assert tlv.read_tu64(tlv.get(payload, 2) or b"") == 100_000_000 - 546_000
+    assert tlv.get(payload, 8) == bytes(range(32)) + tlv.tu64(300_000_000 - 546_000)
+    verbatim = client.on_htlc(final_onion(100_000_000, 300_000_000), htlc(1, 100_000_000))
+    assert verbatim is not None and verbatim["result"] == "continue"
+    # a third part deducting anything more goes over the agreed fee
+    more = tlv.serialize_stream([(tlv.EXTRA_FEE, (1).to_bytes(8, "big"))]).hex()
+    assert client.on_htlc(final_onion(100_000_000, 300_000_000),
+                          {**htlc(2, 100_000_000 - 1), "extra_tlvs": more})["result"] == "fail"  # type: ignore[index]
+
+
+def test_client_rejects_a_part_short_of_its_extra_fee() -> None:
+    client = client_with_buy()
+    fee_tlv = tlv.serialize_stream([(tlv.EXTRA_FEE, (1_000).to_bytes(8, "big"))]).hex()
+    assert client.on_htlc(final_onion(100_000_000, 300_000_000),
+                          {**htlc(0, 100_000_000 - 2_000), "extra_tlvs": fee_tlv})["result"] == "fail"  # type: ignore[index]
+    assert client.on_htlc(final_onion(100_000_000, 300_000_000), {**htlc(0, 1), "payment_hash": "22" * 32}) is None
+
+
+def test_client_accepts_zero_conf_only_for_its_buy() -> None:
+    client = client_with_buy()
+    assert client.openchannel({"id": "03" + "33" * 32, "funding_msat": 10**8}) is None
+    assert client.openchannel({"id": PEER, "funding_msat": 10**8, "push_msat": 1}) is None
+    assert client.openchannel({"id": PEER, "funding_msat": 10**8}) == {"result": "continue", "mindepth": 0}
+    assert client.openchannel({"id": PEER, "funding_msat": 10**8}) is None  # one channel per buy
