@@ -25,9 +25,10 @@ def jit_network(node_factory: Any, bitcoind: Any, plugin_path: Path, **lsp_opts:
     """(lsp, client, payer): the LSP with wallet coins, a fresh client connected to it (no channel, no
     coins), a plain CLN node (no plugin) with an announced channel to the LSP."""
     lsp = node_factory.get_node(options={"plugin": [str(plugin_path), str(PROBE)], "superscalar-profile": "regtest",
-                                         "superscalar-lsp": "true", **lsp_opts})
-    client = node_factory.get_node(options={"plugin": str(plugin_path), "superscalar-profile": "regtest"})
-    payer = node_factory.get_node()
+                                         "superscalar-lsp": "true", **lsp_opts}, may_reconnect=True)
+    client = node_factory.get_node(options={"plugin": str(plugin_path), "superscalar-profile": "regtest"},
+                                   may_reconnect=True)
+    payer = node_factory.get_node(may_reconnect=True)
     lsp.fundwallet(10_000_000)
     payer.fundwallet(10_000_000)
     payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
@@ -122,6 +123,11 @@ def test_jit_channel_no_mpp_variable_amount(node_factory: Any, bitcoind: Any, pl
     decoded = payer.rpc.decode(res["bolt11"])
     assert "amount_msat" not in decoded
     assert not int(decoded.get("features", "0") or "0", 16) & (3 << 16)  # basic_mpp off
+    # the buy is durable: the LSP restarts before the payment comes
+    lsp.restart()
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    wait_for(lambda: all(c["peer_connected"] and c["state"] == "CHANNELD_NORMAL"
+                         for c in payer.rpc.listpeerchannels()["channels"]))
     amount_msat = 200_000_000
     pay_in_parts(payer, lsp, res["bolt11"], amount_msat, 1)
     fee = 200_000_000 * 5000 // 1_000_000  # 1 000 000 msat, above the 546 000 minimum
