@@ -531,30 +531,35 @@ def build_plugin() -> Plugin:
     @plugin.async_hook("htlc_accepted")
     def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, request: Any,
                          **kwargs: Any) -> None:
-        """A JIT channel's HTLC first (the LSP holds it, the client takes its underpaid parts), then the
-        factory channels' policy."""
+        """A client's JIT payment part first (lsps2: underpaid by the opening fee, over the LSP's new
+        zero-conf channel); then the factory channels' policy; then, at an LSP, a part for a JIT scid is
+        held until its channel is open (answered later, from another thread)."""
         r = holder.get("roles")
         try:
-            if r is not None and r.jit is not None and r.jit.on_htlc(onion, htlc, request.set_result):
-                return
             jit_answer = r.jit_client.on_htlc(onion, htlc) if r is not None else None
-            if jit_answer is not None:
-                request.set_result(jit_answer)
-                return
-        except Exception as e:  # fail closed: a JIT part we could not handle
-            _report(plugin, "htlc_accepted JIT check", e)
-            request.set_result({"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"})
+        except Exception as e:  # fail closed: a JIT part we could not check
+            _report(plugin, "htlc_accepted JIT part check", e)
+            jit_answer = {"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"}
+        if jit_answer is not None:
+            request.set_result(jit_answer)
             return
         try:
             failure = r.htlcs.failure(onion, htlc) if r else None
         except Exception as e:  # fail closed: an HTLC we could not check may be one nothing backs
             _report(plugin, "htlc_accepted check", e)
             failure = (f"{TEMPORARY_NODE_FAILURE:04x}", f"the factory channel check failed: {e!r}")
-        if failure is None:
-            request.set_result({"result": "continue"})
+        if failure is not None:
+            plugin.log(f"failing HTLC {htlc.get('payment_hash')}: {failure[1]}", level="info")
+            request.set_result({"result": "fail", "failure_message": failure[0]})
             return
-        plugin.log(f"failing HTLC {htlc.get('payment_hash')}: {failure[1]}", level="info")
-        request.set_result({"result": "fail", "failure_message": failure[0]})
+        try:
+            if r is not None and r.jit is not None and r.jit.on_htlc(onion, htlc, request.set_result):
+                return
+        except Exception as e:  # fail closed: a JIT forward we could not handle
+            _report(plugin, "htlc_accepted JIT forward", e)
+            request.set_result({"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"})
+            return
+        request.set_result({"result": "continue"})
 
     @plugin.hook("rpc_command", filters=["invoice"])
     def on_rpc_command(rpc_command: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:

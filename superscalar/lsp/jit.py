@@ -217,7 +217,9 @@ class JitService:
             p.answer({"result": "fail", "failure_message": failure})
 
     def _start_open(self, name: str, rec: dict[str, Any], parts: list[_Part], fee: int, total: int) -> None:
-        self._update(name, rec, state="opening")
+        """Nothing here may raise after parts are held: the thread answers every one of them."""
+        with self._lock:
+            rec["state"] = "opening"
         threading.Thread(target=self._open_and_forward, args=(name, rec, parts, fee, total),
                          name="superscalar-jit-open", daemon=True).start()
 
@@ -230,6 +232,7 @@ class JitService:
         peer, scid = str(rec["peer_id"]), str(rec["jit_channel_scid"])
         opened = time.monotonic()
         try:
+            self._update(name, rec, state="opening")
             channel_id = self._reusable(peer, rec.get("channel_id")) or self.open_for(peer, channel_capacity_sat(total - fee))
             self._update(name, rec, channel_id=channel_id)
             channel = self._wait_ready(peer, channel_id)
@@ -241,14 +244,21 @@ class JitService:
             self.log(f"JIT scid {scid}: no channel to {peer}: {e}", level="unusual")
             # "5. Channel Opening": a client gone before funding_signed is temporary_channel_failure, a
             # rejection unknown_next_peer; either way back to waiting for payment
-            self._update(name, rec, state="waiting")
             failure = FAIL_TEMPORARY if connected is False else FAIL_UNKNOWN_NEXT_PEER
             for p in parts:
                 p.answer({"result": "fail", "failure_message": failure})
+            try:
+                self._update(name, rec, state="waiting")
+            except Exception as e2:
+                rec["state"] = "waiting"
+                self.log(f"JIT scid {scid}: recording the failed open: {e2!r}", level="unusual")
             return
         funding = channel.get("funding_txid")
-        self._update(name, rec, state="open", channel_id=channel_id, funding_txid=funding, opening_fee_charged_msat=fee,
-                     forwarded_msat=[fwd for fwd, _ in plan], received_msat=total, opened_at=int(self.clock()))
+        try:
+            self._update(name, rec, state="open", channel_id=channel_id, funding_txid=funding, opening_fee_charged_msat=fee,
+                         forwarded_msat=[fwd for fwd, _ in plan], received_msat=total, opened_at=int(self.clock()))
+        except Exception as e:  # the forwards go ahead: the channel is open and ready
+            self.log(f"JIT scid {scid}: recording the open channel {channel_id}: {e!r}", level="unusual")
         self.log(f"JIT scid {scid}: channel {channel_id} to {peer} ready in {time.monotonic() - opened:.1f} s; "
                  f"forwarding {len(parts)} parts minus {fee} msat")
         for p, (forward, deducted) in zip(parts, plan):
