@@ -91,6 +91,16 @@ class Pending:
     def index_of(self, peer: str) -> Optional[int]:
         return next((i for i, c in enumerate(self.clients) if c.node_id == peer), None)
 
+    def number_by_key(self) -> list[ClientSpec]:
+        """Renumber the clients (once all accepted) in the order of their factory keys, and return them
+        so: every signer set's key list is then in BIP-327 KeySort order but for the LSP's key, and
+        sorting it (which everyone checking the tree does) takes linear time."""
+        order = sorted(range(len(self.clients)), key=lambda i: self.accepts[i].pubkey)
+        with self.cond:
+            self.accepts = {new: self.accepts[old] for new, old in enumerate(order)}
+            self.clients = [self.clients[i] for i in order]
+        return self.clients
+
 
 class Lsp:
     def __init__(self, node: ClnNode, store: Store, transport: Transport, params_for: ParamsFor,
@@ -191,14 +201,8 @@ class Lsp:
             for c in clients:
                 self.transport.send(c.node_id, Invite(fid, pending.invite_id, params.serialize(), c.balance_sat, c.inbound_sat))
             self._wait(pending, lambda: len(pending.accepts) == len(clients), "clients to accept")
-            # Clients are numbered in the order of their factory keys: every signer set's key list
-            # is then in BIP-327 KeySort order but for the LSP's key, and sorting it (which everyone
-            # checking the tree does) takes linear time.
             given = {c.node_id: i for i, c in enumerate(clients)}
-            order = sorted(range(len(clients)), key=lambda i: pending.accepts[i].pubkey)
-            with pending.cond:
-                pending.accepts = {new: pending.accepts[old] for new, old in enumerate(order)}
-                pending.clients = clients = [clients[i] for i in order]
+            clients = pending.number_by_key()
             lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid, "lsp")))
             pubkeys = [musig2.individual_pk(lsp_sk)] + [pending.accepts[i].pubkey for i in range(len(clients))]
             progress("all clients accepted; opening their leaf channels")
