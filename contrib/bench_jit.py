@@ -37,6 +37,7 @@ os.environ.setdefault("RUST", "0")
 from pyln.testing.db import SqliteDbProvider  # noqa: E402
 from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
 
+from contrib.regtest_demo import logs_to_file, say  # noqa: E402
 from tests.integration.test_lsps2 import pay_in_parts  # noqa: E402
 
 PLUGIN = ROOT / "superscalar_plugin.py"
@@ -61,6 +62,7 @@ def main() -> None:
     directory = tempfile.mkdtemp(prefix="superscalar-bench-jit-")
     bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
     executor = ThreadPoolExecutor(max_workers=4)
+    logs_to_file(os.path.join(directory, "daemons.log"))  # the daemons' output; the figures keep the terminal
     db = SqliteDbProvider(directory)
     db.start()
     factory = NodeFactory(None, "bench-jit", bitcoind, executor, directory, db, LightningNode, {})
@@ -89,19 +91,19 @@ def main() -> None:
             last = log_time(lsp, f"JIT scid {scid}: holding part {args.parts} ")
             ready = log_time(lsp, f"JIT scid {scid}: channel .* ready in")
             rows.append((last - first, ready - last, settled - ready, settled - first))
-            print(f"round {n + 1}: parts arrive over {rows[-1][0]:.3f} s; all held → channel ready {rows[-1][1]:.3f} s;"
-                  f" ready → settled {rows[-1][2]:.3f} s; first HTLC arrival → settled {rows[-1][3]:.3f} s", flush=True)
+            say(f"round {n + 1}: parts arrive over {rows[-1][0]:.3f} s; all held → channel ready {rows[-1][1]:.3f} s;"
+                  f" ready → settled {rows[-1][2]:.3f} s; first HTLC arrival → settled {rows[-1][3]:.3f} s")
             # the funding transaction confirms before the next round's wallet spend
             bitcoind.generate_block(1, wait_for_mempool=1)
             sync_blockheight(bitcoind, [lsp])
-        print(f"median over {len(rows)} rounds: HTLC arrival → settled {statistics.median(r[3] for r in rows):.3f} s,"
+        say(f"median over {len(rows)} rounds: HTLC arrival → settled {statistics.median(r[3] for r in rows):.3f} s,"
               f" of which channel open {statistics.median(r[1] for r in rows):.3f} s")
     finally:
         for node in factory.nodes:
             try:
                 node.stop()
             except Exception as e:
-                print(f"stopping a node: {e}")
+                say(f"stopping a node: {e}")
         bitcoind.stop()
         db.stop()
         executor.shutdown()
