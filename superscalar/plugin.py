@@ -34,7 +34,7 @@ from superscalar.invoices import rewrite_invoice
 from superscalar.listing import describe
 from superscalar.lsp.closing import Closer
 from superscalar.lsp.creation import ClientSpec, Lsp
-from superscalar.lsp.jit import JitService, wallet_channel
+from superscalar.lsp.jit import JitService, liquidity_shortfall, wallet_channel
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.lsp.leaving import Leavers, roll_or_close
 from superscalar.lsp.ladder import Ladder, LadderConfig
@@ -131,7 +131,8 @@ class Roles:
             self.lsps_server.register("superscalar.get_info", self.onboarding.get_info)
             self.lsps_server.register("superscalar.join", self.onboarding.join)
             self.jit = JitService(self.node, self.store, self.node.secret(PROMISE_LABEL), [lsps2_terms(options)],
-                                  _config_int(plugin, "cltv-delta"), plugin.log, wallet_channel(self.node))
+                                  _config_int(plugin, "cltv-delta"), plugin.log, wallet_channel(self.node),
+                                  shortfall=liquidity_shortfall(self.node))
             self.lsps_server.register("lsps2.get_info", self.jit.get_info)
             self.lsps_server.register("lsps2.buy", self.jit.buy)
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)

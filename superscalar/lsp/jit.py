@@ -27,9 +27,9 @@ from typing import Any, Callable, Optional, Sequence
 from ..node import ClnNode, msat
 from ..protocol import tlv
 from ..protocol.lsps0 import LspsError, check_params, format_scid, parse_iso8601
-from ..protocol.lsps2 import (INVALID_OPENING_FEE_PARAMS, MPP_HOLD_SECONDS, TEMPORARY_CHANNEL_FAILURE,
-                              UNKNOWN_NEXT_PEER, UNRECOGNIZED_OR_STALE_TOKEN, FeeTerms, OpeningFeeParams, buy_result,
-                              check_buy, forward_plan, menu, variable_fee)
+from ..protocol.lsps2 import (INVALID_OPENING_FEE_PARAMS, MPP_HOLD_SECONDS, PAYMENT_SIZE_TOO_LARGE,
+                              TEMPORARY_CHANNEL_FAILURE, UNKNOWN_NEXT_PEER, UNRECOGNIZED_OR_STALE_TOKEN, FeeTerms,
+                              OpeningFeeParams, buy_result, check_buy, forward_plan, menu, variable_fee)
 from ..store import DOCS, Store
 
 DOC_PREFIX = "lsps2-buy-"
@@ -43,6 +43,7 @@ FAIL_UNKNOWN_NEXT_PEER = f"{UNKNOWN_NEXT_PEER:04x}"
 
 Answer = Callable[[dict[str, Any]], None]
 OpenFor = Callable[[str, int], str]
+Shortfall = Callable[[int, int], Optional[str]]
 Log = Callable[..., None]
 
 
@@ -61,6 +62,23 @@ def wallet_channel(node: ClnNode) -> OpenFor:
                                             "mindepth": 0, "channel_type": JIT_CHANNEL_TYPE})
         return str(res["channel_id"])
     return open_for
+
+
+def liquidity_shortfall(node: ClnNode) -> Shortfall:
+    """"2. Request JIT Channel": the LSP SHOULD check it can receive `payment_size_msat` from the public
+    network (its announced channels in CHANNELD_NORMAL), and this one also that its wallet can fund the
+    channel. Returns why not, or None."""
+    def shortfall(payment_size_msat: int, fee_msat: int) -> Optional[str]:
+        inbound = sum(msat(c.get("receivable_msat", 0))
+                      for c in node.peer_channels_fields(("state", "receivable_msat", "private"))
+                      if c.get("state") == "CHANNELD_NORMAL" and c.get("private") is False)
+        if inbound < payment_size_msat:
+            return f"the LSP can receive {inbound} msat from the public network"
+        need, wallet = channel_capacity_sat(payment_size_msat - fee_msat), node.spendable_wallet_sat()
+        if wallet < need:
+            return f"the LSP's wallet holds {wallet} sat, the channel needs {need}"
+        return None
+    return shortfall
 
 
 @dataclass
@@ -86,9 +104,10 @@ class _Held:
 
 class JitService:
     def __init__(self, node: ClnNode, store: Store, key: bytes, terms: Sequence[FeeTerms], cltv_expiry_delta: int,
-                 log: Log, open_for: OpenFor, clock: Callable[[], float] = time.time) -> None:
+                 log: Log, open_for: OpenFor, clock: Callable[[], float] = time.time,
+                 shortfall: Shortfall = lambda size, fee: None) -> None:
         menu(key, terms, 0)  # a misordered configuration fails at start, not at the first client
-        self.node, self.store, self.key, self.terms = node, store, key, tuple(terms)
+        self.node, self.store, self.key, self.terms, self.shortfall = node, store, key, tuple(terms), shortfall
         self.cltv_expiry_delta, self.log, self.open_for, self.clock = cltv_expiry_delta, log, open_for, clock
         self._lock = threading.Lock()
         self._buys: dict[str, tuple[str, dict[str, Any]]] = {}  # JIT scid → (document name, record)
@@ -114,6 +133,10 @@ class JitService:
 
     def buy(self, peer_id: str, params: dict[str, Any]) -> dict[str, Any]:
         buy = check_buy(self.key, params, self.clock())
+        if buy.payment_size_msat is not None and buy.opening_fee_msat is not None:
+            short = self.shortfall(buy.payment_size_msat, buy.opening_fee_msat)
+            if short is not None:
+                raise LspsError(PAYMENT_SIZE_TOO_LARGE, f"payment_size_too_large: {short}")
         name = DOC_PREFIX + hashlib.sha256(buy.params.promise.encode()).hexdigest()[:32]
         with self._lock:
             if any(doc == name for doc, _ in self._buys.values()) or self.store.get_doc(name) is not None:

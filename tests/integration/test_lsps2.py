@@ -145,9 +145,10 @@ def probe_request(raw: Any, lsp: Any, method: str, params: dict[str, Any]) -> di
     return next(m["body"] for m in raw.rpc.call("probe-inbox")["messages"] if m["body"].get("id") == request_id)
 
 
-def test_lsps2_buy_errors_reserve_nothing(node_factory: Any, plugin_path: Path) -> None:
-    lsp = node_factory.get_node(options={"plugin": str(plugin_path), "superscalar-profile": "regtest",
-                                         "superscalar-lsp": "true"})
+def test_lsps2_buy_errors_reserve_nothing(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    # the LSP's inbound from the network: the payer's 5,000,000 sat channel, less its reserve
+    lsp, _, payer = jit_network(node_factory, bitcoind, plugin_path,
+                            **{"superscalar-lsps2-max-payment-msat": "9000000000"})
     raw = node_factory.get_node(options={"plugin": str(PROBE)})
     raw.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     protocols = probe_request(raw, lsp, "lsps0.list_protocols", {})["result"]["protocols"]
@@ -165,7 +166,9 @@ def test_lsps2_buy_errors_reserve_nothing(node_factory: Any, plugin_path: Path) 
     assert code({"opening_fee_params": {**offer, "min_fee_msat": "1"}, "payment_size_msat": "5000000"}) == 201
     assert code({"opening_fee_params": offer, "payment_size_msat": "999999"}) == 202  # below min_payment_size
     assert code({"opening_fee_params": offer, "payment_size_msat": "546000"}) == 202  # below min and the fee
-    assert code({"opening_fee_params": offer, "payment_size_msat": "1000000001"}) == 203  # above max
+    assert code({"opening_fee_params": offer, "payment_size_msat": "9000000001"}) == 203  # above max
+    short = probe_request(raw, lsp, "lsps2.buy", {"opening_fee_params": offer, "payment_size_msat": "6000000000"})
+    assert short["error"]["code"] == 203 and "public network" in short["error"]["message"]  # above its inbound
     assert code({"opening_fee_params": offer, "payment_size_msat": 5000000}) == -32602  # not a string
     assert code({"opening_fee_params": offer, "extra": True}) == -32602
     assert lsp.rpc.call("superscalar-jit-list")["sold"] == []
@@ -174,7 +177,7 @@ def test_lsps2_buy_errors_reserve_nothing(node_factory: Any, plugin_path: Path) 
     # a promise buys once: the replay is refused and records nothing more
     assert code({"opening_fee_params": offer, "payment_size_msat": "5000000"}) == 201
     assert len(lsp.rpc.call("superscalar-jit-list")["sold"]) == 1
-    assert lsp.rpc.listpeerchannels()["channels"] == []
+    assert [c["peer_id"] for c in lsp.rpc.listpeerchannels()["channels"]] == [payer.info["id"]]  # no JIT channel
 
 
 def test_lsps2_buy_expired_promise(node_factory: Any, plugin_path: Path) -> None:

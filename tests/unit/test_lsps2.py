@@ -425,3 +425,15 @@ def test_client_accepts_zero_conf_only_for_its_buy() -> None:
     assert client.openchannel({"id": PEER, "funding_msat": 10**8, "push_msat": 1}) is None
     assert client.openchannel({"id": PEER, "funding_msat": 10**8}) == {"result": "continue", "mindepth": 0}
     assert client.openchannel({"id": PEER, "funding_msat": 10**8}) is None  # one channel per buy
+
+
+def test_service_refuses_a_buy_it_cannot_serve() -> None:
+    node = FakeLightningd()
+    svc = JitService(node, Store(node), KEY, [TERMS], 40, lambda *a, **k: None, lambda p, s: "", lambda: NOW,  # type: ignore[arg-type]
+                     shortfall=lambda size, fee: "no inbound" if size > 10**8 else None)
+    offer = svc.get_info(PEER, {})["opening_fee_params_menu"][0]
+    with pytest.raises(LspsError) as e:
+        svc.buy(PEER, {"opening_fee_params": offer, "payment_size_msat": str(10**8 + 1)})
+    assert e.value.code == PAYMENT_SIZE_TOO_LARGE and svc.buys() == [] and node.data == {}
+    svc.buy(PEER, {"opening_fee_params": offer, "payment_size_msat": str(10**8)})
+    assert len(svc.buys()) == 1
