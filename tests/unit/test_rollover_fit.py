@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from superscalar.bitcoin.tx import OutPoint, TxOut
+from superscalar.bitcoin.tx import OutPoint
 from superscalar.factory.errors import FactoryError
 from superscalar.factory.graph import rollover_close
 from superscalar.factory.params import regtest_params
