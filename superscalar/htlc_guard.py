@@ -57,7 +57,7 @@ class HtlcGuard:
         if outgoing is not None and outgoing.factory is not None and outgoing.factory.frozen:
             return temporary, "outgoing channel is frozen: its factory is being closed or rolled over"
         if incoming is not None and incoming.factory is not None and incoming.factory.leaf_unverified:
-            verdict = self.client.verify_leaf(incoming.factory.factory_id)
+            verdict = self.client.verify_leaf(incoming.factory.factory_id, outpoint=incoming.channel.outpoint)
             if verdict is False:
                 return unknown, "incoming channel: its leaf does not pay our channel's 2-of-2"
             if verdict is None:

@@ -23,8 +23,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from .client.membership import UNVERIFIED, funding_ok, leaf_status
+from .client.membership import MISMATCH, UNVERIFIED, funding_ok, leaf_status
 from .factory.params import FactoryParams
+from .sales import sale_position
 from .store import Store, StoreError
 
 # LSP factory stages whose channels nothing funds.
@@ -92,16 +93,36 @@ def record_channels(factory_id: str, rec: dict[str, Any]) -> tuple[dict[str, Fac
         backed = rec.get("stage") not in DEAD_STAGES
         confirm = FactoryParams.deserialize(rec["params"].encode()).confirm_blocks
         frozen = bool(rec.get("frozen"))
-        return ({str(c["channel_id"]): FactoryChannel(factory_id, LSP, str(c["peer_id"]), int(c["early_warning_blocks"]),
-                                                      backed, False, confirm, frozen)
-                 for c in rec["channels"] if c.get("channel_id")}, None)
+        entries = {str(c["channel_id"]): FactoryChannel(factory_id, LSP, str(c["peer_id"]), int(c["early_warning_blocks"]),
+                                                        backed, False, confirm, frozen)
+                   for c in rec["channels"] if c.get("channel_id")}
+        sales = rec.get("sales", [])
+        for k, s in enumerate(sales):  # a sale channel's exit publishes its leaf's sales up to its own too
+            if s.get("channel_id"):
+                ewt = _leaf_ewt(rec, str(s["peer_id"])) + confirm * sale_position(sales, k)
+                entries[str(s["channel_id"])] = FactoryChannel(factory_id, LSP, str(s["peer_id"]), ewt, backed, False,
+                                                               confirm, frozen)
+        return entries, None
     if rec.get("role") == CLIENT:
         ok = funding_ok(rec)
         entry = FactoryChannel(factory_id, CLIENT, str(rec["lsp"]), int(rec["early_warning_blocks"]), ok,
                                ok and leaf_status(rec) == UNVERIFIED,
                                FactoryParams.deserialize(rec["params"].encode()).confirm_blocks, bool(rec.get("frozen")))
-        return {str(rec["leaf_outpoint"]): entry}, str(rec["lsp"])
+        out = {str(rec["leaf_outpoint"]): entry}
+        sales = rec.get("sales", [])
+        for k, s in enumerate(sales):
+            if s.get("mine"):
+                sale_ok = ok and s.get("verified") != MISMATCH
+                out[str(s["channel_outpoint"])] = FactoryChannel(
+                    factory_id, CLIENT, str(rec["lsp"]), int(rec["early_warning_blocks"]) + entry.confirm_blocks
+                    * sale_position(sales, k), sale_ok, sale_ok and s.get("verified") == UNVERIFIED,
+                    entry.confirm_blocks, entry.frozen)
+        return out, str(rec["lsp"])
     return {}, None
+
+
+def _leaf_ewt(rec: dict[str, Any], peer: str) -> int:
+    return max(int(c["early_warning_blocks"]) for c in rec["channels"] if c["peer_id"] == peer)
 
 
 class HtlcIndex:

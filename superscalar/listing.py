@@ -33,6 +33,10 @@ def describe(node: ClnNode, store: Store, fid: str, height: Optional[int] = None
         out["close"] = {"frozen": bool(rec.get("frozen")), "status": close.get("status", "started"),
                         "txid": close.get("txid"), "confirmed_height": close.get("confirmed_height"),
                         "next_factory": close.get("next_factory") or (rec.get("frozen") or {}).get("next_factory")}
+    if rec.get("sales"):  # liquidity sales out of the L-stock (superscalar/sales.py)
+        out["sales"] = [{k: x.get(k) for k in ("leaf", "txid", "capacity_sat", "rest_sat", "fee_sat", "channel_outpoint",
+                                               "status", "peer_id", "channel_id", "mine", "verified") if k in x}
+                        for x in rec["sales"]]
     if rec["role"] == "lsp":
         out["epoch"] = rec["state"]  # DW state index of every node of the tree
         out["participants"] = [c["peer_id"] for c in rec["channels"]]
@@ -45,7 +49,8 @@ def describe(node: ClnNode, store: Store, fid: str, height: Optional[int] = None
                            for c in rec["channels"]]
         return out
     channels = [{"peer_id": rec["lsp"], "channel_id": ch.get("channel_id"), "state": ch.get("state"),
-                 "funding_outpoint": rec["leaf_outpoint"], "capacity_msat": rec["capacity_sat"] * 1000,
+                 "funding_outpoint": f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}",
+                 "capacity_msat": msat(ch.get("total_msat", rec["capacity_sat"] * 1000)),
                  "our_balance_msat": msat(ch.get("to_us_msat", 0)), "early_warning_blocks": rec["early_warning_blocks"],
                  "invoice_final_cltv": invoice_final_cltv(int(rec["early_warning_blocks"]), params.confirm_blocks)}
                 for ch in node.peer_channels(rec["lsp"]) if channel_in_factory(rec, ch)]

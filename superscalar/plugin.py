@@ -24,6 +24,7 @@ from superscalar.client.closing import ClientCloser
 from superscalar.client.jit import JitClient
 from superscalar.client.leaving import request_leave
 from superscalar.client.membership import Client
+from superscalar.client.sale import ClientSales
 from superscalar.client.moving import move
 from superscalar.client.onboarding import ask_join, ask_terms, hello
 from superscalar.client.policy import ClientPolicy
@@ -33,6 +34,7 @@ from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex
 from superscalar.invoices import rewrite_invoice
 from superscalar.listing import describe
 from superscalar.lsp.closing import Closer
+from superscalar.lsp.sale import Seller
 from superscalar.lsp.creation import ClientSpec, Lsp
 from superscalar.lsp.jit import JitService, liquidity_shortfall, wallet_channel
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
@@ -52,6 +54,7 @@ INVALID_PARAMS = -32602  # JSON-RPC
 CREATE_FAILED = 1700  # superscalar-create: the factory was not created (nothing broadcast)
 MAINNET_LADDER_INTERVAL = 144  # blocks: a new factory a day
 REGTEST_LADDER_INTERVAL = 5
+SALE_FAILED = 1702  # superscalar-sell-inbound: no sale (nothing changed, or a signed sale kept: see message)
 CLOSE_FAILED = 1701  # superscalar-close / -rollover: aborted before the close existed, factory unfrozen
 LSP_REFUSED = 1702  # superscalar-terms / -join-next: the LSP answered an error, or did not answer
 
@@ -90,6 +93,12 @@ class Roles:
         self.client.accept_rollover = self.client_closer.accept_rollover
         self.client.rollover_dropped = self.client_closer.rollover_dropped
         self.close_watch = CloseWatch(self.node, self.store, plugin.log)
+        self.seller = Seller(self.node, self.store, self.transport, plugin.log, timeout,
+                             int(options.get("superscalar-sale-fee-base-sat") or 0),
+                             int(options.get("superscalar-sale-fee-ppm") or 0), dev_fail_at,
+                             lambda name: self.lsp._dev_crash_point(name, kill_node=True))
+        self.client_sales = ClientSales(self.node, self.store, self.transport, plugin.log)
+        self.client.sale_channel = self.client_sales.expect_channel
         self.leavers = Leavers(self.store, plugin.log, self.node.blockheight)
         self.index = HtlcIndex()
         self.store.listen(self.index.on_record)
@@ -139,6 +148,7 @@ class Roles:
         self.follower = ChainFollower((
             ("new block", self.blocks.new_tip),
             ("funding broadcast", lambda height: self.lsp.resume()),
+            ("liquidity sales", self.seller.resume),
             ("funding watch", lambda height: exit_late_funded(self.store, self.client, self.exits,
                                                               self.client.on_block(height))),
             ("HTLC watch", self.watch.on_block),
@@ -260,6 +270,10 @@ def build_plugin() -> Plugin:
     plugin.add_option("superscalar-htlc-exit-allowance-blocks", str(DEFAULT_HTLC_EXIT_ALLOWANCE),
                       "Blocks for the commitment and HTLC transactions: a factory exit starts at an HTLC's expiry "
                       "minus the path's early-warning time minus this.")
+    plugin.add_option("superscalar-sale-fee-base-sat", "0", "LSP: price of inbound sold out of a leaf's L-stock "
+                      "(superscalar-sell-inbound): this many sat per sale, plus superscalar-sale-fee-ppm.")
+    plugin.add_option("superscalar-sale-fee-ppm", "0", "LSP: price of inbound sold out of the L-stock, in millionths "
+                      "of the capacity sold (rounded up), on top of superscalar-sale-fee-base-sat.")
     plugin.add_option("superscalar-ladder", "false", "LSP: start a factory every interval for the clients waiting "
                       "(superscalar-ladder-add) and roll every dying factory over into the next: true/false.")
     plugin.add_option("superscalar-ladder-interval-blocks", "", f"LSP ladder: blocks between two new factories "
@@ -358,7 +372,8 @@ def build_plugin() -> Plugin:
             return {"enabled": False}
         return r.ladder.status(r.node.blockheight())
 
-    def close_command(request: Any, factory_id: Any, work: Any, command: str) -> None:
+    def close_command(request: Any, factory_id: Any, work: Any, command: str, code: int = CLOSE_FAILED,
+                      failed: str = "factory not closed") -> None:
         r = holder["roles"]
         if not r.is_lsp:
             request.set_exception(RpcException("this node is not an LSP (superscalar-lsp=false)", code=INVALID_PARAMS))
@@ -371,7 +386,7 @@ def build_plugin() -> Plugin:
             try:
                 request.set_result(work(r, lambda text: _progress_note(plugin, request, text, command)))
             except Exception as e:  # CloseError: aborted, the factory unfrozen
-                request.set_exception(RpcException(f"factory not closed: {e}", code=CLOSE_FAILED))
+                request.set_exception(RpcException(f"{failed}: {e}", code=code))
 
         threading.Thread(target=run, name=command, daemon=True).start()
 
@@ -389,7 +404,23 @@ def build_plugin() -> Plugin:
         close_command(request, factory_id, lambda r, note: r.closer.rollover(factory_id, list(leave or []), note),
                       "superscalar-rollover")
 
+    def sell_inbound(plugin: Plugin, request: Any, factory_id: Any, id: Any, capacity_sat: Any, **kwargs: Any) -> None:
+        """Sell client `id` a new channel of `capacity_sat` out of its leaf's L-stock in factory `factory_id`
+        (LSP; every signer of that leaf online). Reports the channel, the sale's fee and the price fee_sat."""
+        r = holder["roles"]
+        try:
+            capacity = int(capacity_sat)
+        except (TypeError, ValueError):
+            capacity = 0
+        if not isinstance(id, str) or len(id) != 66 or capacity <= 0:
+            request.set_exception(RpcException("id must be a node id and capacity_sat a positive integer",
+                                               code=INVALID_PARAMS))
+            return
+        close_command(request, factory_id, lambda r, note: r.seller.sell(factory_id, id, capacity, note),
+                      "superscalar-sell-inbound", SALE_FAILED, "no sale")
+
     plugin.add_method("superscalar-close", close_factory, background=True)
+    plugin.add_method("superscalar-sell-inbound", sell_inbound, background=True)
     plugin.add_method("superscalar-rollover", rollover_factory, background=True)
 
     def ask_lsp(request: Any, work: Any, command: str) -> None:
@@ -586,6 +617,7 @@ def build_plugin() -> Plugin:
                 return {"result": "continue"}
             msg = r.transport.receive(peer_id, raw)
             if msg is not None and not r.lsp.on_message(peer_id, msg) and not r.closer.on_message(peer_id, msg) \
+                    and not r.seller.on_message(peer_id, msg) and not r.client_sales.on_message(peer_id, msg) \
                     and not (r.is_lsp and r.leavers.on_message(peer_id, msg)) \
                     and not r.client_closer.on_message(peer_id, msg):
                 r.client.on_message(peer_id, msg)
@@ -627,6 +659,8 @@ def build_plugin() -> Plugin:
             r.transport.forget(peer)
             r.lsp.on_disconnect(peer)
             r.closer.on_disconnect(peer)
+            r.seller.on_disconnect(peer)
+            r.client_sales.on_disconnect(peer)
             r.client.on_disconnect(peer)
             r.client_closer.on_disconnect(peer)
         except Exception as e:

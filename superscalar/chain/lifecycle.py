@@ -78,6 +78,7 @@ class Watch:
     ewt: int = 0  # client: its path's early-warning time
     leaf: Optional[str] = None  # client: name of its leaf's transaction
     lsp_script: bytes = b""  # LSP: its payout script (a wallet script), where sweeps pay
+    sold_leaves: frozenset[int] = frozenset()  # LSP: leaves whose L-stock a liquidity sale spends
 
 
 def watch_of(fid: str, rec: dict[str, Any]) -> Optional[Watch]:
@@ -95,7 +96,8 @@ def watch_of(fid: str, rec: dict[str, Any]) -> Optional[Watch]:
         tree = {Tx.from_hex(h).txid: name for name, h, _, _ in rec["txs"]}
         return Watch(fid, "lsp", params, rec["funding_outpoint"], (int(first[2]), bytes.fromhex(first[3])), dist,
                      close_txid, close.get("status") if close else None, tree,
-                     lsp_script=bytes.fromhex(rec["scripts"]["lsp"]))
+                     lsp_script=bytes.fromhex(rec["scripts"]["lsp"]),
+                     sold_leaves=frozenset(int(x["leaf"]) for x in rec.get("sales", [])))
     names = [f"path/{i}" for i in range(len(rec["signed_path"]))]
     tree = {Tx.from_hex(h).txid: n for n, h in zip(names, rec["signed_path"])}
     kickoffs = {f"path/{params.path_offset(d)}" for d in range(params.first_dw_depth, params.height + 1)}
@@ -455,7 +457,8 @@ class Lifecycle:
                 continue
             if n.is_leaf:
                 key = f"lstock/{n.index}"
-                if key not in life["sweeps"]:
+                # A sold L-stock backs sale channels: the sale, not the LSP's sweep, must spend it.
+                if key not in life["sweeps"] and n.index not in watch.sold_leaves:
                     outpoint, prevout = graph.lstock(n.index)
                     due = confirmed[graph.states[n.index].name] + params.lstock_csv_blocks
                     spend = lstock_sweep(graph.factory, n.index, outpoint, prevout, dest)

@@ -90,11 +90,11 @@ def _close(node: ChannelNode, channel_id: str, unilateral_after: int) -> Retired
 def factory_channel_ids(node: ChannelNode, rec: dict[str, Any]) -> list[str]:
     """The leaf channels of a factory record: the LSP's from its record, a client's from lightningd
     (its channel with the LSP whose funding outpoint is its leaf output)."""
-    if rec.get("role") == "lsp":
-        return [str(c["channel_id"]) for c in rec["channels"] if c.get("channel_id")]
-    txid, vout = rec["leaf_outpoint"].split(":")
+    if rec.get("role") == "lsp":  # with the channels on its liquidity sales (superscalar/sales.py)
+        return [str(c["channel_id"]) for c in [*rec["channels"], *rec.get("sales", [])] if c.get("channel_id")]
+    mine = {rec["leaf_outpoint"], *(str(s["channel_outpoint"]) for s in rec.get("sales", []) if s.get("mine"))}
     return [str(ch["channel_id"]) for ch in node.peer_channels(rec["lsp"])
-            if ch.get("funding_txid") == txid and int(ch.get("funding_outnum", -1)) == int(vout)]
+            if f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" in mine]
 
 
 def retire_channels(node: ChannelNode, channel_ids: Iterable[str], log: Callable[[str], None],

@@ -85,7 +85,8 @@ def exit_for_closing_channel(node: ClnNode, store: Store, client: Client, exits:
         if not rec or never_funded(rec) or close_pending(rec):
             continue  # a signed cooperative close pays this channel's balance: the tree stays off chain
         if rec.get("role") == "lsp":
-            peer = next((c["peer_id"] for c in rec["channels"] if c["channel_id"] == channel_id), None)
+            peer = next((c["peer_id"] for c in [*rec["channels"], *rec.get("sales", [])]
+                         if c.get("channel_id") == channel_id), None)
             if peer is not None:
                 plan_for(rec, *lsp_exit_path(rec, peer)).start(exits, fid, expiry)
         elif rec.get("role") == "client":

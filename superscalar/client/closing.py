@@ -133,11 +133,13 @@ class ClientCloser:
     def _quiet_balance(self, rec: dict[str, Any]) -> tuple[Optional[int], str]:
         """Our balance (msat) in the factory's channel, if it is normal and holds no HTLC; else why not."""
         chans = [ch for ch in self.node.peer_channels(rec["lsp"]) if channel_in_factory(rec, ch)]
-        if len(chans) != 1 or chans[0].get("state") != "CHANNELD_NORMAL":
+        leaf = [ch for ch in chans if f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" == rec["leaf_outpoint"]]
+        if len(leaf) != 1 or any(ch.get("state") != "CHANNELD_NORMAL" for ch in chans):
             return None, "our channel in that factory is not normal"
-        if chans[0].get("htlcs"):
+        if any(ch.get("htlcs") for ch in chans):
             return None, "our channel in that factory has pending HTLCs"
-        return msat(chans[0]["to_us_msat"]), ""
+        # with our liquidity-sale channels (the close pays their balances with the leaf channel's)
+        return sum(msat(ch["to_us_msat"]) for ch in chans), ""
 
     def accept_rollover(self, peer: str, msg: Invite) -> Optional[str]:
         """An invitation into the next factory of one of ours: freeze our channel in it and check it;

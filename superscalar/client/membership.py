@@ -32,6 +32,7 @@ from ..node import ClnNode, msat
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from ..protocol.rounds import Expectation, Kind
 from ..protocol.wire import Abort, AbortCode, Accept, Invite, Message, Propose
+from ..sales import exit_additions
 from ..store import Store
 from ..transport import Transport
 from .policy import ClientPolicy, refusal
@@ -91,6 +92,8 @@ class Client:
         # why not), and hear when such an invitation ends without a factory.
         self.accept_rollover: Optional[Callable[[str, Invite], Optional[str]]] = None
         self.rollover_dropped: Optional[Callable[[bytes, str], None]] = None
+        # Liquidity sales (client/sale.py): may a push-free open from this LSP of this capacity be a sale?
+        self.sale_channel: Optional[Callable[[str, int], bool]] = None
 
     def _refuse(self, peer: str, msg: Message, reason: str) -> None:
         self.log(f"refusing invitation from {peer}: {reason}")
@@ -254,15 +257,19 @@ class Client:
 
     # --- the leaf's channel output: our channel's 2-of-2, or nothing comes in ---
 
-    def verify_leaf(self, fid: str, routine: bool = False) -> Optional[bool]:
+    def verify_leaf(self, fid: str, routine: bool = False, outpoint: Optional[str] = None) -> Optional[bool]:
         """Check (once) that this factory's leaf output is our channel's BOLT-3 2-of-2 (leaf_script.py):
         True if it is, False if it is not (the factory is then treated as unbacked and its channel
         closed), None while our channeld has not signed a commitment for it yet. A `routine` check (each
         block) reads the log at most every LEAF_CHECK_INTERVAL seconds; one for an incoming HTLC always
-        does (its commitment was just signed, so the check completes and is not repeated)."""
+        does (its commitment was just signed, so the check completes and is not repeated).
+        `outpoint` naming one of our liquidity-sale channels checks that channel's sale output instead."""
         rec = self.store.get(fid, "factory")
         if rec is None or rec.get("role") != "client":
             return None
+        sale = next((x for x in rec.get("sales", []) if x.get("mine") and x["channel_outpoint"] == outpoint), None)
+        if sale is not None:
+            return self._verify_sale(fid, rec, sale)
         status = leaf_status(rec)
         if status != UNVERIFIED:
             return status == VERIFIED
@@ -284,6 +291,22 @@ class Client:
         if not verdict.ok:
             self.log(f"factory {fid}: LEAF SCRIPT MISMATCH ({verdict.reason}); closing its channel, it takes no HTLCs")
             self._close_unbacked(rec)
+        return verdict.ok
+
+    def _verify_sale(self, fid: str, rec: dict[str, Any], sale: dict[str, Any]) -> Optional[bool]:
+        """The same check for the channel on a liquidity sale's output 0."""
+        if sale.get("verified") in (VERIFIED, MISMATCH):
+            return bool(sale["verified"] == VERIFIED)
+        txid, vout = sale["channel_outpoint"].split(":")
+        found = funding_wscript(self.node.debug_log(), rec["lsp"], txid, int(vout))
+        if found is None:
+            return None
+        verdict = check_leaf_script(found[0], found[1], Tx.from_hex(sale["tx"]).outputs[int(vout)].script_pubkey)
+        sale.update(verified=VERIFIED if verdict.ok else MISMATCH, verify_reason=verdict.reason)
+        self.store.put(fid, "factory", rec)
+        if not verdict.ok:
+            self.log(f"factory {fid}: SALE OUTPUT SCRIPT MISMATCH on {sale['channel_outpoint']} ({verdict.reason}); "
+                     "that channel takes no HTLCs")
         return verdict.ok
 
     # --- the funding output: watched until it confirms as signed, or given up on ---
@@ -373,6 +396,8 @@ class Client:
                     and push == want_push:
                 inv.channel_opened = True
                 return {"result": "continue", "mindepth": 0}
+        if push == 0 and funding and self.sale_channel is not None and self.sale_channel(str(peer), funding // 1000):
+            return {"result": "continue", "mindepth": 0}
         return {"result": "continue"}
 
 
@@ -385,7 +410,13 @@ class Client:
             raise ValueError(f"no factory {factory_id} in which this node is a client")
         txs = [path_entry(f"path/{i}", h, int(v), bytes.fromhex(s))
                for i, (h, (v, s)) in enumerate(zip(rec["signed_path"], rec["path_prevouts"]))]
-        return txs, [rec["leaf_outpoint"]]
+        sales = rec.get("sales", [])
+        # Our sale channels that exist (one whose open died with the LSP backs nothing: its sale stays off chain)
+        live = {f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" for ch in self.node.peer_channels(rec["lsp"])} \
+            if any(s.get("mine") for s in sales) else set()
+        sale_txs, sale_channels = exit_additions(sales, [k for k, s in enumerate(sales)
+                                                         if s.get("mine") and s["channel_outpoint"] in live])
+        return txs + sale_txs, [rec["leaf_outpoint"], *sale_channels]
 
 
 def _state_indices(params: FactoryParams, path: Any) -> list[int]:
@@ -419,7 +450,13 @@ def leaf_status(record: dict[str, Any]) -> str:
 
 
 def channel_in_factory(record: dict[str, Any], channel: dict[str, Any]) -> bool:
-    """Is `channel` (a listpeerchannels entry) the factory leaf channel this client record expects?"""
-    txid, vout = record["leaf_outpoint"].split(":")
-    return bool(channel.get("funding_txid") == txid and int(channel.get("funding_outnum", -1)) == int(vout))
+    """Is `channel` (a listpeerchannels entry) the factory leaf channel this client record expects, or
+    a channel on the output of a liquidity sale this client bought in it?"""
+    outpoint = f"{channel.get('funding_txid')}:{channel.get('funding_outnum', -1)}"
+    return outpoint == record["leaf_outpoint"] or outpoint in sale_outpoints(record)
+
+
+def sale_outpoints(record: dict[str, Any]) -> list[str]:
+    """The funding outpoints of the sale channels this client bought in a factory."""
+    return [str(s["channel_outpoint"]) for s in record.get("sales", []) if s.get("mine")]
 

@@ -61,6 +61,7 @@ from ..node import msat
 from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
 from ..protocol.rounds import close_round, construction_round
 from ..protocol.wire import Abort, AbortCode, Invite, Message
+from ..sales import OPEN
 from .creation import ClientSpec, Lsp, Pending, _lsp_record, _raise_first, _seckey, each_peer
 
 POLL_SECONDS = 0.2
@@ -285,6 +286,9 @@ class Closer:
                              f"close {(rec.get('close') or {}).get('status')}, frozen {bool(rec.get('frozen'))})")
         if self.store.get(factory_id, "exit") is not None:
             raise CloseError(f"factory {factory_id} is being exited")
+        if rec.get("sales") and reason == "rollover":  # the next factory carries one channel per client
+            raise CloseError(f"factory {factory_id} has liquidity-sale channels: rolling them over is not supported "
+                             "yet (close it instead)")
         live = {c["channel_id"]: c for c in self.node.peer_channels()}
         for c in rec["channels"]:
             ch = live.get(c.get("channel_id"))
@@ -299,14 +303,21 @@ class Closer:
     def _quiesce(self, factory_id: str, rec: dict[str, Any]) -> list[int]:
         """Wait until no channel of the frozen factory has a pending HTLC; each client's balance (msat)."""
         ids = [str(c["channel_id"]) for c in rec["channels"]]
+        peers = [str(c["peer_id"]) for c in rec["channels"]]
+        # a client's channels on liquidity sales (superscalar/sales.py): their balances are paid with its leaf's
+        sales = {str(s["channel_id"]): str(s["peer_id"]) for s in rec.get("sales", [])
+                 if s.get("status") == OPEN and s.get("channel_id")}
         deadline = time.monotonic() + self.timeout
         while True:
             live = {c["channel_id"]: c for c in self.node.peer_channels()}
-            chans = [live.get(i) for i in ids]
+            chans = [live.get(i) for i in [*ids, *sales]]
             if any(ch is None or ch.get("state") != "CHANNELD_NORMAL" for ch in chans):
                 raise CloseError("a channel of the factory is not normal any more")
             if not any(ch.get("htlcs") for ch in chans if ch is not None):
-                return [msat(ch["total_msat"]) - msat(ch["to_us_msat"]) for ch in chans if ch is not None]
+                balances = [msat(live[i]["total_msat"]) - msat(live[i]["to_us_msat"]) for i in ids]
+                for channel_id, peer in sales.items():
+                    balances[peers.index(peer)] += msat(live[channel_id]["total_msat"]) - msat(live[channel_id]["to_us_msat"])
+                return balances
             if time.monotonic() > deadline:
                 raise CloseError(f"factory {factory_id}: HTLCs still pending after {self.timeout:.0f} s")
             time.sleep(POLL_SECONDS)

@@ -34,6 +34,7 @@ from ..node import ClnNode, PreparedTx
 from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
 from ..protocol.rounds import construction_round
 from ..protocol.wire import Abort, AbortCode, Accept, Invite, Message
+from ..sales import OPEN, exit_additions
 from ..store import Store, StoreError
 from ..transport import Transport
 
@@ -429,7 +430,11 @@ def lsp_exit_path(record: dict[str, Any], peer: str | None) -> tuple[list[list[A
     if not which:
         raise ValueError(f"{peer} is not a client of this factory")
     names = {n for i in which for n in record["paths"][i]}
-    return [t for t in record["txs"] if t[0] in names], [chans[i]["funding_outpoint"] for i in which]
+    sales = record.get("sales", [])
+    sale_txs, sale_channels = exit_additions(sales, [k for k, s in enumerate(sales) if s.get("status") == OPEN
+                                                     and (peer is None or s["peer_id"] == peer)])
+    return ([t for t in record["txs"] if t[0] in names] + sale_txs,
+            [chans[i]["funding_outpoint"] for i in which] + sale_channels)
 
 
 def _fake_funding(channel_output: TxOut) -> Psbt:

@@ -49,7 +49,7 @@ class Leaf:
         self.verdict = verdict
         self.asked: list[str] = []
 
-    def verify_leaf(self, fid: str) -> Optional[bool]:
+    def verify_leaf(self, fid: str, outpoint: Optional[str] = None) -> Optional[bool]:
         self.asked.append(fid)
         return self.verdict
 

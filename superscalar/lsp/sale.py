@@ -1,0 +1,285 @@
+"""The LSP's liquidity sale: a new channel for a client out of its leaf's L-stock, live.
+
+`Seller.sell` (synchronous; run it in a worker thread: it waits on the leaf's clients) walks the steps in
+the order that keeps everyone's money safe:
+  1. checks: the factory is ours, funded, not frozen, closing or exited; the buyer is its client; every
+     signer of the buyer's leaf (the LSP and each client of the leaf) is connected with a normal channel;
+     the leaf's current L-stock (the last sale's rest output, or the leaf's own) can fund the channel
+     (checked with a same-sized script before anything is opened);
+  2. `fundchannel_start` a zero-conf channel with the buyer, no push (its funding script is output 0);
+  3. the sale transaction (`factory.graph.liquidity_sale`: the fee is the factory's pre-agreed rate ×
+     its signed vsize, paid from the L-stock) is signed in a SALE round by the LSP and every client of
+     the leaf; each client checks it against its own view (`client/sale.py`) and stores it before Done;
+  4. the fully signed sale is appended to the factory record (`sales`, see `superscalar/sales.py`)
+     before any client is sent the final signature, so the exit path exists before anything commits;
+  5. `fundchannel_complete` with the (unbroadcast) sale transaction; the channel id is recorded.
+A failure before step 4 cancels the open: nothing changed. After it the sale is kept for good (a signer
+never signs two spends of one output): the next sale chains off its rest output.
+
+After a restart (`resume`, at the first block): a sale stored "signed" whose channel exists (the node died after
+`fundchannel_complete`, before the record) gets its channel id; one whose open died with the process is
+marked "unopened" (its output 0 backs no channel; the L-stock chain continues from its output 1). A round
+that had not reached step 4 left nothing behind.
+
+The price the buyer pays for the inbound (`fee_sat`, `superscalar.sales.sale_fee_sat`: base + ppm of the
+capacity) is reported, not collected here: the caller collects it (an LSPS1 order paid beforehand, or the
+JIT forward deducting it).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
+from ..bitcoin.tx import OutPoint, Tx, TxIn, TxOut
+from ..client.membership import factory_key_label
+from ..factory.errors import FactoryError
+from ..factory.graph import TX_VERSION, Factory, TreeTx, anchor_output, liquidity_sale
+from ..node import ClnNode
+from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
+from ..protocol.rounds import sale_round
+from ..protocol.wire import AbortCode, Message
+from ..sales import OPEN, SIGNED, UNOPENED, current_lstock, sale_entry, sale_fee_sat
+from ..store import Store
+from ..transport import Transport
+from .closing import factory_from_record
+from .creation import _seckey
+
+DUMMY_P2WSH = b"\x00\x20" + bytes(32)  # a channel script of the real size, to size the sale before opening
+
+
+class SaleError(RuntimeError):
+    """The sale did not happen; nothing changed (the open was cancelled, nothing was signed)."""
+
+
+@dataclass
+class SaleSession:
+    factory_id: bytes
+    peers: list[str]  # node id per client index of the factory
+    buyer: str
+    leaf: int
+    coordinator: Optional[Coordinator] = None
+    outcome: Optional[Completed | Failed] = None
+    stored: bool = False  # the fully signed sale is in the factory record
+    error: Optional[str] = None  # storing it failed
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+class Seller:
+    def __init__(self, node: ClnNode, store: Store, transport: Transport, log: Callable[[str], None],
+                 timeout: float = 60.0, fee_base_sat: int = 0, fee_ppm: int = 0, dev_fail_at: str = "",
+                 crash: Callable[[str], None] = lambda _: None) -> None:
+        # Testing only (developer mode): "lsp-sale-overfee" proposes a sale taking 1,000 sat more fee than
+        # agreed; "lsp-sale-lstock-script" pays the rest of the L-stock to the LSP's wallet;
+        # "lsp-sale-kill-after-sign" kills lightningd once the signed sale is stored, before the open completes.
+        self.node, self.store, self.transport, self.log = node, store, transport, log
+        self.timeout, self.fee_base_sat, self.fee_ppm = timeout, fee_base_sat, fee_ppm
+        self.dev_fail_at, self._crash = dev_fail_at, crash
+        self._sessions: dict[bytes, SaleSession] = {}
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()  # factories with a sale under way in this process
+        self._recovered = False  # the records an earlier process left were looked at
+
+    def fee_sat(self, capacity_sat: int) -> int:
+        return sale_fee_sat(capacity_sat, self.fee_base_sat, self.fee_ppm)
+
+    # --- messages (custommsg hook thread) ---
+
+    def on_message(self, peer: str, msg: Message) -> bool:
+        session = self._sessions.get(msg.factory_id)
+        if session is None or session.coordinator is None:
+            return False
+        if peer not in session.peers:
+            return True
+        with session.cond:
+            self._execute(session, session.coordinator.receive(session.peers.index(peer), msg))
+            session.cond.notify_all()
+        return True
+
+    def on_disconnect(self, peer: str) -> None:
+        for session in list(self._sessions.values()):
+            if session.coordinator is not None and peer in session.peers:
+                with session.cond:
+                    self._execute(session, session.coordinator.peer_failed(session.peers.index(peer), "disconnected"))
+                    session.cond.notify_all()
+
+    def _execute(self, session: SaleSession, actions: list[Action]) -> None:
+        fid = session.factory_id.hex()
+        for a in actions:
+            if isinstance(a, Persist) and a.record == "signed":
+                # Everyone signed: stored before any client is sent the signature (the Sends follow).
+                assert session.coordinator is not None
+                job = session.coordinator.round.jobs[0]
+                tx = a.data["txs"][0]
+                try:
+                    rec = self.store.get(fid, "factory")
+                    assert rec is not None
+                    rec.setdefault("sales", []).append(sale_entry(
+                        session.leaf, tx, job.prevout, job.tx.inputs[0].prevout, peer_id=session.buyer,
+                        status=SIGNED, channel_id=None, signed_at_height=self.node.blockheight()))
+                    self.store.put(fid, "factory", rec)
+                    session.stored = True
+                except Exception as e:  # not stored: nobody may get the signature
+                    session.error = f"storing the signed sale failed: {e}"
+                    self._execute(session, session.coordinator.peer_failed(session.coordinator.clients[0], session.error,
+                                                                           AbortCode.INTERNAL))
+                    return
+            elif isinstance(a, Send):
+                try:
+                    self.transport.send(session.peers[a.peer], a.message)
+                except Exception as e:  # a peer gone: the round fails through on_disconnect
+                    self.log(f"sale in {fid}: send to {session.peers[a.peer]} failed: {e}")
+            elif isinstance(a, (Completed, Failed)):
+                session.outcome = a
+
+    # --- superscalar-sell-inbound (a worker thread) ---
+
+    def sell(self, factory_id: str, client_id: str, capacity_sat: int,
+             progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+        """Sell `capacity_sat` of inbound to `client_id` in factory `factory_id` (see the module docstring).
+        Returns the new channel (channel_id, short_channel_id alias, funding outpoint), the sale
+        transaction, its fee and the L-stock left, and the price `fee_sat`. Raises SaleError."""
+        with self._lock:
+            if factory_id in self._busy:
+                raise SaleError(f"factory {factory_id}: a sale is already under way")
+            self._busy.add(factory_id)
+        try:
+            return self._sell(factory_id, client_id, capacity_sat, progress)
+        finally:
+            with self._lock:
+                self._busy.discard(factory_id)
+
+    def _sell(self, factory_id: str, client_id: str, capacity_sat: int, progress: Callable[[str], None]) -> dict[str, Any]:
+        rec = self.store.get(factory_id, "factory")
+        if rec is None or rec.get("role") != "lsp":
+            raise SaleError(f"no factory {factory_id} of which this node is the LSP")
+        if rec.get("stage") != "funded" or rec.get("frozen") or rec.get("close") is not None:
+            raise SaleError(f"factory {factory_id} cannot sell now (stage {rec.get('stage')}, "
+                            f"frozen {bool(rec.get('frozen'))}, close {bool(rec.get('close'))})")
+        if self.store.get(factory_id, "exit") is not None:
+            raise SaleError(f"factory {factory_id} is being exited")
+        peers = [str(c["peer_id"]) for c in rec["channels"]]
+        if client_id not in peers:
+            raise SaleError(f"{client_id} is not a client of factory {factory_id}")
+        factory = factory_from_record(rec)
+        buyer = peers.index(client_id)
+        leaf = factory.topology.leaf_of_client[buyer]
+        signers = factory.topology.nodes[leaf].clients
+        live = {c.get("channel_id"): c for c in self.node.peer_channels()}
+        offline = [peers[c] for c in signers
+                   if not ((ch := live.get(rec["channels"][c].get("channel_id"))) and ch.get("peer_connected")
+                           and ch.get("state") == "CHANNELD_NORMAL")]
+        if offline:
+            raise SaleError(f"every signer of the leaf must be online with a normal channel; not: {', '.join(offline)}")
+        leaf_tx = Tx.from_hex(next(t[1] for t in rec["txs"] if t[0] == rec["paths"][buyer][-1]))
+        sales = list(rec.get("sales", []))
+        lstock = current_lstock(leaf_tx, sales, leaf)
+        try:
+            liquidity_sale(factory, leaf, lstock, capacity_sat, DUMMY_P2WSH)  # fits? (nothing opened yet)
+        except FactoryError as e:
+            raise SaleError(f"L-stock {lstock[1].value} sat: {e}") from None
+        fid = bytes.fromhex(factory_id)
+        lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid, "lsp")))
+        progress(f"opening a {capacity_sat} sat channel to {client_id} on leaf {leaf}'s L-stock "
+                 f"({lstock[0].txid_hex}:{lstock[0].vout}, {lstock[1].value} sat)")
+        script = self.node.fundchannel_start(client_id, capacity_sat, 0)
+        session = SaleSession(fid, peers, client_id, leaf)
+        try:
+            sale = self._dev_sale(factory, leaf, lstock, capacity_sat, script, rec)
+            progress(f"signing sale {sale.tx.txid} ({sale.fee} sat fee) with {len(signers)} clients of the leaf")
+            self._sessions[fid] = session
+            with session.cond:
+                session.coordinator = Coordinator(
+                    sale_round(factory, sale, lstock[0], leaf, fid, secrets.token_bytes(32)), lsp_sk)
+                self._execute(session, session.coordinator.start())
+                session.cond.wait_for(lambda: session.outcome is not None or session.stored, self.timeout)
+            if not session.stored:
+                with session.cond:
+                    if session.outcome is None:
+                        self._execute(session, session.coordinator.peer_failed(signers[0], "timed out", AbortCode.TIMEOUT))
+                reason = session.error or getattr(session.outcome, "reason", "timed out")
+                raise SaleError(f"sale round failed: {reason}")
+        except Exception:
+            self._sessions.pop(fid, None)
+            try:
+                self.node.fundchannel_cancel(client_id)
+            except Exception as e:
+                self.log(f"sale in {factory_id}: fundchannel_cancel {client_id}: {e}")
+            raise
+        # The sale is signed and stored: from here on it is kept, whatever happens to the open.
+        if self.dev_fail_at == "lsp-sale-kill-after-sign":
+            self._crash("lsp-sale-kill-after-sign")
+        with session.cond:  # the clients' Done (they stored it too) before the open completes
+            session.cond.wait_for(lambda: session.outcome is not None, self.timeout)
+        self._sessions.pop(fid, None)
+        if not isinstance(session.outcome, Completed):
+            self.log(f"sale in {factory_id}: not every client confirmed it stored the sale "
+                     f"({getattr(session.outcome, 'reason', 'timed out')}); it is signed and kept")
+        psbt = Psbt(sale.tx, (PsbtInput(witness_utxo=sale.prevout),), tuple(PsbtOutput() for _ in sale.tx.outputs))
+        try:
+            channel_id = self.node.fundchannel_complete(client_id, psbt.to_base64())
+        except Exception as e:
+            self._set(factory_id, sale.tx.txid, status=UNOPENED, reason=str(e))
+            raise SaleError(f"the sale {sale.tx.txid} is signed and kept, but its channel could not be completed: {e}")
+        self._set(factory_id, sale.tx.txid, status=OPEN, channel_id=channel_id)
+        ch = next((c for c in self.node.peer_channels(client_id) if c.get("channel_id") == channel_id), {})
+        alias = (ch.get("alias") or {}).get("local")
+        progress(f"channel {channel_id} ({alias}) open on the sale's output 0")
+        return {"factory_id": factory_id, "peer_id": client_id, "channel_id": channel_id, "short_channel_id": alias,
+                "funding_outpoint": f"{sale.tx.txid}:0", "capacity_sat": capacity_sat, "sale_txid": sale.tx.txid,
+                "sale_fee_sat": sale.fee, "sale_vsize": sale.vsize, "feerate_per_kvb": factory.params.feerate_per_kvb,
+                "lstock_before_sat": lstock[1].value, "lstock_after_sat": sale.tx.outputs[1].value,
+                "anchor_sat": sale.tx.outputs[2].value, "fee_sat": self.fee_sat(capacity_sat), "leaf": leaf}
+
+    def _dev_sale(self, factory: Factory, leaf: int, lstock: tuple[OutPoint, TxOut], capacity_sat: int,
+                  script: bytes, rec: dict[str, Any]) -> TreeTx:
+        sale = liquidity_sale(factory, leaf, lstock, capacity_sat, script)
+        if self.dev_fail_at not in ("lsp-sale-overfee", "lsp-sale-lstock-script"):
+            return sale
+        # Testing only: a proposal no client may sign.
+        channel, rest, anchor = sale.tx.outputs
+        if self.dev_fail_at == "lsp-sale-overfee":
+            rest = TxOut(rest.value - 1_000, rest.script_pubkey)
+        else:
+            rest = TxOut(rest.value, bytes.fromhex(rec["scripts"]["lsp"]))
+        tx = Tx(TX_VERSION, (TxIn(lstock[0], sequence=sale.tx.inputs[0].sequence),), (channel, rest, anchor))
+        assert anchor == anchor_output(factory.params)
+        return TreeTx(sale.name, tx, sale.prevout, sale.spend)
+
+    def _set(self, factory_id: str, txid: str, **fields: Any) -> None:
+        rec = self.store.get(factory_id, "factory")
+        assert rec is not None
+        entry = next(s for s in rec["sales"] if s["txid"] == txid)
+        entry.update(fields)
+        self.store.put(factory_id, "factory", rec)
+
+    def resume(self, height: int = 0) -> None:
+        """Sales stored "signed" by a process that is gone (see the module docstring); looked at once, at
+        the first block after a start (within a process every sale leaves "signed" before it ends)."""
+        if self._recovered:
+            return
+        self._recovered = True
+        with self._lock:
+            busy = set(self._busy)
+        for fid in self.store.factory_ids():
+            if fid in busy:
+                continue
+            rec = self.store.get(fid, "factory")
+            if rec is None or rec.get("role") != "lsp" or not any(s.get("status") == SIGNED for s in rec.get("sales", [])):
+                continue
+            by_outpoint = {f"{c.get('funding_txid')}:{c.get('funding_outnum')}": c for c in self.node.peer_channels()}
+            for s in rec["sales"]:
+                if s.get("status") != SIGNED:
+                    continue
+                ch = by_outpoint.get(s["channel_outpoint"])
+                if ch is not None:
+                    s.update(status=OPEN, channel_id=ch["channel_id"])
+                    self.log(f"factory {fid}: sale {s['txid']}: its channel {ch['channel_id']} exists")
+                else:
+                    s.update(status=UNOPENED, reason="the open did not survive a restart")
+                    self.log(f"factory {fid}: sale {s['txid']} is signed but its channel was never completed: "
+                             "output 0 backs nothing; the L-stock goes on from its output 1")
+            self.store.put(fid, "factory", rec)

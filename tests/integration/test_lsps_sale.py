@@ -1,0 +1,228 @@
+"""Liquidity sales out of a leaf's L-stock, on real lightningd and bitcoind (regtest profile): the LSP
+adds a channel for a client whose inbound is used up, the payment arrives over it, and the client's
+exit publishes the sale; a sale no client may sign is refused and changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from pyln.client import RpcError
+from pyln.testing.utils import sync_blockheight, wait_for
+
+from superscalar.bitcoin.tx import Tx
+from superscalar.chain.exits import CLOSING_STATES
+from superscalar.factory.params import FactoryParams
+from superscalar.node import msat
+
+from .test_close_rollover import channels_in, mine_until, no_broken, pay_msat, record, settled, wallet_sat
+from .test_dishonest_lsp import killed
+from .test_factory_plugin import create_factory
+
+pytestmark = pytest.mark.lightningd
+CAPACITY_SAT = 90_000
+
+
+def network(node_factory: Any, plugin_path: Path, n_clients: int, lsp_fail: Optional[str] = None) -> tuple[Any, list[Any]]:
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp_opts = {**common, "superscalar-lsp": "true", "superscalar-sale-fee-base-sat": "1000",
+                "superscalar-sale-fee-ppm": "2500"}
+    if lsp_fail:
+        lsp_opts["superscalar-dev-fail-at"] = lsp_fail
+    lsp = node_factory.get_node(options=lsp_opts, may_reconnect=True)
+    clients = node_factory.get_nodes(n_clients, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"]})
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp.fundwallet(10_000_000)
+    return lsp, clients
+
+
+def sell(lsp: Any, fid: str, client: Any, capacity_sat: int) -> dict[str, Any]:
+    return dict(lsp.rpc.call("superscalar-sell-inbound", {"factory_id": fid, "id": client.info["id"],
+                                                           "capacity_sat": capacity_sat}))
+
+
+def spendable_msat(node: Any, peer: Any, outpoint: str) -> int:
+    [ch] = channels_in(node, peer, outpoint)
+    return msat(ch["spendable_msat"])
+
+
+def test_sale_adds_a_channel_and_the_exit_publishes_it(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = network(node_factory, plugin_path, 2)
+    buyer, mate = clients
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    old = next(ch["funding_outpoint"] for ch in res["channels"] if ch["peer_id"] == buyer.info["id"])
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    # The buyer receives until its channel's inbound is nearly used up.
+    pay_msat(lsp, buyer, 150_000_000, "use-inbound")
+    settled(lsp, clients)
+    old_inbound = spendable_msat(lsp, buyer, old)
+    assert old_inbound < 60_000_000, old_inbound
+
+    sale = sell(lsp, fid, buyer, CAPACITY_SAT)
+    new = sale["funding_outpoint"]
+    assert sale["capacity_sat"] == CAPACITY_SAT and sale["short_channel_id"] and sale["channel_id"]
+    assert sale["fee_sat"] == 1_000 + (CAPACITY_SAT * 2_500 + 999_999) // 1_000_000  # the price: base + ppm
+    # The new channel exists on both sides, with exactly the capacity sold; the old one is untouched.
+    for node, peer in ((lsp, buyer), (buyer, lsp)):
+        wait_for(lambda: channels_in(node, peer, new)[0]["state"] == "CHANNELD_NORMAL")
+        [ch] = channels_in(node, peer, new)
+        assert ch["state"] == "CHANNELD_NORMAL" and msat(ch["total_msat"]) == CAPACITY_SAT * 1000
+        assert len(channels_in(node, peer)) == 2
+    assert msat(channels_in(buyer, lsp, new)[0]["to_us_msat"]) == 0
+    # Both leaf clients signed and stored the sale; the leaf-mate got no channel.
+    lsp_rec, buyer_rec, mate_rec = record(lsp, fid), record(buyer, fid), record(mate, fid)
+    assert [s["txid"] for s in lsp_rec["sales"]] == [s["txid"] for s in buyer_rec["sales"]] == \
+        [s["txid"] for s in mate_rec["sales"]] == [sale["sale_txid"]]
+    assert buyer_rec["sales"][0]["mine"] and not mate_rec["sales"][0]["mine"]
+    assert len(channels_in(mate, lsp)) == 1
+    # Exact amounts: the L-stock left is the old one less the capacity, the anchor and the fee, and the
+    # fee is the factory's rate on the signed sale's vsize as bitcoind measures it.
+    signed = lsp_rec["sales"][0]["tx"]
+    vsize = bitcoind.rpc.decoderawtransaction(signed)["vsize"]
+    fee = -(-vsize * params.feerate_per_kvb // 1000)
+    assert sale["sale_fee_sat"] == fee and sale["sale_vsize"] == vsize
+    assert sale["lstock_before_sat"] == params.lstock_sat
+    assert sale["lstock_after_sat"] == params.lstock_sat - CAPACITY_SAT - params.anchor_sat - fee
+    tx = Tx.from_hex(signed)
+    assert [o.value for o in tx.outputs] == [CAPACITY_SAT, sale["lstock_after_sat"], params.anchor_sat]
+    print(f"sale {sale['sale_txid']}: {vsize} vB, fee {fee} sat, L-stock {params.lstock_sat} -> "
+          f"{sale['lstock_after_sat']} sat, price {sale['fee_sat']} sat")
+
+    # A payment larger than what the old channel can still bring in arrives, over the new channel.
+    amount_msat = old_inbound + 20_000_000
+    pay_msat(lsp, buyer, amount_msat, "over-the-sale")
+    settled(lsp, clients)
+    got_new = msat(channels_in(buyer, lsp, new)[0]["to_us_msat"])
+    assert got_new >= amount_msat - old_inbound, (got_new, amount_msat, old_inbound)
+    # The buyer took that HTLC only after checking, from its own log, that output 0 is its channel's 2-of-2.
+    assert record(buyer, fid)["sales"][0]["verified"] == "verified"
+    listed = {ch["funding_outpoint"] for ch in buyer.rpc.call("superscalar-list")["factories"][0]["channels"]}
+    assert listed == {old, new}
+
+    # The buyer exits: its leaf's path, then the sale, confirm; both its channels close on chain.
+    view = buyer.rpc.call("superscalar-exit", {"factory_id": fid})
+    assert [t[0] for t in record_exit(buyer, fid)["txs"]][-1] == f"sale/{lsp_rec['sales'][0]['leaf']}/0"
+    assert set(view["exit"]["channels"]) == {old, new}
+    for _ in range(60):
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, [lsp, *clients])
+        if all(ch["state"] in CLOSING_STATES | {"ONCHAIN"} for ch in channels_in(buyer, lsp)):
+            break
+    info = bitcoind.rpc.getrawtransaction(sale["sale_txid"], True)
+    assert info["confirmations"] >= 1 and info["vsize"] == vsize
+    assert all(ch["state"] in CLOSING_STATES | {"ONCHAIN"} for ch in channels_in(buyer, lsp))
+    no_broken([lsp, *clients])
+
+
+def record_exit(node: Any, fid: str) -> dict[str, Any]:
+    import json
+    store = node.rpc.call("listdatastore", {"key": ["superscalar", "factories", fid, "exit"]})
+    return dict(json.loads(store["datastore"][0]["string"])["data"])
+
+
+@pytest.mark.parametrize("cheat", ["lsp-sale-overfee", "lsp-sale-lstock-script"])
+def test_client_refuses_a_dishonest_sale(node_factory: Any, bitcoind: Any, plugin_path: Path, cheat: str) -> None:
+    lsp, clients = network(node_factory, plugin_path, 2, cheat)
+    buyer = clients[0]
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    before = {n.info["id"]: record(n, fid) for n in (lsp, *clients)}
+    with pytest.raises(RpcError, match="aborted: (proposal|sale) refused"):
+        sell(lsp, fid, buyer, CAPACITY_SAT)
+    # Nothing changed: no sale in any record, no new channel on either side, no open pending.
+    for n in (lsp, *clients):
+        assert "sales" not in record(n, fid) and record(n, fid) == before[n.info["id"]]
+    assert len(channels_in(buyer, lsp)) == 1
+    wait_for(lambda: len(channels_in(lsp, buyer)) == 1)
+    assert buyer.daemon.is_in_log("refusing the sale|sale round failed: proposal refused")
+    # The factory's channels still work.
+    pay_msat(lsp, buyer, 5_000_000, "after-refusal")
+    no_broken([lsp, *clients])
+
+
+def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A leaf signer offline: a clear error, nothing changed. The LSP killed (SIGKILL) once the signed sale
+    is stored, before its channel is completed: after the restart the sale is kept (marked unopened, its
+    output 0 backs nothing) and the next sale chains off its rest output; that channel works."""
+    lsp, clients = network(node_factory, plugin_path, 2, "lsp-sale-kill-after-sign")
+    buyer, mate = clients
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    mate.rpc.disconnect(lsp.info["id"], force=True)
+    with pytest.raises(RpcError, match="every signer of the leaf must be online"):
+        sell(lsp, fid, buyer, 40_000)
+    assert "sales" not in record(lsp, fid) and len(channels_in(lsp, buyer)) == 1
+    mate.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    wait_for(lambda: all(c["peer_connected"] and c["state"] == "CHANNELD_NORMAL" for c in channels_in(lsp, mate)))
+
+    with pytest.raises(RpcError):
+        sell(lsp, fid, buyer, 40_000)
+    killed(lsp)
+    del lsp.daemon.opts["superscalar-dev-fail-at"]
+    lsp.start()
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, [lsp, *clients])
+    wait_for(lambda: record(lsp, fid)["sales"][0]["status"] == "unopened")
+    first = record(lsp, fid)["sales"][0]
+    assert [s["txid"] for s in record(buyer, fid)["sales"]] == [s["txid"] for s in record(mate, fid)["sales"]] == \
+        [first["txid"]]
+    assert len(channels_in(lsp, buyer)) == 1 and len(channels_in(buyer, lsp)) == 1
+    wait_for(lambda: all(c["peer_connected"] and c["state"] == "CHANNELD_NORMAL"
+                         for c in channels_in(lsp, buyer) + channels_in(lsp, mate)))
+
+    pay_msat(lsp, buyer, 150_000_000, "use-inbound")
+    settled(lsp, clients)
+    old = next(ch["funding_outpoint"] for ch in res["channels"] if ch["peer_id"] == buyer.info["id"])
+    old_inbound = spendable_msat(lsp, buyer, old)
+    second = sell(lsp, fid, buyer, 40_000)
+    rest = params.lstock_sat - 40_000 - params.anchor_sat - first["fee_sat"]
+    assert first["rest_sat"] == rest and second["lstock_before_sat"] == rest
+    assert second["lstock_after_sat"] == rest - 40_000 - params.anchor_sat - second["sale_fee_sat"]
+    chained = Tx.from_hex(record(lsp, fid)["sales"][1]["tx"])
+    assert chained.inputs[0].prevout.txid_hex == first["txid"] and chained.inputs[0].prevout.vout == 1
+    wait_for(lambda: channels_in(buyer, lsp, second["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
+    pay_msat(lsp, buyer, old_inbound + 20_000_000, "over-the-second-sale")
+    settled(lsp, clients)
+    assert msat(channels_in(buyer, lsp, second["funding_outpoint"])[0]["to_us_msat"]) >= 20_000_000
+    no_broken([lsp, *clients])
+
+
+def test_close_pays_sale_channel_balances(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A cooperative close of a factory with a sale pays each client the sum of its channels' balances
+    (its leaf's and its sale channels'); the sale channels are retired with the leaf channels. A rollover
+    of it is refused before anything is frozen or signed."""
+    lsp, clients = network(node_factory, plugin_path, 2)
+    buyer, mate = clients
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    old = next(ch["funding_outpoint"] for ch in res["channels"] if ch["peer_id"] == buyer.info["id"])
+    pay_msat(lsp, buyer, 150_000_000, "use-inbound")
+    settled(lsp, clients)
+    old_inbound = spendable_msat(lsp, buyer, old)
+    sale = sell(lsp, fid, buyer, CAPACITY_SAT)
+    wait_for(lambda: channels_in(buyer, lsp, sale["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
+    pay_msat(lsp, buyer, old_inbound + 20_000_001, "over-the-sale")
+    settled(lsp, clients)
+    with pytest.raises(RpcError, match="rolling them over is not supported"):
+        lsp.rpc.call("superscalar-rollover", {"factory_id": fid})
+    assert not record(lsp, fid).get("frozen")
+    owed = {c.info["id"]: sum(msat(ch["to_us_msat"]) for ch in channels_in(c, lsp)) // 1000 for c in clients}
+    assert owed[buyer.info["id"]] > 200_000  # more than its leaf channel alone could hold for it
+    before = {c.info["id"]: wallet_sat(c) for c in clients}
+    out = lsp.rpc.call("superscalar-close", {"factory_id": fid})
+    assert out["payouts_sat"] == owed
+    mine_until(bitcoind, [lsp, *clients], lambda: all(record(n, fid)["close"]["status"] == "confirmed"
+                                                      for n in (lsp, *clients)))
+    for c in clients:
+        wait_for(lambda: wallet_sat(c) - before[c.info["id"]] == owed[c.info["id"]])
+    mine_until(bitcoind, [lsp, *clients], lambda: all(record(n, fid)["close"]["retired"] for n in (lsp, *clients)))
+    assert all(ch["state"] in CLOSING_STATES or ch["state"] == "CLOSED"
+               for n in (lsp, buyer) for ch in n.rpc.listpeerchannels()["channels"])
+    print(f"close with a sale: payouts {out['payouts_sat']} sat, LSP {out['lsp_sat']} sat, fee {out['fee_sat']} sat")
+    no_broken([lsp, *clients])
