@@ -40,6 +40,7 @@ from superscalar.lsp.jit import JitService, liquidity_shortfall, wallet_channel
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.lsp.leaving import Leavers, roll_or_close
 from superscalar.lsp.ladder import Ladder, LadderConfig
+from superscalar.lsp.inbound import OnDemand, sale_first
 from superscalar.lsp.onboarding import JoinLimits, Onboarding, Speakers, terms
 from superscalar.lsps.client import LspsClient
 from superscalar.lsps.server import LspsServer
@@ -124,6 +125,7 @@ class Roles:
         self.lsps_client = LspsClient(self.node.send_message)
         self.lsps_server: Optional[LspsServer] = None
         self.jit: Optional[JitService] = None
+        self.on_demand: Optional[OnDemand] = None
         self.jit_client = JitClient(self.node, self.store, self.lsps_client, plugin.log)
         if self.is_lsp:
             others = tuple(x.strip() for x in str(options.get("superscalar-lsps-others") or "").split(",") if x.strip())
@@ -140,8 +142,10 @@ class Roles:
             self.lsps_server.register("superscalar.get_info", self.onboarding.get_info)
             self.lsps_server.register("superscalar.join", self.onboarding.join)
             self.jit = JitService(self.node, self.store, self.node.secret(PROMISE_LABEL), [lsps2_terms(options)],
-                                  _config_int(plugin, "cltv-delta"), plugin.log, wallet_channel(self.node),
+                                  _config_int(plugin, "cltv-delta"), plugin.log,
+                                  sale_first(self.seller, self.store, wallet_channel(self.node), plugin.log),
                                   shortfall=liquidity_shortfall(self.node))
+            self.on_demand = OnDemand(self.node, self.store, self.seller, self.is_factory_channel, plugin.log)
             self.lsps_server.register("lsps2.get_info", self.jit.get_info)
             self.lsps_server.register("lsps2.buy", self.jit.buy)
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)
@@ -159,6 +163,10 @@ class Roles:
             ("close recovery (client)", self.client_closer.on_block),
             ("cooperative close", self.close_watch.on_block),
         ), lambda what, e: _report(plugin, what, e))
+
+    def is_factory_channel(self, name: str) -> bool:
+        found = self.index.lookup(name)
+        return found is not None and found.factory is not None
 
     def load_index(self) -> None:
         """At start: every factory record, and lightningd's channels, into the HTLC index."""
@@ -587,6 +595,8 @@ def build_plugin() -> Plugin:
         try:
             if r is not None and r.jit is not None and r.jit.on_htlc(onion, htlc, request.set_result):
                 return
+            if r is not None and r.on_demand is not None and r.on_demand.on_htlc(onion, htlc, request.set_result):
+                return
         except Exception as e:  # fail closed: a JIT forward we could not handle
             _report(plugin, "htlc_accepted JIT forward", e)
             request.set_result({"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"})
@@ -641,8 +651,13 @@ def build_plugin() -> Plugin:
     def on_openchannel(openchannel: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
         r = holder.get("roles")
         try:
-            return (r.jit_client.openchannel(openchannel) or r.client.openchannel(openchannel)) if r \
-                else {"result": "continue"}
+            if r is None:
+                return {"result": "continue"}
+            # both see every open (a factory's invitation or sale, a JIT buy's channel): a sale's
+            # expectation is noted even when the channel also serves a JIT buy
+            factory_answer = r.client.openchannel(openchannel)
+            jit_answer = r.jit_client.openchannel(openchannel)
+            return factory_answer if "mindepth" in factory_answer else (jit_answer or factory_answer)
         except Exception as e:
             plugin.log(f"openchannel hook error: {e!r}", level="broken")
             return {"result": "continue"}  # CLN's normal policy (no zero-conf)
