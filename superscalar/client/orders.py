@@ -84,6 +84,8 @@ def buy_inbound(node: ClnNode, lsps: LspsClient, allowed: Optional[set[str]], ls
         if order["order_state"] != CREATED or order["payment"]["bolt11"]["state"] != EXPECT_PAYMENT:
             break
         time.sleep(POLL_SECONDS)
+    if "error" in paying and order["payment"]["bolt11"]["state"] == EXPECT_PAYMENT:
+        raise RuntimeError(f"order {order_id} placed but not paid (it expires unpaid): {paying['error']}")
     return {"id": lsp, "order": order, "payment": paying.get("error", "held by the LSP" if "result" not in paying
                                                            else "complete")}
 

@@ -15,8 +15,9 @@ invoice, filled by a channel in the client's next laddered factory.
 - When the factory that includes the order is published (its root funding transaction broadcast),
   the order is COMPLETED with the leaf channel's funding outpoint and the factory's expiry, and the
   held HTLCs are released ("continue": lightningd settles its invoice, payment PAID).
-- An order that cannot be filled before its HTLCs would time out (FAIL_MARGIN_BLOCKS before the
-  earliest held part's CLTV expiry) is FAILED: its ladder entry is withdrawn and its HTLCs failed
+- An order that cannot be filled as promised (its factory not published by paid height +
+  funding_confirms_within_blocks - 1, or FAIL_MARGIN_BLOCKS before the earliest held part's CLTV
+  expiry, whichever comes first) is FAILED: its ladder entry is withdrawn and its HTLCs failed
   back, which is the Lightning refund (REFUNDED). An order never paid is FAILED/REFUNDED once its
   invoice expired (a cancelled invoice is REFUNDED, bLIP-51 §3.1).
 
@@ -145,6 +146,8 @@ class Orders:
                 return True
             parts = self._held.setdefault(payment_hash, [])
             parts.append(HeldPart(amount_msat, cltv_expiry, answer))
+            self.log(f"LSPS1: holding an HTLC of {amount_msat} msat for order {order_id} (expiry {cltv_expiry})",
+                     level="debug")
             if order.payment_state == EXPECT_PAYMENT and sum(p.amount_msat for p in parts) >= order.order_total_sat * 1000:
                 order = order.held(height)
                 self._save(order)
@@ -192,11 +195,23 @@ class Orders:
                 if order.payment_state == EXPECT_PAYMENT and now > order.expires_at:
                     self._fail(order, "the invoice expired before it was paid")
                 elif order.payment_state == HOLD and order.order_id not in in_factories:
-                    parts = self._held.get(order.payment_hash, [])
-                    if parts and height >= min(p.cltv_expiry for p in parts) - FAIL_MARGIN_BLOCKS:
+                    why = self._too_late(order, height)
+                    if why is not None:
                         self.ladder.withdraw(order.peer_id, order.request.client_balance_sat,
                                              order.request.lsp_balance_sat, order.order_id)
-                        self._fail(order, "no factory could take the client before its payment timed out")
+                        self._fail(order, why)
+
+    def _too_late(self, order: Order, height: int) -> Optional[str]:
+        """Why a held order not in any factory yet can no longer be filled as promised, or None.
+        Its funding must be published by paid_height + funding_confirms_within_blocks - 1 to confirm
+        within the blocks the client asked for; its HTLCs must be failed before they time out."""
+        assert order.paid_height is not None
+        if height >= order.paid_height + order.request.funding_confirms_within_blocks - 1:
+            return "no factory took the client within funding_confirms_within_blocks"
+        parts = self._held.get(order.payment_hash, [])
+        if parts and height >= min(p.cltv_expiry for p in parts) - FAIL_MARGIN_BLOCKS:
+            return "no factory took the client before its payment would time out"
+        return None
 
     def _fail(self, order: Order, why: str) -> None:
         order = order.failed(why)

@@ -33,10 +33,10 @@ def order_docs(lsp: Any) -> list[str]:
     return [e["key"][2] for e in docs if len(e["key"]) > 2 and e["key"][2].startswith("lsps1-order-")]
 
 
-def paying_client(node_factory: Any, bitcoind: Any, plugin_path: Path, lsp: Any) -> Any:
+def paying_client(node_factory: Any, bitcoind: Any, plugin_path: Path, lsp: Any, **more: Any) -> Any:
     """A client that can pay: a plain channel to the LSP funded from its own wallet."""
     c = node_factory.get_node(options={"plugin": str(plugin_path), "superscalar-profile": "regtest",
-                                       "superscalar-join": lsp.info["id"]})
+                                       "superscalar-join": lsp.info["id"]}, **more)
     c.fundwallet(1_000_000)
     c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     c.rpc.fundchannel(lsp.info["id"], 300_000)
@@ -177,6 +177,7 @@ def test_unfilled_order_fails_and_refunds(node_factory: Any, bitcoind: Any, plug
     lsp_id = lsp.info["id"]
     c = paying_client(node_factory, bitcoind, plugin_path, lsp)
     before = c.rpc.listpeerchannels(lsp_id)["channels"][0]["to_us_msat"]
+    paid_height = bitcoind.rpc.getblockcount()
     bought = c.rpc.call("superscalar-buy-inbound", {"id": lsp_id, "lsp_balance_sat": 150_000,
                                                     "client_balance_sat": 5_000})
     order_id = bought["order"]["order_id"]
@@ -188,8 +189,11 @@ def test_unfilled_order_fails_and_refunds(node_factory: Any, bitcoind: Any, plug
         o = c.rpc.call("superscalar-order", {"id": lsp_id, "order_id": order_id})["order"]
         return o["order_state"], o["payment"]["bolt11"]["state"]
 
-    # blocks pass (the batch wait too: the ladder may not start a factory) until 6 before the HTLC's expiry
-    while bitcoind.rpc.getblockcount() < htlc["expiry"] - 7:
+    # blocks pass (the batch wait too: the ladder may not start a factory) until the funding could no
+    # longer confirm within the funding_confirms_within_blocks the order asked for
+    deadline = paid_height + bought["order"]["funding_confirms_within_blocks"] - 1
+    assert deadline < htlc["expiry"] - 6
+    while bitcoind.rpc.getblockcount() < deadline - 1:
         bitcoind.generate_block(1)
     sync_blockheight(bitcoind, [lsp, c])
     assert state() == ("CREATED", "HOLD")
@@ -201,5 +205,39 @@ def test_unfilled_order_fails_and_refunds(node_factory: Any, bitcoind: Any, plug
     assert lsp.rpc.call("superscalar-ladder")["waiting"] == []  # withdrawn from the next factory
     assert [i["status"] for i in lsp.rpc.listinvoices()["invoices"]] == []  # cancelled
     assert lsp.rpc.call("superscalar-ladder")["started"] == []
-    assert lsp.daemon.is_in_log(f"LSPS1: order {order_id} failed")
+    assert lsp.daemon.is_in_log(f"LSPS1: order {order_id} failed \\(no factory took the client within "
+                                "funding_confirms_within_blocks\\); refunded")
     assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, c])
+
+
+def test_held_order_survives_an_lsp_restart(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """The order is durable and the held HTLC comes back through the hook after a restart: the batch
+    fills after it and the order completes, its payment settled."""
+    lsp = node_factory.get_node(options=lsp_options(plugin_path, **{"superscalar-batch-size": "2"}),
+                                may_reconnect=True)
+    lsp_id = lsp.info["id"]
+    lsp.fundwallet(10_000_000)
+    a, b = (paying_client(node_factory, bitcoind, plugin_path, lsp, may_reconnect=True) for _ in range(2))
+    first = a.rpc.call("superscalar-buy-inbound", {"id": lsp_id, "lsp_balance_sat": 120_000})["order"]
+    assert first["payment"]["bolt11"]["state"] == "HOLD"
+    lsp.restart()
+    for c in (a, b):
+        c.rpc.connect(lsp_id, "localhost", lsp.port)
+    lsp.daemon.wait_for_log(f"LSPS1: holding an HTLC of .* msat for order {first['order_id']}")  # replayed, held again
+    wait_for(lambda: a.rpc.call("superscalar-order", {"id": lsp_id, "order_id": first["order_id"]})
+             ["order"]["payment"]["bolt11"]["state"] == "HOLD")
+    assert [w["orders"] for w in lsp.rpc.call("superscalar-ladder")["waiting"]] == [[first["order_id"]]]
+    second = b.rpc.call("superscalar-buy-inbound", {"id": lsp_id, "lsp_balance_sat": 130_000})["order"]
+    assert second["payment"]["bolt11"]["state"] == "HOLD"
+    bitcoind.generate_block(1)
+    wait_for(lambda: len(lsp.rpc.call("superscalar-ladder")["started"]) == 1)
+    for c, order in ((a, first), (b, second)):
+        wait_for(lambda: c.rpc.call("superscalar-order", {"id": lsp_id, "order_id": order["order_id"]})
+                 ["order"]["order_state"] == "COMPLETED")
+        done = c.rpc.call("superscalar-order", {"id": lsp_id, "order_id": order["order_id"]})["order"]
+        assert done["payment"]["bolt11"]["state"] == "PAID"
+        assert done["channel"]["funding_outpoint"] in {f"{ch['funding_txid']}:{ch['funding_outnum']}"
+                                                       for ch in c.rpc.listpeerchannels(lsp_id)["channels"]}
+        wait_for(lambda: [p["status"] for p in c.rpc.listpays()["pays"]] == ["complete"])
+    assert [i["status"] for i in lsp.rpc.listinvoices()["invoices"]] == ["paid", "paid"]
+    assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, a, b])

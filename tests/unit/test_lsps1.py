@@ -212,22 +212,36 @@ def test_an_order_is_held_queued_filled_and_released() -> None:
 
 def test_an_order_not_filled_in_time_is_refunded() -> None:
     node, store, ladder, orders = book()
-    made = orders.create_order(PEER, request())
+    made = orders.create_order(PEER, request())  # funding_confirms_within_blocks 16
     answers: list[dict[str, Any]] = []
     h = f"{1:064x}"
-    orders.on_htlc(h, 26_000_000, 530, answers.append)
+    orders.on_htlc(h, 26_000_000, 600, answers.append)  # held at 500
     assert ladder.state()["waiting"][0]["orders"] == [made["order_id"]]
-    node.height = 523
-    orders.on_block(523)
+    node.height = 514
+    orders.on_block(514)
     assert answers == []
-    node.height = 524  # FAIL_MARGIN_BLOCKS before the HTLC's expiry: fail it back, withdraw the client
-    orders.on_block(524)
+    node.height = 515  # its funding could no longer confirm within 16 blocks of the payment
+    orders.on_block(515)
     assert answers == [FAIL] and ladder.state()["waiting"] == []
     gone = orders.get_order(PEER, {"order_id": made["order_id"]})
     assert (gone["order_state"], gone["payment"]["bolt11"]["state"], gone["channel"]) == (FAILED, REFUNDED, None)
     assert node.deleted == [f"lsps1-{made['order_id']}"]
     orders.on_htlc(h, 26_000_000, 600, answers.append)  # a retry of a failed order is failed
     assert answers[-1] == FAIL
+    # a patient order (100 blocks) whose HTLC expires sooner: failed FAIL_MARGIN_BLOCKS before it times out
+    patient = orders.create_order(PEER, request(funding_confirms_within_blocks=100))
+    orders.on_htlc(f"{2:064x}", 26_000_000, 545, answers.append)
+    node.height = 545 - FAIL_MARGIN_BLOCKS - 1
+    orders.on_block(node.height)
+    assert orders.get_order(PEER, {"order_id": patient["order_id"]})["payment"]["bolt11"]["state"] == HOLD
+    node.height += 1
+    orders.on_block(node.height)
+    assert answers[-1] == FAIL and orders.get_order(PEER, {"order_id": patient["order_id"]})["order_state"] == FAILED
+    # an HTLC too close to its expiry to be held is failed at once, the order still open
+    third = orders.create_order(PEER, request())
+    orders.on_htlc(f"{3:064x}", 26_000_000, node.height + FAIL_MARGIN_BLOCKS, answers.append)
+    assert answers[-1] == FAIL and orders.get_order(PEER, {"order_id": third["order_id"]})["payment"]["bolt11"][
+        "state"] == EXPECT_PAYMENT
 
 
 def test_an_unpaid_order_expires_and_a_late_payment_is_failed() -> None:
