@@ -84,6 +84,7 @@ def test_six_orders_paid_and_filled_by_one_factory(node_factory: Any, bitcoind: 
     assert sorted((w["node_id"], w["inbound_sat"], w["balance_sat"]) for w in waiting) == sorted(
         (c.info["id"], inbound, balance) for c, (inbound, balance) in zip(clients, wanted))
 
+    full_at = time.monotonic()
     bitcoind.generate_block(1)  # the batch is full: the LSP forms the factory by itself on this block
     wait_for(lambda: len(lsp.rpc.call("superscalar-ladder")["started"]) == 1)
     [factory_id] = lsp.rpc.call("superscalar-ladder")["started"]
@@ -100,6 +101,16 @@ def test_six_orders_paid_and_filled_by_one_factory(node_factory: Any, bitcoind: 
         [inv] = lsp.rpc.listinvoices(f"lsps1-{order['order_id']}")["invoices"]
         assert inv["status"] == "paid" and inv["amount_received_msat"] == (f + balance) * 1000
         wait_for(lambda: [p["status"] for p in c.rpc.listpays(inv["bolt11"])["pays"]] == ["complete"])
+    completed_at = time.monotonic()
+    # the inbound bought is usable: the LSP pays each client more than the plain channel could carry
+    # to it (the LSP's side there is only what the client paid), so over the factory channel
+    for i, c in enumerate(clients):
+        wait_for(lambda: all(ch["state"] == "CHANNELD_NORMAL" for ch in c.rpc.listpeerchannels(lsp_id)["channels"]))
+        inv = c.rpc.call("invoice", {"amount_msat": 60_000_000, "label": "inbound", "description": "inbound"})
+        lsp.rpc.call("xpay", {"invstring": inv["bolt11"]})
+        assert c.rpc.listinvoices("inbound")["invoices"][0]["status"] == "paid"
+    print(f"LSPS1 on regtest: batch full -> {BATCH} orders COMPLETED {completed_at - full_at:.2f} s, -> inbound "
+          f"used by every client {time.monotonic() - full_at:.2f} s")
     assert lsp.rpc.call("superscalar-ladder")["waiting"] == []
     assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, *clients])
 
