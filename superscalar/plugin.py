@@ -190,7 +190,7 @@ def lsps1_orders(roles: "Roles", ladder: Ladder, options: dict[str, Any], plugin
     bound = ladder.config.wait_bound_blocks()
     assert bound is not None
     return Orders(roles.node, roles.store, lsps1_options(bound, roles.params_for(2, 0).active_blocks, options), ladder,
-                  bound + HOLD_EXTRA_BLOCKS, plugin.log)
+                  bound + HOLD_EXTRA_BLOCKS, plugin.log, spoke=lambda peer: not roles.speakers.silent([peer], 0.0))
 
 
 def _bitcoind(plugin: Plugin, network: str) -> Optional[Bitcoind]:

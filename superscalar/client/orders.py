@@ -62,6 +62,7 @@ def buy_inbound(node: ClnNode, lsps: LspsClient, allowed: Optional[set[str]], ls
         raise ValueError(f"{lsp} is not an LSP whose factories this node joins (superscalar-join)")
     if lsp_balance_sat <= 0 or client_balance_sat < 0:
         raise ValueError("lsp_balance_sat must be positive and client_balance_sat not negative")
+    lsps.request(lsp, "superscalar.get_info", {})  # the hello: the LSP sells factory channels to SuperScalar peers
     info = lsps.request(lsp, "lsps1.get_info", {})
     order = lsps.request(lsp, "lsps1.create_order",
                          order_request(info, lsp_balance_sat, client_balance_sat, channel_expiry_blocks))

@@ -235,8 +235,11 @@ class Ladder:
 
     # --- per block ---
 
-    def summaries(self) -> list[FactorySummary]:
-        connected = {p["id"] for p in self.node.rpc.call("listpeers", {})["peers"] if p.get("connected")}
+    def _connected(self) -> set[str]:
+        return {p["id"] for p in self.node.rpc.call("listpeers", {})["peers"] if p.get("connected")}
+
+    def summaries(self, connected: Optional[set[str]] = None) -> list[FactorySummary]:
+        connected = self._connected() if connected is None else connected
         out = []
         for fid in self.store.factory_ids():
             rec = self.store.get(fid, "factory")
@@ -254,8 +257,11 @@ class Ladder:
         if self._busy is not None and self._busy.is_alive():
             return []
         st = self.state()
-        waiting = [Waiting.from_doc(w) for w in st["waiting"]]
-        actions = plan(self.config, height, st["last_start_height"], waiting, self.summaries())
+        # a client that is not connected now cannot take part in a ceremony: it keeps its place and
+        # does not stall the others' factory (nor count towards the batch size)
+        connected = self._connected()
+        waiting = [w for w in (Waiting.from_doc(w) for w in st["waiting"]) if w.node_id in connected]
+        actions = plan(self.config, height, st["last_start_height"], waiting, self.summaries(connected))
         for a in actions:
             if isinstance(a, WaitForClients) and height - self._warned.get(a.factory_id, -10**9) >= 6:
                 self._warned[a.factory_id] = height

@@ -37,8 +37,8 @@ from typing import Any, Callable, Optional
 from ..factory.params import FactoryParams
 from ..node import ClnNode
 from ..protocol.lsps0 import LspsError, check_params
-from ..protocol.lsps1 import (CREATED, EXPECT_PAYMENT, HOLD, NOT_FOUND, Channel, Options, Order, parse_get_order,
-                              validate)
+from ..protocol.lsps1 import (CLIENT_REJECTED, CREATED, EXPECT_PAYMENT, HOLD, NOT_FOUND, Channel, Options, Order,
+                              parse_get_order, validate)
 from ..store import Store
 from .ladder import Ladder
 
@@ -62,8 +62,10 @@ class HeldPart:
 
 class Orders:
     def __init__(self, node: ClnNode, store: Store, options: Options, ladder: Ladder, final_cltv: int,
-                 log: Callable[..., None], clock: Callable[[], float] = time.time) -> None:
+                 log: Callable[..., None], clock: Callable[[], float] = time.time,
+                 spoke: Callable[[str], bool] = lambda peer: True) -> None:
         self.node, self.store, self.options, self.ladder = node, store, options, ladder
+        self.spoke = spoke  # has the peer spoken SuperScalar on this connection (lsp/onboarding.py)
         self.final_cltv = final_cltv
         self.log = log
         self.clock = clock
@@ -86,6 +88,12 @@ class Orders:
 
     def create_order(self, peer: str, params: dict[str, Any]) -> dict[str, Any]:
         req = validate(params, self.options)  # raises the spec's errors: nothing made yet
+        if not self.spoke(peer):
+            # the order is filled in a factory: a peer that does not run SuperScalar could pay and then
+            # stall the creation ceremony of every client in its batch
+            raise LspsError(CLIENT_REJECTED, "Client rejected",
+                            {"message": "this LSP sells channels in SuperScalar factories: ask superscalar.get_info "
+                                        "first (a client that does not run SuperScalar cannot join one)"})
         order_id = str(uuid.uuid4())
         fee = self.options.fee_sat(req.lsp_balance_sat)
         now = self.clock()

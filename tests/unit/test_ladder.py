@@ -58,13 +58,14 @@ class Node(MemoryDatastore):
         super().__init__()
         self.height = 500
         self.rpc = self
+        self.connected = {w.node_id for w in W}
 
     def blockheight(self) -> int:
         return self.height
 
     def call(self, method: str, params: Any) -> Any:
         assert method == "listpeers"
-        return {"peers": []}
+        return {"peers": [{"id": p, "connected": True} for p in sorted(self.connected)]}
 
 
 def test_ladder_starts_a_factory_and_forgets_who_it_served() -> None:
@@ -160,3 +161,21 @@ def test_orders_queue_on_top_and_leave_with_their_factory() -> None:
     assert st["filled_orders"] == {"cd" * 32: ["o1", "o2"]} and seen == ["cd" * 32]
     assert [(w["node_id"], w["inbound_sat"], w["orders"]) for w in st["waiting"]] == [(b, 100_000, ["o3"])]
     assert ladder.withdraw(b, 0, 100_000, "o3") is True and ladder.state()["waiting"] == []
+
+
+def test_a_client_offline_keeps_its_place_and_stalls_nobody() -> None:
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    created: list[list[str]] = []
+    ladder = Ladder(node, store, LadderConfig(interval_blocks=0, batch_size=2), lambda c, h: (  # type: ignore[arg-type]
+        created.append([w.node_id for w in c]), {"factory_id": "ef" * 32})[1], None, lambda text, level="info": None)
+    ladder.add(W[0].node_id, 0, 100_000)
+    ladder.add(W[1].node_id, 0, 100_000)
+    node.connected = {W[0].node_id}
+    assert ladder.on_block(500) == []  # one of two online: the batch is not full
+    node.connected = {W[0].node_id, W[1].node_id}
+    both = Create(tuple(Waiting.from_doc(w) for w in ladder.state()["waiting"]))
+    assert ladder.on_block(501) == [both]
+    assert ladder._busy is not None
+    ladder._busy.join(5)
+    assert created == [[W[0].node_id, W[1].node_id]]

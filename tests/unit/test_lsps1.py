@@ -155,6 +155,10 @@ def test_a_rejected_order_makes_nothing() -> None:
                 request(lsp_balance_sat=5)):
         with pytest.raises(LspsError):
             orders.create_order(PEER, bad)
+    orders.spoke = lambda peer: peer != OTHER  # a peer that never said superscalar.get_info
+    with pytest.raises(LspsError) as e:
+        orders.create_order(OTHER, request())
+    assert (e.value.code, e.value.message) == (1, "Client rejected") and "message" in (e.value.data or {})
     assert node.invoices == [] and store.doc_names("lsps1-order-") == [] and orders.list() == []
     with pytest.raises(LspsError) as e:
         orders.get_order(PEER, {"order_id": "bb4b5d0a-8334-49d8-9463-90a6d413af7c"})
