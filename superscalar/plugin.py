@@ -25,6 +25,7 @@ from superscalar.client.leaving import request_leave
 from superscalar.client.membership import Client
 from superscalar.client.moving import move
 from superscalar.client.onboarding import ask_join, ask_terms, hello
+from superscalar.client.orders import buy_inbound, get_order
 from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
 from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
@@ -38,12 +39,11 @@ from superscalar.lsp.leaving import Leavers, roll_or_close
 from superscalar.lsp.ladder import Ladder, LadderConfig
 from superscalar.lsp.onboarding import JoinLimits, Onboarding, Speakers, terms
 from superscalar.lsp.orders import HOLD_EXTRA_BLOCKS, Orders
-from superscalar.protocol.lsps1 import Options as Lsps1Options
-from superscalar.client.orders import buy_inbound, get_order
 from superscalar.lsps.client import LspsClient
 from superscalar.lsps.server import LspsServer
 from superscalar.node import ClnNode, msat
 from superscalar.protocol.lsps0 import LspsError, is_lsps
+from superscalar.protocol.lsps1 import Options as Lsps1Options
 from superscalar.protocol.wire import WireError
 from superscalar.store import Store
 from superscalar.transport import Transport
