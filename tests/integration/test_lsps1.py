@@ -252,3 +252,31 @@ def test_held_order_survives_an_lsp_restart(node_factory: Any, bitcoind: Any, pl
         wait_for(lambda: [p["status"] for p in c.rpc.listpays()["pays"]] == ["complete"])
     assert [i["status"] for i in lsp.rpc.listinvoices()["invoices"]] == ["paid", "paid"]
     assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, a, b])
+
+
+def test_batch_wait_forms_factory_for_one_order(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """The other batching rule: a single paid order, the batch far from full, gets its factory once it
+    has waited superscalar-batch-wait-blocks, with no operator command."""
+    lsp = node_factory.get_node(options=lsp_options(plugin_path, **{"superscalar-batch-wait-blocks": "3"}))
+    lsp_id = lsp.info["id"]
+    lsp.fundwallet(10_000_000)
+    c = paying_client(node_factory, bitcoind, plugin_path, lsp)
+    order = c.rpc.call("superscalar-buy-inbound", {"id": lsp_id, "lsp_balance_sat": 100_000,
+                                                   "client_balance_sat": 1_000})["order"]
+    assert order["funding_confirms_within_blocks"] == 3 + 6  # the wait bound + 6, as get_info says
+    [waiting] = lsp.rpc.call("superscalar-ladder")["waiting"]
+    queued = waiting["since_height"]
+    while bitcoind.rpc.getblockcount() < queued + 2:
+        bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, [lsp])
+    assert lsp.rpc.call("superscalar-ladder")["started"] == []  # waited 2 blocks of 3
+    bitcoind.generate_block(1)
+    wait_for(lambda: len(lsp.rpc.call("superscalar-ladder")["started"]) == 1)
+    wait_for(lambda: c.rpc.call("superscalar-order", {"id": lsp_id, "order_id": order["order_id"]})
+             ["order"]["order_state"] == "COMPLETED")
+    done = c.rpc.call("superscalar-order", {"id": lsp_id, "order_id": order["order_id"]})["order"]
+    [ch] = [ch for ch in c.rpc.listpeerchannels(lsp_id)["channels"]
+            if f"{ch['funding_txid']}:{ch['funding_outnum']}" == done["channel"]["funding_outpoint"]]
+    assert ch["total_msat"] == 101_000_000 and ch["to_us_msat"] == 1_000_000
+    wait_for(lambda: [p["status"] for p in c.rpc.listpays()["pays"]] == ["complete"])
+    assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, c])
