@@ -27,6 +27,7 @@ from superscalar.client.membership import Client
 from superscalar.client.sale import ClientSales
 from superscalar.client.moving import move
 from superscalar.client.onboarding import ask_join, ask_terms, hello
+from superscalar.client.orders import buy_inbound, get_order
 from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
 from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
@@ -42,10 +43,12 @@ from superscalar.lsp.leaving import Leavers, roll_or_close
 from superscalar.lsp.ladder import Ladder, LadderConfig
 from superscalar.lsp.inbound import OnDemand, sale_first
 from superscalar.lsp.onboarding import JoinLimits, Onboarding, Speakers, terms
+from superscalar.lsp.orders import HOLD_EXTRA_BLOCKS, Orders
 from superscalar.lsps.client import LspsClient
 from superscalar.lsps.server import LspsServer
-from superscalar.node import ClnNode
+from superscalar.node import ClnNode, msat
 from superscalar.protocol.lsps0 import LspsError, is_lsps
+from superscalar.protocol.lsps1 import Options as Lsps1Options
 from superscalar.protocol.lsps2 import PROMISE_LABEL, FeeTerms
 from superscalar.protocol.wire import WireError
 from superscalar.store import Store
@@ -114,7 +117,9 @@ class Roles:
             interval = options.get("superscalar-ladder-interval-blocks") or (
                 REGTEST_LADDER_INTERVAL if self.profile == "regtest" else MAINNET_LADDER_INTERVAL)
             self.ladder = Ladder(self.node, self.store,
-                                 LadderConfig(int(interval), int(options.get("superscalar-ladder-max-alive") or 33)),
+                                 LadderConfig(int(interval), int(options.get("superscalar-ladder-max-alive") or 33),
+                                              batch_size=int(options.get("superscalar-batch-size") or 0),
+                                              batch_wait_blocks=int(options.get("superscalar-batch-wait-blocks") or 0)),
                                  lambda waiting, height: self.lsp.create(
                                      [ClientSpec(w.node_id, w.balance_sat, w.inbound_sat) for w in waiting],
                                      height=height),
@@ -148,6 +153,14 @@ class Roles:
             self.on_demand = OnDemand(self.node, self.store, self.seller, self.is_factory_channel, plugin.log)
             self.lsps_server.register("lsps2.get_info", self.jit.get_info)
             self.lsps_server.register("lsps2.buy", self.jit.buy)
+        self.orders: Optional[Orders] = None
+        if self.lsps_server is not None and ladder is not None and ladder.config.wait_bound_blocks() is not None:
+            self.orders = lsps1_orders(self, ladder, options, plugin)
+            self.lsps_server.register("lsps1.get_info", self.orders.get_info)
+            self.lsps_server.register("lsps1.create_order", self.orders.create_order, background=True)
+            self.lsps_server.register("lsps1.get_order", self.orders.get_order)
+            ladder.on_started = self.orders.reconcile
+        orders = self.orders
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)
         self.follower = ChainFollower((
             ("new block", self.blocks.new_tip),
@@ -159,6 +172,7 @@ class Roles:
             ("exit progress", self.exits.on_block),
             ("lifecycle", self.lifecycle.on_block),
             *((("ladder", ladder.on_block),) if ladder is not None else ()),
+            *((("LSPS1 orders", orders.on_block),) if orders is not None else ()),
             ("close recovery (LSP)", self.closer.on_block),
             ("close recovery (client)", self.client_closer.on_block),
             ("cooperative close", self.close_watch.on_block),
@@ -178,6 +192,33 @@ class Roles:
         if self.profile == "regtest":
             return regtest_params(n_clients, height, **fee)
         return FactoryParams(n_clients=n_clients, start_height=height, **fee)
+
+
+LSPS1_MARGIN_BLOCKS = 6  # the ceremony and the funding's confirmation, beyond the ladder's wait bound
+
+
+def lsps1_options(wait_bound: int, active_blocks: int, options: dict[str, Any]) -> Lsps1Options:
+    """What lsps1.get_info publishes: a paid order waits at most `wait_bound` blocks for its factory."""
+    min_lsp = int(options.get("superscalar-lsps1-min-lsp-balance-sat") or 0)
+    max_lsp = int(options.get("superscalar-lsps1-max-lsp-balance-sat") or 0)
+    max_client = int(options.get("superscalar-lsps1-max-client-balance-sat") or 0)
+    return Lsps1Options(
+        min_required_channel_confirmations=1,  # batching: bLIP-51 asks an immediate open for 0
+        min_funding_confirms_within_blocks=wait_bound + LSPS1_MARGIN_BLOCKS,
+        supports_zero_channel_reserve=False,
+        max_channel_expiry_blocks=max(1, active_blocks - LSPS1_MARGIN_BLOCKS),
+        min_initial_client_balance_sat=0, max_initial_client_balance_sat=max_client,
+        min_initial_lsp_balance_sat=min_lsp, max_initial_lsp_balance_sat=max_lsp,
+        min_channel_balance_sat=min_lsp, max_channel_balance_sat=max_lsp + max_client,
+        fee_base_sat=int(options.get("superscalar-lsps1-fee-base-sat") or 0),
+        fee_ppm=int(options.get("superscalar-lsps1-fee-ppm") or 0))
+
+
+def lsps1_orders(roles: "Roles", ladder: Ladder, options: dict[str, Any], plugin: Plugin) -> Orders:
+    bound = ladder.config.wait_bound_blocks()
+    assert bound is not None
+    return Orders(roles.node, roles.store, lsps1_options(bound, roles.params_for(2, 0).active_blocks, options), ladder,
+                  bound + HOLD_EXTRA_BLOCKS, plugin.log, spoke=lambda peer: not roles.speakers.silent([peer], 0.0))
 
 
 def _bitcoind(plugin: Plugin, network: str) -> Optional[Bitcoind]:
@@ -287,6 +328,18 @@ def build_plugin() -> Plugin:
     plugin.add_option("superscalar-ladder-interval-blocks", "", f"LSP ladder: blocks between two new factories "
                       f"(default {MAINNET_LADDER_INTERVAL}, a day; {REGTEST_LADDER_INTERVAL} on the regtest profile).")
     plugin.add_option("superscalar-ladder-max-alive", "33", "LSP ladder: most factories alive (active or dying) at once.")
+    plugin.add_option("superscalar-batch-size", "0", "LSP ladder: start a factory at once when this many clients "
+                      "(paid LSPS1 orders, joins) wait (0: off).")
+    plugin.add_option("superscalar-batch-wait-blocks", "0", "LSP ladder: start a factory when the client waiting "
+                      "longest has waited this many blocks (0: off). With superscalar-ladder-interval-blocks=0 only "
+                      "the batch size and wait start factories.")
+    plugin.add_option("superscalar-lsps1-min-lsp-balance-sat", "100000", "LSP, LSPS1: least inbound an order buys.")
+    plugin.add_option("superscalar-lsps1-max-lsp-balance-sat", "10000000", "LSP, LSPS1: most inbound an order buys.")
+    plugin.add_option("superscalar-lsps1-max-client-balance-sat", "1000000", "LSP, LSPS1: most client_balance_sat "
+                      "an order buys (paid in full on top of the fee, the client's balance in its new channel).")
+    plugin.add_option("superscalar-lsps1-fee-base-sat", "1000", "LSP, LSPS1: fee_total_sat = this + "
+                      "ceil(lsp_balance_sat * fee-ppm / 1e6).")
+    plugin.add_option("superscalar-lsps1-fee-ppm", "10000", "LSP, LSPS1: fee per million sat of inbound sold.")
     plugin.add_option("superscalar-lsp-join-min-inbound-sat", "20000", "LSP: least inbound a client may ask for "
                       "with superscalar.join (its free place in the next laddered factory).")
     plugin.add_option("superscalar-lsp-join-max-inbound-sat", "500000", "LSP: most inbound a client gets free with "
@@ -415,7 +468,6 @@ def build_plugin() -> Plugin:
     def sell_inbound(plugin: Plugin, request: Any, factory_id: Any, id: Any, capacity_sat: Any, **kwargs: Any) -> None:
         """Sell client `id` a new channel of `capacity_sat` out of its leaf's L-stock in factory `factory_id`
         (LSP; every signer of that leaf online). Reports the channel, the sale's fee and the price fee_sat."""
-        r = holder["roles"]
         try:
             capacity = int(capacity_sat)
         except (TypeError, ValueError):
@@ -480,6 +532,23 @@ def build_plugin() -> Plugin:
     plugin.add_method("superscalar-terms", lsp_terms, background=True)
     plugin.add_method("superscalar-move", move_factory, background=True)
     plugin.add_method("superscalar-join-next", join_next, background=True)
+
+    def buy(plugin: Plugin, request: Any, id: str, lsp_balance_sat: int, client_balance_sat: int = 0,
+            channel_expiry_blocks: Optional[int] = None, **kwargs: Any) -> None:
+        """Buy `lsp_balance_sat` of inbound (and `client_balance_sat` of balance) in LSP `id`'s next
+        factory (LSPS1): get_info, create_order, then pay its invoice from this node's channels. Returns
+        once the LSP holds the payment (or the order failed); `superscalar-order` follows it."""
+        ask_lsp(request, lambda r: buy_inbound(r.node, r.lsps_client, r.allowed, id, int(lsp_balance_sat),
+                                               int(client_balance_sat),
+                                               None if channel_expiry_blocks is None else int(channel_expiry_blocks),
+                                               plugin.log), "superscalar-buy-inbound")
+
+    def order(plugin: Plugin, request: Any, id: str, order_id: str, **kwargs: Any) -> None:
+        """Show order `order_id` at LSP `id` (lsps1.get_order)."""
+        ask_lsp(request, lambda r: get_order(r.lsps_client, id, str(order_id)), "superscalar-order")
+
+    plugin.add_method("superscalar-buy-inbound", buy, background=True)
+    plugin.add_method("superscalar-order", order, background=True)
 
     @plugin.method("superscalar-list")
     def list_factories(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
@@ -572,8 +641,10 @@ def build_plugin() -> Plugin:
     def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, request: Any,
                          **kwargs: Any) -> None:
         """A client's JIT payment part first (lsps2: underpaid by the opening fee, over the LSP's new
-        zero-conf channel); then the factory channels' policy; then, at an LSP, a part for a JIT scid is
-        held until its channel is open (answered later, from another thread)."""
+        zero-conf channel); then the factory channels' policy; then, at an LSP, a part of an LSPS1 order's
+        hold invoice is held until the order is filled or failed, a part for a JIT scid until its channel
+        is open, and a forward to a factory client whose inbound is used up until a sale adds a channel
+        (each answered later, from another thread)."""
         r = holder.get("roles")
         try:
             jit_answer = r.jit_client.on_htlc(onion, htlc) if r is not None else None
@@ -592,6 +663,13 @@ def build_plugin() -> Plugin:
             plugin.log(f"failing HTLC {htlc.get('payment_hash')}: {failure[1]}", level="info")
             request.set_result({"result": "fail", "failure_message": failure[0]})
             return
+        try:  # an LSPS1 order's hold invoice: answered once the order is filled or failed
+            if r is not None and r.orders is not None and r.orders.on_htlc(
+                    str(htlc.get("payment_hash")), msat(htlc.get("amount_msat")), int(htlc.get("cltv_expiry") or 0),
+                    request.set_result):
+                return
+        except Exception as e:
+            _report(plugin, "LSPS1 hold invoice", e)
         try:
             if r is not None and r.jit is not None and r.jit.on_htlc(onion, htlc, request.set_result):
                 return
