@@ -8,7 +8,9 @@ clients with a single `multifundchannel` (250,000 sat each, unannounced; the cli
 its `openchannel` hook with CLN's normal policy, as for any channel that is not a factory's), then
 creates a factory with the same K clients (50,000 sat balance, 200,000 sat inbound each). Printed
 per K: the wall-clock seconds of each RPC, their ratio (create / multifund; the issue's target is
-≤ 1.0) and each funding transaction's vsize as bitcoind reports it.
+≤ 1.0) and each funding transaction's vsize as bitcoind reports it. Then the factory, confirmed, is
+rolled over into the next one with every client carried over (`superscalar-rollover`), timed the same
+way against the same `multifundchannel` figure.
 
     python contrib/bench_create_vs_multifund.py [K ...]
 
@@ -77,6 +79,17 @@ def test_bench_create_vs_multifund(node_factory: Any, bitcoind: Any, k: int) -> 
     print(f"\nK={k}: superscalar-create {t_create:.1f} s (funding {create_vb} vB); "
           f"multifundchannel {t_multi:.1f} s (funding {multi_vb} vB); ratio create/multifund {t_create / t_multi:.2f}")
     print(f"  create's steps (from the LSP's progress log lines): {phases(lsp)}")
+
+    # A rollover of the confirmed factory into the next one: every client carried over (no wallet input)
+    bitcoind.generate_block(1)
+    wait_for(lambda: all(ch["state"] == "CHANNELD_NORMAL" for ch in lsp.rpc.listpeerchannels()["channels"]))
+    wait_for(lambda: lsp.rpc.getinfo()["blockheight"] == bitcoind.rpc.getblockcount())
+    t0 = time.perf_counter()
+    rolled = lsp.rpc.call("superscalar-rollover", {"factory_id": created["factory_id"]})
+    t_roll = time.perf_counter() - t0
+    roll_vb = bitcoind.rpc.getmempoolentry(rolled["close_txid"])["vsize"]
+    print(f"K={k}: superscalar-rollover {t_roll:.1f} s (close {roll_vb} vB); ratio rollover/multifund "
+          f"{t_roll / t_multi:.2f}")
 
 
 def phases(lsp: Any) -> str:

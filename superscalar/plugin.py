@@ -21,11 +21,13 @@ from superscalar.chain.htlc_watch import DEFAULT_HTLC_EXIT_ALLOWANCE, HtlcWatch
 from superscalar.chain.lifecycle import Lifecycle
 from superscalar.chain.routing import exit_for_closing_channel, exit_late_funded, exit_plan
 from superscalar.client.closing import ClientCloser
+from superscalar.client.jit import JitClient
 from superscalar.client.leaving import request_leave
 from superscalar.client.membership import Client
 from superscalar.client.sale import ClientSales
 from superscalar.client.moving import move
 from superscalar.client.onboarding import ask_join, ask_terms, hello
+from superscalar.client.orders import buy_inbound, get_order
 from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
 from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
@@ -35,14 +37,19 @@ from superscalar.listing import describe
 from superscalar.lsp.closing import Closer
 from superscalar.lsp.sale import Seller
 from superscalar.lsp.creation import ClientSpec, Lsp
+from superscalar.lsp.jit import JitService, liquidity_shortfall, wallet_channel
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.lsp.leaving import Leavers, roll_or_close
 from superscalar.lsp.ladder import Ladder, LadderConfig
+from superscalar.lsp.inbound import OnDemand, sale_first
 from superscalar.lsp.onboarding import JoinLimits, Onboarding, Speakers, terms
+from superscalar.lsp.orders import HOLD_EXTRA_BLOCKS, Orders
 from superscalar.lsps.client import LspsClient
 from superscalar.lsps.server import LspsServer
-from superscalar.node import ClnNode
+from superscalar.node import ClnNode, msat
 from superscalar.protocol.lsps0 import LspsError, is_lsps
+from superscalar.protocol.lsps1 import Options as Lsps1Options
+from superscalar.protocol.lsps2 import PROMISE_LABEL, FeeTerms
 from superscalar.protocol.wire import WireError
 from superscalar.store import Store
 from superscalar.transport import Transport
@@ -110,7 +117,9 @@ class Roles:
             interval = options.get("superscalar-ladder-interval-blocks") or (
                 REGTEST_LADDER_INTERVAL if self.profile == "regtest" else MAINNET_LADDER_INTERVAL)
             self.ladder = Ladder(self.node, self.store,
-                                 LadderConfig(int(interval), int(options.get("superscalar-ladder-max-alive") or 33)),
+                                 LadderConfig(int(interval), int(options.get("superscalar-ladder-max-alive") or 33),
+                                              batch_size=int(options.get("superscalar-batch-size") or 0),
+                                              batch_wait_blocks=int(options.get("superscalar-batch-wait-blocks") or 0)),
                                  lambda waiting, height: self.lsp.create(
                                      [ClientSpec(w.node_id, w.balance_sat, w.inbound_sat) for w in waiting],
                                      height=height),
@@ -120,6 +129,9 @@ class Roles:
         ladder = self.ladder
         self.lsps_client = LspsClient(self.node.send_message)
         self.lsps_server: Optional[LspsServer] = None
+        self.jit: Optional[JitService] = None
+        self.on_demand: Optional[OnDemand] = None
+        self.jit_client = JitClient(self.node, self.store, self.lsps_client, plugin.log)
         if self.is_lsp:
             others = tuple(x.strip() for x in str(options.get("superscalar-lsps-others") or "").split(",") if x.strip())
             self.lsps_server = LspsServer(self.node.send_message, plugin.log, others)
@@ -134,6 +146,21 @@ class Roles:
                                          lambda: [] if ladder is None else [w["node_id"] for w in ladder.state()["waiting"]])
             self.lsps_server.register("superscalar.get_info", self.onboarding.get_info)
             self.lsps_server.register("superscalar.join", self.onboarding.join)
+            self.jit = JitService(self.node, self.store, self.node.secret(PROMISE_LABEL), [lsps2_terms(options)],
+                                  _config_int(plugin, "cltv-delta"), plugin.log,
+                                  sale_first(self.seller, self.store, wallet_channel(self.node), plugin.log),
+                                  shortfall=liquidity_shortfall(self.node))
+            self.on_demand = OnDemand(self.node, self.store, self.seller, self.is_factory_channel, plugin.log)
+            self.lsps_server.register("lsps2.get_info", self.jit.get_info)
+            self.lsps_server.register("lsps2.buy", self.jit.buy)
+        self.orders: Optional[Orders] = None
+        if self.lsps_server is not None and ladder is not None and ladder.config.wait_bound_blocks() is not None:
+            self.orders = lsps1_orders(self, ladder, options, plugin)
+            self.lsps_server.register("lsps1.get_info", self.orders.get_info)
+            self.lsps_server.register("lsps1.create_order", self.orders.create_order, background=True)
+            self.lsps_server.register("lsps1.get_order", self.orders.get_order)
+            ladder.on_started = self.orders.reconcile
+        orders = self.orders
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)
         self.follower = ChainFollower((
             ("new block", self.blocks.new_tip),
@@ -145,10 +172,15 @@ class Roles:
             ("exit progress", self.exits.on_block),
             ("lifecycle", self.lifecycle.on_block),
             *((("ladder", ladder.on_block),) if ladder is not None else ()),
+            *((("LSPS1 orders", orders.on_block),) if orders is not None else ()),
             ("close recovery (LSP)", self.closer.on_block),
             ("close recovery (client)", self.client_closer.on_block),
             ("cooperative close", self.close_watch.on_block),
         ), lambda what, e: _report(plugin, what, e))
+
+    def is_factory_channel(self, name: str) -> bool:
+        found = self.index.lookup(name)
+        return found is not None and found.factory is not None
 
     def load_index(self) -> None:
         """At start: every factory record, and lightningd's channels, into the HTLC index."""
@@ -162,6 +194,33 @@ class Roles:
         return FactoryParams(n_clients=n_clients, start_height=height, **fee)
 
 
+LSPS1_MARGIN_BLOCKS = 6  # the ceremony and the funding's confirmation, beyond the ladder's wait bound
+
+
+def lsps1_options(wait_bound: int, active_blocks: int, options: dict[str, Any]) -> Lsps1Options:
+    """What lsps1.get_info publishes: a paid order waits at most `wait_bound` blocks for its factory."""
+    min_lsp = int(options.get("superscalar-lsps1-min-lsp-balance-sat") or 0)
+    max_lsp = int(options.get("superscalar-lsps1-max-lsp-balance-sat") or 0)
+    max_client = int(options.get("superscalar-lsps1-max-client-balance-sat") or 0)
+    return Lsps1Options(
+        min_required_channel_confirmations=1,  # batching: bLIP-51 asks an immediate open for 0
+        min_funding_confirms_within_blocks=wait_bound + LSPS1_MARGIN_BLOCKS,
+        supports_zero_channel_reserve=False,
+        max_channel_expiry_blocks=max(1, active_blocks - LSPS1_MARGIN_BLOCKS),
+        min_initial_client_balance_sat=0, max_initial_client_balance_sat=max_client,
+        min_initial_lsp_balance_sat=min_lsp, max_initial_lsp_balance_sat=max_lsp,
+        min_channel_balance_sat=min_lsp, max_channel_balance_sat=max_lsp + max_client,
+        fee_base_sat=int(options.get("superscalar-lsps1-fee-base-sat") or 0),
+        fee_ppm=int(options.get("superscalar-lsps1-fee-ppm") or 0))
+
+
+def lsps1_orders(roles: "Roles", ladder: Ladder, options: dict[str, Any], plugin: Plugin) -> Orders:
+    bound = ladder.config.wait_bound_blocks()
+    assert bound is not None
+    return Orders(roles.node, roles.store, lsps1_options(bound, roles.params_for(2, 0).active_blocks, options), ladder,
+                  bound + HOLD_EXTRA_BLOCKS, plugin.log, spoke=lambda peer: not roles.speakers.silent([peer], 0.0))
+
+
 def _bitcoind(plugin: Plugin, network: str) -> Optional[Bitcoind]:
     """bitcoind as lightningd reaches it (for packages and mempool checks), or None if unreadable."""
     try:
@@ -169,6 +228,21 @@ def _bitcoind(plugin: Plugin, network: str) -> Optional[Bitcoind]:
     except Exception as e:
         plugin.log(f"cannot read lightningd's bitcoind settings ({e!r}): exits send no packages", level="unusual")
         return None
+
+
+def lsps2_terms(options: dict[str, Any]) -> FeeTerms:
+    """The LSP's one LSPS2 menu entry, from the `superscalar-lsps2-*` options."""
+    return FeeTerms(int(options.get("superscalar-lsps2-min-fee-msat") or 0),
+                    int(options.get("superscalar-lsps2-proportional") or 0),
+                    int(options.get("superscalar-lsps2-valid-seconds") or 0),
+                    int(options.get("superscalar-lsps2-min-lifetime") or 0),
+                    int(options.get("superscalar-lsps2-max-client-to-self-delay") or 0),
+                    int(options.get("superscalar-lsps2-min-payment-msat") or 0),
+                    int(options.get("superscalar-lsps2-max-payment-msat") or 0))
+
+
+def _config_int(plugin: Plugin, name: str) -> int:
+    return int(plugin.rpc.call("listconfigs", {"config": name})["configs"][name]["value_int"])
 
 
 def _developer_mode(plugin: Plugin) -> bool:
@@ -254,6 +328,18 @@ def build_plugin() -> Plugin:
     plugin.add_option("superscalar-ladder-interval-blocks", "", f"LSP ladder: blocks between two new factories "
                       f"(default {MAINNET_LADDER_INTERVAL}, a day; {REGTEST_LADDER_INTERVAL} on the regtest profile).")
     plugin.add_option("superscalar-ladder-max-alive", "33", "LSP ladder: most factories alive (active or dying) at once.")
+    plugin.add_option("superscalar-batch-size", "0", "LSP ladder: start a factory at once when this many clients "
+                      "(paid LSPS1 orders, joins) wait (0: off).")
+    plugin.add_option("superscalar-batch-wait-blocks", "0", "LSP ladder: start a factory when the client waiting "
+                      "longest has waited this many blocks (0: off). With superscalar-ladder-interval-blocks=0 only "
+                      "the batch size and wait start factories.")
+    plugin.add_option("superscalar-lsps1-min-lsp-balance-sat", "100000", "LSP, LSPS1: least inbound an order buys.")
+    plugin.add_option("superscalar-lsps1-max-lsp-balance-sat", "10000000", "LSP, LSPS1: most inbound an order buys.")
+    plugin.add_option("superscalar-lsps1-max-client-balance-sat", "1000000", "LSP, LSPS1: most client_balance_sat "
+                      "an order buys (paid in full on top of the fee, the client's balance in its new channel).")
+    plugin.add_option("superscalar-lsps1-fee-base-sat", "1000", "LSP, LSPS1: fee_total_sat = this + "
+                      "ceil(lsp_balance_sat * fee-ppm / 1e6).")
+    plugin.add_option("superscalar-lsps1-fee-ppm", "10000", "LSP, LSPS1: fee per million sat of inbound sold.")
     plugin.add_option("superscalar-lsp-join-min-inbound-sat", "20000", "LSP: least inbound a client may ask for "
                       "with superscalar.join (its free place in the next laddered factory).")
     plugin.add_option("superscalar-lsp-join-max-inbound-sat", "500000", "LSP: most inbound a client gets free with "
@@ -262,6 +348,15 @@ def build_plugin() -> Plugin:
                       "when superscalar.join takes one more (free inbound strangers can lock up is bounded).")
     plugin.add_option("superscalar-lsps-others", "", "LSP: method families (e.g. 'lsps5,lsps7') another plugin on "
                       "this node answers over message 37913: their requests pass through unanswered by us.")
+    for name, default, text in (
+            ("min-fee-msat", "546000", "the least opening fee of a JIT channel"),
+            ("proportional", "1000", "the opening fee in parts per million of the payment, if above the least"),
+            ("valid-seconds", "3600", "how long an offered fee stays valid (valid_until); at least 600 by bLIP-52"),
+            ("min-lifetime", "1008", "blocks the LSP keeps a paid JIT channel open after it confirms"),
+            ("max-client-to-self-delay", "2016", "the longest to_self_delay a JIT client may impose on the LSP"),
+            ("min-payment-msat", "1000000", "the smallest payment a JIT channel is opened for"),
+            ("max-payment-msat", "1000000000", "the largest payment a JIT channel is opened for")):
+        plugin.add_option(f"superscalar-lsps2-{name}", default, f"LSP, LSPS2 (JIT channels): {text}.")
     defaults = ClientPolicy()
     for f in dataclasses.fields(ClientPolicy):
         plugin.add_option(POLICY_OPTION + f.name.replace("_", "-"), "",
@@ -274,6 +369,9 @@ def build_plugin() -> Plugin:
         holder["roles"].lsp.release_unfinished()
         pruned = holder["roles"].store.prune_unfinished()
         holder["roles"].load_index()
+        holder["roles"].jit_client.load()
+        if holder["roles"].jit is not None:
+            holder["roles"].jit.load()
         if pruned:
             plugin.log(f"removed the records of {len(pruned)} ceremonies that never completed")
         plugin.log(f"superscalar {__version__} started on {holder['roles'].network}")
@@ -370,7 +468,6 @@ def build_plugin() -> Plugin:
     def sell_inbound(plugin: Plugin, request: Any, factory_id: Any, id: Any, capacity_sat: Any, **kwargs: Any) -> None:
         """Sell client `id` a new channel of `capacity_sat` out of its leaf's L-stock in factory `factory_id`
         (LSP; every signer of that leaf online). Reports the channel, the sale's fee and the price fee_sat."""
-        r = holder["roles"]
         try:
             capacity = int(capacity_sat)
         except (TypeError, ValueError):
@@ -414,9 +511,44 @@ def build_plugin() -> Plugin:
         ask_lsp(request, lambda r: move(r.node, r.store, r.transport, r.lsps_client, r.allowed, factory_id, id,
                                         int(inbound_sat)), "superscalar-move")
 
+    def jit_invoice(plugin: Plugin, request: Any, lsp_id: str, amount_msat: Any, description: str,
+                    **kwargs: Any) -> None:
+        """Buy a JIT channel (LSPS2) from connected LSP `lsp_id` and make an invoice of `amount_msat`
+        ("any": variable amount, no MPP) paid through it; returns the bolt11 and the opening fee."""
+        try:
+            wanted = None if amount_msat == "any" else int(amount_msat)
+        except (TypeError, ValueError):
+            request.set_exception(RpcException("amount_msat must be an integer or 'any'", code=INVALID_PARAMS))
+            return
+        ask_lsp(request, lambda r: r.jit_client.invoice(lsp_id, wanted, str(description)), "superscalar-jit-invoice")
+
+    def jit_list(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
+        """The JIT channels (LSPS2) this node sold (LSP) and bought (client), with their channels."""
+        r = holder["roles"]
+        return {"sold": r.jit.buys() if r.jit is not None else [], "bought": r.jit_client.buys()}
+
+    plugin.add_method("superscalar-jit-invoice", jit_invoice, background=True)
+    plugin.add_method("superscalar-jit-list", jit_list)
     plugin.add_method("superscalar-terms", lsp_terms, background=True)
     plugin.add_method("superscalar-move", move_factory, background=True)
     plugin.add_method("superscalar-join-next", join_next, background=True)
+
+    def buy(plugin: Plugin, request: Any, id: str, lsp_balance_sat: int, client_balance_sat: int = 0,
+            channel_expiry_blocks: Optional[int] = None, **kwargs: Any) -> None:
+        """Buy `lsp_balance_sat` of inbound (and `client_balance_sat` of balance) in LSP `id`'s next
+        factory (LSPS1): get_info, create_order, then pay its invoice from this node's channels. Returns
+        once the LSP holds the payment (or the order failed); `superscalar-order` follows it."""
+        ask_lsp(request, lambda r: buy_inbound(r.node, r.lsps_client, r.allowed, id, int(lsp_balance_sat),
+                                               int(client_balance_sat),
+                                               None if channel_expiry_blocks is None else int(channel_expiry_blocks),
+                                               plugin.log), "superscalar-buy-inbound")
+
+    def order(plugin: Plugin, request: Any, id: str, order_id: str, **kwargs: Any) -> None:
+        """Show order `order_id` at LSP `id` (lsps1.get_order)."""
+        ask_lsp(request, lambda r: get_order(r.lsps_client, id, str(order_id)), "superscalar-order")
+
+    plugin.add_method("superscalar-buy-inbound", buy, background=True)
+    plugin.add_method("superscalar-order", order, background=True)
 
     @plugin.method("superscalar-list")
     def list_factories(plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
@@ -505,18 +637,49 @@ def build_plugin() -> Plugin:
     plugin.add_subscription("channel_opened", on_channel_opened)
     plugin.add_subscription("forward_event", on_forward_event)
 
-    @plugin.hook("htlc_accepted")
-    def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
+    @plugin.async_hook("htlc_accepted")
+    def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, request: Any,
+                         **kwargs: Any) -> None:
+        """A client's JIT payment part first (lsps2: underpaid by the opening fee, over the LSP's new
+        zero-conf channel); then the factory channels' policy; then, at an LSP, a part of an LSPS1 order's
+        hold invoice is held until the order is filled or failed, a part for a JIT scid until its channel
+        is open, and a forward to a factory client whose inbound is used up until a sale adds a channel
+        (each answered later, from another thread)."""
         r = holder.get("roles")
+        try:
+            jit_answer = r.jit_client.on_htlc(onion, htlc) if r is not None else None
+        except Exception as e:  # fail closed: a JIT part we could not check
+            _report(plugin, "htlc_accepted JIT part check", e)
+            jit_answer = {"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"}
+        if jit_answer is not None:
+            request.set_result(jit_answer)
+            return
         try:
             failure = r.htlcs.failure(onion, htlc) if r else None
         except Exception as e:  # fail closed: an HTLC we could not check may be one nothing backs
             _report(plugin, "htlc_accepted check", e)
             failure = (f"{TEMPORARY_NODE_FAILURE:04x}", f"the factory channel check failed: {e!r}")
-        if failure is None:
-            return {"result": "continue"}
-        plugin.log(f"failing HTLC {htlc.get('payment_hash')}: {failure[1]}", level="info")
-        return {"result": "fail", "failure_message": failure[0]}
+        if failure is not None:
+            plugin.log(f"failing HTLC {htlc.get('payment_hash')}: {failure[1]}", level="info")
+            request.set_result({"result": "fail", "failure_message": failure[0]})
+            return
+        try:  # an LSPS1 order's hold invoice: answered once the order is filled or failed
+            if r is not None and r.orders is not None and r.orders.on_htlc(
+                    str(htlc.get("payment_hash")), msat(htlc.get("amount_msat")), int(htlc.get("cltv_expiry") or 0),
+                    request.set_result):
+                return
+        except Exception as e:
+            _report(plugin, "LSPS1 hold invoice", e)
+        try:
+            if r is not None and r.jit is not None and r.jit.on_htlc(onion, htlc, request.set_result):
+                return
+            if r is not None and r.on_demand is not None and r.on_demand.on_htlc(onion, htlc, request.set_result):
+                return
+        except Exception as e:  # fail closed: a JIT forward we could not handle
+            _report(plugin, "htlc_accepted JIT forward", e)
+            request.set_result({"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"})
+            return
+        request.set_result({"result": "continue"})
 
     @plugin.hook("rpc_command", filters=["invoice"])
     def on_rpc_command(rpc_command: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
@@ -566,7 +729,13 @@ def build_plugin() -> Plugin:
     def on_openchannel(openchannel: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
         r = holder.get("roles")
         try:
-            return r.client.openchannel(openchannel) if r else {"result": "continue"}
+            if r is None:
+                return {"result": "continue"}
+            # both see every open (a factory's invitation or sale, a JIT buy's channel): a sale's
+            # expectation is noted even when the channel also serves a JIT buy
+            factory_answer = r.client.openchannel(openchannel)
+            jit_answer = r.jit_client.openchannel(openchannel)
+            return factory_answer if "mindepth" in factory_answer else (jit_answer or factory_answer)
         except Exception as e:
             plugin.log(f"openchannel hook error: {e!r}", level="broken")
             return {"result": "continue"}  # CLN's normal policy (no zero-conf)

@@ -123,5 +123,9 @@ class Store:
         except Exception as e:
             raise StoreError(f"{name}: write conflict or failure: {e}") from e
 
+    def doc_names(self, prefix: str = "") -> list[str]:
+        """The names of the documents that begin with `prefix`."""
+        return sorted({k[2] for k in self.node.datastore_list(DOCS) if len(k) > 2 and k[2].startswith(prefix)})
+
     def factory_ids(self) -> list[str]:
         return sorted({k[2] for k in self.node.datastore_list(ROOT) if len(k) > 2})

@@ -41,6 +41,7 @@ being rebroadcast until it settles.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
@@ -200,7 +201,8 @@ class Closer:
             self.store.put(factory_id, "factory", rec)
             specs = [ClientSpec(r.node_id, r.balance_msat // 1000, r.capacity_sat - r.balance_msat // 1000) for r in rolling]
             push = {r.node_id: r.balance_msat for r in rolling}
-            params = self.lsp.params_for(len(rolling), self.node.blockheight())
+            params = fit_lstock(self.lsp.params_for(len(rolling), self.node.blockheight()), specs, factory,
+                                _funding(rec), leaver_amounts)
             pending = Pending(fid_b, specs, params, secrets.token_bytes(32))
             self.lsp._pending[fid_b] = pending
             progress(f"factory {factory_id} frozen; inviting {len(rolling)} clients into factory {fid_b.hex()}")
@@ -419,3 +421,38 @@ def _next_record(b: Factory, graph: Any, specs: list[ClientSpec], pending: Pendi
     for ch, c in zip(record["channels"], specs):
         ch["push_msat"] = push[c.node_id]
     return record
+
+
+def fit_lstock(params: FactoryParams, specs: list[ClientSpec], factory: Factory, funding: OutPoint,
+               leaver_amounts: list[int]) -> FactoryParams:
+    """The next factory's parameters, its L-stock per leaf cut so that its funding fits in this
+    factory's close. Without leavers the next factory needs as much as this one held, and the close
+    also pays its own fee, its anchor and at least a dust-limit output to the LSP: each leaf's L-stock
+    (the LSP's own liquidity) gives up an equal share of that. Funding values are linear in the
+    L-stock and do not depend on keys, so a factory of placeholder keys measures it. Raises
+    CloseError when the L-stock cannot absorb it (a client must leave, or the LSP close instead)."""
+    least = params.dust_limit_sat
+    try:
+        probe = rollover_close(factory, funding, TxOut(least, factory.funding_output.script_pubkey), leaver_amounts)
+    except FactoryError as e:
+        raise CloseError(str(e)) from None
+    room = least + probe.tx.outputs[-2].value - params.dust_limit_sat  # the LSP's rest comes before the anchor
+    need = _funding_value(params, specs, factory.scripts.channels[0])
+    if need <= room:
+        return params
+    leaves = -(-len(specs) // params.leaf_arity)
+    lstock = params.lstock_sat - -(-(need - room) // leaves)
+    if lstock < params.dust_limit_sat:
+        raise CloseError(f"the next factory ({need} sat) does not fit in this one's close ({room} sat) even with "
+                         f"its L-stock at the dust limit: let a client leave, or close instead")
+    return dataclasses.replace(params, lstock_sat=lstock)
+
+
+def _funding_value(params: FactoryParams, specs: list[ClientSpec], channel_script: bytes) -> int:
+    """What a factory of `specs` needs: `channel_script` stands for every leaf channel's (lightningd
+    makes them all alike, so the sizes and the fees are the same)."""
+    n = len(specs)
+    keys = [musig2.individual_pk((i + 1).to_bytes(32, "big")) for i in range(n + 1)]
+    b = Factory(params, [ClientTerms(c.balance_sat, c.inbound_sat) for c in specs], keys,
+                FactoryScripts((channel_script,) * n, (channel_script,) * n, channel_script))
+    return b.funding_output.value

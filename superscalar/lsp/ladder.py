@@ -32,6 +32,17 @@ class LadderConfig:
     interval_blocks: int  # a new factory at most once per interval (144: daily on mainnet)
     max_alive: int = 33  # factories alive (active or dying) at once
     max_clients: int = MAX_CLIENTS  # clients per new factory
+    # Batching (issue 12): start a factory at once when this many clients wait (0: off) ...
+    batch_size: int = 0
+    # ... or when the client waiting longest has waited this many blocks (0: off). With
+    # interval_blocks 0 only these two start factories.
+    batch_wait_blocks: int = 0
+
+    def wait_bound_blocks(self) -> Optional[int]:
+        """The most blocks a queued client waits before a factory starts for it (while fewer than
+        max_alive factories are alive), or None if only batch_size can start one."""
+        bounds = [b for b in (self.interval_blocks, self.batch_wait_blocks) if b > 0]
+        return min(bounds) if bounds else None
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,11 @@ class Waiting:
     balance_sat: int
     inbound_sat: int
     since_height: int
+    orders: tuple[str, ...] = ()  # LSPS1 orders whose amounts this entry includes (lsp/orders.py)
+
+    @classmethod
+    def from_doc(cls, w: dict[str, Any]) -> "Waiting":
+        return cls(w["node_id"], w["balance_sat"], w["inbound_sat"], w["since_height"], tuple(w.get("orders", ())))
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,9 @@ def plan(config: LadderConfig, height: int, last_start: Optional[int], waiting: 
          factories: Sequence[FactorySummary]) -> list[Action]:
     """What the ladder does at `height`, most urgent first: roll over dying factories whose clients are
     all online (the one whose distribution comes first leads), say which dying factories wait for
-    whom, and start a factory for the waiting clients once an interval has passed since the last."""
+    whom, and start a factory for the waiting clients once an interval has passed since the last
+    (interval_blocks > 0), or at once when batch_size clients wait, or when the oldest has waited
+    batch_wait_blocks (batching: each rule that is configured can start one)."""
     actions: list[Action] = []
     dying = sorted((f for f in alive(factories, height) if f.expiry_height <= height),
                    key=lambda f: f.distribution_height)
@@ -94,10 +112,32 @@ def plan(config: LadderConfig, height: int, last_start: Optional[int], waiting: 
     # The interval counts from the newest factory's own start height (what its timelines derive from),
     # or from when the ladder last started one, whichever is later.
     starts = [f.start_height for f in factories] + ([last_start] if last_start is not None else [])
-    due = not starts or height >= max(starts) + config.interval_blocks
+    due = config.interval_blocks > 0 and (not starts or height >= max(starts) + config.interval_blocks)
+    if config.batch_size > 0 and len(waiting) >= config.batch_size:
+        due = True
+    if config.batch_wait_blocks > 0 and waiting and height - min(w.since_height for w in waiting) >= config.batch_wait_blocks:
+        due = True
     if waiting and due and len(alive(factories, height)) < config.max_alive:
         actions.append(Create(tuple(waiting[:config.max_clients])))
     return actions
+
+
+def _after_start(waiting: list[dict[str, Any]], started: Sequence[Waiting]) -> list[dict[str, Any]]:
+    """The waiting list once a factory started for `started` (a snapshot): what was queued for a client
+    since the snapshot (an order paid meanwhile) stays queued; the rest leaves the list."""
+    taken = {w.node_id: w for w in started}
+    out = []
+    for w in waiting:
+        t = taken.get(w["node_id"])
+        if t is None:
+            out.append(w)
+            continue
+        left = [o for o in w.get("orders", []) if o not in t.orders]
+        inbound = w["inbound_sat"] - t.inbound_sat
+        if left and inbound > 0:
+            out.append({**w, "balance_sat": max(0, w["balance_sat"] - t.balance_sat), "inbound_sat": inbound,
+                        "orders": left})
+    return out
 
 
 Creator = Callable[[Sequence[Waiting], int], dict[str, Any]]  # a creation ceremony starting at a height
@@ -112,6 +152,9 @@ class Ladder:
         self.log = log
         self._busy: Optional[threading.Thread] = None
         self._warned: dict[str, int] = {}  # factory id → height of its last "waiting for clients" line
+        self._lock = threading.Lock()  # the waiting list is written by hooks, commands and the worker
+        # told of each factory the ladder started (its id), after the ladder recorded it
+        self.on_started: Optional[Callable[[str], None]] = None
 
     # --- the waiting list (superscalar-ladder-add) ---
 
@@ -120,18 +163,61 @@ class Ladder:
 
     def add(self, node_id: str, balance_sat: int, inbound_sat: int) -> dict[str, Any]:
         """Queue a client for the next laddered factory (once; a second add replaces its amounts)."""
-        st = self.state()
-        st["waiting"] = [w for w in st["waiting"] if w["node_id"] != node_id]
-        st["waiting"].append({"node_id": node_id, "balance_sat": balance_sat, "inbound_sat": inbound_sat,
-                              "since_height": self.node.blockheight()})
-        self.store.put_doc(LADDER_DOC, st)
-        return st
+        with self._lock:
+            st = self.state()
+            st["waiting"] = [w for w in st["waiting"] if w["node_id"] != node_id]
+            st["waiting"].append({"node_id": node_id, "balance_sat": balance_sat, "inbound_sat": inbound_sat,
+                                  "since_height": self.node.blockheight()})
+            self.store.put_doc(LADDER_DOC, st)
+            return st
 
-    def next_start_height(self, height: int, factories: Sequence[FactorySummary]) -> int:
-        """The first height at which the ladder may start its next factory (as `plan` counts)."""
-        last = self.state()["last_start_height"]
+    def add_more(self, node_id: str, balance_sat: int, inbound_sat: int, order_id: str) -> dict[str, Any]:
+        """Queue a client with these amounts on top of what it already waits with (a bought order adds
+        to a free join or an earlier order: one channel in the next factory holds them all). A client
+        already waiting keeps its place (its since_height)."""
+        with self._lock:
+            st = self.state()
+            mine = [w for w in st["waiting"] if w["node_id"] == node_id]
+            entry: dict[str, Any] = mine[0] if mine else {"node_id": node_id, "balance_sat": 0, "inbound_sat": 0,
+                                                          "since_height": self.node.blockheight()}
+            if order_id in entry.get("orders", []):
+                return st
+            entry = {**entry, "balance_sat": entry["balance_sat"] + balance_sat,
+                     "inbound_sat": entry["inbound_sat"] + inbound_sat,
+                     "orders": [*entry.get("orders", []), order_id]}
+            st["waiting"] = [w for w in st["waiting"] if w["node_id"] != node_id] + [entry]
+            self.store.put_doc(LADDER_DOC, st)
+            return st
+
+    def withdraw(self, node_id: str, balance_sat: int, inbound_sat: int, order_id: str) -> bool:
+        """Take back what `add_more` queued for an order that failed; the entry goes when nothing is
+        left. False if the order is not waiting (its factory already started, or never queued)."""
+        with self._lock:
+            st = self.state()
+            mine = [w for w in st["waiting"] if w["node_id"] == node_id and order_id in w.get("orders", [])]
+            if not mine:
+                return False
+            rest = {**mine[0], "balance_sat": max(0, mine[0]["balance_sat"] - balance_sat),
+                    "inbound_sat": max(0, mine[0]["inbound_sat"] - inbound_sat),
+                    "orders": [o for o in mine[0]["orders"] if o != order_id]}
+            st["waiting"] = [w for w in st["waiting"] if w["node_id"] != node_id]
+            if rest["inbound_sat"] > 0:
+                st["waiting"].append(rest)
+            self.store.put_doc(LADDER_DOC, st)
+            return True
+
+    def next_start_height(self, height: int, factories: Sequence[FactorySummary]) -> Optional[int]:
+        """The first height at which the ladder may start its next factory (as `plan` counts), by the
+        interval or the batch wait; None when only batch_size can start one (it depends on who comes)."""
+        st = self.state()
+        last = st["last_start_height"]
         starts = [f.start_height for f in factories] + ([last] if last is not None else [])
-        return max(height, max(starts) + self.config.interval_blocks) if starts else height
+        heights = []
+        if self.config.interval_blocks > 0:
+            heights.append(max(height, max(starts) + self.config.interval_blocks) if starts else height)
+        if self.config.batch_wait_blocks > 0 and st["waiting"]:
+            heights.append(max(height, min(w["since_height"] for w in st["waiting"]) + self.config.batch_wait_blocks))
+        return min(heights) if heights else None
 
     def status(self, height: int) -> dict[str, Any]:
         """What `superscalar-ladder` shows: the queue, the next start height, the factories alive."""
@@ -142,14 +228,18 @@ class Ladder:
                  "offline_clients": list(f.offline)}
                 for f in alive(summaries, height)]
         return {"enabled": True, "interval_blocks": self.config.interval_blocks, "max_alive": self.config.max_alive,
+                "batch_size": self.config.batch_size, "batch_wait_blocks": self.config.batch_wait_blocks,
                 "waiting": st["waiting"], "last_start_height": st["last_start_height"],
                 "next_start_height": self.next_start_height(height, summaries), "started": st["started"],
                 "alive": live}
 
     # --- per block ---
 
-    def summaries(self) -> list[FactorySummary]:
-        connected = {p["id"] for p in self.node.rpc.call("listpeers", {})["peers"] if p.get("connected")}
+    def _connected(self) -> set[str]:
+        return {p["id"] for p in self.node.rpc.call("listpeers", {})["peers"] if p.get("connected")}
+
+    def summaries(self, connected: Optional[set[str]] = None) -> list[FactorySummary]:
+        connected = self._connected() if connected is None else connected
         out = []
         for fid in self.store.factory_ids():
             rec = self.store.get(fid, "factory")
@@ -167,8 +257,11 @@ class Ladder:
         if self._busy is not None and self._busy.is_alive():
             return []
         st = self.state()
-        waiting = [Waiting(**w) for w in st["waiting"]]
-        actions = plan(self.config, height, st["last_start_height"], waiting, self.summaries())
+        # a client that is not connected now cannot take part in a ceremony: it keeps its place and
+        # does not stall the others' factory (nor count towards the batch size)
+        connected = self._connected()
+        waiting = [w for w in (Waiting.from_doc(w) for w in st["waiting"]) if w.node_id in connected]
+        actions = plan(self.config, height, st["last_start_height"], waiting, self.summaries(connected))
         for a in actions:
             if isinstance(a, WaitForClients) and height - self._warned.get(a.factory_id, -10**9) >= 6:
                 self._warned[a.factory_id] = height
@@ -187,13 +280,18 @@ class Ladder:
         try:
             if isinstance(action, Create):
                 result = self.create(action.clients, height)
-                st = self.state()
-                started = {w.node_id for w in action.clients}
-                st["waiting"] = [w for w in st["waiting"] if w["node_id"] not in started]
-                st["last_start_height"] = height
-                st["started"] = [*st["started"], result["factory_id"]]
-                self.store.put_doc(LADDER_DOC, st)
+                with self._lock:
+                    st = self.state()
+                    st["waiting"] = _after_start(st["waiting"], action.clients)
+                    st["last_start_height"] = height
+                    st["started"] = [*st["started"], result["factory_id"]]
+                    orders = [o for w in action.clients for o in w.orders]
+                    if orders:  # which LSPS1 orders this factory fills (lsp/orders.py reads it)
+                        st["filled_orders"] = {**st.get("filled_orders", {}), result["factory_id"]: orders}
+                    self.store.put_doc(LADDER_DOC, st)
                 self.log(f"ladder: started factory {result['factory_id']} for {len(action.clients)} clients")
+                if self.on_started is not None:
+                    self.on_started(result["factory_id"])
             elif self.rollover is not None:
                 result = self.rollover(action.factory_id)
                 self.log(f"ladder: rolled factory {action.factory_id} over: {result}")

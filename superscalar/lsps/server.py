@@ -5,6 +5,7 @@ anything that waits on a peer starts a thread)."""
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any, Callable
 
 from ..protocol.lsps0 import (INTERNAL_ERROR, METHOD_NOT_FOUND, PARSE_ERROR, LspsError, check_params, error_message,
@@ -30,11 +31,17 @@ class LspsServer:
         self._log = log
         self._others = frozenset(others)
         self._methods: dict[str, Handler] = {"lsps0.list_protocols": self._list_protocols}
+        self._background: set[str] = set()
 
-    def register(self, method: str, handler: Handler) -> None:
+    def register(self, method: str, handler: Handler, background: bool = False) -> None:
+        """`background`: run the handler in a thread, not in the hook (one that calls an RPC command
+        our own plugin hooks, e.g. `invoice`, would deadlock the hook: lightningd asks our plugin's
+        rpc_command hook while it waits in the custommsg hook)."""
         if method in self._methods:
             raise ValueError(f"{method} is already registered")
         self._methods[method] = handler
+        if background:
+            self._background.add(method)
 
     def protocols(self) -> list[int]:
         """bLIP-50 "LSPS Specification Support Query": the LSPS numbers served, never 0."""
@@ -62,15 +69,22 @@ class LspsServer:
                 return False
             self._send(peer, error_message(request.id, LspsError(METHOD_NOT_FOUND, "Method not found")))
             return True
-        try:
-            result = handler(peer, request.params)
-        except LspsError as e:
-            self._log(f"LSPS: {request.method} from {peer}: error {e.code} {e.message}", level="debug")
-            self._send(peer, error_message(request.id, e))
-            return True
-        except Exception as e:  # a failure of ours: the client hears "Internal error", the log hears why
-            self._log(f"LSPS: {request.method} from {peer} failed: {e!r}", level="unusual")
-            self._send(peer, error_message(request.id, LspsError(INTERNAL_ERROR, "Internal error")))
-            return True
-        self._send(peer, result_message(request.id, result))
+        if request.method in self._background:
+            threading.Thread(target=self._answer, args=(peer, request.id, request.method, request.params, handler),
+                             name=f"lsps {request.method}", daemon=True).start()
+        else:
+            self._answer(peer, request.id, request.method, request.params, handler)
         return True
+
+    def _answer(self, peer: str, request_id: str, method: str, params: dict[str, Any], handler: Handler) -> None:
+        try:
+            result = handler(peer, params)
+        except LspsError as e:
+            self._log(f"LSPS: {method} from {peer}: error {e.code} {e.message}", level="debug")
+            self._send(peer, error_message(request_id, e))
+            return
+        except Exception as e:  # a failure of ours: the client hears "Internal error", the log hears why
+            self._log(f"LSPS: {method} from {peer} failed: {e!r}", level="unusual")
+            self._send(peer, error_message(request_id, LspsError(INTERNAL_ERROR, "Internal error")))
+            return
+        self._send(peer, result_message(request_id, result))

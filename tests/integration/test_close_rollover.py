@@ -368,3 +368,32 @@ def test_unfair_close_proposal_is_refused(node_factory: Any, bitcoind: Any, plug
             lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [clients[2].info["id"]]})
     assert bitcoind.rpc.getrawmempool() == []
     assert_aborted(bitcoind, lsp, clients, fid, outpoints, balances)
+
+
+def test_rollover_carries_every_client(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """Nobody leaves: the next factory needs what this one held, so its L-stock pays the close's cost."""
+    lsp, clients = start_network(node_factory, plugin_path, 2)
+    nodes = [lsp, *clients]
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    pay_msat(lsp, clients[0], 5_000_321, "to-0")
+    settled(lsp, clients)
+    outpoints = {ch["peer_id"]: ch["funding_outpoint"] for ch in res["channels"]}
+    balances = {c.info["id"]: msat(one_channel(c, lsp, outpoints[c.info["id"]])["to_us_msat"]) for c in clients}
+    a_params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    out = lsp.rpc.call("superscalar-rollover", {"factory_id": fid})
+    assert out["payouts_sat"] == {} and len(out["rolled"]) == 2
+    b_params = FactoryParams.deserialize(record(lsp, out["next_factory"])["params"].encode())
+    assert b_params.lstock_sat < a_params.lstock_sat
+    tx = Tx.from_hex(bitcoind.rpc.getrawtransaction(out["close_txid"]))
+    assert [o.value for o in tx.outputs] == [out["next_funding_sat"], out["lsp_sat"], out["anchor_sat"]]
+    assert out["lsp_sat"] >= a_params.dust_limit_sat
+    print(f"L-stock per leaf {a_params.lstock_sat} -> {b_params.lstock_sat} sat; close fee {out['fee_sat']} sat, "
+          f"LSP rest {out['lsp_sat']} sat")
+    mine_until(bitcoind, nodes, lambda: all(record(n, fid)["close"]["status"] == "confirmed" for n in nodes))
+    b_chans = {ch["peer_id"]: ch["funding_outpoint"] for ch in record(lsp, out["next_factory"])["channels"]}
+    for c in clients:
+        wait_for(lambda: not record(c, out["next_factory"]).get("frozen"))
+        assert msat(one_channel(c, lsp, b_chans[c.info["id"]])["to_us_msat"]) == balances[c.info["id"]]
+    pay_msat(clients[1], lsp, 1_000_001, "from-1-in-b")
+    settled(lsp, clients)

@@ -53,7 +53,7 @@ def test_lsps0_answers_errors_and_passes_through(node_factory: Any, plugin_path:
     by_id: dict[Any, list[dict[str, Any]]] = {}
     for body in got:
         by_id.setdefault(body.get("id"), []).append(body)
-    assert by_id["a1"] == [{"jsonrpc": "2.0", "id": "a1", "result": {"protocols": []}}]
+    assert by_id["a1"] == [{"jsonrpc": "2.0", "id": "a1", "result": {"protocols": [2]}}]  # LSPS2 (JIT channels)
     parse_errors = by_id[None]
     assert len(parse_errors) == 4  # cut short, two objects, an array, a NUL byte
     assert all(b["error"] == {"code": -32700, "message": "Parse error"} for b in parse_errors)
@@ -82,7 +82,7 @@ def test_client_terms_join_and_ladder_start(node_factory: Any, bitcoind: Any, pl
         c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     lsp.fundwallet(10_000_000)
     seen = clients[0].rpc.call("superscalar-terms", {"id": lsp.info["id"]})
-    assert seen["protocols"] == [] and seen["terms"]["join"] == {
+    assert seen["protocols"] == [1, 2] and seen["terms"]["join"] == {  # a ladder with a wait bound sells LSPS1
         "offered": True, "interval_blocks": 3, "min_inbound_sat": "20000", "max_inbound_sat": "300000",
         "max_waiting": 100}
     with pytest.raises(RpcError) as e:

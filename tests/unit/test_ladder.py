@@ -58,13 +58,14 @@ class Node(MemoryDatastore):
         super().__init__()
         self.height = 500
         self.rpc = self
+        self.connected = {w.node_id for w in W}
 
     def blockheight(self) -> int:
         return self.height
 
     def call(self, method: str, params: Any) -> Any:
         assert method == "listpeers"
-        return {"peers": []}
+        return {"peers": [{"id": p, "connected": True} for p in sorted(self.connected)]}
 
 
 def test_ladder_starts_a_factory_and_forgets_who_it_served() -> None:
@@ -93,3 +94,88 @@ def test_ladder_starts_a_factory_and_forgets_who_it_served() -> None:
     st = ladder.state()
     assert st["waiting"] == [] and st["last_start_height"] == 500 and st["started"] == ["ab" * 32]
     assert ladder.on_block(505) == []  # nobody waiting
+
+
+# --- batching (issue 12): a size or a wait limit starts a factory, with no operator command ---
+
+BATCH = LadderConfig(interval_blocks=0, batch_size=3, batch_wait_blocks=10)
+
+
+def waiting(*since: int) -> list[Waiting]:
+    return [Waiting(f"02{i:064x}", 0, 100_000, h) for i, h in enumerate(since)]
+
+
+def test_batch_size_starts_a_factory_at_once() -> None:
+    assert plan(BATCH, 200, None, waiting(200, 200), []) == []  # two wait, no interval: nothing yet
+    three = waiting(200, 200, 200)
+    assert plan(BATCH, 200, None, three, []) == [Create(tuple(three))]
+    # right after another factory started: the size rule does not wait for an interval
+    assert plan(BATCH, 201, 200, three, [summary("f1", 200)]) == [Create(tuple(three))]
+
+
+def test_batch_wait_starts_a_factory_for_the_oldest_waiting() -> None:
+    two = waiting(195, 199)
+    assert plan(BATCH, 204, None, two, []) == []  # the oldest has waited 9 blocks
+    assert plan(BATCH, 205, None, two, []) == [Create(tuple(two))]  # 10 blocks
+    assert plan(LadderConfig(interval_blocks=0, batch_size=3), 10_000, None, two, []) == []  # wait rule off
+
+
+def test_batching_beside_the_interval_and_its_limits() -> None:
+    cfg = LadderConfig(interval_blocks=144, batch_size=3, batch_wait_blocks=50)
+    one = waiting(1000)
+    assert plan(cfg, 1010, 1000, one, [summary("f1", 1000)]) == []
+    assert plan(cfg, 1050, 1000, one, [summary("f1", 1000)]) == [Create(tuple(one))]  # wait before interval
+    assert plan(cfg, 1144, 1100, waiting(1143), [summary("f1", 1000)]) == []  # interval counts from the last start
+    full = [summary(f"f{i}", 1000 + i) for i in range(33)]  # max_alive reached: no rule starts one
+    assert not any(isinstance(a, Create) for a in plan(cfg, 1100, 1032, waiting(1000, 1000, 1000), full))
+    capped = LadderConfig(interval_blocks=0, batch_size=2, max_clients=2)
+    three = waiting(5, 5, 5)
+    assert plan(capped, 5, None, three, []) == [Create(tuple(three[:2]))]
+    assert cfg.wait_bound_blocks() == 50 and BATCH.wait_bound_blocks() == 10
+    assert LadderConfig(interval_blocks=0, batch_size=3).wait_bound_blocks() is None
+
+
+def test_orders_queue_on_top_and_leave_with_their_factory() -> None:
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    ladder = Ladder(node, store, BATCH, lambda c, h: {"factory_id": "cd" * 32}, None,  # type: ignore[arg-type]
+                    lambda text, level="info": None)
+    a, b = W[0].node_id, W[1].node_id
+    ladder.add(a, 0, 50_000)  # a free join
+    ladder.add_more(a, 1_000, 200_000, "o1")
+    ladder.add_more(a, 1_000, 200_000, "o1")  # the same order twice counts once
+    ladder.add_more(b, 0, 300_000, "o2")
+    st = ladder.state()
+    assert [(w["node_id"], w["balance_sat"], w["inbound_sat"], w["orders"]) for w in st["waiting"]] == [
+        (a, 1_000, 250_000, ["o1"]), (b, 0, 300_000, ["o2"])]
+    snapshot = [Waiting.from_doc(w) for w in st["waiting"]]
+    node.height = 501
+    ladder.add_more(b, 0, 100_000, "o3")  # paid while the factory is being made: stays queued
+    assert ladder.withdraw(a, 0, 0, "nope") is False
+    done = threading.Event()
+    ladder.create = lambda clients, height: (done.set(), {"factory_id": "cd" * 32})[1]  # type: ignore[assignment]
+    seen: list[str] = []
+    ladder.on_started = seen.append
+    ladder._run(Create(tuple(snapshot)), 501)
+    st = ladder.state()
+    assert st["filled_orders"] == {"cd" * 32: ["o1", "o2"]} and seen == ["cd" * 32]
+    assert [(w["node_id"], w["inbound_sat"], w["orders"]) for w in st["waiting"]] == [(b, 100_000, ["o3"])]
+    assert ladder.withdraw(b, 0, 100_000, "o3") is True and ladder.state()["waiting"] == []
+
+
+def test_a_client_offline_keeps_its_place_and_stalls_nobody() -> None:
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    created: list[list[str]] = []
+    ladder = Ladder(node, store, LadderConfig(interval_blocks=0, batch_size=2), lambda c, h: (  # type: ignore[arg-type]
+        created.append([w.node_id for w in c]), {"factory_id": "ef" * 32})[1], None, lambda text, level="info": None)
+    ladder.add(W[0].node_id, 0, 100_000)
+    ladder.add(W[1].node_id, 0, 100_000)
+    node.connected = {W[0].node_id}
+    assert ladder.on_block(500) == []  # one of two online: the batch is not full
+    node.connected = {W[0].node_id, W[1].node_id}
+    both = Create(tuple(Waiting.from_doc(w) for w in ladder.state()["waiting"]))
+    assert ladder.on_block(501) == [both]
+    assert ladder._busy is not None
+    ladder._busy.join(5)
+    assert created == [[W[0].node_id, W[1].node_id]]

@@ -1,0 +1,239 @@
+"""The LSP's LSPS1 (bLIP-51) service: orders for inbound capacity, paid over Lightning with a hold
+invoice, filled by a channel in the client's next laddered factory.
+
+- `lsps1.create_order` validates (protocol/lsps1.py), makes the LSP's invoice (lightningd `invoice`,
+  amount order_total_sat, final CLTV long enough to hold the HTLCs until a factory forms) and records
+  the order. The payment option's `expires_at` is PAYMENT_WINDOW_SECONDS away: HTLCs arriving later
+  are failed. The invoice's own expiry is that plus the longest hold, so that lightningd still
+  settles a payment held until its factory is published. A rejected request makes no invoice and
+  records nothing.
+- The invoice is a HOLD invoice (bLIP-51 §3.1): the `htlc_accepted` hook hands us every HTLC paying an
+  order's hash and we do not answer it. Once held parts sum to order_total_sat the payment is HOLD and
+  the client is queued in the ladder (`Ladder.add_more`) with inbound = lsp_balance_sat and balance =
+  client_balance_sat (the client's balance in its new channel is what it paid for it, on top of the
+  fee). The ladder's batching starts the factory by itself.
+- When the factory that includes the order is published (its root funding transaction broadcast),
+  the order is COMPLETED with the leaf channel's funding outpoint and the factory's expiry, and the
+  held HTLCs are released ("continue": lightningd settles its invoice, payment PAID).
+- An order that cannot be filled as promised (its factory not published by paid height +
+  funding_confirms_within_blocks - 1, or FAIL_MARGIN_BLOCKS before the earliest held part's CLTV
+  expiry, whichever comes first) is FAILED: its ladder entry is withdrawn and its HTLCs failed
+  back, which is the Lightning refund (REFUNDED). An order never paid is FAILED/REFUNDED once its
+  invoice expired (a cancelled invoice is REFUNDED, bLIP-51 §3.1).
+
+Orders are one datastore document each (`lsps1-order-<order_id>`), cached in memory. Held HTLCs live
+in memory only: after a restart lightningd replays every unresolved HTLC through the hook, which
+rebuilds them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from ..factory.params import FactoryParams
+from ..node import ClnNode
+from ..protocol.lsps0 import LspsError, check_params
+from ..protocol.lsps1 import (CLIENT_REJECTED, CREATED, EXPECT_PAYMENT, HOLD, NOT_FOUND, Channel, Options, Order,
+                              parse_get_order, validate)
+from ..store import Store
+from .ladder import Ladder
+
+DOC_PREFIX = "lsps1-order-"
+PAYMENT_WINDOW_SECONDS = 3600  # how long the invoice (the bolt11 payment option) can be paid
+FAIL_MARGIN_BLOCKS = 6  # fail held HTLCs this long before their CLTV expiry ("shortly before it times out")
+HOLD_EXTRA_BLOCKS = 24  # final CLTV beyond the ladder's wait bound: the ceremony, the margin above
+BLOCK_SECONDS = 600  # to turn heights into the spec's datetimes (an estimate, as any such date is)
+
+Answer = Callable[[dict[str, Any]], None]  # answers one htlc_accepted hook call
+CONTINUE: dict[str, Any] = {"result": "continue"}
+FAIL: dict[str, Any] = {"result": "fail", "failure_message": "400f"}  # incorrect_or_unknown_payment_details
+
+
+@dataclass(frozen=True)
+class HeldPart:
+    amount_msat: int
+    cltv_expiry: int
+    answer: Answer
+
+
+class Orders:
+    def __init__(self, node: ClnNode, store: Store, options: Options, ladder: Ladder, final_cltv: int,
+                 log: Callable[..., None], clock: Callable[[], float] = time.time,
+                 spoke: Callable[[str], bool] = lambda peer: True) -> None:
+        self.node, self.store, self.options, self.ladder = node, store, options, ladder
+        self.spoke = spoke  # has the peer spoken SuperScalar on this connection (lsp/onboarding.py)
+        self.final_cltv = final_cltv
+        self.log = log
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._orders: dict[str, Order] = {}
+        self._by_hash: dict[str, str] = {}
+        self._held: dict[str, list[HeldPart]] = {}  # payment hash → parts not answered yet
+        for name in store.doc_names(DOC_PREFIX):
+            doc = store.get_doc(name)
+            if doc is not None:
+                order = Order.from_record(doc)
+                self._orders[order.order_id] = order
+                self._by_hash[order.payment_hash] = order.order_id
+
+    # --- LSPS1 methods (run in the custommsg hook: quick, no waiting on peers) ---
+
+    def get_info(self, peer: str, params: dict[str, Any]) -> dict[str, Any]:
+        check_params(params, ())
+        return self.options.to_json()
+
+    def create_order(self, peer: str, params: dict[str, Any]) -> dict[str, Any]:
+        req = validate(params, self.options)  # raises the spec's errors: nothing made yet
+        if not self.spoke(peer):
+            # the order is filled in a factory: a peer that does not run SuperScalar could pay and then
+            # stall the creation ceremony of every client in its batch
+            raise LspsError(CLIENT_REJECTED, "Client rejected",
+                            {"message": "this LSP sells channels in SuperScalar factories: ask superscalar.get_info "
+                                        "first (a client that does not run SuperScalar cannot join one)"})
+        order_id = str(uuid.uuid4())
+        fee = self.options.fee_sat(req.lsp_balance_sat)
+        now = self.clock()
+        invoice = self.node.rpc.call("invoice", {
+            "amount_msat": (fee + req.client_balance_sat) * 1000,
+            "label": f"lsps1-{order_id}",
+            "description": f"LSPS1 order {order_id}: {req.lsp_balance_sat} sat inbound in a SuperScalar factory",
+            # the invoice outlives the payment window by the longest hold, so that lightningd still
+            # settles it when the HTLCs are released; a payment after the window is failed by us
+            "expiry": PAYMENT_WINDOW_SECONDS + self.final_cltv * BLOCK_SECONDS,
+            "cltv": self.final_cltv,
+        })
+        order = Order(order_id, peer, req, now, now + PAYMENT_WINDOW_SECONDS, fee, str(invoice["bolt11"]),
+                      str(invoice["payment_hash"]))
+        with self._lock:
+            self._save(order)
+            self._by_hash[order.payment_hash] = order_id
+        self.log(f"LSPS1: order {order_id} from {peer}: {req.lsp_balance_sat} sat inbound, "
+                 f"{req.client_balance_sat} sat balance, fee {fee} sat")
+        return order.to_json()
+
+    def get_order(self, peer: str, params: dict[str, Any]) -> dict[str, Any]:
+        order_id = parse_get_order(params)
+        with self._lock:
+            order = self._orders.get(order_id)
+        if order is None or order.peer_id != peer:  # another peer's order is not found, for this peer
+            raise LspsError(NOT_FOUND, "Not found", {})
+        return order.to_json()
+
+    def order(self, order_id: str) -> Optional[Order]:
+        with self._lock:
+            return self._orders.get(order_id)
+
+    def list(self) -> list[Order]:
+        with self._lock:
+            return sorted(self._orders.values(), key=lambda o: o.created_at)
+
+    # --- the hold invoice (htlc_accepted) ---
+
+    def on_htlc(self, payment_hash: str, amount_msat: int, cltv_expiry: int, answer: Answer) -> bool:
+        """Take an HTLC paying an order's invoice (True), answering it now or later; False if it pays
+        no order."""
+        with self._lock:
+            order_id = self._by_hash.get(payment_hash)
+            if order_id is None:
+                return False
+            order = self._orders[order_id]
+            height = self.node.blockheight()
+            if order.order_state != CREATED:  # a replay after a restart, or a late part
+                answer(CONTINUE if order.payment_state == "PAID" else FAIL)
+                return True
+            if order.payment_state == EXPECT_PAYMENT and self.clock() > order.expires_at:
+                self._fail(order, "the invoice expired before it was paid")
+                answer(FAIL)
+                return True
+            if cltv_expiry - FAIL_MARGIN_BLOCKS <= height:
+                answer(FAIL)  # this part could not be held: the payer retries or the order expires
+                return True
+            parts = self._held.setdefault(payment_hash, [])
+            parts.append(HeldPart(amount_msat, cltv_expiry, answer))
+            self.log(f"LSPS1: holding an HTLC of {amount_msat} msat for order {order_id} (expiry {cltv_expiry})",
+                     level="debug")
+            if order.payment_state == EXPECT_PAYMENT and sum(p.amount_msat for p in parts) >= order.order_total_sat * 1000:
+                order = order.held(height)
+                self._save(order)
+                self.ladder.add_more(order.peer_id, order.request.client_balance_sat, order.request.lsp_balance_sat,
+                                     order.order_id)
+                self.log(f"LSPS1: order {order.order_id} paid (HTLCs held); {order.peer_id} queued for the next factory")
+            return True
+
+    # --- filling and failing ---
+
+    def reconcile(self, *_: Any) -> None:
+        """Fill every held order whose factory the ladder started and published."""
+        filled = self.ladder.state().get("filled_orders", {})
+        with self._lock:
+            for factory_id, order_ids in filled.items():
+                waiting = [self._orders[o] for o in order_ids if o in self._orders
+                           and self._orders[o].order_state == CREATED and self._orders[o].payment_state == HOLD]
+                if not waiting:
+                    continue
+                record = self.store.get(factory_id, "factory")
+                if record is None or record.get("stage") != "funded":
+                    continue
+                params = FactoryParams.deserialize(record["params"].encode())
+                now, height = self.clock(), self.node.blockheight()
+                for order in waiting:
+                    leaf = next((c for c in record["channels"] if c["peer_id"] == order.peer_id), None)
+                    if leaf is None:
+                        continue
+                    channel = Channel(now, leaf["funding_outpoint"],
+                                      now + max(0, params.expiry_height - height) * BLOCK_SECONDS, factory_id)
+                    order = order.filled(channel)
+                    self._save(order)
+                    for part in self._held.pop(order.payment_hash, []):
+                        part.answer(CONTINUE)
+                    self.log(f"LSPS1: order {order.order_id} completed by factory {factory_id}, channel "
+                             f"{leaf['funding_outpoint']}")
+
+    def on_block(self, height: int) -> None:
+        """Per block: fill what a published factory filled, fail what can no longer be filled."""
+        self.reconcile()
+        now = self.clock()
+        in_factories = {o for ids in self.ladder.state().get("filled_orders", {}).values() for o in ids}
+        with self._lock:
+            for order in [o for o in self._orders.values() if o.order_state == CREATED]:
+                if order.payment_state == EXPECT_PAYMENT and now > order.expires_at:
+                    self._fail(order, "the invoice expired before it was paid")
+                elif order.payment_state == HOLD and order.order_id not in in_factories:
+                    why = self._too_late(order, height)
+                    if why is not None:
+                        self.ladder.withdraw(order.peer_id, order.request.client_balance_sat,
+                                             order.request.lsp_balance_sat, order.order_id)
+                        self._fail(order, why)
+
+    def _too_late(self, order: Order, height: int) -> Optional[str]:
+        """Why a held order not in any factory yet can no longer be filled as promised, or None.
+        Its funding must be published by paid_height + funding_confirms_within_blocks - 1 to confirm
+        within the blocks the client asked for; its HTLCs must be failed before they time out."""
+        assert order.paid_height is not None
+        if height >= order.paid_height + order.request.funding_confirms_within_blocks - 1:
+            return "no factory took the client within funding_confirms_within_blocks"
+        parts = self._held.get(order.payment_hash, [])
+        if parts and height >= min(p.cltv_expiry for p in parts) - FAIL_MARGIN_BLOCKS:
+            return "no factory took the client before its payment would time out"
+        return None
+
+    def _fail(self, order: Order, why: str) -> None:
+        order = order.failed(why)
+        self._save(order)
+        for part in self._held.pop(order.payment_hash, []):
+            part.answer(FAIL)
+        for status in ("unpaid", "expired"):  # cancel the invoice: its HTLCs were failed back, or none came
+            try:
+                self.node.rpc.call("delinvoice", {"label": f"lsps1-{order.order_id}", "status": status})
+                break
+            except Exception:
+                continue
+        self.log(f"LSPS1: order {order.order_id} failed ({why}); refunded", level="info")
+
+    def _save(self, order: Order) -> None:
+        self.store.put_doc(DOC_PREFIX + order.order_id, order.to_record())
+        self._orders[order.order_id] = order

@@ -1,0 +1,315 @@
+"""LSPS1 (bLIP-51, "Channel Requests"): the LSP's options, the validation of `lsps1.create_order`,
+the price, and the order's state machine. Pure: no I/O, no clock (callers pass times and heights).
+
+What this LSP sells: inbound capacity (`lsp_balance_sat`) and optionally a starting balance
+(`client_balance_sat`) on a channel in the client's next factory. Payment is Lightning only (bolt11,
+a hold invoice: the LSP holds the HTLCs until the factory holding the channel is published, and
+fails them back if it cannot fill the order). On-chain payment is not offered, which bLIP-51 allows
+("The LSP MAY omit payment options"); bolt12 neither.
+
+The price (`fee_total_sat`), stated once here and in `get_info`'s caller docs:
+
+    fee_total_sat   = fee_base_sat + ceil(lsp_balance_sat * fee_ppm / 1_000_000)
+    order_total_sat = fee_total_sat + client_balance_sat
+
+The client's `client_balance_sat` is what it pays for its balance in the new factory channel: the LSP
+funds the channel with lsp_balance_sat + client_balance_sat and the client's side starts at
+client_balance_sat (bLIP-51 "MUST push client_balance_sat to the client").
+
+State machine (bLIP-51 §2, §3.1):
+
+    order_state      CREATED ──filled──▶ COMPLETED
+                        └──────failed──▶ FAILED
+    payment.bolt11   EXPECT_PAYMENT ──HTLCs held──▶ HOLD ──filled (preimage released)──▶ PAID
+                        │                            └──failed (HTLCs failed back)──▶ REFUNDED
+                        └──expired unpaid (invoice cancelled)──────────────────────▶ REFUNDED
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .lsps0 import INVALID_PARAMS, U64_MAX, LspsError, amount, check_params, iso8601
+
+# bLIP-51 error codes
+OPTION_MISMATCH = 100  # create_order: the order does not match get_info's options
+NOT_FOUND = 101  # get_order: unknown order_id
+UNRECOGNIZED_TOKEN = 102  # create_order: a token we do not know
+CLIENT_REJECTED = 1  # LSPS0.client_rejected_error
+
+# order_state
+CREATED, COMPLETED, FAILED = "CREATED", "COMPLETED", "FAILED"
+# payment.bolt11.state
+EXPECT_PAYMENT, HOLD, PAID, REFUNDED = "EXPECT_PAYMENT", "HOLD", "PAID", "REFUNDED"
+
+U16_MAX = 2**16 - 1
+U32_MAX = 2**32 - 1
+MAX_ORDER_ID = 64  # characters (bLIP-51)
+
+REQUIRED = ("lsp_balance_sat", "client_balance_sat", "required_channel_confirmations",
+            "funding_confirms_within_blocks", "channel_expiry_blocks", "announce_channel")
+OPTIONAL = ("token", "refund_onchain_address")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `lsps1.get_info` publishes, and the price. Every min/max pair has min <= max."""
+
+    min_required_channel_confirmations: int
+    min_funding_confirms_within_blocks: int
+    supports_zero_channel_reserve: bool
+    max_channel_expiry_blocks: int
+    min_initial_client_balance_sat: int
+    max_initial_client_balance_sat: int
+    min_initial_lsp_balance_sat: int
+    max_initial_lsp_balance_sat: int
+    min_channel_balance_sat: int
+    max_channel_balance_sat: int
+    fee_base_sat: int
+    fee_ppm: int
+
+    def __post_init__(self) -> None:
+        pairs = (("min_initial_client_balance_sat", "max_initial_client_balance_sat"),
+                 ("min_initial_lsp_balance_sat", "max_initial_lsp_balance_sat"),
+                 ("min_channel_balance_sat", "max_channel_balance_sat"))
+        for lo, hi in pairs:
+            if not 0 <= getattr(self, lo) <= getattr(self, hi):
+                raise ValueError(f"LSPS1 options: need 0 <= {lo} <= {hi}")
+        if self.min_funding_confirms_within_blocks < 1 or self.max_channel_expiry_blocks < 1:
+            raise ValueError("LSPS1 options: min_funding_confirms_within_blocks and max_channel_expiry_blocks >= 1")
+        if self.min_required_channel_confirmations < 0 or self.fee_base_sat < 0 or self.fee_ppm < 0:
+            raise ValueError("LSPS1 options: negative value")
+
+    def to_json(self) -> dict[str, Any]:
+        """The `lsps1.get_info` result (amounts as LSPS0.sat strings)."""
+        return {
+            "min_required_channel_confirmations": self.min_required_channel_confirmations,
+            "min_funding_confirms_within_blocks": self.min_funding_confirms_within_blocks,
+            "supports_zero_channel_reserve": self.supports_zero_channel_reserve,
+            "max_channel_expiry_blocks": self.max_channel_expiry_blocks,
+            "min_initial_client_balance_sat": amount(self.min_initial_client_balance_sat),
+            "max_initial_client_balance_sat": amount(self.max_initial_client_balance_sat),
+            "min_initial_lsp_balance_sat": amount(self.min_initial_lsp_balance_sat),
+            "max_initial_lsp_balance_sat": amount(self.max_initial_lsp_balance_sat),
+            "min_channel_balance_sat": amount(self.min_channel_balance_sat),
+            "max_channel_balance_sat": amount(self.max_channel_balance_sat),
+        }
+
+    def fee_sat(self, lsp_balance_sat: int) -> int:
+        """fee_total_sat = fee_base_sat + ceil(lsp_balance_sat * fee_ppm / 1e6)."""
+        return self.fee_base_sat + -(-lsp_balance_sat * self.fee_ppm // 1_000_000)
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """A validated `lsps1.create_order` request."""
+
+    lsp_balance_sat: int
+    client_balance_sat: int
+    required_channel_confirmations: int
+    funding_confirms_within_blocks: int
+    channel_expiry_blocks: int
+    token: str
+    announce_channel: bool
+    refund_onchain_address: Optional[str] = None
+
+
+def _invalid(prop: str, message: str) -> LspsError:
+    """bLIP-51: -32602 with {"property", "message"}."""
+    return LspsError(INVALID_PARAMS, "Invalid params", {"property": prop, "message": message})
+
+
+def _sat(params: dict[str, Any], name: str) -> int:
+    value = params[name]
+    if not isinstance(value, str) or not re.fullmatch(r"0|[1-9][0-9]*", value) or int(value) > U64_MAX:
+        raise _invalid(name, "Not an LSPS0.sat (a decimal string)")
+    return int(value)
+
+
+def _uint(params: dict[str, Any], name: str, top: int) -> int:
+    value = params[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+        raise _invalid(name, f"Not a uint{16 if top == U16_MAX else 32}")
+    return value
+
+
+def parse_request(params: dict[str, Any]) -> OrderRequest:
+    """The request's fields, well-formed (else -32602: unknown or missing parameters as LSPS0 says,
+    a malformed field with its `property`)."""
+    check_params(params, (), REQUIRED + OPTIONAL)  # unrecognised parameters: LSPS0's data.unrecognized
+    for name in REQUIRED:
+        if name not in params:
+            raise _invalid(name, "Missing")
+    lsp_balance = _sat(params, "lsp_balance_sat")
+    if lsp_balance < 1:
+        raise _invalid("lsp_balance_sat", "Must be 1 or greater")
+    client_balance = _sat(params, "client_balance_sat")
+    confirmations = _uint(params, "required_channel_confirmations", U16_MAX)
+    within = _uint(params, "funding_confirms_within_blocks", U16_MAX)
+    expiry = _uint(params, "channel_expiry_blocks", U32_MAX)
+    if expiry < 1:
+        raise _invalid("channel_expiry_blocks", "Must be 1 or greater")
+    announce = params["announce_channel"]
+    if not isinstance(announce, bool):
+        raise _invalid("announce_channel", "Not a boolean")
+    token = params.get("token", "")
+    if not isinstance(token, str):
+        raise _invalid("token", "Not a string")
+    refund = params.get("refund_onchain_address")
+    if refund is not None and (not isinstance(refund, str) or not 14 <= len(refund) <= 90):
+        raise _invalid("refund_onchain_address", "Not an on-chain address")
+    return OrderRequest(lsp_balance, client_balance, confirmations, within, expiry, token, announce, refund)
+
+
+def check_options(req: OrderRequest, options: Options) -> None:
+    """bLIP-51: an order that does not match the options is error 100, `property` naming the option."""
+    def mismatch(prop: str, message: str) -> LspsError:
+        return LspsError(OPTION_MISMATCH, "Option mismatch", {"property": prop, "message": message})
+
+    total = req.lsp_balance_sat + req.client_balance_sat
+    checks = (
+        (req.lsp_balance_sat < options.min_initial_lsp_balance_sat, "min_initial_lsp_balance_sat",
+         "lsp_balance_sat is below the minimum"),
+        (req.lsp_balance_sat > options.max_initial_lsp_balance_sat, "max_initial_lsp_balance_sat",
+         "lsp_balance_sat is above the maximum"),
+        (req.client_balance_sat < options.min_initial_client_balance_sat, "min_initial_client_balance_sat",
+         "client_balance_sat is below the minimum"),
+        (req.client_balance_sat > options.max_initial_client_balance_sat, "max_initial_client_balance_sat",
+         "client_balance_sat is above the maximum"),
+        (total < options.min_channel_balance_sat, "min_channel_balance_sat", "the channel is below the minimum size"),
+        (total > options.max_channel_balance_sat, "max_channel_balance_sat", "the channel is above the maximum size"),
+        (req.required_channel_confirmations < options.min_required_channel_confirmations,
+         "min_required_channel_confirmations", "required_channel_confirmations is below the minimum"),
+        (req.funding_confirms_within_blocks < options.min_funding_confirms_within_blocks,
+         "min_funding_confirms_within_blocks", "funding_confirms_within_blocks is below the minimum"),
+        (req.channel_expiry_blocks > options.max_channel_expiry_blocks, "max_channel_expiry_blocks",
+         "channel_expiry_blocks is above the maximum"),
+    )
+    for failed, prop, message in checks:
+        if failed:
+            raise mismatch(prop, message)
+
+
+def validate(params: dict[str, Any], options: Options, tokens: frozenset[str] = frozenset()) -> OrderRequest:
+    """A create_order request checked in the spec's order: fields (-32602), options (100), token (102).
+    This LSP opens unannounced channels only (a factory's leaf channels are never announced): a
+    request for an announced channel is an invalid `announce_channel` field (-32602)."""
+    req = parse_request(params)
+    if req.announce_channel:
+        raise _invalid("announce_channel", "This LSP opens unannounced channels only: announce_channel must be false")
+    check_options(req, options)
+    if req.token and req.token not in tokens:
+        raise LspsError(UNRECOGNIZED_TOKEN, "Unrecognized or stale token", {})
+    return req
+
+
+def valid_order_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ORDER_ID
+
+
+def parse_get_order(params: dict[str, Any]) -> str:
+    check_params(params, (), ("order_id",))
+    if "order_id" not in params:
+        raise _invalid("order_id", "Missing")
+    if not valid_order_id(params["order_id"]):
+        raise _invalid("order_id", "Not an order id")
+    return str(params["order_id"])
+
+
+@dataclass(frozen=True)
+class Channel:
+    """bLIP-51 §4: the channel that filled the order. Here the leaf channel in the client's new
+    factory: `funding_outpoint` is the leaf channel's funding outpoint (its transaction is pre-signed,
+    on chain only if someone exits); `funded_at` is when the factory's root funding transaction was
+    published; `expires_at` the factory's expiry (the earliest the LSP may close the channel)."""
+
+    funded_at: float
+    funding_outpoint: str
+    expires_at: float
+    factory_id: str  # ours; not in the spec's object
+
+    def to_json(self) -> dict[str, Any]:
+        return {"funded_at": iso8601(self.funded_at), "funding_outpoint": self.funding_outpoint,
+                "expires_at": iso8601(self.expires_at)}
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    peer_id: str
+    request: OrderRequest
+    created_at: float  # unix seconds
+    expires_at: float  # the bolt11 payment option's (and the invoice's) expiry
+    fee_total_sat: int
+    invoice: str
+    payment_hash: str
+    order_state: str = CREATED
+    payment_state: str = EXPECT_PAYMENT
+    paid_height: Optional[int] = None  # when the HTLCs summing to the total were held
+    channel: Optional[Channel] = None
+    failure: Optional[str] = None  # ours: why it failed (not in the spec's object)
+
+    @property
+    def order_total_sat(self) -> int:
+        return self.fee_total_sat + self.request.client_balance_sat
+
+    # --- transitions (each raises ValueError from a state it does not start from) ---
+
+    def held(self, height: int) -> "Order":
+        """The HTLCs paying the invoice arrived and are held: EXPECT_PAYMENT → HOLD."""
+        if self.order_state != CREATED or self.payment_state != EXPECT_PAYMENT:
+            raise ValueError(f"order {self.order_id}: payment held in state {self.order_state}/{self.payment_state}")
+        return dataclasses.replace(self, payment_state=HOLD, paid_height=height)
+
+    def filled(self, channel: Channel) -> "Order":
+        """The channel's funding was published: the preimage is released. CREATED/HOLD → COMPLETED/PAID."""
+        if self.order_state != CREATED or self.payment_state != HOLD:
+            raise ValueError(f"order {self.order_id}: filled in state {self.order_state}/{self.payment_state}")
+        return dataclasses.replace(self, order_state=COMPLETED, payment_state=PAID, channel=channel)
+
+    def failed(self, why: str) -> "Order":
+        """Not filled (expired unpaid, or could not be served in time): the HTLCs are failed back / the
+        invoice cancelled. CREATED → FAILED, EXPECT_PAYMENT/HOLD → REFUNDED."""
+        if self.order_state != CREATED or self.payment_state not in (EXPECT_PAYMENT, HOLD):
+            raise ValueError(f"order {self.order_id}: failed in state {self.order_state}/{self.payment_state}")
+        return dataclasses.replace(self, order_state=FAILED, payment_state=REFUNDED, failure=why)
+
+    # --- the spec's object, and our durable form ---
+
+    def to_json(self) -> dict[str, Any]:
+        """The `create_order` / `get_order` result."""
+        r = self.request
+        return {
+            "order_id": self.order_id,
+            "lsp_balance_sat": amount(r.lsp_balance_sat),
+            "client_balance_sat": amount(r.client_balance_sat),
+            "required_channel_confirmations": r.required_channel_confirmations,
+            "funding_confirms_within_blocks": r.funding_confirms_within_blocks,
+            "channel_expiry_blocks": r.channel_expiry_blocks,
+            "token": r.token,
+            "created_at": iso8601(self.created_at),
+            "announce_channel": r.announce_channel,
+            "order_state": self.order_state,
+            "payment": {"bolt11": {
+                "state": self.payment_state,
+                "expires_at": iso8601(self.expires_at),
+                "fee_total_sat": amount(self.fee_total_sat),
+                "order_total_sat": amount(self.order_total_sat),
+                "invoice": self.invoice,
+            }},
+            "channel": None if self.channel is None else self.channel.to_json(),
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> "Order":
+        fields = dict(data)
+        fields["request"] = OrderRequest(**fields["request"])
+        if fields.get("channel") is not None:
+            fields["channel"] = Channel(**fields["channel"])
+        return cls(**fields)

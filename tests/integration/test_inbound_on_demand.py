@@ -1,0 +1,102 @@
+"""Inbound on demand (lsp/inbound.py) on real lightningd and bitcoind: a payment to a factory client
+whose inbound is used up is held by the LSP while an L-stock sale adds a channel, then forwarded over it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from superscalar.bitcoin.tx import Tx
+from superscalar.factory.params import FactoryParams
+from superscalar.lsp.jit import channel_capacity_sat
+from superscalar.node import msat
+
+from .test_close_rollover import channels_in, no_broken, pay_msat, record, settled
+from .test_factory_plugin import create_factory, start_network
+
+pytestmark = pytest.mark.lightningd
+
+
+def test_payment_beyond_inbound_gets_an_lstock_sale(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = start_network(node_factory, plugin_path, 2)
+    buyer, payer = clients  # leaf-mates: the payer pays from its own factory balance
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    old = next(ch["funding_outpoint"] for ch in res["channels"] if ch["peer_id"] == buyer.info["id"])
+    pay_msat(lsp, buyer, 185_000_000, "use-inbound")  # the buyer's inbound is used up
+    settled(lsp, clients)
+    [old_lsp_side] = channels_in(lsp, buyer, old)
+    amount_msat = 40_000_000
+    assert msat(old_lsp_side["spendable_msat"]) < amount_msat
+    fee_msat = pay_msat(payer, buyer, amount_msat, "beyond-inbound")
+    settled(lsp, clients)
+    # A second channel came out of the leaf's L-stock, sized for the payment, and carried it.
+    rec = record(lsp, fid)
+    [sale] = rec["sales"]
+    capacity = channel_capacity_sat(amount_msat)
+    tx = Tx.from_hex(sale["tx"])
+    vsize = bitcoind.rpc.decoderawtransaction(sale["tx"])["vsize"]
+    sale_fee = -(-vsize * params.feerate_per_kvb // 1000)
+    assert [o.value for o in tx.outputs] == [capacity, params.lstock_sat - capacity - params.anchor_sat - sale_fee,
+                                             params.anchor_sat]
+    new = f"{tx.txid}:0"
+    [mine] = channels_in(buyer, lsp, new)
+    assert msat(mine["total_msat"]) == capacity * 1000 and msat(mine["to_us_msat"]) == amount_msat
+    assert len(channels_in(buyer, lsp)) == 2
+    assert lsp.daemon.is_in_log("more than our side holds: selling a channel")
+    print(f"on-demand sale: channel {capacity} sat, sale {vsize} vB fee {sale_fee} sat, L-stock "
+          f"{params.lstock_sat} -> {tx.outputs[1].value} sat; routing fee paid {fee_msat} msat")
+    # The next payment within the new inbound needs no sale.
+    pay_msat(payer, buyer, 1_000_000, "within-new-inbound")
+    settled(lsp, clients)
+    assert len(record(lsp, fid)["sales"]) == 1
+    no_broken([lsp, *clients])
+
+
+def test_jit_channel_for_a_factory_client_is_a_sale(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """LSPS2 for a client already in a factory of the LSP: the JIT channel comes out of its leaf's
+    L-stock (no wallet transaction), and it receives exactly amount − opening fee."""
+    from pyln.testing.utils import wait_for
+
+    from .test_lsps2 import PROBE, pay_in_parts
+
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp = node_factory.get_node(options={**common, "plugin": [str(plugin_path), str(PROBE)], "superscalar-lsp": "true"},
+                                may_reconnect=True)
+    clients = node_factory.get_nodes(2, opts={**common, "may_reconnect": True, "superscalar-join": lsp.info["id"]})
+    payer = node_factory.get_node(may_reconnect=True)
+    lsp.fundwallet(10_000_000)
+    payer.fundwallet(10_000_000)
+    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    payer.rpc.fundchannel(lsp.info["id"], 5_000_000)
+    bitcoind.generate_block(6)
+    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    res = create_factory(lsp, clients, bitcoind)
+    fid, client = res["factory_id"], clients[0]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    amount_msat = 30_000_000
+    inv = client.rpc.call("superscalar-jit-invoice", {"lsp_id": lsp.info["id"], "amount_msat": amount_msat,
+                                                      "description": "jit from l-stock"})
+    mempool = set(bitcoind.rpc.getrawmempool())
+    pay_in_parts(payer, lsp, inv["bolt11"], amount_msat, 3)
+    [sold] = lsp.rpc.call("superscalar-jit-list")["sold"]
+    [sale] = record(lsp, fid)["sales"]
+    tx = Tx.from_hex(sale["tx"])
+    assert sold["state"] == "open" and sold["funding_txid"] == tx.txid  # the sale's output 0, never broadcast
+    assert set(bitcoind.rpc.getrawmempool()) == mempool  # no wallet transaction
+    capacity = channel_capacity_sat(amount_msat - inv["opening_fee_msat"])
+    vsize = bitcoind.rpc.decoderawtransaction(sale["tx"])["vsize"]
+    sale_fee = -(-vsize * params.feerate_per_kvb // 1000)
+    assert [o.value for o in tx.outputs] == [capacity, params.lstock_sat - capacity - params.anchor_sat - sale_fee,
+                                             params.anchor_sat]
+    wait_for(lambda: not any(c.get("htlcs") for c in client.rpc.listpeerchannels()["channels"]))
+    [mine] = channels_in(client, lsp, f"{tx.txid}:0")
+    assert msat(mine["to_us_msat"]) == amount_msat - inv["opening_fee_msat"]
+    print(f"JIT from L-stock: channel {capacity} sat, opening fee {inv['opening_fee_msat']} msat, sale fee "
+          f"{sale_fee} sat, L-stock left {tx.outputs[1].value} sat")
+    no_broken([lsp, *clients])

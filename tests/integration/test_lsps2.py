@@ -1,0 +1,192 @@
+"""LSPS2 (bLIP-52) JIT channels on real lightningd and bitcoind: a client with no channel and no coins
+buys a JIT channel, a plain node pays its invoice in 3 MPP parts (and in one part, variable amount),
+the LSP opens a zero-conf channel from its wallet and forwards the payment minus the opening fee; bad
+`lsps2.buy` requests get the spec's errors and reserve nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyln.testing.utils import wait_for
+from superscalar.node import msat
+
+pytestmark = pytest.mark.lightningd
+
+PROBE = Path(__file__).parent / "lsps_probe_plugin.py"
+ZEROCONF_BIT = 50
+
+
+def jit_network(node_factory: Any, bitcoind: Any, plugin_path: Path, **lsp_opts: Any) -> tuple[Any, Any, Any]:
+    """(lsp, client, payer): the LSP with wallet coins, a fresh client connected to it (no channel, no
+    coins), a plain CLN node (no plugin) with an announced channel to the LSP."""
+    lsp = node_factory.get_node(options={"plugin": [str(plugin_path), str(PROBE)], "superscalar-profile": "regtest",
+                                         "superscalar-lsp": "true", **lsp_opts}, may_reconnect=True)
+    client = node_factory.get_node(options={"plugin": str(plugin_path), "superscalar-profile": "regtest"},
+                                   may_reconnect=True)
+    payer = node_factory.get_node(may_reconnect=True)
+    lsp.fundwallet(10_000_000)
+    payer.fundwallet(10_000_000)
+    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    payer.rpc.fundchannel(lsp.info["id"], 5_000_000)
+    bitcoind.generate_block(6)
+    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    assert client.rpc.listfunds()["outputs"] == [] and client.rpc.listpeerchannels()["channels"] == []
+    return lsp, client, payer
+
+
+def pay_in_parts(payer: Any, lsp: Any, bolt11: str, amount_msat: int, parts: int) -> None:
+    """Pay `bolt11` with exactly `parts` HTLCs (sendpay by hand: payer → LSP → JIT scid → client)."""
+    inv = payer.rpc.decode(bolt11)
+    [[hint]] = inv["routes"]
+    [ch] = payer.rpc.listpeerchannels(lsp.info["id"])["channels"]
+    final = int(inv["min_final_cltv_expiry"])
+    shares = [amount_msat // parts] * (parts - 1)
+    shares.append(amount_msat - sum(shares))
+    for partid, share in enumerate(shares, start=1):
+        route = [{"id": lsp.info["id"], "channel": ch["short_channel_id"], "amount_msat": share,
+                  "delay": final + int(hint["cltv_expiry_delta"])},
+                 {"id": inv["payee"], "channel": hint["short_channel_id"], "amount_msat": share, "delay": final}]
+        payer.rpc.call("sendpay", {"route": route, "payment_hash": inv["payment_hash"], "bolt11": bolt11,
+                                   "payment_secret": inv["payment_secret"], "amount_msat": amount_msat,
+                                   "partid": partid, "groupid": 1})
+    for partid in range(1, parts + 1):
+        res = payer.rpc.call("waitsendpay", {"payment_hash": inv["payment_hash"], "partid": partid, "groupid": 1,
+                                             "timeout": 120})
+        assert res["status"] == "complete"
+
+
+def assert_jit_channel(lsp: Any, client: Any, receive_msat: int) -> dict[str, Any]:
+    """The client's only channel: from the LSP, zero-conf (no block since), holding exactly `receive_msat`."""
+    # the payer has the preimage once the client sent update_fulfill_htlc; the balance moves when the
+    # commitments that remove the HTLCs are signed
+    wait_for(lambda: not client.rpc.listpeerchannels()["channels"][0].get("htlcs"))
+    [ch] = client.rpc.listpeerchannels()["channels"]
+    assert ch["peer_id"] == lsp.info["id"] and ch["state"] == "CHANNELD_NORMAL"
+    assert msat(ch["to_us_msat"]) == receive_msat
+    assert ZEROCONF_BIT in ch["channel_type"]["bits"]
+    assert "short_channel_id" not in ch  # not confirmed: it was used at zero confirmations
+    [lsp_side] = lsp.rpc.listpeerchannels(client.info["id"])["channels"]
+    assert ZEROCONF_BIT in lsp_side["channel_type"]["bits"] and lsp_side["private"] is True
+    return dict(ch)
+
+
+def test_jit_channel_paid_in_three_mpp_parts(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, client, payer = jit_network(node_factory, bitcoind, plugin_path)
+    amount_msat = 300_000_000
+    res = client.rpc.call("superscalar-jit-invoice", {"lsp_id": lsp.info["id"], "amount_msat": amount_msat,
+                                                      "description": "first receive"})
+    # defaults: 546 000 msat minimum, 1000 ppm: 300 000 000 * 1000 / 1e6 = 300 000 < 546 000
+    assert res["opening_fee_msat"] == 546_000 and res["receive_msat"] == amount_msat - 546_000
+    decoded = payer.rpc.decode(res["bolt11"])
+    assert decoded["amount_msat"] == amount_msat and decoded["payee"] == client.info["id"]
+    [[hint]] = decoded["routes"]
+    assert hint == {"pubkey": lsp.info["id"], "short_channel_id": res["jit_channel_scid"], "fee_base_msat": 0,
+                    "fee_proportional_millionths": 0, "cltv_expiry_delta": res["lsp_cltv_expiry_delta"]}
+    assert int(decoded["min_final_cltv_expiry"]) == 5 + 2  # cltv-final (pyln-testing: 5) + bLIP-52's margin
+    height = bitcoind.rpc.getblockcount()
+
+    pay_in_parts(payer, lsp, res["bolt11"], amount_msat, 3)
+
+    assert bitcoind.rpc.getblockcount() == height
+    assert_jit_channel(lsp, client, amount_msat - 546_000)
+    [paid] = client.rpc.listinvoices(res["label"])["invoices"]
+    assert paid["status"] == "paid" and msat(paid["amount_received_msat"]) == amount_msat - 546_000
+    [sold] = lsp.rpc.call("superscalar-jit-list")["sold"]
+    [bought] = client.rpc.call("superscalar-jit-list")["bought"]
+    assert sold["state"] == "open" and sold["channel_id"] == bought_channel(client)
+    assert sold["opening_fee_charged_msat"] == 546_000 and sorted(sold["forwarded_msat"]) == \
+        sorted([100_000_000 - 546_000, 100_000_000, 100_000_000])
+    assert bought["jit_channel_scid"] == sold["jit_channel_scid"] == res["jit_channel_scid"]
+    assert lsp.daemon.is_in_log("holding part 3")
+    # the funding transaction is in the mempool: it confirms like any other
+    bitcoind.generate_block(1, wait_for_mempool=sold["funding_txid"])
+    wait_for(lambda: "short_channel_id" in client.rpc.listpeerchannels()["channels"][0])
+
+
+def bought_channel(client: Any) -> str:
+    [ch] = client.rpc.listpeerchannels()["channels"]
+    return str(ch["channel_id"])
+
+
+def test_jit_channel_no_mpp_variable_amount(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, client, payer = jit_network(node_factory, bitcoind, plugin_path,
+                                     **{"superscalar-lsps2-proportional": "5000"})
+    res = client.rpc.call("superscalar-jit-invoice", {"lsp_id": lsp.info["id"], "amount_msat": "any",
+                                                      "description": "any amount"})
+    assert res["opening_fee_msat"] is None and res["payment_size_msat"] is None
+    decoded = payer.rpc.decode(res["bolt11"])
+    assert "amount_msat" not in decoded
+    assert not int(decoded.get("features", "0") or "0", 16) & (3 << 16)  # basic_mpp off
+    # the buy is durable: the LSP restarts before the payment comes
+    lsp.restart()
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    wait_for(lambda: all(c["peer_connected"] and c["state"] == "CHANNELD_NORMAL"
+                         for c in payer.rpc.listpeerchannels()["channels"]))
+    amount_msat = 200_000_000
+    pay_in_parts(payer, lsp, res["bolt11"], amount_msat, 1)
+    fee = 200_000_000 * 5000 // 1_000_000  # 1 000 000 msat, above the 546 000 minimum
+    assert_jit_channel(lsp, client, amount_msat - fee)
+    [sold] = lsp.rpc.call("superscalar-jit-list")["sold"]
+    assert sold["opening_fee_charged_msat"] == fee and sold["payment_size_msat"] is None
+
+
+def probe_request(raw: Any, lsp: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    before = len(raw.rpc.call("probe-inbox")["messages"])
+    request_id = f"t{before}-{time.time()}"
+    raw.rpc.call("probe-send", {"peer": lsp.info["id"], "text": json.dumps(
+        {"jsonrpc": "2.0", "method": method, "params": params, "id": request_id})})
+    wait_for(lambda: any(m["body"].get("id") == request_id for m in raw.rpc.call("probe-inbox")["messages"]))
+    return next(m["body"] for m in raw.rpc.call("probe-inbox")["messages"] if m["body"].get("id") == request_id)
+
+
+def test_lsps2_buy_errors_reserve_nothing(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    # the LSP's inbound from the network: the payer's 5,000,000 sat channel, less its reserve
+    lsp, _, payer = jit_network(node_factory, bitcoind, plugin_path,
+                            **{"superscalar-lsps2-max-payment-msat": "9000000000"})
+    raw = node_factory.get_node(options={"plugin": str(PROBE)})
+    raw.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    protocols = probe_request(raw, lsp, "lsps0.list_protocols", {})["result"]["protocols"]
+    assert 2 in protocols
+    [offer] = probe_request(raw, lsp, "lsps2.get_info", {})["result"]["opening_fee_params_menu"]
+    assert set(offer) == {"min_fee_msat", "proportional", "valid_until", "min_lifetime", "max_client_to_self_delay",
+                          "min_payment_size_msat", "max_payment_size_msat", "promise"}
+    assert offer["min_fee_msat"] == "546000" and offer["min_payment_size_msat"] == "1000000"
+    assert probe_request(raw, lsp, "lsps2.get_info", {"token": "SECRETDISCOUNTCOUPON100"})["error"]["code"] == 200
+
+    def code(params: dict[str, Any]) -> int:
+        return int(probe_request(raw, lsp, "lsps2.buy", params)["error"]["code"])
+
+    assert code({"opening_fee_params": {**offer, "promise": "00" * 32}, "payment_size_msat": "5000000"}) == 201
+    assert code({"opening_fee_params": {**offer, "min_fee_msat": "1"}, "payment_size_msat": "5000000"}) == 201
+    assert code({"opening_fee_params": offer, "payment_size_msat": "999999"}) == 202  # below min_payment_size
+    assert code({"opening_fee_params": offer, "payment_size_msat": "546000"}) == 202  # below min and the fee
+    assert code({"opening_fee_params": offer, "payment_size_msat": "9000000001"}) == 203  # above max
+    short = probe_request(raw, lsp, "lsps2.buy", {"opening_fee_params": offer, "payment_size_msat": "6000000000"})
+    assert short["error"]["code"] == 203 and "public network" in short["error"]["message"]  # above its inbound
+    assert code({"opening_fee_params": offer, "payment_size_msat": 5000000}) == -32602  # not a string
+    assert code({"opening_fee_params": offer, "extra": True}) == -32602
+    assert lsp.rpc.call("superscalar-jit-list")["sold"] == []
+    good = probe_request(raw, lsp, "lsps2.buy", {"opening_fee_params": offer, "payment_size_msat": "5000000"})
+    assert good["result"]["client_trusts_lsp"] is False and good["result"]["jit_channel_scid"].count("x") == 2
+    # a promise buys once: the replay is refused and records nothing more
+    assert code({"opening_fee_params": offer, "payment_size_msat": "5000000"}) == 201
+    assert len(lsp.rpc.call("superscalar-jit-list")["sold"]) == 1
+    assert [c["peer_id"] for c in lsp.rpc.listpeerchannels()["channels"]] == [payer.info["id"]]  # no JIT channel
+
+
+def test_lsps2_buy_expired_promise(node_factory: Any, plugin_path: Path) -> None:
+    lsp = node_factory.get_node(options={"plugin": str(plugin_path), "superscalar-profile": "regtest",
+                                         "superscalar-lsp": "true", "superscalar-lsps2-valid-seconds": "2"})
+    raw = node_factory.get_node(options={"plugin": str(PROBE)})
+    raw.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    [offer] = probe_request(raw, lsp, "lsps2.get_info", {})["result"]["opening_fee_params_menu"]
+    time.sleep(3)  # past valid_until
+    error = probe_request(raw, lsp, "lsps2.buy", {"opening_fee_params": offer, "payment_size_msat": "5000000"})["error"]
+    assert error["code"] == 201 and "past" in error["message"]
+    assert lsp.rpc.call("superscalar-jit-list")["sold"] == [] and lsp.rpc.listpeerchannels()["channels"] == []

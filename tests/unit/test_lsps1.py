@@ -1,0 +1,276 @@
+"""LSPS1 (bLIP-51): validation, price and states (protocol/lsps1.py), and the LSP's order book with
+its hold invoice (lsp/orders.py) over an in-memory datastore."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from superscalar.factory.params import regtest_params
+from superscalar.lsp.ladder import Create, Ladder, LadderConfig, Waiting
+from superscalar.lsp.orders import CONTINUE, FAIL, FAIL_MARGIN_BLOCKS, PAYMENT_WINDOW_SECONDS, Orders
+from superscalar.protocol.lsps0 import INVALID_PARAMS, LspsError
+from superscalar.protocol.lsps1 import (COMPLETED, EXPECT_PAYMENT, FAILED, HOLD, NOT_FOUND, OPTION_MISMATCH, PAID,
+                                        REFUNDED, UNRECOGNIZED_TOKEN, Channel, Options, Order, validate)
+from superscalar.store import Store
+
+from ..fakes import MemoryDatastore
+
+OPTIONS = Options(min_required_channel_confirmations=1, min_funding_confirms_within_blocks=16,
+                  supports_zero_channel_reserve=False, max_channel_expiry_blocks=24,
+                  min_initial_client_balance_sat=0, max_initial_client_balance_sat=1_000_000,
+                  min_initial_lsp_balance_sat=100_000, max_initial_lsp_balance_sat=10_000_000,
+                  min_channel_balance_sat=100_000, max_channel_balance_sat=11_000_000,
+                  fee_base_sat=1_000, fee_ppm=10_000)
+PEER = "02" + "11" * 32
+OTHER = "03" + "22" * 32
+
+
+def request(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"lsp_balance_sat": "500000", "client_balance_sat": "20000",
+                            "required_channel_confirmations": 1, "funding_confirms_within_blocks": 16,
+                            "channel_expiry_blocks": 20, "token": "", "announce_channel": False}
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+def error(params: dict[str, Any]) -> tuple[int, Any]:
+    with pytest.raises(LspsError) as e:
+        validate(params, OPTIONS)
+    return e.value.code, e.value.data
+
+
+def test_get_info_shape_and_price() -> None:
+    info = OPTIONS.to_json()
+    assert info["min_initial_lsp_balance_sat"] == "100000" and info["max_channel_balance_sat"] == "11000000"
+    assert info["min_required_channel_confirmations"] == 1 and info["supports_zero_channel_reserve"] is False
+    assert set(info) == {"min_required_channel_confirmations", "min_funding_confirms_within_blocks",
+                         "supports_zero_channel_reserve", "max_channel_expiry_blocks",
+                         "min_initial_client_balance_sat", "max_initial_client_balance_sat",
+                         "min_initial_lsp_balance_sat", "max_initial_lsp_balance_sat",
+                         "min_channel_balance_sat", "max_channel_balance_sat"}
+    assert OPTIONS.fee_sat(500_000) == 1_000 + 5_000
+    assert OPTIONS.fee_sat(100_001) == 1_000 + 1_001  # ceil
+    with pytest.raises(ValueError):
+        Options(**{**OPTIONS.__dict__, "min_initial_lsp_balance_sat": 20_000_000})  # min > max
+
+
+def test_malformed_fields_are_invalid_params_with_their_property() -> None:
+    assert error(request(lsp_balance_sat=500000)) == (INVALID_PARAMS, {"property": "lsp_balance_sat",
+                                                                        "message": "Not an LSPS0.sat (a decimal string)"})
+    assert error(request(lsp_balance_sat="0"))[1]["property"] == "lsp_balance_sat"  # MUST be 1 or greater
+    assert error(request(client_balance_sat="-1"))[1]["property"] == "client_balance_sat"
+    assert error(request(client_balance_sat="01"))[1]["property"] == "client_balance_sat"
+    assert error(request(required_channel_confirmations=70_000))[1]["property"] == "required_channel_confirmations"
+    assert error(request(funding_confirms_within_blocks="6"))[1]["property"] == "funding_confirms_within_blocks"
+    assert error(request(channel_expiry_blocks=0))[1]["property"] == "channel_expiry_blocks"
+    assert error(request(announce_channel="no")) == (INVALID_PARAMS, {"property": "announce_channel",
+                                                                      "message": "Not a boolean"})
+    assert error(request(token=5))[1]["property"] == "token"
+    assert error(request(channel_expiry_blocks=...))[1]["property"] == "channel_expiry_blocks"  # missing
+    assert error(request(colour="blue")) == (INVALID_PARAMS, {"unrecognized": ["colour"]})  # LSPS0
+    assert error(request(announce_channel=True))[1]["property"] == "announce_channel"  # we announce none
+
+
+def test_orders_outside_the_options_are_option_mismatch() -> None:
+    def prop(**changes: Any) -> str:
+        code, data = error(request(**changes))
+        assert code == OPTION_MISMATCH
+        return str(data["property"])
+
+    assert prop(lsp_balance_sat="99999") == "min_initial_lsp_balance_sat"
+    assert prop(lsp_balance_sat="10000001") == "max_initial_lsp_balance_sat"
+    assert prop(client_balance_sat="1000001") == "max_initial_client_balance_sat"
+    assert prop(lsp_balance_sat="10000000", client_balance_sat="1000001") == "max_initial_client_balance_sat"
+    assert prop(required_channel_confirmations=0) == "min_required_channel_confirmations"
+    assert prop(funding_confirms_within_blocks=15) == "min_funding_confirms_within_blocks"
+    assert prop(channel_expiry_blocks=25) == "max_channel_expiry_blocks"
+    assert error(request(token="SUMMER")) == (UNRECOGNIZED_TOKEN, {})
+    req = validate(request(refund_onchain_address="bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"), OPTIONS)
+    assert (req.lsp_balance_sat, req.client_balance_sat, req.channel_expiry_blocks) == (500_000, 20_000, 20)
+
+
+def test_state_machine() -> None:
+    order = Order("id", PEER, validate(request(), OPTIONS), 1_700_000_000.0, 1_700_003_600.0, 6_000, "lnbcrt1", "aa")
+    assert (order.order_state, order.payment_state, order.order_total_sat) == ("CREATED", EXPECT_PAYMENT, 26_000)
+    with pytest.raises(ValueError):
+        order.filled(Channel(0, "00" * 32 + ":0", 0, "f"))  # not paid
+    held = order.held(100)
+    done = held.filled(Channel(1_700_000_100.0, "ab" * 32 + ":1", 1_700_018_100.0, "f"))
+    assert (done.order_state, done.payment_state) == (COMPLETED, PAID)
+    assert done.to_json()["channel"] == {"funded_at": "2023-11-14T22:15:00.000Z", "funding_outpoint": "ab" * 32 + ":1",
+                                         "expires_at": "2023-11-15T03:15:00.000Z"}
+    for start in (order, held):
+        gone = start.failed("why")
+        assert (gone.order_state, gone.payment_state) == (FAILED, REFUNDED)
+    with pytest.raises(ValueError):
+        done.failed("late")
+    with pytest.raises(ValueError):
+        held.held(101)
+    assert Order.from_record(done.to_record()) == done
+    j = order.to_json()
+    assert j["payment"]["bolt11"] == {"state": "EXPECT_PAYMENT", "expires_at": "2023-11-14T23:13:20.000Z",
+                                      "fee_total_sat": "6000", "order_total_sat": "26000", "invoice": "lnbcrt1"}
+    assert j["channel"] is None and j["token"] == "" and j["created_at"] == "2023-11-14T22:13:20.000Z"
+
+
+class Node(MemoryDatastore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.height = 500
+        self.rpc = self
+        self.invoices: list[dict[str, Any]] = []
+        self.deleted: list[str] = []
+
+    def blockheight(self) -> int:
+        return self.height
+
+    def call(self, method: str, params: Any) -> Any:
+        if method == "invoice":
+            self.invoices.append(params)
+            return {"bolt11": f"lnbcrt{len(self.invoices)}", "payment_hash": f"{len(self.invoices):064x}",
+                    "expires_at": 1_700_000_000 + params["expiry"]}
+        if method == "delinvoice":
+            self.deleted.append(params["label"])
+            return {}
+        assert method == "listpeers"
+        return {"peers": []}
+
+
+def book() -> tuple[Node, Store, Ladder, Orders]:
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    ladder = Ladder(node, store, LadderConfig(interval_blocks=0, batch_size=2), lambda c, h: {}, None,  # type: ignore[arg-type]
+                    lambda text, level="info": None)
+    orders = Orders(node, store, OPTIONS, ladder, 34, lambda text, level="info": None,  # type: ignore[arg-type]
+                    clock=lambda: 1_700_000_000.0)
+    return node, store, ladder, orders
+
+
+def test_a_rejected_order_makes_nothing() -> None:
+    node, store, ladder, orders = book()
+    for bad in (request(lsp_balance_sat="1"), request(required_channel_confirmations=0), request(token="x"),
+                request(lsp_balance_sat=5)):
+        with pytest.raises(LspsError):
+            orders.create_order(PEER, bad)
+    orders.spoke = lambda peer: peer != OTHER  # a peer that never said superscalar.get_info
+    with pytest.raises(LspsError) as e:
+        orders.create_order(OTHER, request())
+    assert (e.value.code, e.value.message) == (1, "Client rejected") and "message" in (e.value.data or {})
+    assert node.invoices == [] and store.doc_names("lsps1-order-") == [] and orders.list() == []
+    with pytest.raises(LspsError) as e:
+        orders.get_order(PEER, {"order_id": "bb4b5d0a-8334-49d8-9463-90a6d413af7c"})
+    assert (e.value.code, e.value.message, e.value.data) == (NOT_FOUND, "Not found", {})
+    with pytest.raises(LspsError) as e:
+        orders.get_order(PEER, {"order_id": 7})
+    assert e.value.code == INVALID_PARAMS
+
+
+def test_an_order_is_held_queued_filled_and_released() -> None:
+    node, store, ladder, orders = book()
+    made = orders.create_order(PEER, request())
+    assert node.invoices == [{"amount_msat": 26_000_000, "label": f"lsps1-{made['order_id']}",
+                              "description": node.invoices[0]["description"],
+                              "expiry": PAYMENT_WINDOW_SECONDS + 34 * 600, "cltv": 34}]
+    assert made["order_state"] == "CREATED" and made["payment"]["bolt11"]["state"] == EXPECT_PAYMENT
+    with pytest.raises(LspsError) as e:  # another peer cannot see it
+        orders.get_order(OTHER, {"order_id": made["order_id"]})
+    assert e.value.code == NOT_FOUND
+    answers: list[dict[str, Any]] = []
+    h = f"{1:064x}"
+    assert orders.on_htlc("ff" * 32, 1, 600, answers.append) is False  # not an order's
+    assert orders.on_htlc(h, 10_000_000, 540, answers.append) and answers == []  # one part: held
+    assert orders.get_order(PEER, {"order_id": made["order_id"]})["payment"]["bolt11"]["state"] == EXPECT_PAYMENT
+    assert orders.on_htlc(h, 16_000_000, 540, answers.append) and answers == []
+    assert orders.get_order(PEER, {"order_id": made["order_id"]})["payment"]["bolt11"]["state"] == HOLD
+    [w] = ladder.state()["waiting"]
+    assert (w["node_id"], w["balance_sat"], w["inbound_sat"], w["orders"]) == (PEER, 20_000, 500_000, [made["order_id"]])
+    # the ladder starts the factory (its funding not yet broadcast): nothing released yet
+    fid = "cd" * 32
+    params = regtest_params(2, 500)
+    record = {"role": "lsp", "params": params.serialize().decode(), "stage": "funding",
+              "channels": [{"peer_id": OTHER, "funding_outpoint": "ee" * 32 + ":0"},
+                           {"peer_id": PEER, "funding_outpoint": "ee" * 32 + ":1"}]}
+    store.put(fid, "factory", record)
+    ladder.create = lambda clients, height: {"factory_id": fid}  # type: ignore[assignment]
+    ladder.on_started = orders.reconcile
+    ladder._run(Create((Waiting.from_doc(w),)), 500)
+    assert answers == [] and orders.order(made["order_id"]).order_state == "CREATED"  # type: ignore[union-attr]
+    node.height = 540 - FAIL_MARGIN_BLOCKS  # its deadline, but a factory has it: it is not failed
+    orders.on_block(node.height)
+    assert answers == []
+    store.put(fid, "factory", {**record, "stage": "funded"})
+    orders.on_block(node.height)
+    assert answers == [CONTINUE, CONTINUE]
+    done = orders.get_order(PEER, {"order_id": made["order_id"]})
+    assert (done["order_state"], done["payment"]["bolt11"]["state"]) == (COMPLETED, PAID)
+    assert done["channel"]["funding_outpoint"] == "ee" * 32 + ":1"
+    # durable: a restarted LSP reads it back, and a replayed HTLC is settled
+    again = Orders(node, store, OPTIONS, ladder, 34, lambda text, level="info": None,  # type: ignore[arg-type]
+                   clock=lambda: 1_700_000_000.0)
+    assert again.get_order(PEER, {"order_id": made["order_id"]}) == done
+    assert again.on_htlc(h, 26_000_000, 540, answers.append) and answers[-1] == CONTINUE
+
+
+def test_an_order_not_filled_in_time_is_refunded() -> None:
+    node, store, ladder, orders = book()
+    made = orders.create_order(PEER, request())  # funding_confirms_within_blocks 16
+    answers: list[dict[str, Any]] = []
+    h = f"{1:064x}"
+    orders.on_htlc(h, 26_000_000, 600, answers.append)  # held at 500
+    assert ladder.state()["waiting"][0]["orders"] == [made["order_id"]]
+    node.height = 514
+    orders.on_block(514)
+    assert answers == []
+    node.height = 515  # its funding could no longer confirm within 16 blocks of the payment
+    orders.on_block(515)
+    assert answers == [FAIL] and ladder.state()["waiting"] == []
+    gone = orders.get_order(PEER, {"order_id": made["order_id"]})
+    assert (gone["order_state"], gone["payment"]["bolt11"]["state"], gone["channel"]) == (FAILED, REFUNDED, None)
+    assert node.deleted == [f"lsps1-{made['order_id']}"]
+    orders.on_htlc(h, 26_000_000, 600, answers.append)  # a retry of a failed order is failed
+    assert answers[-1] == FAIL
+    # a patient order (100 blocks) whose HTLC expires sooner: failed FAIL_MARGIN_BLOCKS before it times out
+    patient = orders.create_order(PEER, request(funding_confirms_within_blocks=100))
+    orders.on_htlc(f"{2:064x}", 26_000_000, 545, answers.append)
+    node.height = 545 - FAIL_MARGIN_BLOCKS - 1
+    orders.on_block(node.height)
+    assert orders.get_order(PEER, {"order_id": patient["order_id"]})["payment"]["bolt11"]["state"] == HOLD
+    node.height += 1
+    orders.on_block(node.height)
+    assert answers[-1] == FAIL and orders.get_order(PEER, {"order_id": patient["order_id"]})["order_state"] == FAILED
+    # an HTLC too close to its expiry to be held is failed at once, the order still open
+    third = orders.create_order(PEER, request())
+    orders.on_htlc(f"{3:064x}", 26_000_000, node.height + FAIL_MARGIN_BLOCKS, answers.append)
+    assert answers[-1] == FAIL and orders.get_order(PEER, {"order_id": third["order_id"]})["payment"]["bolt11"][
+        "state"] == EXPECT_PAYMENT
+
+
+def test_an_unpaid_order_expires_and_a_late_payment_is_failed() -> None:
+    node, store, ladder, orders = book()
+    made = orders.create_order(PEER, request())
+    orders.clock = lambda: 1_700_000_000.0 + PAYMENT_WINDOW_SECONDS + 1
+    answers: list[dict[str, Any]] = []
+    orders.on_htlc(f"{1:064x}", 26_000_000, 600, answers.append)
+    assert answers == [FAIL] and ladder.state()["waiting"] == []
+    assert orders.get_order(PEER, {"order_id": made["order_id"]})["order_state"] == FAILED
+    second = orders.create_order(PEER, request())
+    orders.on_block(node.height)
+    assert orders.get_order(PEER, {"order_id": second["order_id"]})["payment"]["bolt11"]["state"] == EXPECT_PAYMENT
+    orders.clock = lambda: 1_700_000_000.0 + 2 * PAYMENT_WINDOW_SECONDS + 2
+    orders.on_block(node.height)  # no payment within the window: failed, its invoice cancelled
+    assert orders.get_order(PEER, {"order_id": second["order_id"]})["payment"]["bolt11"]["state"] == REFUNDED
+
+
+def test_concurrent_create_orders_get_distinct_ids() -> None:
+    node, store, ladder, orders = book()
+    ids: list[str] = []
+    threads = [threading.Thread(target=lambda: ids.append(orders.create_order(PEER, request())["order_id"]))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 8 and all(len(i) <= 64 for i in ids)
