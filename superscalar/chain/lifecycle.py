@@ -388,14 +388,20 @@ class Lifecycle:
         if progress is not None and progress["status"] not in DONE:
             return False  # its own exit is running already
         confirmed = life["tree_confirmed"]
-        if watch.leaf in confirmed:
+        # A client with channels on liquidity sales publishes those sales as soon as its leaf is on chain:
+        # once the L-stock's script path opens (lstock_csv_blocks) the LSP alone could spend it.
+        sold = watch.leaf in confirmed and any(s.get("mine") for s in
+                                               (self.store.get(watch.fid, "factory") or {}).get("sales", []))
+        if watch.leaf in confirmed and not sold:
             life["exit_started"] = {"height": height, "reason": "its leaf is on chain already: nothing to publish"}
             return True
         racing = sorted(k for k in watch.kickoffs if k in confirmed)
         start_at = exit_start_height(watch.params, watch.ewt)
-        if not racing and height < start_at:
+        if not racing and not sold and height < start_at:
             return False
-        why = (f"tree partly on chain: kickoff {racing[0]} of its path confirmed, the newest state must confirm first"
+        why = ("its leaf is on chain: its liquidity sales must confirm before the L-stock's script path opens"
+               if sold else
+               f"tree partly on chain: kickoff {racing[0]} of its path confirmed, the newest state must confirm first"
                if racing else f"tree partly on chain: its path must confirm before its leaf's timeout "
                               f"{watch.params.timeout(watch.params.height)}")
         plan = exit_plan(self.store, self.client, watch.fid, None)

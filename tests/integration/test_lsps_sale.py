@@ -257,3 +257,45 @@ def test_client_that_missed_a_sale_catches_up(node_factory: Any, bitcoind: Any, 
     assert mate.daemon.is_in_log(f"caught up with earlier sale {first['sale_txid']}")
     assert len(channels_in(buyer, lsp)) == 3
     no_broken([lsp, *clients])
+
+
+@pytest.mark.parametrize("buyer_offline", [False, True])
+def test_leaf_on_chain_makes_the_buyer_publish_its_sale(node_factory: Any, bitcoind: Any, plugin_path: Path,
+                                                        buyer_offline: bool) -> None:
+    """The leaf-mate exits, so the shared leaf confirms: the buyer publishes its sale by itself (before
+    the L-stock's script path opens) and its sale channel becomes an ordinary funded channel. Offline
+    while the leaf confirmed, the buyer finds it on chain when it comes back and publishes at once."""
+    lsp, clients = network(node_factory, plugin_path, 2)
+    buyer, mate = clients
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    sale = sell(lsp, fid, buyer, CAPACITY_SAT)
+    wait_for(lambda: channels_in(buyer, lsp, sale["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
+    leaf_txid = Tx.from_hex(record(lsp, fid)["sales"][0]["tx"]).inputs[0].prevout.txid_hex
+    if buyer_offline:
+        buyer.stop()
+    mate.rpc.call("superscalar-exit", {"factory_id": fid})  # the buyer never asks to exit
+    if buyer_offline:
+        mine_until(bitcoind, [lsp, mate], lambda: _confirmed(bitcoind, leaf_txid), blocks=30)
+        buyer.start()
+        buyer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+        sync_blockheight(bitcoind, [buyer])
+    mine_until(bitcoind, [lsp, *clients], lambda: _confirmed(bitcoind, sale["sale_txid"]), blocks=30)
+    lstock_csv = FactoryParams.deserialize(record(lsp, fid)["params"].encode()).lstock_csv_blocks
+    leaf_height = bitcoind.rpc.getblockheader(bitcoind.rpc.getrawtransaction(leaf_txid, True)["blockhash"])["height"]
+    sale_height = bitcoind.rpc.getblockheader(bitcoind.rpc.getrawtransaction(sale["sale_txid"], True)["blockhash"])["height"]
+    assert sale_height < leaf_height + lstock_csv, (leaf_height, sale_height)
+    # The buyer's own lifecycle published it (its exit of the path started when the mate's kickoff confirmed,
+    # or at once if its leaf was found confirmed already), channels left open.
+    progress = record_exit(buyer, fid)
+    assert f"sale/{record(lsp, fid)['sales'][0]['leaf']}/0" in progress["confirmed"] and progress["channels"] == []
+    wait_for(lambda: channels_in(buyer, lsp, sale["funding_outpoint"])[0].get("short_channel_id") is not None)
+    assert channels_in(buyer, lsp, sale["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL"
+    no_broken([lsp, *clients])
+
+
+def _confirmed(bitcoind: Any, txid: str) -> bool:
+    try:
+        return int(bitcoind.rpc.getrawtransaction(txid, True).get("confirmations", 0)) > 0
+    except Exception:
+        return False
