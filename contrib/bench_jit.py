@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark: an LSPS2 JIT channel from the LSP's wallet on regtest, HTLC arrival → payment settled.
+"""Benchmark: an LSPS2 JIT channel on regtest, HTLC arrival → payment settled; and an LSPS1 order
+paid → channel usable.
 
 A regtest bitcoind and three real lightningd nodes: the LSP (plugin, wallet coins), a plain payer with
 a channel to the LSP, and for each round a fresh client (plugin, no channel, no coins) that buys a JIT
@@ -8,9 +9,15 @@ per round, from the LSP's log: the first part's arrival (`holding part 1`), the 
 channel ready (zero-conf, CHANNELD_NORMAL); and the moment the payer's last `waitsendpay` returns (the
 client released the preimage), on the same clock. Prints each round and the median.
 
+With `--source sale` each round first puts two fresh clients in a factory (`superscalar-create`): the
+JIT channel then comes out of the first client's leaf L-stock (a liquidity sale, no wallet
+transaction), and the second client buys 40,000 sat of inbound with LSPS1 (`superscalar-buy-inbound`),
+which the LSP fills at once by a sale: timed from the LSP holding the order's payment to the order
+completed, and to the client's new channel in CHANNELD_NORMAL.
+
 Needs `lightningd` and `bitcoind` on PATH and pyln-testing. Daemon logs go to a temporary directory.
 
-    contrib/bench_jit.py [--rounds 3] [--parts 3] [--amount-msat 300000000]
+    contrib/bench_jit.py [--rounds 3] [--parts 3] [--amount-msat 300000000] [--source wallet|sale]
 """
 
 from __future__ import annotations
@@ -57,8 +64,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--parts", type=int, default=3)
-    ap.add_argument("--amount-msat", type=int, default=300_000_000)
+    ap.add_argument("--amount-msat", type=int, default=None,
+                    help="default 300000000 (wallet), 30000000 (sale: it must fit a regtest leaf's L-stock)")
+    ap.add_argument("--source", choices=("wallet", "sale"), default="wallet")
     args = ap.parse_args()
+    if args.amount_msat is None:
+        args.amount_msat = 300_000_000 if args.source == "wallet" else 30_000_000
     directory = tempfile.mkdtemp(prefix="superscalar-bench-jit-")
     bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
     executor = ThreadPoolExecutor(max_workers=4)
@@ -70,8 +81,11 @@ def main() -> None:
     try:
         bitcoind.start()
         bitcoind.generate_block(101)
+        ladder = {"superscalar-ladder": "true", "superscalar-ladder-interval-blocks": "0",
+                  "superscalar-batch-size": "6", "superscalar-batch-wait-blocks": "30",
+                  "superscalar-lsps1-min-lsp-balance-sat": "20000"} if args.source == "sale" else {}
         lsp = factory.get_node(options={"plugin": str(PLUGIN), "superscalar-profile": "regtest",
-                                        "superscalar-lsp": "true"})
+                                        "superscalar-lsp": "true", **ladder})
         payer = factory.get_node()
         lsp.fundwallet(50_000_000)
         payer.fundwallet(50_000_000)
@@ -79,9 +93,31 @@ def main() -> None:
         payer.rpc.fundchannel(lsp.info["id"], 10_000_000)
         bitcoind.generate_block(6)
         wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
+        orders = []
         for n in range(args.rounds):
-            client = factory.get_node(options={"plugin": str(PLUGIN), "superscalar-profile": "regtest"})
+            client = factory.get_node(options={"plugin": str(PLUGIN), "superscalar-profile": "regtest",
+                                               "superscalar-join": lsp.info["id"]})
             client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+            if args.source == "sale":
+                buyer = factory.get_node(options={"plugin": str(PLUGIN), "superscalar-profile": "regtest",
+                                                  "superscalar-join": lsp.info["id"]})
+                buyer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+                lsp.fundwallet(2_000_000)  # a confirmed coin of its own for each round's factory
+                created = lsp.rpc.call("superscalar-create", {"clients": [
+                    {"id": c.info["id"], "balance_sat": 50_000, "inbound_sat": 100_000} for c in (client, buyer)]})
+                bitcoind.generate_block(1, wait_for_mempool=created["funding_txid"])
+                sync_blockheight(bitcoind, [lsp, client, buyer])
+                wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in lsp.rpc.listpeerchannels()["channels"]))
+                bought = buyer.rpc.call("superscalar-buy-inbound", {"id": lsp.info["id"], "lsp_balance_sat": 40_000})
+                order_id = bought["order"]["order_id"]
+                wait_for(lambda: len(buyer.rpc.listpeerchannels(lsp.info["id"])["channels"]) == 2 and all(
+                    c["state"] == "CHANNELD_NORMAL" for c in buyer.rpc.listpeerchannels(lsp.info["id"])["channels"]))
+                usable = time.time()
+                held = log_time(lsp, f"LSPS1: holding an HTLC .* for order {order_id}")
+                completed = log_time(lsp, f"LSPS1: order {order_id} completed at once by sale")
+                orders.append((completed - held, usable - held))
+                say(f"round {n + 1}: LSPS1 order paid → completed by a sale {orders[-1][0]:.3f} s, → channel usable "
+                    f"{orders[-1][1]:.3f} s")
             inv = client.rpc.call("superscalar-jit-invoice", {"lsp_id": lsp.info["id"], "amount_msat": args.amount_msat,
                                                               "description": f"bench {n}"})
             pay_in_parts(payer, lsp, inv["bolt11"], args.amount_msat, args.parts)
@@ -93,11 +129,15 @@ def main() -> None:
             rows.append((last - first, ready - last, settled - ready, settled - first))
             say(f"round {n + 1}: parts arrive over {rows[-1][0]:.3f} s; all held → channel ready {rows[-1][1]:.3f} s;"
                   f" ready → settled {rows[-1][2]:.3f} s; first HTLC arrival → settled {rows[-1][3]:.3f} s")
-            # the funding transaction confirms before the next round's wallet spend
-            bitcoind.generate_block(1, wait_for_mempool=1)
-            sync_blockheight(bitcoind, [lsp])
-        say(f"median over {len(rows)} rounds: HTLC arrival → settled {statistics.median(r[3] for r in rows):.3f} s,"
-              f" of which channel open {statistics.median(r[1] for r in rows):.3f} s")
+            if args.source == "wallet":  # the funding transaction confirms before the next round's wallet spend
+                bitcoind.generate_block(1, wait_for_mempool=1)
+                sync_blockheight(bitcoind, [lsp])
+        say(f"median over {len(rows)} rounds ({args.source} channel): HTLC arrival → settled "
+            f"{statistics.median(r[3] for r in rows):.3f} s, of which channel open {statistics.median(r[1] for r in rows):.3f} s")
+        if orders:
+            say(f"median over {len(orders)} LSPS1 orders filled by a sale: paid → completed "
+                f"{statistics.median(o[0] for o in orders):.3f} s, paid → channel usable "
+                f"{statistics.median(o[1] for o in orders):.3f} s")
     finally:
         for node in factory.nodes:
             try:

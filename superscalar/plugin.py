@@ -41,7 +41,7 @@ from superscalar.lsp.jit import JitService, liquidity_shortfall, wallet_channel
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.lsp.leaving import Leavers, roll_or_close
 from superscalar.lsp.ladder import Ladder, LadderConfig
-from superscalar.lsp.inbound import OnDemand, sale_first
+from superscalar.lsp.inbound import OnDemand, sale_first, sale_somewhere
 from superscalar.lsp.onboarding import JoinLimits, Onboarding, Speakers, terms
 from superscalar.lsp.orders import HOLD_EXTRA_BLOCKS, Orders
 from superscalar.lsps.client import LspsClient
@@ -218,7 +218,8 @@ def lsps1_orders(roles: "Roles", ladder: Ladder, options: dict[str, Any], plugin
     bound = ladder.config.wait_bound_blocks()
     assert bound is not None
     return Orders(roles.node, roles.store, lsps1_options(bound, roles.params_for(2, 0).active_blocks, options), ladder,
-                  bound + HOLD_EXTRA_BLOCKS, plugin.log, spoke=lambda peer: not roles.speakers.silent([peer], 0.0))
+                  bound + HOLD_EXTRA_BLOCKS, plugin.log, spoke=lambda peer: not roles.speakers.silent([peer], 0.0),
+                  sell=lambda peer, capacity: sale_somewhere(roles.seller, roles.store, peer, capacity, plugin.log))
 
 
 def _bitcoind(plugin: Plugin, network: str) -> Optional[Bitcoind]:

@@ -39,14 +39,21 @@ def client_factories(store: Store, peer: str) -> list[str]:
     return [fid for _, fid in sorted(found, reverse=True)]
 
 
-def sell_somewhere(seller: Seller, store: Store, peer: str, capacity_sat: int, log: Log) -> Optional[str]:
-    """A new channel of `capacity_sat` to `peer` out of one of its factories' L-stock; None if none can."""
+def sale_somewhere(seller: Seller, store: Store, peer: str, capacity_sat: int, log: Log) -> Optional[dict[str, Any]]:
+    """A sale of a new channel of `capacity_sat` to `peer` out of one of its factories' L-stock
+    (`Seller.sell`'s result); None if none can."""
     for fid in client_factories(store, peer):
         try:
-            return str(seller.sell(fid, peer, capacity_sat)["channel_id"])
+            return seller.sell(fid, peer, capacity_sat)
         except SaleError as e:
             log(f"inbound for {peer}: no sale in factory {fid}: {e}", level="info")
     return None
+
+
+def sell_somewhere(seller: Seller, store: Store, peer: str, capacity_sat: int, log: Log) -> Optional[str]:
+    """The channel id of such a sale, or None."""
+    sale = sale_somewhere(seller, store, peer, capacity_sat, log)
+    return None if sale is None else str(sale["channel_id"])
 
 
 def sale_first(seller: Seller, store: Store, fallback: OpenFor, log: Log) -> OpenFor:

@@ -63,8 +63,11 @@ class HeldPart:
 class Orders:
     def __init__(self, node: ClnNode, store: Store, options: Options, ladder: Ladder, final_cltv: int,
                  log: Callable[..., None], clock: Callable[[], float] = time.time,
-                 spoke: Callable[[str], bool] = lambda peer: True) -> None:
+                 spoke: Callable[[str], bool] = lambda peer: True,
+                 sell: Optional[Callable[[str, int], Optional[dict[str, Any]]]] = None) -> None:
         self.node, self.store, self.options, self.ladder = node, store, options, ladder
+        # an L-stock sale in one of the client's factories (lsp/inbound.py): the sale's result, or None
+        self.sell = sell
         self.spoke = spoke  # has the peer spoken SuperScalar on this connection (lsp/onboarding.py)
         self.final_cltv = final_cltv
         self.log = log
@@ -159,10 +162,46 @@ class Orders:
             if order.payment_state == EXPECT_PAYMENT and sum(p.amount_msat for p in parts) >= order.order_total_sat * 1000:
                 order = order.held(height)
                 self._save(order)
-                self.ladder.add_more(order.peer_id, order.request.client_balance_sat, order.request.lsp_balance_sat,
-                                     order.order_id)
-                self.log(f"LSPS1: order {order.order_id} paid (HTLCs held); {order.peer_id} queued for the next factory")
+                if self.sell is not None and order.request.client_balance_sat == 0:
+                    # a client already in a factory of ours may be served at once out of its leaf's L-stock
+                    threading.Thread(target=self._sell_or_queue, args=(order,), name="superscalar-lsps1-sale",
+                                     daemon=True).start()
+                else:
+                    self._queue(order)
             return True
+
+    def _queue(self, order: Order) -> None:
+        self.ladder.add_more(order.peer_id, order.request.client_balance_sat, order.request.lsp_balance_sat,
+                             order.order_id)
+        self.log(f"LSPS1: order {order.order_id} paid (HTLCs held); {order.peer_id} queued for the next factory")
+
+    def _sell_or_queue(self, order: Order) -> None:
+        """Fill a paid order at once by a liquidity sale (a channel of lsp_balance_sat, no push: so only
+        orders with no client balance), else queue it for the next factory as usual."""
+        assert self.sell is not None
+        try:
+            sale = self.sell(order.peer_id, order.request.lsp_balance_sat)
+        except Exception as e:
+            self.log(f"LSPS1: order {order.order_id}: no sale ({e!r})", level="info")
+            sale = None
+        with self._lock:
+            order = self._orders[order.order_id]
+            if order.order_state != CREATED or order.payment_state != HOLD:
+                return
+            if sale is None:
+                self._queue(order)
+                return
+            record = self.store.get(str(sale["factory_id"]), "factory") or {}
+            params = FactoryParams.deserialize(str(record["params"]).encode())
+            now, height = self.clock(), self.node.blockheight()
+            order = order.filled(Channel(now, str(sale["funding_outpoint"]),
+                                         now + max(0, params.expiry_height - height) * BLOCK_SECONDS,
+                                         str(sale["factory_id"])))
+            self._save(order)
+            for part in self._held.pop(order.payment_hash, []):
+                part.answer(CONTINUE)
+            self.log(f"LSPS1: order {order.order_id} completed at once by sale {sale['sale_txid']} in factory "
+                     f"{sale['factory_id']}, channel {sale['funding_outpoint']}")
 
     # --- filling and failing ---
 

@@ -222,9 +222,10 @@ def parse_get_order(params: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class Channel:
     """bLIP-51 §4: the channel that filled the order. Here the leaf channel in the client's new
-    factory: `funding_outpoint` is the leaf channel's funding outpoint (its transaction is pre-signed,
-    on chain only if someone exits); `funded_at` is when the factory's root funding transaction was
-    published; `expires_at` the factory's expiry (the earliest the LSP may close the channel)."""
+    factory, or the channel a liquidity sale added in a factory it is already in: `funding_outpoint` is
+    that channel's funding outpoint (its transaction is pre-signed, on chain only if someone exits);
+    `funded_at` is when the factory's root funding transaction was published, or the sale signed;
+    `expires_at` the factory's expiry (the earliest the LSP may close the channel)."""
 
     funded_at: float
     funding_outpoint: str

@@ -100,3 +100,43 @@ def test_jit_channel_for_a_factory_client_is_a_sale(node_factory: Any, bitcoind:
     print(f"JIT from L-stock: channel {capacity} sat, opening fee {inv['opening_fee_msat']} msat, sale fee "
           f"{sale_fee} sat, L-stock left {tx.outputs[1].value} sat")
     no_broken([lsp, *clients])
+
+
+def test_lsps1_order_of_a_factory_client_is_a_sale(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """An LSPS1 order from a client already in a factory of the LSP is filled at once by a liquidity
+    sale out of its leaf's L-stock, not by waiting for the next factory."""
+    from pyln.testing.utils import wait_for
+
+    from .test_lsps1 import lsp_options
+
+    lsp = node_factory.get_node(options=lsp_options(plugin_path, **{"superscalar-lsps1-min-lsp-balance-sat": "20000"}),
+                                may_reconnect=True)
+    clients = node_factory.get_nodes(2, opts={"plugin": str(plugin_path), "superscalar-profile": "regtest",
+                                              "may_reconnect": True, "superscalar-join": lsp.info["id"]})
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp.fundwallet(10_000_000)
+    res = create_factory(lsp, clients, bitcoind)
+    fid, client = res["factory_id"], clients[0]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    inbound = 60_000
+    bought = client.rpc.call("superscalar-buy-inbound", {"id": lsp.info["id"], "lsp_balance_sat": inbound})
+    order_id = bought["order"]["order_id"]
+    wait_for(lambda: client.rpc.call("superscalar-order", {"id": lsp.info["id"], "order_id": order_id})
+             ["order"]["order_state"] == "COMPLETED")
+    order = client.rpc.call("superscalar-order", {"id": lsp.info["id"], "order_id": order_id})["order"]
+    [sale] = record(lsp, fid)["sales"]
+    tx = Tx.from_hex(sale["tx"])
+    assert order["channel"]["funding_outpoint"] == f"{tx.txid}:0"
+    assert order["payment"]["bolt11"]["state"] == "PAID"
+    vsize = bitcoind.rpc.decoderawtransaction(sale["tx"])["vsize"]
+    sale_fee = -(-vsize * params.feerate_per_kvb // 1000)
+    assert [o.value for o in tx.outputs] == [inbound, params.lstock_sat - inbound - params.anchor_sat - sale_fee,
+                                             params.anchor_sat]
+    wait_for(lambda: channels_in(client, lsp, f"{tx.txid}:0")[0]["state"] == "CHANNELD_NORMAL")
+    assert msat(channels_in(client, lsp, f"{tx.txid}:0")[0]["total_msat"]) == inbound * 1000
+    assert lsp.rpc.call("superscalar-ladder")["waiting"] == []  # not queued for a factory
+    price = int(order["payment"]["bolt11"]["fee_total_sat"])
+    print(f"LSPS1 order filled by sale {tx.txid}: {inbound} sat inbound for {price} sat, sale fee {sale_fee} sat")
+    pay_msat(lsp, client, 50_000_000, "into-the-bought-inbound")  # more than the old channel's inbound left
+    no_broken([lsp, *clients])
