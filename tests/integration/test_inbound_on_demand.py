@@ -59,7 +59,7 @@ def test_payment_beyond_inbound_gets_an_lstock_sale(node_factory: Any, bitcoind:
 def test_jit_channel_for_a_factory_client_is_a_sale(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     """LSPS2 for a client already in a factory of the LSP: the JIT channel comes out of its leaf's
     L-stock (no wallet transaction), and it receives exactly amount − opening fee."""
-    from pyln.testing.utils import wait_for
+    from pyln.testing.utils import sync_blockheight, wait_for
 
     from .test_lsps2 import PROBE, pay_in_parts
 
@@ -74,6 +74,9 @@ def test_jit_channel_for_a_factory_client_is_a_sale(node_factory: Any, bitcoind:
     payer.rpc.fundchannel(lsp.info["id"], 5_000_000)
     bitcoind.generate_block(6)
     wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
+    # every node at the tip before the factory: a client counts its funding deadline (6 blocks on the
+    # regtest profile) from its own height when it signs
+    sync_blockheight(bitcoind, [lsp, payer, *clients])
     for c in clients:
         c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     res = create_factory(lsp, clients, bitcoind)
