@@ -47,6 +47,7 @@ PAYMENT_WINDOW_SECONDS = 3600  # how long the invoice (the bolt11 payment option
 FAIL_MARGIN_BLOCKS = 6  # fail held HTLCs this long before their CLTV expiry ("shortly before it times out")
 HOLD_EXTRA_BLOCKS = 24  # final CLTV beyond the ladder's wait bound: the ceremony, the margin above
 BLOCK_SECONDS = 600  # to turn heights into the spec's datetimes (an estimate, as any such date is)
+MAX_UNPAID_PER_PEER = 5  # orders awaiting payment at once per peer: each is an invoice and a record
 
 Answer = Callable[[dict[str, Any]], None]  # answers one htlc_accepted hook call
 CONTINUE: dict[str, Any] = {"result": "continue"}
@@ -97,6 +98,12 @@ class Orders:
             raise LspsError(CLIENT_REJECTED, "Client rejected",
                             {"message": "this LSP sells channels in SuperScalar factories: ask superscalar.get_info "
                                         "first (a client that does not run SuperScalar cannot join one)"})
+        with self._lock:
+            unpaid = sum(1 for o in self._orders.values() if o.peer_id == peer and o.order_state == CREATED
+                         and o.payment_state == EXPECT_PAYMENT and self.clock() <= o.expires_at)
+        if unpaid >= MAX_UNPAID_PER_PEER:  # peer input is bounded per peer
+            raise LspsError(CLIENT_REJECTED, "Client rejected",
+                            {"message": f"{unpaid} orders of this client await payment: pay or let them expire"})
         order_id = str(uuid.uuid4())
         fee = self.options.fee_sat(req.lsp_balance_sat)
         now = self.clock()

@@ -149,6 +149,19 @@ def book() -> tuple[Node, Store, Ladder, Orders]:
     return node, store, ladder, orders
 
 
+def test_unpaid_orders_are_bounded_per_peer() -> None:
+    from superscalar.lsp.orders import MAX_UNPAID_PER_PEER
+
+    node, store, ladder, orders = book()
+    for _ in range(MAX_UNPAID_PER_PEER):
+        orders.create_order(PEER, request())
+    with pytest.raises(LspsError) as e:
+        orders.create_order(PEER, request())
+    assert e.value.code == 1 and len(node.invoices) == MAX_UNPAID_PER_PEER
+    orders.create_order(OTHER, request())  # another peer is not affected
+    assert len(node.invoices) == MAX_UNPAID_PER_PEER + 1
+
+
 def test_a_rejected_order_makes_nothing() -> None:
     node, store, ladder, orders = book()
     for bad in (request(lsp_balance_sat="1"), request(required_channel_confirmations=0), request(token="x"),
@@ -267,8 +280,8 @@ def test_an_unpaid_order_expires_and_a_late_payment_is_failed() -> None:
 def test_concurrent_create_orders_get_distinct_ids() -> None:
     node, store, ladder, orders = book()
     ids: list[str] = []
-    threads = [threading.Thread(target=lambda: ids.append(orders.create_order(PEER, request())["order_id"]))
-               for _ in range(8)]
+    threads = [threading.Thread(target=lambda peer=f"{i + 2:02x}" * 33: ids.append(  # type: ignore[misc]
+                   orders.create_order(peer, request())["order_id"])) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
