@@ -27,11 +27,19 @@ class LspsServer:
     def __init__(self, send: Send, log: Log, others: tuple[str, ...] = ()) -> None:
         """`others`: method families (`lsps5`, ...) another plugin on this node answers; their requests
         pass through untouched instead of getting "Method not found"."""
-        self._send = send
+        self._raw_send = send
         self._log = log
         self._others = frozenset(others)
         self._methods: dict[str, Handler] = {"lsps0.list_protocols": self._list_protocols}
         self._background: set[str] = set()
+
+    def _send(self, peer: str, message: bytes) -> None:
+        """Answer `peer`; one that disconnected since it asked gets nothing (bLIP-50 "Disconnection
+        Handling": the LSP treats it as delivered, the client asks again)."""
+        try:
+            self._raw_send(peer, message)
+        except Exception as e:
+            self._log(f"LSPS: cannot answer {peer} (disconnected?): {e!r}", level="info")
 
     def register(self, method: str, handler: Handler, background: bool = False) -> None:
         """`background`: run the handler in a thread, not in the hook (one that calls an RPC command

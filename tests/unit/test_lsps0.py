@@ -234,3 +234,14 @@ def test_terms_and_join() -> None:
     assert e.value.code == JOIN_NOT_OFFERED
     speakers.forget("02" * 33)
     assert speakers.silent(["02" * 33], wait=0) == ["02" * 33]
+
+
+def test_an_answer_to_a_peer_gone_is_dropped_quietly() -> None:
+    logged: list[str] = []
+
+    def gone(peer: str, msg: bytes) -> None:
+        raise OSError("peer not connected")
+
+    server = LspsServer(gone, lambda text, level="info": logged.append(level))
+    assert server.on_message("02" * 33, TYPE + request("lsps0.list_protocols", {}))
+    assert logged == ["info"]  # not broken: the client asks again when it reconnects
