@@ -81,3 +81,14 @@ def sale_position(sales: list[dict[str, Any]], k: int) -> int:
     """How many sale transactions an exit of sale `k`'s channel publishes (k and the earlier ones of its leaf)."""
     leaf = int(sales[k]["leaf"])
     return sum(1 for s in sales[:k + 1] if int(s["leaf"]) == leaf)
+
+
+def open_sales(sales: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sales of an LSP record whose channel exists (completed and recorded): the ones a close pays
+    and a rollover carries, with their client's leaf channel."""
+    return [s for s in sales if s.get("status") == OPEN and s.get("channel_id")]
+
+
+def sold_capacity_sat(sales: Iterable[dict[str, Any]], peer: str) -> int:
+    """The capacity of `peer`'s open sale channels (LSP record): what a rollover adds to its leaf channel's."""
+    return sum(int(s["capacity_sat"]) for s in open_sales(sales) if s["peer_id"] == peer)

@@ -6,8 +6,9 @@ refuses every HTLC on that channel) and checked, in its own `listpeerchannels`, 
 no pending HTLC and that the close spends its factory's funding output and pays it at least
 floor(to_us_msat / 1000) sat to its payout script, or, when it rolls into the next factory, that the
 close's txid and output 0 are exactly the funding of the next factory whose exit path it stored. A
-rollover invitation is accepted only from the same LSP, for a factory it is in, once its channel there
-is frozen with no HTLC, and for a channel of the same capacity pushed exactly its current balance.
+rollover invitation is accepted only from the same LSP, for a factory it is in, once its channels there
+(its leaf channel and those on the liquidity sales it bought) are frozen with no HTLC, and for one
+channel of their capacity together, pushed exactly its current balance in them.
 
 The fully signed close is stored before Done goes out. Until this client has given its partial
 signature nobody can hold the close, so aborting is free: the factory is unfrozen and a next factory
@@ -130,16 +131,22 @@ class ClientCloser:
         if next_factory and self.store.get(next_factory, "factory") is not None:
             drop_next_factory(self.store, next_factory, f"the rollover of {fid} was aborted: {reason}")
 
-    def _quiet_balance(self, rec: dict[str, Any]) -> tuple[Optional[int], str]:
-        """Our balance (msat) in the factory's channel, if it is normal and holds no HTLC; else why not."""
+    def _quiet_channels(self, rec: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+        """Our channels in the factory (the leaf channel and those on our liquidity sales: a close pays
+        their balances together, a rollover carries them into one channel), if they are all normal
+        and hold no HTLC; else why not."""
         chans = [ch for ch in self.node.peer_channels(rec["lsp"]) if channel_in_factory(rec, ch)]
         leaf = [ch for ch in chans if f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" == rec["leaf_outpoint"]]
         if len(leaf) != 1 or any(ch.get("state") != "CHANNELD_NORMAL" for ch in chans):
-            return None, "our channel in that factory is not normal"
+            return [], "our channel in that factory is not normal"
         if any(ch.get("htlcs") for ch in chans):
-            return None, "our channel in that factory has pending HTLCs"
-        # with our liquidity-sale channels (the close pays their balances with the leaf channel's)
-        return sum(msat(ch["to_us_msat"]) for ch in chans), ""
+            return [], "our channel in that factory has pending HTLCs"
+        return chans, ""
+
+    def _quiet_balance(self, rec: dict[str, Any]) -> tuple[Optional[int], str]:
+        """Our balance (msat) in the factory's channels, if they are quiet (above); else why not."""
+        chans, why = self._quiet_channels(rec)
+        return (sum(msat(ch["to_us_msat"]) for ch in chans), "") if chans else (None, why)
 
     def accept_rollover(self, peer: str, msg: Invite) -> Optional[str]:
         """An invitation into the next factory of one of ours: freeze our channel in it and check it;
@@ -154,11 +161,13 @@ class ClientCloser:
         if rec.get("funding", {}).get("status", CONFIRMED) != CONFIRMED:
             return "that factory's funding has not confirmed"
         self._freeze(fid, rec, "rollover", msg.factory_id.hex())
-        balance, why = self._quiet_balance(rec)
-        if balance is None:
+        chans, why = self._quiet_channels(rec)
+        balance = sum(msat(ch["to_us_msat"]) for ch in chans)
+        capacity = sum(msat(ch["total_msat"]) for ch in chans) // 1000  # our channels' capacities in sat
+        if not chans:
             pass
-        elif msg.balance_sat + msg.inbound_sat != int(rec["capacity_sat"]):
-            why = f"the new channel's capacity is not our channel's {rec['capacity_sat']} sat"
+        elif msg.balance_sat + msg.inbound_sat != capacity:
+            why = f"the new channel's capacity is not our {len(chans)} channels' {capacity} sat"
         elif msg.push_msat != balance or msg.balance_sat != balance // 1000:
             why = f"the new channel is not pushed our balance of {balance} msat"
         if why:

@@ -15,9 +15,10 @@
 
 `superscalar-rollover` (the laddering calls the same code): the close's outputs are the next factory
 B's funding output (output 0), the leavers' payouts, the LSP's rest and the anchor. B's clients are
-the rolling clients; each B channel has its A channel's capacity and is pushed exactly the client's A
-balance in msat. Order: freeze A → invite B's clients (the invite names A; each client freezes its A
-channel and checks it holds no HTLC, that B's capacity is A's and the push its own to_us_msat) →
+the rolling clients; each has one B channel, of the capacity of its A channels together (its leaf
+channel and the channels of the liquidity sales it bought, `superscalar/sales.py`), pushed exactly its
+balance in them, in msat. Order: freeze A → invite B's clients (the invite names A; each client freezes its A
+channels and checks they hold no HTLC, that B's capacity is theirs together and the push its own to_us_msat) →
 `fundchannel_start` every B channel → B's tree over (close txid, 0) (the close's txid is final before
 it is signed) → B's construction round (each client stores B's exit path before Done) → B recorded,
 its channels completed → the CLOSE round on A (rolling clients check that output 0 is B's funding
@@ -61,7 +62,7 @@ from ..node import msat
 from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
 from ..protocol.rounds import close_round, construction_round
 from ..protocol.wire import Abort, AbortCode, Invite, Message
-from ..sales import OPEN
+from ..sales import open_sales, sold_capacity_sat
 from .creation import ClientSpec, Lsp, Pending, _lsp_record, _raise_first, _seckey, each_peer
 
 POLL_SECONDS = 0.2
@@ -192,8 +193,10 @@ class Closer:
                 raise CloseError("every client leaves: use superscalar-close")
             balances = self._quiesce(factory_id, rec)
             factory = factory_from_record(rec)
-            rolling = [RollingClient(i, p, factory.terms[i].capacity_sat, balances[i])
-                       for i, p in enumerate(peers) if p not in leave]
+            # a client's liquidity-sale channels roll over into its one channel of B: their capacities and
+            # balances add up with its leaf channel's (a sale's capacity came out of A's L-stock)
+            rolling = [RollingClient(i, p, factory.terms[i].capacity_sat + sold_capacity_sat(rec.get("sales", []), p),
+                                     balances[i]) for i, p in enumerate(peers) if p not in leave]
             leaver_amounts = [balances[i] // 1000 if p in leave else 0 for i, p in enumerate(peers)]
             fid_b = secrets.token_bytes(32)
             rec = self.store.get(factory_id, "factory") or rec
@@ -286,9 +289,6 @@ class Closer:
                              f"close {(rec.get('close') or {}).get('status')}, frozen {bool(rec.get('frozen'))})")
         if self.store.get(factory_id, "exit") is not None:
             raise CloseError(f"factory {factory_id} is being exited")
-        if rec.get("sales") and reason == "rollover":  # the next factory carries one channel per client
-            raise CloseError(f"factory {factory_id} has liquidity-sale channels: rolling them over is not supported "
-                             "yet (close it instead)")
         live = {c["channel_id"]: c for c in self.node.peer_channels()}
         for c in rec["channels"]:
             ch = live.get(c.get("channel_id"))
@@ -305,8 +305,7 @@ class Closer:
         ids = [str(c["channel_id"]) for c in rec["channels"]]
         peers = [str(c["peer_id"]) for c in rec["channels"]]
         # a client's channels on liquidity sales (superscalar/sales.py): their balances are paid with its leaf's
-        sales = {str(s["channel_id"]): str(s["peer_id"]) for s in rec.get("sales", [])
-                 if s.get("status") == OPEN and s.get("channel_id")}
+        sales = {str(s["channel_id"]): str(s["peer_id"]) for s in open_sales(rec.get("sales", []))}
         deadline = time.monotonic() + self.timeout
         while True:
             live = {c["channel_id"]: c for c in self.node.peer_channels()}

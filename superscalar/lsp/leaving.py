@@ -28,9 +28,6 @@ def roll_or_close(closer: "Closer", store: Store, factory_id: str, progress: Cal
     leavers = leaving(store, factory_id)
     if {c["peer_id"] for c in rec.get("channels", [])} <= set(leavers):
         return closer.close(factory_id, progress)
-    if rec.get("sales"):  # liquidity-sale channels cannot be rolled over yet: everyone is paid on chain
-        progress(f"factory {factory_id} has liquidity-sale channels, which do not roll over yet: closing it")
-        return closer.close(factory_id, progress)
     return closer.rollover(factory_id, leavers, progress)
 
 

@@ -18,7 +18,7 @@ from superscalar.node import msat
 
 from .test_close_rollover import channels_in, mine_until, no_broken, pay_msat, record, settled, wallet_sat
 from .test_dishonest_lsp import killed
-from .test_factory_plugin import create_factory
+from .test_factory_plugin import BALANCE_SAT, INBOUND_SAT, create_factory
 
 pytestmark = pytest.mark.lightningd
 CAPACITY_SAT = 90_000
@@ -205,8 +205,7 @@ def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any
 
 def test_close_pays_sale_channel_balances(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     """A cooperative close of a factory with a sale pays each client the sum of its channels' balances
-    (its leaf's and its sale channels'); the sale channels are retired with the leaf channels. A rollover
-    of it is refused before anything is frozen or signed."""
+    (its leaf's and its sale channels'); the sale channels are retired with the leaf channels."""
     lsp, clients = network(node_factory, plugin_path, 2)
     buyer, mate = clients
     res = create_factory(lsp, clients, bitcoind)
@@ -219,9 +218,6 @@ def test_close_pays_sale_channel_balances(node_factory: Any, bitcoind: Any, plug
     wait_for(lambda: channels_in(buyer, lsp, sale["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
     pay_msat(lsp, buyer, old_inbound + 20_000_001, "over-the-sale")
     settled(lsp, clients)
-    with pytest.raises(RpcError, match="rolling them over is not supported"):
-        lsp.rpc.call("superscalar-rollover", {"factory_id": fid})
-    assert not record(lsp, fid).get("frozen")
     owed = {c.info["id"]: sum(msat(ch["to_us_msat"]) for ch in channels_in(c, lsp)) // 1000 for c in clients}
     assert owed[buyer.info["id"]] > 200_000  # more than its leaf channel alone could hold for it
     before = {c.info["id"]: wallet_sat(c) for c in clients}
@@ -236,6 +232,72 @@ def test_close_pays_sale_channel_balances(node_factory: Any, bitcoind: Any, plug
                for n in (lsp, buyer) for ch in n.rpc.listpeerchannels()["channels"])
     print(f"close with a sale: payouts {out['payouts_sat']} sat, LSP {out['lsp_sat']} sat, fee {out['fee_sat']} sat")
     no_broken([lsp, *clients])
+
+
+def test_rollover_merges_sale_channels(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A rollover of a factory with a sale carries the buyer's leaf and sale channels into one channel of
+    the next factory: capacity their capacities together, balance theirs together to the msat, on both
+    sides; its mate is carried as usual. Once the close confirms the old channels (the sale's too) are
+    retired and the new channel carries payments over the whole merged capacity."""
+    lsp, clients = network(node_factory, plugin_path, 2)
+    buyer, mate = clients
+    nodes = [lsp, *clients]
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    leaf = next(ch["funding_outpoint"] for ch in res["channels"] if ch["peer_id"] == buyer.info["id"])
+    pay_msat(lsp, buyer, 150_000_000, "use-inbound")
+    settled(lsp, clients)
+    sale = sell(lsp, fid, buyer, CAPACITY_SAT)
+    wait_for(lambda: channels_in(buyer, lsp, sale["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
+    pay_msat(lsp, buyer, spendable_msat(lsp, buyer, leaf) + 20_000_001, "over-the-sale")
+    pay_msat(mate, lsp, 7_000_003, "mate-pays")
+    settled(lsp, clients)
+    old = {c.info["id"]: channels_in(c, lsp) for c in clients}
+    assert len(old[buyer.info["id"]]) == 2 and len(old[mate.info["id"]]) == 1
+    balance = {p: sum(msat(ch["to_us_msat"]) for ch in chans) for p, chans in old.items()}
+    capacity = {p: sum(msat(ch["total_msat"]) for ch in chans) for p, chans in old.items()}
+    assert capacity[buyer.info["id"]] == capacity[mate.info["id"]] + CAPACITY_SAT * 1000
+    lsp_before = wallet_sat(lsp)
+
+    out = lsp.rpc.call("superscalar-rollover", {"factory_id": fid})
+    nxt = out["next_factory"]
+    assert {r["peer_id"]: r["push_msat"] for r in out["rolled"]} == balance
+    tx = Tx.from_hex(bitcoind.rpc.getrawtransaction(out["close_txid"]))
+    assert len(tx.outputs) == 3 and tx.outputs[0].value == out["next_funding_sat"]  # B, LSP rest, anchor
+    entry = bitcoind.rpc.getmempoolentry(out["close_txid"])
+    assert int(round(entry["fees"]["base"] * 100_000_000)) == out["fee_sat"]
+    b_rec = record(lsp, nxt)
+    b_chan = {ch["peer_id"]: ch["funding_outpoint"] for ch in b_rec["channels"]}
+    for c in clients:
+        p = c.info["id"]
+        [mine], [theirs] = channels_in(c, lsp, b_chan[p]), channels_in(lsp, c, b_chan[p])
+        assert msat(mine["total_msat"]) == msat(theirs["total_msat"]) == capacity[p]
+        assert msat(mine["to_us_msat"]) == balance[p] and msat(theirs["to_us_msat"]) == capacity[p] - balance[p]
+        assert record(c, nxt)["push_msat"] == balance[p]
+    assert next(ch for ch in b_rec["channels"] if ch["peer_id"] == buyer.info["id"])["capacity_msat"] == capacity[buyer.info["id"]]
+    b_lstock = FactoryParams.deserialize(b_rec["params"].encode()).lstock_sat
+
+    mine_until(bitcoind, nodes, lambda: all(record(n, fid)["close"]["status"] == "confirmed" for n in nodes))
+    wait_for(lambda: wallet_sat(lsp) - lsp_before == out["lsp_sat"])
+    mine_until(bitcoind, nodes, lambda: all(record(n, fid)["close"]["retired"] for n in nodes))
+    for c in clients:  # the leaf channels and the sale channel alike, on both sides
+        retired = {ch["channel_id"] for ch in old[c.info["id"]]}
+        states = [ch["state"] for ch in channels_in(c, lsp) + channels_in(lsp, c) if ch["channel_id"] in retired]
+        assert len(states) == 2 * len(retired) and "CHANNELD_NORMAL" not in states
+    wait_for(lambda: all(not record(n, nxt).get("frozen") for n in nodes))
+    # The merged channel holds more than the buyer's old leaf channel could (its capacity) and carries
+    # payments: the LSP pays it nearly all it can send over it.
+    assert balance[buyer.info["id"]] > (BALANCE_SAT + INBOUND_SAT) * 1000
+    amount = spendable_msat(lsp, buyer, b_chan[buyer.info["id"]]) - 1_000_000
+    pay_msat(lsp, buyer, amount, "over-the-merged")
+    settled(lsp, clients)
+    [merged] = channels_in(buyer, lsp, b_chan[buyer.info["id"]])
+    assert msat(merged["to_us_msat"]) == balance[buyer.info["id"]] + amount
+    print(f"rollover with a sale: buyer carried {balance[buyer.info['id']]} msat in one channel of "
+          f"{capacity[buyer.info['id']] // 1000} sat (leaf + {CAPACITY_SAT} sat sale), mate {balance[mate.info['id']]} msat; "
+          f"B funding {out['next_funding_sat']} sat, B L-stock {b_lstock} sat per leaf, close fee {out['fee_sat']} sat, "
+          f"LSP {out['lsp_sat']} sat; then {amount} msat received over the merged channel")
+    no_broken(nodes)
 
 
 def test_client_that_missed_a_sale_catches_up(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
