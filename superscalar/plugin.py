@@ -24,6 +24,7 @@ from superscalar.client.closing import ClientCloser
 from superscalar.client.jit import JitClient
 from superscalar.client.leaving import request_leave
 from superscalar.client.membership import Client
+from superscalar.client.migration import JitMigration
 from superscalar.client.sale import ClientSales
 from superscalar.client.moving import move
 from superscalar.client.onboarding import ask_join, ask_terms, hello
@@ -31,7 +32,7 @@ from superscalar.client.orders import buy_inbound, get_order
 from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
 from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
-from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex
+from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex, LiveChannel
 from superscalar.invoices import rewrite_invoice
 from superscalar.listing import describe
 from superscalar.lsp.closing import Closer
@@ -121,8 +122,8 @@ class Roles:
                                               batch_size=int(options.get("superscalar-batch-size") or 0),
                                               batch_wait_blocks=int(options.get("superscalar-batch-wait-blocks") or 0)),
                                  lambda waiting, height: self.lsp.create(
-                                     [ClientSpec(w.node_id, w.balance_sat, w.inbound_sat) for w in waiting],
-                                     height=height),
+                                     [ClientSpec(w.node_id, w.balance_sat, w.inbound_sat + self.jit_held(w.node_id))
+                                      for w in waiting], height=height),
                                  lambda fid: roll_or_close(self.closer, self.store, fid,
                                                            lambda text: plugin.log(f"ladder: {text}")),
                                  plugin.log)
@@ -132,6 +133,7 @@ class Roles:
         self.jit: Optional[JitService] = None
         self.on_demand: Optional[OnDemand] = None
         self.jit_client = JitClient(self.node, self.store, self.lsps_client, plugin.log)
+        self.jit_migration = JitMigration(self.node, self.store, self.jit_client, plugin.log)
         if self.is_lsp:
             others = tuple(x.strip() for x in str(options.get("superscalar-lsps-others") or "").split(",") if x.strip())
             self.lsps_server = LspsServer(self.node.send_message, plugin.log, others)
@@ -176,7 +178,15 @@ class Roles:
             ("close recovery (LSP)", self.closer.on_block),
             ("close recovery (client)", self.client_closer.on_block),
             ("cooperative close", self.close_watch.on_block),
+            ("JIT channel migration", self.jit_migration.on_block),
         ), lambda what, e: _report(plugin, what, e))
+
+    def jit_held(self, peer: str) -> int:
+        """A joining client's balance in its JIT wallet channels with us: added to its factory inbound."""
+        if self.jit is None:
+            return 0
+        return self.jit.held_by(peer, lambda ch: any(self.is_factory_channel(n)
+                                                     for n in LiveChannel.from_listing(ch).names))
 
     def is_factory_channel(self, name: str) -> bool:
         found = self.index.lookup(name)

@@ -54,6 +54,13 @@ class JitClient:
         with self._lock:
             return [dict(r) for r in self._buys.values()]
 
+    def mark(self, payment_hash: str, **changes: Any) -> None:
+        """Record `changes` in buy `payment_hash` (durable)."""
+        with self._lock:
+            rec = self._buys[payment_hash]
+            rec.update(changes)
+            self.store.put_doc(DOC_PREFIX + payment_hash, rec)
+
     # --- the command (blocking: run it from a thread) ---
 
     def invoice(self, lsp_id: str, amount_msat: Optional[int], description: str) -> dict[str, Any]:
@@ -148,6 +155,10 @@ class JitClient:
                          f"{onion_msat}, extra_fee {extra}, {so_far} of {fee} deducted", level="info")
                 return reject
             self._extra[payment_hash] = so_far
+            incoming = htlc.get("short_channel_id")
+            if incoming and rec.get("channel_scid") != incoming:  # the JIT channel: it migrates (client/migration.py)
+                rec.update(channel_scid=str(incoming), channel_height=height)
+                self.store.put_doc(DOC_PREFIX + payment_hash, rec)
         payload = tlv.replace(payload, tlv.AMT_TO_FORWARD, tlv.tu64(htlc_msat))
         payload = tlv.replace(payload, tlv.PAYMENT_DATA, data[:32] + tlv.tu64(total))
         answer: dict[str, Any] = {"result": "continue", "payload": tlv.serialize_stream(payload).hex()}

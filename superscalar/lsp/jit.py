@@ -163,6 +163,14 @@ class JitService:
         with self._lock:
             return [dict(rec) for _, rec in self._buys.values()]
 
+    def held_by(self, peer_id: str, is_factory_channel: Callable[[dict[str, Any]], bool]) -> int:
+        """What `peer_id` holds (sat) in the JIT channels we opened it from our wallet (not on a factory
+        sale) that are still open: the client moves it into its next factory channel with us
+        (client/migration.py), so that channel is given this much more inbound."""
+        ids = {b.get("channel_id") for b in self.buys() if b["peer_id"] == peer_id and b.get("state") == "open"}
+        return sum((msat(ch["total_msat"]) - msat(ch["to_us_msat"])) // 1000 for ch in self.node.peer_channels(peer_id)
+                   if ch.get("channel_id") in ids and ch.get("state") == "CHANNELD_NORMAL" and not is_factory_channel(ch))
+
     # --- htlc_accepted ---
 
     def on_htlc(self, onion: dict[str, Any], htlc: dict[str, Any], answer: Answer) -> bool:

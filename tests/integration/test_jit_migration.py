@@ -1,0 +1,117 @@
+"""A JIT wallet channel migrates into the client's factory channel (client/migration.py), on real
+lightningd and bitcoind (regtest profile): a fresh client gets a JIT channel from the LSP's wallet,
+then joins the LSP's next laddered factory, which gives it its JIT balance as extra inbound; its JIT
+balance moves into the factory channel by one circular payment and the JIT channel is closed
+mutually. Not a msat is lost on the way."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyln.testing.utils import sync_blockheight, wait_for
+
+from superscalar.chain.exits import CLOSING_STATES
+from superscalar.node import msat
+
+from .test_close_rollover import no_broken, record, wallet_sat
+
+pytestmark = pytest.mark.lightningd
+RECEIVE_MSAT = 120_000_000
+JOIN_INBOUND_SAT = 300_000
+
+
+def network(node_factory: Any, bitcoind: Any, plugin_path: Path) -> tuple[Any, Any, Any]:
+    """(lsp, client, payer): the client runs the plugin and joins the LSP, and has nothing yet; the payer
+    is a plain CLN node with an announced channel to the LSP."""
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true", "superscalar-ladder": "true",
+                                         "superscalar-ladder-interval-blocks": "0", "superscalar-batch-size": "1"},
+                                may_reconnect=True)
+    client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True)
+    payer = node_factory.get_node(may_reconnect=True)
+    lsp.fundwallet(10_000_000)
+    lsp.fundwallet(10_000_000)  # one coin for the JIT channel, one for the factory (its change is unconfirmed)
+    payer.fundwallet(10_000_000)
+    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    payer.rpc.fundchannel(lsp.info["id"], 5_000_000)
+    bitcoind.generate_block(6)
+    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    return lsp, client, payer
+
+
+def test_jit_channel_migrates_into_the_factory(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, client, payer = network(node_factory, bitcoind, plugin_path)
+    inv = client.rpc.call("superscalar-jit-invoice", {"lsp_id": lsp.info["id"], "amount_msat": RECEIVE_MSAT,
+                                                      "description": "first coins"})
+    payer.rpc.xpay(inv["bolt11"])
+    wait_for(lambda: [c for c in client.rpc.listpeerchannels()["channels"] if not c["htlcs"]])
+    [jit] = client.rpc.listpeerchannels()["channels"]
+    jit_before = msat(jit["to_us_msat"])
+    assert jit_before == RECEIVE_MSAT - inv["opening_fee_msat"]
+
+    client.rpc.call("superscalar-join-next", {"id": lsp.info["id"], "inbound_sat": JOIN_INBOUND_SAT})
+    bitcoind.generate_block(1)  # the batch (one client) is full: the ladder starts its factory
+    wait_for(lambda: len(lsp.rpc.call("superscalar-ladder")["started"]) == 1)
+    [fid] = lsp.rpc.call("superscalar-ladder")["started"]
+    [leaf] = [ch["funding_outpoint"] for ch in record(lsp, fid)["channels"]]
+    held_sat = jit_before // 1000
+
+    def channel(node: Any, peer: Any, outpoint: str) -> dict[str, Any]:
+        return next(c for c in node.rpc.listpeerchannels(peer.info["id"])["channels"]
+                    if f"{c.get('funding_txid')}:{c.get('funding_outnum')}" == outpoint)
+
+    jit_outpoint = f"{jit['funding_txid']}:{jit['funding_outnum']}"
+    # The move waits for the factory's funding to confirm; then one payment per block at most, and the
+    # JIT channel is closed once nothing worth an HTLC is left in it.
+    for _ in range(12):
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, [lsp, client])
+        if channel(client, lsp, jit_outpoint)["state"] in CLOSING_STATES:
+            break
+        wait_for(lambda: not any(c["htlcs"] for c in client.rpc.listpeerchannels()["channels"]))
+    assert record(client, fid)["funding"]["status"] == "confirmed"
+    closed = channel(client, lsp, jit_outpoint)
+    assert closed["state"] in CLOSING_STATES and closed["closer"] == "local"
+    left = msat(closed["to_us_msat"])
+    factory = channel(client, lsp, leaf)
+    # the ladder gave the factory channel the inbound asked for plus the JIT balance, and after the move
+    # the client still has at least the inbound it asked for
+    assert msat(factory["total_msat"]) == (JOIN_INBOUND_SAT + held_sat) * 1000
+    moved = msat(factory["to_us_msat"])
+    assert msat(factory["total_msat"]) - moved >= JOIN_INBOUND_SAT * 1000
+    # every move as the client logged it: "moved <amount> msat into factory channel <scid> (fee <fee> msat)"
+    client.daemon.logs_catchup()
+    moves = [re.search(r"moved (\d+) msat into factory channel \S+ \(fee (\d+) msat\): complete", line)
+             for line in client.daemon.logs]
+    moves_msat = [(int(m.group(1)), int(m.group(2))) for m in moves if m]
+    assert moves_msat and sum(a for a, _ in moves_msat) == moved > 0
+    fees = sum(f for _, f in moves_msat)
+    assert all(f == 1 + a * 10 // 1_000_000 for a, f in moves_msat)  # the LSP's forwarding fee (CLN's default)
+    assert left == jit_before - moved - fees and left < 1_000_000 + msat(closed["their_reserve_msat"])
+    assert client.daemon.is_in_log(r"balance moved into our factory channel; closed mutually")
+    # The JIT channel's mutual close pays the client what was left (the reserve the LSP asked it to keep)
+    # and the LSP its side, as wallet coins.
+    wallet_before = wallet_sat(client)
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, [lsp, client])
+    wait_for(lambda: wallet_sat(client) - wallet_before == left // 1000)
+    [mine] = [o for o in client.rpc.listfunds()["outputs"] if msat(o["amount_msat"]) == left // 1000 * 1000]
+    close_tx = bitcoind.rpc.getrawtransaction(mine["txid"], True)
+    assert [f"{i['txid']}:{i['vout']}" for i in close_tx["vin"]] == [jit_outpoint]
+    lsp_outs = {(o["txid"], o["output"]) for o in lsp.rpc.listfunds()["outputs"]}
+    other = [v for v in close_tx["vout"] if v["n"] != mine["output"]]
+    assert len(other) == 1 and (mine["txid"], other[0]["n"]) in lsp_outs
+    capacity_sat = msat(jit["total_msat"]) // 1000
+    close_fee = capacity_sat - sum(int(round(v["value"] * 100_000_000)) for v in close_tx["vout"])
+    assert 0 < close_fee < 10_000
+    assert [b for b in client.rpc.call("superscalar-jit-list", {})["bought"] if b.get("migrated") == "closed"]
+    print(f"JIT channel migrated: {jit_before} msat in it, {moved} msat moved into the factory channel in "
+          f"{len(moves_msat)} payment(s), {fees} msat forwarding fee, {left} msat left and paid on chain "
+          f"({left // 1000} sat) by the mutual close, which paid the LSP {int(round(other[0]['value'] * 100_000_000))} sat "
+          f"(closing fee {close_fee} sat, paid by the LSP as opener)")
+    no_broken([lsp, client, payer])
+
