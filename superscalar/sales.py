@@ -92,3 +92,11 @@ def open_sales(sales: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def sold_capacity_sat(sales: Iterable[dict[str, Any]], peer: str) -> int:
     """The capacity of `peer`'s open sale channels (LSP record): what a rollover adds to its leaf channel's."""
     return sum(int(s["capacity_sat"]) for s in open_sales(sales) if s["peer_id"] == peer)
+
+
+def sale_chain(sales: list[dict[str, Any]], leaf: int) -> list[int]:
+    """The sales of `leaf` (indices into `sales`, in chain order) up to the last one that backs a channel
+    (not `unopened`): what must be on chain before that leaf's remaining L-stock is output 1 of the last."""
+    mine = [k for k, s in enumerate(sales) if int(s["leaf"]) == leaf]
+    backed = [k for k in mine if sales[k].get("status") != UNOPENED]
+    return [k for k in mine if backed and k <= backed[-1]]

@@ -45,6 +45,7 @@ from ..factory.lifecycle import (CLOSE_CONFIRMED, TERMINAL, Facts, Phase, client
                                  timeline)
 from ..factory.params import ClientTerms, FactoryParams
 from ..node import ClnNode
+from ..sales import UNOPENED, sale_chain
 from ..store import Store
 from .blocks import Blocks, BlockView
 from .exits import DONE, Exits
@@ -78,7 +79,8 @@ class Watch:
     ewt: int = 0  # client: its path's early-warning time
     leaf: Optional[str] = None  # client: name of its leaf's transaction
     lsp_script: bytes = b""  # LSP: its payout script (a wallet script), where sweeps pay
-    sold_leaves: frozenset[int] = frozenset()  # LSP: leaves whose L-stock a liquidity sale spends
+    sold_leaves: frozenset[int] = frozenset()  # LSP: leaves whose L-stock a liquidity sale (that backs a channel) spends
+    sales: tuple[dict[str, Any], ...] = ()  # LSP: its record's liquidity sales, in signing order
 
 
 def watch_of(fid: str, rec: dict[str, Any]) -> Optional[Watch]:
@@ -97,7 +99,8 @@ def watch_of(fid: str, rec: dict[str, Any]) -> Optional[Watch]:
         return Watch(fid, "lsp", params, rec["funding_outpoint"], (int(first[2]), bytes.fromhex(first[3])), dist,
                      close_txid, close.get("status") if close else None, tree,
                      lsp_script=bytes.fromhex(rec["scripts"]["lsp"]),
-                     sold_leaves=frozenset(int(x["leaf"]) for x in rec.get("sales", [])))
+                     sold_leaves=frozenset(int(x["leaf"]) for x in rec.get("sales", []) if x.get("status") != UNOPENED),
+                     sales=tuple(rec.get("sales", [])))
     names = [f"path/{i}" for i in range(len(rec["signed_path"]))]
     tree = {Tx.from_hex(h).txid: n for n, h in zip(names, rec["signed_path"])}
     kickoffs = {f"path/{params.path_offset(d)}" for d in range(params.first_dw_depth, params.height + 1)}
@@ -209,6 +212,8 @@ class Lifecycle:
             self._index_txid(fid, watch.close_txid, "close", "close")
         for txid, name in watch.tree.items():
             self._index_txid(fid, txid, "tree", name)
+        for k, sale in enumerate(watch.sales):
+            self._index_txid(fid, str(sale["txid"]), "sale", str(k))
         for name, sweep in life["sweeps"].items():
             self._index_sweep(fid, name, sweep)
 
@@ -286,6 +291,8 @@ class Lifecycle:
             self.log(f"factory {fid}: the distribution transaction {txid} confirmed at height {height}")
         elif kind == "tree":
             life["tree_confirmed"].setdefault(name, height)
+        elif kind == "sale":
+            life.setdefault("sales_confirmed", {}).setdefault(name, height)
         elif kind == "sweep":
             sweep = life["sweeps"][name]
             if sweep["status"] != "confirmed":
@@ -473,6 +480,8 @@ class Lifecycle:
                 first = graph.node_txs(c)[0].name
                 if first not in confirmed and height >= params.timeout(topology.nodes[c].depth) - 1:
                     candidates.append(c)
+            if n.is_leaf and n.index in watch.sold_leaves:
+                added |= self._sold_lstock(watch, graph, life, n.index, height)
         for c in candidates:
             key = f"timeout/{c}"
             if key not in life["sweeps"]:
@@ -481,6 +490,36 @@ class Lifecycle:
                 added |= self._add_sweep(watch, life, key, "timeout", spend, outpoint,
                                          params.timeout(topology.nodes[c].depth) + 1)
         return added
+
+    def _sold_lstock(self, watch: Watch, graph: FactoryGraph, life: dict[str, Any], leaf: int, height: int) -> bool:
+        """A confirmed leaf whose L-stock was sold: publish its sales in order (each buyer does too; we hold
+        them fully signed, and a buyer that stays away must not leave our rest stuck), then sweep the rest
+        of the L-stock, output 1 of the last sale that backs a channel, `lstock_csv_blocks` after it
+        confirmed. A later sale that backs nothing (`unopened`) is left out: the sweep spends its input."""
+        chain = sale_chain(list(watch.sales), leaf)
+        done = life.get("sales_confirmed", {})
+        for pos, k in enumerate(chain):
+            if str(k) in done:
+                continue
+            if pos == 0 or str(chain[pos - 1]) in done:
+                sale = watch.sales[k]
+                value, script = sale["prevout"]
+                error = self.node.broadcast(str(sale["tx"]), [(int(value), bytes.fromhex(script))])
+                if error is None and life.setdefault("sales_published", {}).get(str(k)) is None:
+                    life["sales_published"][str(k)] = height
+                    self.log(f"factory {watch.fid}: its leaf {leaf} is on chain: published liquidity sale {sale['txid']}")
+                    return True
+            return False
+        if not chain:
+            return False
+        last = watch.sales[chain[-1]]
+        key = f"sale-rest/{chain[-1]}"
+        if key in life["sweeps"]:
+            return False
+        tx = Tx.from_hex(str(last["tx"]))
+        spend = lstock_sweep(graph.factory, leaf, tx.outpoint(1), tx.outputs[1], watch.lsp_script)
+        return self._add_sweep(watch, life, key, "lstock", spend, tx.outpoint(1),
+                               int(done[str(chain[-1])]) + watch.params.lstock_csv_blocks)
 
     def _add_sweep(self, watch: Watch, life: dict[str, Any], key: str, kind: str, spend: ScriptSpend,
                    outpoint: OutPoint, due: int) -> bool:

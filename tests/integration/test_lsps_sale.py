@@ -353,6 +353,26 @@ def test_leaf_on_chain_makes_the_buyer_publish_its_sale(node_factory: Any, bitco
     assert f"sale/{record(lsp, fid)['sales'][0]['leaf']}/0" in progress["confirmed"] and progress["channels"] == []
     wait_for(lambda: channels_in(buyer, lsp, sale["funding_outpoint"])[0].get("short_channel_id") is not None)
     assert channels_in(buyer, lsp, sale["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL"
+    # The rest of the L-stock (the sale's output 1) goes back to the LSP's wallet after its CSV, for the
+    # pre-agreed fee.
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+
+    def rest_sweep() -> Optional[dict[str, Any]]:
+        view = next(f for f in lsp.rpc.call("superscalar-list")["factories"] if f["factory_id"] == fid)
+        return view.get("sweeps", {}).get("sale-rest/0")
+    mine_until(bitcoind, [lsp, *clients], lambda: (rest_sweep() or {}).get("status") == "confirmed",
+               blocks=params.lstock_csv_blocks + 10)
+    sweep = rest_sweep()
+    assert sweep is not None and sweep["outpoint"] == f"{sale['sale_txid']}:1" and sweep["kind"] == "lstock"
+    tx = Tx.from_hex(bitcoind.rpc.getrawtransaction(sweep["txid"]))
+    rest = Tx.from_hex(bitcoind.rpc.getrawtransaction(sale["sale_txid"])).outputs[1].value
+    assert rest == record(lsp, fid)["sales"][0]["rest_sat"] and tx.outputs[0].value == rest - params.fee(tx.vsize)
+    sweep_height = bitcoind.rpc.getblockheader(bitcoind.rpc.getrawtransaction(sweep["txid"], True)["blockhash"])["height"]
+    assert sweep_height >= sale_height + params.lstock_csv_blocks
+    assert [o["amount_msat"] // 1000 for o in lsp.rpc.listfunds()["outputs"] if o["txid"] == sweep["txid"]] == \
+        [tx.outputs[0].value]
+    print(f"sale rest: {rest} sat at {sale['sale_txid']}:1 (confirmed {sale_height}) swept to the LSP's wallet: "
+          f"{tx.outputs[0].value} sat, fee {params.fee(tx.vsize)} sat ({tx.vsize} vB), at {sweep_height}")
     no_broken([lsp, *clients])
 
 

@@ -8,7 +8,8 @@ import pytest
 from superscalar.bitcoin.tx import OutPoint
 from superscalar.factory.graph import liquidity_sale
 from superscalar.factory.params import regtest_params
-from superscalar.sales import UNOPENED, current_lstock, exit_additions, sale_entry, sale_fee_sat, sale_position
+from superscalar.sales import (UNOPENED, current_lstock, exit_additions, sale_chain, sale_entry, sale_fee_sat,
+                               sale_position)
 
 from ..factory_kit import make_kit
 
@@ -52,3 +53,12 @@ def test_sales_chain_off_the_previous_rest_and_exits_publish_the_chain() -> None
     txs, channels = exit_additions(sales, [0, 2])
     assert len(txs) == 2 and channels == [sales[2]["channel_outpoint"]]
     assert exit_additions(sales, []) == ([], [])
+
+
+def test_sale_chain_ends_at_the_last_sale_that_backs_a_channel() -> None:
+    sales = [{"leaf": 3, "status": "open"}, {"leaf": 5, "status": "open"}, {"leaf": 3, "status": "unopened"},
+             {"leaf": 3, "status": "open"}, {"leaf": 3, "status": "unopened"}]
+    assert sale_chain(sales, 3) == [0, 2, 3]  # the unopened one in between must go out too; the last one not
+    assert sale_chain(sales, 5) == [1]
+    assert sale_chain(sales, 7) == []
+    assert sale_chain([{"leaf": 3, "status": "unopened"}], 3) == []  # nothing backed: the leaf's own L-stock is swept
