@@ -27,6 +27,8 @@ from superscalar.client.membership import Client
 from superscalar.client.migration import JitMigration
 from superscalar.client.sale import ClientSales
 from superscalar.client.moving import move
+from superscalar.client.on_demand import (DEFAULT_MAX_FEE_BASE_SAT, DEFAULT_MAX_FEE_PPM, InboundFeeLimit,
+                                          OnDemandPayments)
 from superscalar.client.onboarding import ask_join, ask_terms, hello
 from superscalar.client.orders import buy_inbound, get_order
 from superscalar.client.policy import ClientPolicy
@@ -102,7 +104,10 @@ class Roles:
                              int(options.get("superscalar-sale-fee-base-sat") or 0),
                              int(options.get("superscalar-sale-fee-ppm") or 0), dev_fail_at,
                              lambda name: self.lsp._dev_crash_point(name, kill_node=True))
-        self.client_sales = ClientSales(self.node, self.store, self.transport, plugin.log, dev_fail_at)
+        self.client_sales = ClientSales(self.node, self.store, self.transport, plugin.log, dev_fail_at, InboundFeeLimit(
+            int(options.get("superscalar-client-max-inbound-fee-base-sat") or DEFAULT_MAX_FEE_BASE_SAT),
+            int(options.get("superscalar-client-max-inbound-fee-ppm") or DEFAULT_MAX_FEE_PPM)))
+        self.on_demand_payments = OnDemandPayments(self.node, self.store, plugin.log)
         self.client.sale_channel = self.client_sales.expect_channel
         self.leavers = Leavers(self.store, plugin.log, self.node.blockheight)
         self.index = HtlcIndex()
@@ -334,6 +339,11 @@ def build_plugin() -> Plugin:
                       "(superscalar-sell-inbound): this many sat per sale, plus superscalar-sale-fee-ppm.")
     plugin.add_option("superscalar-sale-fee-ppm", "0", "LSP: price of inbound sold out of the L-stock, in millionths "
                       "of the capacity sold (rounded up), on top of superscalar-sale-fee-base-sat.")
+    plugin.add_option("superscalar-client-max-inbound-fee-base-sat", str(DEFAULT_MAX_FEE_BASE_SAT),
+                      "Client: the most it pays for a channel the LSP sells it on demand (its inbound was used up "
+                      "by a payment to it, paid out of that payment): this many sat, plus the ppm below.")
+    plugin.add_option("superscalar-client-max-inbound-fee-ppm", str(DEFAULT_MAX_FEE_PPM),
+                      "Client: ... plus this many millionths of the channel's capacity.")
     plugin.add_option("superscalar-ladder", "false", "LSP: start a factory every interval for the clients waiting "
                       "(superscalar-ladder-add) and roll every dying factory over into the next: true/false.")
     plugin.add_option("superscalar-ladder-interval-blocks", "", f"LSP ladder: blocks between two new factories "
@@ -637,13 +647,16 @@ def build_plugin() -> Plugin:
             _report(plugin, "HTLC index refresh", e)
 
     def on_forward_event(plugin: Plugin, forward_event: dict[str, Any], **kwargs: Any) -> None:
-        """A forward resolved: a short-headroom HTLC from a client no longer counts (exposure.py)."""
+        """A forward resolved: a short-headroom HTLC from a client no longer counts (exposure.py); a forward
+        short by an on-demand sale's price was taken or refused (lsp/inbound.py)."""
         r = holder.get("roles")
         if r is None or forward_event.get("status") not in ("settled", "failed", "local_failed"):
             return
         channel_id = r.index.channel_of(str(forward_event.get("in_channel")))
         if channel_id is not None:
             r.exposure.resolved(channel_id, str(forward_event.get("payment_hash")))
+        if r.on_demand is not None:
+            r.on_demand.on_forward_event(forward_event)
 
     plugin.add_subscription("channel_opened", on_channel_opened)
     plugin.add_subscription("forward_event", on_forward_event)
@@ -673,6 +686,14 @@ def build_plugin() -> Plugin:
         if failure is not None:
             plugin.log(f"failing HTLC {htlc.get('payment_hash')}: {failure[1]}", level="info")
             request.set_result({"result": "fail", "failure_message": failure[0]})
+            return
+        try:  # a payment to us over a channel sold on demand, short by the sale's agreed price
+            paid = r.on_demand_payments.on_htlc(onion, htlc) if r is not None else None
+        except Exception as e:  # fail closed: a short part we could not check
+            _report(plugin, "htlc_accepted on-demand price check", e)
+            paid = {"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"}
+        if paid is not None:
+            request.set_result(paid)
             return
         try:  # an LSPS1 order's hold invoice: answered once the order is filled or failed
             if r is not None and r.orders is not None and r.orders.on_htlc(

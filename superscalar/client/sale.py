@@ -9,8 +9,10 @@ signed vsize, rebuilt by `protocol.rounds._sale_job`). The buyer (the client who
 accepted a push-free zero-conf channel from that LSP, of exactly output 0's capacity) also checks that
 output 0 is a P2WSH; once the channel exists its funding outpoint must be the sale's output 0 and its
 funding script is checked from the client's own log like a leaf channel's (`membership.verify_leaf`).
-The signed sale is appended to the `sales` list of the factory record before Done goes out; the client's
-exit path then includes it (`sales.exit_additions`).
+A proposal that carries a `price_msat` (inbound on demand: paid out of the payment forwarded over the new
+channel, client/on_demand.py) is refused by the buyer when it is above its `InboundFeeLimit`. The signed
+sale is appended to the `sales` list of the factory record (with its price) before Done goes out; the
+client's exit path then includes it (`sales.exit_additions`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..sales import OPEN, current_lstock, sale_entry
 from ..store import Store
 from ..transport import Transport
 from .membership import UNVERIFIED, factory_key_label, funding_ok
+from .on_demand import InboundFeeLimit
 
 EXPECT_SECONDS = 120.0  # how long an accepted sale channel open waits for its proposal
 
@@ -43,12 +46,14 @@ class SaleSignSession:
     participant: Participant
     leaf: int
     mine: bool
+    price_msat: int  # what we (the buyer) pay for it out of the payments forwarded over it (client/on_demand.py)
 
 
 class ClientSales:
     def __init__(self, node: ClnNode, store: Store, transport: Transport, log: Callable[[str], None],
-                 dev_fail_at: str = "") -> None:
+                 dev_fail_at: str = "", fee_limit: InboundFeeLimit = InboundFeeLimit()) -> None:
         self.node, self.store, self.transport, self.log = node, store, transport, log
+        self.fee_limit = fee_limit  # the most we pay for a channel sold to us on demand
         # Testing only (developer mode): "sale-signatures-disconnect" drops the connection instead of taking
         # the final signatures of the first sale round (so that sale is missed and caught up later).
         self.dev_fail_at = dev_fail_at
@@ -128,10 +133,15 @@ class ClientSales:
         if mine and not (len(outputs[0].script_pubkey) == 34 and outputs[0].script_pubkey[:2] == b"\x00\x20"):
             self._refuse(peer, msg, "our new channel's output is not a P2WSH")
             return
+        price = int(msg.price_msat or 0) if mine else 0
+        if price > self.fee_limit.max_msat(outputs[0].value):
+            self._refuse(peer, msg, f"its price {price} msat is above our limit of "
+                                    f"{self.fee_limit.max_msat(outputs[0].value)} msat for {outputs[0].value} sat")
+            return
         params = FactoryParams.deserialize(rec["params"].encode())
         expect = Expectation(Kind.SALE, bytes.fromhex(rec["pubkey"]), params=params)
         seckey = self.node.secret(factory_key_label(peer, msg.factory_id, "client"))
-        session = SaleSignSession(peer, Participant(expect, seckey), leaf, mine)
+        session = SaleSignSession(peer, Participant(expect, seckey), leaf, mine, price)
         self._sessions[fid] = session
         self._execute(fid, session, session.participant.receive(msg))
 
@@ -213,7 +223,8 @@ class ClientSales:
                 tx = a.data["txs"][0]
                 rec.setdefault("sales", []).append(sale_entry(
                     session.leaf, tx, job.prevout, job.tx.inputs[0].prevout, mine=session.mine, status=OPEN,
-                    verified=UNVERIFIED if session.mine else None, signed_at_height=self.node.blockheight()))
+                    verified=UNVERIFIED if session.mine else None, signed_at_height=self.node.blockheight(),
+                    **({"price_msat": session.price_msat, "price_paid_msat": 0} if session.price_msat else {})))
                 self.store.put(fid, "factory", rec)  # before Done (the Send follows)
             elif isinstance(a, Send):
                 try:

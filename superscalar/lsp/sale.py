@@ -139,21 +139,24 @@ class Seller:
     # --- superscalar-sell-inbound (a worker thread) ---
 
     def sell(self, factory_id: str, client_id: str, capacity_sat: int,
-             progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+             progress: Callable[[str], None] = lambda _: None, price_msat: int = 0) -> dict[str, Any]:
         """Sell `capacity_sat` of inbound to `client_id` in factory `factory_id` (see the module docstring).
         Returns the new channel (channel_id, short_channel_id alias, funding outpoint), the sale
-        transaction, its fee and the L-stock left, and the price `fee_sat`. Raises SaleError."""
+        transaction, its fee and the L-stock left, and the price `fee_sat`. A `price_msat` is proposed to the
+        buyer (it refuses one above its limit) and recorded: it is deducted from the HTLCs forwarded over
+        the new channel (lsp/inbound.py). Raises SaleError."""
         with self._lock:
             if factory_id in self._busy:
                 raise SaleError(f"factory {factory_id}: a sale is already under way")
             self._busy.add(factory_id)
         try:
-            return self._sell(factory_id, client_id, capacity_sat, progress)
+            return self._sell(factory_id, client_id, capacity_sat, progress, price_msat)
         finally:
             with self._lock:
                 self._busy.discard(factory_id)
 
-    def _sell(self, factory_id: str, client_id: str, capacity_sat: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    def _sell(self, factory_id: str, client_id: str, capacity_sat: int, progress: Callable[[str], None],
+              price_msat: int) -> dict[str, Any]:
         rec = self.store.get(factory_id, "factory")
         if rec is None or rec.get("role") != "lsp":
             raise SaleError(f"no factory {factory_id} of which this node is the LSP")
@@ -193,7 +196,11 @@ class Seller:
             progress(f"signing sale {sale.tx.txid} ({sale.fee} sat fee) with {len(signers)} clients of the leaf")
             self._sessions[fid] = session
             with session.cond:
-                session.coordinator = Coordinator(self._round(factory, sale, lstock[0], leaf, fid, sales), lsp_sk)
+                round_ = self._round(factory, sale, lstock[0], leaf, fid, sales)
+                if price_msat:
+                    round_ = dataclasses.replace(round_, proposals={c: dataclasses.replace(p, price_msat=price_msat)
+                                                                    for c, p in round_.proposals.items()})
+                session.coordinator = Coordinator(round_, lsp_sk)
                 self._execute(session, session.coordinator.start())
                 session.cond.wait_for(lambda: session.outcome is not None or session.stored, self.timeout)
             if not session.stored:
@@ -224,7 +231,7 @@ class Seller:
         except Exception as e:
             self._set(factory_id, sale.tx.txid, status=UNOPENED, reason=str(e))
             raise SaleError(f"the sale {sale.tx.txid} is signed and kept, but its channel could not be completed: {e}")
-        self._set(factory_id, sale.tx.txid, status=OPEN, channel_id=channel_id)
+        self._set(factory_id, sale.tx.txid, status=OPEN, channel_id=channel_id, price_msat=price_msat)
         ch = next((c for c in self.node.peer_channels(client_id) if c.get("channel_id") == channel_id), {})
         alias = (ch.get("alias") or {}).get("local")
         progress(f"channel {channel_id} ({alias}) open on the sale's output 0")
@@ -232,7 +239,8 @@ class Seller:
                 "funding_outpoint": f"{sale.tx.txid}:0", "capacity_sat": capacity_sat, "sale_txid": sale.tx.txid,
                 "sale_fee_sat": sale.fee, "sale_vsize": sale.vsize, "feerate_per_kvb": factory.params.feerate_per_kvb,
                 "lstock_before_sat": lstock[1].value, "lstock_after_sat": sale.tx.outputs[1].value,
-                "anchor_sat": sale.tx.outputs[2].value, "fee_sat": self.fee_sat(capacity_sat), "leaf": leaf}
+                "anchor_sat": sale.tx.outputs[2].value, "fee_sat": self.fee_sat(capacity_sat), "leaf": leaf,
+                "price_msat": price_msat}
 
     @staticmethod
     def _round(factory: Factory, sale: TreeTx, lstock: OutPoint, leaf: int, fid: bytes,

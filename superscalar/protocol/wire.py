@@ -408,6 +408,9 @@ class Propose(Message):
         # Odd (optional): a sale's earlier signed sales of the same leaf, oldest first, for a client that
         # missed one (its round ended before it got the final signature); each is self-authenticating.
         23: Field("prior_sales", array(VARBYTES), required=False),
+        # Odd (optional): what the buyer of a sale pays for it out of the payments the LSP forwards over its
+        # new channel (inbound on demand: each such HTLC arrives short by its bLIP-25 `extra_fee`); absent: 0.
+        25: Field("price_msat", U64, required=False),
     }
     client_index: int
     params: bytes
@@ -420,6 +423,7 @@ class Propose(Message):
     distribution: bytes  # the distribution tx's outputs, consensus-serialized (count, then outputs)
     kind: int  # 0 construction, 1 state advance, 2 liquidity sale, 3 cooperative close
     prior_sales: tuple[bytes, ...] | None = None  # signed transactions (SALE only)
+    price_msat: int | None = None  # SALE only: the buyer's price, deducted from forwards over its channel
 
 
 @dataclass(frozen=True, slots=True)

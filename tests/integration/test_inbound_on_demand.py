@@ -4,7 +4,7 @@ whose inbound is used up is held by the LSP while an L-stock sale adds a channel
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -142,4 +142,75 @@ def test_lsps1_order_of_a_factory_client_is_a_sale(node_factory: Any, bitcoind: 
     price = int(order["payment"]["bolt11"]["fee_total_sat"])
     print(f"LSPS1 order filled by sale {tx.txid}: {inbound} sat inbound for {price} sat, sale fee {sale_fee} sat")
     pay_msat(lsp, client, 50_000_000, "into-the-bought-inbound")  # more than the old channel's inbound left
+    no_broken([lsp, *clients])
+
+
+def pay_in_one_part(payer: Any, lsp: Any, payee: Any, amount_msat: int, label: str) -> dict[str, Any]:
+    """payee invoices; payer pays it in exactly one HTLC, payer -> LSP -> payee over the payee's first
+    channel with the LSP (the LSP picks the channel it forwards over). Returns waitsendpay's result, or
+    raises its error."""
+    inv = payee.rpc.call("invoice", {"amount_msat": amount_msat, "label": label, "description": label})
+    final = int(payee.rpc.decode(inv["bolt11"])["min_final_cltv_expiry"])
+    [out] = [c for c in payer.rpc.listpeerchannels(lsp.info["id"])["channels"] if c["state"] == "CHANNELD_NORMAL"]
+    last = payee.rpc.listpeerchannels(lsp.info["id"])["channels"][0]
+    update = last["updates"]["remote"]  # the LSP's fees for forwarding over it
+    fee = update["fee_base_msat"] + amount_msat * update["fee_proportional_millionths"] // 1_000_000
+    route = [{"id": lsp.info["id"], "channel": out.get("short_channel_id") or out["alias"]["local"],
+              "amount_msat": amount_msat + fee, "delay": final + update["cltv_expiry_delta"]},
+             {"id": payee.info["id"], "channel": last["alias"]["remote"], "amount_msat": amount_msat, "delay": final}]
+    payer.rpc.call("sendpay", {"route": route, "payment_hash": inv["payment_hash"],
+                               "payment_secret": inv["payment_secret"], "amount_msat": amount_msat})
+    return dict(payer.rpc.call("waitsendpay", {"payment_hash": inv["payment_hash"], "timeout": 120}))
+
+
+@pytest.mark.parametrize("buyer_limit_sat", [None, 500])
+def test_on_demand_sale_paid_from_the_payment(node_factory: Any, bitcoind: Any, plugin_path: Path,
+                                              buyer_limit_sat: Optional[int]) -> None:
+    """With a sale price (1,000 sat + 2,500 ppm), the channel sold on demand is paid out of the payment:
+    the client receives the amount less the price, to the msat, and records the price paid. A client whose
+    limit is below the price refuses the sale: nothing is sold and the payment fails as it would have."""
+    from pyln.client import RpcError
+
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true", "superscalar-sale-fee-base-sat": "1000",
+                                         "superscalar-sale-fee-ppm": "2500"}, may_reconnect=True)
+    limit = {} if buyer_limit_sat is None else {"superscalar-client-max-inbound-fee-base-sat": str(buyer_limit_sat),
+                                                "superscalar-client-max-inbound-fee-ppm": "0"}
+    buyer = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"], **limit}, may_reconnect=True)
+    payer = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True)
+    clients = [buyer, payer]
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp.fundwallet(10_000_000)
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    pay_msat(lsp, buyer, 185_000_000, "use-inbound")  # the buyer's inbound is used up
+    settled(lsp, clients)
+    before = sum(msat(c["to_us_msat"]) for c in channels_in(buyer, lsp))
+    amount_msat = 40_000_000
+    capacity = channel_capacity_sat(amount_msat)
+    price_msat = (1000 + -(-capacity * 2500 // 1_000_000)) * 1000
+    if buyer_limit_sat is not None:
+        with pytest.raises(RpcError):
+            pay_in_one_part(payer, lsp, buyer, amount_msat, "refused-price")
+        assert "sales" not in record(lsp, fid) or record(lsp, fid)["sales"] == []
+        assert buyer.daemon.is_in_log(f"refusing the sale: its price {price_msat} msat is above our limit")
+        assert sum(msat(c["to_us_msat"]) for c in channels_in(buyer, lsp)) == before
+        assert len(channels_in(buyer, lsp)) == 1
+        no_broken([lsp, *clients])
+        return
+    done = pay_in_one_part(payer, lsp, buyer, amount_msat, "priced")
+    assert done["status"] == "complete"
+    settled(lsp, clients)
+    [sale] = record(lsp, fid)["sales"]
+    assert sale["price_msat"] == price_msat and sale["capacity_sat"] == capacity
+    [mine] = channels_in(buyer, lsp, sale["channel_outpoint"])
+    assert msat(mine["to_us_msat"]) == amount_msat - price_msat
+    assert sum(msat(c["to_us_msat"]) for c in channels_in(buyer, lsp)) == before + amount_msat - price_msat
+    [inv] = buyer.rpc.listinvoices("priced")["invoices"]
+    assert inv["status"] == "paid" and msat(inv["amount_received_msat"]) == amount_msat - price_msat
+    [bought] = [s for s in record(buyer, fid)["sales"] if s.get("mine")]
+    assert bought["price_msat"] == bought["price_paid_msat"] == price_msat
+    print(f"paid on-demand sale: channel {capacity} sat, price {price_msat} msat out of a {amount_msat} msat payment; "
+          f"client received {msat(mine['to_us_msat'])} msat")
     no_broken([lsp, *clients])

@@ -25,7 +25,7 @@ class FakeSeller:
     def __init__(self, can: set[str]) -> None:
         self.can, self.tried = can, []  # type: ignore[var-annotated]
 
-    def sell(self, fid: str, peer: str, capacity: int) -> dict[str, Any]:
+    def sell(self, fid: str, peer: str, capacity: int, price_msat: int = 0) -> dict[str, Any]:
         self.tried.append(fid)
         if fid not in self.can:
             raise SaleError("L-stock too small")
