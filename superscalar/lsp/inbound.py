@@ -12,8 +12,8 @@
   held HTLCs: each goes out short by its share of the price (bLIP-52's forwarding algorithm, with the
   bLIP-25 `extra_fee` TLV), as an LSPS2 opening fee is. The client takes a short part only for a
   single-part payment to one of its invoices (client/on_demand.py); a part it refuses is failed back,
-  the payer may retry, and this LSP then sells that client nothing more on demand (`refused` below):
-  what a client can take for free is bounded by one sale.
+  the payer may retry, and this LSP then sells that client nothing more on demand (`refused` below,
+  recorded with the sale): what a client can take for free is bounded by one sale.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ class OnDemand:
         self._is_factory_channel = is_factory_channel
         self._lock = threading.Lock()
         self._waiting: dict[str, list[_Held]] = {}  # peer -> the HTLCs waiting for its sale
-        self._short: dict[tuple[str, int], str] = {}  # (in channel, in htlc id) of a short forward -> its peer
-        self.refused: set[str] = set()  # peers that failed a forward short by a price: sold nothing more
+        # (in channel, in htlc id) of a forward short by a sale's price -> (peer, factory id, sale txid)
+        self._short: dict[tuple[str, int], tuple[str, str, str]] = {}
 
     def on_htlc(self, onion: dict[str, Any], htlc: dict[str, Any], answer: Answer) -> bool:
         """Hold the HTLC (True) if it needs a sale to reach its factory client; False: not ours."""
@@ -111,9 +111,9 @@ class OnDemand:
         channel = named[0]
         need = msat(onion["forward_msat"])
         peer = str(channel["peer_id"])
-        if peer in self.refused or sum(msat(c.get("spendable_msat", 0)) for c in self.node.peer_channels(peer)
-                                       if c.get("state") == "CHANNELD_NORMAL") >= need \
-                or not client_factories(self.store, peer):
+        if sum(msat(c.get("spendable_msat", 0)) for c in self.node.peer_channels(peer)
+               if c.get("state") == "CHANNELD_NORMAL") >= need or not client_factories(self.store, peer) \
+                or self.refused(peer):
             return False
         held = _Held(tlv.hop_payload(bytes.fromhex(onion["payload"])), tlv.parse_stream(bytes.fromhex(htlc.get("extra_tlvs") or "")),
                      need, answer)
@@ -153,7 +153,7 @@ class OnDemand:
                     answers[i] = result
                 if price:
                     with self._lock:
-                        self._short[first] = peer
+                        self._short[first] = (peer, str(sale["factory_id"]), str(sale["sale_txid"]))
                 self.log(f"inbound for {peer}: forwarding {len(held)} HTLCs over the new channel {sale['channel_id']}"
                          f"{f' less its price of {price} msat' if price else ''}")
         except Exception as e:
@@ -171,8 +171,18 @@ class OnDemand:
         if status not in ("settled", "failed", "local_failed"):
             return
         with self._lock:
-            peer = self._short.pop(key, None)
-        if peer is not None and status != "settled":
-            self.refused.add(peer)
-            self.log(f"inbound for {peer}: it refused the forward that paid its sale's price: no more sales on "
+            short = self._short.pop(key, None)
+        if short is not None and status != "settled":
+            peer, fid, txid = short
+            self.seller.mark(fid, txid, price_refused=True)
+            self.log(f"inbound for {peer}: it refused the forward that paid sale {txid}'s price: no more sales on "
                      f"demand to it", level="info")
+
+    def refused(self, peer: str) -> bool:
+        """Did `peer` refuse a forward that paid an on-demand sale's price (recorded with the sale)?"""
+        for fid in self.store.factory_ids():
+            rec = self.store.get(fid, "factory")
+            if rec and rec.get("role") == "lsp" and any(s.get("price_refused") and s.get("peer_id") == peer
+                                                        for s in rec.get("sales", [])):
+                return True
+        return False

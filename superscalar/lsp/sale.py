@@ -269,6 +269,10 @@ class Seller:
         assert anchor == anchor_output(factory.params)
         return TreeTx(sale.name, tx, sale.prevout, sale.spend)
 
+    def mark(self, factory_id: str, txid: str, **fields: Any) -> None:
+        """Record `fields` in sale `txid` of factory `factory_id` (durable)."""
+        self._set(factory_id, txid, **fields)
+
     def _set(self, factory_id: str, txid: str, **fields: Any) -> None:
         rec = self.store.get(factory_id, "factory")
         assert rec is not None
