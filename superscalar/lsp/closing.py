@@ -72,6 +72,11 @@ class CloseError(RuntimeError):
     """superscalar-close / superscalar-rollover failed; the factory was unfrozen, nothing went out."""
 
 
+class DoesNotFit(CloseError):
+    """The next factory does not fit in this one's close (its L-stock cannot give up enough): the
+    factory can be closed, not rolled over."""
+
+
 @dataclass
 class Session:
     """One CLOSE round on a factory: its clients by index (node ids), the coordinator and its outcome."""
@@ -271,7 +276,7 @@ class Closer:
                 self.lsp._abort(pending, opened, None, [])
                 self.lsp._pending.pop(pending.factory_id, None)
             self._abort(factory_id, str(e))
-            raise CloseError(str(e)) from None
+            raise (DoesNotFit if isinstance(e, DoesNotFit) else CloseError)(str(e)) from None
         finally:
             self._busy.discard(factory_id)
 
@@ -442,7 +447,7 @@ def fit_lstock(params: FactoryParams, specs: list[ClientSpec], factory: Factory,
     leaves = -(-len(specs) // params.leaf_arity)
     lstock = params.lstock_sat - -(-(need - room) // leaves)
     if lstock < params.dust_limit_sat:
-        raise CloseError(f"the next factory ({need} sat) does not fit in this one's close ({room} sat) even with "
+        raise DoesNotFit(f"the next factory ({need} sat) does not fit in this one's close ({room} sat) even with "
                          f"its L-stock at the dust limit: let a client leave, or close instead")
     return dataclasses.replace(params, lstock_sat=lstock)
 

@@ -6,13 +6,11 @@ at most one entry per client of the factory, whatever a peer sends."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ..protocol.wire import Leave, Message
 from ..store import Store, StoreError
-
-if TYPE_CHECKING:
-    from .closing import Closer
+from .closing import Closer, DoesNotFit
 
 
 def leaving(store: Store, factory_id: str) -> list[str]:
@@ -21,14 +19,20 @@ def leaving(store: Store, factory_id: str) -> list[str]:
     return list(rec["peers"]) if rec else []
 
 
-def roll_or_close(closer: "Closer", store: Store, factory_id: str, progress: Callable[[str], None]) -> dict[str, Any]:
+def roll_or_close(closer: Closer, store: Store, factory_id: str, progress: Callable[[str], None]) -> dict[str, Any]:
     """What the ladder does with a dying factory: roll it over, paying those who asked to leave on chain,
-    or, when every client asked to leave, close it cooperatively."""
+    or, when every client asked to leave or the next factory cannot fit in its close (its L-stock sold
+    down to the dust limit), close it cooperatively: each client is paid its balance on chain, which the
+    distribution would not do (it pays each client its channel's whole capacity)."""
     rec = store.get(factory_id, "factory") or {}
     leavers = leaving(store, factory_id)
     if {c["peer_id"] for c in rec.get("channels", [])} <= set(leavers):
         return closer.close(factory_id, progress)
-    return closer.rollover(factory_id, leavers, progress)
+    try:
+        return closer.rollover(factory_id, leavers, progress)
+    except DoesNotFit as e:
+        progress(f"factory {factory_id} cannot roll over ({e}): closing it")
+        return closer.close(factory_id, progress)
 
 
 class Leavers:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import pytest
 
 from superscalar.bitcoin.tx import OutPoint
 from superscalar.factory.errors import FactoryError
 from superscalar.factory.graph import rollover_close
 from superscalar.factory.params import regtest_params
-from superscalar.lsp.closing import CloseError, fit_lstock
+from superscalar.lsp.closing import DoesNotFit, fit_lstock
+from superscalar.lsp.leaving import roll_or_close
 from superscalar.lsp.creation import ClientSpec
 
 from ..factory_kit import make_kit
@@ -48,5 +51,33 @@ def test_an_lstock_too_small_to_absorb_the_close_refuses() -> None:
     params = regtest_params(2, 100, lstock_sat=600)
     a = make_kit(params).factory
     specs = [ClientSpec(f"{i:02x}" * 33, t.balance_sat, t.inbound_sat) for i, t in enumerate(a.terms)]
-    with pytest.raises(CloseError, match="close instead"):
+    with pytest.raises(DoesNotFit, match="close instead"):
         fit_lstock(regtest_params(2, 200, lstock_sat=600), specs, a, FUNDING, [0, 0])
+
+
+class FakeCloser:
+    def __init__(self, fits: bool) -> None:
+        self.fits, self.calls = fits, []  # type: ignore[var-annotated]
+
+    def rollover(self, fid: str, leave: list[str], progress: Any) -> dict[str, Any]:
+        self.calls.append(("rollover", leave))
+        if not self.fits:
+            raise DoesNotFit("the next factory does not fit")
+        return {"rolled": True}
+
+    def close(self, fid: str, progress: Any) -> dict[str, Any]:
+        self.calls.append(("close", []))
+        return {"closed": True}
+
+
+class FakeStore:
+    def get(self, fid: str, name: str) -> Optional[dict[str, Any]]:
+        return {"channels": [{"peer_id": "a"}, {"peer_id": "b"}]} if name == "factory" else None
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_ladder_closes_a_factory_that_cannot_roll_over(fits: bool) -> None:
+    closer = FakeCloser(fits)
+    out = roll_or_close(closer, FakeStore(), "f", lambda _: None)  # type: ignore[arg-type]
+    assert out == ({"rolled": True} if fits else {"closed": True})
+    assert closer.calls == ([("rollover", [])] if fits else [("rollover", []), ("close", [])])
