@@ -95,7 +95,7 @@ class Roles:
         self.exits = Exits(self.node, self.store, plugin.log, _bitcoind(plugin, self.network), max_feerate, self.blocks)
         self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log, dev_fail_at,
                              self.policy, stale_after=10 * timeout, blocks=self.blocks)
-        self.closer = Closer(self.lsp, plugin.log, timeout, dev_fail_at)
+        self.closer = Closer(self.lsp, plugin.log, timeout, dev_fail_at, extra_inbound=self.jit_held)
         self.client_closer = ClientCloser(self.node, self.store, self.transport, plugin.log, dev_fail_at)
         self.client.accept_rollover = self.client_closer.accept_rollover
         self.client.rollover_dropped = self.client_closer.rollover_dropped

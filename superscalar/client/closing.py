@@ -8,7 +8,8 @@ floor(to_us_msat / 1000) sat to its payout script, or, when it rolls into the ne
 close's txid and output 0 are exactly the funding of the next factory whose exit path it stored. A
 rollover invitation is accepted only from the same LSP, for a factory it is in, once its channels there
 (its leaf channel and those on the liquidity sales it bought) are frozen with no HTLC, and for one
-channel of their capacity together, pushed exactly its current balance in them.
+channel of at least their capacity together (more is inbound for the balance of its JIT channels,
+client/migration.py), pushed exactly its current balance in them.
 
 The fully signed close is stored before Done goes out. Until this client has given its partial
 signature nobody can hold the close, so aborting is free: the factory is unfrozen and a next factory
@@ -166,8 +167,8 @@ class ClientCloser:
         capacity = sum(msat(ch["total_msat"]) for ch in chans) // 1000  # our channels' capacities in sat
         if not chans:
             pass
-        elif msg.balance_sat + msg.inbound_sat != capacity:
-            why = f"the new channel's capacity is not our {len(chans)} channels' {capacity} sat"
+        elif msg.balance_sat + msg.inbound_sat < capacity:  # more is more inbound (our JIT balance moves in)
+            why = f"the new channel's capacity is below our {len(chans)} channels' {capacity} sat"
         elif msg.push_msat != balance or msg.balance_sat != balance // 1000:
             why = f"the new channel is not pushed our balance of {balance} msat"
         if why:

@@ -17,7 +17,8 @@
 B's funding output (output 0), the leavers' payouts, the LSP's rest and the anchor. B's clients are
 the rolling clients; each has one B channel, of the capacity of its A channels together (its leaf
 channel and the channels of the liquidity sales it bought, `superscalar/sales.py`), pushed exactly its
-balance in them, in msat. Order: freeze A → invite B's clients (the invite names A; each client freezes its A
+balance in them, in msat (and, if B still fits, its balance in its JIT wallet channels with us more
+of inbound: it moves that balance into B afterwards, client/migration.py). Order: freeze A → invite B's clients (the invite names A; each client freezes its A
 channels and checks they hold no HTLC, that B's capacity is theirs together and the push its own to_us_msat) →
 `fundchannel_start` every B channel → B's tree over (close txid, 0) (the close's txid is final before
 it is signed) → B's construction round (each client stores B's exit path before Done) → B recorded,
@@ -109,13 +110,15 @@ def factory_from_record(rec: dict[str, Any]) -> Factory:
 
 
 class Closer:
-    def __init__(self, lsp: Lsp, log: Callable[[str], None], timeout: float, dev_fail_at: str = "") -> None:
+    def __init__(self, lsp: Lsp, log: Callable[[str], None], timeout: float, dev_fail_at: str = "",
+                 extra_inbound: Callable[[str], int] = lambda peer: 0) -> None:
         # Testing only (developer mode): "lsp-close-before-sign", "lsp-roll-after-b-channels" and
         # "lsp-close-after-sign" kill lightningd there; "lsp-close-underpay" and "lsp-roll-wrong-output0"
         # propose an unfair close.
         self.lsp = lsp
         self.node, self.store, self.transport = lsp.node, lsp.store, lsp.transport
         self.log, self.timeout, self.dev_fail_at = log, timeout, dev_fail_at
+        self.extra_inbound = extra_inbound  # sat more of inbound a rolling client's B channel gets (its JIT balance)
         self._sessions: dict[bytes, Session] = {}
         self._busy: set[str] = set()  # factory ids with a close or rollover under way in this process
         self._recovered = False  # the records left by an earlier process were looked at
@@ -207,10 +210,20 @@ class Closer:
             rec = self.store.get(factory_id, "factory") or rec
             rec["frozen"]["next_factory"] = fid_b.hex()  # durable before anyone hears of B
             self.store.put(factory_id, "factory", rec)
-            specs = [ClientSpec(r.node_id, r.balance_msat // 1000, r.capacity_sat - r.balance_msat // 1000) for r in rolling]
             push = {r.node_id: r.balance_msat for r in rolling}
-            params = fit_lstock(self.lsp.params_for(len(rolling), self.node.blockheight()), specs, factory,
-                                _funding(rec), leaver_amounts)
+            # A client's balance in its JIT wallet channels with us moves into its B channel after the
+            # rollover (client/migration.py): B gives it that much more inbound, if B still fits in the close.
+            extra = {r.node_id: self.extra_inbound(r.node_id) for r in rolling}
+            params = self.lsp.params_for(len(rolling), self.node.blockheight())
+            try:
+                specs = [ClientSpec(r.node_id, r.balance_msat // 1000, r.capacity_sat + extra[r.node_id] - r.balance_msat // 1000)
+                         for r in rolling]
+                params = fit_lstock(params, specs, factory, _funding(rec), leaver_amounts)
+            except DoesNotFit:
+                if not any(extra.values()):
+                    raise
+                specs = [ClientSpec(r.node_id, r.balance_msat // 1000, r.capacity_sat - r.balance_msat // 1000) for r in rolling]
+                params = fit_lstock(params, specs, factory, _funding(rec), leaver_amounts)
             pending = Pending(fid_b, specs, params, secrets.token_bytes(32))
             self.lsp._pending[fid_b] = pending
             progress(f"factory {factory_id} frozen; inviting {len(rolling)} clients into factory {fid_b.hex()}")

@@ -115,3 +115,66 @@ def test_jit_channel_migrates_into_the_factory(node_factory: Any, bitcoind: Any,
           f"(closing fee {close_fee} sat, paid by the LSP as opener)")
     no_broken([lsp, client, payer])
 
+
+
+def test_rollover_gives_jit_balance_inbound_then_migrates(node_factory: Any, bitcoind: Any,
+                                                           plugin_path: Path) -> None:
+    """A factory client whose L-stock cannot fund its JIT channel gets one from the LSP's wallet; at the
+    rollover its channel in the next factory is its old capacity plus that JIT balance, and once the
+    rollover's close confirmed the balance moves in and the JIT channel is closed."""
+    from .test_close_rollover import mine_until
+    from .test_factory_plugin import BALANCE_SAT, INBOUND_SAT, create_factory
+
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
+    client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True)
+    payer = node_factory.get_node(may_reconnect=True)
+    for _ in range(2):
+        lsp.fundwallet(10_000_000)
+    payer.fundwallet(10_000_000)
+    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    payer.rpc.fundchannel(lsp.info["id"], 5_000_000)
+    bitcoind.generate_block(6)
+    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
+    sync_blockheight(bitcoind, [lsp, client, payer])
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    res = create_factory(lsp, [client], bitcoind)
+    fid = res["factory_id"]
+    [leaf] = [ch["funding_outpoint"] for ch in res["channels"]]
+    # 60,000 sat: the JIT channel (payment + 1 % + 50,000 sat) is more than the leaf's 100,000-sat L-stock
+    inv = client.rpc.call("superscalar-jit-invoice", {"lsp_id": lsp.info["id"], "amount_msat": 60_000_000,
+                                                      "description": "bigger than the L-stock"})
+    payer.rpc.xpay(inv["bolt11"])
+    wait_for(lambda: not any(c["htlcs"] for c in client.rpc.listpeerchannels()["channels"]))
+    assert "sales" not in record(lsp, fid) or not record(lsp, fid)["sales"]  # from the wallet
+    [jit] = [c for c in client.rpc.listpeerchannels()["channels"] if f"{c['funding_txid']}:{c['funding_outnum']}" != leaf]
+    held = msat(jit["to_us_msat"])
+    assert held == 60_000_000 - inv["opening_fee_msat"]
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, [lsp, client])
+    a_balance = next(msat(c["to_us_msat"]) for c in client.rpc.listpeerchannels()["channels"]
+                     if f"{c['funding_txid']}:{c['funding_outnum']}" == leaf)
+
+    out = lsp.rpc.call("superscalar-rollover", {"factory_id": fid})
+    nxt = out["next_factory"]
+    [b_leaf] = [ch["funding_outpoint"] for ch in record(lsp, nxt)["channels"]]
+    [b] = [c for c in client.rpc.listpeerchannels()["channels"] if f"{c['funding_txid']}:{c['funding_outnum']}" == b_leaf]
+    assert msat(b["total_msat"]) == (BALANCE_SAT + INBOUND_SAT + held // 1000) * 1000
+    assert msat(b["to_us_msat"]) == a_balance
+    nodes = [lsp, client]
+    mine_until(bitcoind, nodes, lambda: record(client, fid)["close"]["status"] == "confirmed"
+               and not record(client, nxt).get("frozen"))
+    jit_outpoint = f"{jit['funding_txid']}:{jit['funding_outnum']}"
+
+    def jit_state() -> str:
+        return str(next(c["state"] for c in client.rpc.listpeerchannels()["channels"]
+                        if f"{c['funding_txid']}:{c['funding_outnum']}" == jit_outpoint))
+    mine_until(bitcoind, nodes, lambda: jit_state() in CLOSING_STATES or jit_state() == "CLOSED")
+    [b] = [c for c in client.rpc.listpeerchannels()["channels"] if f"{c['funding_txid']}:{c['funding_outnum']}" == b_leaf]
+    moved = msat(b["to_us_msat"]) - a_balance
+    assert 0 < moved <= held and msat(b["total_msat"]) - msat(b["to_us_msat"]) >= INBOUND_SAT * 1000 - a_balance + \
+        BALANCE_SAT * 1000
+    print(f"rollover with a JIT channel: next channel {msat(b['total_msat']) // 1000} sat "
+          f"({BALANCE_SAT + INBOUND_SAT} + {held // 1000} of JIT balance), carried {a_balance} msat, then "
+          f"{moved} msat moved in from the JIT channel of {held} msat; inbound left {msat(b['total_msat']) - msat(b['to_us_msat'])} msat")
+    no_broken([lsp, client, payer])

@@ -47,12 +47,14 @@ def test_rollover_accepted_only_for_the_exact_balance_of_a_quiet_channel() -> No
     # A second invitation while frozen is refused.
     assert closer.accept_rollover(LSP_ID, invite()) == "that factory is already being closed"
     for bad, why in ((invite(push=BALANCE_MSAT + 1), "not pushed our balance"),
-                     (invite(capacity=250_001), "capacity"),
+                     (invite(capacity=249_999), "capacity"),
                      (invite(of="cc" * 32), "not in")):
         node, store, closer, _ = setup()
         reason = closer.accept_rollover(LSP_ID, bad)
         assert reason is not None and why in reason
         assert not (store.get(A, "factory") or {}).get("frozen")  # unfrozen again
+    node, store, closer, _ = setup()  # a bigger channel is more inbound (for our JIT balance): accepted
+    assert closer.accept_rollover(LSP_ID, invite(capacity=250_001)) is None
     node, store, closer, _ = setup()
     assert closer.accept_rollover("02" + "dd" * 32, invite()) == "a rollover of a factory we are not in with this LSP"
     node, store, closer, _ = setup(htlcs=[{"id": 0}])
