@@ -129,7 +129,8 @@ class OnDemand:
         return True
 
     def _sell_and_forward(self, peer: str, need_msat: int, first: tuple[str, int]) -> None:
-        answers: dict[int, dict[str, Any]] = {}  # index into the held list -> its answer; missing: continue
+        answers: dict[int, dict[str, Any]] = {}  # index into the held list -> its answer
+        rest: dict[str, Any] = {"result": "continue"}  # the others': no sale, lightningd fails them as it would have
         try:
             capacity = channel_capacity_sat(need_msat)
             price = self.seller.fee_sat(capacity) * 1000
@@ -138,6 +139,7 @@ class OnDemand:
             sale = sale_somewhere(self.seller, self.store, peer, capacity, self.log, price)
             if sale is not None:
                 channel = wait_ready(self.node, peer, str(sale["channel_id"]))
+                rest = {"result": "continue", "forward_to": sale["channel_id"]}  # come since: in full
                 with self._lock:
                     held = list(self._waiting.get(peer, []))
                 plan = forward_plan([h.forward_msat for h in held], price,
@@ -161,8 +163,8 @@ class OnDemand:
         finally:
             with self._lock:
                 waiting = self._waiting.pop(peer, [])
-            for i, h in enumerate(waiting):  # no sale: lightningd fails them as it would have
-                h.answer(answers.get(i, {"result": "continue"}))
+            for i, h in enumerate(waiting):
+                h.answer(answers.get(i, rest))
 
     def on_forward_event(self, event: dict[str, Any]) -> None:
         """A forward short by a sale's price that the client failed: no more sales on demand to it."""
