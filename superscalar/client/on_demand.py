@@ -13,7 +13,7 @@ forwarded over that channel then arrives short by its bLIP-25 `extra_fee`. It is
 
 lightningd is then handed the part with its amounts set to what arrived and the invoice's amount
 lowered by the fee, so the invoice is marked paid with what we received; the price paid is recorded
-(durable) first. Anything else goes to lightningd's normal handling, which fails an underpaid part.
+(durable) first, by payment hash: a part lightningd hands us again after a restart is not counted twice. Anything else goes to lightningd's normal handling, which fails an underpaid part.
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ class OnDemandPayments:
         except ValueError:
             return reject
         data = tlv.get(payload, tlv.PAYMENT_DATA)
-        unpaid = int(sale.get("price_msat", 0)) - int(sale.get("price_paid_msat", 0))
+        # a part lightningd hands us again after a restart was counted already: the same payment, again
+        again = int(sale.get("paid_by", {}).get(str(htlc["payment_hash"]), 0))
+        unpaid = int(sale.get("price_msat", 0)) - int(sale.get("price_paid_msat", 0)) + again
         invoices = self.node.rpc.call("listinvoices", {"payment_hash": htlc["payment_hash"]})["invoices"]
         why = None
         if data is None or len(data) < 32 or int.from_bytes(data[32:], "big") != onion_msat:
@@ -86,7 +88,8 @@ class OnDemandPayments:
             self.log(f"inbound on demand: refusing a part short by {extra} msat over sale {sale['txid']}: {why}",
                      level="info")
             return reject
-        sale["price_paid_msat"] = int(sale.get("price_paid_msat", 0)) + extra
+        sale["price_paid_msat"] = int(sale.get("price_paid_msat", 0)) - again + extra
+        sale.setdefault("paid_by", {})[str(htlc["payment_hash"])] = extra
         self.store.put(fid, "factory", rec)
         payload = tlv.replace(payload, tlv.AMT_TO_FORWARD, tlv.tu64(htlc_msat))
         assert data is not None

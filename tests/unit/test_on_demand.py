@@ -73,8 +73,13 @@ def test_single_part_short_by_the_price_is_taken_and_recorded() -> None:
     assert tlv.read_tu64(tlv.get(payload, tlv.AMT_TO_FORWARD) or b"") == AMOUNT - PRICE
     assert tlv.read_tu64((tlv.get(payload, tlv.PAYMENT_DATA) or b"")[32:]) == AMOUNT - PRICE
     assert store.records["f1"]["sales"][0]["price_paid_msat"] == PRICE and store.puts == 1
-    # the price is paid: a second short part is refused
-    refused = od.on_htlc(*part(1))
+    # lightningd hands the same part again after a restart: taken again, counted once
+    again = od.on_htlc(*part(PRICE))
+    assert again is not None and again["result"] == "continue"
+    assert store.records["f1"]["sales"][0]["price_paid_msat"] == PRICE
+    # the price is paid: a short part of another payment is refused
+    onion, htlc = part(1)
+    refused = od.on_htlc(onion, {**htlc, "payment_hash": "ef" * 32})
     assert refused is not None and refused["result"] == "fail"
 
 
