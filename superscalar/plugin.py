@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pyln.client import Plugin, RpcException
 
@@ -665,16 +665,22 @@ def build_plugin() -> Plugin:
     def on_htlc_accepted(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, request: Any,
                          **kwargs: Any) -> None:
         """A client's JIT payment part first (lsps2: underpaid by the opening fee, over the LSP's new
-        zero-conf channel); then the factory channels' policy; then, at an LSP, a part of an LSPS1 order's
+        zero-conf channel); then the factory channels' policy; then a part paying an on-demand sale's price
+        (client/on_demand.py); then, at an LSP, a part of an LSPS1 order's
         hold invoice is held until the order is filled or failed, a part for a JIT scid until its channel
         is open, and a forward to a factory client whose inbound is used up until a sale adds a channel
         (each answered later, from another thread)."""
         r = holder.get("roles")
-        try:
-            jit_answer = r.jit_client.on_htlc(onion, htlc) if r is not None else None
-        except Exception as e:  # fail closed: a JIT part we could not check
-            _report(plugin, "htlc_accepted JIT part check", e)
-            jit_answer = {"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"}
+
+        def checked(what: str, check: Callable[[Roles], Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:
+            """`check`'s answer for this HTLC (None: not its HTLC); a failure if it raised (fail closed)."""
+            try:
+                return check(r) if r is not None else None
+            except Exception as e:
+                _report(plugin, what, e)
+                return {"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"}
+
+        jit_answer = checked("htlc_accepted JIT part check", lambda roles: roles.jit_client.on_htlc(onion, htlc))
         if jit_answer is not None:
             request.set_result(jit_answer)
             return
@@ -687,11 +693,8 @@ def build_plugin() -> Plugin:
             plugin.log(f"failing HTLC {htlc.get('payment_hash')}: {failure[1]}", level="info")
             request.set_result({"result": "fail", "failure_message": failure[0]})
             return
-        try:  # a payment to us over a channel sold on demand, short by the sale's agreed price
-            paid = r.on_demand_payments.on_htlc(onion, htlc) if r is not None else None
-        except Exception as e:  # fail closed: a short part we could not check
-            _report(plugin, "htlc_accepted on-demand price check", e)
-            paid = {"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"}
+        # a payment to us over a channel sold on demand, short by the sale's agreed price
+        paid = checked("htlc_accepted on-demand price check", lambda roles: roles.on_demand_payments.on_htlc(onion, htlc))
         if paid is not None:
             request.set_result(paid)
             return

@@ -61,19 +61,14 @@ def test_jit_channel_for_a_factory_client_is_a_sale(node_factory: Any, bitcoind:
     L-stock (no wallet transaction), and it receives exactly amount − opening fee."""
     from pyln.testing.utils import sync_blockheight, wait_for
 
-    from .test_lsps2 import PROBE, pay_in_parts
+    from .test_lsps2 import PROBE, pay_in_parts, plain_payer
 
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
     lsp = node_factory.get_node(options={**common, "plugin": [str(plugin_path), str(PROBE)], "superscalar-lsp": "true"},
                                 may_reconnect=True)
     clients = node_factory.get_nodes(2, opts={**common, "may_reconnect": True, "superscalar-join": lsp.info["id"]})
-    payer = node_factory.get_node(may_reconnect=True)
     lsp.fundwallet(10_000_000)
-    payer.fundwallet(10_000_000)
-    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-    payer.rpc.fundchannel(lsp.info["id"], 5_000_000)
-    bitcoind.generate_block(6)
-    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
+    payer = plain_payer(node_factory, bitcoind, lsp)
     # every node at the tip before the factory: a client counts its funding deadline (6 blocks on the
     # regtest profile) from its own height when it signs
     sync_blockheight(bitcoind, [lsp, payer, *clients])

@@ -17,6 +17,7 @@ from superscalar.chain.exits import CLOSING_STATES
 from superscalar.node import msat
 
 from .test_close_rollover import no_broken, record, wallet_sat
+from .test_lsps2 import plain_payer
 
 pytestmark = pytest.mark.lightningd
 RECEIVE_MSAT = 120_000_000
@@ -31,14 +32,9 @@ def network(node_factory: Any, bitcoind: Any, plugin_path: Path) -> tuple[Any, A
                                          "superscalar-ladder-interval-blocks": "0", "superscalar-batch-size": "1"},
                                 may_reconnect=True)
     client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True)
-    payer = node_factory.get_node(may_reconnect=True)
     lsp.fundwallet(10_000_000)
     lsp.fundwallet(10_000_000)  # one coin for the JIT channel, one for the factory (its change is unconfirmed)
-    payer.fundwallet(10_000_000)
-    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-    payer.rpc.fundchannel(lsp.info["id"], 5_000_000)
-    bitcoind.generate_block(6)
-    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
+    payer = plain_payer(node_factory, bitcoind, lsp)
     client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     return lsp, client, payer
 
@@ -128,14 +124,9 @@ def test_rollover_gives_jit_balance_inbound_then_migrates(node_factory: Any, bit
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
     lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
     client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True)
-    payer = node_factory.get_node(may_reconnect=True)
     for _ in range(2):
         lsp.fundwallet(10_000_000)
-    payer.fundwallet(10_000_000)
-    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-    payer.rpc.fundchannel(lsp.info["id"], 5_000_000)
-    bitcoind.generate_block(6)
-    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
+    payer = plain_payer(node_factory, bitcoind, lsp)
     sync_blockheight(bitcoind, [lsp, client, payer])
     client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     res = create_factory(lsp, [client], bitcoind)

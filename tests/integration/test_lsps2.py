@@ -28,16 +28,22 @@ def jit_network(node_factory: Any, bitcoind: Any, plugin_path: Path, **lsp_opts:
                                          "superscalar-lsp": "true", **lsp_opts}, may_reconnect=True)
     client = node_factory.get_node(options={"plugin": str(plugin_path), "superscalar-profile": "regtest"},
                                    may_reconnect=True)
-    payer = node_factory.get_node(may_reconnect=True)
     lsp.fundwallet(10_000_000)
+    payer = plain_payer(node_factory, bitcoind, lsp)
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    assert client.rpc.listfunds()["outputs"] == [] and client.rpc.listpeerchannels()["channels"] == []
+    return lsp, client, payer
+
+
+def plain_payer(node_factory: Any, bitcoind: Any, lsp: Any) -> Any:
+    """A plain CLN node (no plugin) with an announced 5,000,000-sat channel to `lsp`, confirmed and normal."""
+    payer = node_factory.get_node(may_reconnect=True)
     payer.fundwallet(10_000_000)
     payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     payer.rpc.fundchannel(lsp.info["id"], 5_000_000)
     bitcoind.generate_block(6)
     wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
-    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-    assert client.rpc.listfunds()["outputs"] == [] and client.rpc.listpeerchannels()["channels"] == []
-    return lsp, client, payer
+    return payer
 
 
 def pay_in_parts(payer: Any, lsp: Any, bolt11: str, amount_msat: int, parts: int) -> None:
