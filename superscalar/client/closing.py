@@ -5,7 +5,8 @@ A client signs a close of its factory only after it froze its own side (durable:
 refuses every HTLC on that channel) and checked, in its own `listpeerchannels`, that the channel holds
 no pending HTLC and that the close spends its factory's funding output and pays it at least
 floor(to_us_msat / 1000) sat to its payout script, or, when it rolls into the next factory, that the
-close's txid and output 0 are exactly the funding of the next factory whose exit path it stored. A
+close's txid and output 0 are exactly the funding of the next factory whose exit path it stored, and
+that its channel on that factory's leaf exists in its own lightningd holding exactly its balance. A
 rollover invitation is accepted only from the same LSP, for a factory it is in, once its channels there
 (its leaf channel and those on the liquidity sales it bought) are frozen with no HTLC, and for one
 channel of at least their capacity together (more is inbound for the balance of its JIT channels,
@@ -36,6 +37,9 @@ from ..transport import Transport
 from .membership import CONFIRMED, channel_in_factory, factory_key_label
 
 FREEZE_REASONS = ("close", "rollover")
+# A completed zero-conf channel is CHANNELD_NORMAL once both sides sent channel_ready (a close proposal
+# may come before that) or, after the close confirmed and gave it a short channel id, still normal.
+NEXT_CHANNEL_STATES = ("CHANNELD_AWAITING_LOCKIN", "CHANNELD_NORMAL")
 # A freeze with no close round under way for this many blocks is given up (an LSP that went quiet
 # without disconnecting): before our partial signature nobody can hold the close.
 STALE_FREEZE_BLOCKS = 3
@@ -223,12 +227,27 @@ class ClientCloser:
             nxt = self.store.get(next_factory, "factory")
             if nxt is None or nxt.get("role") != "client" or nxt.get("rollover_of") != fid:
                 return None, "we hold no next factory for this rollover"
+            missing = self._next_channel_missing(rec["lsp"], nxt)
+            if missing is not None:
+                return None, missing
             ntxid, nvout = nxt["funding_outpoint"].split(":")
             nvalue, nscript = nxt["path_prevouts"][0]
             return Expectation(Kind.CLOSE, pubkey, funding=funding,
                                next_funding=(OutPoint.from_hex(ntxid, int(nvout)), TxOut(int(nvalue), bytes.fromhex(nscript)))), None
         payout = Tx.from_hex(rec["distribution"]).outputs[int(rec["client_index"])].script_pubkey
         return Expectation(Kind.CLOSE, pubkey, payout_script=payout, payout_sat=balance // 1000, funding=funding), None
+
+    def _next_channel_missing(self, lsp: str, nxt: dict[str, Any]) -> Optional[str]:
+        """Why our channel in the next factory is not there to receive our balance, or None if it is: once
+        the close is signed the balance is in that leaf output only, and an output with no channel on it
+        is a 2-of-2 we could not spend without the LSP."""
+        chans = [ch for ch in self.node.peer_channels(lsp)
+                 if f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" == nxt["leaf_outpoint"]]
+        if len(chans) != 1 or chans[0].get("state") not in NEXT_CHANNEL_STATES:
+            return "our channel in the next factory was not completed"
+        if msat(chans[0]["to_us_msat"]) != int(nxt["push_msat"]):
+            return f"our channel in the next factory holds {msat(chans[0]['to_us_msat'])} msat, not {nxt['push_msat']}"
+        return None
 
     def _execute(self, fid: str, session: CloseSession, actions: list[Action]) -> None:
         for a in actions:

@@ -113,8 +113,8 @@ class Closer:
     def __init__(self, lsp: Lsp, log: Callable[[str], None], timeout: float, dev_fail_at: str = "",
                  extra_inbound: Callable[[str], int] = lambda peer: 0) -> None:
         # Testing only (developer mode): "lsp-close-before-sign", "lsp-roll-after-b-channels" and
-        # "lsp-close-after-sign" kill lightningd there; "lsp-close-underpay" and "lsp-roll-wrong-output0"
-        # propose an unfair close.
+        # "lsp-close-after-sign" kill lightningd there; "lsp-close-underpay", "lsp-roll-wrong-output0" and
+        # "lsp-roll-skip-complete" (one client's B channel never completed) propose an unfair close.
         self.lsp = lsp
         self.node, self.store, self.transport = lsp.node, lsp.store, lsp.transport
         self.log, self.timeout, self.dev_fail_at = log, timeout, dev_fail_at
@@ -260,6 +260,9 @@ class Closer:
             record = _next_record(b, graph, specs, pending, factory_id, push)
             self.store.put(fid_b.hex(), "factory", record)
             def complete(i: int) -> str:
+                if self.dev_fail_at == "lsp-roll-skip-complete" and i == 0:  # testing only: no channel on this leaf
+                    self.node.fundchannel_cancel(specs[i].node_id)
+                    return "00" * 32
                 leaf = graph.states[b.topology.leaf_of_client[i]]
                 psbt = Psbt(leaf.tx, (PsbtInput(witness_utxo=leaf.prevout),), tuple(PsbtOutput() for _ in leaf.tx.outputs))
                 return self.node.fundchannel_complete(specs[i].node_id, psbt.to_base64())

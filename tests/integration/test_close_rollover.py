@@ -357,14 +357,15 @@ def test_client_killed_after_close_signed_resumes(node_factory: Any, bitcoind: A
     assert_rolled(bitcoind, lsp, clients, fid, balances, clients[2])
 
 
-@pytest.mark.parametrize("fail", ["lsp-close-underpay", "lsp-roll-wrong-output0"])
+@pytest.mark.parametrize("fail", ["lsp-close-underpay", "lsp-roll-wrong-output0", "lsp-roll-skip-complete"])
 def test_unfair_close_proposal_is_refused(node_factory: Any, bitcoind: Any, plugin_path: Path, fail: str) -> None:
     lsp, clients, fid, outpoints, balances = prepared(node_factory, bitcoind, plugin_path, {0: fail})
     if fail == "lsp-close-underpay":
         with pytest.raises(Exception, match="less than our"):
             lsp.rpc.call("superscalar-close", {"factory_id": fid})
-    else:
-        with pytest.raises(Exception, match="output 0 is not the next factory"):
+    else:  # a close whose output 0 is not B's funding, or that would fund a leaf with no channel on it
+        why = "output 0 is not the next factory" if fail == "lsp-roll-wrong-output0" else "was not completed"
+        with pytest.raises(Exception, match=why):
             lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [clients[2].info["id"]]})
     assert bitcoind.rpc.getrawmempool() == []
     assert_aborted(bitcoind, lsp, clients, fid, outpoints, balances)
