@@ -10,7 +10,10 @@ creates a factory with the same K clients (50,000 sat balance, 200,000 sat inbou
 per K: the wall-clock seconds of each RPC, their ratio (create / multifund; the issue's target is
 ≤ 1.0) and each funding transaction's vsize as bitcoind reports it. Then the factory, confirmed, is
 rolled over into the next one with every client carried over (`superscalar-rollover`), timed the same
-way against the same `multifundchannel` figure.
+way against the same `multifundchannel` figure. Each RPC starts once every node has processed the
+chain tip (a node still handling the last block would slow whichever RPC runs beside it), and each
+is followed by its steps: the seconds from one of the LSP's progress log lines to the next (or to the
+RPC's return), named by what the line says starts.
 
     python contrib/bench_create_vs_multifund.py [K ...]
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +65,11 @@ def test_bench_create_vs_multifund(node_factory: Any, bitcoind: Any, k: int) -> 
     lsp.fundwallet(CAPACITY_SAT * k * 2)
     lsp.fundwallet(CAPACITY_SAT * k * 2)
 
+    def synced() -> None:  # every node has processed the tip: no block work runs beside the timed RPC
+        tip = bitcoind.rpc.getblockcount()
+        wait_for(lambda: all(n.rpc.getinfo()["blockheight"] == tip for n in [lsp, *clients]))
+
+    synced()
     destinations = [{"id": f"{c.info['id']}@localhost:{c.port}", "amount": CAPACITY_SAT, "announce": False}
                     for c in clients]
     t0 = time.perf_counter()
@@ -69,38 +78,57 @@ def test_bench_create_vs_multifund(node_factory: Any, bitcoind: Any, k: int) -> 
     multi_vb = bitcoind.rpc.getmempoolentry(multi["txid"])["vsize"]
     bitcoind.generate_block(1)
     wait_for(lambda: bitcoind.rpc.getmempoolinfo()["size"] == 0)
+    synced()
 
     spec = [{"id": c.info["id"], "balance_sat": 50_000, "inbound_sat": 200_000} for c in clients]
     t0 = time.perf_counter()
     created = lsp.rpc.call("superscalar-create", {"clients": spec})
     t_create = time.perf_counter() - t0
+    end = datetime.now(timezone.utc).replace(tzinfo=None)
     create_vb = bitcoind.rpc.getmempoolentry(created["funding_txid"])["vsize"]
     assert len(created["channels"]) == k
     print(f"\nK={k}: superscalar-create {t_create:.1f} s (funding {create_vb} vB); "
           f"multifundchannel {t_multi:.1f} s (funding {multi_vb} vB); ratio create/multifund {t_create / t_multi:.2f}")
-    print(f"  create's steps (from the LSP's progress log lines): {phases(lsp)}")
+    report_steps("create", phases(lsp, "superscalar-create: ", end), t_multi)
 
     # A rollover of the confirmed factory into the next one: every client carried over (no wallet input)
     bitcoind.generate_block(1)
     wait_for(lambda: all(ch["state"] == "CHANNELD_NORMAL" for ch in lsp.rpc.listpeerchannels()["channels"]))
-    wait_for(lambda: lsp.rpc.getinfo()["blockheight"] == bitcoind.rpc.getblockcount())
+    synced()
     t0 = time.perf_counter()
     rolled = lsp.rpc.call("superscalar-rollover", {"factory_id": created["factory_id"]})
     t_roll = time.perf_counter() - t0
+    end = datetime.now(timezone.utc).replace(tzinfo=None)
     roll_vb = bitcoind.rpc.getmempoolentry(rolled["close_txid"])["vsize"]
     print(f"K={k}: superscalar-rollover {t_roll:.1f} s (close {roll_vb} vB); ratio rollover/multifund "
           f"{t_roll / t_multi:.2f}")
+    report_steps("rollover", phases(lsp, "superscalar-rollover: ", end), t_multi)
 
 
-def phases(lsp: Any) -> str:
-    """Seconds between superscalar-create's progress lines in the LSP's log."""
-    from datetime import datetime
+def report_steps(what: str, steps: list[tuple[str, float]], t_multi: float) -> None:
+    """Print an RPC's steps, then the floor its channel opens set: the seconds of the steps in which
+    lightningd opens the leaf channels (`fundchannel_start`, then `fundchannel_complete` of zero-conf
+    channels), against multifundchannel's whole time."""
+    print(f"  {what}'s steps (from the LSP's progress log lines): "
+          + ("; ".join(f"{name} {sec:.2f} s" for name, sec in steps) or "no progress lines found in the LSP's log"))
+    opens = sum(sec for name, sec in steps if name.startswith("opening") or name.startswith("completing"))
+    if opens:
+        print(f"  {what}'s channel opens alone: {opens:.2f} s, {opens / t_multi:.2f} × multifundchannel")
 
+
+def phases(lsp: Any, prefix: str, end: datetime) -> list[tuple[str, float]]:
+    """Seconds from each of an RPC's progress lines in the LSP's log (those after `prefix`) to the next,
+    the last one's to `end` (the RPC's return), each named by the step its line says starts."""
     lsp.daemon.logs_catchup()
-    marks = [(datetime.strptime(line.split()[1], "%Y-%m-%dT%H:%M:%S.%fZ"), line.split("superscalar-create: ", 1)[1])
-             for line in lsp.daemon.logs if "plugin-superscalar" in line and "superscalar-create: " in line]
+    marks = [(datetime.strptime(line.split()[1], "%Y-%m-%dT%H:%M:%S.%fZ"), line.split(prefix, 1)[1])
+             for line in lsp.daemon.logs if "plugin-superscalar" in line and prefix in line]
     if not marks:
-        return "no progress lines found in the LSP's log"
-    marks.append((marks[-1][0], "end"))
-    return "; ".join(f"{text.split(';')[0][:40]} {(b - a).total_seconds():.1f} s"
-                     for (a, text), (b, _) in zip(marks, marks[1:]))
+        return []
+    marks.append((max(end, marks[-1][0]), "end"))
+    return [(_step(text), (b - a).total_seconds()) for (a, text), (b, _) in zip(marks, marks[1:])]
+
+
+def _step(text: str) -> str:
+    """What a progress line says starts: its last clause, without ids."""
+    words = [w for w in text.split(";")[-1].split() if len(w) < 40]
+    return " ".join(words)[:48]

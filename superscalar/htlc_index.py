@@ -8,8 +8,8 @@ halves of the answer and joins them on lookup:
   channel ids (LSP records) and leaf outpoints (client records) belong to which factory, with their
   early-warning blocks, whether anything backs them, and whether a client's leaf script is verified;
 - from lightningd: each channel's id, funding outpoint, peer, short channel id and aliases (loaded at
-  start, refreshed from `channel_opened` / `channel_state_changed` (that peer's channels) and once per
-  block (all), and when an HTLC names an unknown short channel id: that channel only, at most once per
+  start, refreshed after `channel_opened` / `channel_state_changed` (that peer's channels, in a thread
+  of its own: `PeerRefresh`) and once per block (all), and when an HTLC names an unknown short channel id: that channel only, at most once per
   such id per block).
 
 A record that cannot be read makes every lookup raise `IndexUnreadable`: the hook then fails the HTLC
@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .client.membership import MISMATCH, UNVERIFIED, funding_ok, leaf_status
 from .factory.params import FactoryParams
@@ -136,6 +136,8 @@ class HtlcIndex:
         self._channels: dict[str, LiveChannel] = {}  # channel id → channel
         self._by_name: dict[str, str] = {}  # short channel id or alias → channel id
         self._refreshed: dict[str, int] = {}  # unknown short channel id → height of its last refresh
+        self._seq = 0  # counts the writes of lightningd's half
+        self._written_at: dict[str, int] = {}  # channel id → the write that last put it in
 
     # --- the records' half ---
 
@@ -184,35 +186,50 @@ class HtlcIndex:
 
     # --- lightningd's half ---
 
-    def set_channels(self, listing: Iterable[dict[str, Any]], peer: Optional[str] = None) -> None:
-        """Replace what the index knows of lightningd's channels (of `peer` only, if given) by `listing`."""
+    def mark(self) -> int:
+        """Taken before asking lightningd for a listing, and given to `set_channels` with it."""
+        with self._lock:
+            return self._seq
+
+    def set_channels(self, listing: Iterable[dict[str, Any]], peer: Optional[str] = None,
+                     taken: Optional[int] = None) -> None:
+        """Replace what the index knows of lightningd's channels (of `peer` only, if given) by `listing`.
+        With `taken` (`mark()` before the listing was asked for), a channel written since is kept as it
+        is: the listing may be older than what an HTLC's lookup added meanwhile."""
         fresh = [LiveChannel.from_listing(ch) for ch in listing]
         with self._lock:
-            gone = [c for c in self._channels.values() if peer is None or c.peer_id == peer]
+            newer = set() if taken is None else {i for i, at in self._written_at.items() if at > taken}
+            self._seq += 1
+            gone = [c for c in self._channels.values() if (peer is None or c.peer_id == peer) and c.channel_id not in newer]
             for c in gone:
                 self._channels.pop(c.channel_id, None)
+                self._written_at.pop(c.channel_id, None)
                 for name in c.names:
                     if self._by_name.get(name) == c.channel_id:
                         del self._by_name[name]
             for c in fresh:
-                self._channels[c.channel_id] = c
-                for name in c.names:
-                    self._by_name[name] = c.channel_id
-                    self._refreshed.pop(name, None)
+                if c.channel_id not in newer:
+                    self._put(c)
+
+    def _put(self, c: LiveChannel) -> None:
+        """Add or replace channel `c`; the caller holds the lock."""
+        old = self._channels.get(c.channel_id)
+        for name in old.names if old is not None else ():
+            if self._by_name.get(name) == c.channel_id:
+                del self._by_name[name]
+        self._channels[c.channel_id] = c
+        self._written_at[c.channel_id] = self._seq
+        for name in c.names:
+            self._by_name[name] = c.channel_id
+            self._refreshed.pop(name, None)
 
     def add_channels(self, listing: Iterable[dict[str, Any]]) -> None:
         """Add (or update) the channels of `listing`, keeping every other one."""
         fresh = [LiveChannel.from_listing(ch) for ch in listing]
         with self._lock:
+            self._seq += 1
             for c in fresh:
-                old = self._channels.pop(c.channel_id, None)
-                for name in old.names if old is not None else ():
-                    if self._by_name.get(name) == c.channel_id:
-                        del self._by_name[name]
-                self._channels[c.channel_id] = c
-                for name in c.names:
-                    self._by_name[name] = c.channel_id
-                    self._refreshed.pop(name, None)
+                self._put(c)
 
     def should_refresh(self, name: str, height: int) -> bool:
         """May an HTLC naming the unknown `name` refresh the channels? Once per name per block; the
@@ -266,3 +283,39 @@ class HtlcIndex:
         """The channel id a short channel id or alias names, if known."""
         with self._lock:
             return self._by_name.get(name)
+
+
+class PeerRefresh:
+    """Refreshes the index's channels of the peers that channel notifications name, in a thread of its
+    own. pyln runs every notification and hook on one thread, so a `listpeerchannels` per notification
+    (two or more per new channel) held up the ceremony messages queued behind them: after the 32
+    channels of a rollover were completed, its close round waited about 0.6 s for them. Until the
+    refresh lands, an HTLC naming a new channel still finds it (`HtlcGuard.lookup` asks for that one)."""
+
+    def __init__(self, index: HtlcIndex, list_peer: Callable[[str], list[dict[str, Any]]],
+                 report: Callable[[Exception], None]) -> None:
+        self.index, self.list_peer, self.report = index, list_peer, report
+        self._dirty: set[str] = set()
+        self._cond = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+
+    def mark(self, peer: str) -> None:
+        """`peer`'s channels changed: refresh them soon (once for any number of marks meanwhile)."""
+        with self._cond:
+            self._dirty.add(peer)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="superscalar-index-refresh", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._dirty))
+                peers, self._dirty = self._dirty, set()
+            for peer in peers:
+                try:
+                    taken = self.index.mark()
+                    self.index.set_channels(self.list_peer(peer), peer, taken)
+                except Exception as e:  # the next notification, block or HTLC lookup refreshes it again
+                    self.report(e)

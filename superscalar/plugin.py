@@ -34,7 +34,7 @@ from superscalar.client.orders import buy_inbound, get_order
 from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
 from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
-from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex, LiveChannel
+from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex, LiveChannel, PeerRefresh
 from superscalar.invoices import rewrite_invoice
 from superscalar.listing import describe
 from superscalar.lsp.closing import Closer
@@ -111,6 +111,7 @@ class Roles:
         self.client.sale_channel = self.client_sales.expect_channel
         self.leavers = Leavers(self.store, plugin.log, self.node.blockheight)
         self.index = HtlcIndex()
+        self.refresh = PeerRefresh(self.index, self.node.peer_channels, lambda e: _report(plugin, "HTLC index refresh", e))
         self.store.listen(self.index.on_record)
         self.exposure = ShortHtlcExposure(ShortHtlcLimits(
             int(options.get("superscalar-lsp-short-htlc-max-msat-per-client") or DEFAULT_PER_CLIENT_MSAT),
@@ -624,11 +625,8 @@ def build_plugin() -> Plugin:
         r = holder.get("roles")
         if r is None:
             return
-        try:
-            r.index.set_channels(r.node.peer_channels(channel_state_changed.get("peer_id")),
-                                 channel_state_changed.get("peer_id"))
-        except Exception as e:
-            _report(plugin, "HTLC index refresh", e)
+        if channel_state_changed.get("peer_id"):
+            r.refresh.mark(str(channel_state_changed["peer_id"]))
         if channel_state_changed.get("new_state") not in UNILATERAL_STATES:
             return
         try:
@@ -641,10 +639,7 @@ def build_plugin() -> Plugin:
         peer = channel_opened.get("id")
         if r is None or not peer:
             return
-        try:
-            r.index.set_channels(r.node.peer_channels(peer), peer)
-        except Exception as e:
-            _report(plugin, "HTLC index refresh", e)
+        r.refresh.mark(str(peer))
 
     def on_forward_event(plugin: Plugin, forward_event: dict[str, Any], **kwargs: Any) -> None:
         """A forward resolved: a short-headroom HTLC from a client no longer counts (exposure.py); a forward

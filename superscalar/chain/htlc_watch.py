@@ -90,8 +90,9 @@ class HtlcWatch:
     def on_block(self, height: int) -> list[str]:
         """Refresh the channels, recount the LSP's short HTLCs, and start each exit an HTLC calls for.
         Returns the factory ids whose exit was started."""
+        taken = self.index.mark()
         listing = self.node.peer_channels_fields((*CHANNEL_FIELDS, "htlcs"))
-        self.index.set_channels(listing)
+        self.index.set_channels(listing, taken=taken)
         factory = {live.channel_id: (live, entry) for live, entry in self.index.factory_channels()}
         pending = deadlines(listing, factory, self.allowance)
         self.exposure.recount([PendingHtlc(d.factory.peer_id, (d.channel.channel_id, d.htlc_id), d.amount_msat)

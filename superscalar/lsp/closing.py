@@ -60,7 +60,7 @@ from ..factory.errors import FactoryError
 from ..factory.graph import Factory, FactoryScripts, TreeTx, cooperative_close, rollover_close
 from ..factory.params import ClientTerms, FactoryParams
 from ..node import msat
-from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
+from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, grouped_sends
 from ..protocol.rounds import close_round, construction_round
 from ..protocol.wire import Abort, AbortCode, Invite, Message
 from ..sales import open_sales, sold_capacity_sat
@@ -146,7 +146,7 @@ class Closer:
 
     def _execute(self, session: Session, actions: list[Action]) -> None:
         fid = session.factory_id.hex()
-        for a in actions:
+        for a in grouped_sends(actions):
             if isinstance(a, Persist) and a.record == "signed":
                 # Everyone signed: the close exists. It is stored before any client is sent it.
                 rec = self.store.get(fid, "factory")
@@ -158,11 +158,8 @@ class Closer:
                                          (rec.get("frozen") or {}).get("next_factory"))
                 self.store.put(fid, "factory", rec)
                 session.signed = True
-            elif isinstance(a, Send):
-                try:
-                    self.transport.send(session.peers[a.peer], a.message)
-                except Exception as e:  # a peer gone: the round fails through on_disconnect
-                    self.log(f"close of {fid}: send to {session.peers[a.peer]} failed: {e}")
+            elif isinstance(a, list):  # a round to every client, concurrently; a peer gone fails it through on_disconnect
+                self.lsp.send_all([(session.peers[m.peer], m.message) for m in a])
             elif isinstance(a, (Completed, Failed)):
                 session.outcome = a
 
@@ -227,13 +224,14 @@ class Closer:
             pending = Pending(fid_b, specs, params, secrets.token_bytes(32))
             self.lsp._pending[fid_b] = pending
             progress(f"factory {factory_id} frozen; inviting {len(rolling)} clients into factory {fid_b.hex()}")
-            for c in specs:
-                self.transport.send(c.node_id, Invite(fid_b, pending.invite_id, params.serialize(), c.balance_sat,
-                                                      c.inbound_sat, bytes.fromhex(factory_id), push[c.node_id]))
+            invites = [(c.node_id, Invite(fid_b, pending.invite_id, params.serialize(), c.balance_sat, c.inbound_sat,
+                                          bytes.fromhex(factory_id), push[c.node_id])) for c in specs]
+            _raise_first([e for e in self.transport.send_many(invites) if e is not None])
             self.lsp._wait(pending, lambda: len(pending.accepts) == len(specs), "clients to accept the rollover")
             specs = pending.number_by_key()
             lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid_b, "lsp")))
             pubkeys = [musig2.individual_pk(lsp_sk)] + [pending.accepts[i].pubkey for i in range(len(specs))]
+            progress("all clients accepted; opening their channels")
             started = each_peer(lambda c: self.node.fundchannel_start(c.node_id, c.balance_sat + c.inbound_sat,
                                                                      push[c.node_id]), specs)
             opened.extend(c.node_id for c, r in zip(specs, started) if not isinstance(r, Exception))
@@ -257,8 +255,10 @@ class Closer:
             self.lsp._wait(pending, lambda: pending.outcome is not None, "the next factory's signing ceremony")
             if isinstance(pending.outcome, Failed):
                 raise CloseError(f"the next factory's ceremony failed: {pending.outcome.reason}")
+            progress("every client holds its signed exit path; completing the channels")
             record = _next_record(b, graph, specs, pending, factory_id, push)
             self.store.put(fid_b.hex(), "factory", record)
+
             def complete(i: int) -> str:
                 if self.dev_fail_at == "lsp-roll-skip-complete" and i == 0:  # testing only: no channel on this leaf
                     self.node.fundchannel_cancel(specs[i].node_id)

@@ -31,7 +31,7 @@ from ..client.membership import factory_key_label
 from ..factory.graph import Factory, FactoryScripts
 from ..factory.params import ClientTerms, FactoryParams
 from ..node import ClnNode, PreparedTx
-from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
+from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, grouped_sends
 from ..protocol.rounds import construction_round
 from ..protocol.wire import Abort, AbortCode, Accept, Invite, Message
 from ..sales import OPEN, exit_additions
@@ -154,16 +154,20 @@ class Lsp:
 
     def _execute(self, pending: Pending, actions: list[Action]) -> None:
         fid = pending.factory_id.hex()
-        for a in actions:
+        for a in grouped_sends(actions):
             if isinstance(a, Persist):
                 self.store.put(fid, f"lsp-{a.record}", a.jsonable())
-            elif isinstance(a, Send):
-                try:
-                    self.transport.send(pending.clients[a.peer].node_id, a.message)
-                except Exception as e:  # a peer that just went away: the round fails through peer_failed
-                    self.log(f"send to {pending.clients[a.peer].node_id} failed: {e}")
+            elif isinstance(a, list):  # a round to every client: concurrently
+                self.send_all([(pending.clients[s.peer].node_id, s.message) for s in a])
             elif isinstance(a, (Completed, Failed)):
                 pending.outcome = a
+
+    def send_all(self, sends: list[tuple[str, Message]]) -> None:
+        """Send each (peer, message), the peers concurrently; a peer that just went away is logged (its
+        round fails through `peer_failed`, or the wait for its answer times out)."""
+        for (peer, _), e in zip(sends, self.transport.send_many(sends)):
+            if e is not None:
+                self.log(f"send to {peer} failed: {e}")
 
     def _wait(self, pending: Pending, done: Callable[[], bool], what: str) -> None:
         with pending.cond:
@@ -199,8 +203,9 @@ class Lsp:
         prepared: Optional[PreparedTx] = None
         try:
             progress(f"inviting {len(clients)} clients to factory {fid.hex()}")
-            for c in clients:
-                self.transport.send(c.node_id, Invite(fid, pending.invite_id, params.serialize(), c.balance_sat, c.inbound_sat))
+            invites = [(c.node_id, Invite(fid, pending.invite_id, params.serialize(), c.balance_sat, c.inbound_sat))
+                       for c in clients]
+            _raise_first([e for e in self.transport.send_many(invites) if e is not None])
             self._wait(pending, lambda: len(pending.accepts) == len(clients), "clients to accept")
             given = {c.node_id: i for i, c in enumerate(clients)}
             clients = pending.number_by_key()

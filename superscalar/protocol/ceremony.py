@@ -80,6 +80,18 @@ class Failed:
 
 
 Action = Union[Send, Persist, Completed, Failed]
+
+
+def grouped_sends(actions: list[Action]) -> list[Union[list[Send], Persist, Completed, Failed]]:
+    """`actions` in their order, each run of consecutive sends as one list: a run may go out
+    concurrently, as it follows every action before it and precedes every action after it."""
+    out: list[Union[list[Send], Persist, Completed, Failed]] = []
+    for a in actions:
+        if isinstance(a, Send) and out and isinstance(out[-1], list):
+            out[-1].append(a)
+        else:
+            out.append([a] if isinstance(a, Send) else a)
+    return out
 LSP_PEER = -1
 
 

@@ -11,7 +11,7 @@ import pytest
 from superscalar.lsp.exposure import PendingHtlc, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.factory.params import regtest_params
 from superscalar.htlc_guard import HtlcGuard
-from superscalar.htlc_index import HtlcIndex, IndexUnreadable
+from superscalar.htlc_index import HtlcIndex, IndexUnreadable, PeerRefresh
 from superscalar.chain.htlc_watch import HtlcWatch
 from superscalar.store import Store
 
@@ -306,3 +306,45 @@ def test_lsp_recounts_short_htlcs_pending_in_its_factory_channels_each_block() -
     w, _ = watch(node, store, index, allowance=0)
     w.on_block(HEIGHT)
     assert w.exposure.pending_msat(CLIENT_ID) == 5_000  # only the incoming one below the early-warning time
+
+
+def test_an_older_listing_keeps_a_channel_an_htlc_lookup_added_since() -> None:
+    node, store, index, guard, _ = setup()
+    store.put("f1", "factory", client_record(outpoint(1)))
+    taken = index.mark()
+    old_listing = node.peer_channels()  # before the leaf channel existed
+    node.channels = [listed_channel(1, LSP_ID, outpoint(1))]
+    assert guard.lookup("1x0x1", HEIGHT) is not None  # an HTLC named it: asked for, added
+    index.set_channels(old_listing, LSP_ID, taken)  # the older per-peer refresh lands after
+    assert index.lookup("1x0x1") is not None and index.lookup("1x0x1").factory is not None
+    index.set_channels([], LSP_ID, index.mark())  # a listing taken after it: the channel is gone
+    assert index.lookup("1x0x1") is None
+
+
+def test_peer_refresh_coalesces_marks_off_the_notification_thread() -> None:
+    import threading
+
+    index = HtlcIndex()
+    asked: list[str] = []
+    gate = threading.Event()
+    listed = threading.Event()
+
+    def list_peer(peer: str) -> list[dict[str, Any]]:
+        asked.append(peer)
+        listed.set()
+        gate.wait(5)
+        return [listed_channel(len(asked), peer, outpoint(len(asked)))]
+
+    errors: list[Exception] = []
+    refresh = PeerRefresh(index, list_peer, errors.append)
+    refresh.mark(LSP_ID)  # returns at once: the listing runs in the refresh thread
+    assert listed.wait(5)
+    for _ in range(5):  # marked again while the first refresh is under way: one more refresh
+        refresh.mark(LSP_ID)
+    gate.set()
+    for _ in range(500):
+        if len(asked) == 2 and index.lookup("2x0x1") is not None:
+            break
+        threading.Event().wait(0.01)
+    assert asked == [LSP_ID, LSP_ID] and errors == []
+    assert index.lookup("2x0x1") is not None and index.lookup("1x0x1") is None  # the newer listing stands
