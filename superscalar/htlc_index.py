@@ -9,8 +9,8 @@ halves of the answer and joins them on lookup:
   early-warning blocks, whether anything backs them, and whether a client's leaf script is verified;
 - from lightningd: each channel's id, funding outpoint, peer, short channel id and aliases (loaded at
   start, refreshed after `channel_opened` / `channel_state_changed` (that peer's channels, in a thread
-  of its own: `PeerRefresh`) and once per block (all), and when an HTLC names an unknown short channel id: that channel only, at most once per
-  such id per block).
+  of its own: `PeerRefresh`) and once per block (all), and when an HTLC names an unknown short channel
+  id: that channel only, at most once per such id per block).
 
 A record that cannot be read makes every lookup raise `IndexUnreadable`: the hook then fails the HTLC
 (fail closed), as it did when it read the records itself.
@@ -200,7 +200,8 @@ class HtlcIndex:
         with self._lock:
             newer = set() if taken is None else {i for i, at in self._written_at.items() if at > taken}
             self._seq += 1
-            gone = [c for c in self._channels.values() if (peer is None or c.peer_id == peer) and c.channel_id not in newer]
+            gone = [c for c in self._channels.values()
+                    if (peer is None or c.peer_id == peer) and c.channel_id not in newer]
             for c in gone:
                 self._channels.pop(c.channel_id, None)
                 self._written_at.pop(c.channel_id, None)
@@ -288,9 +289,9 @@ class HtlcIndex:
 class PeerRefresh:
     """Refreshes the index's channels of the peers that channel notifications name, in a thread of its
     own. pyln runs every notification and hook on one thread, so a `listpeerchannels` per notification
-    (two or more per new channel) held up the ceremony messages queued behind them: after the 32
-    channels of a rollover were completed, its close round waited about 0.6 s for them. Until the
-    refresh lands, an HTLC naming a new channel still finds it (`HtlcGuard.lookup` asks for that one)."""
+    (two or more per new channel) held up the HTLCs and ceremony messages queued behind them (one bench
+    run at K = 32: 192 notifications held that thread 2.2 s). Until the refresh lands, an HTLC naming a
+    new channel still finds it (`HtlcGuard.lookup` asks lightningd for that one)."""
 
     def __init__(self, index: HtlcIndex, list_peer: Callable[[str], list[dict[str, Any]]],
                  report: Callable[[Exception], None]) -> None:

@@ -158,7 +158,7 @@ class Closer:
                                          (rec.get("frozen") or {}).get("next_factory"))
                 self.store.put(fid, "factory", rec)
                 session.signed = True
-            elif isinstance(a, list):  # a round to every client, concurrently; a peer gone fails it through on_disconnect
+            elif isinstance(a, list):  # a round to every client, concurrently (a peer gone: on_disconnect fails it)
                 self.lsp.send_all([(session.peers[m.peer], m.message) for m in a])
             elif isinstance(a, (Completed, Failed)):
                 session.outcome = a
