@@ -169,3 +169,71 @@ def test_rollover_gives_jit_balance_inbound_then_migrates(node_factory: Any, bit
           f"({BALANCE_SAT + INBOUND_SAT} + {held // 1000} of JIT balance), carried {a_balance} msat, then "
           f"{moved} msat moved in from the JIT channel of {held} msat; inbound left {msat(b['total_msat']) - msat(b['to_us_msat'])} msat")
     no_broken([lsp, client, payer])
+
+
+def test_lsp_refusing_migration_loses_nothing(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """An LSP that will not forward the client's circular payment: every move fails on both hops, the JIT
+    channel stays open with the client's whole balance in it, and the move goes through once the LSP
+    forwards again."""
+    lsp, client, payer = network(node_factory, bitcoind, plugin_path)
+    inv = client.rpc.call("superscalar-jit-invoice", {"lsp_id": lsp.info["id"], "amount_msat": RECEIVE_MSAT,
+                                                      "description": "first coins"})
+    payer.rpc.xpay(inv["bolt11"])
+    wait_for(lambda: [c for c in client.rpc.listpeerchannels()["channels"] if not c["htlcs"]])
+    [jit] = client.rpc.listpeerchannels()["channels"]
+    jit_before = msat(jit["to_us_msat"])
+    jit_outpoint = f"{jit['funding_txid']}:{jit['funding_outnum']}"
+    refuser = str(Path(__file__).parent / "refuse_forwards_plugin.py")
+    lsp.rpc.plugin_start(refuser)
+
+    client.rpc.call("superscalar-join-next", {"id": lsp.info["id"], "inbound_sat": JOIN_INBOUND_SAT})
+    bitcoind.generate_block(1)
+    wait_for(lambda: len(lsp.rpc.call("superscalar-ladder")["started"]) == 1)
+    [fid] = lsp.rpc.call("superscalar-ladder")["started"]
+    [leaf] = [ch["funding_outpoint"] for ch in record(lsp, fid)["channels"]]
+
+    def channel(outpoint: str) -> dict[str, Any]:
+        return next(c for c in client.rpc.listpeerchannels(lsp.info["id"])["channels"]
+                    if f"{c.get('funding_txid')}:{c.get('funding_outnum')}" == outpoint)
+
+    def quiet() -> None:
+        sync_blockheight(bitcoind, [lsp, client])
+        wait_for(lambda: not any(c["htlcs"] for c in client.rpc.listpeerchannels()["channels"]))
+
+    refused = 0
+    for _ in range(12):  # the factory's funding confirms, then a move is tried on every block
+        bitcoind.generate_block(1)
+        quiet()
+        lsp.daemon.logs_catchup()
+        refused = len([line for line in lsp.daemon.logs if "refusing to forward" in line])
+        if refused >= 3:
+            break
+    assert record(client, fid)["funding"]["status"] == "confirmed"
+    assert refused >= 3, "the client never tried to move its JIT balance"
+    wait_for(lambda: client.daemon.is_in_log(r"JIT channel \S+: moved \d+ msat into factory channel \S+ \(fee \d+ msat\): failed")
+             or client.daemon.is_in_log(r"JIT channel \S+: migration: "))
+    # Every refused move failed on both hops: the balance is where it was, nothing is in flight.
+    assert channel(jit_outpoint)["state"] == "CHANNELD_NORMAL"
+    assert msat(channel(jit_outpoint)["to_us_msat"]) == jit_before
+    assert msat(channel(leaf)["to_us_msat"]) == 0
+    assert not [b for b in client.rpc.call("superscalar-jit-list", {})["bought"] if b.get("migrated")]
+
+    lsp.rpc.plugin_stop(refuser)  # the LSP forwards again: the next block's move goes through
+    for _ in range(8):
+        bitcoind.generate_block(1)
+        quiet()
+        if channel(jit_outpoint)["state"] in CLOSING_STATES:
+            break
+    closed, factory = channel(jit_outpoint), channel(leaf)
+    assert closed["state"] in CLOSING_STATES
+    client.daemon.logs_catchup()
+    moves = [re.search(r"moved (\d+) msat into factory channel \S+ \(fee (\d+) msat\): complete", line)
+             for line in client.daemon.logs]
+    moves_msat = [(int(m.group(1)), int(m.group(2))) for m in moves if m]
+    moved, fees = sum(a for a, _ in moves_msat), sum(f for _, f in moves_msat)
+    assert moved == msat(factory["to_us_msat"]) > 0
+    assert msat(closed["to_us_msat"]) == jit_before - moved - fees
+    print(f"LSP refused {refused} forwards of the migration; balance kept in the JIT channel ({jit_before} msat); "
+          f"then {moved} msat moved in {len(moves_msat)} payment(s), {fees} msat fee, "
+          f"{msat(closed['to_us_msat'])} msat left for the close")
+    no_broken([lsp, client, payer])
