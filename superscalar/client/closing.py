@@ -136,11 +136,14 @@ class ClientCloser:
         if next_factory and self.store.get(next_factory, "factory") is not None:
             drop_next_factory(self.store, next_factory, f"the rollover of {fid} was aborted: {reason}")
 
-    def _quiet_channels(self, rec: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    def _quiet_channels(self, rec: dict[str, Any], listing: Optional[list[dict[str, Any]]] = None
+                        ) -> tuple[list[dict[str, Any]], str]:
         """Our channels in the factory (the leaf channel and those on our liquidity sales: a close pays
         their balances together, a rollover carries them into one channel), if they are all normal
-        and hold no HTLC; else why not."""
-        chans = [ch for ch in self.node.peer_channels(rec["lsp"]) if channel_in_factory(rec, ch)]
+        and hold no HTLC; else why not. From `listing` (our channels with the LSP) if given."""
+        if listing is None:
+            listing = self.node.peer_channels(rec["lsp"])
+        chans = [ch for ch in listing if channel_in_factory(rec, ch)]
         leaf = [ch for ch in chans if f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" == rec["leaf_outpoint"]]
         if len(leaf) != 1 or any(ch.get("state") != "CHANNELD_NORMAL" for ch in chans):
             return [], "our channel in that factory is not normal"
@@ -148,9 +151,9 @@ class ClientCloser:
             return [], "our channel in that factory has pending HTLCs"
         return chans, ""
 
-    def _quiet_balance(self, rec: dict[str, Any]) -> tuple[Optional[int], str]:
+    def _quiet_balance(self, rec: dict[str, Any], listing: list[dict[str, Any]]) -> tuple[Optional[int], str]:
         """Our balance (msat) in the factory's channels, if they are quiet (above); else why not."""
-        chans, why = self._quiet_channels(rec)
+        chans, why = self._quiet_channels(rec, listing)
         return (sum(msat(ch["to_us_msat"]) for ch in chans), "") if chans else (None, why)
 
     def accept_rollover(self, peer: str, msg: Invite) -> Optional[str]:
@@ -216,7 +219,8 @@ class ClientCloser:
         self._execute(fid, session, session.participant.receive(msg))
 
     def _expectation(self, fid: str, rec: dict[str, Any], next_factory: Optional[str]) -> tuple[Optional[Expectation], Optional[str]]:
-        balance, why = self._quiet_balance(rec)
+        listing = self.node.peer_channels(rec["lsp"])  # our channels with the LSP, listed once
+        balance, why = self._quiet_balance(rec, listing)
         if balance is None:
             return None, why
         txid, vout = rec["funding_outpoint"].split(":")
@@ -227,7 +231,7 @@ class ClientCloser:
             nxt = self.store.get(next_factory, "factory")
             if nxt is None or nxt.get("role") != "client" or nxt.get("rollover_of") != fid:
                 return None, "we hold no next factory for this rollover"
-            missing = self._next_channel_missing(rec["lsp"], nxt)
+            missing = next_channel_missing(nxt, listing)
             if missing is not None:
                 return None, missing
             ntxid, nvout = nxt["funding_outpoint"].split(":")
@@ -236,18 +240,6 @@ class ClientCloser:
                                next_funding=(OutPoint.from_hex(ntxid, int(nvout)), TxOut(int(nvalue), bytes.fromhex(nscript)))), None
         payout = Tx.from_hex(rec["distribution"]).outputs[int(rec["client_index"])].script_pubkey
         return Expectation(Kind.CLOSE, pubkey, payout_script=payout, payout_sat=balance // 1000, funding=funding), None
-
-    def _next_channel_missing(self, lsp: str, nxt: dict[str, Any]) -> Optional[str]:
-        """Why our channel in the next factory is not there to receive our balance, or None if it is: once
-        the close is signed the balance is in that leaf output only, and an output with no channel on it
-        is a 2-of-2 we could not spend without the LSP."""
-        chans = [ch for ch in self.node.peer_channels(lsp)
-                 if f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" == nxt["leaf_outpoint"]]
-        if len(chans) != 1 or chans[0].get("state") not in NEXT_CHANNEL_STATES:
-            return "our channel in the next factory was not completed"
-        if msat(chans[0]["to_us_msat"]) != int(nxt["push_msat"]):
-            return f"our channel in the next factory holds {msat(chans[0]['to_us_msat'])} msat, not {nxt['push_msat']}"
-        return None
 
     def _execute(self, fid: str, session: CloseSession, actions: list[Action]) -> None:
         for a in actions:
@@ -288,3 +280,14 @@ class ClientCloser:
             self.log(f"dev: killing lightningd (SIGKILL) at {name}")
             os.kill(os.getppid(), signal.SIGKILL)
 
+
+def next_channel_missing(nxt: dict[str, Any], listing: list[dict[str, Any]]) -> Optional[str]:
+    """Why our channel in the next factory (client record `nxt`) is not among our channels with the LSP
+    (`listing`) to receive our balance, or None if it is: once the close is signed the balance is in that
+    leaf output only, and an output with no channel on it is a 2-of-2 we could not spend without the LSP."""
+    chans = [ch for ch in listing if f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" == nxt["leaf_outpoint"]]
+    if len(chans) != 1 or chans[0].get("state") not in NEXT_CHANNEL_STATES:
+        return "our channel in the next factory was not completed"
+    if msat(chans[0]["to_us_msat"]) != int(nxt["push_msat"]):
+        return f"our channel in the next factory holds {msat(chans[0]['to_us_msat'])} msat, not {nxt['push_msat']}"
+    return None

@@ -39,21 +39,43 @@ def network(node_factory: Any, bitcoind: Any, plugin_path: Path) -> tuple[Any, A
     return lsp, client, payer
 
 
-def test_jit_channel_migrates_into_the_factory(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
-    lsp, client, payer = network(node_factory, bitcoind, plugin_path)
+def bought_jit_channel(lsp: Any, client: Any, payer: Any) -> dict[str, Any]:
+    """The fresh client's JIT channel, once the plain payer paid its JIT invoice: it holds the payment
+    less the opening fee."""
     inv = client.rpc.call("superscalar-jit-invoice", {"lsp_id": lsp.info["id"], "amount_msat": RECEIVE_MSAT,
                                                       "description": "first coins"})
     payer.rpc.xpay(inv["bolt11"])
     wait_for(lambda: [c for c in client.rpc.listpeerchannels()["channels"] if not c["htlcs"]])
     [jit] = client.rpc.listpeerchannels()["channels"]
-    jit_before = msat(jit["to_us_msat"])
-    assert jit_before == RECEIVE_MSAT - inv["opening_fee_msat"]
+    assert msat(jit["to_us_msat"]) == RECEIVE_MSAT - inv["opening_fee_msat"]
+    return dict(jit)
 
+
+def joined_ladder(lsp: Any, client: Any, bitcoind: Any) -> tuple[str, str]:
+    """The client asks for a place in the LSP's next factory; the batch (one client) is full at the next
+    block and the ladder starts it. Its id and the client's leaf outpoint."""
     client.rpc.call("superscalar-join-next", {"id": lsp.info["id"], "inbound_sat": JOIN_INBOUND_SAT})
-    bitcoind.generate_block(1)  # the batch (one client) is full: the ladder starts its factory
+    bitcoind.generate_block(1)
     wait_for(lambda: len(lsp.rpc.call("superscalar-ladder")["started"]) == 1)
     [fid] = lsp.rpc.call("superscalar-ladder")["started"]
     [leaf] = [ch["funding_outpoint"] for ch in record(lsp, fid)["channels"]]
+    return fid, leaf
+
+
+def logged_moves(client: Any) -> list[tuple[int, int]]:
+    """(amount, fee) msat of every completed move, as the client logged it: "moved <amount> msat into
+    factory channel <scid> (fee <fee> msat): complete"."""
+    client.daemon.logs_catchup()
+    moves = [re.search(r"moved (\d+) msat into factory channel \S+ \(fee (\d+) msat\): complete", line)
+             for line in client.daemon.logs]
+    return [(int(m.group(1)), int(m.group(2))) for m in moves if m]
+
+
+def test_jit_channel_migrates_into_the_factory(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, client, payer = network(node_factory, bitcoind, plugin_path)
+    jit = bought_jit_channel(lsp, client, payer)
+    jit_before = msat(jit["to_us_msat"])
+    fid, leaf = joined_ladder(lsp, client, bitcoind)
     held_sat = jit_before // 1000
 
     def channel(node: Any, peer: Any, outpoint: str) -> dict[str, Any]:
@@ -79,11 +101,7 @@ def test_jit_channel_migrates_into_the_factory(node_factory: Any, bitcoind: Any,
     assert msat(factory["total_msat"]) == (JOIN_INBOUND_SAT + held_sat) * 1000
     moved = msat(factory["to_us_msat"])
     assert msat(factory["total_msat"]) - moved >= JOIN_INBOUND_SAT * 1000
-    # every move as the client logged it: "moved <amount> msat into factory channel <scid> (fee <fee> msat)"
-    client.daemon.logs_catchup()
-    moves = [re.search(r"moved (\d+) msat into factory channel \S+ \(fee (\d+) msat\): complete", line)
-             for line in client.daemon.logs]
-    moves_msat = [(int(m.group(1)), int(m.group(2))) for m in moves if m]
+    moves_msat = logged_moves(client)
     assert moves_msat and sum(a for a, _ in moves_msat) == moved > 0
     fees = sum(f for _, f in moves_msat)
     assert all(f == 1 + a * 10 // 1_000_000 for a, f in moves_msat)  # the LSP's forwarding fee (CLN's default)
@@ -176,21 +194,12 @@ def test_lsp_refusing_migration_loses_nothing(node_factory: Any, bitcoind: Any, 
     channel stays open with the client's whole balance in it, and the move goes through once the LSP
     forwards again."""
     lsp, client, payer = network(node_factory, bitcoind, plugin_path)
-    inv = client.rpc.call("superscalar-jit-invoice", {"lsp_id": lsp.info["id"], "amount_msat": RECEIVE_MSAT,
-                                                      "description": "first coins"})
-    payer.rpc.xpay(inv["bolt11"])
-    wait_for(lambda: [c for c in client.rpc.listpeerchannels()["channels"] if not c["htlcs"]])
-    [jit] = client.rpc.listpeerchannels()["channels"]
+    jit = bought_jit_channel(lsp, client, payer)
     jit_before = msat(jit["to_us_msat"])
     jit_outpoint = f"{jit['funding_txid']}:{jit['funding_outnum']}"
     refuser = str(Path(__file__).parent / "refuse_forwards_plugin.py")
     lsp.rpc.plugin_start(refuser)
-
-    client.rpc.call("superscalar-join-next", {"id": lsp.info["id"], "inbound_sat": JOIN_INBOUND_SAT})
-    bitcoind.generate_block(1)
-    wait_for(lambda: len(lsp.rpc.call("superscalar-ladder")["started"]) == 1)
-    [fid] = lsp.rpc.call("superscalar-ladder")["started"]
-    [leaf] = [ch["funding_outpoint"] for ch in record(lsp, fid)["channels"]]
+    fid, leaf = joined_ladder(lsp, client, bitcoind)
 
     def channel(outpoint: str) -> dict[str, Any]:
         return next(c for c in client.rpc.listpeerchannels(lsp.info["id"])["channels"]
@@ -226,10 +235,7 @@ def test_lsp_refusing_migration_loses_nothing(node_factory: Any, bitcoind: Any, 
             break
     closed, factory = channel(jit_outpoint), channel(leaf)
     assert closed["state"] in CLOSING_STATES
-    client.daemon.logs_catchup()
-    moves = [re.search(r"moved (\d+) msat into factory channel \S+ \(fee (\d+) msat\): complete", line)
-             for line in client.daemon.logs]
-    moves_msat = [(int(m.group(1)), int(m.group(2))) for m in moves if m]
+    moves_msat = logged_moves(client)
     moved, fees = sum(a for a, _ in moves_msat), sum(f for _, f in moves_msat)
     assert moved == msat(factory["to_us_msat"]) > 0
     assert msat(closed["to_us_msat"]) == jit_before - moved - fees

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from superscalar.client.closing import STALE_FREEZE_BLOCKS, ClientCloser
+from superscalar.client.closing import STALE_FREEZE_BLOCKS, ClientCloser, next_channel_missing
 from superscalar.protocol.rounds import Kind
 from superscalar.protocol.wire import Abort, Invite, Propose
 from superscalar.store import Store
@@ -122,3 +122,15 @@ def test_lsp_gives_up_and_unfreezes_when_htlcs_stay_pending() -> None:
     with pytest.raises(CloseError, match="not connected"):
         closer.close(A)
     assert len(journal) == 1 and not (store.get(A, "factory") or {}).get("frozen")
+
+
+def test_a_rolling_client_needs_its_next_channel_with_exactly_its_balance() -> None:
+    nxt = {"leaf_outpoint": outpoint(7), "push_msat": BALANCE_MSAT}
+    mine = {**listed_channel(7, LSP_ID, outpoint(7)), "to_us_msat": BALANCE_MSAT}
+    other = {**listed_channel(8, LSP_ID, outpoint(8)), "to_us_msat": BALANCE_MSAT}
+    assert next_channel_missing(nxt, [other, mine]) is None
+    assert next_channel_missing(nxt, [{**mine, "state": "CHANNELD_AWAITING_LOCKIN"}]) is None  # before channel_ready
+    assert next_channel_missing(nxt, [other]) == "our channel in the next factory was not completed"
+    assert next_channel_missing(nxt, [{**mine, "state": "CLOSINGD_COMPLETE"}]) is not None
+    assert next_channel_missing(nxt, [mine, mine]) is not None  # two channels claim one leaf: not ours to trust
+    assert "holds" in str(next_channel_missing(nxt, [{**mine, "to_us_msat": BALANCE_MSAT - 1}]))
