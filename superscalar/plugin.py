@@ -96,7 +96,9 @@ class Roles:
         self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log, dev_fail_at,
                              self.policy, stale_after=10 * timeout, blocks=self.blocks)
         self.closer = Closer(self.lsp, plugin.log, timeout, dev_fail_at, extra_inbound=self.jit_held)
-        self.client_closer = ClientCloser(self.node, self.store, self.transport, plugin.log, dev_fail_at)
+        self.client_closer = ClientCloser(self.node, self.store, self.transport, plugin.log, dev_fail_at,
+                                          self.policy.max_close_wait_blocks,
+                                          self.exit_unfinished_close)
         self.client.accept_rollover = self.client_closer.accept_rollover
         self.client.rollover_dropped = self.client_closer.rollover_dropped
         self.close_watch = CloseWatch(self.node, self.store, plugin.log)
@@ -186,6 +188,12 @@ class Roles:
             ("cooperative close", self.close_watch.on_block),
             ("JIT channel migration", self.jit_migration.on_block),
         ), lambda what, e: _report(plugin, what, e))
+
+    def exit_unfinished_close(self, factory_id: str) -> None:
+        """A client frozen too long after it signed a close nobody completed: its own exit."""
+        exit_plan(self.store, self.client, factory_id, None).start(
+            self.exits, factory_id, reason={"reason": "a close we signed was not completed in time",
+                                               "height": self.node.blockheight()})
 
     def jit_held(self, peer: str) -> int:
         """A joining client's balance in its JIT wallet channels with us: added to its factory inbound."""

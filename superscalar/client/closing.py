@@ -15,8 +15,13 @@ client/migration.py), pushed exactly its current balance in them.
 The fully signed close is stored before Done goes out. Until this client has given its partial
 signature nobody can hold the close, so aborting is free: the factory is unfrozen and a next factory
 is given up (its channel closed as unbacked). After it, the close may exist: the channel stays frozen
-until the close or another spend of the funding output confirms (`chain/close_watch.py`); a client
-that wants its balance back sooner can still exit unilaterally.
+until the close or another spend of the funding output confirms (`chain/close_watch.py`). The partial
+signature is entered in the factory's ledger before it goes out (`factory.spends`): a retry of the
+same close (same txid) is signed again, any other spend of the funding output is refused. So nobody
+(a client withholding its partial signature, an LSP gone silent) can freeze us for longer than
+`max_close_wait_blocks` after we signed: then, with no close confirmed, we start our own exit, which
+either confirms (the channel is backed by its leaf, unfrozen) or loses to the close we signed (which
+pays our balance).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, Callable, Optional
 
 from ..bitcoin.tx import OutPoint, Tx, TxOut
 from ..chain.close_watch import close_pending, drop_next_factory, new_close
+from ..factory.spends import ledger_of, record_signing
 from ..node import ClnNode, msat
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from ..protocol.rounds import Expectation, Kind
@@ -35,6 +41,7 @@ from ..protocol.wire import Abort, AbortCode, Invite, Message, Propose
 from ..store import Store
 from ..transport import Transport
 from .membership import CONFIRMED, channel_in_factory, factory_key_label
+from .policy import ClientPolicy
 
 FREEZE_REASONS = ("close", "rollover")
 # A completed zero-conf channel is CHANNELD_NORMAL once both sides sent channel_ready (a close proposal
@@ -53,14 +60,19 @@ class CloseSession:
 
 
 class ClientCloser:
-    def __init__(self, node: ClnNode, store: Store, transport: Transport, log: Callable[[str], None],
-                 dev_fail_at: str = "") -> None:
+    def __init__(self, node: ClnNode, store: Store, transport: Transport, log: Callable[..., None],
+                 dev_fail_at: str = "", max_close_wait_blocks: int = ClientPolicy().max_close_wait_blocks,
+                 start_exit: Optional[Callable[[str], None]] = None) -> None:
         self.node, self.store, self.transport, self.log = node, store, transport, log
+        # How long we stay frozen after our partial signature with no close confirmed, and how we then
+        # leave: our unilateral exit (chain/routing.py exit_plan, started by the plugin).
+        self.max_close_wait_blocks, self.start_exit = max_close_wait_blocks, start_exit
         # Test-only (developer mode): "client-close-on-propose" kills lightningd when a close proposal
         # arrives (after freezing); "client-close-after-sign" once the signed close is stored, before Done.
         self.dev_fail_at = dev_fail_at
         self._sessions: dict[str, CloseSession] = {}  # factory id → its close round
         self._live: set[str] = set()  # factories this process froze (a restart finds the others stale)
+        self._signed_frozen: set[str] = set()  # factories frozen after our partial signature, close not held
         self._recovered = False  # every record was looked at once (at the first block after a start)
 
     # --- messages ---
@@ -100,18 +112,43 @@ class ClientCloser:
     def on_block(self, height: int) -> None:
         """A factory frozen by a process that is gone (a restart: every record is looked at once, at the
         first block), or frozen for STALE_FREEZE_BLOCKS with no close round, with no partial signature
-        given: unfreeze it (and give up its next factory)."""
+        given: unfreeze it (and give up its next factory). One frozen after our partial signature, whose
+        close we do not hold, for `max_close_wait_blocks`: exit."""
         first, self._recovered = not self._recovered, True
-        for fid in self.store.factory_ids() if first else sorted(self._live):
+        for fid in self.store.factory_ids() if first else sorted(self._live | self._signed_frozen):
             if fid in self._sessions:
                 continue
             rec = self.store.get(fid, "factory")
+            if rec is not None and rec.get("role") == "client" and self._waiting_for_close(rec):
+                self._signed_frozen.add(fid)
+                self._exit_if_overdue(fid, rec, height)
+                continue
+            self._signed_frozen.discard(fid)
             if rec is None or rec.get("role") != "client" or not self._abortable(rec):
                 continue
             if fid not in self._live:
                 self._unfreeze(fid, rec, "its ceremony did not survive a restart")
             elif height >= int(rec["frozen"]["since_height"]) + STALE_FREEZE_BLOCKS:
                 self._unfreeze(fid, rec, f"no close round for {STALE_FREEZE_BLOCKS} blocks")
+
+    @staticmethod
+    def _waiting_for_close(rec: dict[str, Any]) -> bool:
+        """Frozen after our partial signature, without the full close (someone withheld the rest)?"""
+        freeze = rec.get("frozen") or {}
+        return bool(freeze.get("partial_signed")) and rec.get("close") is None
+
+    def _exit_if_overdue(self, fid: str, rec: dict[str, Any], height: int) -> None:
+        freeze = rec["frozen"]
+        since = int(freeze.get("partial_signed_height", freeze["since_height"]))
+        if height < since + self.max_close_wait_blocks or freeze.get("exit_started_height") is not None:
+            return
+        if self.start_exit is None:
+            return
+        self.log(f"factory {fid}: frozen since height {since} after we signed close {freeze.get('close_txid')}, "
+                 f"which nobody completed in {self.max_close_wait_blocks} blocks: starting our exit", level="unusual")
+        self.start_exit(fid)
+        freeze["exit_started_height"] = height
+        self.store.put(fid, "factory", rec)
 
     @staticmethod
     def _abortable(rec: dict[str, Any]) -> bool:
@@ -195,8 +232,8 @@ class ClientCloser:
             return  # not a factory of ours with this LSP: nothing to sign
         freeze = rec.get("frozen") or {}
         why = None
-        if rec.get("close") is not None or freeze.get("partial_signed"):
-            why = "we already signed a close of this factory"
+        if rec.get("close") is not None:
+            why = "we already hold the signed close of this factory"
         elif rec.get("funding", {}).get("status", CONFIRMED) != CONFIRMED:
             why = "the factory's funding has not confirmed"
         if why is None and not freeze:
@@ -214,7 +251,9 @@ class ClientCloser:
                 self._unfreeze(fid, rec, str(why))
             return
         seckey = self.node.secret(factory_key_label(peer, msg.factory_id, "client"))
-        session = CloseSession(peer, Participant(expect, seckey), msg.session_id)
+        # A retry of the close we gave a partial signature for (same txid) is signed again; any other
+        # spend of the funding output is refused by the Participant (factory.spends).
+        session = CloseSession(peer, Participant(expect, seckey, ledger=ledger_of(rec)), msg.session_id)
         self._sessions[fid] = session
         self._execute(fid, session, session.participant.receive(msg))
 
@@ -246,9 +285,12 @@ class ClientCloser:
             if isinstance(a, Persist) and a.record == "signing":
                 rec = self.store.get(fid, "factory")
                 assert rec is not None
+                height = self.node.blockheight()
                 rec["frozen"].update(partial_signed=True, close_txid=session.participant.jobs[0].tx.txid,
-                                     scanned_height=self.node.blockheight())
-                self.store.put(fid, "factory", rec)
+                                     scanned_height=int(rec["frozen"].get("scanned_height", height)),
+                                     partial_signed_height=int(rec["frozen"].get("partial_signed_height", height)))
+                self.store.put(fid, "factory", record_signing(rec, a.data["spends"]))  # before the Send
+                self._signed_frozen.add(fid)
             elif isinstance(a, Persist) and a.record == "signed":
                 rec = self.store.get(fid, "factory")
                 assert rec is not None
@@ -273,7 +315,8 @@ class ClientCloser:
                     self._unfreeze(fid, rec, a.reason)
                 else:
                     self.log(f"factory {fid}: close round failed after our partial signature ({a.reason}); "
-                             "frozen until the close or another spend of the funding output confirms")
+                             "frozen until the close or another spend of the funding output confirms, or for "
+                             f"{self.max_close_wait_blocks} blocks: then we exit")
 
     def _dev_crash(self, name: str) -> None:
         if self.dev_fail_at == name:

@@ -26,6 +26,7 @@ from ..chain.exits import CLOSING_STATES, path_entry
 from ..factory.errors import FactoryError
 from ..factory.graph import ExitPath
 from ..factory.params import FactoryParams
+from ..factory.spends import LEDGER_KEY, entries
 from ..factory.tree import build_topology
 from ..leaf_script import check_leaf_script, funding_wscript
 from ..node import ClnNode, msat
@@ -233,6 +234,7 @@ class Client:
             "frozen": {"reason": "rollover-funding", "since_height": height, "next_factory": None}}
         return {
             **rollover,
+            LEDGER_KEY: entries(signed),  # what we signed: no other spend of those outputs (factory.spends)
             "role": "client", "lsp": inv.lsp, "params": params.serialize().decode(), "client_index": index,
             "state_indices": _state_indices(params, path),
             "pubkey": inv.pubkey.hex(), "capacity_sat": capacity, "balance_sat": inv.balance_sat,

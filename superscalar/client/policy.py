@@ -38,6 +38,9 @@ class ClientPolicy:
     max_early_warning_blocks: int = 720
     max_confirm_blocks: int = 144
     funding_timeout_blocks: int = 144  # blocks after signing for the funding output to confirm
+    # Frozen after our partial signature of a close that nobody completes (a withheld signature, an
+    # LSP gone silent): after this many blocks we exit (client/closing.py).
+    max_close_wait_blocks: int = 144
 
     @classmethod
     def for_profile(cls, profile: str) -> "ClientPolicy":
@@ -45,7 +48,7 @@ class ClientPolicy:
             return cls()
         return cls(min_active_blocks=10, max_active_blocks=2_000, min_dying_blocks=3, min_timeout_margin_blocks=2,
                    min_step_blocks=1, min_lstock_csv_blocks=2, max_early_warning_blocks=500, max_confirm_blocks=6,
-                   funding_timeout_blocks=6)
+                   funding_timeout_blocks=6, max_close_wait_blocks=6)
 
     def with_overrides(self, values: dict[str, int]) -> "ClientPolicy":
         known = {f.name for f in dataclasses.fields(self)}

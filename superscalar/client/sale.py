@@ -13,6 +13,13 @@ A proposal that carries a `price_msat` (inbound on demand: paid out of the payme
 channel, client/on_demand.py) is refused by the buyer when it is above its `InboundFeeLimit`. The signed
 sale is appended to the `sales` list of the factory record (with its price) before Done goes out; the
 client's exit path then includes it (`sales.exit_additions`).
+
+Before its partial signature goes out, the sale is entered in the factory's ledger (`factory.spends`):
+from then on the only spend of that L-stock output this client signs is the same sale again. An LSP
+that collected every partial signature of one sale and then proposes another spend of the same
+L-stock (to publish the first once the second's channel holds money) is refused until it hands over
+the first (`prior_sales`, then the new sale chains from its output 1). A record that cannot be
+written fails the round: no partial signature or Done goes out without it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from ..bitcoin.tx import OutPoint, OutputVector, Tx, TxOut
 from ..bip340 import schnorr_verify
 from ..factory.graph import FactoryShape, liquidity_sale
 from ..factory.params import FactoryParams
+from ..factory.spends import ledger_of, record_signing
 from ..factory.tree import build_topology
 from ..node import ClnNode
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
@@ -141,7 +149,7 @@ class ClientSales:
         params = FactoryParams.deserialize(rec["params"].encode())
         expect = Expectation(Kind.SALE, bytes.fromhex(rec["pubkey"]), params=params)
         seckey = self.node.secret(factory_key_label(peer, msg.factory_id, "client"))
-        session = SaleSignSession(peer, Participant(expect, seckey), leaf, mine, price)
+        session = SaleSignSession(peer, Participant(expect, seckey, ledger=ledger_of(rec)), leaf, mine, price)
         self._sessions[fid] = session
         self._execute(fid, session, session.participant.receive(msg))
 
@@ -216,21 +224,15 @@ class ClientSales:
 
     def _execute(self, fid: str, session: SaleSignSession, actions: list[Action]) -> None:
         for a in actions:
-            if isinstance(a, Persist) and a.record == "signed":
-                rec = self.store.get(fid, "factory")
-                assert rec is not None
-                job = session.participant.jobs[0]
-                tx = a.data["txs"][0]
-                rec.setdefault("sales", []).append(sale_entry(
-                    session.leaf, tx, job.prevout, job.tx.inputs[0].prevout, mine=session.mine, status=OPEN,
-                    verified=UNVERIFIED if session.mine else None, signed_at_height=self.node.blockheight(),
-                    **({"price_msat": session.price_msat, "price_paid_msat": 0} if session.price_msat else {})))
-                self.store.put(fid, "factory", rec)  # before Done (the Send follows)
-            elif isinstance(a, Send):
+            if isinstance(a, Persist) and a.record in ("signing", "signed"):
                 try:
-                    self.transport.send(session.lsp, a.message)
-                except Exception as e:
-                    self.log(f"factory {fid}: send to the LSP failed: {e}")
+                    self._persist(fid, session, a)
+                except Exception as e:  # not durable: nothing that follows it may go out
+                    self._execute(fid, session, session.participant.abort(
+                        AbortCode.INTERNAL, f"the client could not store the sale's {a.record} record: {e}"))
+                    return
+            elif isinstance(a, Send):
+                self._send(fid, session, a.message)
             elif isinstance(a, Completed):
                 self._sessions.pop(fid, None)
                 job = session.participant.jobs[0]
@@ -239,3 +241,24 @@ class ClientSales:
             elif isinstance(a, Failed):
                 self._sessions.pop(fid, None)
                 self.log(f"factory {fid}: sale round failed: {a.reason}")
+
+    def _persist(self, fid: str, session: SaleSignSession, a: Persist) -> None:
+        rec = self.store.get(fid, "factory")
+        if rec is None:
+            raise RuntimeError("the factory record is gone")
+        if a.record == "signing":  # the ledger, before the partial signature goes out
+            self.store.put(fid, "factory", record_signing(rec, a.data["spends"]))
+            return
+        job = session.participant.jobs[0]
+        tx = a.data["txs"][0]
+        rec.setdefault("sales", []).append(sale_entry(
+            session.leaf, tx, job.prevout, job.tx.inputs[0].prevout, mine=session.mine, status=OPEN,
+            verified=UNVERIFIED if session.mine else None, signed_at_height=self.node.blockheight(),
+            **({"price_msat": session.price_msat, "price_paid_msat": 0} if session.price_msat else {})))
+        self.store.put(fid, "factory", rec)  # before Done (the Send follows)
+
+    def _send(self, fid: str, session: SaleSignSession, message: Message) -> None:
+        try:
+            self.transport.send(session.lsp, message)
+        except Exception as e:
+            self.log(f"factory {fid}: send to the LSP failed: {e}")

@@ -16,6 +16,12 @@ the order that keeps everyone's money safe:
 A failure before step 4 cancels the open: nothing changed. After it the sale is kept for good (a signer
 never signs two spends of one output): the next sale chains off its rest output.
 
+A round that failed after the aggregate nonces went out may have partial signatures of the leaf's
+clients behind it: each of them entered that sale in its ledger (`factory.spends`) and will sign no
+other spend of the L-stock. The sale is then kept as `unfinished_sales[leaf]` (durable) and the next
+sale of that leaf first signs it again, unchanged, as an `unopened` sale (its output 0 backs no channel:
+the open was cancelled, so that capacity is lost to the L-stock), then chains off its output 1.
+
 After a restart (`resume`, at the first block): a sale stored "signed" whose channel exists (the node died after
 `fundchannel_complete`, before the record) gets its channel id; one whose open died with the process is
 marked "unopened" (its output 0 backs no channel; the L-stock chain continues from its output 1). A round
@@ -65,6 +71,7 @@ class SaleSession:
     coordinator: Optional[Coordinator] = None
     outcome: Optional[Completed | Failed] = None
     stored: bool = False  # the fully signed sale is in the factory record
+    withheld: bool = False  # testing only: "lsp-sale-withhold"
     error: Optional[str] = None  # storing it failed
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -75,7 +82,10 @@ class Seller:
                  crash: Callable[[str], None] = lambda _: None) -> None:
         # Testing only (developer mode): "lsp-sale-overfee" proposes a sale taking 1,000 sat more fee than
         # agreed; "lsp-sale-lstock-script" pays the rest of the L-stock to the LSP's wallet;
-        # "lsp-sale-kill-after-sign" kills lightningd once the signed sale is stored, before the open completes.
+        # "lsp-sale-kill-after-sign" kills lightningd once the signed sale is stored, before the open completes;
+        # "lsp-sale-withhold" plays the double-spending LSP: it keeps a fully signed sale to itself (not in
+        # its record, no final signature sent), drops the clients and later proposes another sale of the
+        # same L-stock.
         self.node, self.store, self.transport, self.log = node, store, transport, log
         self.timeout, self.fee_base_sat, self.fee_ppm = timeout, fee_base_sat, fee_ppm
         self.dev_fail_at, self._crash = dev_fail_at, crash
@@ -110,6 +120,12 @@ class Seller:
     def _execute(self, session: SaleSession, actions: list[Action]) -> None:
         fid = session.factory_id.hex()
         for a in actions:
+            if isinstance(a, Persist) and a.record == "signed" and self.dev_fail_at == "lsp-sale-withhold":
+                session.withheld = True  # testing only: keep it, tell nobody, drop the signers
+                self.log(f"dev: withholding signed sale {a.data['txs'][0].txid}; disconnecting the signers")
+                for peer in session.peers:
+                    self.node.rpc.call("disconnect", {"id": peer, "force": True})
+                return
             if isinstance(a, Persist) and a.record == "signed":
                 # Everyone signed: stored before any client is sent the signature (the Sends follow).
                 assert session.coordinator is not None
@@ -179,14 +195,15 @@ class Seller:
         if offline:
             raise SaleError(f"every signer of the leaf must be online with a normal channel; not: {', '.join(offline)}")
         leaf_tx = Tx.from_hex(next(t[1] for t in rec["txs"] if t[0] == rec["paths"][buyer][-1]))
+        fid = bytes.fromhex(factory_id)
+        lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid, "lsp")))
+        rec = self._finish_unfinished(factory_id, rec, factory, leaf, peers, lsp_sk, leaf_tx, progress)
         sales = list(rec.get("sales", []))
         lstock = current_lstock(leaf_tx, sales, leaf)
         try:
             liquidity_sale(factory, leaf, lstock, capacity_sat, DUMMY_P2WSH)  # fits? (nothing opened yet)
         except FactoryError as e:
             raise SaleError(f"L-stock {lstock[1].value} sat: {e}") from None
-        fid = bytes.fromhex(factory_id)
-        lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid, "lsp")))
         progress(f"opening a {capacity_sat} sat channel to {client_id} on leaf {leaf}'s L-stock "
                  f"({lstock[0].txid_hex}:{lstock[0].vout}, {lstock[1].value} sat)")
         script = self.node.fundchannel_start(client_id, capacity_sat, 0)
@@ -208,6 +225,8 @@ class Seller:
                     if session.outcome is None:
                         self._execute(session, session.coordinator.peer_failed(signers[0], "timed out", AbortCode.TIMEOUT))
                 reason = session.error or getattr(session.outcome, "reason", "timed out")
+                if session.coordinator.aggnonces_sent and not session.withheld:
+                    self._keep_unfinished(factory_id, leaf, sale, client_id)
                 raise SaleError(f"sale round failed: {reason}")
         except Exception:
             self._sessions.pop(fid, None)
@@ -241,6 +260,58 @@ class Seller:
                 "lstock_before_sat": lstock[1].value, "lstock_after_sat": sale.tx.outputs[1].value,
                 "anchor_sat": sale.tx.outputs[2].value, "fee_sat": self.fee_sat(capacity_sat), "leaf": leaf,
                 "price_msat": price_msat}
+
+    def _keep_unfinished(self, factory_id: str, leaf: int, sale: TreeTx, buyer: str) -> None:
+        """A sale round that failed after clients may have sent partial signatures: its clients will sign
+        no other spend of this L-stock, so the next sale of the leaf signs it again first."""
+        rec = self.store.get(factory_id, "factory")
+        assert rec is not None
+        rec.setdefault("unfinished_sales", {})[str(leaf)] = {
+            "tx": sale.tx.to_hex(), "prevout": [sale.prevout.value, sale.prevout.script_pubkey.hex()],
+            "capacity_sat": sale.tx.outputs[0].value, "script": sale.tx.outputs[0].script_pubkey.hex(),
+            "buyer": buyer, "height": self.node.blockheight()}
+        self.store.put(factory_id, "factory", rec)
+        self.log(f"sale in {factory_id}: round failed after partial signatures may have gone out; sale "
+                 f"{sale.tx.txid} is kept and signed again, unchanged, before the next sale of leaf {leaf}")
+
+    def _finish_unfinished(self, factory_id: str, rec: dict[str, Any], factory: Factory, leaf: int,
+                           peers: list[str], lsp_sk: bytes, leaf_tx: Tx,
+                           progress: Callable[[str], None]) -> dict[str, Any]:
+        """Sign the leaf's unfinished sale again, unchanged, and keep it as `unopened` (no channel was
+        completed on it); returns the record. Raises SaleError if that round fails too."""
+        pending = (rec.get("unfinished_sales") or {}).get(str(leaf))
+        if pending is None:
+            return rec
+        lstock = current_lstock(leaf_tx, rec.get("sales", []), leaf)
+        sale = liquidity_sale(factory, leaf, lstock, int(pending["capacity_sat"]), bytes.fromhex(pending["script"]))
+        if sale.tx.to_hex() != pending["tx"]:  # the L-stock moved on (it cannot, but never sign a variant)
+            raise SaleError(f"leaf {leaf}'s unfinished sale no longer spends its L-stock; refusing to sell")
+        fid = bytes.fromhex(factory_id)
+        progress(f"signing again, unchanged, the unfinished sale {sale.tx.txid} of leaf {leaf}")
+        session = SaleSession(fid, peers, pending["buyer"], leaf)
+        self._sessions[fid] = session
+        try:
+            with session.cond:
+                session.coordinator = Coordinator(self._round(factory, sale, lstock[0], leaf, fid,
+                                                              list(rec.get("sales", []))), lsp_sk)
+                self._execute(session, session.coordinator.start())
+                session.cond.wait_for(lambda: session.outcome is not None, self.timeout)
+                if session.outcome is None:
+                    self._execute(session, session.coordinator.peer_failed(
+                        factory.topology.nodes[leaf].clients[0], "timed out", AbortCode.TIMEOUT))
+        finally:
+            self._sessions.pop(fid, None)
+        if not session.stored:
+            raise SaleError(f"the unfinished sale {sale.tx.txid} of leaf {leaf} must be signed again first: "
+                            f"{session.error or getattr(session.outcome, 'reason', 'timed out')}")
+        rec = self.store.get(factory_id, "factory")
+        assert rec is not None
+        entry = next(s for s in rec["sales"] if s["txid"] == sale.tx.txid)
+        entry.update(status=UNOPENED, reason="signed again after a failed round; its open had been cancelled")
+        rec["unfinished_sales"].pop(str(leaf), None)
+        self.store.put(factory_id, "factory", rec)
+        self.log(f"sale in {factory_id}: unfinished sale {sale.tx.txid} signed and kept as unopened")
+        return rec
 
     @staticmethod
     def _round(factory: Factory, sale: TreeTx, lstock: OutPoint, leaf: int, fid: bytes,

@@ -11,7 +11,9 @@ stores them and reports Done.
 Every transition is in one table per role. A message that the table does not allow, or that breaks the
 protocol, moves the machine to the sticky ERROR state and aborts the round for everyone; calling a
 method out of order locally raises LocalProtocolError and changes nothing. Secret nonces live only in
-the machine's memory and are consumed by signing or dropped on failure.
+the machine's memory and are consumed by signing or dropped on failure. A client signs nothing that
+spends an output it already signed a different spend of (`factory.spends`): its shell passes the
+factory's ledger in and stores what the `signing` record adds to it before the partial signatures go out.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .. import musig2
 from ..bip340 import schnorr_verify
 from ..bitcoin.tx import Tx
 from ..factory.graph import TreeTx
+from ..factory.spends import Ledger, conflict, entries
 from .rounds import Expectation, Round, participant_jobs
 from .wire import (
     Abort,
@@ -162,6 +165,9 @@ class Coordinator:
         self._secnonces: dict[int, musig2.SecNonce] = {}
         self._sigs: dict[int, bytes] = {}
         self._signed: tuple[Tx, ...] = ()
+        # Once the aggregate nonces went out, clients may have sent (and recorded) partial signatures:
+        # a failed round's transactions may then only be proposed again unchanged (`factory.spends`).
+        self.aggnonces_sent = False
 
     @property
     def clients(self) -> list[int]:
@@ -238,6 +244,7 @@ class Coordinator:
         if len(self._sessions) != len(self.round.jobs):
             raise _Violation(AbortCode.INTERNAL, "some jobs have no signer's nonces")
         self.state = CState.AWAIT_PSIGS
+        self.aggnonces_sent = True
         return [Send(c, AggNonces(self.round.factory_id, self.round.session_id,
                                   tuple(self._aggnonces[j] for j in self.round.client_jobs[c])))
                 for c in self.clients]
@@ -319,11 +326,15 @@ class Participant:
         (PState.AWAIT_SIGNATURES, Signatures): "_on_signatures",
     }
 
-    def __init__(self, expect: Expectation, seckey: bytes, rand: Rand = os.urandom) -> None:
+    def __init__(self, expect: Expectation, seckey: bytes, rand: Rand = os.urandom,
+                 ledger: Optional[Ledger] = None) -> None:
         self._keypair = musig2.Keypair(seckey)
         if self._keypair.pubkey != expect.pubkey:
             raise LocalProtocolError("the expectation's key is not ours")
         self.expect = expect
+        # The spends this signer gave a partial signature for in this factory (`factory.spends`): a
+        # proposal that spends one of those outputs differently is refused.
+        self._ledger: Ledger = ledger or {}
         self.state = PState.AWAIT_PROPOSAL
         self._rand = rand
         self._ids: tuple[bytes, bytes] = (b"", b"")
@@ -369,6 +380,15 @@ class Participant:
         self._secnonces = []
         return [Failed(AbortCode.PEER_DISCONNECTED, f"LSP: {reason}")]
 
+    def abort(self, code: AbortCode, reason: str) -> list[Action]:
+        """Give up this round on our side (a record we could not store): tell the LSP why. Also after the
+        last step, whose Done the shell has not sent yet (the record that must precede it failed)."""
+        if self.state is PState.ERROR or not self._ids[0]:
+            return []
+        self.state = PState.ERROR
+        self._secnonces = []
+        return [Send(LSP_PEER, Abort(*self._ids, int(code), reason[:900], None)), Failed(code, reason)]
+
     def _on_propose(self, msg: Propose) -> list[Action]:
         try:
             self.jobs = participant_jobs(self.expect, msg)
@@ -376,6 +396,9 @@ class Participant:
             self._ids = (msg.factory_id, msg.session_id)
             raise _Violation(AbortCode.BAD_PROPOSAL, f"proposal refused: {e}") from None
         self._ids = (msg.factory_id, msg.session_id)
+        double = conflict(self._ledger, (t.tx for t in self.jobs))
+        if double is not None:
+            raise _Violation(AbortCode.BAD_PROPOSAL, f"proposal refused: {double}")
         self.client_index = msg.client_index
         pubnonces = []
         for t in self.jobs:
@@ -399,7 +422,9 @@ class Participant:
             self._secnonces = []
         self._aggnonces = msg.aggnonces
         self.state = PState.AWAIT_SIGNATURES
-        record = Persist("signing", {"session_id": msg.session_id.hex(), "jobs": [t.tx.txid for t in self.jobs]})
+        # The shell stores `spends` in the factory's ledger before the partial signatures go out.
+        record = Persist("signing", {"session_id": msg.session_id.hex(), "jobs": [t.tx.txid for t in self.jobs],
+                                     "spends": entries(t.tx for t in self.jobs)})
         return [record, Send(LSP_PEER, PartialSigs(msg.factory_id, msg.session_id, tuple(psigs)))]
 
     def _on_signatures(self, msg: Signatures) -> list[Action]:

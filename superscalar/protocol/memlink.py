@@ -26,6 +26,7 @@ class LinkResult:
     sent: dict[int, int] = field(default_factory=dict)  # bytes each client sent
     received: dict[int, int] = field(default_factory=dict)  # bytes each client received
     persisted: list[tuple[int, str]] = field(default_factory=list)  # (peer, record name), in order
+    records: list[tuple[int, Persist]] = field(default_factory=list)  # (peer, the record itself), in order
     workers_peak_rss_kb: list[int] = field(default_factory=list)  # run_split: each worker's peak RSS
 
     @property
@@ -50,6 +51,7 @@ def run(coordinator: Coordinator, participants: dict[int, Participant], tamper: 
                 queue.append((src, dest, a.message))
             elif isinstance(a, Persist):
                 result.persisted.append((src, a.record))  # the payload would go to the datastore
+                result.records.append((src, a))
         kept = [a for a in actions if not isinstance(a, (Send, Persist))]
         (result.lsp if src == LSP_PEER else result.clients[src]).extend(kept)
 

@@ -134,3 +134,44 @@ def test_a_rolling_client_needs_its_next_channel_with_exactly_its_balance() -> N
     assert next_channel_missing(nxt, [{**mine, "state": "CLOSINGD_COMPLETE"}]) is not None
     assert next_channel_missing(nxt, [mine, mine]) is not None  # two channels claim one leaf: not ours to trust
     assert "holds" in str(next_channel_missing(nxt, [{**mine, "to_us_msat": BALANCE_MSAT - 1}]))
+
+
+def test_exit_once_a_signed_close_stays_unfinished_too_long() -> None:
+    """Frozen after our partial signature of a close nobody completed (a client withheld its own, or
+    the LSP went quiet): no unfreeze (the close may exist), but our own exit after the bound, once."""
+    node, store, _, _ = setup()
+    exits: list[str] = []
+    rec = store.get(A, "factory")
+    assert rec is not None
+    rec["frozen"] = {"reason": "close", "since_height": 95, "next_factory": None, "partial_signed": True,
+                     "partial_signed_height": 100, "close_txid": "ee" * 32}
+    store.put(A, "factory", rec)
+    closer = ClientCloser(node, store, Outbox([]), lambda *a, **k: None,  # type: ignore[arg-type]
+                          max_close_wait_blocks=6, start_exit=exits.append)
+    closer.on_block(105)
+    assert exits == [] and (store.get(A, "factory") or {}).get("frozen")
+    closer.on_block(106)
+    assert exits == [A]
+    closer.on_block(107)
+    restarted = ClientCloser(node, store, Outbox([]), lambda *a, **k: None,  # type: ignore[arg-type]
+                             max_close_wait_blocks=6, start_exit=exits.append)
+    restarted.on_block(108)
+    assert exits == [A]  # started once, and recorded: a restart does not start it again
+    assert (store.get(A, "factory") or {})["frozen"]["exit_started_height"] == 106
+
+
+def test_close_proposal_is_refused_once_we_hold_the_close() -> None:
+    """Once we hold the fully signed close, nothing more is signed for it. (Before, with only our partial
+    signature given, the Participant signs the same close again and refuses any other:
+    tests/unit/factory/test_spends.py.)"""
+    node, store, closer, journal = setup()
+    rec = store.get(A, "factory")
+    assert rec is not None
+    rec["frozen"] = {"reason": "close", "since_height": 100, "next_factory": None, "partial_signed": True,
+                     "partial_signed_height": 100, "close_txid": "ee" * 32}
+    rec["close"] = {"txid": "ee" * 32, "status": "signed"}
+    store.put(A, "factory", rec)
+    proposal = Propose(bytes.fromhex(A), b"\x02" * 32, 0, b"{}", bytes(32), 0, 1, (), (), (), b"", int(Kind.CLOSE))
+    closer.on_message(LSP_ID, proposal)
+    [(_, (_, msg))] = journal
+    assert isinstance(msg, Abort) and "already hold the signed close" in msg.reason
