@@ -37,7 +37,7 @@ from ..factory.spends import ledger_of, record_signing
 from ..node import ClnNode, msat
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from ..protocol.rounds import Expectation, Kind
-from ..protocol.wire import Abort, AbortCode, Invite, Message, Propose
+from ..protocol.wire import Abort, AbortCode, AggNonces, Invite, Message, Propose
 from ..store import Store
 from ..transport import Transport
 from .membership import CONFIRMED, channel_in_factory, factory_key_label
@@ -68,7 +68,8 @@ class ClientCloser:
         # leave: our unilateral exit (chain/routing.py exit_plan, started by the plugin).
         self.max_close_wait_blocks, self.start_exit = max_close_wait_blocks, start_exit
         # Test-only (developer mode): "client-close-on-propose" kills lightningd when a close proposal
-        # arrives (after freezing); "client-close-after-sign" once the signed close is stored, before Done.
+        # arrives (after freezing); "client-close-after-sign" once the signed close is stored, before Done;
+        # "client-close-withhold" never answers the aggregate nonces (its partial signature is withheld).
         self.dev_fail_at = dev_fail_at
         self._sessions: dict[str, CloseSession] = {}  # factory id → its close round
         self._live: set[str] = set()  # factories this process froze (a restart finds the others stale)
@@ -84,6 +85,9 @@ class ClientCloser:
             return True
         session = self._sessions.get(fid)
         if session is not None and session.lsp == peer:
+            if self.dev_fail_at == "client-close-withhold" and isinstance(msg, AggNonces):
+                self.log(f"dev: withholding our partial signature of the close of {fid}")
+                return True  # the round hangs on us: the others signed, nobody can complete the close
             self._execute(fid, session, session.participant.receive(msg))
             return True
         if isinstance(msg, Abort):

@@ -234,7 +234,7 @@ class Client:
             "frozen": {"reason": "rollover-funding", "since_height": height, "next_factory": None}}
         return {
             **rollover,
-            LEDGER_KEY: entries(signed),  # what we signed: no other spend of those outputs (factory.spends)
+            LEDGER_KEY: entries(participant.jobs),  # what we signed: no other spend of those outputs (factory.spends)
             "role": "client", "lsp": inv.lsp, "params": params.serialize().decode(), "client_index": index,
             "state_indices": _state_indices(params, path),
             "pubkey": inv.pubkey.hex(), "capacity_sat": capacity, "balance_sat": inv.balance_sat,

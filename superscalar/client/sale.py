@@ -38,7 +38,7 @@ from ..factory.tree import build_topology
 from ..node import ClnNode
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from ..protocol.rounds import Expectation, Kind
-from ..protocol.wire import Abort, AbortCode, Message, Propose, Signatures
+from ..protocol.wire import Abort, AbortCode, AggNonces, Message, Propose, Signatures
 from ..sales import OPEN, current_lstock, sale_entry
 from ..store import Store
 from ..transport import Transport
@@ -63,7 +63,8 @@ class ClientSales:
         self.node, self.store, self.transport, self.log = node, store, transport, log
         self.fee_limit = fee_limit  # the most we pay for a channel sold to us on demand
         # Testing only (developer mode): "sale-signatures-disconnect" drops the connection instead of taking
-        # the final signatures of the first sale round (so that sale is missed and caught up later).
+        # the final signatures of the first sale round (so that sale is missed and caught up later);
+        # "sale-aggnonces-disconnect" drops it instead of signing (the round fails after others signed).
         self.dev_fail_at = dev_fail_at
         self._sessions: dict[str, SaleSignSession] = {}  # factory id → its sale round
         self._expected: dict[str, tuple[int, float]] = {}  # LSP → (capacity sat, when) of a sale channel it opened
@@ -95,6 +96,11 @@ class ClientSales:
             return True
         session = self._sessions.get(fid)
         if session is not None and session.lsp == peer:
+            if self.dev_fail_at == "sale-aggnonces-disconnect" and isinstance(msg, AggNonces):
+                self.dev_fail_at = ""
+                self.log(f"dev: disconnecting from {peer} instead of signing the sale")
+                self.node.rpc.call("disconnect", {"id": peer, "force": True})
+                return True
             if self.dev_fail_at == "sale-signatures-disconnect" and isinstance(msg, Signatures):
                 self.dev_fail_at = ""
                 self.log(f"dev: disconnecting from {peer} instead of taking the sale's signatures")

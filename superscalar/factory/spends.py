@@ -9,12 +9,17 @@ transaction (re-signing an identical transaction gives nobody anything new) or i
 proposal that wants the value must chain from the earlier transaction instead (a sale spends output 1
 of the previous sale, after the signer caught up with it).
 
-The one exception is the Decker-Wattenhofer replacement the tree is built on: a newer state of a node
-spends the same kickoff output as the older one with a strictly shorter relative timelock (BIP-68
-nSequence, same unit), so it can always confirm first; that is how a DW layer "chains".
+The factory is made of alternatives on purpose, so the rule holds per *kind* of spend (the prefix of
+the transaction's name in the engine, `factory.graph`, given by the signer's own rebuild, never by the
+proposer): the funding output is spent by the tree's root, by the time-locked distribution and by at
+most one cooperative close, each signed once; a leaf's L-stock by one chain of sales. Two spends of
+one kind are the double spend this rule forbids. The one exception is the Decker-Wattenhofer
+replacement the tree is built on: a newer state of a node spends the same kickoff output as the older
+one with a strictly shorter relative timelock (BIP-68 nSequence, same unit), so it can always confirm
+first; that is how a DW layer chains.
 
 A ledger is a mapping kept in the factory record (`record["signed_spends"]`):
-    "<txid>:<vout>" of the output spent  →  {"txid": spending txid, "sequence": that input's nSequence}
+    "<txid>:<vout>" of the output spent  →  {kind: {"txid": spending txid, "sequence": that input's nSequence}}
 Pure: no I/O.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Optional
 
 from ..bitcoin.tx import Tx
+from .graph import TreeTx
 
 LEDGER_KEY = "signed_spends"
 
@@ -32,7 +38,12 @@ _DISABLE = 1 << 31
 _TYPE = 1 << 22
 _VALUE = 0xFFFF
 
-Ledger = Mapping[str, Mapping[str, Any]]
+Ledger = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+
+def kind_of(job: TreeTx) -> str:
+    """The kind of spend a transaction is: its name's prefix (node, kickoff, state, distribution, sale, close)."""
+    return job.name.split("/", 1)[0]
 
 
 def _outpoint_key(tx: Tx, i: int) -> str:
@@ -50,13 +61,14 @@ def _dw_replacement(prior_sequence: int, sequence: int) -> bool:
     return sequence & _VALUE < prior_sequence & _VALUE
 
 
-def conflict(ledger: Ledger, txs: Iterable[Tx]) -> Optional[str]:
-    """Why signing `txs` would sign a second, different spend of an output this signer already signed
-    a spend of (per `ledger`), or None if it may sign them."""
-    for tx in txs:
+def conflict(ledger: Ledger, jobs: Iterable[TreeTx]) -> Optional[str]:
+    """Why signing `jobs` would sign a second, different spend of one kind of an output this signer
+    already signed a spend of that kind of (per `ledger`), or None if it may sign them."""
+    for job in jobs:
+        tx = job.tx
         for i, txin in enumerate(tx.inputs):
             key = _outpoint_key(tx, i)
-            prior = ledger.get(key)
+            prior = (ledger.get(key) or {}).get(kind_of(job))
             if prior is None or prior["txid"] == tx.txid:
                 continue
             if _dw_replacement(int(prior["sequence"]), txin.sequence):
@@ -65,23 +77,24 @@ def conflict(ledger: Ledger, txs: Iterable[Tx]) -> Optional[str]:
     return None
 
 
-def entries(txs: Iterable[Tx]) -> dict[str, dict[str, Any]]:
-    """What signing `txs` adds to a ledger (to be stored before the partial signatures are sent)."""
-    out: dict[str, dict[str, Any]] = {}
-    for tx in txs:
-        for i, txin in enumerate(tx.inputs):
-            out[_outpoint_key(tx, i)] = {"txid": tx.txid, "sequence": txin.sequence}
+def entries(jobs: Iterable[TreeTx]) -> dict[str, dict[str, dict[str, Any]]]:
+    """What signing `jobs` adds to a ledger (to be stored before the partial signatures are sent)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for job in jobs:
+        for i, txin in enumerate(job.tx.inputs):
+            out.setdefault(_outpoint_key(job.tx, i), {})[kind_of(job)] = {"txid": job.tx.txid, "sequence": txin.sequence}
     return out
 
 
-def ledger_of(record: Optional[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def ledger_of(record: Optional[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """The ledger a factory record keeps (empty for none)."""
-    return dict((record or {}).get(LEDGER_KEY) or {})
+    return {k: dict(v) for k, v in ((record or {}).get(LEDGER_KEY) or {}).items()}
 
 
-def record_signing(record: dict[str, Any], added: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def record_signing(record: dict[str, Any], added: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """`record` with `added` entered in its ledger (a newer DW state replaces the older entry)."""
     ledger = ledger_of(record)
-    ledger.update({k: dict(v) for k, v in added.items()})
+    for key, kinds in added.items():
+        ledger.setdefault(key, {}).update({kind: dict(entry) for kind, entry in kinds.items()})
     record[LEDGER_KEY] = ledger
     return record

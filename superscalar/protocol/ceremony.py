@@ -396,7 +396,7 @@ class Participant:
             self._ids = (msg.factory_id, msg.session_id)
             raise _Violation(AbortCode.BAD_PROPOSAL, f"proposal refused: {e}") from None
         self._ids = (msg.factory_id, msg.session_id)
-        double = conflict(self._ledger, (t.tx for t in self.jobs))
+        double = conflict(self._ledger, self.jobs)
         if double is not None:
             raise _Violation(AbortCode.BAD_PROPOSAL, f"proposal refused: {double}")
         self.client_index = msg.client_index
@@ -424,7 +424,7 @@ class Participant:
         self.state = PState.AWAIT_SIGNATURES
         # The shell stores `spends` in the factory's ledger before the partial signatures go out.
         record = Persist("signing", {"session_id": msg.session_id.hex(), "jobs": [t.tx.txid for t in self.jobs],
-                                     "spends": entries(t.tx for t in self.jobs)})
+                                     "spends": entries(self.jobs)})
         return [record, Send(LSP_PEER, PartialSigs(msg.factory_id, msg.session_id, tuple(psigs)))]
 
     def _on_signatures(self, msg: Signatures) -> list[Action]:

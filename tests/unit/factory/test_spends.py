@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from superscalar.bitcoin.tx import OutPoint, Tx, TxIn, TxOut
-from superscalar.factory.graph import cooperative_close, liquidity_sale
+from superscalar.factory.graph import TreeTx, cooperative_close, liquidity_sale
 from superscalar.factory.params import regtest_params
 from superscalar.factory.spends import conflict, entries, ledger_of, record_signing
 from superscalar.protocol import memlink
@@ -23,17 +23,33 @@ FID, SID = b"\x11" * 32, b"\x22" * 32
 SPENT = OutPoint(b"\x01" * 32, 1)
 
 
-def spend(sequence: int, value: int = 1_000) -> Tx:
-    return Tx(3, (TxIn(SPENT, sequence=sequence),), (TxOut(value, b"\x51"),))
+def spend(sequence: int, value: int = 1_000, name: str = "state/3") -> TreeTx:
+    tx = Tx(3, (TxIn(SPENT, sequence=sequence),), (TxOut(value, b"\x51"),))
+    return TreeTx(name, tx, TxOut(value + 1, b"\x51"), None)  # type: ignore[arg-type]
 
 
 def test_same_spend_again_is_allowed_a_different_one_is_not() -> None:
-    first = spend(0xFFFFFFFD)
+    first = spend(0xFFFFFFFD, name="sale/3")
     ledger = entries([first])
     assert conflict(ledger, [first]) is None
-    why = conflict(ledger, [spend(0xFFFFFFFD, 999)])
-    assert why is not None and first.txid in why and f"{SPENT.txid_hex}:1" in why
-    assert conflict(ledger, [Tx(3, (TxIn(OutPoint(b"\x02" * 32, 0)),), (TxOut(5, b"\x51"),))]) is None
+    why = conflict(ledger, [spend(0xFFFFFFFD, 999, name="sale/3")])
+    assert why is not None and first.tx.txid in why and f"{SPENT.txid_hex}:1" in why
+    other = TreeTx("sale/3", Tx(3, (TxIn(OutPoint(b"\x02" * 32, 0)),), (TxOut(5, b"\x51"),)), TxOut(6, b"\x51"),
+                   None)  # type: ignore[arg-type]
+    assert conflict(ledger, [other]) is None
+
+
+def test_the_rule_holds_per_kind_of_spend() -> None:
+    """The funding output is spent by the root, the distribution and one close: alternatives by design."""
+    root, distribution = spend(0xFFFFFFFE, 10, "node/0"), spend(0xFFFFFFFE, 20, "distribution")
+    ledger = entries([root, distribution])
+    assert set(ledger[f"{SPENT.txid_hex}:1"]) == {"node", "distribution"}
+    close = spend(0xFFFFFFFD, 30, "close")
+    assert conflict(ledger, [close]) is None
+    record = record_signing({}, ledger)
+    record_signing(record, entries([close]))
+    assert conflict(ledger_of(record), [spend(0xFFFFFFFD, 31, "close")]) is not None
+    assert conflict(ledger_of(record), [close]) is None
 
 
 def test_only_a_shorter_relative_lock_of_the_same_unit_chains() -> None:
@@ -49,12 +65,13 @@ def test_only_a_shorter_relative_lock_of_the_same_unit_chains() -> None:
 
 def test_record_signing_keeps_earlier_entries() -> None:
     rec: dict[str, Any] = {"role": "client"}
-    other = Tx(3, (TxIn(OutPoint(b"\x02" * 32, 0)),), (TxOut(5, b"\x51"),))
+    other = TreeTx("sale/1", Tx(3, (TxIn(OutPoint(b"\x02" * 32, 0)),), (TxOut(5, b"\x51"),)), TxOut(6, b"\x51"),
+                   None)  # type: ignore[arg-type]
     record_signing(rec, entries([spend(288)]))
     record_signing(rec, entries([other]))
     assert set(ledger_of(rec)) == {f"{SPENT.txid_hex}:1", "02" * 32 + ":0"}
     record_signing(rec, entries([spend(144)]))  # the newer state replaces the older entry
-    assert ledger_of(rec)[f"{SPENT.txid_hex}:1"]["sequence"] == 144
+    assert ledger_of(rec)[f"{SPENT.txid_hex}:1"]["state"]["sequence"] == 144
     assert ledger_of(None) == {}
 
 
@@ -79,8 +96,8 @@ def test_a_client_signs_one_sale_of_an_lstock_and_that_sale_again() -> None:
     assert isinstance(result.lsp_outcome, Completed)
     signing = [(c, a) for c, a in result.records if a.record == "signing"]
     assert sorted(c for c, _ in signing) == sorted(participants)
-    assert all(a.data["spends"] == entries([s1.tx]) for _, a in signing)
-    ledgers = {c: entries([s1.tx]) for c in participants}
+    assert all(a.data["spends"] == entries([s1]) for _, a in signing)
+    ledgers = {c: entries([s1]) for c in participants}
     # S2 on the same L-stock (no chaining from S1): every client refuses before it sends a nonce.
     coordinator = Coordinator(sale_round(f, s2, lstock[0], leaf, FID, b"\x33" * 32), kit.seckeys[0])
     outcome = memlink.run(coordinator, _sale_participants(kit, leaf, ledgers)).lsp_outcome
@@ -100,7 +117,7 @@ def test_a_client_signs_one_close_and_a_retry_of_it() -> None:
     f = kit.factory
     c1 = cooperative_close(f, FUNDING, [25_000] * 4)
     c2 = cooperative_close(f, FUNDING, [25_000, 25_000, 25_000, 26_000])  # pays client 0 no less
-    ledger = entries([c1.tx])
+    ledger = entries([c1])
 
     def participants() -> dict[int, Participant]:
         return {c: Participant(Expectation(Kind.CLOSE, f.keys.pubkeys[c + 1], payout_script=f.scripts.payouts[c],

@@ -1,0 +1,134 @@
+"""A signer never signs two different spends of one output (factory/spends.py), on real lightningd and
+bitcoind (regtest profile): an LSP that keeps a fully signed sale to itself cannot get another sale of
+the same L-stock signed; an honest LSP whose sale round failed after a client had signed signs that
+same sale again before the next; a client withholding its partial signature of a close freezes the
+others only until their bound, then they exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyln.client import RpcError
+from pyln.testing.utils import sync_blockheight, wait_for
+
+from superscalar.bitcoin.tx import Tx
+from superscalar.client.policy import ClientPolicy
+from superscalar.factory.params import FactoryParams
+from superscalar.factory.spends import LEDGER_KEY
+
+from .test_close_rollover import channels_in, mine_until, network as close_network, no_broken, payments, record
+from .test_factory_plugin import create_factory
+from .test_lsps_sale import network, sell
+
+pytestmark = pytest.mark.lightningd
+
+
+def signed_of(node: Any, fid: str, kind: str) -> list[str]:
+    """The txids of spends of `kind` in the node's ledger for factory `fid`."""
+    return [kinds[kind]["txid"] for kinds in record(node, fid).get(LEDGER_KEY, {}).values() if kind in kinds]
+
+
+def normal_again(lsp: Any, clients: list[Any]) -> None:
+    for c in clients:
+        wait_for(lambda: bool(c.rpc.connect(lsp.info["id"], "localhost", lsp.port)))
+    wait_for(lambda: all(ch["peer_connected"] and ch["state"] == "CHANNELD_NORMAL"
+                         for c in clients for ch in channels_in(lsp, c)))
+
+
+def test_withheld_sale_blocks_a_second_sale(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """The LSP collects every partial signature of sale S1, keeps it (nothing stored, no final signature
+    sent) and drops the clients; then it proposes S2 on the same L-stock, without S1. Both clients refuse:
+    S2's channel could never hold money that the LSP then takes by publishing S1."""
+    lsp, clients = network(node_factory, plugin_path, 2, lsp_fail="lsp-sale-withhold")
+    buyer, mate = clients
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    with pytest.raises(RpcError, match="sale round failed"):
+        sell(lsp, fid, buyer, 40_000)
+    assert lsp.daemon.is_in_log("dev: withholding signed sale")
+    # Each client entered S1 in its ledger before its partial signature went out; none holds S1 signed.
+    withheld = {txid for c in clients for txid in signed_of(c, fid, "sale")}
+    assert len(withheld) == 1 and all("sales" not in record(c, fid) for c in clients)
+    normal_again(lsp, clients)
+
+    with pytest.raises(RpcError, match=f"already signed {withheld.pop()}"):
+        sell(lsp, fid, buyer, 30_000)
+    for c in clients:
+        assert "sales" not in record(c, fid)
+        assert c.daemon.is_in_log("proposal refused: we already signed")
+    wait_for(lambda: len(channels_in(lsp, buyer)) == 1)  # S2's open was cancelled
+    assert len(channels_in(buyer, lsp)) == 1
+    no_broken([lsp, *clients])
+
+
+def test_failed_sale_is_signed_again_then_chained(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """The leaf-mate drops the connection instead of signing S1 (the buyer had signed): the LSP keeps S1
+    as unfinished, and the next sale first gets S1 signed again, unchanged (kept as unopened), then S2
+    chained off its output 1; S2's channel carries a payment."""
+    lsp, clients = network(node_factory, plugin_path, 2, mate_fail="sale-aggnonces-disconnect")
+    buyer, mate = clients
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    with pytest.raises(RpcError, match="sale round failed"):
+        sell(lsp, fid, buyer, 40_000)
+    unfinished = record(lsp, fid)["unfinished_sales"]
+    [(leaf, pending)] = unfinished.items()
+    s1 = Tx.from_hex(pending["tx"])
+    assert signed_of(buyer, fid, "sale") == [s1.txid]
+    normal_again(lsp, clients)
+
+    second = sell(lsp, fid, buyer, 30_000)
+    sales = record(lsp, fid)["sales"]
+    assert [s["txid"] for s in sales] == [s1.txid, second["sale_txid"]]
+    assert sales[0]["status"] == "unopened" and sales[1]["status"] == "open"
+    assert record(lsp, fid)["unfinished_sales"] == {}
+    chained = Tx.from_hex(sales[1]["tx"])
+    assert chained.inputs[0].prevout.txid_hex == s1.txid and chained.inputs[0].prevout.vout == 1
+    assert second["lstock_before_sat"] == params.lstock_sat - 40_000 - params.anchor_sat - sales[0]["fee_sat"]
+    for c in clients:
+        assert [s["txid"] for s in record(c, fid)["sales"]] == [s1.txid, second["sale_txid"]]
+        assert [s["mine"] for s in record(c, fid)["sales"]] == [False, c is buyer]
+    wait_for(lambda: channels_in(buyer, lsp, second["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
+    assert len(channels_in(buyer, lsp)) == 2
+    no_broken([lsp, *clients])
+
+
+def test_withheld_close_signature_freezes_boundedly(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """Client 2 sends its nonce but never its partial signature of the close: nobody can hold the close.
+    Clients 0 and 1 signed, so they stay frozen (the LSP could be lying about the failure), for at most
+    max_close_wait_blocks: then each starts its own exit, the tree spends the funding output, and their
+    channels are backed by the tree again (unfrozen)."""
+    lsp, clients = close_network(node_factory, plugin_path, 3, {3: "client-close-withhold"})
+    nodes = [lsp, *clients]
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    payments(lsp, clients)
+    with pytest.raises(RpcError):
+        lsp.rpc.call("superscalar-close", {"factory_id": fid})
+    honest, withholder = clients[:2], clients[2]
+    for c in honest:
+        freeze = record(c, fid)["frozen"]
+        assert freeze["partial_signed"] and "close" not in record(c, fid)
+        assert signed_of(c, fid, "close") == [freeze["close_txid"]]
+    wait_for(lambda: not record(withholder, fid).get("frozen"))
+    signed_at = max(int(record(c, fid)["frozen"]["partial_signed_height"]) for c in honest)
+    bound = ClientPolicy.for_profile("regtest").max_close_wait_blocks
+    height = bitcoind.rpc.getblockcount()
+    if height < signed_at + bound - 1:
+        bitcoind.generate_block(signed_at + bound - 1 - height)
+        sync_blockheight(bitcoind, nodes)
+    assert all(record(c, fid)["frozen"].get("exit_started_height") is None for c in honest)
+    txid, vout = record(lsp, fid)["funding_outpoint"].split(":")
+    mine_until(bitcoind, nodes, lambda: bitcoind.rpc.gettxout(txid, int(vout)) is None, blocks=12)
+    for c in honest:
+        assert c.daemon.is_in_log("nobody completed in .* blocks: starting our exit")
+        started = int(record(c, fid).get("frozen", {}).get("exit_started_height") or 0) or None
+        assert started is None or started >= signed_at + bound
+    # The tree spent the funding output: the close can never confirm; the honest clients are unfrozen.
+    mine_until(bitcoind, nodes, lambda: all(not record(c, fid).get("frozen") for c in honest), blocks=6)
+    for c in honest:
+        assert record(c, fid)["close"]["status"] == "conflicted"
+    no_broken(nodes)
