@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 from ..bitcoin.tx import OutPoint, Tx, TxOut
 from ..chain.close_watch import close_pending, drop_next_factory, new_close
 from ..factory.spends import ledger_of, record_signing
+from ..factory.params import FactoryParams
 from ..node import ClnNode, msat
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from ..protocol.rounds import Expectation, Kind
@@ -282,7 +283,9 @@ class ClientCloser:
             return Expectation(Kind.CLOSE, pubkey, funding=funding,
                                next_funding=(OutPoint.from_hex(ntxid, int(nvout)), TxOut(int(nvalue), bytes.fromhex(nscript)))), None
         payout = Tx.from_hex(rec["distribution"]).outputs[int(rec["client_index"])].script_pubkey
-        return Expectation(Kind.CLOSE, pubkey, payout_script=payout, payout_sat=balance // 1000, funding=funding), None
+        params = FactoryParams.deserialize(rec["params"].encode())  # a balance below its dust limit is paid nothing
+        return Expectation(Kind.CLOSE, pubkey, payout_script=payout, payout_sat=params.payout_sat(balance),
+                           funding=funding), None
 
     def _execute(self, fid: str, session: CloseSession, actions: list[Action]) -> None:
         for a in actions:

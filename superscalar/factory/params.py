@@ -168,6 +168,15 @@ class FactoryParams:
         """The pre-agreed fee of a transaction of `vsize` vbytes, rounded up."""
         return -(-vsize * self.feerate_per_kvb // 1000)
 
+    def payout_sat(self, balance_msat: int) -> int:
+        """What a cooperative close (or a rollover, to a leaver) pays a client whose channels hold
+        `balance_msat`: the whole sats, or nothing below the dust limit (no relayable output can carry
+        it; BOLT-3 trims such an output from a commitment the same way). The client agreed to the dust
+        limit when it joined, and checks against this same rule, so one client's dust never makes a
+        close or a rollover impossible for the others."""
+        sat = balance_msat // 1000
+        return sat if sat >= self.dust_limit_sat else 0
+
     # --- encoding (what crosses the wire inside a proposal) ---
 
     def serialize(self) -> bytes:

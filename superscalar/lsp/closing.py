@@ -170,7 +170,7 @@ class Closer:
         try:
             balances = self._quiesce(factory_id, rec)
             factory = factory_from_record(rec)
-            amounts = [b // 1000 for b in balances]
+            amounts = [factory.params.payout_sat(b) for b in balances]
             if self.dev_fail_at == "lsp-close-underpay":  # testing only: a client is paid 1 sat too little
                 amounts[0] -= 1
             close = cooperative_close(factory, _funding(rec), amounts)
@@ -202,7 +202,7 @@ class Closer:
             # balances add up with its leaf channel's (a sale's capacity came out of A's L-stock)
             rolling = [RollingClient(i, p, factory.terms[i].capacity_sat + sold_capacity_sat(rec.get("sales", []), p),
                                      balances[i]) for i, p in enumerate(peers) if p not in leave]
-            leaver_amounts = [balances[i] // 1000 if p in leave else 0 for i, p in enumerate(peers)]
+            leaver_amounts = [factory.params.payout_sat(balances[i]) if p in leave else 0 for i, p in enumerate(peers)]
             fid_b = secrets.token_bytes(32)
             rec = self.store.get(factory_id, "factory") or rec
             rec["frozen"]["next_factory"] = fid_b.hex()  # durable before anyone hears of B
