@@ -304,14 +304,14 @@ class Seller:
         if not session.stored:
             raise SaleError(f"the unfinished sale {sale.tx.txid} of leaf {leaf} must be signed again first: "
                             f"{session.error or getattr(session.outcome, 'reason', 'timed out')}")
-        rec = self.store.get(factory_id, "factory")
-        assert rec is not None
-        entry = next(s for s in rec["sales"] if s["txid"] == sale.tx.txid)
+        stored = self.store.get(factory_id, "factory")
+        assert stored is not None
+        entry = next(s for s in stored["sales"] if s["txid"] == sale.tx.txid)
         entry.update(status=UNOPENED, reason="signed again after a failed round; its open had been cancelled")
-        rec["unfinished_sales"].pop(str(leaf), None)
-        self.store.put(factory_id, "factory", rec)
+        stored["unfinished_sales"].pop(str(leaf), None)
+        self.store.put(factory_id, "factory", stored)
         self.log(f"sale in {factory_id}: unfinished sale {sale.tx.txid} signed and kept as unopened")
-        return rec
+        return stored
 
     @staticmethod
     def _round(factory: Factory, sale: TreeTx, lstock: OutPoint, leaf: int, fid: bytes,
