@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +45,7 @@ os.environ.setdefault("RUST", "0")
 from pyln.testing.db import SqliteDbProvider  # noqa: E402
 from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
 
+from contrib import regtest_demo  # noqa: E402
 from contrib.regtest_demo import logs_to_file, say  # noqa: E402
 from tests.integration.test_lsps2 import pay_in_parts  # noqa: E402
 
@@ -70,6 +72,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.amount_msat is None:
         args.amount_msat = 300_000_000 if args.source == "wallet" else 30_000_000
+    for binary in ("lightningd", "bitcoind"):
+        if shutil.which(binary) is None:
+            sys.exit(f"{binary} not found on PATH")
     directory = tempfile.mkdtemp(prefix="superscalar-bench-jit-")
     bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
     executor = ThreadPoolExecutor(max_workers=4)
@@ -152,4 +157,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Exception:  # fd 2 goes to the log file by now: tell the terminal
+        traceback.print_exc(file=regtest_demo.STORY)
+        sys.exit(1)

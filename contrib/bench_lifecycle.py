@@ -49,6 +49,7 @@ from superscalar.protocol import memlink  # noqa: E402
 from superscalar.protocol.ceremony import Completed, Coordinator, Participant  # noqa: E402
 from superscalar.protocol.rounds import Expectation, Kind, close_round, construction_round  # noqa: E402
 from tests.factory_kit import construction_participants, make_kit  # noqa: E402
+from tests.fakes import node_secret  # noqa: E402
 
 HEIGHT = 900_100
 START = 900_000
@@ -125,6 +126,10 @@ class FakeRpc:
             if (h, self.block_txs) not in self.blocks:
                 self.blocks[(h, self.block_txs)] = synthetic_block(h, self.block_txs)
             return {"block": self.blocks[(h, self.block_txs)], "blockhash": f"{h:064x}"}
+        if method == "listconfigs" and p.get("config") == "cltv-delta":
+            return {"configs": {"cltv-delta": {"value_int": 34, "source": "default"}}}  # lightningd's default
+        if method == "makesecret":
+            return {"secret": node_secret(p["string"]).hex()}
         if method in ("getutxout", "gettxout"):
             return {}
         if method == "feerates":

@@ -270,6 +270,6 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except BaseException:  # fd 2 goes to the log file by now: tell the terminal
+    except Exception:  # fd 2 goes to the log file by now: tell the terminal
         traceback.print_exc(file=STORY)
         sys.exit(1)

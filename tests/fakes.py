@@ -11,6 +11,11 @@ from superscalar.bitcoin.script import p2tr_script
 from superscalar.protocol.wire import Message
 
 
+def node_secret(label: str) -> bytes:
+    """What `makesecret` gives for `label` on these fakes' node: a fixed hash of the label, so runs repeat."""
+    return hashlib.sha256(b"node seed/" + label.encode()).digest()
+
+
 class MemoryDatastore:
     """lightningd's datastore: must-create, must-replace at a generation; every write is journaled."""
 
@@ -54,7 +59,7 @@ class ClientNode(MemoryDatastore):
         return self.height
 
     def secret(self, label: str) -> bytes:
-        return hashlib.sha256(b"node seed/" + label.encode()).digest()
+        return node_secret(label)
 
     def new_script(self) -> bytes:
         self.addresses += 1
