@@ -10,8 +10,11 @@ thread, so it must never run there). Its own state (the waiting clients, when it
 factory) is one datastore document.
 
 A rollover is a cooperative close (every client of the old factory must sign: N-of-N), so it can only
-happen while all of them are online; the ladder tries again on every block of the dying period. A
-client that stays away until the distribution height is paid by the distribution transaction.
+happen while all of them are online; the ladder tries again while the factory is dying. A failed
+attempt can leave the next factory's opened channels behind (stock lightningd never forgets them,
+docs/retiring-channels.md), so after each failure the next attempt waits twice as long (`retry_delay`:
+1, 2, 4, ... blocks, at most an eighth of the dying period), not every block. A client that stays away
+until the distribution height is paid by the distribution transaction.
 """
 
 from __future__ import annotations
@@ -122,6 +125,14 @@ def plan(config: LadderConfig, height: int, last_start: Optional[int], waiting: 
     return actions
 
 
+def retry_delay(failures: int, dying_blocks: int) -> int:
+    """Blocks to wait before another rollover attempt after `failures` failed ones in a row: doubling
+    from 1, at most an eighth of the dying period (so a dying period still holds several attempts)."""
+    if failures <= 0:
+        return 0
+    return min(1 << min(failures - 1, 30), max(1, dying_blocks // 8))
+
+
 def _after_start(waiting: list[dict[str, Any]], started: Sequence[Waiting]) -> list[dict[str, Any]]:
     """The waiting list once a factory started for `started` (a snapshot): what was queued for a client
     since the snapshot (an order paid meanwhile) stays queued; the rest leaves the list."""
@@ -152,6 +163,7 @@ class Ladder:
         self.log = log
         self._busy: Optional[threading.Thread] = None
         self._warned: dict[str, int] = {}  # factory id → height of its last "waiting for clients" line
+        self._failed: dict[str, tuple[int, int]] = {}  # factory id → (failed rollovers in a row, retry height)
         self._lock = threading.Lock()  # the waiting list is written by hooks, commands and the worker
         # told of each factory the ladder started (its id), after the ladder recorded it
         self.on_started: Optional[Callable[[str], None]] = None
@@ -269,7 +281,9 @@ class Ladder:
                          f"{len(a.offline)} of its clients are offline ({', '.join(a.offline)}); "
                          f"its distribution pays them at height {a.distribution_height}", level="unusual")
         runnable = next((a for a in actions if isinstance(a, (Create, Rollover))
-                         and (self.rollover is not None or isinstance(a, Create))), None)
+                         and (self.rollover is not None or isinstance(a, Create))
+                         and not (isinstance(a, Rollover) and height < self._failed.get(a.factory_id, (0, 0))[1])),
+                        None)
         if runnable is not None:
             self._busy = threading.Thread(target=self._run, args=(runnable, height), name="superscalar-ladder",
                                           daemon=True)
@@ -294,6 +308,15 @@ class Ladder:
                     self.on_started(result["factory_id"])
             elif self.rollover is not None:
                 result = self.rollover(action.factory_id)
+                self._failed.pop(action.factory_id, None)
                 self.log(f"ladder: rolled factory {action.factory_id} over: {result}")
-        except Exception as e:  # the next block tries again
-            self.log(f"ladder: {type(action).__name__.lower()} failed, retrying next block: {e}", level="info")
+        except Exception as e:  # tried again: a creation next block, a rollover after its backoff
+            when = "next block"
+            if isinstance(action, Rollover):
+                failures = self._failed.get(action.factory_id, (0, 0))[0] + 1
+                summary = next((f for f in self.summaries() if f.factory_id == action.factory_id), None)
+                dying = summary.distribution_height - summary.expiry_height if summary is not None else 8
+                retry = height + retry_delay(failures, dying)
+                self._failed[action.factory_id] = (failures, retry)
+                when = f"at height {retry} ({failures} failed in a row)"
+            self.log(f"ladder: {type(action).__name__.lower()} failed, retrying {when}: {e}", level="info")

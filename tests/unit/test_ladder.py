@@ -15,6 +15,7 @@ from superscalar.lsp.ladder import (
     Waiting,
     alive,
     plan,
+    retry_delay,
 )
 from superscalar.store import Store
 
@@ -179,3 +180,32 @@ def test_a_client_offline_keeps_its_place_and_stalls_nobody() -> None:
     assert ladder._busy is not None
     ladder._busy.join(5)
     assert created == [[W[0].node_id, W[1].node_id]]
+
+
+def test_retry_delay_doubles_up_to_an_eighth_of_the_dying_period() -> None:
+    assert [retry_delay(k, 432) for k in range(9)] == [0, 1, 2, 4, 8, 16, 32, 54, 54]
+    assert [retry_delay(k, 3) for k in range(1, 4)] == [1, 1, 1]
+
+
+def test_a_failing_rollover_backs_off() -> None:
+    """A rollover that fails (e.g. a client refuses the close after the next factory's channels were
+    opened) is tried again 1, 2, 4, ... blocks later, not on every block of the dying period."""
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    attempts: list[int] = []
+    height = [0]
+
+    def roll(fid: str) -> dict[str, Any]:
+        attempts.append(height[0])
+        raise RuntimeError("a client refused the close")
+
+    ladder = Ladder(node, store, LadderConfig(interval_blocks=0), lambda c, h: {}, roll,  # type: ignore[arg-type]
+                    lambda text, level="info": None)
+    dying = FactorySummary("ab" * 32, 0, 100, 100 + 432, False, ("a", "b"), ())
+    ladder.summaries = lambda connected=None: [dying]  # type: ignore[method-assign]
+    for h in range(100, 120):
+        height[0] = h
+        ladder.on_block(h)
+        if ladder._busy is not None:
+            ladder._busy.join(5)
+    assert attempts == [100, 101, 103, 107, 115]
