@@ -86,6 +86,7 @@ class Roles:
             plugin.log("superscalar-dev-fail-at is ignored: lightningd is not running with --developer", level="unusual")
             dev_fail_at = ""
         self.policy = client_policy(self.profile, options)
+        self.confirm_depth = confirm_depth(self.profile, options)
         timeout = float(options.get("superscalar-timeout", 60))
         self.speakers = Speakers()
         self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log, timeout, dev_fail_at,
@@ -94,14 +95,14 @@ class Roles:
         self.blocks = Blocks(self.node.raw_block)  # each block parsed once for every step
         self.exits = Exits(self.node, self.store, plugin.log, _bitcoind(plugin, self.network), max_feerate, self.blocks)
         self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log, dev_fail_at,
-                             self.policy, stale_after=10 * timeout, blocks=self.blocks)
+                             self.policy, stale_after=10 * timeout, blocks=self.blocks, confirm_depth=self.confirm_depth)
         self.closer = Closer(self.lsp, plugin.log, timeout, dev_fail_at, extra_inbound=self.jit_held)
         self.client_closer = ClientCloser(self.node, self.store, self.transport, plugin.log, dev_fail_at,
                                           self.policy.max_close_wait_blocks,
                                           self.exit_unfinished_close)
         self.client.accept_rollover = self.client_closer.accept_rollover
         self.client.rollover_dropped = self.client_closer.rollover_dropped
-        self.close_watch = CloseWatch(self.node, self.store, plugin.log)
+        self.close_watch = CloseWatch(self.node, self.store, plugin.log, self.confirm_depth)
         self.seller = Seller(self.node, self.store, self.transport, plugin.log, timeout,
                              int(options.get("superscalar-sale-fee-base-sat") or 0),
                              int(options.get("superscalar-sale-fee-ppm") or 0), dev_fail_at,
@@ -171,7 +172,8 @@ class Roles:
             self.lsps_server.register("lsps1.get_order", self.orders.get_order)
             ladder.on_started = self.orders.reconcile
         orders = self.orders
-        self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log)
+        self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log,
+                                   self.confirm_depth)
         self.follower = ChainFollower((
             ("new block", self.blocks.new_tip),
             ("funding broadcast", lambda height: self.lsp.resume()),
@@ -278,6 +280,15 @@ def _developer_mode(plugin: Plugin) -> bool:
         return False
 
 
+CONFIRM_DEPTH = {"mainnet": 3, "regtest": 1}  # the profile's default confirmations before acting on a spend
+
+
+def confirm_depth(profile: str, options: dict[str, Any]) -> int:
+    """Confirmations a close, a distribution or a funding needs before this node acts on it."""
+    value = options.get("superscalar-confirm-depth")
+    return max(1, int(value)) if value not in (None, "") else CONFIRM_DEPTH.get(profile, 3)
+
+
 POLICY_OPTION = "superscalar-client-"
 
 
@@ -329,6 +340,10 @@ def build_plugin() -> Plugin:
     plugin.add_option("superscalar-join", "", "LSP node ids (comma-separated) whose factories this node joins, or 'any'.")
     plugin.add_option("superscalar-profile", "mainnet", "Factory parameter profile: 'mainnet' or 'regtest' (short timelocks).")
     plugin.add_option("superscalar-timeout", "60", "Seconds to wait for each step of a factory ceremony.")
+    plugin.add_option("superscalar-confirm-depth", "",
+                      "Confirmations before a factory's close, distribution or funding is acted on (channels "
+                      "retired, the next factory unfrozen); a reorganisation before that puts it back to pending "
+                      "(default 3 on mainnet, 1 on regtest).")
     plugin.add_option("superscalar-feerate-per-kvb", "", "Fee rate (sat per 1000 vB) pre-agreed for every factory "
                       "transaction; default: the profile's (2000).")
     plugin.add_option("superscalar-exit-max-feerate-perkvb", str(DEFAULT_MAX_FEERATE_PERKVB),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .encoding import decode_all
 from .errors import DecodeError
+from .hashes import hash256
 from .tx import Tx
 
 HEADER_SIZE = 80
@@ -20,3 +21,10 @@ def block_transactions(data: bytes) -> tuple[Tx, ...]:
     if len(data) < HEADER_SIZE + 1:
         raise DecodeError("block shorter than its header")
     return decode_all(lambda r: tuple(Tx.read(r) for _ in range(r.read_count(_MIN_TX_SIZE))), data[HEADER_SIZE:])
+
+
+def block_hash(data: bytes) -> str:
+    """The block's hash as RPCs show it: the double SHA-256 of its 80-byte header, byte-reversed, hex."""
+    if len(data) < HEADER_SIZE:
+        raise DecodeError("block shorter than its header")
+    return hash256(data[:HEADER_SIZE])[::-1].hex()

@@ -24,14 +24,14 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Optional
 
-from ..bitcoin.block import block_transactions
+from ..bitcoin.block import block_hash, block_transactions
 from ..bitcoin.tx import OutPoint, Tx
 from ..client.membership import UNFUNDED
 from ..node import ClnNode
 from ..store import Store
 from .retire import factory_channel_ids, retire_channels
 
-SIGNED, BROADCAST, CONFIRMED, CONFLICTED = "signed", "broadcast", "confirmed", "conflicted"
+SIGNED, BROADCAST, SEEN, CONFIRMED, CONFLICTED = "signed", "broadcast", "seen", "confirmed", "conflicted"
 MAX_BLOCKS_PER_SCAN = 32
 
 
@@ -43,7 +43,7 @@ def close_pending(record: dict[str, Any]) -> bool:
     """Does this node hold (or may another hold) a signed close of this factory not yet settled?"""
     close = record.get("close")
     if close is not None:
-        return close.get("status") in (SIGNED, BROADCAST)
+        return close.get("status") in (SIGNED, BROADCAST, SEEN)
     return bool((record.get("frozen") or {}).get("partial_signed"))
 
 
@@ -68,8 +68,9 @@ class CloseWatch:
     """Per block, only the factories with a close to follow or channels to retire are read: the set is
     found by one scan of the records at the first block, then kept by `Store`'s write listener."""
 
-    def __init__(self, node: ClnNode, store: Store, log: Callable[[str], None]) -> None:
+    def __init__(self, node: ClnNode, store: Store, log: Callable[[str], None], depth: int = 1) -> None:
         self.node, self.store, self.log = node, store, log
+        self.depth = max(1, depth)  # confirmations before a spend of the funding output is acted on
         self._retiring: set[str] = set()  # channel ids with a `close` under way
         self._watched: Optional[set[str]] = None  # factory ids with a close to follow or retire
         self._lock = threading.Lock()  # the listener runs in the writer's thread
@@ -85,7 +86,7 @@ class CloseWatch:
                 self._watched.discard(factory_id)
 
     def on_block(self, height: int) -> None:
-        blocks: dict[int, tuple[Tx, ...]] = {}
+        blocks: dict[int, tuple[str, tuple[Tx, ...]]] = {}
         if self._watched is None:
             watched = set()
             for fid in self.store.factory_ids():
@@ -111,24 +112,31 @@ class CloseWatch:
     def _channels(self, rec: dict[str, Any]) -> list[str]:
         return factory_channel_ids(self.node, rec)
 
-    def _block(self, h: int, blocks: dict[int, tuple[Tx, ...]]) -> tuple[Tx, ...]:
+    def _block(self, h: int, blocks: dict[int, tuple[str, tuple[Tx, ...]]]) -> tuple[str, tuple[Tx, ...]]:
+        """The hash and transactions of the block at height h (fetched once per step)."""
         if h not in blocks:
-            blocks[h] = block_transactions(bytes.fromhex(self.node.raw_block(h)))
+            raw = bytes.fromhex(self.node.raw_block(h))
+            blocks[h] = (block_hash(raw), block_transactions(raw))
         return blocks[h]
 
-    def _follow(self, fid: str, rec: dict[str, Any], height: int, blocks: dict[int, tuple[Tx, ...]]) -> None:
+    def _follow(self, fid: str, rec: dict[str, Any], height: int, blocks: dict[int, tuple[str, tuple[Tx, ...]]]) -> None:
+        close = rec.get("close")
+        if close is not None and close.get("status") == SEEN:
+            self._at_depth(fid, rec, height, blocks)
+            return
         txid, vout = rec["funding_outpoint"].split(":")
         funding = OutPoint.from_hex(txid, int(vout))
         freeze = rec.get("frozen") or {}
-        close = rec.get("close")
         expected = close["txid"] if close else freeze.get("close_txid")
         scanned = int(close["scanned_height"]) if close else int(freeze.get("scanned_height", freeze["since_height"]))
         first = scanned + 1
         for h in range(first, min(height, first + MAX_BLOCKS_PER_SCAN - 1) + 1):
-            spend = next((tx for tx in self._block(h, blocks) if any(i.prevout == funding for i in tx.inputs)), None)
+            hash_, txs = self._block(h, blocks)
+            spend = next((tx for tx in txs if any(i.prevout == funding for i in tx.inputs)), None)
             scanned = h
             if spend is not None:
-                self._settle(fid, rec, spend, h, spend.txid == expected)
+                self._see(fid, rec, spend, h, hash_, spend.txid == expected)
+                self._at_depth(fid, rec, height, blocks)
                 return
         if close is None:
             freeze["scanned_height"] = scanned
@@ -145,29 +153,60 @@ class CloseWatch:
                 self.log(f"factory {fid}: broadcasting the cooperative close {close['txid']}: {why}")
         self.store.put(fid, "factory", rec)
 
-    def _settle(self, fid: str, rec: dict[str, Any], spend: Tx, height: int, ours: bool) -> None:
+    def _see(self, fid: str, rec: dict[str, Any], spend: Tx, height: int, hash_: str, ours: bool) -> None:
+        """The funding output's spend is in the block at `height`: recorded, not yet acted on."""
         freeze = rec.get("frozen") or {}
         close = rec.get("close") or {"tx": spend.to_hex(), "txid": spend.txid, "prevout": None, "retired": False,
-                                     "next_factory": freeze.get("next_factory")}
+                                     "next_factory": freeze.get("next_factory"), "status": BROADCAST}
+        close.update(scanned_height=height, seen={"height": height, "hash": hash_, "txid": spend.txid, "ours": ours,
+                                                  "was": close["status"]}, status=SEEN)
+        rec["close"] = close
+        self.store.put(fid, "factory", rec)
+        self.log(f"factory {fid}: its funding output is spent by {spend.txid} at height {height}"
+                 f"{' (our cooperative close)' if ours else ''}; acting on it at {self.depth} confirmations")
+
+    def _at_depth(self, fid: str, rec: dict[str, Any], height: int, blocks: dict[int, tuple[str, tuple[Tx, ...]]]) -> None:
+        """A seen spend: reorganised away (back to watching), or deep enough (settled), or still waiting."""
+        close = rec["close"]
+        seen = close["seen"]
+        if height < int(seen["height"]) or self._block(int(seen["height"]), blocks)[0] != seen["hash"]:
+            was = seen.get("was", BROADCAST)
+            self.log(f"factory {fid}: the block at height {seen['height']} holding {seen['txid']} was reorganised "
+                     "away; watching the funding output again")
+            if close.get("prevout") is None:  # a close we never held fully signed: back to our partial signature
+                rec.pop("close", None)
+                if rec.get("frozen") is not None:
+                    rec["frozen"]["scanned_height"] = int(seen["height"]) - 1
+            else:
+                close.pop("seen", None)
+                close.update(status=was, scanned_height=int(seen["height"]) - 1)
+            self.store.put(fid, "factory", rec)
+            return
+        if height >= int(seen["height"]) + self.depth - 1:
+            close.pop("seen", None)
+            self._settle(fid, rec, seen["txid"], int(seen["height"]), bool(seen["ours"]))
+
+    def _settle(self, fid: str, rec: dict[str, Any], spend_txid: str, height: int, ours: bool) -> None:
+        close = rec["close"]
         close["scanned_height"] = height
         next_factory = close.get("next_factory")
         if ours:
             close.update(status=CONFIRMED, confirmed_height=height)
             rec["close"] = close
             self.store.put(fid, "factory", rec)
-            self.log(f"factory {fid}: cooperative close {spend.txid} confirmed at height {height}; retiring its channels"
+            self.log(f"factory {fid}: cooperative close {spend_txid} confirmed at height {height}; retiring its channels"
                      + (f"; factory {next_factory} is funded" if next_factory else ""))
             if next_factory:
                 self._next_funded(next_factory)
             return
-        close.update(status=CONFLICTED, confirmed_height=None, conflict_txid=spend.txid, conflict_height=height)
+        close.update(status=CONFLICTED, confirmed_height=None, conflict_txid=spend_txid, conflict_height=height)
         rec["close"] = close
         rec.pop("frozen", None)  # the tree backs the channels again; the close can never confirm
         self.store.put(fid, "factory", rec)
-        self.log(f"factory {fid}: its funding output was spent by {spend.txid}, not the cooperative close; "
+        self.log(f"factory {fid}: its funding output was spent by {spend_txid}, not the cooperative close; "
                  "its channels follow the tree" + (f"; factory {next_factory} is dropped" if next_factory else ""))
         if next_factory:
-            drop_next_factory(self.store, next_factory, f"the close of {fid} was conflicted by {spend.txid}")
+            drop_next_factory(self.store, next_factory, f"the close of {fid} was conflicted by {spend_txid}")
 
     def _next_funded(self, fid: str) -> None:
         rec = self.store.get(fid, "factory")

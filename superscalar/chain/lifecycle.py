@@ -152,8 +152,10 @@ def describe_life(rec: dict[str, Any], life: Optional[dict[str, Any]], exit_rec:
 
 
 class Lifecycle:
-    def __init__(self, node: ClnNode, store: Store, blocks: Blocks, client: Client, exits: Exits, log: Log) -> None:
+    def __init__(self, node: ClnNode, store: Store, blocks: Blocks, client: Client, exits: Exits, log: Log,
+                 depth: int = 1) -> None:
         self.node, self.store, self.blocks, self.client, self.exits, self.log = node, store, blocks, client, exits, log
+        self.depth = max(1, depth)  # confirmations of the distribution before its factory's channels are retired
         self._watches: Optional[dict[str, Watch]] = None
         self._life: dict[str, dict[str, Any]] = {}
         self._txids: dict[str, tuple[str, str, str]] = {}  # txid -> (factory, kind, name)
@@ -329,7 +331,19 @@ class Lifecycle:
         now = phase(watch.params, height, facts)
         if now == Phase.DISTRIBUTED and not life.get("channels_retired"):
             # The distribution paid each client its channels' whole capacity: the channels are backed
-            # by nothing from now on, so they are retired like those of a closed factory.
+            # by nothing from now on, so they are retired like those of a closed factory, once it is
+            # `depth` deep (and still in its block: a reorganisation puts it back to pending).
+            dist = life["distribution"]
+            confirmed = int(dist["confirmed_height"])
+            gone = confirmed > height or dist["txid"] not in self.blocks.at(confirmed).by_txid
+            if gone:
+                self.log(f"factory {watch.fid}: the distribution {dist['txid']} left the chain (reorganisation); "
+                         "broadcasting it again")
+                dist.update(status="broadcast", confirmed_height=None)
+                life["funding_spent"] = None
+                return True
+            if height < confirmed + self.depth - 1:
+                return False
             rec = self.store.get(watch.fid, "factory")
             if rec is not None and retire_channels(self.node, factory_channel_ids(self.node, rec), self.log,
                                                    self._retiring) == 0:

@@ -75,8 +75,9 @@ LEAF_CHECK_INTERVAL = 5.0  # seconds between two routine reads of the log for on
 class Client:
     def __init__(self, node: ClnNode, store: Store, transport: Transport, allowed_lsps: Optional[set[str]],
                  log: Callable[[str], None], dev_fail_at: str = "", policy: ClientPolicy = ClientPolicy(),
-                 stale_after: float = 600.0, blocks: Optional[Blocks] = None) -> None:
+                 stale_after: float = 600.0, blocks: Optional[Blocks] = None, confirm_depth: int = 1) -> None:
         self.node, self.store, self.transport = node, store, transport
+        self.confirm_depth = max(1, confirm_depth)  # a funding is found in blocks this deep only
         self.blocks = blocks if blocks is not None else Blocks(lambda h: node.raw_block(h))  # shared with the other steps
         self.allowed = allowed_lsps  # None: any LSP
         self.log = log
@@ -345,7 +346,8 @@ class Client:
         txid, vout = rec["funding_outpoint"].split(":")
         value, script = rec["path_prevouts"][0]
         first = int(funding["scanned_height"]) + 1
-        for h in range(first, min(height, first + MAX_BLOCKS_PER_SCAN - 1) + 1):
+        tip = height - self.confirm_depth + 1  # only blocks `confirm_depth` deep: a shallower one may be reorganised
+        for h in range(first, min(tip, first + MAX_BLOCKS_PER_SCAN - 1) + 1):
             found = self.blocks.at(h).by_txid.get(txid)
             funding["scanned_height"] = h
             if found is None:

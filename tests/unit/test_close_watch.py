@@ -28,12 +28,13 @@ class ChainNode(ChannelNode):
     def __init__(self, height: int) -> None:
         super().__init__(height)
         self.blocks: dict[int, list[Tx]] = {}
+        self.headers: dict[int, bytes] = {}  # a block's 80-byte header (its hash tells a reorganisation)
         self.broadcasts: list[str] = []
         self.closed: list[str] = []
 
     def raw_block(self, height: int) -> str:
         txs = self.blocks.get(height, [])
-        return (bytes(80) + ser_compact_size(len(txs)) + b"".join(t.serialize() for t in txs)).hex()
+        return (self.headers.get(height, bytes(80)) + ser_compact_size(len(txs)) + b"".join(t.serialize() for t in txs)).hex()
 
     def broadcast(self, tx_hex: str, prevouts: list[tuple[int, bytes]]) -> Optional[str]:
         self.broadcasts.append(Tx.from_hex(tx_hex).txid)
@@ -48,7 +49,7 @@ class ChainNode(ChannelNode):
         return {"type": "mutual"}
 
 
-def world(height: int = 100) -> tuple[ChainNode, Store, CloseWatch, Tx]:
+def world(height: int = 100, depth: int = 1) -> tuple[ChainNode, Store, CloseWatch, Tx]:
     node = ChainNode(height)
     store = Store(node)  # type: ignore[arg-type]
     node.channels = [listed_channel(1, CLIENT_ID, outpoint(1)), listed_channel(2, CLIENT_ID, outpoint(2))]
@@ -61,7 +62,7 @@ def world(height: int = 100) -> tuple[ChainNode, Store, CloseWatch, Tx]:
     b["frozen"] = {"reason": "rollover-funding", "since_height": height, "next_factory": None}
     store.put("a", "factory", a)
     store.put("b", "factory", b)
-    return node, store, CloseWatch(node, store, lambda _: None), close  # type: ignore[arg-type]
+    return node, store, CloseWatch(node, store, lambda _: None, depth), close  # type: ignore[arg-type]
 
 
 def test_rebroadcast_until_confirmed_then_retire_and_fund_the_next() -> None:
@@ -126,3 +127,50 @@ def test_frozen_factory_channels_take_no_htlc() -> None:
     del rec["frozen"]
     store.put("f1", "factory", rec)
     assert guard.failure(*htlc("1x0x1", EWT)) is None
+
+
+def test_close_acted_on_at_depth_and_reorganised_back_to_pending() -> None:
+    """With a confirmation depth of 3, a close in block 103 is only seen until block 105; its block
+    reorganised away before that puts it back to broadcast (and rebroadcast); found again in 106, it is
+    acted on at 108: A's channels retired, B funded."""
+    node, store, watch, close = world(depth=3)
+    node.blocks[103], node.headers[103] = [close], b"\x01" * 80
+    watch.on_block(103)
+    watch.on_block(104)
+    a, b = store.get("a", "factory"), store.get("b", "factory")
+    assert a is not None and b is not None
+    assert a["close"]["status"] == "seen" and a["close"]["seen"]["height"] == 103
+    assert b["stage"] == "rolling" and b.get("frozen") and node.closed == []
+    node.blocks[103], node.headers[103] = [], b"\x02" * 80  # another block 103, without the close
+    watch.on_block(104)
+    a = store.get("a", "factory")
+    assert a is not None and a["close"]["status"] == "signed" and "seen" not in a["close"]  # as before it was seen
+    broadcasts = len(node.broadcasts)
+    watch.on_block(105)
+    assert len(node.broadcasts) == broadcasts + 1  # pending again: rebroadcast
+    node.blocks[106] = [close]
+    for h in (106, 107):
+        watch.on_block(h)
+        assert store.get("a", "factory")["close"]["status"] == "seen"  # type: ignore[index]
+    watch.on_block(108)
+    a, b = store.get("a", "factory"), store.get("b", "factory")
+    assert a is not None and b is not None
+    assert a["close"]["status"] == "confirmed" and a["close"]["confirmed_height"] == 106
+    assert b["stage"] == "funded" and "frozen" not in b
+
+
+def test_partial_signer_back_to_waiting_after_a_reorganisation() -> None:
+    node, store, watch, close = world(depth=2)
+    a = store.get("a", "factory")
+    assert a is not None
+    a.pop("close")
+    a["frozen"].update(partial_signed=True, close_txid=close.txid, scanned_height=100)
+    store.put("a", "factory", a)
+    node.blocks[101], node.headers[101] = [close], b"\x03" * 80
+    watch.on_block(101)
+    assert store.get("a", "factory")["close"]["status"] == "seen"  # type: ignore[index]
+    node.headers[101] = b"\x04" * 80
+    node.blocks[101] = []
+    watch.on_block(101)
+    a = store.get("a", "factory")
+    assert a is not None and "close" not in a and a["frozen"]["partial_signed"]
