@@ -12,6 +12,12 @@ that has not reached its end (distributed or closed) decides whether anything is
 - **Distribution (both roles):** from the distribution height on, while the funding output is unspent,
   every participant holding the signed distribution broadcasts it (it is final from then on: its
   nLockTime is the distribution height), again every block until it or a conflicting spend confirms.
+- **A balance the distribution does not pay (client):** the distribution, signed at creation, pays a
+  client its leaf channel's capacity; a client whose liquidity sales brought its balance above that
+  (leaf and sale channels together) would lose the difference if the factory ended by distribution. From
+  `uncovered_exit_height` on (its root can still confirm before the distribution height, its path before
+  its leaf's timeout), if the factory is neither closing nor closed, such a client publishes its own path
+  and its sales: each of its channels is then an ordinary funded channel holding its balance.
 - **Tree on chain (client):** the funding output spent by neither the distribution nor a recorded
   cooperative close means the tree is going on chain: the distribution can no longer confirm and
   every output times out to the LSP. The client publishes its own path (`exit_plan`, without closing
@@ -38,13 +44,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..bitcoin.tx import OutPoint, Tx
-from ..client.membership import Client, factory_key_label
+from ..client.membership import Client, channel_in_factory, factory_key_label
 from ..factory.graph import Factory, FactoryGraph, FactoryScripts, ScriptSpend, lstock_sweep, timeout_sweep
 from ..factory.lifecycle import (CLOSE_CONFIRMED, TERMINAL, Facts, Phase, client_online_deadline,
                                  dying_warning_interval, exit_start_height, next_phase, phase, sign_script_spend,
-                                 timeline)
+                                 timeline, uncovered_exit_height)
 from ..factory.params import ClientTerms, FactoryParams
-from ..node import ClnNode
+from ..node import ClnNode, msat
 from ..sales import UNOPENED, sale_chain
 from ..store import Store
 from .blocks import Blocks, BlockView
@@ -354,6 +360,9 @@ class Lifecycle:
         changed = False
         if now == Phase.DYING and watch.role == "lsp":
             self._warn_dying(watch, height)
+        if (now in (Phase.ACTIVE, Phase.DYING) and watch.role == "client"
+                and height >= uncovered_exit_height(watch.params, watch.ewt)):
+            changed |= self._client_uncovered_exit(watch, life, height)
         if now == Phase.DISTRIBUTING and watch.distribution is not None:
             changed |= self._broadcast_distribution(watch, life, height)
         if now == Phase.EXITING and life["funding_spent"] and life["funding_spent"]["by"] == "tree":
@@ -398,6 +407,31 @@ class Lifecycle:
             dist["last_error"] = error
             self.log(f"factory {watch.fid}: broadcasting the distribution failed (retried next block): {error}",
                      level="info")
+        return True
+
+    # --- a balance the distribution would not pay: the client's own path, before it ---
+
+    def _client_uncovered_exit(self, watch: Watch, life: dict[str, Any], height: int) -> bool:
+        if life["exit_started"] is not None or self.store.get(watch.fid, "exit") is not None:
+            return False
+        rec = self.store.get(watch.fid, "factory")
+        if rec is None or watch.distribution is None or rec.get("frozen") or rec.get("close") is not None:
+            return False  # being closed or rolled over: that pays the whole balance
+        if not any(s.get("mine") for s in rec.get("sales", [])):
+            return False  # only a sale channel can hold more than the leaf's capacity
+        chans = [ch for ch in self.node.peer_channels(rec["lsp"]) if channel_in_factory(rec, ch)]
+        balance_msat = sum(msat(ch.get("to_us_msat", 0)) for ch in chans)
+        paid_sat = watch.distribution.outputs[int(rec["client_index"])].value
+        if balance_msat <= paid_sat * 1000:
+            return False
+        why = (f"the distribution would pay {paid_sat} sat of our {balance_msat} msat (sale channels): exiting "
+               f"before the distribution height {watch.params.distribution_height}")
+        plan = exit_plan(self.store, self.client, watch.fid, None)
+        # The path and our sales only: once they confirm, each channel is an ordinary funded one.
+        progress = self.exits.start(watch.fid, plan.txs, [], plan.bump_after, plan.timeout_height, None, plan.known,
+                                    plan.dw_step, {"reason": why, "height": height})
+        life["exit_started"] = {"height": height, "reason": why}
+        self.log(f"factory {watch.fid}: {why}; publishing this client's path ({progress['status']})", level="unusual")
         return True
 
     # --- the tree going on chain: the client's own path ---

@@ -112,6 +112,15 @@ def exit_start_height(params: FactoryParams, early_warning_blocks: int) -> int:
     return client_online_deadline(params, early_warning_blocks, True) - 2 * params.confirm_blocks
 
 
+def uncovered_exit_height(params: FactoryParams, early_warning_blocks: int) -> int:
+    """The height at which a client whose balance the distribution would not pay in full (its liquidity
+    sales added channels the distribution, signed at creation, knows nothing of) starts its own exit,
+    if the factory was neither closed nor rolled over by then: its path's root must confirm before the
+    distribution height (two confirmation allowances), and its whole path before its leaf's timeout
+    (`exit_start_height`). The LSP had the dying period until then to roll the client over."""
+    return min(params.distribution_height - 2 * params.confirm_blocks, exit_start_height(params, early_warning_blocks))
+
+
 def dying_warning_interval(params: FactoryParams) -> int:
     """Blocks between two of the LSP's warnings during a dying period (about twelve per period)."""
     return max(1, params.dying_blocks // 12)

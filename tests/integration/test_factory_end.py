@@ -1,0 +1,71 @@
+"""How a factory ends when its LSP never rolls it over, on real lightningd and bitcoind (regtest
+profile): a client whose liquidity sale brought its balance above what the distribution pays it (its
+leaf channel's capacity) exits before the distribution height, and keeps every msat of its balance in
+channels that are then ordinary funded ones; its leaf-mate, whose balance the distribution covers,
+does not start that exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyln.testing.utils import sync_blockheight, wait_for
+
+from superscalar.factory.lifecycle import uncovered_exit_height
+from superscalar.factory.params import FactoryParams
+from superscalar.node import msat
+
+from .test_close_rollover import channels_in, mine_until, no_broken, pay_msat, record, settled
+from .test_factory_plugin import BALANCE_SAT, INBOUND_SAT, create_factory
+from .test_lsps_sale import network, record_exit, sell
+
+pytestmark = pytest.mark.lightningd
+
+
+def balances(node: Any, peer: Any) -> dict[str, int]:
+    return {f"{c['funding_txid']}:{c['funding_outnum']}": msat(c["to_us_msat"]) for c in channels_in(node, peer)}
+
+
+def test_uncovered_client_exits_before_distribution(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    lsp, clients = network(node_factory, plugin_path, 2)
+    buyer, mate = clients
+    nodes = [lsp, *clients]
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    pay_msat(lsp, buyer, 150_000_000, "use-inbound")
+    settled(lsp, clients)
+    sale = sell(lsp, fid, buyer, 90_000)
+    wait_for(lambda: channels_in(buyer, lsp, sale["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
+    pay_msat(lsp, buyer, 60_000_000, "over-the-sale")
+    settled(lsp, clients)
+    held = balances(buyer, lsp)
+    capacity_sat = BALANCE_SAT + INBOUND_SAT
+    assert sum(held.values()) > capacity_sat * 1000, held  # more than the distribution pays the buyer
+    assert msat(channels_in(mate, lsp)[0]["to_us_msat"]) <= capacity_sat * 1000
+
+    start = uncovered_exit_height(params, int(record(buyer, fid)["early_warning_blocks"]))
+    assert params.expiry_height <= start < params.distribution_height
+    height = bitcoind.rpc.getblockcount()
+    bitcoind.generate_block(start - 1 - height)
+    sync_blockheight(bitcoind, nodes)
+    assert not buyer.daemon.is_in_log("the distribution would pay")
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, nodes)
+    buyer.daemon.wait_for_log(f"the distribution would pay {capacity_sat} sat of our {sum(held.values())} msat")
+    assert record_exit(buyer, fid)["reasons"][0]["height"] == start
+    assert not mate.daemon.is_in_log("the distribution would pay")
+
+    # The path and the sale confirm before the distribution height: the distribution can never confirm,
+    # and both of the buyer's channels are ordinary funded ones with exactly the balance it held.
+    mine_until(bitcoind, nodes, lambda: all(c.get("short_channel_id") for c in channels_in(buyer, lsp)), blocks=40)
+    funding_txid, vout = record(lsp, fid)["funding_outpoint"].split(":")
+    sale_height = bitcoind.rpc.getblockheader(bitcoind.rpc.getrawtransaction(sale["sale_txid"], True)["blockhash"])["height"]
+    assert bitcoind.rpc.gettxout(funding_txid, int(vout)) is None  # spent by the buyer's path, not the distribution
+    assert sale_height < params.timeout(params.height)
+    assert balances(buyer, lsp) == held
+    assert all(c["state"] == "CHANNELD_NORMAL" for c in channels_in(buyer, lsp))
+    dist = record(buyer, fid)["distribution"]
+    assert bitcoind.rpc.decoderawtransaction(dist)["txid"] not in bitcoind.rpc.getrawmempool()
+    no_broken(nodes)
