@@ -12,6 +12,11 @@ that has not reached its end (distributed or closed) decides whether anything is
 - **Distribution (both roles):** from the distribution height on, while the funding output is unspent,
   every participant holding the signed distribution broadcasts it (it is final from then on: its
   nLockTime is the distribution height), again every block until it or a conflicting spend confirms.
+  It was signed with fee variants (`factory.graph.fee_variants`: the same payments at 4, 16 and 64
+  times the agreed rate, the extra from the LSP's output): a variant the mempool refuses for its fee
+  moves on to the next at once, and one still unconfirmed `escalate_blocks` after it went out is
+  replaced by the next (RBF), so the distribution confirms at a market rate far above the agreed one
+  with no coin of the holder's own, before the LSP's timeout (`timeout(0)`) could take the funding output.
 - **A balance the distribution does not pay (client):** the distribution, signed at creation, pays a
   client its leaf channel's capacity; a client whose liquidity sales brought its balance above that
   (leaf and sale channels together) would lose the difference if the factory ended by distribution. From
@@ -26,7 +31,8 @@ that has not reached its end (distributed or closed) decides whether anything is
   relative wait, must confirm first), else at `exit_start_height` (its leaf's timeout less its
   early-warning time and some slack), leaving room for a cooperative rollover until then.
 - **Sweeps (LSP):** every tree output whose absolute timeout has passed and that no tree transaction
-  spent (`timeout_sweep`), and the L-stock of every confirmed leaf `lstock_csv_blocks` after it
+  spent (`timeout_sweep`; not the funding output itself while the LSP holds the distribution, which it
+  keeps offering instead), and the L-stock of every confirmed leaf `lstock_csv_blocks` after it
   confirmed (`lstock_sweep`), signed with the LSP's factory key and paid to the LSP's payout script
   (a wallet script: lightningd's `listfunds` gets them), broadcast every block until confirmed.
 
@@ -45,7 +51,8 @@ from typing import Any, Callable, Optional
 
 from ..bitcoin.tx import OutPoint, Tx
 from ..client.membership import Client, channel_in_factory, factory_key_label
-from ..factory.graph import Factory, FactoryGraph, FactoryScripts, ScriptSpend, lstock_sweep, timeout_sweep
+from ..factory.graph import (FEE_VARIANT_MULTIPLIERS, Factory, FactoryGraph, FactoryScripts, ScriptSpend, lstock_sweep,
+                             timeout_sweep)
 from ..factory.lifecycle import (CLOSE_CONFIRMED, TERMINAL, Facts, Phase, client_online_deadline,
                                  dying_warning_interval, exit_start_height, next_phase, phase, sign_script_spend,
                                  timeline, uncovered_exit_height)
@@ -77,7 +84,7 @@ class Watch:
     params: FactoryParams
     funding: str  # "txid:vout"
     funding_prevout: tuple[int, bytes]
-    distribution: Optional[Tx]
+    distribution: Optional[Tx]  # the base distribution (at the agreed fee rate)
     close_txid: Optional[str]
     close_status: Optional[str]
     tree: dict[str, str]  # txid -> name of each tree transaction this node holds signed
@@ -87,6 +94,7 @@ class Watch:
     lsp_script: bytes = b""  # LSP: its payout script (a wallet script), where sweeps pay
     sold_leaves: frozenset[int] = frozenset()  # LSP: leaves whose L-stock a liquidity sale (that backs a channel) spends
     sales: tuple[dict[str, Any], ...] = ()  # LSP: its record's liquidity sales, in signing order
+    distributions: tuple[Tx, ...] = ()  # the distribution and its fee variants, cheapest first
 
 
 def watch_of(fid: str, rec: dict[str, Any]) -> Optional[Watch]:
@@ -96,6 +104,7 @@ def watch_of(fid: str, rec: dict[str, Any]) -> Optional[Watch]:
     params = FactoryParams.deserialize(rec["params"].encode())
     close = rec.get("close") if isinstance(rec.get("close"), dict) else None
     dist = Tx.from_hex(rec["distribution"]) if rec.get("distribution") else None
+    dists = (dist, *(Tx.from_hex(h) for h in rec.get("distribution_variants", []))) if dist is not None else ()
     # a close this node only partially signed (it never got the whole) is still recognised by its txid
     close_txid = Tx.from_hex(close["tx"]).txid if close and close.get("tx") else \
         (rec.get("frozen") or {}).get("close_txid")
@@ -106,14 +115,14 @@ def watch_of(fid: str, rec: dict[str, Any]) -> Optional[Watch]:
                      close_txid, close.get("status") if close else None, tree,
                      lsp_script=bytes.fromhex(rec["scripts"]["lsp"]),
                      sold_leaves=frozenset(int(x["leaf"]) for x in rec.get("sales", []) if x.get("status") != UNOPENED),
-                     sales=tuple(rec.get("sales", [])))
+                     sales=tuple(rec.get("sales", [])), distributions=dists)
     names = [f"path/{i}" for i in range(len(rec["signed_path"]))]
     tree = {Tx.from_hex(h).txid: n for n, h in zip(names, rec["signed_path"])}
     kickoffs = {f"path/{params.path_offset(d)}" for d in range(params.first_dw_depth, params.height + 1)}
     value, script = rec["path_prevouts"][0]
     return Watch(fid, "client", params, rec["funding_outpoint"], (int(value), bytes.fromhex(script)), dist,
                  close_txid, close.get("status") if close else None, tree, kickoffs,
-                 int(rec["early_warning_blocks"]), names[-1])
+                 int(rec["early_warning_blocks"]), names[-1], distributions=dists)
 
 
 def facts_of(watch_or_rec: Any, life: Optional[dict[str, Any]], exit_rec: Optional[dict[str, Any]]) -> Facts:
@@ -214,8 +223,8 @@ class Lifecycle:
         self._life[fid] = life
         self._keys[fid] = ([], [])
         self._index_outpoint(fid, watch.funding, "funding", "funding")
-        if watch.distribution is not None:
-            self._index_txid(fid, watch.distribution.txid, "distribution", "distribution")
+        for dist in watch.distributions:
+            self._index_txid(fid, dist.txid, "distribution", "distribution")
         if watch.close_txid is not None:
             self._index_txid(fid, watch.close_txid, "close", "close")
         for txid, name in watch.tree.items():
@@ -312,7 +321,7 @@ class Lifecycle:
         fid, kind, name = hit
         life, watch = self._life[fid], self._watches[fid] if self._watches else None
         if kind == "funding" and watch is not None and life["funding_spent"] is None:
-            if watch.distribution is not None and spender == watch.distribution.txid:
+            if spender in {d.txid for d in watch.distributions}:
                 by = "distribution"
             elif spender == watch.close_txid:
                 by = "close"
@@ -388,17 +397,37 @@ class Lifecycle:
     # --- distribution ---
 
     def _broadcast_distribution(self, watch: Watch, life: dict[str, Any], height: int) -> bool:
+        """Offer the current fee variant of the distribution; move to the next one when the mempool
+        refuses this one for its fee, or when it went out `escalate_blocks` ago and has not confirmed."""
         assert watch.distribution is not None
         dist = life["distribution"] or _distribution_entry()
         life["distribution"] = dist
-        error = self.node.broadcast(watch.distribution.to_hex(), [watch.funding_prevout])
+        variants = watch.distributions or (watch.distribution,)
+        k = min(int(dist.get("variant") or 0), len(variants) - 1)
+        since = dist.get("variant_since_height")
+        if since is not None and height - int(since) >= escalate_blocks(watch.params) and k + 1 < len(variants):
+            k += 1
+            self.log(f"factory {watch.fid}: the distribution has not confirmed since height {since}: "
+                     f"replacing it with its variant at {FEE_VARIANT_MULTIPLIERS[k - 1]}x the agreed fee rate")
+            since = None
+        while True:
+            tx = variants[k]
+            error = self.node.broadcast(tx.to_hex(), [watch.funding_prevout])
+            if error is None or not _fee_refusal(error) or k + 1 >= len(variants):
+                break
+            self.log(f"factory {watch.fid}: the distribution at {_rate_of(k)} was refused for its fee ({error}); "
+                     f"trying its variant at {FEE_VARIANT_MULTIPLIERS[k]}x", level="info")
+            k, since = k + 1, None
         dist["attempts"] = int(dist.get("attempts", 0)) + 1
-        dist["txid"] = watch.distribution.txid
+        dist["txid"] = tx.txid
+        dist["variant"] = k
+        if since is None:
+            dist["variant_since_height"] = height
         if error is None:
-            if dist["status"] != "broadcast":
+            if dist["status"] != "broadcast" or since is None:
                 self.log(f"factory {watch.fid}: funding output unspent at the distribution height "
                          f"{watch.params.distribution_height}: broadcast the distribution transaction "
-                         f"{watch.distribution.txid}")
+                         f"{tx.txid} ({_rate_of(k)})")
             dist.update(status="broadcast", last_error=None)
             dist.setdefault("first_broadcast_height", height)
             dist["first_broadcast_height"] = dist["first_broadcast_height"] or height
@@ -511,7 +540,9 @@ class Lifecycle:
         dest = watch.lsp_script
         added = False
         candidates: list[int] = []
-        if life["funding_spent"] is None and height >= params.timeout(0) - 1:
+        # The funding output is never swept while we hold its distribution: that pays us our share too, and
+        # its fee variants go on being offered; taking the clients' capacity instead would be theft.
+        if life["funding_spent"] is None and height >= params.timeout(0) - 1 and watch.distribution is None:
             candidates.append(0)
         for n in topology.nodes:
             if graph.states[n.index].name not in confirmed:
@@ -584,7 +615,25 @@ class Lifecycle:
 
 def _distribution_entry() -> dict[str, Any]:
     return {"status": "waiting", "txid": None, "attempts": 0, "first_broadcast_height": None,
-            "last_broadcast_height": None, "confirmed_height": None, "last_error": None}
+            "last_broadcast_height": None, "confirmed_height": None, "last_error": None, "variant": 0,
+            "variant_since_height": None}
+
+
+def escalate_blocks(params: FactoryParams) -> int:
+    """Blocks a distribution variant is given to confirm before the next one replaces it: every variant
+    gets its turn well inside the margin before the funding output's timeout (at most 6 blocks each)."""
+    return max(1, min(6, params.timeout_margin_blocks // (len(FEE_VARIANT_MULTIPLIERS) + 2)))
+
+
+def _rate_of(k: int) -> str:
+    return "the agreed fee rate" if k == 0 else f"{FEE_VARIANT_MULTIPLIERS[k - 1]}x the agreed fee rate"
+
+
+def _fee_refusal(error: str) -> bool:
+    """Did the mempool refuse a transaction for its fee (not for a conflict or a missing input)?"""
+    text = error.lower()
+    return any(s in text for s in ("fee not met", "insufficient fee", "min relay fee", "mempool min fee",
+                                   "feerate", "fee too low"))
 
 
 def lsp_graph(rec: dict[str, Any]) -> FactoryGraph:

@@ -52,7 +52,8 @@ class ExitPlan:
 
 def plan_for(rec: dict[str, Any], txs: list[list[Any]], channels: list[str]) -> ExitPlan:
     params = FactoryParams.deserialize(rec["params"].encode())
-    known = {Tx.from_hex(rec["distribution"]).txid: DISTRIBUTION} if rec.get("distribution") else {}
+    known = {Tx.from_hex(h).txid: DISTRIBUTION
+             for h in ([rec["distribution"]] if rec.get("distribution") else []) + rec.get("distribution_variants", [])}
     return ExitPlan(txs, channels, bump_after(rec), params.timeout(params.height), known, params.step_blocks)
 
 

@@ -218,7 +218,9 @@ class Client:
 
     def _record(self, inv: Invitation, signed: tuple[Tx, ...]) -> dict[str, Any]:
         participant = self.participants[inv.factory_id]
-        path = participant.jobs[:-1]  # the tree path; the last job is the distribution
+        # The tree path, then the distribution and its fee variants (factory.graph.fee_variants).
+        n_path = sum(1 for t in participant.jobs if not t.name.startswith("distribution"))
+        path = participant.jobs[:n_path]
         leaf = path[-1]
         capacity = inv.balance_sat + inv.inbound_sat
         params = inv.params
@@ -241,10 +243,11 @@ class Client:
             "pubkey": inv.pubkey.hex(), "capacity_sat": capacity, "balance_sat": inv.balance_sat,
             "leaf_outpoint": f"{leaf.tx.txid}:{vout}",
             "funding_outpoint": f"{funding.txid_hex}:{funding.vout}",
-            "signed_path": [tx.to_hex() for tx in signed[:-1]],
+            "signed_path": [tx.to_hex() for tx in signed[:n_path]],
             "path_prevouts": [[t.prevout.value, t.prevout.script_pubkey.hex()] for t in path],
             "path_waits": list(exit_path.waits),
-            "distribution": signed[-1].to_hex(),
+            "distribution": signed[n_path].to_hex(),
+            "distribution_variants": [tx.to_hex() for tx in signed[n_path + 1:]],  # at higher fee rates
             "exit": {"transactions": len(path), "vbytes": exit_path.vbytes,
                      "fee_sat": exit_path.fee, "wait_blocks": sum(exit_path.waits)},
             "early_warning_blocks": exit_path.early_warning_blocks(params.confirm_blocks),

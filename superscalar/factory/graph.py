@@ -508,16 +508,21 @@ class FactoryGraph:
     def distribution(self) -> TreeTx:
         return distribution_tx(self.factory, self.funding)
 
+    def distributions(self) -> tuple[TreeTx, ...]:
+        """The distribution and its fee variants, cheapest first."""
+        base = self.distribution()
+        return (base, *fee_variants(self.factory, base, self.funding))
+
 
 def spend_funding(
     shape: FactoryShape, name: str, funding: OutPoint, funding_value: int, outputs: Sequence[TxOut] | bytes,
-    locktime: int = 0,
+    locktime: int = 0, fee_multiplier: int = 1,
 ) -> TreeTx:
     """A key-path spend of the funding output by everyone (close, distribution) paying `outputs`
     (or a consensus-serialized output vector, as a proposal carries it).
 
     Raises FactoryError unless the outputs end with the agreed anchor, none is dust, and they leave
-    exactly the pre-agreed fee."""
+    exactly the pre-agreed fee (`fee_multiplier` times it, for a fee variant)."""
     params = shape.params
     sequence = SEQUENCE_LOCKTIME_ENABLED if locktime else SEQUENCE_FINAL
     inputs = (TxIn(funding, sequence=sequence),)
@@ -539,10 +544,35 @@ def spend_funding(
         # Too large for TRUC (a distribution or close for hundreds of clients): version 2, still
         # with its P2A anchor and pre-agreed fee.
         tx = tx.with_version(2)
-    if funding_value - sum(values) != params.fee(vsize):
+    if funding_value - sum(values) != params.fee(vsize, fee_multiplier):
         raise FactoryError(f"{name}: outputs do not leave the agreed fee")
     prevout = TxOut(funding_value, shape.funding_taproot.script_pubkey)
     return TreeTx(name, tx, prevout, shape.owned_spend(0))
+
+
+# Fee variants of the distribution, signed with it at creation: the same payments to the clients at
+# these multiples of the agreed fee rate, the extra fee taken from the LSP's output (the LSP is the
+# party whose job was to close or roll the factory over before it came to this). Any holder, with no
+# coin of its own, can publish the cheapest one that confirms when fees are far above the agreed rate.
+FEE_VARIANT_MULTIPLIERS = (4, 16, 64)
+
+
+def fee_variants(shape: FactoryShape, base: TreeTx, funding: OutPoint) -> tuple[TreeTx, ...]:
+    """`base` (a spend of the funding output whose last output before the anchor is the LSP's) again at
+    each of FEE_VARIANT_MULTIPLIERS times the agreed fee rate, named "<name>-x<m>", while the LSP's output
+    stays at or above the dust limit. Both roles build them the same way from the base."""
+    params = shape.params
+    vsize = signed_vsize(base.tx)
+    out: list[TreeTx] = []
+    for m in FEE_VARIANT_MULTIPLIERS:
+        outputs = list(base.tx.outputs)
+        lsp = outputs[-2]
+        value = lsp.value - (params.fee(vsize, m) - params.fee(vsize))
+        if value < params.dust_limit_sat:
+            break
+        outputs[-2] = TxOut(value, lsp.script_pubkey)
+        out.append(spend_funding(shape, f"{base.name}-x{m}", funding, base.prevout.value, outputs, base.tx.locktime, m))
+    return tuple(out)
 
 
 def _pay_lsp_the_rest(factory: Factory, name: str, funding: OutPoint, clients: Sequence[TxOut], locktime: int) -> TreeTx:

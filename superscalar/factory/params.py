@@ -164,9 +164,10 @@ class FactoryParams:
         dw = self.layers * (self.step_blocks * (self.states_per_layer - 1) + 2 * self.confirm_blocks)
         return self.first_dw_depth * self.confirm_blocks + dw
 
-    def fee(self, vsize: int) -> int:
-        """The pre-agreed fee of a transaction of `vsize` vbytes, rounded up."""
-        return -(-vsize * self.feerate_per_kvb // 1000)
+    def fee(self, vsize: int, multiplier: int = 1) -> int:
+        """The pre-agreed fee of a transaction of `vsize` vbytes (at `multiplier` times the agreed rate,
+        for a fee variant), rounded up."""
+        return -(-vsize * self.feerate_per_kvb * multiplier // 1000)
 
     def payout_sat(self, balance_msat: int) -> int:
         """What a cooperative close (or a rollover, to a leaver) pays a client whose channels hold

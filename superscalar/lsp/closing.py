@@ -435,6 +435,7 @@ def _next_record(b: Factory, graph: Any, specs: list[ClientSpec], pending: Pendi
                      for t in graph.txs()]
     record["paths"] = [[t.name for t in graph.path_txs(i)] for i in range(len(specs))]
     record["distribution"] = signed["distribution"].to_hex()
+    record["distribution_variants"] = [signed[t.name].to_hex() for t in graph.distributions()[1:]]
     record["stage"] = "rollover-completing"
     record["rollover_of"] = rollover_of
     record["frozen"] = {"reason": "rollover-funding", "since_height": b.params.start_height, "next_factory": None}

@@ -242,6 +242,7 @@ class Lsp:
                              for t in graph.txs()]
             record["paths"] = [[t.name for t in graph.path_txs(i)] for i in range(len(clients))]
             record["distribution"] = signed["distribution"].to_hex()
+            record["distribution_variants"] = [signed[t.name].to_hex() for t in graph.distributions()[1:]]
             record["funding_psbt"] = prepared.psbt
             record["stage"] = "completing"
             self.store.put(fid.hex(), "factory", record)

@@ -25,6 +25,7 @@ from ..factory.graph import (
     FactoryShape,
     TreeTx,
     anchor_output,
+    fee_variants,
     liquidity_sale,
     signed_vsize,
     spend_funding,
@@ -116,7 +117,7 @@ def _tree_round(kind: Kind, factory: Factory, graph: FactoryGraph, factory_id: b
 def construction_round(factory: Factory, graph: FactoryGraph, factory_id: bytes, session_id: bytes) -> Round:
     """Sign the whole tree and the distribution transaction."""
     everyone = {c: 0 for c in range(factory.params.n_clients)}
-    return _tree_round(Kind.CONSTRUCTION, factory, graph, factory_id, session_id, everyone, [graph.distribution()])
+    return _tree_round(Kind.CONSTRUCTION, factory, graph, factory_id, session_id, everyone, list(graph.distributions()))
 
 
 def advance_round(factory: Factory, graph: FactoryGraph, changed: int, factory_id: bytes, session_id: bytes) -> Round:
@@ -249,7 +250,7 @@ def _tree_jobs(expect: Expectation, msg: Propose, params: FactoryParams, shape: 
                              msg.distribution, params.distribution_height)
         if client >= len(dist.tx.outputs) or dist.tx.outputs[client] != TxOut(mine.value, expect.payout_script or b""):
             raise ProposalError("the distribution transaction does not pay us our channel's capacity")
-        return (*path, dist)
+        return (*path, dist, *fee_variants(shape, dist, funding))
     if expect.previous_state is None:
         raise ProposalError("no current state to advance from")
     try:

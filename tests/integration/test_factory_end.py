@@ -69,3 +69,44 @@ def test_uncovered_client_exits_before_distribution(node_factory: Any, bitcoind:
     dist = record(buyer, fid)["distribution"]
     assert bitcoind.rpc.decoderawtransaction(dist)["txid"] not in bitcoind.rpc.getrawmempool()
     no_broken(nodes)
+
+
+def test_distribution_confirms_at_10x_fees(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """The LSP vanishes before the distribution height and the fee market is far above the agreed rate
+    (bitcoind treats the distribution and its 4x variant as paying nothing, `prioritisetransaction`):
+    the clients, which own no coin, publish the 16x variant themselves; it confirms before the LSP's
+    timeout and pays each client its channel's whole capacity, to the sat."""
+    lsp, clients = network(node_factory, plugin_path, 2)
+    nodes = [lsp, *clients]
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    rec = record(clients[0], fid)
+    base = bitcoind.rpc.decoderawtransaction(rec["distribution"])
+    variants = [bitcoind.rpc.decoderawtransaction(h) for h in rec["distribution_variants"]]
+    assert len(variants) == 3 and all(v["vout"][:2] == base["vout"][:2] for v in variants)
+    funding_value = record(lsp, fid)["funding_value_sat"]
+
+    def fee_sat(tx: dict[str, Any]) -> int:
+        return funding_value - sum(round(o["value"] * 100_000_000) for o in tx["vout"])
+
+    for tx in (base, variants[0]):  # the market ignores these: as if they paid nothing
+        bitcoind.rpc.prioritisetransaction(tx["txid"], 0, -fee_sat(tx))
+    assert all(c.rpc.listfunds()["outputs"] == [] for c in clients)  # the clients own no coin
+    lsp.stop()
+    height = bitcoind.rpc.getblockcount()
+    bitcoind.generate_block(params.distribution_height - height)
+    sync_blockheight(bitcoind, clients)
+    wait_for(lambda: variants[1]["txid"] in bitcoind.rpc.getrawmempool())
+    for c in clients:
+        c.daemon.wait_for_log("trying its variant at 16x")
+    mine_until(bitcoind, clients, lambda: bitcoind.rpc.gettxout(variants[1]["txid"], 0, False) is not None, blocks=3)
+    mined = bitcoind.rpc.getrawtransaction(variants[1]["txid"], True)
+    assert mined["confirmations"] >= 1
+    assert fee_sat(variants[1]) == params.fee(variants[1]["vsize"], 16)
+    assert bitcoind.rpc.getblockcount() < params.timeout(0)
+    for i, c in enumerate(clients):
+        paid = round(mined["vout"][i]["value"] * 100_000_000)
+        assert paid == BALANCE_SAT + INBOUND_SAT
+        wait_for(lambda: sum(o["amount_msat"] for o in c.rpc.listfunds()["outputs"]) == paid * 1000)
+    no_broken(clients)

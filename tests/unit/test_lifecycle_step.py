@@ -224,3 +224,57 @@ def test_client_off_the_racing_path_starts_before_its_timeout() -> None:
     assert node.sent == []  # the distribution is never sent once the tree is on chain
     run(node, lifecycle, 150)
     assert node.sent == [] and len(exits.started) == 1
+
+
+def test_distribution_fee_variants_escalate_without_a_coin() -> None:
+    """Fees at 10x the agreed rate: the mempool refuses the distribution and its 4x variant for their
+    fee, so the 16x variant goes out in the same block; it confirms, and pays every client exactly what
+    the base pays (the extra fee came out of the LSP's output)."""
+    kit, graph = factory()
+    dists = graph.distributions()
+    assert [t.name for t in dists] == ["distribution", "distribution-x4", "distribution-x16", "distribution-x64"]
+    node, lifecycle, log = lsp_setup(kit, graph, {})
+    rec = lifecycle.store.get(FID, "factory")
+    assert rec is not None
+    rec["distribution_variants"] = [t.tx.to_hex() for t in dists[1:]]
+    lifecycle.store.put(FID, "factory", rec)
+    market_per_kvb = 10 * PARAMS.feerate_per_kvb
+
+    def broadcast(tx_hex: str, prevouts: list[tuple[int, bytes]]) -> Optional[str]:
+        tx = Tx.from_hex(tx_hex)
+        fee = prevouts[0][0] - sum(o.value for o in tx.outputs)
+        if fee * 1000 < market_per_kvb * next(t for t in dists if t.tx.txid == tx.txid).vsize:
+            return "min relay fee not met"
+        node.sent.append((node.height, tx_hex, prevouts))
+        return None
+
+    node.broadcast = broadcast  # type: ignore[method-assign]
+    run(node, lifecycle, 140)
+    assert [tx for _, tx, _ in node.sent] == [dists[2].tx.to_hex()]
+    base, x16 = dists[0].tx, dists[2].tx
+    assert x16.outputs[:4] == base.outputs[:4]  # every client is paid the same
+    assert base.outputs[4].value - x16.outputs[4].value == PARAMS.fee(dists[0].vsize, 16) - PARAMS.fee(dists[0].vsize)
+    node.blocks[141] = [x16]
+    run(node, lifecycle, 143)
+    life = lifecycle.store.get(FID, LIFECYCLE)
+    assert life is not None and life["funding_spent"] == {"height": 141, "txid": x16.txid, "by": "distribution"}
+    assert life["distribution"]["variant"] == 2
+
+
+def test_unconfirmed_distribution_is_replaced_by_the_next_variant() -> None:
+    """Accepted but never mined (a fee market the mempool does not show): each variant gets
+    escalate_blocks, then the next replaces it."""
+    from superscalar.chain.lifecycle import escalate_blocks
+
+    kit, graph = factory()
+    dists = graph.distributions()
+    node, lifecycle, _ = lsp_setup(kit, graph, {})
+    rec = lifecycle.store.get(FID, "factory")
+    assert rec is not None
+    rec["distribution_variants"] = [t.tx.to_hex() for t in dists[1:]]
+    lifecycle.store.put(FID, "factory", rec)
+    step = escalate_blocks(PARAMS)
+    run(node, lifecycle, 140 + 3 * step + 1)
+    sent = [Tx.from_hex(tx).txid for _, tx, _ in node.sent]
+    firsts = [sent.index(t.tx.txid) for t in dists]
+    assert firsts == sorted(firsts) and [node.sent[i][0] for i in firsts] == [140 + k * step for k in range(4)]

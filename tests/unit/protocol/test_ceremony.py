@@ -65,14 +65,16 @@ def test_construction_round_completes_and_every_signature_verifies() -> None:
     assert isinstance(lsp, Completed) and coordinator.state is CState.COMPLETE
     graph = kit.factory.graph(FUNDING)
     jobs = coordinator.round.jobs
-    assert len(lsp.signed) == len(graph.txs()) + 1  # the tree and the distribution
+    assert len(lsp.signed) == len(graph.txs()) + len(graph.distributions())  # the tree, the distribution, its variants
+    assert [t.name for t in graph.distributions()] == ["distribution", "distribution-x4", "distribution-x16",
+                                                       "distribution-x64"]
     for t, tx in zip(jobs, lsp.signed):
         assert schnorr_verify(t.sighash, t.prevout.script_pubkey[2:], tx.inputs[0].witness[0])
     for c, p in participants.items():
         out = result.client_outcome(c)
         assert isinstance(out, Completed) and p.state is PState.COMPLETE
         # The client holds its whole signed exit path and the distribution.
-        assert [tx.txid for tx in out.signed] == [t.tx.txid for t in (*graph.path_txs(c), graph.distribution())]
+        assert [tx.txid for tx in out.signed] == [t.tx.txid for t in (*graph.path_txs(c), *graph.distributions())]
         # It persisted the signed path before it reported Done.
         records = [r for peer, r in result.persisted if peer == c]
         assert records == ["signing", "signed"]
