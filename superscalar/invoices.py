@@ -33,7 +33,7 @@ from .htlc_index import CLIENT, HtlcIndex
 from .htlc_timing import required_final_cltv, with_final_cltv
 from .node import ClnNode, msat
 from .protocol.bolt11 import TAG_F, TAG_R, RouteHop, amount_msat, has_field, with_routes
-from .protocol.lsps0 import parse_scid
+from .protocol.lsps0 import format_scid, parse_scid
 
 # lightningd's `invoice` parameters, in positional order (doc/schemas/invoice.json).
 INVOICE_PARAMS = ("amount_msat", "label", "description", "expiry", "fallbacks", "preimage",
@@ -203,6 +203,9 @@ class Invoices:
         except Exception:
             self.node.rpc.call("createinvoice", {"invstring": text, "label": label, "preimage": preimage})
             raise
+        self.log(f"invoice {label}: lightningd gave it no route hint; hint through the LSP over "
+                 + ", ".join(f"{format_scid(h.short_channel_id)} ({h.fee_base_msat} msat + {h.fee_proportional_millionths}"
+                             f" ppm, delta {h.cltv_expiry_delta})" for h in hops))
         out = {k: v for k, v in made.items() if k not in HINT_WARNINGS}
         if len(hops) > 1:
             out["warning_mpp"] = "The invoice is only payable by MPP-capable payers."
