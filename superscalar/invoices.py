@@ -6,8 +6,9 @@ user never needs to know the early-warning time.
 
 Route hints: a client's factory channels are unannounced, so a payer reaches it only through a route
 hint via its LSP. lightningd leaves out a hint through a peer it cannot place in the graph from gossip
-(`listincoming` gives such a peer no capacity: a "dead end"), and a client that has just joined does not
-know its LSP from gossip yet: its first invoices carried no hint, and nobody could pay them. So on a
+(`listincoming` gives such a peer no capacity: a "dead end"), and one over a channel whose peer's
+`channel_update` has not arrived yet; a client that has just joined knows neither yet: its first
+invoices carried no hint, and nobody could pay them. So on a
 node with client factories the hook makes the invoice itself, in a thread (the hook is asynchronous):
 it asks lightningd for it (the caller's request, the final CLTV raised, and a preimage of its own if the
 caller gave none; the hook lets that call through), and if lightningd put a route hint in, that invoice
