@@ -272,6 +272,11 @@ class HtlcIndex:
                     out.append((ch, next(iter(owners.values()))))
             return out
 
+    def lsps(self) -> tuple[str, ...]:
+        """The LSPs of this node's client factories (from the records alone)."""
+        with self._lock:
+            return tuple(self._lsps)
+
     def _owners(self, ch: LiveChannel) -> dict[str, FactoryChannel]:
         """The factory entries of `ch`, by its channel id (LSP records) or funding outpoint (client
         records); the caller holds the lock."""

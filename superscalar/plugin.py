@@ -35,7 +35,7 @@ from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
 from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
 from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex, LiveChannel, PeerRefresh
-from superscalar.invoices import rewrite_invoice
+from superscalar.invoices import CONTINUE, Invoices
 from superscalar.listing import describe
 from superscalar.lsp.closing import Closer
 from superscalar.lsp.sale import Seller
@@ -120,6 +120,7 @@ class Roles:
             int(options.get("superscalar-lsp-short-htlc-max-msat-per-client") or DEFAULT_PER_CLIENT_MSAT),
             int(options.get("superscalar-lsp-short-htlc-max-msat-total") or DEFAULT_TOTAL_MSAT)))
         self.htlcs = HtlcGuard(self.node, self.index, self.client, self.exposure)
+        self.invoices = Invoices(self.node, self.index, plugin.log)
         self.watch = HtlcWatch(self.node, self.store, self.index, self.client, self.exits, self.exposure, plugin.log,
                                int(options.get("superscalar-htlc-exit-allowance-blocks") or DEFAULT_HTLC_EXIT_ALLOWANCE))
         self.ladder: Optional[Ladder] = None
@@ -306,6 +307,20 @@ def _report(plugin: Plugin, what: str, e: Exception) -> None:
         plugin.log(f"{what}: lightningd unreachable ({e!r}), probably shutting down", level="info")
     else:
         plugin.log(f"{what}: {e!r}", level="broken")
+
+
+def _invoice_made(plugin: Plugin, r: Roles, rpc_command: dict[str, Any], request: Any) -> None:
+    """The `invoice` hook's answer from `Invoices.made`; if that failed, lightningd makes the invoice."""
+    try:
+        answer = r.invoices.made(rpc_command)
+    except Exception as e:
+        _report(plugin, "invoice route hint", e)
+        try:
+            answer = r.invoices.lightningds(rpc_command)
+        except Exception as e2:
+            _report(plugin, "invoice final CLTV", e2)
+            answer = CONTINUE
+    request.set_result(answer)
 
 
 def _progress_note(plugin: Plugin, request: Any, text: str, command: str = "superscalar-create") -> None:
@@ -734,16 +749,22 @@ def build_plugin() -> Plugin:
             return
         request.set_result({"result": "continue"})
 
-    @plugin.hook("rpc_command", filters=["invoice"])
-    def on_rpc_command(rpc_command: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
-        """`invoice` on a node with factory channels asks for their final CLTV (invoices.py)."""
+    def on_rpc_command(rpc_command: dict[str, Any], plugin: Plugin, request: Any, **kwargs: Any) -> None:
+        """`invoice` on a node with factory channels asks for their final CLTV; a client's gets a route
+        hint through its LSP if lightningd gave it none (invoices.py: made in a thread)."""
         r = holder.get("roles")
         try:
-            replaced = rewrite_invoice(r.index, rpc_command) if r else None
+            answer = r.invoices.at_once(rpc_command) if r else CONTINUE
         except Exception as e:  # the invoice is still made, with lightningd's defaults
             _report(plugin, "invoice final CLTV", e)
-            replaced = None
-        return {"result": "continue"} if replaced is None else {"replace": replaced}
+            answer = CONTINUE
+        if answer is not None:
+            request.set_result(answer)
+            return
+        threading.Thread(target=_invoice_made, args=(plugin, r, rpc_command, request), name="superscalar-invoice",
+                         daemon=True).start()
+
+    plugin.add_hook("rpc_command", on_rpc_command, background=True, filters=["invoice"])
 
     @plugin.hook("custommsg")
     def on_custommsg(peer_id: str, payload: str, plugin: Plugin, **kwargs: Any) -> dict[str, str]:

@@ -1,12 +1,15 @@
-"""BOLT-11 invoices, only as far as LSPS2 needs: replace an invoice's route hints (`r` fields) by one
-single-hop hint through the LSP ("3. Invoice Generation" of bLIP-52). lightningd's `invoice` command
-cannot put a hint through a channel that does not exist yet; `createinvoice` re-signs an invoice
-string it is given, so the client makes a normal invoice, rewrites its `r` here, and has lightningd
-sign the result. Pure: strings in, strings out; the signature is left for lightningd to replace."""
+"""BOLT-11 invoices, only as far as a client of an LSP needs: replace an invoice's route hints (`r`
+fields) by single-hop hints through the LSP ("3. Invoice Generation" of bLIP-52, and a factory
+client's invoices made before it knows its LSP from gossip: `invoices.py`). lightningd's `invoice`
+command cannot put a hint through a channel that does not exist yet, nor through a peer it cannot place
+in the graph; `createinvoice` re-signs an invoice string it is given, so the client makes a normal
+invoice, rewrites its `r` here, and has lightningd sign the result. Pure: strings in, strings out; the
+signature is left for lightningd to replace."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)  # BIP-173 "Checksum"
@@ -15,6 +18,7 @@ SIGNATURE_WORDS = 104  # 520 bits: 64-byte signature and recovery id
 CHECKSUM_WORDS = 6
 TAG_R = 3  # BOLT-11 "Tagged Fields": r, routing information
 TAG_C = 24  # c, min_final_cltv_expiry_delta
+TAG_F = 9  # f, fallback on-chain address
 
 
 class Bolt11Error(ValueError):
@@ -129,15 +133,52 @@ def route_hints(invoice: str) -> list[list[RouteHop]]:
     return out
 
 
-def with_route_hint(invoice: str, hop: RouteHop) -> str:
-    """`invoice` with its `r` fields replaced by the single hint `[hop]`; the old signature stays (it
+def with_routes(invoice: str, routes: Sequence[Sequence[RouteHop]]) -> str:
+    """`invoice` with its `r` fields replaced by one per route of `routes`; the old signature stays (it
     no longer matches: lightningd's `createinvoice` signs the result)."""
     hrp, timestamp, fields, signature = tagged_fields(invoice)
-    hint = to_words(hop.serialize())
+    hints = [(TAG_R, to_words(b"".join(hop.serialize() for hop in route))) for route in routes]
     words = list(timestamp)
-    for tag, data in [f for f in fields if f[0] != TAG_R] + [(TAG_R, hint)]:
+    for tag, data in [f for f in fields if f[0] != TAG_R] + hints:
+        if len(data) >= 1 << 10:
+            raise Bolt11Error("a tagged field is at most 1023 words")
         words += [tag, len(data) >> 5, len(data) & 31, *data]
     return bech32_encode(hrp, words + signature)
+
+
+def with_route_hint(invoice: str, hop: RouteHop) -> str:
+    """`invoice` with its `r` fields replaced by the single hint `[hop]` (see `with_routes`)."""
+    return with_routes(invoice, [[hop]])
+
+
+def has_field(invoice: str, tag: int) -> bool:
+    return any(t == tag for t, _ in tagged_fields(invoice)[2])
+
+
+# BOLT-11 "Human-Readable Part": the amount's multiplier, as msat per unit of the amount (1 BTC is
+# 10^11 msat); `p` is a tenth of an msat.
+_MSAT_PER_UNIT = {"": 100_000_000_000, "m": 100_000_000, "u": 100_000, "n": 100}
+
+
+def amount_msat(invoice: str) -> Optional[int]:
+    """The invoice's amount in msat, or None if it has none (any amount)."""
+    hrp, _ = bech32_decode(invoice)
+    if not hrp.startswith("ln"):
+        raise Bolt11Error("not a BOLT-11 human-readable part")
+    rest = hrp[2:]
+    start = next((i for i, c in enumerate(rest) if c.isdigit()), None)
+    if start is None:
+        return None
+    digits, multiplier = rest[start:], ""
+    if digits[-1] in "munp":
+        digits, multiplier = digits[:-1], digits[-1]
+    if not digits.isdigit() or (len(digits) > 1 and digits[0] == "0"):
+        raise Bolt11Error(f"bad amount in {hrp!r}")
+    if multiplier == "p":
+        if int(digits) % 10:
+            raise Bolt11Error("a pico-bitcoin amount must be a whole msat")
+        return int(digits) // 10
+    return int(digits) * _MSAT_PER_UNIT[multiplier]
 
 
 TAG_FEATURES = 5  # BOLT-11 "Tagged Fields": 9, feature bits
