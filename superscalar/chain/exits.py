@@ -43,8 +43,9 @@ from ..bitcoin.tx import OutPoint, Tx
 from ..bitcoind import Bitcoind, BitcoindError
 from .blocks import Blocks
 from .conflicts import UNKNOWN, conflict_kind, describe_conflict
-from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, child_fee, estimate_for, exit_deadline, feerate_of, race_deadlines,
-                           relative_wait, replacement_fee, target_feerate, tree_deadlines)
+from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, child_fee, estimate_for, exit_deadline, feerate_of,
+                           lstock_deadlines, race_deadlines, relative_wait, replacement_fee, target_feerate,
+                           tree_deadlines)
 from ..node import CHILD_VSIZE_P2WPKH, ClnNode
 from ..store import Store
 
@@ -82,7 +83,8 @@ class Exits:
     def start(self, factory_id: str, txs: list[list[Any]], channels: list[str], bump_after: int = 6,
               timeout_height: Optional[int] = None, htlc_expiry: Optional[int] = None,
               known: Optional[dict[str, str]] = None, dw_step: Optional[int] = None,
-              reason: Optional[dict[str, Any]] = None, confirmed: Optional[dict[str, int]] = None) -> dict[str, Any]:
+              reason: Optional[dict[str, Any]] = None, confirmed: Optional[dict[str, int]] = None,
+              lstock_csv: Optional[int] = None) -> dict[str, Any]:
         """Add `txs` ([name, hex, prevout value, prevout script hex], parents first) and the leaf
         channels at outpoints `channels` to this factory's exit, and take the first step.
         `timeout_height`: the factory timeout the path must beat; `htlc_expiry`: the earliest expiry of
@@ -90,7 +92,8 @@ class Exits:
         (the distribution) and what they are, to name a conflict; `dw_step`: the factory's DW step (an
         older state's head start); `reason`, if given, is added to the record's `reasons` (why this
         exit started, e.g. an HTLC's deadline); `confirmed`: names of `txs` already seen confirmed, with
-        their heights (the chain follower saw them before this exit existed)."""
+        their heights (the chain follower saw them before this exit existed); `lstock_csv`: the L-stock's
+        delay, after which the LSP alone may take an L-stock a sale of ours must spend first."""
         with self._lock:
             height = self.node.blockheight()
             progress = self.store.get(factory_id, "exit") or {
@@ -114,6 +117,8 @@ class Exits:
             progress["known"].update(known or {})
             if dw_step is not None:
                 progress["dw_step"] = dw_step
+            if lstock_csv is not None:
+                progress["lstock_csv"] = lstock_csv
             if progress["status"] != "conflicted" or len(progress["stopped"]) < len(progress["txs"]):
                 progress["status"] = "publishing"
             if reason is not None:
@@ -306,9 +311,12 @@ class _Step:
         waits = [relative_wait(self.parsed[n].inputs[0].sequence, self.parsed[n].version) for n in names]
         out = dict(zip(names, tree_deadlines(parents, waits, deadline))) if deadline is not None else {}
         confirmed = [self.p["confirmed_at"].get(n) for n in names]
-        for k, race in enumerate(race_deadlines(parents, waits, confirmed, self.p.get("dw_step"))):
-            if race is not None:
-                out[names[k]] = min(out.get(names[k], race), race)
+        races = zip(race_deadlines(parents, waits, confirmed, self.p.get("dw_step")),
+                    lstock_deadlines(names, parents, confirmed, self.p.get("lstock_csv")))
+        for k, pair in enumerate(races):
+            for race in pair:
+                if race is not None:
+                    out[names[k]] = min(out.get(names[k], race), race)
         return out
 
     def feerate(self, deadline: Optional[int]) -> int:

@@ -72,6 +72,21 @@ def race_deadlines(parents: Sequence[Optional[int]], waits: Sequence[int], confi
     return out
 
 
+def lstock_deadlines(names: Sequence[str], parents: Sequence[Optional[int]], confirmed_at: Sequence[Optional[int]],
+                     lstock_csv: Optional[int]) -> list[Optional[int]]:
+    """A liquidity sale ("sale/...") spends an L-stock output whose script path lets the LSP alone take it
+    `lstock_csv` blocks after that output confirmed (its leaf, or the sale before it): the sale must
+    confirm by the parent's height + lstock_csv - 1. None where no such race runs (not a sale, the
+    parent not confirmed yet, or no delay known)."""
+    out: list[Optional[int]] = [None] * len(names)
+    if not lstock_csv:
+        return out
+    for i, (name, parent) in enumerate(zip(names, parents)):
+        if name.startswith("sale/") and parent is not None and confirmed_at[parent] is not None:
+            out[i] = int(confirmed_at[parent]) + lstock_csv - 1  # type: ignore[arg-type]
+    return out
+
+
 def exit_deadline(timeout_height: int, htlc_expiry: Optional[int]) -> int:
     """The height by which the whole path must be confirmed."""
     if htlc_expiry is None:

@@ -458,7 +458,7 @@ class Lifecycle:
         plan = exit_plan(self.store, self.client, watch.fid, None)
         # The path and our sales only: once they confirm, each channel is an ordinary funded one.
         progress = self.exits.start(watch.fid, plan.txs, [], plan.bump_after, plan.timeout_height, None, plan.known,
-                                    plan.dw_step, {"reason": why, "height": height})
+                                    plan.dw_step, {"reason": why, "height": height}, lstock_csv=plan.lstock_csv)
         life["exit_started"] = {"height": height, "reason": why}
         self.log(f"factory {watch.fid}: {why}; publishing this client's path ({progress['status']})", level="unusual")
         return True
@@ -492,7 +492,8 @@ class Lifecycle:
         # Publish the path only: once the leaf confirms the channel is an ordinary, funded one.
         progress = self.exits.start(watch.fid, plan.txs, [], plan.bump_after, plan.timeout_height, None, plan.known,
                                     plan.dw_step, {"reason": why, "height": height},
-                                    {n: h for n, h in confirmed.items() if n in {t[0] for t in plan.txs}})
+                                    {n: h for n, h in confirmed.items() if n in {t[0] for t in plan.txs}},
+                                    lstock_csv=plan.lstock_csv)
         life["exit_started"] = {"height": height, "reason": why}
         self.log(f"factory {watch.fid}: {why}; publishing this client's path ({progress['status']})")
         return True

@@ -43,18 +43,20 @@ class ExitPlan:
     timeout_height: int  # the factory timeout of the leaves' depth: the path must be on chain by then
     known: dict[str, str] = field(default_factory=dict)  # txid of the distribution -> "distribution"
     dw_step: Optional[int] = None  # an older state of a node becomes valid this many blocks after a newer one
+    lstock_csv: Optional[int] = None  # the LSP alone may take an L-stock this long after it confirmed
 
     def start(self, exits: Exits, factory_id: str, htlc_expiry: Optional[int] = None,
               reason: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         return exits.start(factory_id, self.txs, self.channels, self.bump_after, self.timeout_height, htlc_expiry,
-                           self.known, self.dw_step, reason)
+                           self.known, self.dw_step, reason, lstock_csv=self.lstock_csv)
 
 
 def plan_for(rec: dict[str, Any], txs: list[list[Any]], channels: list[str]) -> ExitPlan:
     params = FactoryParams.deserialize(rec["params"].encode())
     known = {Tx.from_hex(h).txid: DISTRIBUTION
              for h in ([rec["distribution"]] if rec.get("distribution") else []) + rec.get("distribution_variants", [])}
-    return ExitPlan(txs, channels, bump_after(rec), params.timeout(params.height), known, params.step_blocks)
+    return ExitPlan(txs, channels, bump_after(rec), params.timeout(params.height), known, params.step_blocks,
+                    params.lstock_csv_blocks)
 
 
 def exit_plan(store: Store, client: Client, factory_id: str, peer_id: Optional[str]) -> ExitPlan:

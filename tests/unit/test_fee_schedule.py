@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from superscalar.chain.fee_schedule import (ESCALATION_BLOCKS, HTLC_RESOLVE_BLOCKS, child_fee, estimate_for,
-                                      exit_deadline, feerate_of, relative_wait, replacement_fee, target_feerate,
-                                      tree_deadlines)
+                                      exit_deadline, feerate_of, lstock_deadlines, relative_wait, replacement_fee,
+                                      target_feerate, tree_deadlines)
 
 ESTIMATES = {2: 60_000, 6: 44_000, 12: 30_000, 100: 15_000}
 
@@ -87,3 +87,14 @@ def test_a_state_races_the_older_states_of_its_node() -> None:
     assert race_deadlines(parents, waits, [990, 1000, None], 144) == [None, None, 1000 + 288 + 143]
     assert race_deadlines(parents, waits, [990, None, None], 144) == [None, None, None]  # kickoff not on chain
     assert race_deadlines(parents, waits, [990, 1000, None], None) == [None, None, None]
+
+
+def test_a_sale_must_confirm_before_the_lstock_delay_runs_out() -> None:
+    """A sale spends an L-stock the LSP alone may take lstock_csv blocks after it confirmed: the sale's
+    deadline is its parent's confirmation height + lstock_csv - 1 (sales chain: each on the one before)."""
+    names = ["path/0", "path/1", "sale/1/0", "sale/1/1"]
+    parents = [None, 0, 1, 2]
+    assert lstock_deadlines(names, parents, [100, 110, None, None], 144) == [None, None, 253, None]
+    assert lstock_deadlines(names, parents, [100, 110, 120, None], 144) == [None, None, 253, 263]
+    assert lstock_deadlines(names, parents, [100, None, None, None], 144) == [None] * 4  # the leaf is not on chain
+    assert lstock_deadlines(names, parents, [100, 110, None, None], None) == [None] * 4

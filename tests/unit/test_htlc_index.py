@@ -214,7 +214,7 @@ class Started:
 
     def start(self, fid: str, txs: list[list[Any]], channels: list[str], bump: int, timeout_height: Optional[int],
               htlc_expiry: Optional[int], known: dict[str, str], dw_step: Optional[int],
-              reason: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+              reason: Optional[dict[str, Any]] = None, lstock_csv: Optional[int] = None) -> dict[str, Any]:
         assert reason is not None and htlc_expiry == reason["cltv_expiry"]
         self.calls.append((fid, channels, reason))
         return {}

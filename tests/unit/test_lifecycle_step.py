@@ -61,8 +61,9 @@ class Exits:
     def __init__(self) -> None:
         self.started: list[tuple[Any, ...]] = []
 
-    def start(self, *args: Any) -> dict[str, Any]:
+    def start(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         self.started.append(args)
+        self.kwargs = kwargs
         return {"status": "publishing"}
 
 
