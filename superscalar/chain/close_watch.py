@@ -22,14 +22,16 @@ it signed may confirm, and then it is recognised by its txid.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from ..bitcoin.block import block_hash, block_transactions
 from ..bitcoin.tx import OutPoint, Tx
 from ..client.membership import UNFUNDED
+from ..factory.params import FactoryParams
 from ..node import ClnNode
 from ..store import Store
 from .retire import factory_channel_ids, retire_channels
+from .variants import escalate_blocks, offer, rate_of
 
 SIGNED, BROADCAST, SEEN, CONFIRMED, CONFLICTED = "signed", "broadcast", "seen", "confirmed", "conflicted"
 MAX_BLOCKS_PER_SCAN = 32
@@ -52,11 +54,23 @@ def closed(record: dict[str, Any]) -> bool:
     return (record.get("close") or {}).get("status") == CONFIRMED
 
 
-def new_close(tx: Tx, prevout: tuple[int, bytes], height: int, next_factory: Optional[str]) -> dict[str, Any]:
-    """The `close` field of a record, for a close this node holds fully signed."""
+def new_close(tx: Tx, prevout: tuple[int, bytes], height: int, next_factory: Optional[str],
+              variants: Sequence[Tx] = ()) -> dict[str, Any]:
+    """The `close` field of a record, for a close this node holds fully signed (with its fee variants,
+    for a plain close: `factory.graph.fee_variants`)."""
     return {"tx": tx.to_hex(), "txid": tx.txid, "status": SIGNED, "confirmed_height": None,
             "next_factory": next_factory, "prevout": [prevout[0], prevout[1].hex()], "scanned_height": height,
-            "retired": False}
+            "retired": False, "variants": [v.to_hex() for v in variants], "variant": 0, "variant_since_height": None}
+
+
+def close_txids(record: dict[str, Any]) -> frozenset[str]:
+    """Every txid under which the close this node signed (fully or partially) may confirm: the close and
+    its fee variants."""
+    close = record.get("close") or {}
+    freeze = record.get("frozen") or {}
+    txids = {close.get("txid"), freeze.get("close_txid"), *freeze.get("close_txids", ())}
+    txids |= {Tx.from_hex(h).txid for h in close.get("variants", ())}
+    return frozenset(t for t in txids if t)
 
 
 def _active(record: dict[str, Any]) -> bool:
@@ -127,7 +141,7 @@ class CloseWatch:
         txid, vout = rec["funding_outpoint"].split(":")
         funding = OutPoint.from_hex(txid, int(vout))
         freeze = rec.get("frozen") or {}
-        expected = close["txid"] if close else freeze.get("close_txid")
+        expected = close_txids(rec)
         scanned = int(close["scanned_height"]) if close else int(freeze.get("scanned_height", freeze["since_height"]))
         first = scanned + 1
         for h in range(first, min(height, first + MAX_BLOCKS_PER_SCAN - 1) + 1):
@@ -135,7 +149,7 @@ class CloseWatch:
             spend = next((tx for tx in txs if any(i.prevout == funding for i in tx.inputs)), None)
             scanned = h
             if spend is not None:
-                self._see(fid, rec, spend, h, hash_, spend.txid == expected)
+                self._see(fid, rec, spend, h, hash_, spend.txid in expected)
                 self._at_depth(fid, rec, height, blocks)
                 return
         if close is None:
@@ -143,15 +157,23 @@ class CloseWatch:
             self.store.put(fid, "factory", rec)
             return
         close["scanned_height"] = scanned
-        if scanned >= height:  # caught up and still unspent: (re)broadcast the close
+        if scanned >= height:  # caught up and still unspent: (re)broadcast the close, escalating its variants
             value, script = close["prevout"]
-            why = self.node.broadcast(close["tx"], [(int(value), bytes.fromhex(script))])
+            prevouts = [(int(value), bytes.fromhex(script))]
+            txs = (Tx.from_hex(close["tx"]), *(Tx.from_hex(h) for h in close.get("variants", ())))
+            tx, why = offer(lambda t: self.node.broadcast(t.to_hex(), prevouts), txs, close, height,
+                            escalate_blocks(self._margin(rec)),
+                            lambda text: self.log(f"factory {fid}: the cooperative close {text}"))
             if why is None and close["status"] == SIGNED:
                 close["status"] = BROADCAST
-                self.log(f"factory {fid}: cooperative close {close['txid']} broadcast")
+                self.log(f"factory {fid}: cooperative close {tx.txid} broadcast ({rate_of(int(close['variant']))})")
             elif why is not None:
-                self.log(f"factory {fid}: broadcasting the cooperative close {close['txid']}: {why}")
+                self.log(f"factory {fid}: broadcasting the cooperative close {tx.txid}: {why}")
         self.store.put(fid, "factory", rec)
+
+    @staticmethod
+    def _margin(rec: dict[str, Any]) -> int:
+        return FactoryParams.deserialize(rec["params"].encode()).timeout_margin_blocks
 
     def _see(self, fid: str, rec: dict[str, Any], spend: Tx, height: int, hash_: str, ours: bool) -> None:
         """The funding output's spend is in the block at `height`: recorded, not yet acted on."""
@@ -191,7 +213,7 @@ class CloseWatch:
         close["scanned_height"] = height
         next_factory = close.get("next_factory")
         if ours:
-            close.update(status=CONFIRMED, confirmed_height=height)
+            close.update(status=CONFIRMED, confirmed_height=height, confirmed_txid=spend_txid)
             rec["close"] = close
             self.store.put(fid, "factory", rec)
             self.log(f"factory {fid}: cooperative close {spend_txid} confirmed at height {height}; retiring its channels"

@@ -51,8 +51,7 @@ from typing import Any, Callable, Optional
 
 from ..bitcoin.tx import OutPoint, Tx
 from ..client.membership import Client, channel_in_factory, factory_key_label
-from ..factory.graph import (FEE_VARIANT_MULTIPLIERS, Factory, FactoryGraph, FactoryScripts, ScriptSpend, lstock_sweep,
-                             timeout_sweep)
+from ..factory.graph import Factory, FactoryGraph, FactoryScripts, ScriptSpend, lstock_sweep, timeout_sweep
 from ..factory.lifecycle import (CLOSE_CONFIRMED, TERMINAL, Facts, Phase, client_online_deadline,
                                  dying_warning_interval, exit_start_height, next_phase, phase, sign_script_spend,
                                  timeline, uncovered_exit_height)
@@ -63,7 +62,9 @@ from ..store import Store
 from .blocks import Blocks, BlockView
 from .exits import DONE, Exits
 from .retire import factory_channel_ids, retire_channels
+from .close_watch import close_txids
 from .routing import exit_plan, never_funded
+from .variants import escalate_blocks, offer, rate_of
 
 LIFECYCLE = "lifecycle"  # the per-factory record this step writes
 SCANNED_KEY = ["superscalar", "chain", "lifecycle-height"]
@@ -95,6 +96,7 @@ class Watch:
     sold_leaves: frozenset[int] = frozenset()  # LSP: leaves whose L-stock a liquidity sale (that backs a channel) spends
     sales: tuple[dict[str, Any], ...] = ()  # LSP: its record's liquidity sales, in signing order
     distributions: tuple[Tx, ...] = ()  # the distribution and its fee variants, cheapest first
+    close_txids: frozenset[str] = frozenset()  # the close and its fee variants
 
 
 def watch_of(fid: str, rec: dict[str, Any]) -> Optional[Watch]:
@@ -105,9 +107,11 @@ def watch_of(fid: str, rec: dict[str, Any]) -> Optional[Watch]:
     close = rec.get("close") if isinstance(rec.get("close"), dict) else None
     dist = Tx.from_hex(rec["distribution"]) if rec.get("distribution") else None
     dists = (dist, *(Tx.from_hex(h) for h in rec.get("distribution_variants", []))) if dist is not None else ()
-    # a close this node only partially signed (it never got the whole) is still recognised by its txid
+    # a close this node only partially signed (it never got the whole) is still recognised by its txid,
+    # and a close by any of its fee variants' txids
     close_txid = Tx.from_hex(close["tx"]).txid if close and close.get("tx") else \
         (rec.get("frozen") or {}).get("close_txid")
+    closes = close_txids(rec)
     if rec["role"] == "lsp":
         first = rec["txs"][0]
         tree = {Tx.from_hex(h).txid: name for name, h, _, _ in rec["txs"]}
@@ -115,14 +119,14 @@ def watch_of(fid: str, rec: dict[str, Any]) -> Optional[Watch]:
                      close_txid, close.get("status") if close else None, tree,
                      lsp_script=bytes.fromhex(rec["scripts"]["lsp"]),
                      sold_leaves=frozenset(int(x["leaf"]) for x in rec.get("sales", []) if x.get("status") != UNOPENED),
-                     sales=tuple(rec.get("sales", [])), distributions=dists)
+                     sales=tuple(rec.get("sales", [])), distributions=dists, close_txids=closes)
     names = [f"path/{i}" for i in range(len(rec["signed_path"]))]
     tree = {Tx.from_hex(h).txid: n for n, h in zip(names, rec["signed_path"])}
     kickoffs = {f"path/{params.path_offset(d)}" for d in range(params.first_dw_depth, params.height + 1)}
     value, script = rec["path_prevouts"][0]
     return Watch(fid, "client", params, rec["funding_outpoint"], (int(value), bytes.fromhex(script)), dist,
                  close_txid, close.get("status") if close else None, tree, kickoffs,
-                 int(rec["early_warning_blocks"]), names[-1], distributions=dists)
+                 int(rec["early_warning_blocks"]), names[-1], distributions=dists, close_txids=closes)
 
 
 def facts_of(watch_or_rec: Any, life: Optional[dict[str, Any]], exit_rec: Optional[dict[str, Any]]) -> Facts:
@@ -225,8 +229,8 @@ class Lifecycle:
         self._index_outpoint(fid, watch.funding, "funding", "funding")
         for dist in watch.distributions:
             self._index_txid(fid, dist.txid, "distribution", "distribution")
-        if watch.close_txid is not None:
-            self._index_txid(fid, watch.close_txid, "close", "close")
+        for txid in watch.close_txids:
+            self._index_txid(fid, txid, "close", "close")
         for txid, name in watch.tree.items():
             self._index_txid(fid, txid, "tree", name)
         for k, sale in enumerate(watch.sales):
@@ -323,7 +327,7 @@ class Lifecycle:
         if kind == "funding" and watch is not None and life["funding_spent"] is None:
             if spender in {d.txid for d in watch.distributions}:
                 by = "distribution"
-            elif spender == watch.close_txid:
+            elif spender in watch.close_txids:
                 by = "close"
             else:
                 by = "tree"
@@ -397,45 +401,29 @@ class Lifecycle:
     # --- distribution ---
 
     def _broadcast_distribution(self, watch: Watch, life: dict[str, Any], height: int) -> bool:
-        """Offer the current fee variant of the distribution; move to the next one when the mempool
-        refuses this one for its fee, or when it went out `escalate_blocks` ago and has not confirmed."""
+        """Offer the distribution, escalating through its fee variants (`chain/variants.py`)."""
         assert watch.distribution is not None
         dist = life["distribution"] or _distribution_entry()
         life["distribution"] = dist
-        variants = watch.distributions or (watch.distribution,)
-        k = min(int(dist.get("variant") or 0), len(variants) - 1)
-        since = dist.get("variant_since_height")
-        if since is not None and height - int(since) >= escalate_blocks(watch.params) and k + 1 < len(variants):
-            k += 1
-            self.log(f"factory {watch.fid}: the distribution has not confirmed since height {since}: "
-                     f"replacing it with its variant at {FEE_VARIANT_MULTIPLIERS[k - 1]}x the agreed fee rate")
-            since = None
-        while True:
-            tx = variants[k]
-            error = self.node.broadcast(tx.to_hex(), [watch.funding_prevout])
-            if error is None or not _fee_refusal(error) or k + 1 >= len(variants):
-                break
-            self.log(f"factory {watch.fid}: the distribution at {_rate_of(k)} was refused for its fee ({error}); "
-                     f"trying its variant at {FEE_VARIANT_MULTIPLIERS[k]}x", level="info")
-            k, since = k + 1, None
+        fresh = dist.get("variant_since_height") is None or dist["status"] != "broadcast"
+        tx, error = offer(lambda t: self.node.broadcast(t.to_hex(), [watch.funding_prevout]),
+                          watch.distributions or (watch.distribution,), dist, height,
+                          escalate_blocks(watch.params.timeout_margin_blocks),
+                          lambda text: self.log(f"factory {watch.fid}: the distribution {text}", level="info"))
         dist["attempts"] = int(dist.get("attempts", 0)) + 1
-        dist["txid"] = tx.txid
-        dist["variant"] = k
-        if since is None:
-            dist["variant_since_height"] = height
         if error is None:
-            if dist["status"] != "broadcast" or since is None:
+            if fresh or dist.get("txid") != tx.txid:
                 self.log(f"factory {watch.fid}: funding output unspent at the distribution height "
                          f"{watch.params.distribution_height}: broadcast the distribution transaction "
-                         f"{tx.txid} ({_rate_of(k)})")
+                         f"{tx.txid} ({rate_of(int(dist['variant']))})")
             dist.update(status="broadcast", last_error=None)
-            dist.setdefault("first_broadcast_height", height)
-            dist["first_broadcast_height"] = dist["first_broadcast_height"] or height
+            dist["first_broadcast_height"] = dist.get("first_broadcast_height") or height
             dist["last_broadcast_height"] = height
         else:
             dist["last_error"] = error
             self.log(f"factory {watch.fid}: broadcasting the distribution failed (retried next block): {error}",
                      level="info")
+        dist["txid"] = tx.txid
         return True
 
     # --- a balance the distribution would not pay: the client's own path, before it ---
@@ -618,23 +606,6 @@ def _distribution_entry() -> dict[str, Any]:
     return {"status": "waiting", "txid": None, "attempts": 0, "first_broadcast_height": None,
             "last_broadcast_height": None, "confirmed_height": None, "last_error": None, "variant": 0,
             "variant_since_height": None}
-
-
-def escalate_blocks(params: FactoryParams) -> int:
-    """Blocks a distribution variant is given to confirm before the next one replaces it: every variant
-    gets its turn well inside the margin before the funding output's timeout (at most 6 blocks each)."""
-    return max(1, min(6, params.timeout_margin_blocks // (len(FEE_VARIANT_MULTIPLIERS) + 2)))
-
-
-def _rate_of(k: int) -> str:
-    return "the agreed fee rate" if k == 0 else f"{FEE_VARIANT_MULTIPLIERS[k - 1]}x the agreed fee rate"
-
-
-def _fee_refusal(error: str) -> bool:
-    """Did the mempool refuse a transaction for its fee (not for a conflict or a missing input)?"""
-    text = error.lower()
-    return any(s in text for s in ("fee not met", "insufficient fee", "min relay fee", "mempool min fee",
-                                   "feerate", "fee too low"))
 
 
 def lsp_graph(rec: dict[str, Any]) -> FactoryGraph:

@@ -294,6 +294,7 @@ class ClientCloser:
                 assert rec is not None
                 height = self.node.blockheight()
                 rec["frozen"].update(partial_signed=True, close_txid=session.participant.jobs[0].tx.txid,
+                                     close_txids=[t.tx.txid for t in session.participant.jobs],  # with variants
                                      scanned_height=int(rec["frozen"].get("scanned_height", height)),
                                      partial_signed_height=int(rec["frozen"].get("partial_signed_height", height)))
                 self.store.put(fid, "factory", record_signing(rec, a.data["spends"]))  # before the Send
@@ -304,7 +305,7 @@ class ClientCloser:
                 job = session.participant.jobs[0]
                 rec["close"] = new_close(a.data["txs"][0], (job.prevout.value, job.prevout.script_pubkey),
                                          int(rec["frozen"].get("scanned_height", self.node.blockheight())),
-                                         rec["frozen"].get("next_factory"))
+                                         rec["frozen"].get("next_factory"), a.data["txs"][1:])
                 self.store.put(fid, "factory", rec)
                 self._dev_crash("client-close-after-sign")
             elif isinstance(a, Send):

@@ -155,7 +155,7 @@ class Closer:
                 job = session.coordinator.round.jobs[0] if session.coordinator else None
                 assert job is not None
                 rec["close"] = new_close(tx, (job.prevout.value, job.prevout.script_pubkey), self.node.blockheight(),
-                                         (rec.get("frozen") or {}).get("next_factory"))
+                                         (rec.get("frozen") or {}).get("next_factory"), a.data["txs"][1:])
                 self.store.put(fid, "factory", rec)
                 session.signed = True
             elif isinstance(a, list):  # a round to every client, concurrently (a peer gone: on_disconnect fails it)
@@ -349,7 +349,9 @@ class Closer:
         self._sessions[fid] = session
         try:
             with session.cond:
-                session.coordinator = Coordinator(close_round(factory, close, _funding(rec), fid, session.session_id), lsp_sk)
+                plain = not (rec.get("frozen") or {}).get("next_factory")  # a rollover's close has no variants
+                session.coordinator = Coordinator(close_round(factory, close, _funding(rec), fid, session.session_id,
+                                                              variants=plain), lsp_sk)
                 self._execute(session, session.coordinator.start())
                 session.cond.wait_for(lambda: session.outcome is not None, self.timeout)
             if session.signed:

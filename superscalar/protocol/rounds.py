@@ -11,6 +11,7 @@ transaction pays it.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
@@ -138,15 +139,19 @@ def sale_round(factory: Factory, sale: TreeTx, lstock: OutPoint, leaf: int, fact
                  {c: (0,) for c in proposals}, proposals)
 
 
-def close_round(factory: Factory, close: TreeTx, funding: OutPoint, factory_id: bytes, session_id: bytes) -> Round:
-    """Everyone signs the cooperative close."""
+def close_round(factory: Factory, close: TreeTx, funding: OutPoint, factory_id: bytes, session_id: bytes,
+                variants: bool = True) -> Round:
+    """Everyone signs the cooperative close and, for a plain close (`variants`), its fee variants (a
+    rollover's close cannot have any: the next factory is signed over its txid)."""
+    extra = fee_variants(factory, close, funding) if variants else ()
     proposals = {
-        c: _propose(Kind.CLOSE, factory_id, session_id, factory, c, funding, close.prevout.value, (),
-                    [close.tx], b"")
+        c: dataclasses.replace(_propose(Kind.CLOSE, factory_id, session_id, factory, c, funding, close.prevout.value,
+                                        (), [close.tx], b""), fee_variants=len(extra) or None)
         for c in range(factory.params.n_clients)
     }
-    return Round(Kind.CLOSE, factory_id, session_id, factory.keys.pubkeys, (close,),
-                 {c: (0,) for c in proposals}, proposals)
+    jobs = (close, *extra)
+    return Round(Kind.CLOSE, factory_id, session_id, factory.keys.pubkeys, jobs,
+                 {c: tuple(range(len(jobs))) for c in proposals}, proposals)
 
 
 # --- the client's side ---
@@ -211,7 +216,16 @@ def _participant_jobs(expect: Expectation, msg: Propose) -> tuple[TreeTx, ...]:
         raise ProposalError("a close must name the funding output it spends")
     close = spend_funding(shape, "close", spent, msg.funding_value, msg.path_outputs[0])
     check_close(expect, close.tx)
-    return (close,)
+    wanted = msg.fee_variants or 0
+    if wanted == 0:
+        return (close,)
+    variants = fee_variants(shape, close, spent)  # each must pay us as much as the close itself
+    if expect.next_funding is not None or wanted != len(variants):
+        raise ProposalError("a rollover's close has no fee variants" if expect.next_funding is not None
+                            else f"{wanted} fee variants proposed, {len(variants)} possible")
+    for v in variants:
+        check_close(expect, v.tx)
+    return (close, *variants)
 
 
 def check_close(expect: Expectation, close: Tx) -> None:

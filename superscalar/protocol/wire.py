@@ -411,6 +411,10 @@ class Propose(Message):
         # Odd (optional): what the buyer of a sale pays for it out of the payments the LSP forwards over its
         # new channel (inbound on demand: each such HTLC arrives short by its bLIP-25 `extra_fee`); absent: 0.
         25: Field("price_msat", U64, required=False),
+        # Odd (optional): a plain close is signed with this many fee variants (`factory.graph.fee_variants`,
+        # which each client rebuilds and checks); absent: none (a rollover's close, whose txid funds the
+        # next factory, can have none).
+        27: Field("fee_variants", U8, required=False),
     }
     client_index: int
     params: bytes
@@ -424,6 +428,7 @@ class Propose(Message):
     kind: int  # 0 construction, 1 state advance, 2 liquidity sale, 3 cooperative close
     prior_sales: tuple[bytes, ...] | None = None  # signed transactions (SALE only)
     price_msat: int | None = None  # SALE only: the buyer's price, deducted from forwards over its channel
+    fee_variants: int | None = None  # CLOSE only: how many fee variants are signed with the close
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,7 +265,7 @@ def test_distribution_fee_variants_escalate_without_a_coin() -> None:
 def test_unconfirmed_distribution_is_replaced_by_the_next_variant() -> None:
     """Accepted but never mined (a fee market the mempool does not show): each variant gets
     escalate_blocks, then the next replaces it."""
-    from superscalar.chain.lifecycle import escalate_blocks
+    from superscalar.chain.variants import escalate_blocks
 
     kit, graph = factory()
     dists = graph.distributions()
@@ -274,7 +274,7 @@ def test_unconfirmed_distribution_is_replaced_by_the_next_variant() -> None:
     assert rec is not None
     rec["distribution_variants"] = [t.tx.to_hex() for t in dists[1:]]
     lifecycle.store.put(FID, "factory", rec)
-    step = escalate_blocks(PARAMS)
+    step = escalate_blocks(PARAMS.timeout_margin_blocks)
     run(node, lifecycle, 140 + 3 * step + 1)
     sent = [Tx.from_hex(tx).txid for _, tx, _ in node.sent]
     firsts = [sent.index(t.tx.txid) for t in dists]

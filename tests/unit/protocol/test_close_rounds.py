@@ -52,9 +52,10 @@ def test_rollover_that_does_not_fit_is_refused() -> None:
         rollover_close(a, FUNDING, too_big, [0] * 4)
 
 
-def run_close(kit, close, expectations):  # type: ignore[no-untyped-def]
+def run_close(kit, close, expectations, variants=False):  # type: ignore[no-untyped-def]
+    """A rollover's close round (no fee variants: the next factory is signed over its txid)."""
     f = kit.factory
-    coordinator = Coordinator(close_round(f, close, FUNDING, FID, SID), kit.seckeys[0])
+    coordinator = Coordinator(close_round(f, close, FUNDING, FID, SID, variants=variants), kit.seckeys[0])
     participants = {c: Participant(e, kit.seckeys[c + 1]) for c, e in expectations.items()}
     return memlink.run(coordinator, participants).lsp_outcome
 
@@ -115,3 +116,39 @@ def test_invite_rollover_fields_are_odd_and_optional() -> None:
     body = wire.encode_message(roll)[5:]
     values = wire.decode_tlv_stream(body, evens.keys())
     assert {evens[t].name for t in values} == {"factory_id", "session_id", "params", "balance_sat", "inbound_sat"}
+
+
+def test_rolling_clients_refuse_fee_variants_of_a_rollover_close() -> None:
+    """Fee variants would change the close's txid, which the next factory is signed over: a rolling
+    client refuses a rollover's close that comes with any."""
+    kit = make_kit(regtest_params(4, 100))
+    a, b, close, amounts = rollover_setup()
+    funding = (FUNDING, a.funding_output.value)
+    nxt = (OutPoint.from_hex(close.tx.txid, 0), b.funding_output)
+    expect = {c: Expectation(Kind.CLOSE, a.keys.pubkeys[c + 1], funding=funding, next_funding=nxt) for c in range(3)}
+    expect[3] = Expectation(Kind.CLOSE, a.keys.pubkeys[4], funding=funding, payout_script=a.scripts.payouts[3],
+                            payout_sat=7_000)
+    out = run_close(kit, close, expect, variants=True)
+    assert isinstance(out, Failed) and out.culprit in (0, 1, 2) and "no fee variants" in out.reason
+
+
+def test_plain_close_fee_variants_pay_every_client_the_same() -> None:
+    """A plain close is signed with its fee variants; each pays every client what the close pays (each
+    client checks them all), the extra fee out of the LSP's output."""
+    from superscalar.factory.graph import cooperative_close, fee_variants
+
+    kit = make_kit(regtest_params(4, 100))
+    f = kit.factory
+    close = cooperative_close(f, FUNDING, [25_000] * 4)
+    variants = fee_variants(f, close, FUNDING)
+    assert [v.name for v in variants] == ["close-x4", "close-x16", "close-x64"]
+    for v, m in zip(variants, (4, 16, 64)):
+        assert v.tx.outputs[:4] == close.tx.outputs[:4] and v.tx.outputs[5] == close.tx.outputs[5]
+        assert f.funding_output.value - sum(o.value for o in v.tx.outputs) == f.params.fee(close.vsize, m)
+    funding = (FUNDING, f.funding_output.value)
+    expect = {c: Expectation(Kind.CLOSE, f.keys.pubkeys[c + 1], funding=funding, payout_script=f.scripts.payouts[c],
+                             payout_sat=25_000) for c in range(4)}
+    coordinator = Coordinator(close_round(f, close, FUNDING, FID, SID), kit.seckeys[0])
+    participants = {c: Participant(e, kit.seckeys[c + 1]) for c, e in expect.items()}
+    result = memlink.run(coordinator, participants)
+    assert isinstance(result.lsp_outcome, Completed) and len(result.lsp_outcome.signed) == 4
