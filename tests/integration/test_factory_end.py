@@ -110,3 +110,40 @@ def test_distribution_confirms_at_10x_fees(node_factory: Any, bitcoind: Any, plu
         assert paid == BALANCE_SAT + INBOUND_SAT
         wait_for(lambda: sum(o["amount_msat"] for o in c.rpc.listfunds()["outputs"]) == paid * 1000)
     no_broken(clients)
+
+
+def test_close_confirms_at_10x_fees(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A cooperative close goes out when the fee market is far above the agreed rate (bitcoind treats the
+    close and its 4x variant as paying nothing): the nodes move to its 16x variant, which confirms and
+    pays each client its balance, to the sat; the extra fee came out of the LSP's share."""
+    lsp, clients = network(node_factory, plugin_path, 2)
+    nodes = [lsp, *clients]
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    pay_msat(lsp, clients[0], 12_345_678, "to-0")
+    settled(lsp, clients)
+    held = [sum(balances(c, lsp).values()) for c in clients]
+    out = lsp.rpc.call("superscalar-close", {"factory_id": fid})
+    close = record(lsp, fid)["close"]
+    base = bitcoind.rpc.decoderawtransaction(close["tx"])
+    variants = [bitcoind.rpc.decoderawtransaction(h) for h in close["variants"]]
+    assert base["txid"] == out["close_txid"] and len(variants) == 3
+    funding_value = record(lsp, fid)["funding_value_sat"]
+
+    def fee_sat(tx: dict[str, Any]) -> int:
+        return funding_value - sum(round(o["value"] * 100_000_000) for o in tx["vout"])
+
+    for tx in (base, variants[0]):
+        bitcoind.rpc.prioritisetransaction(tx["txid"], 0, -fee_sat(tx))
+    mine_until(bitcoind, nodes, lambda: variants[1]["txid"] in bitcoind.rpc.getrawmempool(), blocks=4)
+    mine_until(bitcoind, nodes, lambda: all(record(n, fid)["close"]["status"] == "confirmed" for n in nodes))
+    assert {record(n, fid)["close"]["confirmed_txid"] for n in nodes} == {variants[1]["txid"]}
+    mined = bitcoind.rpc.getrawtransaction(variants[1]["txid"], True)
+    assert fee_sat(variants[1]) == params.fee(variants[1]["vsize"], 16)
+    for c, b in zip(clients, held):
+        script = bitcoind.rpc.decoderawtransaction(record(c, fid)["distribution"])["vout"][
+            record(c, fid)["client_index"]]["scriptPubKey"]["hex"]
+        paid = sum(round(o["value"] * 100_000_000) for o in mined["vout"] if o["scriptPubKey"]["hex"] == script)
+        assert paid == b // 1000, (paid, b)
+    no_broken(nodes)
