@@ -14,6 +14,9 @@ from typing import Callable, Optional, Sequence
 
 from ..bitcoin.tx import Tx
 from ..factory.graph import FEE_VARIANT_MULTIPLIERS
+from ..factory.lifecycle import escalate_blocks
+
+__all__ = ["escalate_blocks", "fee_refusal", "offer", "rate_of"]
 
 Broadcast = Callable[[Tx], Optional[str]]  # None if the mempool took it, else why not
 
@@ -49,9 +52,3 @@ def offer(broadcast: Broadcast, txs: Sequence[Tx], entry: dict[str, object], hei
     if since is None:
         entry["variant_since_height"] = height
     return txs[k], error
-
-
-def escalate_blocks(timeout_margin_blocks: int) -> int:
-    """Blocks one variant is given to confirm before the next replaces it: every variant gets its turn
-    well inside the margin (at most 6 blocks each)."""
-    return max(1, min(6, timeout_margin_blocks // (len(FEE_VARIANT_MULTIPLIERS) + 2)))

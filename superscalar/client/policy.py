@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from ..factory.graph import FEE_VARIANT_MULTIPLIERS
+from ..factory.lifecycle import escalate_blocks, uncovered_exit_height
 from ..factory.params import P2A_DUST_SAT, SEGWIT_DUST_SAT, FactoryParams
 
 
@@ -94,5 +96,14 @@ def refusal(policy: ClientPolicy, params: FactoryParams, balance_sat: int, inbou
         (params.longest_exit_blocks <= p.max_early_warning_blocks,
          f"an exit takes up to {params.longest_exit_blocks} blocks, more than our {p.max_early_warning_blocks}"),
         (balance_sat + inbound_sat >= params.dust_limit_sat, "channel below the dust limit"),
+        # Fees far above the agreed rate: every fee variant of the distribution gets its turn to confirm
+        # before the first timeout lets the LSP take the funding output's subtree.
+        ((len(FEE_VARIANT_MULTIPLIERS) + 1) * escalate_blocks(params.timeout_margin_blocks)
+         < params.timeout_margin_blocks,
+         f"timeout margin {params.timeout_margin_blocks} blocks leaves the distribution's fee variants no time"),
+        # A client whose sales the distribution does not cover exits before it: that must come after the
+        # active period, so the LSP has the dying period to roll it over first.
+        (uncovered_exit_height(params, params.longest_exit_blocks) >= params.expiry_height,
+         "an exit before the distribution would have to start before the dying period"),
     )
     return next((why for ok, why in checks if not ok), None)

@@ -31,7 +31,7 @@ from typing import Optional
 from .. import bip340
 from ..bitcoin.tx import Tx
 from .errors import FactoryError
-from .graph import ScriptSpend
+from .graph import FEE_VARIANT_MULTIPLIERS, ScriptSpend
 from .params import FactoryParams
 
 
@@ -119,6 +119,13 @@ def uncovered_exit_height(params: FactoryParams, early_warning_blocks: int) -> i
     distribution height (two confirmation allowances), and its whole path before its leaf's timeout
     (`exit_start_height`). The LSP had the dying period until then to roll the client over."""
     return min(params.distribution_height - 2 * params.confirm_blocks, exit_start_height(params, early_warning_blocks))
+
+
+def escalate_blocks(timeout_margin_blocks: int) -> int:
+    """Blocks one fee variant of the distribution (or of a close) is given to confirm before the next
+    replaces it (chain/variants.py): every variant gets its turn well inside the margin between the
+    distribution height and the first timeout (at most 6 blocks each)."""
+    return max(1, min(6, timeout_margin_blocks // (len(FEE_VARIANT_MULTIPLIERS) + 2)))
 
 
 def dying_warning_interval(params: FactoryParams) -> int:

@@ -69,3 +69,15 @@ def test_longest_exit_matches_the_graph(n: int) -> None:
     graph = make_kit(params).factory.graph(OutPoint(bytes(32), 0))
     assert params.longest_exit_blocks == max(graph.exit_path(c).early_warning_blocks(params.confirm_blocks)
                                             for c in range(n))
+
+
+def test_room_for_fee_variants_and_an_uncovered_exit() -> None:
+    """The margin before the first timeout must give each distribution fee variant its turn; and a client
+    with sale channels must be able to exit before the distribution without leaving the active period
+    early (the LSP gets the dying period to roll it over)."""
+    params = regtest_params(4, 150, timeout_margin_blocks=4)  # 4 variants need more than 4 blocks
+    why = refusal(dataclasses.replace(REGTEST, min_timeout_margin_blocks=1), params, 0, 100_000, 150)
+    assert why is not None and "fee variants no time" in why
+    params = regtest_params(4, 150, dying_blocks=3)  # an exit of ~10 blocks cannot fit in the dying period
+    why = refusal(REGTEST, params, 0, 100_000, 150)
+    assert why is not None and "before the dying period" in why
