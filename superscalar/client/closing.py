@@ -70,7 +70,8 @@ class ClientCloser:
         self.max_close_wait_blocks, self.start_exit = max_close_wait_blocks, start_exit
         # Test-only (developer mode): "client-close-on-propose" kills lightningd when a close proposal
         # arrives (after freezing); "client-close-after-sign" once the signed close is stored, before Done;
-        # "client-close-withhold" never answers the aggregate nonces (its partial signature is withheld).
+        # "client-close-withhold" never answers the aggregate nonces (its partial signature is withheld);
+        # "client-close-aggnonces-disconnect" disconnects on them, once (the others signed; it signs the retry).
         self.dev_fail_at = dev_fail_at
         self._sessions: dict[str, CloseSession] = {}  # factory id → its close round
         self._live: set[str] = set()  # factories this process froze (a restart finds the others stale)
@@ -89,6 +90,11 @@ class ClientCloser:
             if self.dev_fail_at == "client-close-withhold" and isinstance(msg, AggNonces):
                 self.log(f"dev: withholding our partial signature of the close of {fid}")
                 return True  # the round hangs on us: the others signed, nobody can complete the close
+            if self.dev_fail_at == "client-close-aggnonces-disconnect" and isinstance(msg, AggNonces):
+                self.dev_fail_at = ""  # once: we come back and sign the retry
+                self.log(f"dev: disconnecting from {peer} instead of signing the close of {fid}")
+                self.node.rpc.call("disconnect", {"id": peer, "force": True})
+                return True
             self._execute(fid, session, session.participant.receive(msg))
             return True
         if isinstance(msg, Abort):

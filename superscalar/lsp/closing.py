@@ -166,21 +166,32 @@ class Closer:
     # --- the commands (worker threads) ---
 
     def close(self, factory_id: str, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-        rec = self._start(factory_id, "close", None)
+        """The cooperative close. A round that failed after the aggregate nonces went out (some clients
+        may have given their partial signatures, and will sign no other close) leaves the factory frozen
+        with the close kept as `unfinished_close`: the next `close` proposes that same close again."""
+        rec = self._start(factory_id, "close", None, resume=True)
+        unfinished = rec.get("unfinished_close")
         try:
-            balances = self._quiesce(factory_id, rec)
+            balances = self._quiesce(factory_id, rec) if unfinished is None else []
             factory = factory_from_record(rec)
-            amounts = [factory.params.payout_sat(b) for b in balances]
+            if unfinished is not None:
+                amounts = [int(a) for a in unfinished["amounts"]]
+                progress(f"factory {factory_id}: signing again, unchanged, the close whose round failed")
+            else:
+                amounts = [factory.params.payout_sat(b) for b in balances]
             if self.dev_fail_at == "lsp-close-underpay":  # testing only: a client is paid 1 sat too little
                 amounts[0] -= 1
             close = cooperative_close(factory, _funding(rec), amounts)
+            if unfinished is not None and close.tx.to_hex() != unfinished["tx"]:
+                raise CloseError("the unfinished close cannot be rebuilt unchanged")
             progress(f"factory {factory_id} frozen; proposing the close: clients get {amounts} sat")
             self._dev_crash_point("lsp-close-before-sign")
-            self._close_round(factory_id, rec, factory, close)
+            self._close_round(factory_id, rec, factory, close, amounts)
             return self._finish(factory_id, close, progress,
                                 {"payouts_sat": {c["peer_id"]: a for c, a in zip(rec["channels"], amounts)}})
         except Exception as e:
-            self._abort(factory_id, str(e))
+            if (self.store.get(factory_id, "factory") or {}).get("unfinished_close") is None:
+                self._abort(factory_id, str(e))
             raise CloseError(str(e)) from None
         finally:
             self._busy.discard(factory_id)
@@ -298,28 +309,39 @@ class Closer:
 
     # --- steps ---
 
-    def _start(self, factory_id: str, reason: str, next_factory: Optional[str]) -> dict[str, Any]:
-        """Check the factory can be closed now and freeze it (durable)."""
+    def _start(self, factory_id: str, reason: str, next_factory: Optional[str], resume: bool = False) -> dict[str, Any]:
+        """Check the factory can be closed now and freeze it (durable). With `resume`, a factory frozen
+        with an unfinished close is taken as it is (still frozen)."""
         if factory_id in self._busy:
             raise CloseError(f"factory {factory_id}: a close is already under way")
         rec = self.store.get(factory_id, "factory")
         if rec is None or rec.get("role") != "lsp":
             raise CloseError(f"no factory {factory_id} of which this node is the LSP")
+        if rec.get("unfinished_close") is not None:
+            if not resume:
+                raise CloseError(f"factory {factory_id} has a close to finish first: superscalar-close signs it again")
+            if rec.get("close") is None:
+                self._connected(rec)
+                self._busy.add(factory_id)
+                return rec
         if rec.get("stage") != "funded" or rec.get("close") is not None or rec.get("frozen"):
             raise CloseError(f"factory {factory_id} cannot be closed now (stage {rec.get('stage')}, "
                              f"close {(rec.get('close') or {}).get('status')}, frozen {bool(rec.get('frozen'))})")
         if self.store.get(factory_id, "exit") is not None:
             raise CloseError(f"factory {factory_id} is being exited")
-        live = {c["channel_id"]: c for c in self.node.peer_channels()}
-        for c in rec["channels"]:
-            ch = live.get(c.get("channel_id"))
-            if ch is None or ch.get("state") != "CHANNELD_NORMAL" or not ch.get("peer_connected"):
-                raise CloseError(f"client {c['peer_id']} is not connected with a normal channel")
+        self._connected(rec)
         self._busy.add(factory_id)
         rec["frozen"] = {"reason": reason, "since_height": self.node.blockheight(), "next_factory": next_factory,
                          "close_txid": None, "partial_signed": False}
         self.store.put(factory_id, "factory", rec)
         return rec
+
+    def _connected(self, rec: dict[str, Any]) -> None:
+        live = {c["channel_id"]: c for c in self.node.peer_channels()}
+        for c in rec["channels"]:
+            ch = live.get(c.get("channel_id"))
+            if ch is None or ch.get("state") != "CHANNELD_NORMAL" or not ch.get("peer_connected"):
+                raise CloseError(f"client {c['peer_id']} is not connected with a normal channel")
 
     def _quiesce(self, factory_id: str, rec: dict[str, Any]) -> list[int]:
         """Wait until no channel of the frozen factory has a pending HTLC; each client's balance (msat)."""
@@ -342,7 +364,10 @@ class Closer:
                 raise CloseError(f"factory {factory_id}: HTLCs still pending after {self.timeout:.0f} s")
             time.sleep(POLL_SECONDS)
 
-    def _close_round(self, factory_id: str, rec: dict[str, Any], factory: Factory, close: TreeTx) -> None:
+    def _close_round(self, factory_id: str, rec: dict[str, Any], factory: Factory, close: TreeTx,
+                     amounts: Optional[list[int]] = None) -> None:
+        """Sign `close` with every client. `amounts` (a plain close's payouts): a failure after the aggregate
+        nonces went out keeps the close as `unfinished_close`, the factory frozen."""
         fid = bytes.fromhex(factory_id)
         lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid, "lsp")))
         session = Session(fid, [c["peer_id"] for c in rec["channels"]], secrets.token_bytes(32))
@@ -359,7 +384,16 @@ class Closer:
             if session.outcome is None:
                 with session.cond:
                     self._execute(session, session.coordinator.peer_failed(0, "timed out", AbortCode.TIMEOUT))
-            raise CloseError(f"close round failed: {getattr(session.outcome, 'reason', 'timed out')}")
+            reason = getattr(session.outcome, "reason", "timed out")
+            if amounts is not None and session.coordinator.aggnonces_sent:
+                stored = self.store.get(factory_id, "factory")
+                assert stored is not None
+                stored["unfinished_close"] = {"tx": close.tx.to_hex(), "amounts": amounts,
+                                              "height": self.node.blockheight(), "reason": reason}
+                self.store.put(factory_id, "factory", stored)
+                raise CloseError(f"close round failed after clients may have signed ({reason}): the factory stays "
+                                 "frozen; superscalar-close signs the same close again")
+            raise CloseError(f"close round failed: {reason}")
         finally:
             self._sessions.pop(fid, None)
 
@@ -415,7 +449,7 @@ class Closer:
             if (rec is None or rec.get("role") != "lsp" or close_pending(rec)
                     or (rec.get("frozen") or {}).get("reason") not in ("close", "rollover")):
                 continue
-            if rec.get("close") is None:
+            if rec.get("close") is None and rec.get("unfinished_close") is None:
                 self.unfreeze(fid, rec, "its ceremony did not survive a restart")
 
     def _dev_crash_point(self, name: str) -> None:

@@ -26,8 +26,8 @@ def roll_or_close(closer: Closer, store: Store, factory_id: str, progress: Calla
     distribution would not do (it pays each client its channel's whole capacity)."""
     rec = store.get(factory_id, "factory") or {}
     leavers = leaving(store, factory_id)
-    if {c["peer_id"] for c in rec.get("channels", [])} <= set(leavers):
-        return closer.close(factory_id, progress)
+    if {c["peer_id"] for c in rec.get("channels", [])} <= set(leavers) or rec.get("unfinished_close") is not None:
+        return closer.close(factory_id, progress)  # (an unfinished close is finished, never replaced)
     try:
         return closer.rollover(factory_id, leavers, progress)
     except DoesNotFit as e:

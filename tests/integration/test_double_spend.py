@@ -132,3 +132,28 @@ def test_withheld_close_signature_freezes_boundedly(node_factory: Any, bitcoind:
     for c in honest:
         assert record(c, fid)["close"]["status"] == "conflicted"
     no_broken(nodes)
+
+
+def test_failed_close_is_signed_again_unchanged(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """Client 2 drops the connection instead of signing the close, after clients 0 and 1 signed: the
+    LSP keeps that close (the factory stays frozen) and the next superscalar-close proposes it unchanged;
+    the clients that signed sign it again, client 2 signs it, it confirms, and nobody had to exit."""
+    lsp, clients = close_network(node_factory, plugin_path, 3, {3: "client-close-aggnonces-disconnect"})
+    nodes = [lsp, *clients]
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    payments(lsp, clients)
+    with pytest.raises(RpcError, match="the factory stays frozen"):
+        lsp.rpc.call("superscalar-close", {"factory_id": fid})
+    unfinished = record(lsp, fid)["unfinished_close"]
+    assert record(lsp, fid)["frozen"]
+    for c in clients[:2]:
+        assert signed_of(c, fid, "close") == [Tx.from_hex(unfinished["tx"]).txid]
+    clients[2].rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    wait_for(lambda: all(ch["peer_connected"] for c in clients for ch in channels_in(lsp, c)))
+    out = lsp.rpc.call("superscalar-close", {"factory_id": fid})
+    assert out["close_txid"] == Tx.from_hex(unfinished["tx"]).txid
+    mine_until(bitcoind, nodes, lambda: all(record(n, fid)["close"]["status"] == "confirmed" for n in nodes))
+    assert all(not c.daemon.is_in_log("starting our exit") for c in clients)
+    assert "unfinished_close" not in record(lsp, fid) or record(lsp, fid)["close"]["status"] == "confirmed"
+    no_broken(nodes)
