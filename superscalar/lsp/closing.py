@@ -156,6 +156,7 @@ class Closer:
                 assert job is not None
                 rec["close"] = new_close(tx, (job.prevout.value, job.prevout.script_pubkey), self.node.blockheight(),
                                          (rec.get("frozen") or {}).get("next_factory"), a.data["txs"][1:])
+                rec.pop("unfinished_close", None)  # finished
                 self.store.put(fid, "factory", rec)
                 session.signed = True
             elif isinstance(a, list):  # a round to every client, concurrently (a peer gone: on_disconnect fails it)
