@@ -64,7 +64,7 @@ def funded_factory(chain: Chain) -> tuple[Kit, OutPoint, dict[str, Tx]]:
     assert chain.output_on_chain(outpoint.txid_hex, outpoint.vout) == funding
     graph = kit.factory.graph(outpoint)
     signed = run_round(kit, construction_round(kit.factory, graph, FID, b"\x01" * 32), construction_expectations(kit))
-    assert set(signed) == {t.tx.txid for t in (*graph.txs(), graph.distribution())}
+    assert set(signed) == {t.tx.txid for t in (*graph.txs(), *graph.distributions())}
     return kit, outpoint, signed
 
 
@@ -231,3 +231,21 @@ def test_f_two_liquidity_sales_chain_from_the_lstock(chain: Chain) -> None:
         assert chain.output_on_chain(signed.txid, 1) == sale.tx.outputs[1]
     lstock_left = chain.output_on_chain(sale2.tx.txid, 1).value
     assert lstock_left == f.params.lstock_sat - 30_000 - 25_000 - 2 * f.params.anchor_sat - sale1.fee - sale2.fee
+
+
+def test_g_fee_variants_are_valid_and_pay_the_same(chain: Chain) -> None:
+    """Every fee variant of the distribution, signed in the same ceremony, is accepted by bitcoind at the
+    distribution height; the 64x one confirms, paying each client its capacity, its fee 64x the agreed."""
+    kit, funding, all_signed = funded_factory(chain)
+    f = kit.factory
+    dists = f.graph(funding).distributions()
+    assert len(dists) == 4
+    chain.mine(f.params.distribution_height - chain.height)
+    for d in dists:
+        chain.assert_accepted(all_signed[d.tx.txid])
+    top = all_signed[dists[-1].tx.txid]
+    chain.broadcast_and_confirm(top)
+    for i, terms in enumerate(f.terms):
+        assert chain.output_on_chain(top.txid, i) == TxOut(terms.capacity_sat, f.scripts.payouts[i])
+    fee = f.funding_output.value - sum(o.value for o in top.outputs)
+    assert fee == f.params.fee(dists[0].vsize, 64)
