@@ -64,7 +64,8 @@ class ClientSales:
         self.fee_limit = fee_limit  # the most we pay for a channel sold to us on demand
         # Testing only (developer mode): "sale-signatures-disconnect" drops the connection instead of taking
         # the final signatures of the first sale round (so that sale is missed and caught up later);
-        # "sale-aggnonces-disconnect" drops it instead of signing (the round fails after others signed).
+        # "sale-aggnonces-disconnect" drops it instead of signing (the round fails after others signed);
+        # "sale-done-disconnect" (the buyer) drops it right after its Done, before the LSP completes the open.
         self.dev_fail_at = dev_fail_at
         self._sessions: dict[str, SaleSignSession] = {}  # factory id → its sale round
         self._expected: dict[str, tuple[int, float]] = {}  # LSP → (capacity sat, when) of a sale channel it opened
@@ -241,6 +242,9 @@ class ClientSales:
                 self._send(fid, session, a.message)
             elif isinstance(a, Completed):
                 self._sessions.pop(fid, None)
+                if self.dev_fail_at == "sale-done-disconnect" and session.mine:
+                    self.log(f"dev: disconnecting from {session.lsp} right after our Done")
+                    self.node.rpc.call("disconnect", {"id": session.lsp, "force": True})
                 job = session.participant.jobs[0]
                 self.log(f"factory {fid}: signed liquidity sale {job.tx.txid} ({job.tx.outputs[0].value} sat channel"
                          f"{' for us' if session.mine else ''}, fee {job.fee} sat); stored in our exit path")

@@ -21,6 +21,9 @@ clients behind it: each of them entered that sale in its ledger (`factory.spends
 other spend of the L-stock. The sale is then kept as `unfinished_sales[leaf]` (durable) and the next
 sale of that leaf first signs it again, unchanged, as an `unopened` sale (its output 0 backs no channel:
 the open was cancelled, so that capacity is lost to the L-stock), then chains off its output 1.
+A buyer whose channel could not be completed after the sale was signed (it dropped the connection
+after its Done) costs the L-stock that sale's capacity; it is sold nothing more in that factory, so a
+buyer can cause that loss once per factory, not at will.
 
 After a restart (`resume`, at the first block): a sale stored "signed" whose channel exists (the node died after
 `fundchannel_complete`, before the record) gets its channel id; one whose open died with the process is
@@ -184,6 +187,11 @@ class Seller:
         peers = [str(c["peer_id"]) for c in rec["channels"]]
         if client_id not in peers:
             raise SaleError(f"{client_id} is not a client of factory {factory_id}")
+        if any(s.get("peer_id") == client_id and s.get("buyer_failed") for s in rec.get("sales", [])):
+            # A buyer that let a signed sale's open fail (it dropped the connection after signing) cost
+            # us that output 0: once per factory, not again.
+            raise SaleError(f"a sale to {client_id} in factory {factory_id} was signed but its channel never "
+                            "opened: no more sales to it in this factory")
         factory = factory_from_record(rec)
         buyer = peers.index(client_id)
         leaf = factory.topology.leaf_of_client[buyer]
@@ -248,8 +256,9 @@ class Seller:
         try:
             channel_id = self.node.fundchannel_complete(client_id, psbt.to_base64())
         except Exception as e:
-            self._set(factory_id, sale.tx.txid, status=UNOPENED, reason=str(e))
-            raise SaleError(f"the sale {sale.tx.txid} is signed and kept, but its channel could not be completed: {e}")
+            self._set(factory_id, sale.tx.txid, status=UNOPENED, reason=str(e), buyer_failed=True)
+            raise SaleError(f"the sale {sale.tx.txid} is signed and kept, but its channel could not be completed "
+                            f"(no more sales to {client_id} in this factory): {e}")
         self._set(factory_id, sale.tx.txid, status=OPEN, channel_id=channel_id, price_msat=price_msat)
         ch = next((c for c in self.node.peer_channels(client_id) if c.get("channel_id") == channel_id), {})
         alias = (ch.get("alias") or {}).get("local")

@@ -157,3 +157,27 @@ def test_failed_close_is_signed_again_unchanged(node_factory: Any, bitcoind: Any
     assert all(not c.daemon.is_in_log("starting our exit") for c in clients)
     assert "unfinished_close" not in record(lsp, fid)
     no_broken(nodes)
+
+
+def test_buyer_dropping_after_done_gets_no_more_sales(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """The buyer drops the connection right after its Done, so the LSP cannot complete the channel on the
+    signed sale: the sale is kept (unopened, its output 0 lost to the L-stock) and that buyer is sold
+    nothing more in this factory, so it can cost the LSP one sale's capacity, not one per attempt."""
+    lsp, clients = network(node_factory, plugin_path, 2)
+    buyer, mate = clients
+    buyer.daemon.opts["superscalar-dev-fail-at"] = "sale-done-disconnect"
+    buyer.restart()
+    buyer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    with pytest.raises(RpcError, match="no more sales to"):
+        sell(lsp, fid, buyer, 30_000)
+    [sale] = record(lsp, fid)["sales"]
+    assert sale["status"] == "unopened" and sale["buyer_failed"]
+    normal_again(lsp, clients)
+    with pytest.raises(RpcError, match="was signed but its channel never opened"):
+        sell(lsp, fid, buyer, 20_000)
+    assert len(channels_in(lsp, buyer)) == 1
+    second = sell(lsp, fid, mate, 20_000)  # the leaf-mate is still served, chained off the first sale
+    assert second["lstock_before_sat"] == sale["rest_sat"]
+    no_broken([lsp, *clients])
