@@ -21,8 +21,9 @@ that has not reached its end (distributed or closed) decides whether anything is
   client its leaf channel's capacity; a client whose liquidity sales brought its balance above that
   (leaf and sale channels together) would lose the difference if the factory ended by distribution. From
   `uncovered_exit_height` on (its root can still confirm before the distribution height, its path before
-  its leaf's timeout), if the factory is neither closing nor closed, such a client publishes its own path
-  and its sales: each of its channels is then an ordinary funded channel holding its balance.
+  its leaf's timeout), unless a close of the factory is already on chain, such a client publishes its own
+  path and its sales (racing a close still pending: either pays it): each of its channels is then an
+  ordinary funded channel holding its balance.
 - **Tree on chain (client):** the funding output spent by neither the distribution nor a recorded
   cooperative close means the tree is going on chain: the distribution can no longer confirm and
   every output times out to the LSP. The client publishes its own path (`exit_plan`, without closing
@@ -432,8 +433,10 @@ class Lifecycle:
         if life["exit_started"] is not None or self.store.get(watch.fid, "exit") is not None:
             return False
         rec = self.store.get(watch.fid, "factory")
-        if rec is None or watch.distribution is None or rec.get("frozen") or rec.get("close") is not None:
-            return False  # being closed or rolled over: that pays the whole balance
+        if rec is None or watch.distribution is None or (rec.get("close") or {}).get("status") in ("seen", "confirmed"):
+            return False  # a close on chain pays the whole balance
+        # A close or rollover still pending here (say, stuck at the agreed fee rate) may never confirm: our
+        # exit races it, and either pays us (the close our balance, our exit keeps our channels backed).
         if not any(s.get("mine") for s in rec.get("sales", [])):
             return False  # only a sale channel can hold more than the leaf's capacity
         chans = [ch for ch in self.node.peer_channels(rec["lsp"]) if channel_in_factory(rec, ch)]
