@@ -5,7 +5,8 @@
 #
 #   contrib/test_postgres.sh                                   # all of tests/integration
 #   contrib/test_postgres.sh -k rollover                       # extra pytest arguments
-#   contrib/test_postgres.sh tests/integration/test_lsps1.py   # a path replaces tests/integration
+#   contrib/test_postgres.sh tests/integration/test_lsps1.py   # a path (from the top of the tree)
+#                                                              # replaces tests/integration
 #
 # Needs: lightningd built with PostgreSQL (its configure found libpq), bitcoind, and PostgreSQL's
 # server binaries (Debian: `apt-get install postgresql`, found through `pg_config --bindir`).
@@ -95,10 +96,11 @@ else
         "$venv/bin/pip" install -q -e "$work/src[test]"
 fi
 
-# Arguments that do not start with '-' name what to run; without any, all of tests/integration.
+# An argument naming a file or directory of the tree (a test id's part before `::` too) says what to
+# run; without one, all of tests/integration.
 targets=(tests/integration)
 for a in "$@"; do
-    case "$a" in -*) ;; *) targets=(); break ;; esac
+    if [ -n "$a" ] && [ -e "$work/src/${a%%::*}" ]; then targets=(); break; fi
 done
 passed=()
 for v in TEST_DEBUG SLOW_MACHINE TIMEOUT PYTEST_ADDOPTS; do
