@@ -80,7 +80,8 @@ def main() -> None:
     logs_to_file(os.path.join(directory, "daemons.log"))  # the daemons' output; the figures keep the terminal
     db = db_provider(directory)
     db.start()
-    factory = NodeFactory(None, "bench-jit", bitcoind, executor, directory, db, LightningNode, {})
+    # The name becomes part of each node's PostgreSQL database name: an identifier, no "-".
+    factory = NodeFactory(None, "bench_jit", bitcoind, executor, directory, db, LightningNode, {})
     rows = []
     try:
         bitcoind.start()
