@@ -39,8 +39,12 @@ pg_bin="$(pg_config --bindir)"
 [ -x "$pg_bin/initdb" ] && [ -x "$pg_bin/postgres" ] \
     || die "no initdb and postgres in $pg_bin (pg_config --bindir): install the PostgreSQL server"
 # A lightningd built without libpq stops at once on a postgres:// wallet; say so before any test.
-if command -v ldd >/dev/null && ! ldd "$(command -v lightningd)" | grep -q libpq; then
-    die "$(command -v lightningd) is not linked with libpq: install libpq-dev, re-run its configure, rebuild"
+# (ldd's whole output first: under pipefail, `ldd | grep -q` fails whenever grep stops ldd early.)
+if command -v ldd >/dev/null; then
+    case "$(ldd "$(command -v lightningd)")" in
+        *libpq*) ;;
+        *) die "$(command -v lightningd) is not linked with libpq: install libpq-dev, re-run its configure, rebuild" ;;
+    esac
 fi
 
 if [ "$(id -u)" -eq 0 ]; then
