@@ -42,11 +42,10 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 os.environ.setdefault("TEST_NETWORK", "regtest")
 os.environ.setdefault("RUST", "0")
 
-from pyln.testing.db import SqliteDbProvider  # noqa: E402
 from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
 
 from contrib import regtest_demo  # noqa: E402
-from contrib.regtest_demo import logs_to_file, say  # noqa: E402
+from contrib.regtest_demo import db_provider, logs_to_file, say  # noqa: E402
 from tests.integration.test_lsps2 import pay_in_parts  # noqa: E402
 
 PLUGIN = ROOT / "superscalar_plugin.py"
@@ -79,9 +78,10 @@ def main() -> None:
     bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
     executor = ThreadPoolExecutor(max_workers=4)
     logs_to_file(os.path.join(directory, "daemons.log"))  # the daemons' output; the figures keep the terminal
-    db = SqliteDbProvider(directory)
+    db = db_provider(directory)
     db.start()
-    factory = NodeFactory(None, "bench-jit", bitcoind, executor, directory, db, LightningNode, {})
+    # The name becomes part of each node's PostgreSQL database name: an identifier, no "-".
+    factory = NodeFactory(None, "bench_jit", bitcoind, executor, directory, db, LightningNode, {})
     rows = []
     try:
         bitcoind.start()

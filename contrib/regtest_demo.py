@@ -30,7 +30,7 @@ os.environ.setdefault("TEST_NETWORK", "regtest")
 os.environ.setdefault("RUST", "0")
 os.environ.setdefault("VALGRIND", "0")
 
-from pyln.testing.db import SqliteDbProvider  # noqa: E402
+from pyln.testing.db import PostgresDbProvider, SqliteDbProvider  # noqa: E402
 from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
 
 from superscalar.bitcoin.tx import OutPoint  # noqa: E402
@@ -41,6 +41,16 @@ PLUGIN = ROOT / "superscalar_plugin.py"
 
 
 STORY = sys.stdout  # replaced in main(): the story keeps the terminal, the daemons' logs go to a file
+
+
+def db_provider(directory: str) -> SqliteDbProvider | PostgresDbProvider:
+    """The nodes' database, chosen as pyln-testing's fixture chooses it: TEST_DB_PROVIDER=postgres puts
+    every node on a throw-away PostgreSQL server (contrib/test_postgres.sh), otherwise SQLite."""
+    providers = {"sqlite3": SqliteDbProvider, "postgres": PostgresDbProvider}
+    name = os.environ.get("TEST_DB_PROVIDER", "sqlite3")
+    if name not in providers:
+        sys.exit(f"TEST_DB_PROVIDER={name}: expected one of {', '.join(providers)}")
+    return providers[name](directory)
 
 
 def say(text: str = "") -> None:
@@ -160,7 +170,7 @@ def main() -> None:
     say(f"daemon logs go to {logs} (each node's own log: {directory}/lightning-<n>/log)")
     bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
     executor = ThreadPoolExecutor(max_workers=4)
-    db = SqliteDbProvider(directory)
+    db = db_provider(directory)
     db.start()
     factory = NodeFactory(None, "demo", bitcoind, executor, directory, db, LightningNode, {})
     try:

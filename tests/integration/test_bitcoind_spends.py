@@ -161,7 +161,7 @@ def test_p2wsh_2of2_funding_script_spend(chain: Chain) -> None:
     assert chain.output_on_chain(signed.txid, 0).value == 80_000 - FEE
 
 
-def test_v3_zero_fee_parent_with_p2a_and_cpfp_child_via_submitpackage(chain: Chain) -> None:
+def test_v3_zero_fee_parent_p2a_cpfp_by_submitpackage(chain: Chain) -> None:
     owner = seckey(20)
     info = taproot_construct(xonly_from_seckey(owner))
     outpoint, prevout = chain.fund(info.script_pubkey, 100_000)

@@ -152,7 +152,7 @@ def test_b_newest_state_beats_an_old_one(chain: Chain) -> None:
     )
 
 
-def test_c_lsp_sweeps_a_state_output_only_after_its_timeout(chain: Chain) -> None:
+def test_c_lsp_sweeps_state_output_only_after_timeout(chain: Chain) -> None:
     kit, funding, signed = funded_factory(chain)
     graph = kit.factory.graph(funding)
     for t in graph.path_txs(0)[:1]:  # the static root: the children's outputs appear
@@ -194,7 +194,7 @@ def test_d_cooperative_close_pays_everyone_exactly(chain: Chain) -> None:
     assert close.fee == f.params.fee(signed.vsize)
 
 
-def test_e_distribution_confirms_at_the_timeout_and_pays_every_client(chain: Chain) -> None:
+def test_e_distribution_at_the_timeout_pays_everyone(chain: Chain) -> None:
     kit, funding, all_signed = funded_factory(chain)
     f = kit.factory
     dist = distribution_tx(f, funding)

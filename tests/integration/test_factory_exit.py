@@ -64,7 +64,7 @@ def check_path_on_chain(bitcoind: Any, client: Any) -> list[int]:
     return heights
 
 
-def test_client_exits_unilaterally_while_others_keep_working(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+def test_client_exits_alone_while_others_keep_working(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     lsp, clients = start_network(node_factory, plugin_path, 4)
     res = create_factory(lsp, clients, bitcoind)
     bitcoind.generate_block(1)
@@ -116,8 +116,7 @@ def test_client_exits_alone_when_the_lsp_is_gone(node_factory: Any, bitcoind: An
     assert lsp.rpc.getinfo()["id"] == lsp.info["id"]  # lightningd is still running
 
 
-def test_client_force_closing_while_disconnected_costs_the_lsp_nothing(node_factory: Any, bitcoind: Any,
-                                                                      plugin_path: Path) -> None:
+def test_client_force_close_offline_costs_lsp_nothing(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     lsp, clients = start_network(node_factory, plugin_path, 2)
     create_factory(lsp, clients, bitcoind)
     bitcoind.generate_block(1)
@@ -163,7 +162,7 @@ def test_lsp_exits_one_clients_path(node_factory: Any, bitcoind: Any, plugin_pat
     assert INBOUND - OPENER_CLOSE_COST <= wallet_sat(lsp) - lsp_before <= INBOUND
 
 
-def test_exit_bumps_a_stuck_transaction_by_cpfp_on_its_anchor(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+def test_exit_bumps_a_stuck_tx_by_cpfp_on_its_anchor(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     lsp, clients = start_network(node_factory, plugin_path, 2)
     res = create_factory(lsp, clients, bitcoind)
     leaver = clients[0]

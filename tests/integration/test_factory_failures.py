@@ -84,8 +84,7 @@ def test_malformed_and_stray_messages_change_nothing(node_factory: Any, plugin_p
     assert a.rpc.call("superscalar-list") == {"factories": []}
 
 
-def test_lsp_restart_between_channels_and_funding_resumes_the_broadcast(node_factory: Any, bitcoind: Any,
-                                                                        plugin_path: Path) -> None:
+def test_lsp_restart_before_funding_resumes_broadcast(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     from .test_factory_plugin import channel_with, pay
 
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
@@ -119,8 +118,7 @@ def test_lsp_restart_between_channels_and_funding_resumes_the_broadcast(node_fac
     assert pay(lsp, clients[0], 1_000, "after-resume") == 0
 
 
-def test_client_takes_no_payment_into_a_channel_that_is_not_its_leaf(node_factory: Any, bitcoind: Any,
-                                                                    plugin_path: Path) -> None:
+def test_client_refuses_payment_into_a_non_leaf_channel(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     from .test_factory_plugin import channel_with, pay
 
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}

@@ -92,7 +92,7 @@ def create_factory(lsp: Any, clients: list[Any], bitcoind: Any) -> dict[str, Any
     return res
 
 
-def test_lsp_creates_a_factory_with_four_clients_and_payments_flow(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+def test_factory_of_four_clients_and_payments_flow(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     lsp, clients = start_network(node_factory, plugin_path, 4)
     create_factory(lsp, clients, bitcoind)
 
