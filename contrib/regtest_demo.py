@@ -146,8 +146,9 @@ def ladder_factory(lsp: Any, bitcoind: Any, nodes: list[Any], queue: list[Any], 
     while len(lsp.rpc.call("superscalar-ladder")["started"]) == len(known):
         mine(bitcoind, nodes)
     [fid] = set(lsp.rpc.call("superscalar-ladder")["started"]) - known
-    txid = record(lsp, fid)["funding_outpoint"].split(":")[0]
-    wait_for(lambda: txid in bitcoind.rpc.getrawmempool())
+    txid, vout = record(lsp, fid)["funding_outpoint"].split(":")
+    # the ladder broadcast it when it recorded the factory: in the mempool, or already in the block just mined
+    wait_for(lambda: txid in bitcoind.rpc.getrawmempool() or bitcoind.rpc.gettxout(txid, int(vout), False) is not None)
     mine(bitcoind, nodes)
     view = next(f for f in lsp.rpc.call("superscalar-list")["factories"] if f["factory_id"] == fid)
     say(f"  the ladder started factory {fid[:12]}… at height {view['expiry_height'] - 30} for "

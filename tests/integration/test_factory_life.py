@@ -37,8 +37,9 @@ def ladder_round(lsp: Any, bitcoind: Any, nodes: list[Any], queue: list[Any]) ->
         bitcoind.generate_block(1)
         sync_blockheight(bitcoind, nodes)
     [fid] = set(lsp.rpc.call("superscalar-ladder")["started"]) - known
-    txid = record(lsp, fid)["funding_outpoint"].split(":")[0]
-    wait_for(lambda: txid in bitcoind.rpc.getrawmempool())
+    txid, vout = record(lsp, fid)["funding_outpoint"].split(":")
+    # the ladder broadcast it when it recorded the factory: in the mempool, or already in the block just mined
+    wait_for(lambda: txid in bitcoind.rpc.getrawmempool() or bitcoind.rpc.gettxout(txid, int(vout), False) is not None)
     bitcoind.generate_block(1)
     sync_blockheight(bitcoind, nodes)
     return str(fid)
