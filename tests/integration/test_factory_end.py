@@ -77,7 +77,6 @@ def test_distribution_confirms_at_10x_fees(node_factory: Any, bitcoind: Any, plu
     the clients, which own no coin, publish the 16x variant themselves; it confirms before the LSP's
     timeout and pays each client its channel's whole capacity, to the sat."""
     lsp, clients = network(node_factory, plugin_path, 2)
-    nodes = [lsp, *clients]
     res = create_factory(lsp, clients, bitcoind)
     fid = res["factory_id"]
     params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
