@@ -10,7 +10,7 @@ base) and "variant_since_height"."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..bitcoin.tx import Tx
 from ..factory.graph import FEE_VARIANT_MULTIPLIERS
@@ -32,13 +32,13 @@ def fee_refusal(error: str) -> bool:
                                    "feerate", "fee too low"))
 
 
-def offer(broadcast: Broadcast, txs: Sequence[Tx], entry: dict[str, object], height: int, step: int,
+def offer(broadcast: Broadcast, txs: Sequence[Tx], entry: dict[str, Any], height: int, step: int,
           log: Callable[[str], None]) -> tuple[Tx, Optional[str]]:
     """Offer the variant due now (see the module docstring); returns it and the mempool's refusal, if any.
     `entry` gets "variant" and "variant_since_height"."""
-    k = min(int(entry.get("variant") or 0), len(txs) - 1)  # type: ignore[call-overload]
+    k = min(int(entry.get("variant") or 0), len(txs) - 1)
     since = entry.get("variant_since_height")
-    if since is not None and height - int(since) >= step and k + 1 < len(txs):  # type: ignore[call-overload]
+    if since is not None and height - int(since) >= step and k + 1 < len(txs):
         k, since = k + 1, None
         log(f"not confirmed since height {entry.get('variant_since_height')}: replacing it with its variant at "
             f"{rate_of(k)}")
