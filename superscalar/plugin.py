@@ -102,7 +102,8 @@ class Roles:
                                           self.exit_unfinished_close)
         self.client.accept_rollover = self.client_closer.accept_rollover
         self.client.rollover_dropped = self.client_closer.rollover_dropped
-        self.close_watch = CloseWatch(self.node, self.store, plugin.log, self.confirm_depth)
+        self.close_watch = CloseWatch(self.node, self.store, plugin.log, self.confirm_depth, self.exits.bitcoind,
+                                      max_feerate)
         self.seller = Seller(self.node, self.store, self.transport, plugin.log, timeout,
                              int(options.get("superscalar-sale-fee-base-sat") or 0),
                              int(options.get("superscalar-sale-fee-ppm") or 0), dev_fail_at,

@@ -14,7 +14,11 @@ funding output. The close itself: "confirmed", the channels are retired (`retire
 the next factory (rollover) is unfrozen and funded. Any other spend (a tree transaction: someone
 exited): "conflicted", the factory's channels stay backed by the tree and are unfrozen, and the next
 factory, whose funding can now never exist, is dropped (its channels closed as unbacked). Until one
-of them confirms, the signed close is rebroadcast every block. A node that gave its partial signature
+of them confirms, the signed close is rebroadcast every block, moving up its fee variants
+(`variants.offer`); once the last one (a rollover's close has only the base: the next factory is
+signed over its txid) is refused for its fee or stays unconfirmed `escalate_blocks`, a node with a
+coin bumps it by CPFP through its P2A anchor (`cpfp`), aiming at the factory's distribution height:
+the LSP first, a client after twice as long (the LSP is the party whose job the close is). A node that gave its partial signature
 but never received the full close (a crash between the two) still follows the funding output: the close
 it signed may confirm, and then it is recognised by its txid.
 """
@@ -26,12 +30,16 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..bitcoin.block import block_hash, block_transactions
 from ..bitcoin.tx import OutPoint, Tx
+from ..bitcoind import Bitcoind, BitcoindError
 from ..client.membership import UNFUNDED
 from ..factory.params import FactoryParams
 from ..node import ClnNode
 from ..store import Store
+from . import cpfp
+from .exits import btc_to_sat
+from .fee_schedule import DEFAULT_MAX_FEERATE_PERKVB, estimate_for, target_feerate
 from .retire import factory_channel_ids, retire_channels
-from .variants import escalate_blocks, offer, rate_of
+from .variants import escalate_blocks, fee_refusal, offer, rate_of
 
 SIGNED, BROADCAST, SEEN, CONFIRMED, CONFLICTED = "signed", "broadcast", "seen", "confirmed", "conflicted"
 MAX_BLOCKS_PER_SCAN = 32
@@ -82,8 +90,10 @@ class CloseWatch:
     """Per block, only the factories with a close to follow or channels to retire are read: the set is
     found by one scan of the records at the first block, then kept by `Store`'s write listener."""
 
-    def __init__(self, node: ClnNode, store: Store, log: Callable[[str], None], depth: int = 1) -> None:
+    def __init__(self, node: ClnNode, store: Store, log: Callable[[str], None], depth: int = 1,
+                 bitcoind: Optional[Bitcoind] = None, max_feerate: int = DEFAULT_MAX_FEERATE_PERKVB) -> None:
         self.node, self.store, self.log = node, store, log
+        self.bitcoind, self.max_feerate = bitcoind, max_feerate  # for CPFP (none without bitcoind's settings)
         self.depth = max(1, depth)  # confirmations before a spend of the funding output is acted on
         self._retiring: set[str] = set()  # channel ids with a `close` under way
         self._watched: Optional[set[str]] = None  # factory ids with a close to follow or retire
@@ -161,15 +171,58 @@ class CloseWatch:
             value, script = close["prevout"]
             prevouts = [(int(value), bytes.fromhex(script))]
             txs = (Tx.from_hex(close["tx"]), *(Tx.from_hex(h) for h in close.get("variants", ())))
-            tx, why = offer(lambda t: self.node.broadcast(t.to_hex(), prevouts), txs, close, height,
-                            escalate_blocks(self._margin(rec)),
+            step = escalate_blocks(self._margin(rec))
+            tx, why = offer(lambda t: self.node.broadcast(t.to_hex(), prevouts), txs, close, height, step,
                             lambda text: self.log(f"factory {fid}: the cooperative close {text}"))
+            if int(close["variant"]) == len(txs) - 1:  # no variant left to move to: CPFP, if we hold a coin
+                wait = step if rec.get("role") == "lsp" else 2 * step
+                refused = why is not None and fee_refusal(why)
+                if refused or (why is None and height - int(close["variant_since_height"]) >= wait):
+                    if self._bump(fid, rec, close, tx, int(value), height) is None and refused:
+                        why = None
             if why is None and close["status"] == SIGNED:
                 close["status"] = BROADCAST
                 self.log(f"factory {fid}: cooperative close {tx.txid} broadcast ({rate_of(int(close['variant']))})")
             elif why is not None:
                 self.log(f"factory {fid}: broadcasting the cooperative close {tx.txid}: {why}")
         self.store.put(fid, "factory", rec)
+
+    def _bump(self, fid: str, rec: dict[str, Any], close: dict[str, Any], tx: Tx, input_value: int,
+              height: int) -> Optional[str]:
+        """CPFP `tx` (the close or its last variant) through its anchor at the rate the distribution
+        height asks for now; None once a child of ours pays at least that (in the mempool), else why not."""
+        if self.bitcoind is None:
+            return "no bitcoind RPC settings to send a package"
+        parent_fee = input_value - sum(o.value for o in tx.outputs)
+        old = close.get("child")
+        if old is not None and (old.get("parent") != tx.txid or not cpfp.alive(self.bitcoind, old)):
+            cpfp.release(self.node, old, self.log)
+            close.pop("child", None)
+            old = None
+        deadline = FactoryParams.deserialize(rec["params"].encode()).distribution_height
+        estimates, floor = self.node.feerate_estimates()
+        rate = target_feerate(deadline - height, estimate_for(deadline - height, estimates), floor, self.max_feerate)
+        if old is not None and rate < cpfp.paying(tx, parent_fee, old) * cpfp.REBUMP_RATIO:
+            return None
+        try:
+            incremental = btc_to_sat(self.bitcoind.mempool_info()["incrementalrelayfee"])
+        except (BitcoindError, KeyError):
+            incremental = 1000
+        child = cpfp.build_child(self.node, self.bitcoind, tx, parent_fee, rate, old, incremental, height)
+        error = child if isinstance(child, str) else cpfp.submit(self.node, self.bitcoind, tx.to_hex(), child, old,
+                                                                 self.log)
+        if error is not None:
+            if close.get("bump_error") != error:  # said once, not every block
+                self.log(f"factory {fid}: bumping the cooperative close {tx.txid} by CPFP failed: {error}")
+            close["bump_error"] = error
+            return error
+        close.pop("bump_error", None)
+        assert not isinstance(child, str)
+        close["child"] = {**child, "parent": tx.txid}
+        self.log(f"factory {fid}: bumped the cooperative close {tx.txid} with child {child['txid']} paying "
+                 f"{child['fee']} sat ({child['feerate']} sat/kvB for both, {deadline - height} blocks before "
+                 f"the distribution height{', replacing ' + old['txid'] if old else ''})")
+        return None
 
     @staticmethod
     def _margin(rec: dict[str, Any]) -> int:
@@ -211,6 +264,9 @@ class CloseWatch:
     def _settle(self, fid: str, rec: dict[str, Any], spend_txid: str, height: int, ours: bool) -> None:
         close = rec["close"]
         close["scanned_height"] = height
+        child = close.get("child")
+        if child is not None and child.get("parent") != spend_txid:  # its parent lost: the coin is ours again
+            cpfp.release(self.node, close.pop("child"), self.log)
         next_factory = close.get("next_factory")
         if ours:
             close.update(status=CONFIRMED, confirmed_height=height, confirmed_txid=spend_txid)

@@ -22,7 +22,7 @@ what conflicted; and which channels to close. Every block (and once when the exi
    lightningd's estimate while the deadline is far, rising geometrically over its last
    `ESCALATION_BLOCKS` to the cap `superscalar-exit-max-feerate-perkvb`. A later bump replaces the
    child (RBF: it spends the same anchor and, when it still suffices, the same coin) once the schedule
-   asks for `REBUMP_RATIO` times what the package pays. A child that was not accepted, was replaced
+   asks for `cpfp.REBUMP_RATIO` times what the package pays. A child that was not accepted, was replaced
    by one with another coin, or left the mempool, gives its coin back (`unreserveinputs`).
 
 Deadlines: the whole path is due by the factory timeout of the leaves' depth, or by the HTLC expiry
@@ -38,15 +38,15 @@ import threading
 from decimal import Decimal
 from typing import Any, Callable, Optional
 
-from ..bitcoin.script import p2a_script
 from ..bitcoin.tx import OutPoint, Tx
 from ..bitcoind import Bitcoind, BitcoindError
+from . import cpfp
 from .blocks import Blocks
 from .conflicts import UNKNOWN, conflict_kind, describe_conflict
-from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, child_fee, estimate_for, exit_deadline, feerate_of,
-                           lstock_deadlines, race_deadlines, relative_wait, replacement_fee, target_feerate,
+from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, estimate_for, exit_deadline,
+                           lstock_deadlines, race_deadlines, relative_wait, target_feerate,
                            tree_deadlines)
-from ..node import CHILD_VSIZE_P2WPKH, ClnNode
+from ..node import ClnNode
 from ..store import Store
 
 # Channel states in which a factory channel is being closed unilaterally: its commitment can only
@@ -57,7 +57,6 @@ UNILATERAL_STATES = {"AWAITING_UNILATERAL", "FUNDING_SPEND_SEEN", "ONCHAIN"}
 CLOSING_STATES = UNILATERAL_STATES | {"CHANNELD_SHUTTING_DOWN", "CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE"}
 DONE = ("closed", "cancelled", "conflicted")
 
-REBUMP_RATIO = 1.1  # a child is replaced once the schedule asks for this much more than it pays
 SCAN_LIMIT = 144  # blocks read per step after a long pause (older ones are not looked at)
 FEE_REFUSALS = ("min relay fee not met", "mempool min fee not met", "insufficient fee")
 MISSING_INPUT = ("missingorspent", "missing-inputs")
@@ -377,57 +376,17 @@ class _Step:
         """A signed CPFP child of `name` paying for the pair at `rate` (and enough to replace `old`), or
         why there is none."""
         tx = self.parsed[name]
-        anchor = tx.outputs[-1]
-        if anchor.script_pubkey != p2a_script():
-            return "it has no P2A anchor to bump it with"
-        parent_fee = self.values[name] - sum(o.value for o in tx.outputs)
-
-        def fee_for(vsize: int) -> int:
-            fee = child_fee(rate, tx.vsize, parent_fee, vsize)
-            return fee if old is None else replacement_fee(fee, int(old["fee"]), vsize, self.incremental())
-
-        try:
-            built = self.node.anchor_child(tx.outpoint(len(tx.outputs) - 1), anchor.value, anchor.script_pubkey,
-                                           fee_for, tx.version, old["coin"] if old else None)
-        except Exception as e:
-            return f"building a CPFP child failed: {e}"
-        if built is None:
-            return f"no confirmed wallet coin can pay a {fee_for(CHILD_VSIZE_P2WPKH)} sat CPFP child"
-        if self.bitcoind is None:
-            self.node.release(built.reserved_psbt)
-            return "no bitcoind RPC settings to finalise the child"
-        try:
-            final = self.bitcoind.call("finalizepsbt", built.signed_psbt)
-        except BitcoindError as e:
-            self.node.release(built.reserved_psbt)
-            return f"finalizing the child failed: {e}"
-        if not final.get("complete"):
-            self.node.release(built.reserved_psbt)
-            return "the wallet did not sign the child"
-        child = Tx.from_hex(str(final["hex"]))
-        fee = built.fee
-        return {"txid": child.txid, "hex": child.to_hex(), "coin": built.coin, "fee": fee, "vsize": child.vsize,
-                "psbt": built.reserved_psbt, "feerate": feerate_of(parent_fee + fee, tx.vsize + child.vsize),
-                "height": self.height}
+        return cpfp.build_child(self.node, self.bitcoind, tx, self.values[name] - sum(o.value for o in tx.outputs),
+                                rate, old, self.incremental(), self.height)
 
     def submit(self, name: str, package: list[str], child: dict[str, Any]) -> Optional[str]:
         """submitpackage; None if the child is in the mempool, else why (its coin is given back)."""
         assert self.bitcoind is not None
-        try:
-            res = self.bitcoind.submitpackage(package)
-        except BitcoindError as e:
-            self.node.release(child["psbt"])
-            return str(e)
-        if res.get("package_msg") != "success":
-            errors = [f"{r.get('txid')}: {r['error']}" for r in res.get("tx-results", {}).values() if r.get("error")]
-            self.node.release(child["psbt"])
-            return f"{res.get('package_msg')} ({'; '.join(errors)})"
-        old = self.p["children"].get(name)
-        if old is not None:  # replaced: its coin is free, or (the same coin) reserved once, by the new child
-            self.node.release(old["psbt"])
-        self.p["children"][name] = child
-        self.p["bumped"][name] = child["txid"]
-        return None
+        error = cpfp.submit(self.node, self.bitcoind, package[0], child, self.p["children"].get(name), self.log)
+        if error is None:
+            self.p["children"][name] = child
+            self.p["bumped"][name] = child["txid"]
+        return error
 
     # --- 4. bumping ---
 
@@ -437,12 +396,11 @@ class _Step:
         tx = self.parsed[name]
         parent_fee = self.values[name] - sum(o.value for o in tx.outputs)
         old = self.p["children"].get(name)
-        if old is not None and not self.child_alive(old):
+        if old is not None and not cpfp.alive(self.bitcoind, old):
             self.release_child(name)
             old = None
-        paying = feerate_of(parent_fee + (old["fee"] if old else 0), tx.vsize + (old["vsize"] if old else 0))
         rate = self.feerate(deadline)
-        if rate < paying * REBUMP_RATIO:
+        if rate < cpfp.paying(tx, parent_fee, old) * cpfp.REBUMP_RATIO:
             return
         child = self.build_child(name, rate, old)
         if isinstance(child, str):
@@ -457,22 +415,11 @@ class _Step:
         self.log(f"bumped {name} ({tx.txid}) with child {child['txid']} paying {child['fee']} sat "
                  f"({child['feerate']} sat/kvB for both, {blocks_left}{', replacing ' + old['txid'] if old else ''})")
 
-    def child_alive(self, child: dict[str, Any]) -> bool:
-        assert self.bitcoind is not None
-        try:
-            return self.bitcoind.in_mempool(str(child["txid"]))
-        except BitcoindError:
-            return True
-
     def release_child(self, name: str) -> None:
         """The child of `name` is gone (evicted with it, or conflicted): its coin is ours again."""
         child = self.p["children"].pop(name, None)
-        if child is None:
-            return
-        try:
-            self.node.release(child["psbt"])
-        except Exception as e:  # already spent or unreserved: nothing to give back
-            self.log(f"releasing the coin of child {child['txid']}: {e}")
+        if child is not None:
+            cpfp.release(self.node, child, self.log)
 
     # --- channels and status ---
 

@@ -146,3 +146,47 @@ def test_close_confirms_at_10x_fees(node_factory: Any, bitcoind: Any, plugin_pat
         paid = sum(round(o["value"] * 100_000_000) for o in mined["vout"] if o["scriptPubKey"]["hex"] == script)
         assert paid == b // 1000, (paid, b)
     no_broken(nodes)
+
+
+def test_rollover_close_is_bumped_by_cpfp(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A rollover's close has no fee variants (the next factory is signed over its txid). When the market
+    ignores it (bitcoind treats it as paying nothing), the LSP bumps it by CPFP through its P2A anchor with
+    a coin of its own wallet: it confirms with the child, the next factory is funded and every client's
+    channel in it holds its balance to the msat; the clients, which own no coin, paid nothing."""
+    lsp, clients = network(node_factory, plugin_path, 2)
+    nodes = [lsp, *clients]
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    pay_msat(lsp, clients[0], 7_654_321, "to-0")
+    settled(lsp, clients)
+    held = {c.info["id"]: sum(balances(c, lsp).values()) for c in clients}
+    out = lsp.rpc.call("superscalar-rollover", {"factory_id": fid})
+    close = bitcoind.rpc.getmempoolentry(out["close_txid"])
+    fee = int(round(close["fees"]["base"] * 100_000_000))
+    assert fee == out["fee_sat"]
+    bitcoind.rpc.prioritisetransaction(out["close_txid"], 0, -fee)  # the market ignores it
+    assert all(c.rpc.listfunds()["outputs"] == [] for c in clients)
+    lsp_outputs = {f"{o['txid']}:{o['output']}" for o in lsp.rpc.listfunds()["outputs"]}
+
+    mine_until(bitcoind, nodes, lambda: (record(lsp, fid)["close"].get("child") or {}).get("txid")
+               in bitcoind.rpc.getrawmempool(), blocks=8)
+    child = record(lsp, fid)["close"]["child"]
+    assert record(lsp, fid)["close"]["status"] in ("broadcast", "seen") and child["parent"] == out["close_txid"]
+    lsp.daemon.wait_for_log(f"bumped the cooperative close {out['close_txid']} with child {child['txid']}")
+    child_tx = bitcoind.rpc.getrawtransaction(child["txid"], True)
+    assert {i["txid"] for i in child_tx["vin"]} >= {out["close_txid"]}
+    assert any(f"{i['txid']}:{i['vout']}" in lsp_outputs for i in child_tx["vin"])  # the LSP's coin pays
+    mine_until(bitcoind, nodes, lambda: all(record(n, fid)["close"]["status"] == "confirmed" for n in nodes))
+    mined = bitcoind.rpc.getrawtransaction(out["close_txid"], True)
+    assert bitcoind.rpc.getrawtransaction(child["txid"], True)["blockhash"] == mined["blockhash"]
+    nxt = out["next_factory"]
+    wait_for(lambda: record(lsp, nxt)["stage"] == "funded")
+    b_chans = {ch["peer_id"]: ch["funding_outpoint"] for ch in record(lsp, nxt)["channels"]}
+    for c in clients:
+        wait_for(lambda: not record(c, nxt).get("frozen"))
+        assert msat(channels_in(c, lsp, b_chans[c.info["id"]])[0]["to_us_msat"]) == held[c.info["id"]]
+        # (A's retired channel's closing transaction can never confirm: its output stays unconfirmed)
+        assert [o for o in c.rpc.listfunds()["outputs"] if o["status"] == "confirmed"] == []
+    print(f"close {out['close_txid']} paid {fee} sat at the agreed rate; child {child['txid']} paid {child['fee']} sat "
+          f"({child['feerate']} sat/kvB for both)")
+    no_broken(nodes)
