@@ -67,6 +67,10 @@ from ..sales import open_sales, sold_capacity_sat
 from .creation import ClientSpec, Lsp, Pending, _lsp_record, _raise_first, _seckey, each_peer
 
 POLL_SECONDS = 0.2
+# A rollover that failed after the next factory's channels were completed leaves them behind in
+# lightningd for good (docs/retiring-channels.md). After this many such failures of one factory, the
+# ladder closes it instead (`leaving.roll_or_close`): a plain close opens no channel.
+MAX_FAILED_ROLLOVERS = 3
 
 
 class CloseError(RuntimeError):
@@ -303,12 +307,27 @@ class Closer:
             if pending is not None:
                 self.lsp._abort(pending, opened, None, [])
                 self.lsp._pending.pop(pending.factory_id, None)
+            if completed:
+                self._count_failed_rollover(factory_id, len(completed))
             self._abort(factory_id, str(e))
             raise (DoesNotFit if isinstance(e, DoesNotFit) else CloseError)(str(e)) from None
         finally:
             self._busy.discard(factory_id)
 
     # --- steps ---
+
+    def _count_failed_rollover(self, factory_id: str, channels: int) -> None:
+        """A rollover failed after `channels` channels of its next factory were completed (they stay
+        behind, closed as unbacked): counted, durably, for `roll_or_close`."""
+        rec = self.store.get(factory_id, "factory")
+        if rec is None:
+            return
+        rec["failed_rollovers"] = int(rec.get("failed_rollovers", 0)) + 1
+        rec["dead_rollover_channels"] = int(rec.get("dead_rollover_channels", 0)) + channels
+        self.store.put(factory_id, "factory", rec)
+        self.log(f"factory {factory_id}: rollover failed after {channels} channels of its next factory were "
+                 f"completed ({rec['failed_rollovers']} such failures, {rec['dead_rollover_channels']} channels left "
+                 f"behind; after {MAX_FAILED_ROLLOVERS} the ladder closes it instead)", level="unusual")
 
     def _start(self, factory_id: str, reason: str, next_factory: Optional[str], resume: bool = False) -> dict[str, Any]:
         """Check the factory can be closed now and freeze it (durable). With `resume`, a factory frozen
@@ -325,6 +344,10 @@ class Closer:
                 self._connected(rec)
                 self._busy.add(factory_id)
                 return rec
+        if rec.get("abandoned_close") is not None:
+            raise CloseError(f"factory {factory_id}: clients may hold their signature of the rollover close "
+                             f"{rec['abandoned_close']['txid']}, whose round failed, and would refuse any other "
+                             "close; it ends by their exits or by the distribution")
         if rec.get("stage") != "funded" or rec.get("close") is not None or rec.get("frozen"):
             raise CloseError(f"factory {factory_id} cannot be closed now (stage {rec.get('stage')}, "
                              f"close {(rec.get('close') or {}).get('status')}, frozen {bool(rec.get('frozen'))})")
@@ -394,6 +417,14 @@ class Closer:
                 self.store.put(factory_id, "factory", stored)
                 raise CloseError(f"close round failed after clients may have signed ({reason}): the factory stays "
                                  "frozen; superscalar-close signs the same close again")
+            if amounts is None and session.coordinator.aggnonces_sent:
+                # A rollover's close, which clients may have signed: they refuse any other close of this
+                # factory, and this one needs the next factory that is now dropped. It ends by their exits
+                # (after max_close_wait_blocks) or by the distribution; no more rollovers are tried.
+                stored = self.store.get(factory_id, "factory")
+                assert stored is not None
+                stored["abandoned_close"] = {"txid": close.tx.txid, "height": self.node.blockheight(), "reason": reason}
+                self.store.put(factory_id, "factory", stored)
             raise CloseError(f"close round failed: {reason}")
         finally:
             self._sessions.pop(fid, None)

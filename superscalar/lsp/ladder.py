@@ -67,7 +67,7 @@ class FactorySummary:
     start_height: int
     expiry_height: int
     distribution_height: int
-    settled: bool  # a cooperative close or rollover is recorded, or the factory is exiting or gone
+    settled: bool  # a cooperative close or rollover is recorded or abandoned, or the factory is exiting or gone
     clients: tuple[str, ...]
     offline: tuple[str, ...]  # its clients that are not connected now
 
@@ -259,7 +259,9 @@ class Ladder:
                 continue
             params = FactoryParams.deserialize(rec["params"].encode())
             clients = tuple(c["peer_id"] for c in rec["channels"])
-            settled = bool(rec.get("close")) or self.store.get(fid, "exit") is not None
+            # (an abandoned rollover close: clients that signed it refuse any other, so none is tried)
+            settled = (bool(rec.get("close")) or rec.get("abandoned_close") is not None
+                       or self.store.get(fid, "exit") is not None)
             out.append(FactorySummary(fid, params.start_height, params.expiry_height, params.distribution_height, settled, clients,
                                       tuple(c for c in clients if c not in connected)))
         return out

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from ..protocol.wire import Leave, Message
 from ..store import Store, StoreError
-from .closing import Closer, DoesNotFit
+from .closing import MAX_FAILED_ROLLOVERS, Closer, DoesNotFit
 
 
 def leaving(store: Store, factory_id: str) -> list[str]:
@@ -23,11 +23,18 @@ def roll_or_close(closer: Closer, store: Store, factory_id: str, progress: Calla
     """What the ladder does with a dying factory: roll it over, paying those who asked to leave on chain,
     or, when every client asked to leave or the next factory cannot fit in its close (its L-stock sold
     down to the dust limit), close it cooperatively: each client is paid its balance on chain, which the
-    distribution would not do (it pays each client its channel's whole capacity)."""
+    distribution would not do (it pays each client its channel's whole capacity). After
+    MAX_FAILED_ROLLOVERS rollovers of it failed with the next factory's channels already completed (a
+    client withholding its signature of the close; those channels are never forgotten by lightningd),
+    it is closed too: a plain close opens no channel, so its failures leave nothing behind."""
     rec = store.get(factory_id, "factory") or {}
     leavers = leaving(store, factory_id)
     if {c["peer_id"] for c in rec.get("channels", [])} <= set(leavers) or rec.get("unfinished_close") is not None:
         return closer.close(factory_id, progress)  # (an unfinished close is finished, never replaced)
+    if int(rec.get("failed_rollovers", 0)) >= MAX_FAILED_ROLLOVERS:
+        progress(f"factory {factory_id}: {rec['failed_rollovers']} rollovers failed after its next factory's "
+                 "channels were opened: closing it instead")
+        return closer.close(factory_id, progress)
     try:
         return closer.rollover(factory_id, leavers, progress)
     except DoesNotFit as e:

@@ -344,6 +344,8 @@ def test_client_killed_on_close_proposal_aborts(node_factory: Any, bitcoind: Any
     lsp, clients, fid, outpoints, balances = prepared(node_factory, bitcoind, plugin_path, {1: "client-close-on-propose"})
     with pytest.raises(Exception, match="factory not closed"):
         lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [clients[2].info["id"]]})
+    # the rollover failed with 2 channels of the next factory completed (the leaver has none): counted
+    assert record(lsp, fid)["failed_rollovers"] == 1 and record(lsp, fid)["dead_rollover_channels"] == 2
     restart(clients[0], lsp, clients)
     assert_aborted(bitcoind, lsp, clients, fid, outpoints, balances)
 

@@ -181,3 +181,37 @@ def test_buyer_dropping_after_done_gets_no_more_sales(node_factory: Any, bitcoin
     second = sell(lsp, fid, mate, 20_000)  # the leaf-mate is still served, chained off the first sale
     assert second["lstock_before_sat"] == sale["rest_sat"]
     no_broken([lsp, *clients])
+
+
+def test_withheld_rollover_close_stops_rollovers(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """Client 2 withholds its partial signature of a rollover's close after clients 0 and 1 signed it.
+    They refuse any other close of the factory, so the LSP records the close as abandoned and tries no
+    other rollover or close (each would complete channels of a next factory that stay behind for good):
+    a second superscalar-rollover is refused before anything is opened. The clients that signed exit
+    after their bound."""
+    lsp, clients = close_network(node_factory, plugin_path, 3, {3: "client-close-withhold"})
+    nodes = [lsp, *clients]
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    payments(lsp, clients)
+    with pytest.raises(RpcError):
+        lsp.rpc.call("superscalar-rollover", {"factory_id": fid})
+    abandoned = record(lsp, fid)["abandoned_close"]
+    for c in clients[:2]:
+        assert signed_of(c, fid, "close") == [abandoned["txid"]]
+    wait_for(lambda: not record(lsp, fid).get("frozen"))
+    channels_before = len(lsp.rpc.listpeerchannels()["channels"])
+    with pytest.raises(RpcError, match="would refuse any other close"):
+        lsp.rpc.call("superscalar-rollover", {"factory_id": fid})
+    with pytest.raises(RpcError, match="would refuse any other close"):
+        lsp.rpc.call("superscalar-close", {"factory_id": fid})
+    assert len(lsp.rpc.listpeerchannels()["channels"]) == channels_before
+    signed_at = max(int(record(c, fid)["frozen"]["partial_signed_height"]) for c in clients[:2])
+    bound = ClientPolicy.for_profile("regtest").max_close_wait_blocks
+    height = bitcoind.rpc.getblockcount()
+    if height < signed_at + bound:
+        bitcoind.generate_block(signed_at + bound - height)
+        sync_blockheight(bitcoind, nodes)
+    for c in clients[:2]:
+        c.daemon.wait_for_log("nobody completed in .* blocks: starting our exit")
+    no_broken(nodes)

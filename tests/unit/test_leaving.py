@@ -48,3 +48,27 @@ def test_ladder_rolls_over_with_leavers_or_closes_when_all_leave() -> None:
     leavers.on_message(B, Leave(bytes.fromhex(FID), b"\x02" * 32))
     roll_or_close(Closer(), store, FID, print)  # type: ignore[arg-type]
     assert calls == [("rollover", []), ("rollover", [A]), ("close", FID)]
+
+
+def test_ladder_closes_after_rollovers_failed_with_channels_opened() -> None:
+    """Each rollover that failed after the next factory's channels were completed left them behind for
+    good: after MAX_FAILED_ROLLOVERS of those, the ladder closes the factory instead (no channel opened)."""
+    from superscalar.lsp.closing import MAX_FAILED_ROLLOVERS
+
+    store = Store(MemoryDatastore())  # type: ignore[arg-type]
+    rec = {"role": "lsp", "params": "{}", "channels": [{"peer_id": A}, {"peer_id": B}]}
+    calls: list[str] = []
+
+    class Closer:
+        def close(self, fid: str, progress: object) -> dict[str, str]:
+            calls.append("close")
+            return {}
+
+        def rollover(self, fid: str, leave: list[str], progress: object) -> dict[str, str]:
+            calls.append("rollover")
+            return {}
+
+    for failures in range(MAX_FAILED_ROLLOVERS + 1):
+        store.put(FID, "factory", {**rec, "failed_rollovers": failures})
+        roll_or_close(Closer(), store, FID, lambda _: None)  # type: ignore[arg-type]
+    assert calls == ["rollover"] * MAX_FAILED_ROLLOVERS + ["close"]
