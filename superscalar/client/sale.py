@@ -38,7 +38,7 @@ from ..factory.tree import build_topology
 from ..node import ClnNode
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from ..protocol.rounds import Expectation, Kind
-from ..protocol.wire import Abort, AbortCode, AggNonces, Message, Propose, Signatures
+from ..protocol.wire import Abort, AbortCode, AggNonces, Message, Nonces, Propose, Signatures
 from ..sales import OPEN, current_lstock, sale_entry
 from ..store import Store
 from ..transport import Transport
@@ -65,7 +65,8 @@ class ClientSales:
         # Testing only (developer mode): "sale-signatures-disconnect" drops the connection instead of taking
         # the final signatures of the first sale round (so that sale is missed and caught up later);
         # "sale-aggnonces-disconnect" drops it instead of signing (the round fails after others signed);
-        # "sale-done-disconnect" (the buyer) drops it right after its Done, before the LSP completes the open.
+        # "sale-done-disconnect" (the buyer) drops it right after its Done; "sale-nonces-disconnect" (the
+        # buyer) drops it right after sending its nonce, while the LSP completes the channel.
         self.dev_fail_at = dev_fail_at
         self._sessions: dict[str, SaleSignSession] = {}  # factory id → its sale round
         self._expected: dict[str, tuple[int, float]] = {}  # LSP → (capacity sat, when) of a sale channel it opened
@@ -240,6 +241,10 @@ class ClientSales:
                     return
             elif isinstance(a, Send):
                 self._send(fid, session, a.message)
+                if self.dev_fail_at == "sale-nonces-disconnect" and session.mine and isinstance(a.message, Nonces):
+                    self.dev_fail_at = ""
+                    self.log(f"dev: disconnecting from {session.lsp} right after our nonce")
+                    self.node.rpc.call("disconnect", {"id": session.lsp, "force": True})
             elif isinstance(a, Completed):
                 self._sessions.pop(fid, None)
                 if self.dev_fail_at == "sale-done-disconnect" and session.mine:
@@ -261,9 +266,12 @@ class ClientSales:
             return
         job = session.participant.jobs[0]
         tx = a.data["txs"][0]
+        # (a sale signed again after a failed round: our channel on it was completed in that round)
+        mine = session.mine or any(f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" == f"{tx.txid}:0"
+                                   for ch in self.node.peer_channels(session.lsp))
         rec.setdefault("sales", []).append(sale_entry(
-            session.leaf, tx, job.prevout, job.tx.inputs[0].prevout, mine=session.mine, status=OPEN,
-            verified=UNVERIFIED if session.mine else None, signed_at_height=self.node.blockheight(),
+            session.leaf, tx, job.prevout, job.tx.inputs[0].prevout, mine=mine, status=OPEN,
+            verified=UNVERIFIED if mine else None, signed_at_height=self.node.blockheight(),
             **({"price_msat": session.price_msat, "price_paid_msat": 0} if session.price_msat else {})))
         self.store.put(fid, "factory", rec)  # before Done (the Send follows)
 

@@ -12,18 +12,24 @@ the order that keeps everyone's money safe:
      the leaf; each client checks it against its own view (`client/sale.py`) and stores it before Done;
   4. the fully signed sale is appended to the factory record (`sales`, see `superscalar/sales.py`)
      before any client is sent the final signature, so the exit path exists before anything commits;
-  5. `fundchannel_complete` with the (unbroadcast) sale transaction; the channel id is recorded.
+  5. once the clients' Done is in, the sale is `open` on the channel completed during step 3 (below).
 A failure before step 4 cancels the open: nothing changed. After it the sale is kept for good (a signer
 never signs two spends of one output): the next sale chains off its rest output.
 
+The buyer's channel is completed before anyone can sign: the sale's txid is final once it is proposed
+(key-path spends), so when every signer has sent its nonce the LSP runs `fundchannel_complete` with the
+unsigned sale and only then sends the aggregate nonces (without which no partial signature can be
+made). An open that fails then fails the round with nothing signed (the open is cancelled); a round
+that fails after it closes the completed channel, which nothing backs (its funding is withheld, so
+lightningd deletes it). So no signed sale has an output 0 without a channel: a buyer that drops the
+connection after its Done has its channel already, and costs the L-stock nothing.
+
 A round that failed after the aggregate nonces went out may have partial signatures of the leaf's
 clients behind it: each of them entered that sale in its ledger (`factory.spends`) and will sign no
-other spend of the L-stock. The sale is then kept as `unfinished_sales[leaf]` (durable) and the next
-sale of that leaf first signs it again, unchanged, as an `unopened` sale (its output 0 backs no channel:
-the open was cancelled, so that capacity is lost to the L-stock), then chains off its output 1.
-A buyer whose channel could not be completed after the sale was signed (it dropped the connection
-after its Done) costs the L-stock that sale's capacity; it is sold nothing more in that factory, so a
-buyer can cause that loss once per factory, not at will.
+other spend of the L-stock. The sale is then kept as `unfinished_sales[leaf]` (durable), with its
+channel, and the next sale of that leaf first signs it again, unchanged; the channel is then backed
+(`open`), or if it is gone meanwhile the sale is kept as `unopened` (its output 0 backs nothing), then
+the new sale chains off its output 1.
 
 After a restart (`resume`, at the first block): a sale stored "signed" whose channel exists (the node died after
 `fundchannel_complete`, before the record) gets its channel id; one whose open died with the process is
@@ -45,13 +51,14 @@ from typing import Any, Callable, Optional
 
 from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
 from ..bitcoin.tx import OutPoint, Tx, TxIn, TxOut
+from ..chain.retire import retire_channels
 from ..client.membership import factory_key_label
 from ..factory.errors import FactoryError
 from ..factory.graph import TX_VERSION, Factory, TreeTx, anchor_output, liquidity_sale
 from ..node import ClnNode
 from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
 from ..protocol.rounds import Round, sale_round
-from ..protocol.wire import AbortCode, Message
+from ..protocol.wire import AbortCode, AggNonces, Message
 from ..sales import OPEN, SIGNED, UNOPENED, current_lstock, sale_entry, sale_fee_sat
 from ..store import Store
 from ..transport import Transport
@@ -59,6 +66,14 @@ from .closing import factory_from_record
 from .creation import _seckey
 
 DUMMY_P2WSH = b"\x00\x20" + bytes(32)  # a channel script of the real size, to size the sale before opening
+
+
+def _pending_entry(sale: TreeTx, buyer: str, leaf: int, height: int) -> dict[str, Any]:
+    """A sale that may be signed without its record being written yet (`opening_sales`,
+    `unfinished_sales`): enough to rebuild and check it."""
+    return {"tx": sale.tx.to_hex(), "prevout": [sale.prevout.value, sale.prevout.script_pubkey.hex()],
+            "capacity_sat": sale.tx.outputs[0].value, "script": sale.tx.outputs[0].script_pubkey.hex(),
+            "buyer": buyer, "leaf": leaf, "height": height}
 
 
 class SaleError(RuntimeError):
@@ -76,6 +91,9 @@ class SaleSession:
     stored: bool = False  # the fully signed sale is in the factory record
     withheld: bool = False  # testing only: "lsp-sale-withhold"
     error: Optional[str] = None  # storing it failed
+    open_first: bool = False  # a new sale: the buyer's channel is completed before the aggregate nonces go out
+    deferred: Optional[list[Action]] = None  # the aggregate nonces and what follows, held until then
+    channel_id: Optional[str] = None  # the buyer's channel on output 0
     cond: threading.Condition = field(default_factory=threading.Condition)
 
 
@@ -139,7 +157,8 @@ class Seller:
                     assert rec is not None
                     rec.setdefault("sales", []).append(sale_entry(
                         session.leaf, tx, job.prevout, job.tx.inputs[0].prevout, peer_id=session.buyer,
-                        status=SIGNED, channel_id=None, signed_at_height=self.node.blockheight()))
+                        status=SIGNED, channel_id=session.channel_id, signed_at_height=self.node.blockheight()))
+                    rec.get("opening_sales", {}).pop(tx.txid, None)
                     self.store.put(fid, "factory", rec)
                     session.stored = True
                 except Exception as e:  # not stored: nobody may get the signature
@@ -147,6 +166,11 @@ class Seller:
                     self._execute(session, session.coordinator.peer_failed(session.coordinator.clients[0], session.error,
                                                                            AbortCode.INTERNAL))
                     return
+            elif isinstance(a, Send) and isinstance(a.message, AggNonces) and session.open_first and session.channel_id is None:
+                # every signer sent its nonce: the buyer's channel is completed before anyone can sign
+                session.deferred = actions[actions.index(a):]
+                session.cond.notify_all()
+                return
             elif isinstance(a, Send):
                 try:
                     self.transport.send(session.peers[a.peer], a.message)
@@ -215,7 +239,9 @@ class Seller:
         progress(f"opening a {capacity_sat} sat channel to {client_id} on leaf {leaf}'s L-stock "
                  f"({lstock[0].txid_hex}:{lstock[0].vout}, {lstock[1].value} sat)")
         script = self.node.fundchannel_start(client_id, capacity_sat, 0)
-        session = SaleSession(fid, peers, client_id, leaf)
+        session = SaleSession(fid, peers, client_id, leaf, open_first=True)
+        sale: Optional[TreeTx] = None
+        kept = False
         try:
             sale = self._dev_sale(factory, leaf, lstock, capacity_sat, script, rec)
             progress(f"signing sale {sale.tx.txid} ({sale.fee} sat fee) with {len(signers)} clients of the leaf")
@@ -227,6 +253,10 @@ class Seller:
                                                                     for c, p in round_.proposals.items()})
                 session.coordinator = Coordinator(round_, lsp_sk)
                 self._execute(session, session.coordinator.start())
+                session.cond.wait_for(lambda: session.outcome is not None or session.deferred is not None, self.timeout)
+            if session.outcome is None and session.deferred is not None:
+                self._open(factory_id, session, sale, buyer, progress)
+            with session.cond:
                 session.cond.wait_for(lambda: session.outcome is not None or session.stored, self.timeout)
             if not session.stored:
                 with session.cond:
@@ -234,31 +264,33 @@ class Seller:
                         self._execute(session, session.coordinator.peer_failed(signers[0], "timed out", AbortCode.TIMEOUT))
                 reason = session.error or getattr(session.outcome, "reason", "timed out")
                 if session.coordinator.aggnonces_sent and not session.withheld:
-                    self._keep_unfinished(factory_id, leaf, sale, client_id)
+                    self._keep_unfinished(factory_id, leaf, sale, client_id, session.channel_id)
+                    kept = True
                 raise SaleError(f"sale round failed: {reason}")
         except Exception:
             self._sessions.pop(fid, None)
-            try:
-                self.node.fundchannel_cancel(client_id)
-            except Exception as e:
-                self.log(f"sale in {factory_id}: fundchannel_cancel {client_id}: {e}")
+            if sale is not None:
+                self._forget_opening(factory_id, sale.tx.txid)
+            if session.channel_id is None:
+                try:
+                    self.node.fundchannel_cancel(client_id)
+                except Exception as e:
+                    self.log(f"sale in {factory_id}: fundchannel_cancel {client_id}: {e}")
+            elif not kept:  # completed, but nobody signed: its funding can never exist
+                self.log(f"sale in {factory_id}: closing channel {session.channel_id}, which no signed sale backs")
+                retire_channels(self.node, [session.channel_id], self.log, set())
             raise
-        # The sale is signed and stored: from here on it is kept, whatever happens to the open.
+        # The sale is signed and stored, its channel complete: from here on it is kept.
+        assert session.channel_id is not None
         if self.dev_fail_at == "lsp-sale-kill-after-sign":
             self._crash("lsp-sale-kill-after-sign")
-        with session.cond:  # the clients' Done (they stored it too) before the open completes
+        with session.cond:  # the clients' Done (they stored it too)
             session.cond.wait_for(lambda: session.outcome is not None, self.timeout)
         self._sessions.pop(fid, None)
         if not isinstance(session.outcome, Completed):
             self.log(f"sale in {factory_id}: not every client confirmed it stored the sale "
                      f"({getattr(session.outcome, 'reason', 'timed out')}); it is signed and kept")
-        psbt = Psbt(sale.tx, (PsbtInput(witness_utxo=sale.prevout),), tuple(PsbtOutput() for _ in sale.tx.outputs))
-        try:
-            channel_id = self.node.fundchannel_complete(client_id, psbt.to_base64())
-        except Exception as e:
-            self._set(factory_id, sale.tx.txid, status=UNOPENED, reason=str(e), buyer_failed=True)
-            raise SaleError(f"the sale {sale.tx.txid} is signed and kept, but its channel could not be completed "
-                            f"(no more sales to {client_id} in this factory): {e}")
+        channel_id = session.channel_id
         self._set(factory_id, sale.tx.txid, status=OPEN, channel_id=channel_id, price_msat=price_msat)
         ch = next((c for c in self.node.peer_channels(client_id) if c.get("channel_id") == channel_id), {})
         alias = (ch.get("alias") or {}).get("local")
@@ -270,15 +302,48 @@ class Seller:
                 "anchor_sat": sale.tx.outputs[2].value, "fee_sat": self.fee_sat(capacity_sat), "leaf": leaf,
                 "price_msat": price_msat}
 
-    def _keep_unfinished(self, factory_id: str, leaf: int, sale: TreeTx, buyer: str) -> None:
+    def _open(self, factory_id: str, session: SaleSession, sale: TreeTx, buyer: int,
+              progress: Callable[[str], None]) -> None:
+        """Every signer sent its nonce: complete the buyer's channel on output 0 (the sale's txid is final
+        before anyone signs), then let the aggregate nonces go out. The sale is first noted in
+        `opening_sales` (durable): a restart then knows a channel may exist that only this sale backs.
+        An open that fails fails the round: nobody has signed anything."""
+        rec = self.store.get(factory_id, "factory")
+        assert rec is not None and session.coordinator is not None
+        rec.setdefault("opening_sales", {})[sale.tx.txid] = _pending_entry(sale, session.buyer, session.leaf,
+                                                                          self.node.blockheight())
+        self.store.put(factory_id, "factory", rec)
+        psbt = Psbt(sale.tx, (PsbtInput(witness_utxo=sale.prevout),), tuple(PsbtOutput() for _ in sale.tx.outputs))
+        try:
+            channel_id = self.node.fundchannel_complete(session.buyer, psbt.to_base64())
+        except Exception as e:
+            with session.cond:
+                if session.outcome is None:
+                    self._execute(session, session.coordinator.peer_failed(
+                        buyer, f"its channel could not be completed: {e}", AbortCode.PEER_DISCONNECTED))
+            raise SaleError(f"the buyer's channel could not be completed before signing (nothing was signed): {e}")
+        with session.cond:
+            session.channel_id = channel_id
+            deferred, session.deferred = session.deferred or [], None
+            if session.outcome is None:
+                progress(f"channel {channel_id} completed on the sale's output 0; signing")
+                self._execute(session, deferred)
+
+    def _forget_opening(self, factory_id: str, txid: str) -> None:
+        rec = self.store.get(factory_id, "factory")
+        if rec is not None and txid in rec.get("opening_sales", {}):
+            rec["opening_sales"].pop(txid)
+            self.store.put(factory_id, "factory", rec)
+
+    def _keep_unfinished(self, factory_id: str, leaf: int, sale: TreeTx, buyer: str, channel_id: Optional[str]) -> None:
         """A sale round that failed after clients may have sent partial signatures: its clients will sign
-        no other spend of this L-stock, so the next sale of the leaf signs it again first."""
+        no other spend of this L-stock, so the next sale of the leaf signs it again first (and the
+        buyer's channel, completed before the signing, is then backed by it)."""
         rec = self.store.get(factory_id, "factory")
         assert rec is not None
         rec.setdefault("unfinished_sales", {})[str(leaf)] = {
-            "tx": sale.tx.to_hex(), "prevout": [sale.prevout.value, sale.prevout.script_pubkey.hex()],
-            "capacity_sat": sale.tx.outputs[0].value, "script": sale.tx.outputs[0].script_pubkey.hex(),
-            "buyer": buyer, "height": self.node.blockheight()}
+            **_pending_entry(sale, buyer, leaf, self.node.blockheight()), "channel_id": channel_id}
+        rec.get("opening_sales", {}).pop(sale.tx.txid, None)
         self.store.put(factory_id, "factory", rec)
         self.log(f"sale in {factory_id}: round failed after partial signatures may have gone out; sale "
                  f"{sale.tx.txid} is kept and signed again, unchanged, before the next sale of leaf {leaf}")
@@ -316,10 +381,17 @@ class Seller:
         stored = self.store.get(factory_id, "factory")
         assert stored is not None
         entry = next(s for s in stored["sales"] if s["txid"] == sale.tx.txid)
-        entry.update(status=UNOPENED, reason="signed again after a failed round; its open had been cancelled")
+        channel = next((c for c in self.node.peer_channels(pending["buyer"])
+                        if pending.get("channel_id") and c.get("channel_id") == pending["channel_id"]
+                        and c.get("state") in ("CHANNELD_NORMAL", "CHANNELD_AWAITING_LOCKIN")), None)
+        if channel is not None:
+            entry.update(status=OPEN, channel_id=channel["channel_id"])
+        else:
+            entry.update(status=UNOPENED, reason="signed again after a failed round; its channel is gone")
         stored["unfinished_sales"].pop(str(leaf), None)
         self.store.put(factory_id, "factory", stored)
-        self.log(f"sale in {factory_id}: unfinished sale {sale.tx.txid} signed and kept as unopened")
+        self.log(f"sale in {factory_id}: unfinished sale {sale.tx.txid} signed again: "
+                 + (f"its channel {channel['channel_id']} is backed" if channel else "kept as unopened (no channel)"))
         return stored
 
     @staticmethod
@@ -360,6 +432,25 @@ class Seller:
         entry.update(fields)
         self.store.put(factory_id, "factory", rec)
 
+    def _resume_openings(self, fid: str, rec: dict[str, Any], by_outpoint: dict[str, dict[str, Any]]) -> None:
+        """Sales whose round a restart cut short after the buyer's channel was being completed: with no
+        channel, nobody signed (the aggregate nonces wait for the channel): forgotten. With one, partial
+        signatures may exist: kept as the leaf's unfinished sale, signed again before the next sale of
+        the leaf, which then backs the channel."""
+        stored = {s["txid"] for s in rec.get("sales", [])}
+        for txid, pending in list(rec.get("opening_sales", {}).items()):
+            rec["opening_sales"].pop(txid)
+            ch = by_outpoint.get(f"{txid}:0")
+            if txid in stored:
+                continue
+            if ch is None:
+                self.log(f"factory {fid}: sale {txid} was cut short by a restart before its channel existed: "
+                         "nothing was signed")
+                continue
+            rec.setdefault("unfinished_sales", {})[str(pending["leaf"])] = {**pending, "channel_id": ch["channel_id"]}
+            self.log(f"factory {fid}: sale {txid} was cut short by a restart after its channel {ch['channel_id']} "
+                     "was completed: it is signed again before the next sale of its leaf")
+
     def resume(self, height: int = 0) -> None:
         """Sales stored "signed" by a process that is gone (see the module docstring); looked at once, at
         the first block after a start (within a process every sale leaves "signed" before it ends)."""
@@ -372,9 +463,11 @@ class Seller:
             if fid in busy:
                 continue
             rec = self.store.get(fid, "factory")
-            if rec is None or rec.get("role") != "lsp" or not any(s.get("status") == SIGNED for s in rec.get("sales", [])):
+            if rec is None or rec.get("role") != "lsp" or not (
+                    rec.get("opening_sales") or any(s.get("status") == SIGNED for s in rec.get("sales", []))):
                 continue
             by_outpoint = {f"{c.get('funding_txid')}:{c.get('funding_outnum')}": c for c in self.node.peer_channels()}
+            self._resume_openings(fid, rec, by_outpoint)
             for s in rec["sales"]:
                 if s.get("status") != SIGNED:
                     continue

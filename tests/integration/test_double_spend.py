@@ -18,9 +18,10 @@ from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams
 from superscalar.factory.spends import LEDGER_KEY
 
-from .test_close_rollover import channels_in, mine_until, network as close_network, no_broken, payments, record
+from .test_close_rollover import (channels_in, mine_until, network as close_network, no_broken, pay_msat, payments,
+                                  record)
 from .test_factory_plugin import create_factory
-from .test_lsps_sale import network, sell
+from .test_lsps_sale import network, sell, spendable_msat
 
 pytestmark = pytest.mark.lightningd
 
@@ -33,8 +34,12 @@ def signed_of(node: Any, fid: str, kind: str) -> list[str]:
 def normal_again(lsp: Any, clients: list[Any]) -> None:
     for c in clients:
         wait_for(lambda: bool(c.rpc.connect(lsp.info["id"], "localhost", lsp.port)))
-    wait_for(lambda: all(ch["peer_connected"] and ch["state"] == "CHANNELD_NORMAL"
-                         for c in clients for ch in channels_in(lsp, c)))
+    try:
+        wait_for(lambda: all(ch["peer_connected"] and ch["state"] == "CHANNELD_NORMAL"
+                             for c in clients for ch in channels_in(lsp, c)), timeout=30)
+    except ValueError:
+        print("DEBUG", [(ch["state"], ch["peer_connected"], ch.get("funding_txid")) for c in clients for ch in channels_in(lsp, c)])
+        raise
 
 
 def test_withheld_sale_blocks_a_second_sale(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
@@ -65,8 +70,9 @@ def test_withheld_sale_blocks_a_second_sale(node_factory: Any, bitcoind: Any, pl
 
 def test_failed_sale_is_signed_again_then_chained(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     """The leaf-mate drops the connection instead of signing S1 (the buyer had signed): the LSP keeps S1
-    as unfinished, and the next sale first gets S1 signed again, unchanged (kept as unopened), then S2
-    chained off its output 1; S2's channel carries a payment."""
+    as unfinished with the buyer's channel (completed before anyone signed), and the next sale first gets
+    S1 signed again, unchanged, which backs that channel, then S2 chained off its output 1; the buyer's
+    new channels carry a payment larger than its leaf channel's inbound."""
     lsp, clients = network(node_factory, plugin_path, 2, mate_fail="sale-aggnonces-disconnect")
     buyer, mate = clients
     res = create_factory(lsp, clients, bitcoind)
@@ -83,16 +89,19 @@ def test_failed_sale_is_signed_again_then_chained(node_factory: Any, bitcoind: A
     second = sell(lsp, fid, buyer, 30_000)
     sales = record(lsp, fid)["sales"]
     assert [s["txid"] for s in sales] == [s1.txid, second["sale_txid"]]
-    assert sales[0]["status"] == "unopened" and sales[1]["status"] == "open"
+    assert sales[0]["status"] == "open" and sales[1]["status"] == "open"
+    assert sales[0]["channel_id"] == pending["channel_id"]
     assert record(lsp, fid)["unfinished_sales"] == {}
     chained = Tx.from_hex(sales[1]["tx"])
     assert chained.inputs[0].prevout.txid_hex == s1.txid and chained.inputs[0].prevout.vout == 1
     assert second["lstock_before_sat"] == params.lstock_sat - 40_000 - params.anchor_sat - sales[0]["fee_sat"]
     for c in clients:
         assert [s["txid"] for s in record(c, fid)["sales"]] == [s1.txid, second["sale_txid"]]
-        assert [s["mine"] for s in record(c, fid)["sales"]] == [False, c is buyer]
+        assert [s["mine"] for s in record(c, fid)["sales"]] == [c is buyer, c is buyer]
     wait_for(lambda: channels_in(buyer, lsp, second["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
-    assert len(channels_in(buyer, lsp)) == 2
+    assert len(channels_in(buyer, lsp)) == 3
+    leaf = next(ch["funding_outpoint"] for ch in res["channels"] if ch["peer_id"] == buyer.info["id"])
+    pay_msat(lsp, buyer, spendable_msat(lsp, buyer, leaf) + 20_000_000, "through-the-sales")  # beyond the leaf
     no_broken([lsp, *clients])
 
 
@@ -159,10 +168,9 @@ def test_failed_close_is_signed_again_unchanged(node_factory: Any, bitcoind: Any
     no_broken(nodes)
 
 
-def test_buyer_dropping_after_done_gets_no_more_sales(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
-    """The buyer drops the connection right after its Done, so the LSP cannot complete the channel on the
-    signed sale: the sale is kept (unopened, its output 0 lost to the L-stock) and that buyer is sold
-    nothing more in this factory, so it can cost the LSP one sale's capacity, not one per attempt."""
+def test_buyer_dropping_after_done_keeps_its_channel(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """The buyer drops the connection right after its Done: its channel was completed before anyone
+    signed, so the sale is open on it and nothing is lost; back online, the channel carries a payment."""
     lsp, clients = network(node_factory, plugin_path, 2)
     buyer, mate = clients
     buyer.daemon.opts["superscalar-dev-fail-at"] = "sale-done-disconnect"
@@ -170,18 +178,38 @@ def test_buyer_dropping_after_done_gets_no_more_sales(node_factory: Any, bitcoin
     buyer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     res = create_factory(lsp, clients, bitcoind)
     fid = res["factory_id"]
-    with pytest.raises(RpcError, match="no more sales to"):
-        sell(lsp, fid, buyer, 30_000)
+    out = sell(lsp, fid, buyer, 90_000)
     [sale] = record(lsp, fid)["sales"]
-    assert sale["status"] == "unopened" and sale["buyer_failed"]
+    assert sale["status"] == "open" and sale["channel_id"] == out["channel_id"]
     normal_again(lsp, clients)
-    with pytest.raises(RpcError, match="was signed but its channel never opened"):
-        sell(lsp, fid, buyer, 20_000)
-    assert len(channels_in(lsp, buyer)) == 1
-    second = sell(lsp, fid, mate, 20_000)  # the leaf-mate is still served, chained off the first sale
-    assert second["lstock_before_sat"] == sale["rest_sat"]
+    wait_for(lambda: channels_in(buyer, lsp, out["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
+    leaf = next(ch["funding_outpoint"] for ch in res["channels"] if ch["peer_id"] == buyer.info["id"])
+    pay_msat(lsp, buyer, spendable_msat(lsp, buyer, leaf) + 20_000_000, "after-the-drop")  # beyond the leaf
     no_broken([lsp, *clients])
 
+
+def test_buyer_dropping_before_signing_costs_nothing(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """The buyer drops the connection right after its nonce, while the LSP completes its channel: the
+    round fails before the aggregate nonces, so nobody signed anything (no ledger entry, no sale kept),
+    the open is cancelled, and the next sale to it succeeds on the same L-stock."""
+    lsp, clients = network(node_factory, plugin_path, 2)
+    buyer, mate = clients
+    buyer.daemon.opts["superscalar-dev-fail-at"] = "sale-nonces-disconnect"
+    buyer.restart()
+    buyer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    with pytest.raises(RpcError):
+        sell(lsp, fid, buyer, 30_000)
+    rec = record(lsp, fid)
+    assert not rec.get("sales") and not rec.get("unfinished_sales") and not rec.get("opening_sales")
+    for n in [lsp, *clients]:
+        assert signed_of(n, fid, "sale") == []
+    normal_again(lsp, clients)
+    wait_for(lambda: len([c for c in channels_in(lsp, buyer) if c["state"] == "CHANNELD_NORMAL"]) == 1)
+    out = sell(lsp, fid, buyer, 30_000)
+    assert out["lstock_before_sat"] == FactoryParams.deserialize(rec["params"].encode()).lstock_sat
+    no_broken([lsp, *clients])
 
 def test_withheld_rollover_close_stops_rollovers(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     """Client 2 withholds its partial signature of a rollover's close after clients 0 and 1 signed it.

@@ -149,8 +149,8 @@ def test_client_refuses_a_dishonest_sale(node_factory: Any, bitcoind: Any, plugi
 
 def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     """A leaf signer offline: a clear error, nothing changed. The LSP killed (SIGKILL) once the signed sale
-    is stored, before its channel is completed: after the restart the sale is kept (marked unopened, its
-    output 0 backs nothing) and the next sale chains off its rest output; that channel works."""
+    is stored: its channel was completed before anyone signed, so after the restart the sale is open on
+    it; the next sale chains off its rest output, and the buyer's new channels carry payments."""
     lsp, clients = network(node_factory, plugin_path, 2, "lsp-sale-kill-after-sign")
     buyer, mate = clients
     res = create_factory(lsp, clients, bitcoind)
@@ -173,12 +173,13 @@ def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any
         c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     bitcoind.generate_block(1)
     sync_blockheight(bitcoind, [lsp, *clients])
-    wait_for(lambda: record(lsp, fid)["sales"][0]["status"] == "unopened")
+    wait_for(lambda: record(lsp, fid)["sales"][0]["status"] == "open")
     first = record(lsp, fid)["sales"][0]
+    assert first["channel_id"] in {c["channel_id"] for c in channels_in(lsp, buyer)}
     # A client may or may not have got the final signature before the kill (the LSP stored the sale first).
     for c in clients:
         assert [s["txid"] for s in record(c, fid).get("sales", [])] in ([], [first["txid"]])
-    assert len(channels_in(lsp, buyer)) == 1 and len(channels_in(buyer, lsp)) == 1
+    assert len(channels_in(lsp, buyer)) == 2 and len(channels_in(buyer, lsp)) == 2
     wait_for(lambda: all(c["peer_connected"] and c["state"] == "CHANNELD_NORMAL"
                          for c in channels_in(lsp, buyer) + channels_in(lsp, mate)))
 
@@ -193,13 +194,14 @@ def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any
     # Every leaf client now holds both (one that missed the first caught up from the second's proposal).
     for c in clients:
         assert [s["txid"] for s in record(c, fid)["sales"]] == [first["txid"], second["sale_txid"]]
-        assert record(c, fid)["sales"][1]["mine"] == (c is buyer)
+        assert [s["mine"] for s in record(c, fid)["sales"]] == [c is buyer, c is buyer]
     chained = Tx.from_hex(record(lsp, fid)["sales"][1]["tx"])
     assert chained.inputs[0].prevout.txid_hex == first["txid"] and chained.inputs[0].prevout.vout == 1
     wait_for(lambda: channels_in(buyer, lsp, second["funding_outpoint"])[0]["state"] == "CHANNELD_NORMAL")
     pay_msat(lsp, buyer, old_inbound + 20_000_000, "over-the-second-sale")
     settled(lsp, clients)
-    assert msat(channels_in(buyer, lsp, second["funding_outpoint"])[0]["to_us_msat"]) >= 20_000_000
+    sold = [f"{first['txid']}:0", second["funding_outpoint"]]
+    assert sum(msat(channels_in(buyer, lsp, o)[0]["to_us_msat"]) for o in sold) >= 20_000_000
     no_broken([lsp, *clients])
 
 
