@@ -95,6 +95,13 @@ class ClientCloser:
                 self.log(f"dev: disconnecting from {peer} instead of signing the close of {fid}")
                 self.node.rpc.call("disconnect", {"id": peer, "force": True})
                 return True
+            if isinstance(msg, AggNonces):
+                missing = self._next_channel_missing(fid)
+                if missing is not None:  # a rollover's close: our balance must have a channel to land in
+                    self.log(f"factory {fid}: refusing to sign the close: {missing}")
+                    self._execute(fid, session, session.participant.abort(AbortCode.BAD_PROPOSAL,
+                                                                          f"close refused: {missing}"))
+                    return True
             self._execute(fid, session, session.participant.receive(msg))
             return True
         if isinstance(msg, Abort):
@@ -281,9 +288,7 @@ class ClientCloser:
             nxt = self.store.get(next_factory, "factory")
             if nxt is None or nxt.get("role") != "client" or nxt.get("rollover_of") != fid:
                 return None, "we hold no next factory for this rollover"
-            missing = next_channel_missing(nxt, listing)
-            if missing is not None:
-                return None, missing
+            # (our channel in it is completed once every client sent its nonce: checked before we sign)
             ntxid, nvout = nxt["funding_outpoint"].split(":")
             nvalue, nscript = nxt["path_prevouts"][0]
             return Expectation(Kind.CLOSE, pubkey, funding=funding,
@@ -292,6 +297,18 @@ class ClientCloser:
         params = FactoryParams.deserialize(rec["params"].encode())  # a balance below its dust limit is paid nothing
         return Expectation(Kind.CLOSE, pubkey, payout_script=payout, payout_sat=params.payout_sat(balance),
                            funding=funding), None
+
+    def _next_channel_missing(self, fid: str) -> Optional[str]:
+        """For a rollover's close: why our channel in the next factory cannot take our balance yet (see
+        `next_channel_missing`), or None (also for a plain close)."""
+        rec = self.store.get(fid, "factory") or {}
+        next_factory = (rec.get("frozen") or {}).get("next_factory")
+        if not next_factory:
+            return None
+        nxt = self.store.get(next_factory, "factory")
+        if nxt is None:
+            return "we hold no next factory for this rollover"
+        return next_channel_missing(nxt, self.node.peer_channels(rec["lsp"]))
 
     def _execute(self, fid: str, session: CloseSession, actions: list[Action]) -> None:
         for a in actions:

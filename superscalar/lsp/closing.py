@@ -60,9 +60,9 @@ from ..factory.errors import FactoryError
 from ..factory.graph import Factory, FactoryScripts, TreeTx, cooperative_close, rollover_close
 from ..factory.params import ClientTerms, FactoryParams
 from ..node import msat
-from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, grouped_sends
+from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send, grouped_sends
 from ..protocol.rounds import close_round, construction_round
-from ..protocol.wire import Abort, AbortCode, Invite, Message
+from ..protocol.wire import Abort, AbortCode, AggNonces, Invite, Message
 from ..sales import open_sales, sold_capacity_sat
 from .creation import ClientSpec, Lsp, Pending, _lsp_record, _raise_first, _seckey, each_peer
 
@@ -92,6 +92,10 @@ class Session:
     coordinator: Optional[Coordinator] = None
     outcome: Optional[Completed | Failed] = None
     signed: bool = False  # the fully signed close is stored
+    # A rollover: the next factory's channels are completed once every client sent its nonce, before the
+    # aggregate nonces (held here meanwhile) let anyone sign.
+    open_first: bool = False
+    deferred: Optional[list[Action]] = None
     cond: threading.Condition = field(default_factory=threading.Condition)
 
 
@@ -150,6 +154,11 @@ class Closer:
 
     def _execute(self, session: Session, actions: list[Action]) -> None:
         fid = session.factory_id.hex()
+        if session.open_first and any(isinstance(a, Send) and isinstance(a.message, AggNonces) for a in actions):
+            session.open_first = False  # every nonce is in: the worker completes the channels, then sends these
+            session.deferred = actions
+            session.cond.notify_all()
+            return
         for a in grouped_sends(actions):
             if isinstance(a, Persist) and a.record == "signed":
                 # Everyone signed: the close exists. It is stored before any client is sent it.
@@ -271,7 +280,7 @@ class Closer:
             self.lsp._wait(pending, lambda: pending.outcome is not None, "the next factory's signing ceremony")
             if isinstance(pending.outcome, Failed):
                 raise CloseError(f"the next factory's ceremony failed: {pending.outcome.reason}")
-            progress("every client holds its signed exit path; completing the channels")
+            progress("every client holds its signed exit path; proposing the close")
             record = _next_record(b, graph, specs, pending, factory_id, push)
             self.store.put(fid_b.hex(), "factory", record)
 
@@ -283,20 +292,24 @@ class Closer:
                 psbt = Psbt(leaf.tx, (PsbtInput(witness_utxo=leaf.prevout),), tuple(PsbtOutput() for _ in leaf.tx.outputs))
                 return self.node.fundchannel_complete(specs[i].node_id, psbt.to_base64())
 
-            done = each_peer(complete, list(range(len(specs))))
-            for i, channel_id in enumerate(done):
-                if not isinstance(channel_id, Exception):
-                    opened.remove(specs[i].node_id)
-                    completed.append(channel_id)
-                    record["channels"][i]["channel_id"] = channel_id
-            self.store.put(fid_b.hex(), "factory", record)
-            _raise_first(done)
-            record["stage"] = "rolling"  # every B channel exists; funded once the close confirms
-            self.store.put(fid_b.hex(), "factory", record)
+            def complete_all() -> None:
+                """Every client of A sent its nonce for the close (it checked the proposal): B's channels
+                are completed now, before anyone can sign the close, so a refusal costs no channel."""
+                progress(f"every client checked the close; completing the channels of factory {fid_b.hex()}")
+                done = each_peer(complete, list(range(len(specs))))
+                for i, channel_id in enumerate(done):
+                    if not isinstance(channel_id, Exception):
+                        opened.remove(specs[i].node_id)
+                        completed.append(channel_id)
+                        record["channels"][i]["channel_id"] = channel_id
+                self.store.put(fid_b.hex(), "factory", record)
+                _raise_first(done)
+                record["stage"] = "rolling"  # every B channel exists; funded once the close confirms
+                self.store.put(fid_b.hex(), "factory", record)
+                self._dev_crash_point("lsp-roll-after-b-channels")
+
+            self._close_round(factory_id, rec, factory, close, before_signing=complete_all)
             self.lsp._pending.pop(fid_b, None)
-            progress(f"the channels of factory {fid_b.hex()} exist; signing the close of {factory_id}")
-            self._dev_crash_point("lsp-roll-after-b-channels")
-            self._close_round(factory_id, rec, factory, close)
             return self._finish(factory_id, close, progress, {
                 "next_factory": fid_b.hex(), "next_funding_outpoint": f"{close.tx.txid}:0",
                 "next_funding_sat": b.funding_output.value,
@@ -389,12 +402,15 @@ class Closer:
             time.sleep(POLL_SECONDS)
 
     def _close_round(self, factory_id: str, rec: dict[str, Any], factory: Factory, close: TreeTx,
-                     amounts: Optional[list[int]] = None) -> None:
+                     amounts: Optional[list[int]] = None, before_signing: Optional[Callable[[], None]] = None) -> None:
         """Sign `close` with every client. `amounts` (a plain close's payouts): a failure after the aggregate
-        nonces went out keeps the close as `unfinished_close`, the factory frozen."""
+        nonces went out keeps the close as `unfinished_close`, the factory frozen. `before_signing` (a
+        rollover: complete the next factory's channels) runs once every client sent its nonce, before the
+        aggregate nonces go out; if it raises, the round fails with nothing signed."""
         fid = bytes.fromhex(factory_id)
         lsp_sk = _seckey(self.node.secret(factory_key_label(self.node.node_id(), fid, "lsp")))
-        session = Session(fid, [c["peer_id"] for c in rec["channels"]], secrets.token_bytes(32))
+        session = Session(fid, [c["peer_id"] for c in rec["channels"]], secrets.token_bytes(32),
+                          open_first=before_signing is not None)
         self._sessions[fid] = session
         try:
             with session.cond:
@@ -402,7 +418,23 @@ class Closer:
                 session.coordinator = Coordinator(close_round(factory, close, _funding(rec), fid, session.session_id,
                                                               variants=plain), lsp_sk)
                 self._execute(session, session.coordinator.start())
-                session.cond.wait_for(lambda: session.outcome is not None, self.timeout)
+                session.cond.wait_for(lambda: session.outcome is not None or session.deferred is not None,
+                                      self.timeout)
+            if before_signing is not None and session.outcome is None and session.deferred is not None:
+                try:
+                    before_signing()
+                except Exception as e:
+                    with session.cond:
+                        if session.outcome is None:
+                            self._execute(session, session.coordinator.peer_failed(
+                                0, f"the next factory's channels could not be completed: {e}", AbortCode.INTERNAL))
+                else:
+                    with session.cond:
+                        deferred, session.deferred = session.deferred, None
+                        if session.outcome is None:
+                            self._execute(session, deferred)
+                with session.cond:
+                    session.cond.wait_for(lambda: session.outcome is not None, self.timeout)
             if session.signed:
                 return  # the close exists: it goes out whatever happened to the Done messages
             if session.outcome is None:
