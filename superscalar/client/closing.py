@@ -6,7 +6,9 @@ refuses every HTLC on that channel) and checked, in its own `listpeerchannels`, 
 no pending HTLC and that the close spends its factory's funding output and pays it at least
 floor(to_us_msat / 1000) sat to its payout script, or, when it rolls into the next factory, that the
 close's txid and output 0 are exactly the funding of the next factory whose exit path it stored, and
-that its channel on that factory's leaf exists in its own lightningd holding exactly its balance. A
+that its channel on that factory's leaf exists in its own lightningd holding exactly its balance (checked
+when the aggregate nonces arrive, just before it signs: the LSP completes that channel only once every
+client sent its nonce). A
 rollover invitation is accepted only from the same LSP, for a factory it is in, once its channels there
 (its leaf channel and those on the liquidity sales it bought) are frozen with no HTLC, and for one
 channel of at least their capacity together (more is inbound for the balance of its JIT channels,

@@ -21,11 +21,15 @@ balance in them, in msat (and, if B still fits, its balance in its JIT wallet ch
 of inbound: it moves that balance into B afterwards, client/migration.py). Order: freeze A → invite B's clients (the invite names A; each client freezes its A
 channels and checks they hold no HTLC, that B's capacity is theirs together and the push its own to_us_msat) →
 `fundchannel_start` every B channel → B's tree over (close txid, 0) (the close's txid is final before
-it is signed) → B's construction round (each client stores B's exit path before Done) → B recorded,
-its channels completed → the CLOSE round on A (rolling clients check that output 0 is B's funding
-output they signed over, leavers their payout) → the signed close stored on both sides → broadcast →
+it is signed) → B's construction round (each client stores B's exit path before Done) → B recorded →
+the CLOSE round on A (rolling clients check that output 0 is B's funding output they signed over,
+leavers their payout, and send their nonces) → B's channels completed, only now that every client
+has checked the close, before the aggregate nonces let anyone sign (a rolling client checks its B
+channel holds its balance when they arrive) → the signed close stored on both sides → broadcast →
 once it confirms A's channels are retired and B is funded. No HTLC moves on A's channels from the
-freeze on, nor on B's until the close has confirmed.
+freeze on, nor on B's until the close has confirmed. A client that refuses the close or goes away
+before its nonce costs no channel: B's opens are cancelled, never completed (stock lightningd never
+forgets a completed one, docs/retiring-channels.md).
 
 Why the carry-over is atomic: A's funding output can be spent once. Either the close spends it, and
 then B's funding output exists (it is output 0 of that very transaction) and A's channels are backed
