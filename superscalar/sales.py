@@ -13,9 +13,10 @@ record, in signing order; each entry:
   capacity_sat      output 0; rest_sat: output 1; fee_sat: the transaction's fee (pre-agreed rate × vsize)
   channel_outpoint  "txid:0"
   channel_id        once the channel was completed (LSP), or seen (client)
-  status            "signed" (stored, channel not completed yet), "open", "unopened" (the LSP died between
-                    storing it and completing the channel: output 0 backs no channel, the chain goes on from
-                    output 1)
+  status            "signed" (stored by the LSP, the clients' Done not in yet), "open", "unopened" (an
+                    unfinished sale signed again after its channel was gone, or a record from before the
+                    channel was completed ahead of signing: output 0 backs no channel, the chain goes on
+                    from output 1)
 
 A channel on a sale output can only be exited by publishing the leaf's path and then every sale of that
 leaf up to and including its own: `exit_additions` lists them.
