@@ -344,8 +344,10 @@ def test_client_killed_on_close_proposal_aborts(node_factory: Any, bitcoind: Any
     lsp, clients, fid, outpoints, balances = prepared(node_factory, bitcoind, plugin_path, {1: "client-close-on-propose"})
     with pytest.raises(Exception, match="factory not closed"):
         lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [clients[2].info["id"]]})
-    # the rollover failed with 2 channels of the next factory completed (the leaver has none): counted
-    assert record(lsp, fid)["failed_rollovers"] == 1 and record(lsp, fid)["dead_rollover_channels"] == 2
+    # the client died at the close's proposal, before its nonce: the next factory's channels were never
+    # completed (their opens cancelled), so nothing is left behind in the LSP's lightningd
+    assert "failed_rollovers" not in record(lsp, fid)
+    assert all(len(channels_in(lsp, c)) == 1 for c in clients[1:])
     restart(clients[0], lsp, clients)
     assert_aborted(bitcoind, lsp, clients, fid, outpoints, balances)
 
@@ -365,12 +367,33 @@ def test_unfair_close_proposal_is_refused(node_factory: Any, bitcoind: Any, plug
     if fail == "lsp-close-underpay":
         with pytest.raises(Exception, match="less than our"):
             lsp.rpc.call("superscalar-close", {"factory_id": fid})
-    else:  # a close whose output 0 is not B's funding, or that would fund a leaf with no channel on it
-        why = "output 0 is not the next factory" if fail == "lsp-roll-wrong-output0" else "was not completed"
-        with pytest.raises(Exception, match=why):
+    elif fail == "lsp-roll-wrong-output0":  # a close whose output 0 is not B's funding
+        with pytest.raises(Exception, match="output 0 is not the next factory"):
             lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [clients[2].info["id"]]})
+    else:
+        # A close that would fund a leaf with no channel on it: that client finds its B channel missing when
+        # the aggregate nonces arrive and does not sign. The others may have signed (this LSP misbehaved
+        # after they checked the close), so they stay frozen until their bound, and the LSP tries no other
+        # close of the factory.
+        with pytest.raises(Exception, match="was not completed"):
+            lsp.rpc.call("superscalar-rollover", {"factory_id": fid, "leave": [clients[2].info["id"]]})
+        assert bitcoind.rpc.getrawmempool() == []
+        assert "abandoned_close" in record(lsp, fid)
+        [refuser] = [c for c in clients if c.daemon.is_in_log("refusing to sign the close: our channel in the next")]
+        wait_for(lambda: not record(refuser, fid).get("frozen"))
+        assert signed_of_close(refuser, fid) == []
+        for c in clients:
+            if c is not refuser:
+                assert record(c, fid)["frozen"]["partial_signed"]
+        no_broken([lsp, *clients])
+        return
     assert bitcoind.rpc.getrawmempool() == []
     assert_aborted(bitcoind, lsp, clients, fid, outpoints, balances)
+
+
+def signed_of_close(node: Any, fid: str) -> list[str]:
+    """The close txids in the node's ledger for factory `fid`."""
+    return [kinds["close"]["txid"] for kinds in record(node, fid).get("signed_spends", {}).values() if "close" in kinds]
 
 
 def test_rollover_carries_every_client(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
