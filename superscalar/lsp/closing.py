@@ -122,7 +122,7 @@ def factory_from_record(rec: dict[str, Any]) -> Factory:
 
 
 class Closer:
-    def __init__(self, lsp: Lsp, log: Callable[[str], None], timeout: float, dev_fail_at: str = "",
+    def __init__(self, lsp: Lsp, log: Callable[..., None], timeout: float, dev_fail_at: str = "",
                  extra_inbound: Callable[[str], int] = lambda peer: 0) -> None:
         # Testing only (developer mode): "lsp-close-before-sign", "lsp-roll-after-b-channels" and
         # "lsp-close-after-sign" kill lightningd there; "lsp-close-underpay", "lsp-roll-wrong-output0" and

@@ -109,16 +109,22 @@ def test_failed_sale_is_signed_again_then_chained(node_factory: Any, bitcoind: A
     no_broken([lsp, *clients])
 
 
+def withholding_network(node_factory: Any, bitcoind: Any, plugin_path: Path) -> tuple[Any, list[Any], str]:
+    """An LSP and three clients in a factory with payments made; client 2 withholds its partial
+    signature of any close."""
+    lsp, clients = close_network(node_factory, plugin_path, 3, {3: "client-close-withhold"})
+    fid = create_factory(lsp, clients, bitcoind)["factory_id"]
+    payments(lsp, clients)
+    return lsp, clients, fid
+
+
 def test_withheld_close_signature_freezes_boundedly(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     """Client 2 sends its nonce but never its partial signature of the close: nobody can hold the close.
     Clients 0 and 1 signed, so they stay frozen (the LSP could be lying about the failure), for at most
     max_close_wait_blocks: then each starts its own exit, the tree spends the funding output, and their
     channels are backed by the tree again (unfrozen)."""
-    lsp, clients = close_network(node_factory, plugin_path, 3, {3: "client-close-withhold"})
+    lsp, clients, fid = withholding_network(node_factory, bitcoind, plugin_path)
     nodes = [lsp, *clients]
-    res = create_factory(lsp, clients, bitcoind)
-    fid = res["factory_id"]
-    payments(lsp, clients)
     with pytest.raises(RpcError):
         lsp.rpc.call("superscalar-close", {"factory_id": fid})
     honest, withholder = clients[:2], clients[2]
@@ -172,15 +178,20 @@ def test_failed_close_is_signed_again_unchanged(node_factory: Any, bitcoind: Any
     no_broken(nodes)
 
 
+def failing_buyer(node_factory: Any, bitcoind: Any, plugin_path: Path, fail: str) -> tuple[Any, list[Any], dict[str, Any]]:
+    """An LSP and two clients in a factory; the first (the buyer) misbehaves at `fail`."""
+    lsp, clients = network(node_factory, plugin_path, 2)
+    clients[0].daemon.opts["superscalar-dev-fail-at"] = fail
+    clients[0].restart()
+    clients[0].rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    return lsp, clients, create_factory(lsp, clients, bitcoind)
+
+
 def test_buyer_dropping_after_done_keeps_its_channel(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     """The buyer drops the connection right after its Done: its channel was completed before anyone
     signed, so the sale is open on it and nothing is lost; back online, the channel carries a payment."""
-    lsp, clients = network(node_factory, plugin_path, 2)
+    lsp, clients, res = failing_buyer(node_factory, bitcoind, plugin_path, "sale-done-disconnect")
     buyer, mate = clients
-    buyer.daemon.opts["superscalar-dev-fail-at"] = "sale-done-disconnect"
-    buyer.restart()
-    buyer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-    res = create_factory(lsp, clients, bitcoind)
     fid = res["factory_id"]
     out = sell(lsp, fid, buyer, 90_000)
     [sale] = record(lsp, fid)["sales"]
@@ -196,12 +207,8 @@ def test_buyer_dropping_before_signing_costs_nothing(node_factory: Any, bitcoind
     """The buyer drops the connection right after its nonce, while the LSP completes its channel: the
     round fails before the aggregate nonces, so nobody signed anything (no ledger entry, no sale kept),
     the open is cancelled, and the next sale to it succeeds on the same L-stock."""
-    lsp, clients = network(node_factory, plugin_path, 2)
+    lsp, clients, res = failing_buyer(node_factory, bitcoind, plugin_path, "sale-nonces-disconnect")
     buyer, mate = clients
-    buyer.daemon.opts["superscalar-dev-fail-at"] = "sale-nonces-disconnect"
-    buyer.restart()
-    buyer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-    res = create_factory(lsp, clients, bitcoind)
     fid = res["factory_id"]
     with pytest.raises(RpcError):
         sell(lsp, fid, buyer, 30_000)
@@ -221,11 +228,8 @@ def test_withheld_rollover_close_stops_rollovers(node_factory: Any, bitcoind: An
     other rollover or close (each would complete channels of a next factory that stay behind for good):
     a second superscalar-rollover is refused before anything is opened. The clients that signed exit
     after their bound."""
-    lsp, clients = close_network(node_factory, plugin_path, 3, {3: "client-close-withhold"})
+    lsp, clients, fid = withholding_network(node_factory, bitcoind, plugin_path)
     nodes = [lsp, *clients]
-    res = create_factory(lsp, clients, bitcoind)
-    fid = res["factory_id"]
-    payments(lsp, clients)
     with pytest.raises(RpcError):
         lsp.rpc.call("superscalar-rollover", {"factory_id": fid})
     abandoned = record(lsp, fid)["abandoned_close"]
