@@ -824,6 +824,8 @@ def build_plugin() -> Plugin:
         try:
             r.speakers.forget(peer)
             r.lsps_client.on_disconnect(peer)
+            if r.lsps_server is not None:
+                r.lsps_server.forget(peer)
             r.transport.forget(peer)
             r.lsp.on_disconnect(peer)
             r.closer.on_disconnect(peer)

@@ -127,7 +127,9 @@ class JitService:
 
     def get_info(self, peer_id: str, params: dict[str, Any]) -> dict[str, Any]:
         check_params(params, (), ("token",))
-        if "token" in params:  # this LSP issues no tokens: any token is unrecognised
+        # This LSP issues no tokens: any token is unrecognised. LDK writes an absent token as null
+        # (lightning-liquidity lsps2/msgs.rs LSPS2GetInfoRequest: `token: Option<String>`, no skip).
+        if params.get("token") is not None:
             raise LspsError(UNRECOGNIZED_OR_STALE_TOKEN, "unrecognized_or_stale_token")
         return {"opening_fee_params_menu": [p.to_json() for p in menu(self.key, self.terms, self.clock())]}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 LSPS_MESSAGE_TYPE = 37913  # bLIP-50 "Lightning Peer-To-Peer Transport": lsps0_message_id
@@ -20,12 +20,13 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
 U64_MAX = 2**64 - 1
+OWN_FAMILY = "superscalar"  # our methods' prefix, and the key announcing them in lsps0.list_protocols
 
 
 class LspsError(Exception):
     """A JSON-RPC error object: raised by a method handler, or received from the LSP."""
 
-    def __init__(self, code: int, message: str, data: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, code: int, message: str, data: Optional[dict[str, Any] | str] = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -96,28 +97,34 @@ def _object(payload: bytes) -> dict[str, Any]:
 
 
 def parse_request(message: bytes) -> Request:
-    """A request to the LSP (`message` with its 2-byte type). Raises LspsError with the code the LSP
-    answers: PARSE_ERROR for a bad message format, INVALID_REQUEST for a non-request object."""
+    """A request to the LSP (`message` with its 2-byte type). bLIP-50 "Message Payload Format": a
+    payload that is not a JSON-RPC 2.0 request is a bad message format, answered "parse error"
+    (PARSE_ERROR, `id` null): raised as that LspsError. (A string `id` is required: the client matches
+    responses by it; a request without one would be a notification, which no LSPS method is.)"""
     try:
         obj = _object(message[2:])
     except ValueError as e:
-        raise LspsError(PARSE_ERROR, "Parse error", None) from e
+        raise LspsError(PARSE_ERROR, "parse error", None) from e
     request_id = obj.get("id")
     if obj.get("jsonrpc") != "2.0" or not isinstance(obj.get("method"), str) or not isinstance(request_id, str):
-        raise LspsError(INVALID_REQUEST, "Invalid Request")
+        raise LspsError(PARSE_ERROR, "parse error", None)
     params = obj.get("params", {})
+    if params is None:
+        params = {}
     if not isinstance(params, dict):  # bLIP-50: by-name parameter structures only
-        raise LspsError(INVALID_REQUEST, "Invalid Request: params must be an object")
+        raise LspsError(PARSE_ERROR, "parse error", None)
     return Request(request_id, obj["method"], params)
 
 
-def request_id_of(message: bytes) -> Optional[str]:
-    """The string `id` of a request we could not accept, if one can be read (else null, as JSON-RPC says)."""
+def is_response(message: bytes) -> bool:
+    """Is `message` shaped as a JSON-RPC response (a `result` or an `error`, no `method`)? An LSP never
+    answers one: it is for a client (ours, or another plugin's on this node), and answering it could
+    start two nodes answering each other's errors for ever."""
     try:
-        value = _object(message[2:]).get("id")
+        obj = _object(message[2:])
     except ValueError:
-        return None
-    return value if isinstance(value, str) else None
+        return False
+    return "method" not in obj and ("result" in obj or "error" in obj)
 
 
 def parse_response(message: bytes) -> Optional[Response]:
@@ -178,15 +185,31 @@ def iso8601(unix_seconds: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+# RFC 3339 date-time as the real stacks write it: bLIP-50's "YYYY-MM-DDThh:mm:ss.uuuZ", and what chrono
+# (LDK's lightning-liquidity, Core Lightning's cln-lsps) writes back: no fraction when it is zero, 3, 6 or 9
+# digits (ldk-node's LSP writes nanoseconds), `Z` or a numeric offset. Any number of fraction digits is
+# read; past the 9th (nanoseconds) they do not change the instant.
+_DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def instant_ns(value: Any) -> int:
+    """The exact instant of an LSPS0.datetime, in nanoseconds since the epoch (UTC); ValueError for
+    anything else. Two spellings of one instant (`.000Z` and `Z`, `Z` and `+00:00`) give one number."""
+    m = _DATETIME.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"not an LSPS0 datetime: {value!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    fraction, offset = m.group(7) or "", m.group(8)
+    tz = timezone.utc if offset in ("Z", "z") else timezone(
+        (1 if offset[0] == "+" else -1) * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
+    moment = datetime(year, month, day, hour, minute, second, tzinfo=tz)  # ValueError for a 31st of February
+    whole = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (whole.days * 86_400 + whole.seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
 
 
 def parse_iso8601(value: Any) -> float:
-    """Unix seconds of an LSPS0.datetime; ValueError for anything else."""
-    if not isinstance(value, str) or not _DATETIME.fullmatch(value):
-        raise ValueError(f"not an LSPS0 datetime: {value!r}")
-    return datetime.strptime(value.replace("Z", "+0000") if "." in value else value[:-1] + ".0+0000",
-                             "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+    """Unix seconds of an LSPS0.datetime (see `instant_ns`); ValueError for anything else."""
+    return instant_ns(value) / 1e9
 
 
 def format_scid(scid: int) -> str:

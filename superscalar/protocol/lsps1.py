@@ -155,7 +155,9 @@ def parse_request(params: dict[str, Any]) -> OrderRequest:
     announce = params["announce_channel"]
     if not isinstance(announce, bool):
         raise _invalid("announce_channel", "Not a boolean")
-    token = params.get("token", "")
+    token = params.get("token")
+    if token is None:  # absent, or null as LDK writes it (lightning-liquidity lsps1/msgs.rs LSPS1OrderParams)
+        token = ""
     if not isinstance(token, str):
         raise _invalid("token", "Not a string")
     refund = params.get("refund_onchain_address")

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from .lsps0 import INVALID_PARAMS, U64_MAX, LspsError, amount, check_params, iso8601, parse_amount, parse_iso8601
+from .lsps0 import (INVALID_PARAMS, U64_MAX, LspsError, amount, check_params, instant_ns, iso8601, parse_amount,
+                    parse_iso8601)
 
 # bLIP-52 "1. API Information" and "2. Request JIT Channel": error codes
 UNRECOGNIZED_OR_STALE_TOKEN = 200
@@ -38,8 +39,9 @@ FIELDS = ("min_fee_msat", "proportional", "valid_until", "min_lifetime", "max_cl
 
 @dataclass(frozen=True, slots=True)
 class OpeningFeeParams:
-    """One `opening_fee_params` object. `valid_until` is kept as the exact string the LSP sent: the
-    promise commits to it and the client must hand it back verbatim."""
+    """One `opening_fee_params` object. `valid_until` is kept as the exact string the LSP sent, and a
+    client hands it back verbatim (an LSP may MAC the string: ldk-node's has nanoseconds, which a float
+    cannot carry); our own promise commits to the instant (`canonical`)."""
 
     min_fee_msat: int
     proportional: int
@@ -91,8 +93,11 @@ def _promised_fields(p: OpeningFeeParams) -> dict[str, Any]:
 
 def canonical(p: OpeningFeeParams) -> bytes:
     """The deterministic serialisation the promise MACs: every field but `promise`, as JSON with sorted
-    keys and no whitespace (amounts as their decimal strings, `valid_until` as sent)."""
-    return json.dumps(_promised_fields(p), sort_keys=True, separators=(",", ":")).encode()
+    keys and no whitespace, amounts as their decimal strings and `valid_until` as its instant in
+    nanoseconds. So the promise binds the values, not their spelling: LDK and Core Lightning parse
+    `valid_until` and write it back in their own form (`...:30.000Z` comes back as `...:30Z`)."""
+    fields = {**_promised_fields(p), "valid_until": instant_ns(p.valid_until)}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
 def make_promise(key: bytes, p: OpeningFeeParams) -> str:
@@ -180,7 +185,7 @@ def check_buy(key: bytes, params: dict[str, Any], now: float) -> Buy:
         raise LspsError(INVALID_OPENING_FEE_PARAMS, "invalid_opening_fee_params: the promise does not match")
     if not p.valid_at(now):
         raise LspsError(INVALID_OPENING_FEE_PARAMS, "invalid_opening_fee_params: valid_until is past")
-    if "payment_size_msat" not in params:
+    if params.get("payment_size_msat") is None:  # absent, or null as serde writes an empty Option
         return Buy(p, None, None)
     size = parse_amount(params["payment_size_msat"], "payment_size_msat")
     if size < p.min_payment_size_msat:

@@ -13,7 +13,7 @@ from superscalar.lsp.onboarding import (INBOUND_OUT_OF_RANGE, JOIN_NOT_OFFERED, 
 from superscalar.factory.params import regtest_params
 from superscalar.lsps.client import LspsClient
 from superscalar.lsps.server import LspsServer
-from superscalar.protocol.lsps0 import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, LSPS_MESSAGE_TYPE,
+from superscalar.protocol.lsps0 import (INTERNAL_ERROR, INVALID_PARAMS, LSPS_MESSAGE_TYPE,
                                         METHOD_NOT_FOUND, PARSE_ERROR, LspsError, check_params, format_scid,
                                         iso8601, parse_amount, parse_iso8601, parse_request, parse_response,
                                         parse_scid, result_message)
@@ -39,7 +39,7 @@ def ask(server: LspsServer, sent: list[tuple[str, dict[str, Any]]], payload: byt
 def test_bad_message_format_is_a_parse_error_with_null_id(payload: bytes) -> None:
     server, sent = served()
     answer = ask(server, sent, payload)
-    assert answer == {"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "Parse error"}}
+    assert answer == {"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "parse error"}}
 
 
 def test_whitespace_around_one_object_is_fine() -> None:
@@ -52,11 +52,26 @@ def test_whitespace_around_one_object_is_fine() -> None:
                                  {"jsonrpc": "2.0", "id": "a", "params": {}},
                                  {"jsonrpc": "2.0", "method": "lsps0.list_protocols", "params": {}},
                                  {"jsonrpc": "2.0", "method": "lsps0.list_protocols", "id": "a", "params": [1]}])
-def test_non_requests_are_invalid_requests(obj: dict[str, Any]) -> None:
+def test_non_requests_are_a_bad_message_format(obj: dict[str, Any]) -> None:
+    """bLIP-50 "Message Payload Format": to the LSP, a payload that is not a JSON-RPC 2.0 request is a
+    bad message format: "parse error", -32700, id null."""
     server, sent = served()
     answer = ask(server, sent, json.dumps(obj).encode())
-    assert answer["error"]["code"] == INVALID_REQUEST
-    assert answer["id"] == (obj.get("id") if isinstance(obj.get("id"), str) else None)
+    assert answer == {"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "parse error"}}
+
+
+@pytest.mark.parametrize("obj", [{"jsonrpc": "2.0", "id": "late", "result": {}},
+                                 {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}},
+                                 {"jsonrpc": "2.0", "id": "x", "error": {"code": 1, "message": "no", "data": None}}])
+def test_responses_are_never_answered(obj: dict[str, Any]) -> None:
+    """A response no request of ours waits for (one after our timeout, an error with id null) passes by
+    unanswered: two nodes answering each other's errors would never stop."""
+    server, sent = served()
+    client = LspsClient(lambda peer, msg: None)
+    message = TYPE + json.dumps(obj).encode()
+    assert not client.on_message("02" * 33, message)
+    assert not server.on_message("02" * 33, message)
+    assert sent == []
 
 
 def request(method: str, params: Any = None, rid: str = "id-1") -> bytes:
@@ -69,9 +84,10 @@ def test_list_protocols_unknown_methods_and_pass_through() -> None:
     server.register("lsps2.get_info", lambda peer, params: {})
     server.register("lsps1.get_info", lambda peer, params: {})
     server.register("superscalar.get_info", lambda peer, params: {})
-    assert ask(server, sent, request("lsps0.list_protocols", {})) == {
-        "jsonrpc": "2.0", "id": "id-1", "result": {"protocols": [1, 2]}}
-    assert ask(server, sent, request("lsps0.list_protocols"))["result"] == {"protocols": [1, 2]}  # params omitted
+    # our own methods are announced in a field LSPS clients ignore (bLIP-50: unrecognised result fields)
+    listed = {"protocols": [1, 2], "superscalar": {"methods": ["superscalar.get_info"]}}
+    assert ask(server, sent, request("lsps0.list_protocols", {})) == {"jsonrpc": "2.0", "id": "id-1", "result": listed}
+    assert ask(server, sent, request("lsps0.list_protocols"))["result"] == listed  # params omitted
     assert ask(server, sent, request("lsps0.list_protocols", {"x": 1}))["error"] == {
         "code": INVALID_PARAMS, "message": "Invalid params", "data": {"unrecognized": ["x"]}}
     assert ask(server, sent, request("lsps9.nothing", {}, "q"))["error"]["code"] == METHOD_NOT_FOUND
