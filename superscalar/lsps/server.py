@@ -58,8 +58,10 @@ class LspsServer:
             self._background.add(method)
 
     def protocols(self) -> list[int]:
-        """bLIP-50 "LSPS Specification Support Query": the LSPS numbers served, never 0."""
-        return sorted({int(m.group(1)) for name in self._methods if (m := _LSPS_FAMILY.match(name))} - {0})
+        """bLIP-50 "LSPS Specification Support Query": the LSPS numbers served, by us or by the other
+        plugin that answers `others` (`lsps5`: 5), never 0."""
+        names = [*self._methods, *(f"{f}." for f in self._others)]
+        return sorted({int(m.group(1)) for name in names if (m := _LSPS_FAMILY.match(name))} - {0})
 
     def _list_protocols(self, peer: str, params: dict[str, Any]) -> dict[str, Any]:
         check_params(params, ())

@@ -53,12 +53,13 @@ def test_lsps0_answers_errors_and_passes_through(node_factory: Any, plugin_path:
     by_id: dict[Any, list[dict[str, Any]]] = {}
     for body in got:
         by_id.setdefault(body.get("id"), []).append(body)
-    assert by_id["a1"] == [{"jsonrpc": "2.0", "id": "a1", "result": {"protocols": [2]}}]  # LSPS2 (JIT channels)
+    # LSPS2 (JIT channels), and LSPS5 answered by the other plugin; our own methods in a field of their own
+    assert by_id["a1"] == [{"jsonrpc": "2.0", "id": "a1", "result": {
+        "protocols": [2, 5], "superscalar": {"methods": ["superscalar.get_info", "superscalar.join"]}}}]
     parse_errors = by_id[None]
-    assert len(parse_errors) == 4  # cut short, two objects, an array, a NUL byte
-    assert all(b["error"] == {"code": -32700, "message": "Parse error"} for b in parse_errors)
-    assert by_id["a2"][0]["error"]["code"] == -32600
-    assert by_id["a3"][0]["error"]["code"] == -32600
+    # cut short, two objects, an array, a NUL byte, no jsonrpc, params an array: not a request (bLIP-50)
+    assert len(parse_errors) == 6 and "a2" not in by_id and "a3" not in by_id
+    assert all(b["error"] == {"code": -32700, "message": "parse error"} for b in parse_errors)
     assert by_id["a4"][0]["error"]["code"] == -32601
     assert by_id["a5"][0]["error"] == {"code": -32602, "message": "Invalid params", "data": {"unrecognized": ["future"]}}
     assert by_id["a6"][0]["error"]["code"] == -31001  # no ladder: this LSP forms no factory by itself

@@ -85,7 +85,8 @@ def test_list_protocols_unknown_methods_and_pass_through() -> None:
     server.register("lsps1.get_info", lambda peer, params: {})
     server.register("superscalar.get_info", lambda peer, params: {})
     # our own methods are announced in a field LSPS clients ignore (bLIP-50: unrecognised result fields)
-    listed = {"protocols": [1, 2], "superscalar": {"methods": ["superscalar.get_info"]}}
+    # (lsps5 is another plugin's on this node: listed too)
+    listed = {"protocols": [1, 2, 5], "superscalar": {"methods": ["superscalar.get_info"]}}
     assert ask(server, sent, request("lsps0.list_protocols", {})) == {"jsonrpc": "2.0", "id": "id-1", "result": listed}
     assert ask(server, sent, request("lsps0.list_protocols"))["result"] == listed  # params omitted
     assert ask(server, sent, request("lsps0.list_protocols", {"x": 1}))["error"] == {
