@@ -34,8 +34,14 @@ from ..store import DOCS, Store
 
 DOC_PREFIX = "lsps2-buy-"
 JIT_SCID_MIN_BLOCK = 0xC00000  # 12 582 912: no real channel's block for two centuries
-# BOLT-2 channel_type bits: option_static_remotekey, option_anchors, option_scid_alias, option_zeroconf
-JIT_CHANNEL_TYPE = [12, 22, 46, 50]
+# BOLT-2 channel_type bits: option_static_remotekey, option_scid_alias, option_zeroconf; no anchors.
+# A JIT wallet starts with no coin: ldk-node refuses an inbound anchor channel whose anchor reserve its
+# on-chain balance cannot cover (unless it trusts the LSP), and Core Lightning's own LSP opens this type
+# too (cln-lsps cln_adapters/rpc.rs). The cost, on the LSP (the funder pays the commitment fee): its
+# commitment's fee is fixed by update_fee while both are online, with no CPFP through anchors, so a
+# force close in a fee spike can wait; the client's to_remote output (static_remotekey) needs no
+# action of its own. docs/lsps-interop.md.
+JIT_CHANNEL_TYPE = [12, 46, 50]
 CHANNEL_READY_SECONDS = 60.0  # how long a new channel may take to reach CHANNELD_NORMAL
 # BOLT-4 failure messages: an UPDATE failure's channel_update may be left empty (u16 length 0)
 FAIL_TEMPORARY = f"{TEMPORARY_CHANNEL_FAILURE:04x}0000"
@@ -50,7 +56,7 @@ Log = Callable[..., None]
 def channel_capacity_sat(forward_msat: int) -> int:
     """The channel size for forwarding `forward_msat` to the client ("5. Channel Opening": large enough
     for `payment_size_msat - opening_fee` plus the LSP's reserve): the amount, 1 % for the client's
-    reserve on the LSP, and 50 000 sat for the commitment fee, anchors and HTLC outputs the LSP pays."""
+    reserve on the LSP, and 50 000 sat for the commitment fee and HTLC outputs the LSP pays."""
     need = -(-forward_msat // 1000)
     return need + need // 100 + 50_000
 

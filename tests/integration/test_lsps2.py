@@ -18,6 +18,7 @@ from superscalar.node import msat
 pytestmark = pytest.mark.lightningd
 
 PROBE = Path(__file__).parent / "lsps_probe_plugin.py"
+ANCHORS_BIT = 22  # BOLT-9 option_anchors
 ZEROCONF_BIT = 50
 
 
@@ -79,6 +80,7 @@ def assert_jit_channel(lsp: Any, client: Any, receive_msat: int) -> dict[str, An
     assert "short_channel_id" not in ch  # not confirmed: it was used at zero confirmations
     [lsp_side] = lsp.rpc.listpeerchannels(client.info["id"])["channels"]
     assert ZEROCONF_BIT in lsp_side["channel_type"]["bits"] and lsp_side["private"] is True
+    assert ANCHORS_BIT not in ch["channel_type"]["bits"]  # a coinless wallet could not keep an anchor reserve
     return dict(ch)
 
 
