@@ -262,6 +262,12 @@ class JitService:
         threading.Thread(target=self._open_and_forward, args=(name, rec, parts, fee, total),
                          name="superscalar-jit-open", daemon=True).start()
 
+    def _close_quietly(self, channel_id: str) -> None:
+        try:
+            self.node.rpc.call("close", {"id": channel_id})
+        except Exception as e:
+            self.log(f"closing JIT channel {channel_id}: {e!r}", level="info")
+
     def _update(self, name: str, rec: dict[str, Any], **changes: Any) -> None:
         with self._lock:
             rec.update(changes)
@@ -275,6 +281,14 @@ class JitService:
             channel_id = self._reusable(peer, rec.get("channel_id")) or self.open_for(peer, channel_capacity_sat(total - fee))
             self._update(name, rec, channel_id=channel_id)
             channel = self._wait_ready(peer, channel_id)
+            # "5. Channel Opening And Forwarding": the client's to_self_delay (imposed on our outputs)
+            # is at most the agreed max_client_to_self_delay; lightningd cannot bound it before funding
+            params = OpeningFeeParams.from_json(rec["opening_fee_params"])
+            delay = int(channel.get("our_to_self_delay") or 0)
+            if delay > params.max_client_to_self_delay:
+                threading.Thread(target=self._close_quietly, args=(channel_id,), daemon=True).start()
+                raise ValueError(f"the client set to_self_delay {delay} above the agreed "
+                                 f"max_client_to_self_delay {params.max_client_to_self_delay}: channel closed")
             # the invoice's hint promised the payer a free hop: the parts forwarded verbatim pay no fee
             self.node.rpc.call("setchannel", {"id": channel_id, "feebase": 0, "feeppm": 0, "enforcedelay": 0})
             plan = forward_plan([p.forward_msat for p in parts], fee, msat(channel.get("minimum_htlc_out_msat", 0)))

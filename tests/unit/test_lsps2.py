@@ -437,3 +437,26 @@ def test_service_refuses_a_buy_it_cannot_serve() -> None:
     assert e.value.code == PAYMENT_SIZE_TOO_LARGE and svc.buys() == [] and node.data == {}
     svc.buy(PEER, {"opening_fee_params": offer, "payment_size_msat": str(10**8)})
     assert len(svc.buys()) == 1
+
+
+def test_service_refuses_a_client_to_self_delay_above_the_agreed() -> None:
+    """bLIP-52 "5. Channel Opening And Forwarding": the client's to_self_delay (the wait it imposes on the
+    LSP's outputs, lightningd's `our_to_self_delay`) is at most `max_client_to_self_delay`. lightningd
+    cannot bound it before funding, so the LSP checks the open channel: too long, it forwards nothing
+    (unknown_next_peer) and closes the channel."""
+    svc, node, opened = service()
+    node.peer_channels = lambda peer=None: [{"channel_id": "cc" * 32, "state": "CHANNELD_NORMAL",  # type: ignore[method-assign]
+                                              "minimum_htlc_out_msat": 1, "funding_txid": "ab" * 32, "htlcs": [],
+                                              "our_to_self_delay": TERMS.max_client_to_self_delay + 1}]
+    offer = svc.get_info(PEER, {})["opening_fee_params_menu"][0]
+    scid = svc.buy(PEER, {"opening_fee_params": offer})["jit_channel_scid"]  # no-MPP
+    got, (answer, done) = collect(1)
+    assert svc.on_htlc(onion(scid, 100_000_000), htlc(0, 100_000_000), answer)
+    assert done.wait(10)
+    assert got == [{"result": "fail", "failure_message": FAIL_UNKNOWN_NEXT_PEER}]
+    for _ in range(100):
+        if ("close", {"id": "cc" * 32}) in node.calls:
+            break
+        time.sleep(0.05)
+    assert ("close", {"id": "cc" * 32}) in node.calls
+    assert svc.buys()[0]["state"] == "waiting"
