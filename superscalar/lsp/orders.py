@@ -77,6 +77,7 @@ class Orders:
         self._orders: dict[str, Order] = {}
         self._by_hash: dict[str, str] = {}
         self._held: dict[str, list[HeldPart]] = {}  # payment hash → parts not answered yet
+        self._opening: set[str] = set()  # plain orders whose channel is being opened
         for name in store.doc_names(DOC_PREFIX):
             doc = store.get_doc(name)
             if doc is not None:
@@ -91,13 +92,11 @@ class Orders:
         return self.options.to_json()
 
     def create_order(self, peer: str, params: dict[str, Any]) -> dict[str, Any]:
-        req = validate(params, self.options)  # raises the spec's errors: nothing made yet
-        if not self.spoke(peer):
-            # the order is filled in a factory: a peer that does not run SuperScalar could pay and then
-            # stall the creation ceremony of every client in its batch
-            raise LspsError(CLIENT_REJECTED, "Client rejected",
-                            {"message": "this LSP sells channels in SuperScalar factories: ask superscalar.get_info "
-                                        "first (a client that does not run SuperScalar cannot join one)"})
+        # A peer that does not run SuperScalar (it did not say so on this connection) cannot join a
+        # factory, and could stall the creation ceremony of every client in its batch: it is served an
+        # ordinary channel from our wallet instead, announced if it asks.
+        plain = not self.spoke(peer)
+        req = validate(params, self.options, announce_ok=plain)  # raises the spec's errors: nothing made yet
         with self._lock:
             unpaid = sum(1 for o in self._orders.values() if o.peer_id == peer and o.order_state == CREATED
                          and o.payment_state == EXPECT_PAYMENT and self.clock() <= o.expires_at)
@@ -110,14 +109,15 @@ class Orders:
         invoice = self.node.rpc.call("invoice", {
             "amount_msat": (fee + req.client_balance_sat) * 1000,
             "label": f"lsps1-{order_id}",
-            "description": f"LSPS1 order {order_id}: {req.lsp_balance_sat} sat inbound in a SuperScalar factory",
+            "description": f"LSPS1 order {order_id}: {req.lsp_balance_sat} sat inbound"
+                           + ("" if plain else " in a SuperScalar factory"),
             # the invoice outlives the payment window by the longest hold, so that lightningd still
             # settles it when the HTLCs are released; a payment after the window is failed by us
             "expiry": PAYMENT_WINDOW_SECONDS + self.final_cltv * BLOCK_SECONDS,
             "cltv": self.final_cltv,
         })
         order = Order(order_id, peer, req, now, now + PAYMENT_WINDOW_SECONDS, fee, str(invoice["bolt11"]),
-                      str(invoice["payment_hash"]))
+                      str(invoice["payment_hash"]), plain=plain)
         with self._lock:
             self._save(order)
             self._by_hash[order.payment_hash] = order_id
@@ -169,7 +169,11 @@ class Orders:
             if order.payment_state == EXPECT_PAYMENT and sum(p.amount_msat for p in parts) >= order.order_total_sat * 1000:
                 order = order.held(height)
                 self._save(order)
-                if self.sell is not None and order.request.client_balance_sat == 0:
+                if order.plain:
+                    self._opening.add(order.order_id)
+                    threading.Thread(target=self._open_plain, args=(order,), name="superscalar-lsps1-open",
+                                     daemon=True).start()
+                elif self.sell is not None and order.request.client_balance_sat == 0:
                     # a client already in a factory of ours may be served at once out of its leaf's L-stock
                     threading.Thread(target=self._sell_or_queue, args=(order,), name="superscalar-lsps1-sale",
                                      daemon=True).start()
@@ -210,6 +214,45 @@ class Orders:
             self.log(f"LSPS1: order {order.order_id} completed at once by sale {sale['sale_txid']} in factory "
                      f"{sale['factory_id']}, channel {sale['funding_outpoint']}")
 
+    def _open_plain(self, order: Order) -> None:
+        """A paid order of a wallet that cannot join a factory: an ordinary channel from our wallet, of
+        lsp_balance_sat + client_balance_sat with client_balance_sat pushed (bLIP-51 §4.1), announced as
+        asked, zero-conf when no confirmation is required (no anchors: the wallet may own no coin, see
+        lsp/jit.py). The held HTLCs are released once its funding is broadcast; an open that fails
+        refunds them."""
+        req = order.request
+        zero_conf = req.required_channel_confirmations == 0
+        params: dict[str, Any] = {"id": order.peer_id, "amount": req.lsp_balance_sat + req.client_balance_sat,
+                                  "push_msat": req.client_balance_sat * 1000, "announce": req.announce_channel}
+        if zero_conf:
+            params["mindepth"] = 0
+        if not req.announce_channel:  # scid_alias only on unannounced channels
+            params["channel_type"] = [12, 46, 50] if zero_conf else [12, 46]
+        try:
+            opened = self.node.rpc.call("fundchannel", params)
+        except Exception as e:
+            with self._lock:
+                self._opening.discard(order.order_id)
+                order = self._orders[order.order_id]
+                if order.order_state == CREATED and order.payment_state == HOLD:
+                    self._fail(order, f"the channel could not be opened: {e}")
+            return
+        with self._lock:
+            self._opening.discard(order.order_id)
+            order = self._orders[order.order_id]
+            if order.order_state != CREATED or order.payment_state != HOLD:  # failed meanwhile: refunded
+                self.log(f"LSPS1: order {order.order_id} was {order.order_state} when its channel "
+                         f"{opened.get('channel_id')} opened", level="unusual")
+                return
+            now = self.clock()
+            order = order.filled(Channel(now, f"{opened['txid']}:{opened['outnum']}",
+                                         now + req.channel_expiry_blocks * BLOCK_SECONDS, ""))
+            self._save(order)
+            for part in self._held.pop(order.payment_hash, []):
+                part.answer(CONTINUE)
+        self.log(f"LSPS1: order {order.order_id} completed by channel {opened.get('channel_id')} "
+                 f"({opened['txid']}:{opened['outnum']}) from our wallet")
+
     # --- filling and failing ---
 
     def reconcile(self, *_: Any) -> None:
@@ -248,7 +291,8 @@ class Orders:
             for order in [o for o in self._orders.values() if o.order_state == CREATED]:
                 if order.payment_state == EXPECT_PAYMENT and now > order.expires_at:
                     self._fail(order, "the invoice expired before it was paid")
-                elif order.payment_state == HOLD and order.order_id not in in_factories:
+                elif (order.payment_state == HOLD and order.order_id not in in_factories
+                      and order.order_id not in self._opening):
                     why = self._too_late(order, height)
                     if why is not None:
                         self.ladder.withdraw(order.peer_id, order.request.client_balance_sat,

@@ -195,12 +195,13 @@ def check_options(req: OrderRequest, options: Options) -> None:
             raise mismatch(prop, message)
 
 
-def validate(params: dict[str, Any], options: Options, tokens: frozenset[str] = frozenset()) -> OrderRequest:
+def validate(params: dict[str, Any], options: Options, tokens: frozenset[str] = frozenset(),
+             announce_ok: bool = False) -> OrderRequest:
     """A create_order request checked in the spec's order: fields (-32602), options (100), token (102).
-    This LSP opens unannounced channels only (a factory's leaf channels are never announced): a
-    request for an announced channel is an invalid `announce_channel` field (-32602)."""
+    A factory's leaf channels are never announced: unless `announce_ok` (an ordinary channel from the
+    LSP's wallet), a request for an announced channel is an invalid `announce_channel` field (-32602)."""
     req = parse_request(params)
-    if req.announce_channel:
+    if req.announce_channel and not announce_ok:
         raise _invalid("announce_channel", "This LSP opens unannounced channels only: announce_channel must be false")
     check_options(req, options)
     if req.token and req.token not in tokens:
@@ -227,7 +228,9 @@ class Channel:
     factory, or the channel a liquidity sale added in a factory it is already in: `funding_outpoint` is
     that channel's funding outpoint (its transaction is pre-signed, on chain only if someone exits);
     `funded_at` is when the factory's root funding transaction was published, or the sale signed;
-    `expires_at` the factory's expiry (the earliest the LSP may close the channel)."""
+    `expires_at` the factory's expiry (the earliest the LSP may close the channel). For a wallet that
+    cannot join a factory: an ordinary channel from the LSP's wallet (`factory_id` empty), funded when
+    its funding transaction was broadcast, expiring `channel_expiry_blocks` later."""
 
     funded_at: float
     funding_outpoint: str
@@ -254,6 +257,7 @@ class Order:
     paid_height: Optional[int] = None  # when the HTLCs summing to the total were held
     channel: Optional[Channel] = None
     failure: Optional[str] = None  # ours: why it failed (not in the spec's object)
+    plain: bool = False  # ours: a wallet that cannot join a factory, served an ordinary channel
 
     @property
     def order_total_sat(self) -> int:

@@ -280,3 +280,48 @@ def test_batch_wait_forms_factory_for_one_order(node_factory: Any, bitcoind: Any
     assert ch["total_msat"] == 101_000_000 and ch["to_us_msat"] == 1_000_000
     wait_for(lambda: [p["status"] for p in c.rpc.listpays()["pays"]] == ["complete"])
     assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, c])
+
+
+def test_plain_wallet_order_gets_ordinary_channel(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A wallet that does not run SuperScalar (LSPS1 by hand, written from bLIP-51) orders inbound and
+    pays the bolt11: it cannot join a factory, so the LSP opens it an ordinary channel from its own
+    wallet, lsp_balance + client_balance with client_balance pushed, and releases the payment once the
+    channel's funding is out; the order names that channel."""
+    lsp = node_factory.get_node(options={**lsp_options(plugin_path), "plugin": [str(plugin_path), str(PROBE)]})
+    lsp.fundwallet(10_000_000)
+    raw = node_factory.get_node(options={"plugin": str(PROBE)})
+    raw.fundwallet(1_000_000)
+    raw.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    raw.rpc.fundchannel(lsp.info["id"], 300_000)  # to pay the order over
+    bitcoind.generate_block(6)
+    sync_blockheight(bitcoind, [lsp, raw])
+    wait_for(lambda: [ch["state"] for ch in raw.rpc.listpeerchannels(lsp.info["id"])["channels"]] == ["CHANNELD_NORMAL"])
+
+    def ask(request_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        raw.rpc.call("probe-send", {"peer": lsp.info["id"], "text": json.dumps(
+            {"jsonrpc": "2.0", "method": method, "params": params, "id": request_id})})
+        wait_for(lambda: any(m["body"].get("id") == request_id for m in raw.rpc.call("probe-inbox")["messages"]))
+        return next(m["body"] for m in raw.rpc.call("probe-inbox")["messages"] if m["body"].get("id") == request_id)
+
+    assert 1 in ask("p", "lsps0.list_protocols", {})["result"]["protocols"]
+    order = ask("o", "lsps1.create_order", {
+        "lsp_balance_sat": "200000", "client_balance_sat": "10000", "required_channel_confirmations": 1,
+        "funding_confirms_within_blocks": WAIT + 6, "channel_expiry_blocks": 24, "announce_channel": False})["result"]
+    bolt11 = order["payment"]["bolt11"]
+    assert order["order_state"] == "CREATED" and bolt11["state"] == "EXPECT_PAYMENT"
+    paid = raw.rpc.call("xpay", {"invstring": bolt11["invoice"]})  # returns once the LSP released the HTLCs
+    assert paid["amount_msat"] == int(bolt11["order_total_sat"]) * 1000
+    done = ask("g", "lsps1.get_order", {"order_id": order["order_id"]})["result"]
+    assert (done["order_state"], done["payment"]["bolt11"]["state"]) == ("COMPLETED", "PAID")
+    outpoint = done["channel"]["funding_outpoint"]
+    [ch] = [c for c in raw.rpc.listpeerchannels(lsp.info["id"])["channels"]
+            if f"{c['funding_txid']}:{c['funding_outnum']}" == outpoint]
+    assert ch["total_msat"] == 210_000_000 and ch["to_us_msat"] == 10_000_000 and ch["private"] is True
+    assert lsp.rpc.call("superscalar-ladder")["waiting"] == []  # no factory for it
+    bitcoind.generate_block(1)
+    wait_for(lambda: [c["state"] for c in raw.rpc.listpeerchannels(lsp.info["id"])["channels"]
+                      if f"{c['funding_txid']}:{c['funding_outnum']}" == outpoint] == ["CHANNELD_NORMAL"])
+    inv = raw.rpc.call("invoice", {"amount_msat": 150_000_000, "label": "inbound", "description": "inbound"})
+    lsp.rpc.call("xpay", {"invstring": inv["bolt11"]})  # more than the paying channel could take: the bought inbound
+    assert raw.rpc.listinvoices("inbound")["invoices"][0]["status"] == "paid"
+    assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, raw])

@@ -4,6 +4,7 @@ its hold invoice (lsp/orders.py) over an in-memory datastore."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -123,6 +124,7 @@ class Node(MemoryDatastore):
         self.rpc = self
         self.invoices: list[dict[str, Any]] = []
         self.deleted: list[str] = []
+        self.funded: list[dict[str, Any]] = []
 
     def blockheight(self) -> int:
         return self.height
@@ -135,6 +137,9 @@ class Node(MemoryDatastore):
         if method == "delinvoice":
             self.deleted.append(params["label"])
             return {}
+        if method == "fundchannel":
+            self.funded.append(params)
+            return {"channel_id": "c1" * 32, "txid": "f0" * 32, "outnum": 1}
         assert method == "listpeers"
         return {"peers": []}
 
@@ -168,10 +173,6 @@ def test_a_rejected_order_makes_nothing() -> None:
                 request(lsp_balance_sat=5)):
         with pytest.raises(LspsError):
             orders.create_order(PEER, bad)
-    orders.spoke = lambda peer: peer != OTHER  # a peer that never said superscalar.get_info
-    with pytest.raises(LspsError) as e:
-        orders.create_order(OTHER, request())
-    assert (e.value.code, e.value.message) == (1, "Client rejected") and "message" in (e.value.data or {})
     assert node.invoices == [] and store.doc_names("lsps1-order-") == [] and orders.list() == []
     with pytest.raises(LspsError) as e:
         orders.get_order(PEER, {"order_id": "bb4b5d0a-8334-49d8-9463-90a6d413af7c"})
@@ -287,3 +288,50 @@ def test_concurrent_create_orders_get_distinct_ids() -> None:
     for t in threads:
         t.join()
     assert len(set(ids)) == 8 and all(len(i) <= 64 for i in ids)
+
+
+def test_a_wallet_without_superscalar_gets_an_ordinary_channel() -> None:
+    """bLIP-51 for a wallet that cannot join a factory (it never said superscalar.get_info): once paid
+    (HTLCs held), an ordinary channel from the LSP's wallet of lsp_balance + client_balance, the client
+    balance pushed, announced when asked (zero-conf when no confirmation is required); the HTLCs are
+    released once it is open, and the order names its funding outpoint."""
+    node, store, ladder, orders = book()
+    orders.spoke = lambda peer: peer != OTHER
+    made = orders.create_order(OTHER, request(announce_channel=True))  # one confirmation required
+    answers: list[dict[str, Any]] = []
+    assert orders.on_htlc(f"{1:064x}", 26_000_000, 540, answers.append)
+    for _ in range(100):
+        if answers:
+            break
+        time.sleep(0.02)
+    assert answers == [CONTINUE]
+    assert node.funded == [{"id": OTHER, "amount": 520_000, "push_msat": 20_000_000, "announce": True}]
+    done = orders.get_order(OTHER, {"order_id": made["order_id"]})
+    assert (done["order_state"], done["payment"]["bolt11"]["state"]) == (COMPLETED, PAID)
+    assert done["channel"]["funding_outpoint"] == "f0" * 32 + ":1" and done["announce_channel"] is True
+    assert ladder.state()["waiting"] == []  # not queued for a factory
+    # a SuperScalar client may not ask for an announced channel (a leaf channel never is)
+    with pytest.raises(LspsError) as e:
+        orders.create_order(PEER, request(announce_channel=True))
+    assert e.value.code == INVALID_PARAMS
+
+
+def test_a_plain_order_whose_channel_fails_is_refunded() -> None:
+    node, store, ladder, orders = book()
+    orders.spoke = lambda peer: False
+
+    def refuse(method: str, params: Any) -> Any:
+        if method == "fundchannel":
+            raise RuntimeError("peer refused the channel")
+        return Node.call(node, method, params)
+    node.call = refuse  # type: ignore[method-assign]
+    made = orders.create_order(OTHER, request())
+    answers: list[dict[str, Any]] = []
+    orders.on_htlc(f"{1:064x}", 26_000_000, 540, answers.append)
+    for _ in range(100):
+        if answers:
+            break
+        time.sleep(0.02)
+    assert answers == [FAIL]
+    done = orders.get_order(OTHER, {"order_id": made["order_id"]})
+    assert (done["order_state"], done["payment"]["bolt11"]["state"]) == (FAILED, REFUNDED)
