@@ -29,7 +29,7 @@ from superscalar.client.sale import ClientSales
 from superscalar.client.moving import move
 from superscalar.client.on_demand import (DEFAULT_MAX_FEE_BASE_SAT, DEFAULT_MAX_FEE_PPM, InboundFeeLimit,
                                           OnDemandPayments)
-from superscalar.client.onboarding import ask_join, ask_terms, hello
+from superscalar.client.onboarding import ask_join, ask_terms, hello, register_webhook
 from superscalar.client.orders import buy_inbound, get_order
 from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
@@ -43,6 +43,7 @@ from superscalar.lsp.creation import ClientSpec, Lsp
 from superscalar.lsp.jit import JitService, liquidity_shortfall, wallet_channel
 from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.lsp.leaving import Leavers, roll_or_close
+from superscalar.lsp.webhooks import DEFAULT_MAX_WEBHOOKS, Webhooks
 from superscalar.lsp.ladder import Ladder, LadderConfig
 from superscalar.lsp.inbound import OnDemand, sale_first, sale_somewhere
 from superscalar.lsp.onboarding import JoinLimits, Onboarding, Speakers, terms
@@ -51,6 +52,7 @@ from superscalar.lsps.client import LspsClient
 from superscalar.lsps.server import LspsServer
 from superscalar.node import ClnNode, msat
 from superscalar.protocol.lsps0 import LspsError, is_lsps
+from superscalar.protocol.lsps5 import PAYMENT_INCOMING
 from superscalar.protocol.lsps1 import Options as Lsps1Options
 from superscalar.protocol.lsps2 import PROMISE_LABEL, FeeTerms
 from superscalar.protocol.wire import WireError
@@ -141,6 +143,7 @@ class Roles:
         ladder = self.ladder
         self.lsps_client = LspsClient(self.node.send_message)
         self.lsps_server: Optional[LspsServer] = None
+        self.webhooks: Optional[Webhooks] = None
         self.jit: Optional[JitService] = None
         self.on_demand: Optional[OnDemand] = None
         self.jit_client = JitClient(self.node, self.store, self.lsps_client, plugin.log)
@@ -159,10 +162,21 @@ class Roles:
                                          lambda: [] if ladder is None else [w["node_id"] for w in ladder.state()["waiting"]])
             self.lsps_server.register("superscalar.get_info", self.onboarding.get_info)
             self.lsps_server.register("superscalar.join", self.onboarding.join)
+            max_webhooks = int(options.get("superscalar-lsps5-max-webhooks") or 0)
+            if max_webhooks > 0 and "lsps5" not in others:
+                allow_http = bool(options.get("superscalar-lsps5-allow-http")) and self.profile == "regtest"
+                self.webhooks = Webhooks(self.node, self.store, plugin.log, self.peer_connected, max_webhooks,
+                                         allow_http, ready=self.channel_ready)
+                self.lsps_server.register("lsps5.set_webhook", self.webhooks.set_webhook)
+                self.lsps_server.register("lsps5.list_webhooks", self.webhooks.list_webhooks)
+                self.lsps_server.register("lsps5.remove_webhook", self.webhooks.remove_webhook)
+            hooks = self.webhooks
             self.jit = JitService(self.node, self.store, self.node.secret(PROMISE_LABEL), [lsps2_terms(options)],
                                   _config_int(plugin, "cltv-delta"), plugin.log,
                                   sale_first(self.seller, self.store, wallet_channel(self.node), plugin.log),
-                                  shortfall=liquidity_shortfall(self.node))
+                                  shortfall=liquidity_shortfall(self.node),
+                                  wake=(lambda peer: hooks.notify(peer, PAYMENT_INCOMING)) if hooks else (lambda peer: 0),
+                                  wakeable=hooks.wakeable if hooks else (lambda peer: False))
             self.on_demand = OnDemand(self.node, self.store, self.seller, self.is_factory_channel, plugin.log)
             self.lsps_server.register("lsps2.get_info", self.jit.get_info)
             self.lsps_server.register("lsps2.buy", self.jit.buy)
@@ -191,6 +205,7 @@ class Roles:
             ("close recovery (client)", self.client_closer.on_block),
             ("cooperative close", self.close_watch.on_block),
             ("JIT channel migration", self.jit_migration.on_block),
+            *((("LSPS5 dying-period notices", self.webhooks.on_block),) if self.webhooks is not None else ()),
         ), lambda what, e: _report(plugin, what, e))
 
     def exit_unfinished_close(self, factory_id: str) -> None:
@@ -205,6 +220,27 @@ class Roles:
             return 0
         return self.jit.held_by(peer, lambda ch: any(self.is_factory_channel(n)
                                                      for n in LiveChannel.from_listing(ch).names))
+
+    def peer_connected(self, peer: str) -> bool:
+        try:
+            return any(p.get("connected") for p in self.node.rpc.call("listpeers", {"id": peer})["peers"])
+        except Exception:
+            return False
+
+    def channel_ready(self, peer: str) -> bool:
+        """Has the peer a normal channel with us, connected and reestablished?"""
+        return any(ch.get("peer_connected") and ch.get("state") == "CHANNELD_NORMAL" and ch.get("reestablished", True)
+                   for ch in self.node.peer_channels(peer))
+
+    def sleeping_peer_of(self, short_channel_id: Optional[str]) -> Optional[str]:
+        """The peer of an outgoing channel, if it is not connected and has an LSPS5 webhook."""
+        if self.webhooks is None or not short_channel_id:
+            return None
+        for ch in self.node.channel_named(short_channel_id):
+            peer = str(ch.get("peer_id"))
+            if not ch.get("peer_connected") and self.webhooks.wakeable(peer):
+                return peer
+        return None
 
     def is_factory_channel(self, name: str) -> bool:
         found = self.index.lookup(name)
@@ -409,6 +445,10 @@ def build_plugin() -> Plugin:
                       "when superscalar.join takes one more (free inbound strangers can lock up is bounded).")
     plugin.add_option("superscalar-lsps-others", "", "LSP: method families (e.g. 'lsps5,lsps7') another plugin on "
                       "this node answers over message 37913: their requests pass through unanswered by us.")
+    plugin.add_option("superscalar-lsps5-max-webhooks", str(DEFAULT_MAX_WEBHOOKS),
+                      "LSP: most LSPS5 webhooks one client may register (0: no LSPS5 here).")
+    plugin.add_option("superscalar-lsps5-allow-http", "false",
+                      "LSP: also accept http:// webhooks (a test's local server; regtest profile only).", opt_type="bool")
     for name, default, text in (
             ("min-fee-msat", "546000", "the least opening fee of a JIT channel"),
             ("proportional", "1000", "the opening fee in parts per million of the payment, if above the least"),
@@ -590,6 +630,13 @@ def build_plugin() -> Plugin:
 
     plugin.add_method("superscalar-jit-invoice", jit_invoice, background=True)
     plugin.add_method("superscalar-jit-list", jit_list)
+    def set_webhook(plugin: Plugin, request: Any, id: str, app_name: str, webhook: str, **kwargs: Any) -> None:
+        """Register `webhook` (https) under `app_name` with LSP `id` (LSPS5, bLIP-55): the LSP posts a
+        signed notification there when something needs this node while it is not connected."""
+        ask_lsp(request, lambda r: register_webhook(r.lsps_client, id, str(app_name), str(webhook)),
+                "superscalar-webhook")
+
+    plugin.add_method("superscalar-webhook", set_webhook, background=True)
     plugin.add_method("superscalar-terms", lsp_terms, background=True)
     plugin.add_method("superscalar-move", move_factory, background=True)
     plugin.add_method("superscalar-join-next", join_next, background=True)
@@ -748,6 +795,13 @@ def build_plugin() -> Plugin:
             _report(plugin, "htlc_accepted JIT forward", e)
             request.set_result({"result": "fail", "failure_message": f"{TEMPORARY_NODE_FAILURE:04x}"})
             return
+        try:  # LSPS5: a forward to a client that sleeps waits (bounded) for its webhook to wake it
+            sleeper = r.sleeping_peer_of(onion.get("short_channel_id")) if r is not None else None
+            if sleeper is not None and r is not None and r.webhooks is not None \
+                    and r.webhooks.hold(sleeper, request.set_result):
+                return
+        except Exception as e:  # lightningd's own handling: the forward fails if the peer stays away
+            _report(plugin, "htlc_accepted LSPS5 hold", e)
         request.set_result({"result": "continue"})
 
     def on_rpc_command(rpc_command: dict[str, Any], plugin: Plugin, request: Any, **kwargs: Any) -> None:
@@ -795,6 +849,8 @@ def build_plugin() -> Plugin:
         """A peer whose factories we join: say hello (superscalar.get_info), so it may invite us."""
         r = holder.get("roles")
         peer = (kwargs.get("connect") or {}).get("id") or kwargs.get("id")
+        if r is not None and peer and r.webhooks is not None:
+            r.webhooks.on_connect(peer)  # HTLCs held while it slept go on
         if r is None or not peer or r.is_lsp or (r.allowed is not None and peer not in r.allowed):
             return
         threading.Thread(target=hello, args=(r.lsps_client, peer, plugin.log), name="superscalar-hello",

@@ -44,3 +44,12 @@ def hello(lsps: LspsClient, lsp: str, log: Log) -> None:
         log(f"LSP {lsp} offers factories (terms version {terms.get('version')})", level="debug")
     except Exception as e:  # a peer without the plugin does not answer: nothing to do
         log(f"no SuperScalar terms from {lsp}: {e}", level="debug")
+
+
+def register_webhook(lsps: LspsClient, lsp: str, app_name: str, webhook: str) -> dict[str, Any]:
+    """`superscalar-webhook`: LSPS5 `lsps5.set_webhook` at an LSP that lists protocol 5."""
+    protocols = lsps.request(lsp, "lsps0.list_protocols", {})
+    if 5 not in protocols.get("protocols", []):
+        raise ValueError(f"{lsp} does not serve LSPS5 (webhooks)")
+    return {"id": lsp, "app_name": app_name, **lsps.request(lsp, "lsps5.set_webhook",
+                                                           {"app_name": app_name, "webhook": webhook})}

@@ -111,10 +111,14 @@ class _Held:
 class JitService:
     def __init__(self, node: ClnNode, store: Store, key: bytes, terms: Sequence[FeeTerms], cltv_expiry_delta: int,
                  log: Log, open_for: OpenFor, clock: Callable[[], float] = time.time,
-                 shortfall: Shortfall = lambda size, fee: None) -> None:
+                 shortfall: Shortfall = lambda size, fee: None, wake: Callable[[str], int] = lambda peer: 0,
+                 wakeable: Callable[[str], bool] = lambda peer: False, wake_seconds: float = 60.0) -> None:
         menu(key, terms, 0)  # a misordered configuration fails at start, not at the first client
         self.node, self.store, self.key, self.terms, self.shortfall = node, store, key, tuple(terms), shortfall
         self.cltv_expiry_delta, self.log, self.open_for, self.clock = cltv_expiry_delta, log, open_for, clock
+        # LSPS5: a sleeping client with a webhook (`wakeable`) is told of the payment (lsp/webhooks.py
+        # `notify`), and its channel opened once it wakes, within `wake_seconds`
+        self.wake, self.wakeable, self.wake_seconds = wake, wakeable, wake_seconds
         self._lock = threading.Lock()
         self._buys: dict[str, tuple[str, dict[str, Any]]] = {}  # JIT scid → (document name, record)
         self._held: dict[tuple[str, str], _Held] = {}
@@ -198,6 +202,8 @@ class JitService:
             return True
         part = _Part(int(htlc["id"]), msat(onion["forward_msat"]), tlv.hop_payload(bytes.fromhex(onion["payload"])),
                      tlv.parse_stream(bytes.fromhex(htlc.get("extra_tlvs") or "")), answer)
+        if rec["state"] == "waiting" and self._connected(str(rec["peer_id"])) is False:
+            self.wake(str(rec["peer_id"]))  # a payment for a client that sleeps: its webhooks wake it
         if rec["state"] == "open" and rec.get("channel_id"):  # the JIT scid is an alias of the channel till valid_until
             answer({"result": "continue", "forward_to": rec["channel_id"]})
             return True
@@ -262,6 +268,18 @@ class JitService:
         threading.Thread(target=self._open_and_forward, args=(name, rec, parts, fee, total),
                          name="superscalar-jit-open", daemon=True).start()
 
+    def _await_wake(self, peer: str, scid: str) -> None:
+        """A client not connected but woken by a webhook (LSPS5) gets `wake_seconds` to connect before
+        the open is tried (the parts stay held meanwhile); one with no webhook is not waited for."""
+        if self._connected(peer) is not False or not self.wakeable(peer):
+            return
+        self.log(f"JIT scid {scid}: waiting up to {self.wake_seconds:.0f} s for {peer} to wake", level="info")
+        deadline = time.monotonic() + self.wake_seconds
+        while time.monotonic() < deadline:
+            if self._connected(peer):
+                return
+            time.sleep(0.25)
+
     def _close_quietly(self, channel_id: str) -> None:
         try:
             self.node.rpc.call("close", {"id": channel_id})
@@ -278,6 +296,7 @@ class JitService:
         opened = time.monotonic()
         try:
             self._update(name, rec, state="opening")
+            self._await_wake(peer, scid)
             channel_id = self._reusable(peer, rec.get("channel_id")) or self.open_for(peer, channel_capacity_sat(total - fee))
             self._update(name, rec, channel_id=channel_id)
             channel = self._wait_ready(peer, channel_id)
