@@ -135,7 +135,6 @@ def test_withheld_close_signature_freezes_boundedly(node_factory: Any, bitcoind:
     wait_for(lambda: not record(withholder, fid).get("frozen"))
     # (each client counts from the height its own lightningd had when it signed: they may differ by one)
     signed = {c.info["id"]: int(record(c, fid)["frozen"]["partial_signed_height"]) for c in honest}
-    signed_at = max(signed.values())
     bound = ClientPolicy.for_profile("regtest").max_close_wait_blocks
     height = bitcoind.rpc.getblockcount()
     if height < min(signed.values()) + bound - 1:
