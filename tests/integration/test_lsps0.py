@@ -83,7 +83,8 @@ def test_client_terms_join_and_ladder_start(node_factory: Any, bitcoind: Any, pl
         c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
     lsp.fundwallet(10_000_000)
     seen = clients[0].rpc.call("superscalar-terms", {"id": lsp.info["id"]})
-    assert seen["protocols"] == [1, 2] and seen["terms"]["join"] == {  # a ladder with a wait bound sells LSPS1
+    # a ladder with a wait bound sells LSPS1; LSPS5 (webhooks) is served by default
+    assert seen["protocols"] == [1, 2, 5] and seen["terms"]["join"] == {
         "offered": True, "interval_blocks": 3, "min_inbound_sat": "20000", "max_inbound_sat": "300000",
         "max_waiting": 100}
     with pytest.raises(RpcError) as e:
