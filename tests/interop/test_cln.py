@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from superscalar.lsps.client import LspsClient
-from superscalar.lsps.server import LspsServer
 from superscalar.protocol.lsps0 import parse_response
 from superscalar.protocol.lsps2 import parse_buy_result, parse_menu
 
-from ..unit.test_lsps2 import PEER, service
-from .test_ldk import _menu_at_whole_second
+from ..unit.test_lsps2 import PEER
+from .test_ldk import _menu_at_whole_second, assert_unanswered, lsp
 from .wire import CLN_FEE_PARAMS_FIELDS, CLN_MAX_PROMISE_BYTES, LSPS_TYPE, chrono_rfc3339, cln_reads_response
 
 CLN_ID = "8c1f0e2d3b4a59687766"  # proto/jsonrpc.rs generate_random_id: 10 random bytes, hex
@@ -24,15 +22,6 @@ def cln_request(method: str, params: dict[str, Any]) -> bytes:
     when it serializes to null."""
     return LSPS_TYPE + json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": CLN_ID},
                                   separators=(",", ":")).encode()
-
-
-def lsp() -> tuple[LspsServer, list[bytes]]:
-    sent: list[bytes] = []
-    server = LspsServer(lambda peer, msg: sent.append(msg), lambda *a, **k: None)
-    jit, _, _ = service()
-    server.register("lsps2.get_info", jit.get_info)
-    server.register("lsps2.buy", jit.buy)
-    return server, sent
 
 
 def test_get_info_menu_passes_deny_unknown_fields() -> None:
@@ -80,9 +69,5 @@ def test_our_client_reads_a_cln_lsp() -> None:
 def test_cln_service_answering_our_responses_stops_there() -> None:
     """cln-lsps-service answers every 37913 message without a method with -32700 and id null (router.rs),
     so a response of ours to a node that also runs it comes back as that error: nobody answers it again."""
-    message = LSPS_TYPE + b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"failed to parse request","data":null}}'
-    sent: list[bytes] = []
-    server = LspsServer(lambda peer, msg: sent.append(msg), lambda *a, **k: None)
-    assert not LspsClient(lambda peer, msg: None).on_message(PEER, message)
-    assert not server.on_message(PEER, message)
-    assert sent == []
+    assert_unanswered(LSPS_TYPE + b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"failed to parse '
+                      b'request","data":null}}')

@@ -104,7 +104,11 @@ def test_a_null_token_order_is_valid() -> None:
 def test_ldk_parse_error_to_us_is_not_answered() -> None:
     """manager.rs: on any message it cannot parse LDK sends {"id":null,"error":{"code":-32700,...,
     "data":null}}. Neither our client nor our LSP answers it (an answer would start a loop)."""
-    message = LSPS_TYPE + b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error","data":null}}'
+    assert_unanswered(LSPS_TYPE + b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error","data":null}}')
+
+
+def assert_unanswered(message: bytes) -> None:
+    """Neither our client nor our LSP takes or answers `message` (a response nobody waits for)."""
     sent: list[bytes] = []
     server = LspsServer(lambda peer, msg: sent.append(msg), lambda *a, **k: None)
     assert not LspsClient(lambda peer, msg: None).on_message(PEER, message)
