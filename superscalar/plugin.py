@@ -236,11 +236,11 @@ class Roles:
         """The peer of an outgoing channel, if it is not connected and has an LSPS5 webhook."""
         if self.webhooks is None or not short_channel_id:
             return None
-        for ch in self.node.channel_named(short_channel_id):
-            peer = str(ch.get("peer_id"))
-            if not ch.get("peer_connected") and self.webhooks.wakeable(peer):
-                return peer
-        return None
+        found = self.index.lookup(short_channel_id)  # in memory: no RPC for every HTLC
+        peer = found.channel.peer_id if found is not None else None
+        if peer is None or not self.webhooks.wakeable(peer) or self.peer_connected(peer):
+            return None
+        return peer
 
     def is_factory_channel(self, name: str) -> bool:
         found = self.index.lookup(name)

@@ -99,6 +99,7 @@ class Webhooks:
         self._sender: Optional[threading.Thread] = None
         self._last: dict[tuple[str, str], float] = {}  # (peer, method) -> when last posted
         self._held: dict[str, _Held] = {}
+        self._peers: Optional[set[str]] = None  # clients with a webhook (read once, then kept in step)
         self.sent: list[dict[str, Any]] = []  # what was posted, newest last (bounded): for `superscalar-webhooks`
 
     # --- LSPS5 methods (inside the custommsg hook: a datastore write, then the answer) ---
@@ -117,6 +118,7 @@ class Webhooks:
             if not no_change:
                 hooks[app_name] = url
                 self.store.put_doc(DOC_PREFIX + peer, {"webhooks": hooks, "updated_at": int(self.clock())})
+                self._wakeable_peers().add(peer)
         if not no_change:
             self._enqueue(_Job(peer, url, WEBHOOK_REGISTERED, notification(WEBHOOK_REGISTERED)))
             self.log(f"LSPS5: {peer} registered webhook {app_name!r}")
@@ -134,13 +136,22 @@ class Webhooks:
                 raise LspsError(APP_NAME_NOT_FOUND, "app_name_not_found")
             del hooks[app_name]
             self.store.put_doc(DOC_PREFIX + peer, {"webhooks": hooks, "updated_at": int(self.clock())})
+            if not hooks:
+                self._wakeable_peers().discard(peer)
         return {}
 
     # --- waking a client ---
 
     def wakeable(self, peer: str) -> bool:
-        """Has `peer` a webhook, so that it may wake when told?"""
-        return bool(self.webhooks(peer))
+        """Has `peer` a webhook, so that it may wake when told? (In memory: asked for every HTLC.)"""
+        with self._lock:
+            return peer in self._wakeable_peers()
+
+    def _wakeable_peers(self) -> set[str]:
+        if self._peers is None:
+            self._peers = {name[len(DOC_PREFIX):] for name in self.store.doc_names(DOC_PREFIX)
+                           if (self.store.get_doc(name) or {}).get("webhooks")}
+        return self._peers
 
     def notify(self, peer: str, method: str, params: Optional[dict[str, Any]] = None) -> int:
         """Post `method` to every webhook of `peer` if it is not connected; how many posts were queued."""
@@ -161,7 +172,7 @@ class Webhooks:
     def hold(self, peer: str, answer: Answer) -> bool:
         """Hold an HTLC to be forwarded to `peer` while it sleeps (see the module docstring); False if
         it is not ours to hold (connected, no webhook, or enough held already)."""
-        if self.connected(peer) or not self.webhooks(peer):
+        if not self.wakeable(peer) or self.connected(peer):
             return False
         with self._lock:
             held = self._held.setdefault(peer, _Held())
