@@ -66,7 +66,7 @@ class ClientSales:
         # the final signatures of the first sale round (so that sale is missed and caught up later);
         # "sale-aggnonces-disconnect" drops it instead of signing (the round fails after others signed);
         # "sale-done-disconnect" (the buyer) drops it right after its Done; "sale-nonces-disconnect" (the
-        # buyer) drops it right after sending its nonce, while the LSP completes the channel.
+        # buyer) drops it instead of sending its nonce, before the LSP could complete its channel.
         self.dev_fail_at = dev_fail_at
         self._sessions: dict[str, SaleSignSession] = {}  # factory id → its sale round
         self._expected: dict[str, tuple[int, float]] = {}  # LSP → (capacity sat, when) of a sale channel it opened
@@ -240,11 +240,12 @@ class ClientSales:
                         AbortCode.INTERNAL, f"the client could not store the sale's {a.record} record: {e}"))
                     return
             elif isinstance(a, Send):
-                self._send(fid, session, a.message)
                 if self.dev_fail_at == "sale-nonces-disconnect" and session.mine and isinstance(a.message, Nonces):
                     self.dev_fail_at = ""
-                    self.log(f"dev: disconnecting from {session.lsp} right after our nonce")
+                    self.log(f"dev: disconnecting from {session.lsp} instead of sending our nonce")
                     self.node.rpc.call("disconnect", {"id": session.lsp, "force": True})
+                    continue
+                self._send(fid, session, a.message)
             elif isinstance(a, Completed):
                 self._sessions.pop(fid, None)
                 if self.dev_fail_at == "sale-done-disconnect" and session.mine:

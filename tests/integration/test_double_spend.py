@@ -205,9 +205,10 @@ def test_buyer_dropping_after_done_keeps_its_channel(node_factory: Any, bitcoind
 
 
 def test_buyer_dropping_before_signing_costs_nothing(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
-    """The buyer drops the connection right after its nonce, while the LSP completes its channel: the
-    round fails before the aggregate nonces, so nobody signed anything (no ledger entry, no sale kept),
-    the open is cancelled, and the next sale to it succeeds on the same L-stock."""
+    """The buyer drops the connection instead of sending its nonce, after the LSP started its channel:
+    the round fails before the channel is completed and before the aggregate nonces, so nobody signed
+    anything (no ledger entry, no sale kept), the open is cancelled, and the next sale to it succeeds on
+    the same L-stock."""
     lsp, clients, res = failing_buyer(node_factory, bitcoind, plugin_path, "sale-nonces-disconnect")
     buyer, mate = clients
     fid = res["factory_id"]
