@@ -100,6 +100,7 @@ class Session:
     # aggregate nonces (held here meanwhile) let anyone sign.
     open_first: bool = False
     deferred: Optional[list[Action]] = None
+    aggnonces_out: bool = False  # they went out (not only made): only then may a client have signed
     cond: threading.Condition = field(default_factory=threading.Condition)
 
 
@@ -177,6 +178,8 @@ class Closer:
                 self.store.put(fid, "factory", rec)
                 session.signed = True
             elif isinstance(a, list):  # a round to every client, concurrently (a peer gone: on_disconnect fails it)
+                if any(isinstance(m.message, AggNonces) for m in a):
+                    session.aggnonces_out = True
                 self.lsp.send_all([(session.peers[m.peer], m.message) for m in a])
             elif isinstance(a, (Completed, Failed)):
                 session.outcome = a
@@ -445,7 +448,7 @@ class Closer:
                 with session.cond:
                     self._execute(session, session.coordinator.peer_failed(0, "timed out", AbortCode.TIMEOUT))
             reason = getattr(session.outcome, "reason", "timed out")
-            if amounts is not None and session.coordinator.aggnonces_sent:
+            if amounts is not None and session.aggnonces_out:
                 stored = self.store.get(factory_id, "factory")
                 assert stored is not None
                 stored["unfinished_close"] = {"tx": close.tx.to_hex(), "amounts": amounts,
@@ -453,7 +456,7 @@ class Closer:
                 self.store.put(factory_id, "factory", stored)
                 raise CloseError(f"close round failed after clients may have signed ({reason}): the factory stays "
                                  "frozen; superscalar-close signs the same close again")
-            if amounts is None and session.coordinator.aggnonces_sent:
+            if amounts is None and session.aggnonces_out:
                 # A rollover's close, which clients may have signed: they refuse any other close of this
                 # factory, and this one needs the next factory that is now dropped. It ends by their exits
                 # (after max_close_wait_blocks) or by the distribution; no more rollovers are tried.

@@ -93,6 +93,9 @@ class SaleSession:
     error: Optional[str] = None  # storing it failed
     open_first: bool = False  # a new sale: the buyer's channel is completed before the aggregate nonces go out
     deferred: Optional[list[Action]] = None  # the aggregate nonces and what follows, held until then
+    # the aggregate nonces went out (the Coordinator's `aggnonces_sent` says it made them, which with
+    # `open_first` is before they are sent): only then may a client hold a partial signature
+    aggnonces_out: bool = False
     channel_id: Optional[str] = None  # the buyer's channel on output 0
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -172,6 +175,8 @@ class Seller:
                 session.cond.notify_all()
                 return
             elif isinstance(a, Send):
+                if isinstance(a.message, AggNonces):
+                    session.aggnonces_out = True
                 try:
                     self.transport.send(session.peers[a.peer], a.message)
                 except Exception as e:  # a peer gone: the round fails through on_disconnect
@@ -263,7 +268,7 @@ class Seller:
                     if session.outcome is None:
                         self._execute(session, session.coordinator.peer_failed(signers[0], "timed out", AbortCode.TIMEOUT))
                 reason = session.error or getattr(session.outcome, "reason", "timed out")
-                if session.coordinator.aggnonces_sent and not session.withheld:
+                if session.aggnonces_out and not session.withheld:
                     self._keep_unfinished(factory_id, leaf, sale, client_id, session.channel_id)
                     kept = True
                 raise SaleError(f"sale round failed: {reason}")
