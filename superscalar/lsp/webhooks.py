@@ -215,7 +215,11 @@ class Webhooks:
         """A factory of ours in its dying period: its clients must come online for the rollover (their
         liveness duty), so each sleeping one is told `lsps5.expiry_soon`, with the distribution height
         as the `timeout` (when the factory ends by the distribution if it was not rolled over), at the
-        dying period's first block and once every DYING_NOTICE_BLOCKS after."""
+        dying period's first block and once every DYING_NOTICE_BLOCKS after. With no webhook registered
+        at all, no record is read."""
+        with self._lock:
+            if not self._wakeable_peers():
+                return
         for fid in self.store.factory_ids():
             rec = self.store.get(fid, "factory")
             if rec is None or rec.get("role") != "lsp" or rec.get("stage") != "funded" or rec.get("close"):
