@@ -208,6 +208,62 @@ class ClnNode:
         res = self.rpc.call("getutxout", {"txid": txid, "vout": str(vout)})
         return res.get("amount") is not None
 
+    def new_address(self) -> str:
+        """A fresh address of lightningd's wallet (P2WPKH: any SegWit wallet can pay it)."""
+        res = self.rpc.call("newaddr", {"addresstype": "bech32"})
+        return str(res["bech32"])
+
+    def wallet_outputs(self, addresses: frozenset[str]) -> list[dict[str, Any]]:
+        """lightningd's wallet outputs to `addresses`, spent ones included (`listfunds spent`): each
+        with `outpoint` (txid:vout), `sat`, `address`, `height` (None unconfirmed) and `spent` (its
+        spend confirmed)."""
+        found = []
+        for o in self.rpc.call("listfunds", {"spent": True})["outputs"]:
+            if o.get("address") in addresses:
+                found.append({"outpoint": f"{o['txid']}:{o['output']}", "sat": msat(o["amount_msat"]) // 1000,
+                              "address": o["address"], "height": o.get("blockheight"),
+                              "spent": o.get("status") == "spent"})
+        return found
+
+    def spent_outputs(self) -> frozenset[str]:
+        """Our wallet's outputs whose spend is confirmed (txid:vout)."""
+        return frozenset(f"{o['txid']}:{o['output']}" for o in self.rpc.call("listfunds", {"spent": True})["outputs"]
+                         if o.get("status") == "spent")
+
+    def feerate_perkw(self, blocks: int) -> int:
+        """lightningd's estimate to confirm within `blocks` (its nearest at or below), in sat per 1000
+        weight; its floor when it has none."""
+        res = self.rpc.call("feerates", {"style": "perkw"})["perkw"]
+        near = [e for e in res.get("estimates", []) if int(e["blockcount"]) <= blocks]
+        if not near:
+            return int(res.get("floor", 253))
+        return int(max(near, key=lambda e: int(e["blockcount"]))["feerate"])
+
+    def sweep(self, utxos: tuple[str, ...], address: str, feerate: str) -> Optional[tuple[str, int]]:
+        """Send the whole of our wallet outputs `utxos` (less the fee at `feerate`, lightningd's form:
+        "normal", "1000perkw") to `address`, replacing an earlier sweep of the same outputs
+        (`reservedok`). Returns (txid, feerate per kw), or None when what is left is dust."""
+        weight = 4 * (8 + 1 + len(address_to_script(address, self.network)))  # the one output
+        funded = self.rpc.call("utxopsbt", {"satoshi": 0, "feerate": feerate, "startweight": weight,
+                                            "utxos": list(utxos), "reservedok": True, "reserve": 2016,
+                                            "excess_as_change": False})
+        value = msat(funded["excess_msat"]) // 1000
+        if value < 546:
+            self.rpc.call("unreserveinputs", {"psbt": funded["psbt"]})
+            return None
+        added = self.rpc.call("addpsbtoutput", {"satoshi": value, "initialpsbt": funded["psbt"],
+                                                "destination": address})
+        signed = self.rpc.call("signpsbt", {"psbt": added["psbt"]})["signed_psbt"]
+        return str(self.rpc.call("sendpsbt", {"psbt": signed})["txid"]), int(funded["feerate_per_kw"])
+
+    def pay_out(self, address: str, value_sat: int, feerate: str) -> tuple[str, tuple[str, ...]]:
+        """Send `value_sat` from anywhere in our wallet to `address` (`withdraw`): (txid, the outputs spent)."""
+        from .bitcoin.tx import Tx
+
+        res = self.rpc.call("withdraw", {"destination": address, "satoshi": value_sat, "feerate": feerate})
+        tx = Tx.from_hex(str(res["tx"]))
+        return str(res["txid"]), tuple(f"{i.prevout.txid_hex}:{i.prevout.vout}" for i in tx.inputs)
+
     def close(self, channel_id: str, unilateral_after: int = 1) -> dict[str, Any]:
         return dict(self.rpc.call("close", {"id": channel_id, "unilateraltimeout": unilateral_after}))
 

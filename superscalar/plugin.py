@@ -283,7 +283,8 @@ def lsps1_orders(roles: "Roles", ladder: Ladder, options: dict[str, Any], plugin
     assert bound is not None
     return Orders(roles.node, roles.store, lsps1_options(bound, roles.params_for(2, 0).active_blocks, options), ladder,
                   bound + HOLD_EXTRA_BLOCKS, plugin.log, spoke=lambda peer: not roles.speakers.silent([peer], 0.0),
-                  sell=lambda peer, capacity: sale_somewhere(roles.seller, roles.store, peer, capacity, plugin.log))
+                  sell=lambda peer, capacity: sale_somewhere(roles.seller, roles.store, peer, capacity, plugin.log),
+                  onchain_confirmations=roles.confirm_depth if options.get("superscalar-lsps1-onchain", True) else 0)
 
 
 def _bitcoind(plugin: Plugin, network: str) -> Optional[Bitcoind]:
@@ -436,6 +437,8 @@ def build_plugin() -> Plugin:
                       "an order buys (paid in full on top of the fee, the client's balance in its new channel).")
     plugin.add_option("superscalar-lsps1-fee-base-sat", "1000", "LSP, LSPS1: fee_total_sat = this + "
                       "ceil(lsp_balance_sat * fee-ppm / 1e6).")
+    plugin.add_option("superscalar-lsps1-onchain", "true", "LSP, LSPS1: offer on-chain payment to a client that "
+                      "gives a refund address (counted at superscalar-confirm-depth confirmations).", opt_type="bool")
     plugin.add_option("superscalar-lsps1-fee-ppm", "10000", "LSP, LSPS1: fee per million sat of inbound sold.")
     plugin.add_option("superscalar-lsp-join-min-inbound-sat", "20000", "LSP: least inbound a client may ask for "
                       "with superscalar.join (its free place in the next laddered factory).")

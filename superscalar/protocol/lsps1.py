@@ -2,10 +2,12 @@
 the price, and the order's state machine. Pure: no I/O, no clock (callers pass times and heights).
 
 What this LSP sells: inbound capacity (`lsp_balance_sat`) and optionally a starting balance
-(`client_balance_sat`) on a channel in the client's next factory. Payment is Lightning only (bolt11,
+(`client_balance_sat`) on a channel in the client's next factory. Payment is over Lightning (bolt11,
 a hold invoice: the LSP holds the HTLCs until the factory holding the channel is published, and
-fails them back if it cannot fill the order). On-chain payment is not offered, which bLIP-51 allows
-("The LSP MAY omit payment options"); bolt12 neither.
+fails them back if it cannot fill the order) or on chain (§3.3, offered only to a client that gave a
+`refund_onchain_address`: an address of the LSP's wallet, counted as paid at
+`min_onchain_payment_confirmations`, and refunded to that address when the order fails). bolt12 is
+not offered ("The LSP MAY omit payment options").
 
 The price (`fee_total_sat`), stated once here and in `get_info`'s caller docs:
 
@@ -23,6 +25,11 @@ State machine (bLIP-51 §2, §3.1):
     payment.bolt11   EXPECT_PAYMENT ──HTLCs held──▶ HOLD ──filled (preimage released)──▶ PAID
                         │                            └──failed (HTLCs failed back)──▶ REFUNDED
                         └──expired unpaid (invoice cancelled)──────────────────────▶ REFUNDED
+                        └──paid on chain instead (invoice cancelled)───────────────▶ REFUNDED
+    payment.onchain  EXPECT_PAYMENT ──order_total_sat confirmed──▶ PAID ──failed, refund sent──▶ REFUNDED
+
+Coins reaching an order's address that the order does not keep (a late or partial payment, a second
+one) are refunded to `refund_onchain_address` too (`Refund`), less the refund's own fee.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..bitcoin.address import address_to_script
 from .lsps0 import INVALID_PARAMS, U64_MAX, LspsError, amount, check_params, iso8601
 
 # bLIP-51 error codes
@@ -44,6 +52,12 @@ CLIENT_REJECTED = 1  # LSPS0.client_rejected_error
 CREATED, COMPLETED, FAILED = "CREATED", "COMPLETED", "FAILED"
 # payment.bolt11.state
 EXPECT_PAYMENT, HOLD, PAID, REFUNDED = "EXPECT_PAYMENT", "HOLD", "PAID", "REFUNDED"
+
+# bLIP-51 §3.3 `min_fee_for_0conf` must be absent when confirmations are required, but LDK's client
+# (lightning-liquidity lsps1/msgs.rs LSPS1OnchainPaymentInfo, `min_fee_for_0conf: FeeRate`) cannot
+# parse an on-chain option without it. A peer that writes like LDK gets this rate, which no payment
+# pays: it says "no zero-conf", which is what the absent field means.
+NO_ZERO_CONF_FEE = 2**32 - 1  # sat/kWU (LSPS0.onchain_fee_rate)
 
 U16_MAX = 2**16 - 1
 U32_MAX = 2**32 - 1
@@ -196,11 +210,17 @@ def check_options(req: OrderRequest, options: Options) -> None:
 
 
 def validate(params: dict[str, Any], options: Options, tokens: frozenset[str] = frozenset(),
-             announce_ok: bool = False) -> OrderRequest:
+             announce_ok: bool = False, network: Optional[str] = None) -> OrderRequest:
     """A create_order request checked in the spec's order: fields (-32602), options (100), token (102).
     A factory's leaf channels are never announced: unless `announce_ok` (an ordinary channel from the
-    LSP's wallet), a request for an announced channel is an invalid `announce_channel` field (-32602)."""
+    LSP's wallet), a request for an announced channel is an invalid `announce_channel` field (-32602).
+    With `network`, a refund address must be a SegWit address of that network (LSPS0.onchain_address)."""
     req = parse_request(params)
+    if req.refund_onchain_address is not None and network is not None:
+        try:
+            address_to_script(req.refund_onchain_address, network)
+        except (ValueError, KeyError):  # BitcoinError is a ValueError
+            raise _invalid("refund_onchain_address", f"Not a SegWit address on {network}") from None
     if req.announce_channel and not announce_ok:
         raise _invalid("announce_channel", "This LSP opens unannounced channels only: announce_channel must be false")
     check_options(req, options)
@@ -243,6 +263,59 @@ class Channel:
 
 
 @dataclass(frozen=True)
+class Refund:
+    """Coins of an order's address sent back to its `refund_onchain_address`: the outputs spent
+    (`txid:vout`), the refund's txid, when it was sent and at what rate (bumped by sending it again,
+    at a higher rate, from the same outputs)."""
+
+    utxos: tuple[str, ...]
+    txid: str
+    height: int
+    feerate_perkw: int
+
+
+@dataclass(frozen=True)
+class Onchain:
+    """bLIP-51 §3.3: the on-chain payment option of one order. `address` is the LSP wallet's;
+    `utxos` the outputs that paid the order (set when it is PAID); `refunds` every refund sent."""
+
+    address: str
+    refund_address: str
+    expires_at: float
+    confirmations: int  # min_onchain_payment_confirmations
+    state: str = EXPECT_PAYMENT
+    utxos: tuple[str, ...] = ()
+    paid_sat: int = 0
+    refunds: tuple[Refund, ...] = ()
+    write_zero_conf_fee: bool = False  # an LDK-style peer: see NO_ZERO_CONF_FEE
+
+    def to_json(self, fee_total_sat: int, order_total_sat: int) -> dict[str, Any]:
+        j: dict[str, Any] = {
+            "state": self.state,
+            "expires_at": iso8601(self.expires_at),
+            "fee_total_sat": amount(fee_total_sat),
+            "order_total_sat": amount(order_total_sat),
+            "address": self.address,
+            "min_onchain_payment_confirmations": self.confirmations,
+            "refund_onchain_address": self.refund_address,
+        }
+        if self.write_zero_conf_fee:
+            j["min_fee_for_0conf"] = NO_ZERO_CONF_FEE
+        return j
+
+    def refunded(self) -> frozenset[str]:
+        return frozenset(u for r in self.refunds for u in r.utxos)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> "Onchain":
+        fields = dict(data)
+        fields["utxos"] = tuple(fields.get("utxos", ()))
+        fields["refunds"] = tuple(Refund(tuple(r["utxos"]), r["txid"], r["height"], r["feerate_perkw"])
+                                  for r in fields.get("refunds", ()))
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
 class Order:
     order_id: str
     peer_id: str
@@ -258,10 +331,23 @@ class Order:
     channel: Optional[Channel] = None
     failure: Optional[str] = None  # ours: why it failed (not in the spec's object)
     plain: bool = False  # ours: a wallet that cannot join a factory, served an ordinary channel
+    onchain: Optional[Onchain] = None  # the on-chain payment option, when offered
 
     @property
     def order_total_sat(self) -> int:
         return self.fee_total_sat + self.request.client_balance_sat
+
+    @property
+    def paid(self) -> bool:
+        """Paid and not settled: the HTLCs held, or the on-chain payment confirmed (bLIP-51 §4.1: the
+        channel is opened in either case)."""
+        return self.order_state == CREATED and (
+            self.payment_state == HOLD or (self.onchain is not None and self.onchain.state == PAID))
+
+    @property
+    def expired_unpaid(self) -> float:
+        """When every payment option of this unpaid order has expired."""
+        return max(self.expires_at, self.onchain.expires_at if self.onchain is not None else 0.0)
 
     # --- transitions (each raises ValueError from a state it does not start from) ---
 
@@ -271,18 +357,52 @@ class Order:
             raise ValueError(f"order {self.order_id}: payment held in state {self.order_state}/{self.payment_state}")
         return dataclasses.replace(self, payment_state=HOLD, paid_height=height)
 
+    def paid_onchain(self, height: int, paid_sat: int, utxos: tuple[str, ...]) -> "Order":
+        """order_total_sat reached the address at the confirmations asked: onchain PAID, and the
+        invoice is cancelled (bolt11 REFUNDED, bLIP-51 §3.1: "a cancelled or refunded invoice")."""
+        if (self.order_state != CREATED or self.payment_state != EXPECT_PAYMENT or self.onchain is None
+                or self.onchain.state != EXPECT_PAYMENT):
+            raise ValueError(f"order {self.order_id}: paid on chain in state {self.order_state}/{self.payment_state}")
+        if paid_sat < self.order_total_sat:
+            raise ValueError(f"order {self.order_id}: {paid_sat} sat on chain is short of {self.order_total_sat}")
+        onchain = dataclasses.replace(self.onchain, state=PAID, utxos=utxos, paid_sat=paid_sat)
+        return dataclasses.replace(self, payment_state=REFUNDED, onchain=onchain, paid_height=height)
+
     def filled(self, channel: Channel) -> "Order":
-        """The channel's funding was published: the preimage is released. CREATED/HOLD → COMPLETED/PAID."""
-        if self.order_state != CREATED or self.payment_state != HOLD:
+        """The channel's funding was published: the preimage is released. CREATED/HOLD → COMPLETED/PAID;
+        paid on chain, the on-chain option stays PAID."""
+        if not self.paid:
             raise ValueError(f"order {self.order_id}: filled in state {self.order_state}/{self.payment_state}")
-        return dataclasses.replace(self, order_state=COMPLETED, payment_state=PAID, channel=channel)
+        bolt11 = PAID if self.payment_state == HOLD else self.payment_state
+        return dataclasses.replace(self, order_state=COMPLETED, payment_state=bolt11, channel=channel)
 
     def failed(self, why: str) -> "Order":
         """Not filled (expired unpaid, or could not be served in time): the HTLCs are failed back / the
-        invoice cancelled. CREATED → FAILED, EXPECT_PAYMENT/HOLD → REFUNDED."""
-        if self.order_state != CREATED or self.payment_state not in (EXPECT_PAYMENT, HOLD):
+        invoice cancelled. CREATED → FAILED, EXPECT_PAYMENT/HOLD → REFUNDED. Paid on chain, the option
+        stays PAID until its refund is sent (`refund_sent`)."""
+        if self.order_state != CREATED or not (self.payment_state in (EXPECT_PAYMENT, HOLD) or self.paid):
             raise ValueError(f"order {self.order_id}: failed in state {self.order_state}/{self.payment_state}")
         return dataclasses.replace(self, order_state=FAILED, payment_state=REFUNDED, failure=why)
+
+    def to_refund(self, received: dict[str, int]) -> tuple[str, ...]:
+        """Of the confirmed outputs at the order's address (`txid:vout` → sat), those to send back: all
+        but the payment the order keeps (none once it FAILED), less those already refunded."""
+        if self.onchain is None:
+            return ()
+        kept = frozenset(self.onchain.utxos) if self.order_state != FAILED else frozenset()
+        done = self.onchain.refunded()
+        return tuple(sorted(u for u in received if u not in kept and u not in done))
+
+    def refund_sent(self, refund: Refund) -> "Order":
+        """A refund went out (or was sent again at a higher rate: the one spending the same outputs is
+        replaced). The payment of a FAILED order refunded: onchain REFUNDED."""
+        if self.onchain is None:
+            raise ValueError(f"order {self.order_id}: no on-chain option to refund")
+        refunds = tuple(r for r in self.onchain.refunds if not set(r.utxos) & set(refund.utxos)) + (refund,)
+        onchain = dataclasses.replace(self.onchain, refunds=refunds)
+        if self.order_state == FAILED and onchain.state == PAID and set(onchain.utxos) <= onchain.refunded():
+            onchain = dataclasses.replace(onchain, state=REFUNDED)
+        return dataclasses.replace(self, onchain=onchain)
 
     # --- the spec's object, and our durable form ---
 
@@ -300,15 +420,21 @@ class Order:
             "created_at": iso8601(self.created_at),
             "announce_channel": r.announce_channel,
             "order_state": self.order_state,
-            "payment": {"bolt11": {
-                "state": self.payment_state,
-                "expires_at": iso8601(self.expires_at),
-                "fee_total_sat": amount(self.fee_total_sat),
-                "order_total_sat": amount(self.order_total_sat),
-                "invoice": self.invoice,
-            }},
+            "payment": self._payment_json(),
             "channel": None if self.channel is None else self.channel.to_json(),
         }
+
+    def _payment_json(self) -> dict[str, Any]:
+        payment: dict[str, Any] = {"bolt11": {
+            "state": self.payment_state,
+            "expires_at": iso8601(self.expires_at),
+            "fee_total_sat": amount(self.fee_total_sat),
+            "order_total_sat": amount(self.order_total_sat),
+            "invoice": self.invoice,
+        }}
+        if self.onchain is not None:  # §3.3: omitted when the client gave no refund address
+            payment["onchain"] = self.onchain.to_json(self.fee_total_sat, self.order_total_sat)
+        return payment
 
     def to_record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -319,4 +445,6 @@ class Order:
         fields["request"] = OrderRequest(**fields["request"])
         if fields.get("channel") is not None:
             fields["channel"] = Channel(**fields["channel"])
+        if fields.get("onchain") is not None:
+            fields["onchain"] = Onchain.from_record(fields["onchain"])
         return cls(**fields)

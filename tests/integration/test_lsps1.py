@@ -325,3 +325,77 @@ def test_plain_wallet_order_gets_ordinary_channel(node_factory: Any, bitcoind: A
     lsp.rpc.call("xpay", {"invstring": inv["bolt11"]})  # more than the paying channel could take: the bought inbound
     assert raw.rpc.listinvoices("inbound")["invoices"][0]["status"] == "paid"
     assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, raw])
+
+
+def test_plain_wallet_order_paid_on_chain(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """bLIP-51 §3.3 from a plain wallet written from the spec: it gives a refund address, pays the
+    order's on-chain address from its own wallet, and gets its ordinary channel once the payment has
+    its confirmations. A second order, paid while the wallet is away and never filled, is swept back
+    to its refund address, less the refund's fee, and shows REFUNDED."""
+    lsp = node_factory.get_node(options={**lsp_options(plugin_path, **{"superscalar-batch-wait-blocks": "2"}),
+                                         "plugin": [str(plugin_path), str(PROBE)]}, may_reconnect=True)
+    lsp.fundwallet(10_000_000)
+    raw = node_factory.get_node(options={"plugin": str(PROBE)}, may_reconnect=True)
+    raw.fundwallet(1_000_000)
+    raw.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp_id = lsp.info["id"]
+
+    def ask(request_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        raw.rpc.call("probe-send", {"peer": lsp_id, "text": json.dumps(
+            {"jsonrpc": "2.0", "method": method, "params": params, "id": request_id})})
+        wait_for(lambda: any(m["body"].get("id") == request_id for m in raw.rpc.call("probe-inbox")["messages"]))
+        return next(m["body"] for m in raw.rpc.call("probe-inbox")["messages"] if m["body"].get("id") == request_id)
+
+    refund_to = raw.rpc.newaddr("bech32")["bech32"]
+    within = ask("i", "lsps1.get_info", {})["result"]["min_funding_confirms_within_blocks"]
+    order = ask("o", "lsps1.create_order", {
+        "lsp_balance_sat": "200000", "client_balance_sat": "10000", "required_channel_confirmations": 1,
+        "funding_confirms_within_blocks": within, "channel_expiry_blocks": 24, "announce_channel": False,
+        "refund_onchain_address": refund_to})["result"]
+    onchain = order["payment"]["onchain"]
+    assert onchain["state"] == "EXPECT_PAYMENT" and onchain["refund_onchain_address"] == refund_to
+    assert onchain["min_onchain_payment_confirmations"] == 1 and "min_fee_for_0conf" not in onchain
+    raw.rpc.withdraw(onchain["address"], int(onchain["order_total_sat"]))
+    bitcoind.generate_block(1, wait_for_mempool=1)
+
+    def state(order_id: str, request_id: str) -> dict[str, Any]:
+        return ask(request_id, "lsps1.get_order", {"order_id": order_id})["result"]
+
+    n = iter(range(10_000))
+    wait_for(lambda: state(order["order_id"], f"g{next(n)}")["order_state"] == "COMPLETED")
+    done = state(order["order_id"], "done")
+    assert (done["payment"]["onchain"]["state"], done["payment"]["bolt11"]["state"]) == ("PAID", "REFUNDED")
+    outpoint = done["channel"]["funding_outpoint"]
+    [ch] = [c for c in raw.rpc.listpeerchannels(lsp_id)["channels"]
+            if f"{c['funding_txid']}:{c['funding_outnum']}" == outpoint]
+    assert ch["total_msat"] == 210_000_000 and ch["to_us_msat"] == 10_000_000
+    assert lsp.rpc.call("superscalar-ladder")["waiting"] == []
+    bitcoind.generate_block(1, wait_for_mempool=1)  # the channel's funding
+
+    # a second order, paid while the wallet is away: it cannot be opened in time and is swept back
+    again = ask("o2", "lsps1.create_order", {
+        "lsp_balance_sat": "200000", "client_balance_sat": "50000", "required_channel_confirmations": 1,
+        "funding_confirms_within_blocks": within, "channel_expiry_blocks": 24, "announce_channel": False,
+        "refund_onchain_address": refund_to})["result"]
+    total = int(again["payment"]["onchain"]["order_total_sat"])
+    raw.rpc.withdraw(again["payment"]["onchain"]["address"], total)
+    wait_for(lambda: len(bitcoind.rpc.getrawmempool()) == 1)
+    raw.stop()
+    wait_for(lambda: not any(p["connected"] for p in lsp.rpc.listpeers(raw.info["id"])["peers"]))
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, [lsp])
+    bitcoind.generate_block(within)
+    sync_blockheight(bitcoind, [lsp])
+    wait_for(lambda: len(bitcoind.rpc.getrawmempool()) == 1)  # the refund
+    [refund_txid] = bitcoind.rpc.getrawmempool()
+    refund = bitcoind.rpc.getrawtransaction(refund_txid, True)
+    [out] = refund["vout"]
+    paid_back = round(out["value"] * 100_000_000)
+    assert out["scriptPubKey"]["address"] == refund_to and total - 5_000 < paid_back < total
+    bitcoind.generate_block(1)
+    raw.start()
+    raw.rpc.connect(lsp_id, "localhost", lsp.port)
+    gone = state(again["order_id"], "gone")
+    assert (gone["order_state"], gone["payment"]["onchain"]["state"]) == ("FAILED", "REFUNDED")
+    wait_for(lambda: any(o["txid"] == refund_txid for o in raw.rpc.listfunds()["outputs"]))
+    assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, raw])

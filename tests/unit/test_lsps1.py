@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -14,7 +14,8 @@ from superscalar.lsp.ladder import Create, Ladder, LadderConfig, Waiting
 from superscalar.lsp.orders import CONTINUE, FAIL, FAIL_MARGIN_BLOCKS, PAYMENT_WINDOW_SECONDS, Orders
 from superscalar.protocol.lsps0 import INVALID_PARAMS, LspsError
 from superscalar.protocol.lsps1 import (COMPLETED, EXPECT_PAYMENT, FAILED, HOLD, NOT_FOUND, OPTION_MISMATCH, PAID,
-                                        REFUNDED, UNRECOGNIZED_TOKEN, Channel, Options, Order, validate)
+                                        NO_ZERO_CONF_FEE, REFUNDED, UNRECOGNIZED_TOKEN, Channel, Options, Order,
+                                        validate)
 from superscalar.store import Store
 
 from ..fakes import MemoryDatastore
@@ -125,9 +126,45 @@ class Node(MemoryDatastore):
         self.invoices: list[dict[str, Any]] = []
         self.deleted: list[str] = []
         self.funded: list[dict[str, Any]] = []
+        self.network = "regtest"
+        self.away: set[str] = set()  # peers not connected
+        self.addresses = 0
+        self.outputs: list[dict[str, Any]] = []  # the wallet's, as ClnNode.wallet_outputs gives them
+        self.sweeps: list[tuple[tuple[str, ...], str, str]] = []
+        self.unsweepable: set[str] = set()  # outputs our wallet spent elsewhere
+        self.paid_out: list[tuple[str, int]] = []
 
     def blockheight(self) -> int:
         return self.height
+
+    def new_address(self) -> str:
+        self.addresses += 1
+        return f"bcrt1qaddress{self.addresses}"
+
+    def wallet_outputs(self, addresses: frozenset[str]) -> list[dict[str, Any]]:
+        return [o for o in self.outputs if o["address"] in addresses]
+
+    def spent_outputs(self) -> frozenset[str]:
+        return frozenset(o["outpoint"] for o in self.outputs if o["spent"])
+
+    def receive(self, address: str, sat: int, height: int) -> str:
+        outpoint = f"{len(self.outputs) + 1:064x}:0"
+        self.outputs.append({"outpoint": outpoint, "sat": sat, "address": address, "height": height, "spent": False})
+        return outpoint
+
+    def sweep(self, utxos: tuple[str, ...], address: str, feerate: str) -> Optional[tuple[str, int]]:
+        if set(utxos) & self.unsweepable:
+            raise RuntimeError("utxopsbt: not ours any more")
+        self.sweeps.append((utxos, address, feerate))
+        rate = 253 if feerate == "normal" else int(feerate.removesuffix("perkw"))
+        return f"{len(self.sweeps):02x}" * 32, rate
+
+    def feerate_perkw(self, blocks: int) -> int:
+        return 1000
+
+    def pay_out(self, address: str, value_sat: int, feerate: str) -> tuple[str, tuple[str, ...]]:
+        self.paid_out.append((address, value_sat))
+        return "ee" * 32, ("dd" * 32 + ":0",)
 
     def call(self, method: str, params: Any) -> Any:
         if method == "invoice":
@@ -141,7 +178,7 @@ class Node(MemoryDatastore):
             self.funded.append(params)
             return {"channel_id": "c1" * 32, "txid": "f0" * 32, "outnum": 1}
         assert method == "listpeers"
-        return {"peers": []}
+        return {"peers": [{"id": params["id"], "connected": params["id"] not in self.away}]}
 
 
 def book() -> tuple[Node, Store, Ladder, Orders]:
@@ -335,3 +372,151 @@ def test_a_plain_order_whose_channel_fails_is_refunded() -> None:
     assert answers == [FAIL]
     done = orders.get_order(OTHER, {"order_id": made["order_id"]})
     assert (done["order_state"], done["payment"]["bolt11"]["state"]) == (FAILED, REFUNDED)
+
+
+REFUND_TO = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+
+
+def onchain_book(confirmations: int = 2) -> tuple[Node, Store, Ladder, Orders]:
+    node, store, ladder, orders = book()
+    orders.onchain_confirmations = confirmations
+    return node, store, ladder, orders
+
+
+def wait_until(check: Any) -> None:
+    for _ in range(200):
+        if check():
+            return
+        time.sleep(0.01)
+    assert check()
+
+
+def test_onchain_option_is_offered_only_with_a_refund_address() -> None:
+    """bLIP-51 §3.3: the on-chain dictionary is omitted without a refund address; with one, a fresh
+    address of ours, the confirmations we count, the refund address mirrored, and no zero-conf fee
+    (absent; for a peer writing like LDK, the rate no payment reaches, which LDK's parser requires)."""
+    node, store, ladder, orders = onchain_book()
+    assert "onchain" not in orders.create_order(PEER, request())["payment"]
+    made = orders.create_order(PEER, request(refund_onchain_address=REFUND_TO))
+    onchain = made["payment"]["onchain"]
+    assert onchain == {"state": EXPECT_PAYMENT, "expires_at": "2023-11-15T22:13:20.000Z", "fee_total_sat": "6000",
+                       "order_total_sat": "26000", "address": "bcrt1qaddress1", "min_onchain_payment_confirmations": 2,
+                       "refund_onchain_address": REFUND_TO}
+    ldk = orders.create_order(OTHER, request(refund_onchain_address=REFUND_TO, token=None))
+    assert ldk["payment"]["onchain"]["min_fee_for_0conf"] == NO_ZERO_CONF_FEE
+    with pytest.raises(LspsError) as e:  # a mainnet address on regtest
+        orders.create_order(PEER, request(refund_onchain_address="bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kqyuhcfx"))
+    assert (e.value.code, e.value.data["property"]) == (INVALID_PARAMS, "refund_onchain_address")
+    off, _, _, no_onchain = book()  # superscalar-lsps1-onchain=false
+    assert "onchain" not in no_onchain.create_order(PEER, request(refund_onchain_address=REFUND_TO))["payment"]
+
+
+def test_onchain_payment_counts_at_its_confirmations() -> None:
+    """Paid in two outputs, counted once both have the confirmations: the invoice is cancelled (bolt11
+    REFUNDED), the client queued, an HTLC for the invoice failed; the factory fills it, and the
+    payment is kept (no refund)."""
+    node, store, ladder, orders = onchain_book(confirmations=2)
+    made = orders.create_order(PEER, request(refund_onchain_address=REFUND_TO))
+    address = made["payment"]["onchain"]["address"]
+    node.receive(address, 20_000, 501)
+    node.receive(address, 6_000, 502)
+    node.height = 502
+    orders.on_block(502)  # the second has one confirmation
+    assert orders.get_order(PEER, {"order_id": made["order_id"]})["payment"]["onchain"]["state"] == EXPECT_PAYMENT
+    node.height = 503
+    orders.on_block(503)
+    got = orders.get_order(PEER, {"order_id": made["order_id"]})
+    assert (got["order_state"], got["payment"]["onchain"]["state"], got["payment"]["bolt11"]["state"]) == (
+        "CREATED", PAID, REFUNDED)
+    assert node.deleted == [f"lsps1-{made['order_id']}"]
+    assert ladder.state()["waiting"][0]["orders"] == [made["order_id"]]
+    answers: list[dict[str, Any]] = []
+    orders.on_htlc(f"{1:064x}", 26_000_000, 600, answers.append)
+    assert answers == [FAIL]
+    assert node.sweeps == []
+
+
+def test_failed_onchain_order_is_refunded_and_bumped() -> None:
+    """Paid on chain, not filled within funding_confirms_within_blocks: FAILED, the payment swept back
+    to the refund address (onchain REFUNDED); unconfirmed 36 blocks later, swept again at twice the
+    rate from the same outputs."""
+    from superscalar.lsp.orders import REFUND_BUMP_BLOCKS
+
+    node, store, ladder, orders = onchain_book(confirmations=1)
+    made = orders.create_order(PEER, request(refund_onchain_address=REFUND_TO))  # within 16 blocks
+    paid = node.receive(made["payment"]["onchain"]["address"], 26_000, 500)
+    orders.on_block(500)
+    assert ladder.state()["waiting"][0]["orders"] == [made["order_id"]]
+    node.height = 515
+    orders.on_block(515)
+    gone = orders.get_order(PEER, {"order_id": made["order_id"]})
+    assert (gone["order_state"], gone["payment"]["onchain"]["state"]) == (FAILED, REFUNDED)
+    assert ladder.state()["waiting"] == [] and node.sweeps == [((paid,), REFUND_TO, "normal")]
+    node.height = 515 + REFUND_BUMP_BLOCKS - 1
+    orders.on_block(node.height)
+    assert len(node.sweeps) == 1
+    node.height += 1
+    orders.on_block(node.height)
+    assert node.sweeps[-1] == ((paid,), REFUND_TO, "506perkw")
+    node.outputs[0]["spent"] = True  # the refund confirmed
+    node.height += REFUND_BUMP_BLOCKS
+    orders.on_block(node.height)
+    assert len(node.sweeps) == 2
+    stored = Orders(node, store, OPTIONS, ladder, 34, lambda text, level="info": None,  # type: ignore[arg-type]
+                    clock=lambda: 1_700_000_000.0, onchain_confirmations=1)
+    assert stored.order(made["order_id"]) == orders.order(made["order_id"])  # kept across a restart
+
+
+def test_partial_late_and_extra_onchain_coins_go_back() -> None:
+    """A partial payment stays while the option is open, and goes back when the order expires; coins
+    arriving after the order was paid (a second payment) go back at once; coins our wallet already
+    spent go back from the wallet, less a fee."""
+    node, store, ladder, orders = onchain_book(confirmations=1)
+    clock = [1_700_000_000.0]
+    orders.clock = lambda: clock[0]
+    short = orders.create_order(PEER, request(refund_onchain_address=REFUND_TO))
+    part = node.receive(short["payment"]["onchain"]["address"], 10_000, 500)
+    orders.on_block(500)
+    assert node.sweeps == [] and orders.get_order(PEER, {"order_id": short["order_id"]})["order_state"] == "CREATED"
+    clock[0] += 24 * 3600 + 1
+    node.height = 501
+    orders.on_block(501)
+    gone = orders.get_order(PEER, {"order_id": short["order_id"]})
+    assert gone["order_state"] == FAILED and gone["payment"]["onchain"]["state"] == EXPECT_PAYMENT  # nothing was paid
+    assert node.sweeps == [((part,), REFUND_TO, "normal")]
+    full = orders.create_order(OTHER, request(refund_onchain_address=REFUND_TO))
+    address = full["payment"]["onchain"]["address"]
+    kept = node.receive(address, 26_000, 502)
+    node.height = 502
+    orders.on_block(502)
+    assert node.sweeps[-1][0] == (part,)  # the payment is kept
+    extra = node.receive(address, 5_000, 503)
+    node.unsweepable.add(extra)
+    node.height = 503
+    orders.on_block(503)
+    assert node.paid_out == [(REFUND_TO, 5_000 - 600)]  # 1000 sat/kw for 600 weight
+    assert orders.order(full["order_id"]).onchain.utxos == (kept,)  # type: ignore[union-attr]
+    node.height = 504
+    orders.on_block(504)
+    assert len(node.paid_out) == 1  # sent once
+
+
+def test_plain_wallet_paid_onchain_waits_for_its_connection() -> None:
+    """bLIP-51 §4.1 "MUST wait for a peer connection": a plain wallet paid on chain while away gets its
+    ordinary channel once it is back; the on-chain option stays PAID."""
+    node, store, ladder, orders = onchain_book(confirmations=1)
+    orders.spoke = lambda peer: peer != OTHER
+    node.away.add(OTHER)
+    made = orders.create_order(OTHER, request(refund_onchain_address=REFUND_TO))
+    node.receive(made["payment"]["onchain"]["address"], 26_000, 500)
+    orders.on_block(500)
+    assert node.funded == []
+    node.away.clear()
+    node.height = 501
+    orders.on_block(501)
+    wait_until(lambda: orders.get_order(OTHER, {"order_id": made["order_id"]})["order_state"] == COMPLETED)
+    done = orders.get_order(OTHER, {"order_id": made["order_id"]})
+    assert done["payment"]["onchain"]["state"] == PAID and done["payment"]["bolt11"]["state"] == REFUNDED
+    assert node.funded == [{"id": OTHER, "amount": 520_000, "push_msat": 20_000_000, "announce": False,
+                            "channel_type": [12, 46]}]
+    assert node.sweeps == []
