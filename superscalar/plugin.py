@@ -284,7 +284,8 @@ def lsps1_orders(roles: "Roles", ladder: Ladder, options: dict[str, Any], plugin
     return Orders(roles.node, roles.store, lsps1_options(bound, roles.params_for(2, 0).active_blocks, options), ladder,
                   bound + HOLD_EXTRA_BLOCKS, plugin.log, spoke=lambda peer: not roles.speakers.silent([peer], 0.0),
                   sell=lambda peer, capacity: sale_somewhere(roles.seller, roles.store, peer, capacity, plugin.log),
-                  onchain_confirmations=roles.confirm_depth if options.get("superscalar-lsps1-onchain", True) else 0)
+                  onchain_confirmations=roles.confirm_depth if options.get("superscalar-lsps1-onchain", True) else 0,
+                  state_changed=roles.webhooks.order_state if roles.webhooks is not None else lambda *_: None)
 
 
 def _bitcoind(plugin: Plugin, network: str) -> Optional[Bitcoind]:
@@ -858,6 +859,21 @@ def build_plugin() -> Plugin:
             return
         threading.Thread(target=hello, args=(r.lsps_client, peer, plugin.log), name="superscalar-hello",
                          daemon=True).start()
+
+    @plugin.subscribe("onionmessage_forward_fail")
+    def on_onion_forward_fail(plugin: Plugin, **kwargs: Any) -> None:
+        """An onion message lightningd could not forward: one for a sleeping client with an LSPS5
+        webhook is kept and the client woken (lsp/webhooks.py `hold_onion`)."""
+        r = holder.get("roles")
+        fail = kwargs.get("onionmessage_forward_fail") or kwargs
+        peer, path_key, incoming = fail.get("next_node_id"), fail.get("path_key"), fail.get("incoming")
+        if r is None or r.webhooks is None or not (peer and path_key and incoming and fail.get("outgoing")):
+            return
+        try:
+            if r.webhooks.hold_onion(str(peer), str(path_key), str(incoming)):
+                plugin.log(f"LSPS5: an onion message for sleeping {peer} is kept until it wakes", level="debug")
+        except Exception as e:
+            _report(plugin, "keeping an onion message", e)
 
     @plugin.hook("openchannel")
     def on_openchannel(openchannel: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:

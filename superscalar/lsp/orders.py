@@ -79,9 +79,12 @@ class Orders:
                  log: Callable[..., None], clock: Callable[[], float] = time.time,
                  spoke: Callable[[str], bool] = lambda peer: True,
                  sell: Optional[Callable[[str, int], Optional[dict[str, Any]]]] = None,
-                 onchain_confirmations: int = 0) -> None:
+                 onchain_confirmations: int = 0,
+                 state_changed: Callable[[str, str, str], None] = lambda peer, order_id, state: None) -> None:
         """`onchain_confirmations`: offer on-chain payment, counted at that many confirmations (0: not
-        offered)."""
+        offered). `state_changed(peer, order_id, order_state)`: an order was filled or failed (LSPS5
+        tells a sleeping client)."""
+        self.state_changed = state_changed
         self.node, self.store, self.options, self.ladder = node, store, options, ladder
         self.onchain_confirmations = onchain_confirmations
         # an L-stock sale in one of the client's factories (lsp/inbound.py): the sale's result, or None
@@ -470,4 +473,10 @@ class Orders:
 
     def _save(self, order: Order) -> None:
         self.store.put_doc(DOC_PREFIX + order.order_id, order.to_record())
+        before = self._orders.get(order.order_id)
         self._orders[order.order_id] = order
+        if before is not None and before.order_state != order.order_state:
+            try:
+                self.state_changed(order.peer_id, order.order_id, order.order_state)
+            except Exception as e:
+                self.log(f"LSPS1: telling {order.peer_id} of order {order.order_id}: {e!r}", level="info")

@@ -20,6 +20,13 @@ needs them.
   held (the client is told `lsps5.payment_incoming`) until it reconnects (`on_connect`) or
   `HOLD_SECONDS` pass, whichever is first, then handed back to lightningd (`continue`), at most
   `MAX_HELD_PER_PEER` per client: bounded, so the rest of the network is not held up for long.
+- `hold_onion(peer, path_key, incoming)`: an onion message lightningd could not forward to a sleeping
+  client (its `onionmessage_forward_fail` notification) is kept, the client told
+  `lsps5.onion_message_incoming`, and given back to lightningd (`injectonionmessage`, which forwards it
+  again, now that the client is connected) when it reconnects: at most MAX_ONIONS_PER_PEER per client,
+  each for ONION_HOLD_SECONDS (a payer's `fetchinvoice` waits a minute by default).
+- `order_state(peer, order_id, state)`: an LSPS1 order of a sleeping client was filled or failed:
+  `superscalar.order_state_changed` (an extension method under our own prefix, as bLIP-55 allows).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import Any, Callable, Optional
 from ..node import ClnNode
 from ..protocol.lsps0 import LspsError, check_params
 from ..factory.params import FactoryParams
-from ..protocol.lsps5 import (APP_NAME_NOT_FOUND, EXPIRY_SOON, PAYMENT_INCOMING, TOO_MANY_WEBHOOKS, WEBHOOK_REGISTERED,
+from ..protocol.lsps5 import (APP_NAME_NOT_FOUND, EXPIRY_SOON, ONION_MESSAGE_INCOMING, PAYMENT_INCOMING, TOO_MANY_WEBHOOKS, WEBHOOK_REGISTERED,
                               check_remove_webhook, check_set_webhook, message_to_sign, notification, timestamp)
 from ..store import Store
 
@@ -48,6 +55,9 @@ HOLD_SECONDS = 60.0  # an HTLC for a sleeping client waits this long for it to w
 MAX_HELD_PER_PEER = 16
 READY_SECONDS = 10.0  # a reconnected client's channel reestablishes within this, or its HTLCs go on anyway
 DYING_NOTICE_BLOCKS = 144  # a sleeping client of a dying factory is reminded daily
+MAX_ONIONS_PER_PEER = 8
+ONION_HOLD_SECONDS = 60.0
+ORDER_STATE_CHANGED = "superscalar.order_state_changed"  # not `lsps5.`: that prefix is bLIP-55's own
 CONTINUE: dict[str, Any] = {"result": "continue"}
 
 Post = Callable[[str, bytes, dict[str, str]], int]  # url, body, headers -> HTTP status (raises if unreachable)
@@ -99,6 +109,7 @@ class Webhooks:
         self._sender: Optional[threading.Thread] = None
         self._last: dict[tuple[str, str], float] = {}  # (peer, method) -> when last posted
         self._held: dict[str, _Held] = {}
+        self._onions: dict[str, list[tuple[float, str, str]]] = {}  # peer -> (kept at, path_key, incoming)
         self._peers: Optional[set[str]] = None  # clients with a webhook (read once, then kept in step)
         self.sent: list[dict[str, Any]] = []  # what was posted, newest last (bounded): for `superscalar-webhooks`
 
@@ -186,9 +197,47 @@ class Webhooks:
         self.notify(peer, PAYMENT_INCOMING)
         return True
 
+    def hold_onion(self, peer: str, path_key: str, incoming: str) -> bool:
+        """Keep an onion message lightningd could not forward to sleeping `peer` (see the module
+        docstring); False if it is not ours to keep."""
+        if not self.wakeable(peer) or self.connected(peer):
+            return False
+        now = self.clock()
+        with self._lock:
+            kept = [o for o in self._onions.get(peer, []) if now - o[0] < ONION_HOLD_SECONDS]
+            if len(kept) >= MAX_ONIONS_PER_PEER:
+                return False
+            kept.append((now, path_key, incoming))
+            self._onions[peer] = kept
+        self.notify(peer, ONION_MESSAGE_INCOMING)
+        return True
+
+    def order_state(self, peer: str, order_id: str, order_state: str) -> None:
+        self.notify(peer, ORDER_STATE_CHANGED, {"order_id": order_id, "order_state": order_state})
+
+    def _inject_onions(self, peer: str) -> None:
+        now = self.clock()
+        with self._lock:
+            onions = [o for o in self._onions.pop(peer, []) if now - o[0] < ONION_HOLD_SECONDS]
+        for _, path_key, incoming in onions:
+            try:  # lightningd processes it again as if just received: the next peer is connected now
+                self.node.rpc.call("injectonionmessage", {"path_key": path_key, "message": incoming})
+            except Exception as e:
+                self.log(f"LSPS5: an onion message kept for {peer} could not be forwarded: {e!r}", level="info")
+        if onions:
+            self.log(f"LSPS5: forwarded {len(onions)} onion messages kept for {peer}")
+
     def on_connect(self, peer: str) -> None:
-        """The peer is back: once its channel is reestablished (at most READY_SECONDS), what was held
-        for it goes on (from a thread: the connect notification must not wait)."""
+        """The peer is back: the onion messages kept for it go on, and once its channel is reestablished
+        (at most READY_SECONDS), the HTLCs held for it (from a thread: the connect notification must not
+        wait)."""
+        with self._lock:
+            onions = peer in self._onions
+            if peer not in self._held and not onions:
+                return
+        if onions:
+            threading.Thread(target=self._inject_onions, args=(peer,), name="superscalar-lsps5-onions",
+                             daemon=True).start()
         with self._lock:
             if peer not in self._held:
                 return

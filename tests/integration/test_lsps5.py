@@ -145,3 +145,54 @@ def test_client_gets_a_dying_period_notification(node_factory: Any, bitcoind: An
     service.check(clients[1], lsp.info["id"])
     assert len(service.posts) == 2  # the connected client has no webhook; nothing else was posted
     assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in (lsp, clients[1]))
+
+
+def test_sleeping_wallet_is_woken_for_an_offer(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A payer asks a sleeping wallet's offer for an invoice: the onion message reaches the LSP, which
+    cannot forward it (lightningd's onionmessage_forward_fail), keeps it and posts
+    lsps5.onion_message_incoming; the wallet wakes, reconnects, and the kept message is forwarded: the
+    payer gets its invoice and pays."""
+    service = Service()
+    lsp = lsp_node(node_factory, plugin_path)
+    wallet = node_factory.get_node(options={"plugin": str(PROBE)}, may_reconnect=True)
+    payer = node_factory.get_node(may_reconnect=True)
+    wallet.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    hook = f"{service.url}/push?device=phone-2"
+    assert probe_request(wallet, lsp, "lsps5.set_webhook", {"app_name": "w", "webhook": hook})["result"]["num_webhooks"] == 1
+    wait_for(lambda: service.methods() == ["lsps5.webhook_registered"])
+    lsp.fundwallet(2_000_000)
+    lsp.rpc.fundchannel(wallet.info["id"], 500_000, announce=False)
+    payer.fundwallet(2_000_000)
+    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    payer.rpc.fundchannel(lsp.info["id"], 1_000_000)
+    bitcoind.generate_block(6)
+    sync_blockheight(bitcoind, [lsp, wallet, payer])
+    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for n in (wallet, payer) for c in n.rpc.listpeerchannels()["channels"]))
+    # the wallet knows the public channel to the payer (the invoice goes back through the LSP)
+    wait_for(lambda: any(c["source"] == payer.info["id"] for c in wallet.rpc.listchannels()["channels"]))
+    n = iter(range(1000))
+
+    def offer_with_path() -> str:  # once the wallet's gossip shows the LSP public, its offer has a path through it
+        made = wallet.rpc.call("offer", {"amount": "any", "description": "tips", "label": f"tips-{next(n)}"})["bolt12"]
+        return str(made) if wallet.rpc.decode(made).get("offer_paths") else ""
+    wait_for(lambda: bool(offer_with_path()))
+    offer = offer_with_path()
+    wallet.stop()
+    wait_for(lambda: not lsp.rpc.listpeers(wallet.info["id"])["peers"][0]["connected"])
+
+    result: dict[str, Any] = {}
+    asking = threading.Thread(target=lambda: result.update(payer.rpc.call(
+        "fetchinvoice", {"offer": offer, "amount_msat": 20_000_000, "timeout": 90})))
+    asking.start()
+    wait_for(lambda: "lsps5.onion_message_incoming" in service.methods())
+    assert asking.is_alive()
+    wallet.start()
+    wallet.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    asking.join(90)
+    assert "invoice" in result, result
+    lsp.daemon.wait_for_log("forwarded 1 onion messages kept for")
+    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in wallet.rpc.listpeerchannels()["channels"]))
+    paid = payer.rpc.call("xpay", {"invstring": result["invoice"]})
+    assert paid["amount_msat"] == 20_000_000
+    service.check(payer, lsp.info["id"])
+    assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in (lsp, wallet, payer))

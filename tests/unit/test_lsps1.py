@@ -443,6 +443,8 @@ def test_failed_onchain_order_is_refunded_and_bumped() -> None:
     from superscalar.lsp.orders import REFUND_BUMP_BLOCKS
 
     node, store, ladder, orders = onchain_book(confirmations=1)
+    changes: list[tuple[str, str, str]] = []
+    orders.state_changed = lambda *change: changes.append(change)
     made = orders.create_order(PEER, request(refund_onchain_address=REFUND_TO))  # within 16 blocks
     paid = node.receive(made["payment"]["onchain"]["address"], 26_000, 500)
     orders.on_block(500)
@@ -452,6 +454,7 @@ def test_failed_onchain_order_is_refunded_and_bumped() -> None:
     gone = orders.get_order(PEER, {"order_id": made["order_id"]})
     assert (gone["order_state"], gone["payment"]["onchain"]["state"]) == (FAILED, REFUNDED)
     assert ladder.state()["waiting"] == [] and node.sweeps == [((paid,), REFUND_TO, "normal")]
+    assert changes == [(PEER, made["order_id"], FAILED)]  # for LSPS5 to tell a sleeping client
     node.height = 515 + REFUND_BUMP_BLOCKS - 1
     orders.on_block(node.height)
     assert len(node.sweeps) == 1

@@ -62,7 +62,12 @@ class Node(MemoryDatastore):
         super().__init__()
         self.rpc = self
 
+        self.injected: list[dict[str, Any]] = []
+
     def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method == "injectonionmessage":
+            self.injected.append(params)
+            return {}
         assert method == "signmessage"
         return {"zbase": "sig:" + params["message"]}
 
@@ -167,3 +172,42 @@ def test_htlcs_for_a_sleeping_client_are_held_until_it_wakes() -> None:
 def json_method(body: bytes) -> str:
     import json
     return str(json.loads(body)["method"])
+
+
+def test_onion_messages_for_a_sleeping_client_wait_for_it() -> None:
+    """An onion message lightningd could not forward to a sleeping client is kept (at most 8, for a
+    minute), the client told lsps5.onion_message_incoming, and injected again when it reconnects."""
+    from superscalar.lsp.webhooks import MAX_ONIONS_PER_PEER, ONION_HOLD_SECONDS
+    from superscalar.protocol.lsps5 import ONION_MESSAGE_INCOMING
+
+    clock = [1_800_000_000.0]
+    w, posted = hooks(clock=lambda: clock[0])
+    assert not w.hold_onion(PEER, "02" * 33, "aa")  # no webhook
+    w.set_webhook(PEER, {"app_name": "a", "webhook": URL})
+    assert all(w.hold_onion(PEER, "02" * 33, f"{i:02x}") for i in range(MAX_ONIONS_PER_PEER))
+    assert not w.hold_onion(PEER, "02" * 33, "ff")  # bounded
+    wait(lambda: [json_method(p[1]) for p in posted] == [WEBHOOK_REGISTERED, ONION_MESSAGE_INCOMING])
+    w.on_connect(PEER)
+    node = w.node
+    wait(lambda: len(node.injected) == MAX_ONIONS_PER_PEER)  # type: ignore[attr-defined]
+    assert node.injected[0] == {"path_key": "02" * 33, "message": "00"}  # type: ignore[attr-defined]
+    assert w.hold_onion(PEER, "02" * 33, "old")
+    clock[0] += ONION_HOLD_SECONDS + 1  # kept too long: dropped, not forwarded
+    w.on_connect(PEER)
+    time.sleep(0.1)
+    assert len(node.injected) == MAX_ONIONS_PER_PEER  # type: ignore[attr-defined]
+    w.connected = lambda peer: True
+    assert not w.hold_onion(PEER, "02" * 33, "aa")  # connected: lightningd's to forward
+
+
+def test_an_order_state_change_is_posted_under_our_prefix() -> None:
+    from superscalar.lsp.webhooks import ORDER_STATE_CHANGED
+    import json
+
+    w, posted = hooks()
+    w.set_webhook(PEER, {"app_name": "a", "webhook": URL})
+    w.order_state(PEER, "order-1", "COMPLETED")
+    wait(lambda: len(posted) == 2)
+    assert json.loads(posted[1][1]) == {"jsonrpc": "2.0", "method": ORDER_STATE_CHANGED,
+                                        "params": {"order_id": "order-1", "order_state": "COMPLETED"}}
+    assert not ORDER_STATE_CHANGED.startswith("lsps5.")
