@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 LSPS_MESSAGE_TYPE = 37913  # bLIP-50 "Lightning Peer-To-Peer Transport": lsps0_message_id
+LSPS_FEATURE_BIT = 729  # bLIP-50 "option_supports_lsps": an LSP MAY set it in init and node_announcement
 MAX_PAYLOAD = 65533  # BOLT 8: a message's payload after its 2-byte type
 
 # JSON-RPC 2.0 "Error object" codes, as bLIP-50 "Error Handling" uses them

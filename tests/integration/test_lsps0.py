@@ -162,3 +162,29 @@ def test_client_moves_to_another_lsps_factory(node_factory: Any, bitcoind: Any, 
     assert any(f["role"] == "client" and f["factory_id"] == out["next_factory"]
                for f in stayer.rpc.call("superscalar-list")["factories"])
     assert out["next_factory"] not in [f["factory_id"] for f in mover.rpc.call("superscalar-list")["factories"]]
+
+
+def test_lsp_sets_feature_bit_729_clients_do_not(node_factory: Any, plugin_path: Path) -> None:
+    """bLIP-50: an LSP MAY set bit 729 in init and node_announcement; clients MUST NOT. The bit comes
+    from superscalar_lsps_feature.py, which the LSP loads; a client (the main plugin alone) sets none,
+    and one that loads it by mistake is told to remove it."""
+    feature = plugin_path.parent / "superscalar_lsps_feature.py"
+    lsp = node_factory.get_node(options={"plugin": [str(plugin_path), str(feature)], "superscalar-profile": "regtest",
+                                         "superscalar-lsp": "true"})
+    client = node_factory.get_node(options={"plugin": str(plugin_path), "superscalar-profile": "regtest"})
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+
+    def has_729(hexbits: str) -> bool:
+        return (int(hexbits or "0", 16) >> 729) & 1 == 1
+    ours = lsp.rpc.getinfo()["our_features"]
+    assert has_729(ours["init"]) and has_729(ours["node"])
+    assert not any(has_729(bits) for bits in client.rpc.getinfo()["our_features"].values())
+    [peer] = client.rpc.listpeers(lsp.info["id"])["peers"]
+    assert has_729(peer["features"])  # sent in init
+    [back] = lsp.rpc.listpeers(client.info["id"])["peers"]
+    assert not has_729(back["features"])
+    wrong = node_factory.get_node(options={"plugin": [str(plugin_path), str(feature)],
+                                           "superscalar-profile": "regtest"}, allow_broken_log=False)
+    assert wrong.daemon.is_in_log("superscalar_lsps_feature.py: Killing plugin: disabled itself at init: "
+                                  "this node is not an LSP")
+    assert wrong.daemon.is_in_log("UNUSUAL.*remove this plugin from the configuration")
