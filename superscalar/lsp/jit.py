@@ -42,6 +42,11 @@ JIT_SCID_MIN_BLOCK = 0xC00000  # 12 582 912: no real channel's block for two cen
 # force close in a fee spike can wait; the client's to_remote output (static_remotekey) needs no
 # action of its own. docs/lsps-interop.md.
 JIT_CHANNEL_TYPE = [12, 46, 50]
+# bLIP-52 §4 (no-MPP): `opening_fee + htlc_minimum_msat <= htlc_value_msat` is checked before the open,
+# when the client's htlc_minimum_msat (its accept_channel) is not known yet: 1 msat, LDK's default
+# (ChannelHandshakeConfig::our_htlc_minimum_msat) and above Core Lightning's (0). Once the channel is
+# open, its real minimum is checked again by forward_plan.
+PREOPEN_HTLC_MINIMUM_MSAT = 1
 CHANNEL_READY_SECONDS = 60.0  # how long a new channel may take to reach CHANNELD_NORMAL
 # BOLT-4 failure messages: an UPDATE failure's channel_update may be left empty (u16 length 0)
 FAIL_TEMPORARY = f"{TEMPORARY_CHANNEL_FAILURE:04x}0000"
@@ -211,7 +216,7 @@ class JitService:
             answer({"result": "fail", "failure_message": FAIL_TEMPORARY})
             return True
         if rec["payment_size_msat"] is None:
-            fee = variable_fee(part.forward_msat, params, 0)
+            fee = variable_fee(part.forward_msat, params, PREOPEN_HTLC_MINIMUM_MSAT)
             if fee is None:
                 self.log(f"JIT scid {scid}: {part.forward_msat} msat cannot pay its opening fee", level="info")
                 answer({"result": "fail", "failure_message": FAIL_UNKNOWN_NEXT_PEER})

@@ -377,6 +377,9 @@ def test_service_no_mpp_part_too_small_for_the_fee() -> None:
     got, _ = collect(1)
     svc.on_htlc(onion(scid, 500_000), htlc(0, 500_000), got.append)
     assert got == [{"result": "fail", "failure_message": FAIL_UNKNOWN_NEXT_PEER}] and opened == []
+    # exactly the fee: nothing left for the client's htlc_minimum_msat (assumed 1 msat before the open)
+    svc.on_htlc(onion(scid, 546_000), htlc(1, 546_000), got.append)
+    assert got[-1] == {"result": "fail", "failure_message": FAIL_UNKNOWN_NEXT_PEER} and opened == []
 
 
 def client_with_buy(fee: int = 546_000, size: int = 300_000_000) -> JitClient:
