@@ -14,8 +14,11 @@ needs them.
   after 2 s and 10 s; an answer other than 200 is logged and otherwise ignored, and a redirection is not
   followed (bLIP-55 "Webhook Call"). One notification method is posted to one client at most once a
   minute (bLIP-55 "LSP: Rate-limiting Notifications By `method`"), except `webhook_registered`.
-- `on_block`: the clients of a factory entering its dying period are told `lsps5.expiry_soon` (they
-  must come online for the rollover), daily until the distribution height.
+- `on_block`: the clients of a factory in its dying period are told `lsps5.liquidity_management_request`
+  (the LSP takes its liquidity back: they must come online for the rollover) at its first block and
+  daily after, and `lsps5.expiry_soon` with the distribution height as `timeout` once that is within
+  EXPIRY_SOON_BLOCKS (bLIP-55: a time-bound contract "within 24 blocks of being timed out", whose
+  timeout closes the channel: the distribution ends every channel of the factory).
 - `hold(peer, answer)`: an HTLC to be forwarded to a client that is not connected and has a webhook is
   held (the client is told `lsps5.payment_incoming`) until it reconnects (`on_connect`) or
   `HOLD_SECONDS` pass, whichever is first, then handed back to lightningd (`continue`), at most
@@ -42,7 +45,8 @@ from typing import Any, Callable, Optional
 from ..node import ClnNode
 from ..protocol.lsps0 import LspsError, check_params
 from ..factory.params import FactoryParams
-from ..protocol.lsps5 import (APP_NAME_NOT_FOUND, EXPIRY_SOON, ONION_MESSAGE_INCOMING, PAYMENT_INCOMING, TOO_MANY_WEBHOOKS, WEBHOOK_REGISTERED,
+from ..protocol.lsps5 import (APP_NAME_NOT_FOUND, EXPIRY_SOON, LIQUIDITY_MANAGEMENT_REQUEST, ONION_MESSAGE_INCOMING,
+                              PAYMENT_INCOMING, TOO_MANY_WEBHOOKS, WEBHOOK_REGISTERED,
                               check_remove_webhook, check_set_webhook, message_to_sign, notification, timestamp)
 from ..store import Store
 
@@ -55,6 +59,7 @@ HOLD_SECONDS = 60.0  # an HTLC for a sleeping client waits this long for it to w
 MAX_HELD_PER_PEER = 16
 READY_SECONDS = 10.0  # a reconnected client's channel reestablishes within this, or its HTLCs go on anyway
 DYING_NOTICE_BLOCKS = 144  # a sleeping client of a dying factory is reminded daily
+EXPIRY_SOON_BLOCKS = 24  # bLIP-55 lsps5.expiry_soon
 MAX_ONIONS_PER_PEER = 8
 ONION_HOLD_SECONDS = 60.0
 ORDER_STATE_CHANGED = "superscalar.order_state_changed"  # not `lsps5.`: that prefix is bLIP-55's own
@@ -262,10 +267,10 @@ class Webhooks:
 
     def on_block(self, height: int) -> None:
         """A factory of ours in its dying period: its clients must come online for the rollover (their
-        liveness duty), so each sleeping one is told `lsps5.expiry_soon`, with the distribution height
-        as the `timeout` (when the factory ends by the distribution if it was not rolled over), at the
-        dying period's first block and once every DYING_NOTICE_BLOCKS after. With no webhook registered
-        at all, no record is read."""
+        liveness duty). Each sleeping one is told `lsps5.liquidity_management_request` at the dying
+        period's first block and once every DYING_NOTICE_BLOCKS after, and `lsps5.expiry_soon` with the
+        distribution height as `timeout` (when the factory ends if it was not rolled over) at the first
+        block within EXPIRY_SOON_BLOCKS of it. With no webhook registered at all, no record is read."""
         with self._lock:
             if not self._wakeable_peers():
                 return
@@ -276,10 +281,14 @@ class Webhooks:
             params = FactoryParams.deserialize(rec["params"].encode())
             if not params.expiry_height <= height < params.distribution_height:
                 continue
-            if (height - params.expiry_height) % DYING_NOTICE_BLOCKS:
-                continue
+            notices: list[tuple[str, Optional[dict[str, Any]]]] = []
+            if (height - params.expiry_height) % DYING_NOTICE_BLOCKS == 0:
+                notices.append((LIQUIDITY_MANAGEMENT_REQUEST, None))
+            if height == max(params.expiry_height, params.distribution_height - EXPIRY_SOON_BLOCKS):
+                notices.append((EXPIRY_SOON, {"timeout": params.distribution_height}))
             for c in rec["channels"]:
-                self.notify(str(c["peer_id"]), EXPIRY_SOON, {"timeout": params.distribution_height})
+                for method, notice in notices:
+                    self.notify(str(c["peer_id"]), method, notice)
 
     # --- posting (the sender thread) ---
 

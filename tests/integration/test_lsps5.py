@@ -119,7 +119,8 @@ def test_sleeping_wallet_is_woken_for_a_payment(node_factory: Any, bitcoind: Any
 
 def test_client_gets_a_dying_period_notification(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     """A SuperScalar client registers a webhook (`superscalar-webhook`) and sleeps; when its factory
-    enters the dying period the LSP tells it `lsps5.expiry_soon`, the distribution height as timeout."""
+    enters the dying period the LSP tells it `lsps5.liquidity_management_request`, and (the regtest
+    dying period being shorter than 24 blocks) `lsps5.expiry_soon` with the distribution height."""
     service = Service()
     lsp = lsp_node(node_factory, plugin_path)
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest", "superscalar-join": lsp.info["id"]}
@@ -138,12 +139,16 @@ def test_client_gets_a_dying_period_notification(node_factory: Any, bitcoind: An
     height = bitcoind.rpc.getblockcount()
     bitcoind.generate_block(params.expiry_height - height)
     sync_blockheight(bitcoind, [lsp, clients[1]])
-    wait_for(lambda: "lsps5.expiry_soon" in service.methods())
-    notice = json.loads(service.posts[-1]["body"])
+    wait_for(lambda: len(service.posts) == 3)
+    assert sorted(service.methods()[1:]) == ["lsps5.expiry_soon", "lsps5.liquidity_management_request"]
+    [notice] = [json.loads(p["body"]) for p in service.posts if "expiry_soon" in p["body"]]
     assert notice == {"jsonrpc": "2.0", "method": "lsps5.expiry_soon",
                       "params": {"timeout": params.distribution_height}}
     service.check(clients[1], lsp.info["id"])
-    assert len(service.posts) == 2  # the connected client has no webhook; nothing else was posted
+    bitcoind.generate_block(2)
+    sync_blockheight(bitcoind, [lsp])
+    time.sleep(1)
+    assert len(service.posts) == 3  # the connected client has no webhook; nothing else was posted
     assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in (lsp, clients[1]))
 
 
