@@ -16,6 +16,7 @@ from superscalar.chain.blocks import Blocks
 from superscalar.chain.close_watch import CloseWatch
 from superscalar.chain.exits import UNILATERAL_STATES, Exits
 from superscalar.chain.fee_schedule import DEFAULT_MAX_FEERATE_PERKVB
+from superscalar.chain.forget import Forgetter
 from superscalar.chain.follower import ChainFollower
 from superscalar.chain.htlc_watch import DEFAULT_HTLC_EXIT_ALLOWANCE, HtlcWatch
 from superscalar.chain.lifecycle import Lifecycle
@@ -106,6 +107,13 @@ class Roles:
         self.client.rollover_dropped = self.client_closer.rollover_dropped
         self.close_watch = CloseWatch(self.node, self.store, plugin.log, self.confirm_depth, self.exits.bitcoind,
                                       max_feerate)
+        forget = bool(options.get("superscalar-forget-retired", False))
+        if forget and not self.developer:
+            plugin.log("superscalar-forget-retired=true is refused: lightningd is not running with --developer, "
+                       "which dev-forget-channel needs; retired channels are kept (docs/retiring-channels.md)",
+                       level="unusual")
+            forget = False
+        self.forgetter = Forgetter(self.node, self.store, plugin.log, forget)
         self.seller = Seller(self.node, self.store, self.transport, plugin.log, timeout,
                              int(options.get("superscalar-sale-fee-base-sat") or 0),
                              int(options.get("superscalar-sale-fee-ppm") or 0), dev_fail_at,
@@ -204,6 +212,7 @@ class Roles:
             ("close recovery (LSP)", self.closer.on_block),
             ("close recovery (client)", self.client_closer.on_block),
             ("cooperative close", self.close_watch.on_block),
+            ("retired channels", self.forgetter.on_block),
             ("JIT channel migration", self.jit_migration.on_block),
             *((("LSPS5 dying-period notices", self.webhooks.on_block),) if self.webhooks is not None else ()),
         ), lambda what, e: _report(plugin, what, e))
@@ -438,6 +447,8 @@ def build_plugin() -> Plugin:
                       "an order buys (paid in full on top of the fee, the client's balance in its new channel).")
     plugin.add_option("superscalar-lsps1-fee-base-sat", "1000", "LSP, LSPS1: fee_total_sat = this + "
                       "ceil(lsp_balance_sat * fee-ppm / 1e6).")
+    plugin.add_option("superscalar-forget-retired", "false", "Forget a retired factory channel (dev-forget-channel) "
+                      "once its funding output provably cannot exist; needs lightningd --developer.", opt_type="bool")
     plugin.add_option("superscalar-lsps1-onchain", "true", "LSP, LSPS1: offer on-chain payment to a client that "
                       "gives a refund address (counted at superscalar-confirm-depth confirmations).", opt_type="bool")
     plugin.add_option("superscalar-lsps1-fee-ppm", "10000", "LSP, LSPS1: fee per million sat of inbound sold.")
@@ -496,6 +507,7 @@ def build_plugin() -> Plugin:
                                "early_warning_blocks": {str(n): r.params_for(n, 0).longest_exit_blocks
                                                         for n in (2, 16, 128, 1024)}},
                 "client_policy": dataclasses.asdict(r.policy), "developer": r.developer,
+                "forget_retired": r.forgetter.forget, "channels_forgotten": r.forgetter.forgotten,
                 "factories": len(r.store.factory_ids())}
 
     @plugin.async_method("superscalar-create")

@@ -279,3 +279,52 @@ def test_ten_rollovers_of_four_clients_cost(node_factory: Any, bitcoind: Any, pl
     assert all(attempts >= retired for retired, attempts, _ in figures)
     assert [a for r, a, _ in figures][-1] >= 40
     assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, *clients])
+
+
+def test_forget_retired_channels_after_a_close(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """`superscalar-forget-retired` (lightningd with --developer, as pyln-testing runs it): once the
+    close is confirmed and the channels retired, the LSP and the client that turned it on forget their
+    channels (dev-forget-channel) and rebroadcast nothing for them; the client that did not keeps its
+    retired channel and its rebroadcasts. A node without --developer refuses the option."""
+    from .test_close_rollover import mine_until, record
+    from .test_factory_plugin import create_factory
+
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true", "superscalar-forget-retired": "true"},
+                                may_reconnect=True)
+    forgetful = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"],
+                                               "superscalar-forget-retired": "true"}, may_reconnect=True)
+    keeper = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"]}, may_reconnect=True)
+    clients = [forgetful, keeper]
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp.fundwallet(10_000_000)
+    fid = create_factory(lsp, clients, bitcoind)["factory_id"]
+    nodes = [lsp, *clients]
+    out = lsp.rpc.call("superscalar-close", {"factory_id": fid})
+    assert out["status"] == "broadcast"
+    mine_until(bitcoind, nodes, lambda: all(record(n, fid)["close"]["status"] == "confirmed" for n in nodes))
+    mine_until(bitcoind, nodes, lambda: all(record(n, fid)["close"].get("retired") for n in nodes))
+    mine_until(bitcoind, nodes, lambda: lsp.rpc.listpeerchannels()["channels"] == []
+               and forgetful.rpc.listpeerchannels()["channels"] == [])
+    assert [c["state"] for c in keeper.rpc.listpeerchannels()["channels"]] == ["CLOSINGD_COMPLETE"]
+    assert lsp.rpc.call("superscalar-getinfo")["channels_forgotten"] == 2
+    assert forgetful.rpc.call("superscalar-getinfo")["channels_forgotten"] == 1
+    assert keeper.rpc.call("superscalar-getinfo")["forget_retired"] is False
+    assert all(record(n, fid)["channels_forgotten"] for n in (lsp, forgetful))
+    figures = per_block(bitcoind, nodes, blocks=2)
+    print("rebroadcast attempts per block (LSP, forgetful client, keeper):", [[a for a, _ in f] for f in figures])
+    assert attempts_on_block(figures, 0) == 0 and attempts_on_block(figures, 1) == 0
+    assert attempts_on_block(figures, 2) >= 1
+    for n in (lsp, forgetful):
+        n.restart()
+        assert n.rpc.listpeerchannels()["channels"] == []  # gone from lightningd's database
+
+    plain = node_factory.get_node(options={**common, "superscalar-forget-retired": "true"}, start=False)
+    plain.daemon.early_opts.remove("--developer")
+    for dev in [k for k in plain.daemon.opts if k.startswith("dev-")]:
+        del plain.daemon.opts[dev]
+    plain.start()
+    assert plain.daemon.is_in_log("superscalar-forget-retired=true is refused: lightningd is not running with --developer")
+    assert plain.rpc.call("superscalar-getinfo")["forget_retired"] is False
+    assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in nodes)

@@ -1,0 +1,132 @@
+"""Forgetting retired channels, or counting what keeping them costs (`superscalar-forget-retired`).
+
+A retired channel (chain/retire.py) spends a leaf that can never exist: stock lightningd keeps it for
+ever and sends its closing transaction to bitcoind on every block and every 30-60 s
+(docs/retiring-channels.md). The only way out on v26.06.x is `dev-forget-channel`, which needs
+lightningd's `--developer`. So:
+
+- **On** (`superscalar-forget-retired=true`, refused unless lightningd runs with `--developer`): once a
+  factory's channels are retired, which happens only after its replacement (the cooperative close, or
+  the distribution) is `superscalar-confirm-depth` deep, each of them is forgotten on this node
+  (`dev-forget-channel`) when its funding output provably cannot exist: the factory's own funding
+  output is spent (`getutxout` finds nothing: the close or the distribution spent it, so no transaction
+  of the tree can ever be valid) and so is the channel's (`getutxout` again, which lightningd repeats
+  before forgetting). A channel with HTLCs is left (lightningd refuses) and tried again next block.
+- **Off** (the default): nothing is forgotten. Once a day (every WARN_EVERY_BLOCKS) the retired
+  channels are counted, and above WARN_THRESHOLD the log says how many there are and what they cost.
+
+Each factory is looked at until its channels are gone from lightningd, then marked
+(`channels_forgotten`), so the per-block work does not grow with the factories already done.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional, Protocol
+
+from .close_watch import CONFIRMED
+from .exits import CLOSING_STATES
+from .lifecycle import LIFECYCLE
+from .retire import ChannelNode, factory_channel_ids
+
+WARN_EVERY_BLOCKS = 144
+WARN_THRESHOLD = 100  # retired channels before the daily warning
+RETIRED_STATES = CLOSING_STATES | {"ONCHAIN"}
+
+
+class ForgetNode(ChannelNode, Protocol):
+    def output_exists(self, txid: str, vout: int) -> bool: ...
+
+    rpc: Any
+
+
+class ForgetStore(Protocol):
+    def factory_ids(self) -> list[str]: ...
+
+    def get(self, factory_id: str, record: str) -> Optional[dict[str, Any]]: ...
+
+    def put(self, factory_id: str, record: str, data: dict[str, Any]) -> None: ...
+
+
+def retired(store: ForgetStore, fid: str, rec: dict[str, Any]) -> bool:
+    """Were this factory's channels retired (its replacement confirmed at depth)?"""
+    close = rec.get("close") or {}
+    if close.get("status") == CONFIRMED and close.get("retired"):
+        return True
+    life = store.get(fid, LIFECYCLE) or {}
+    return bool(life.get("channels_retired"))
+
+
+class Forgetter:
+    def __init__(self, node: ForgetNode, store: ForgetStore, log: Callable[..., None], forget: bool,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.node, self.store, self.log, self.forget, self.clock = node, store, log, forget, clock
+        self._done: set[str] = set()
+        self.forgotten = 0  # channels forgotten since start (for superscalar-getinfo)
+
+    def on_block(self, height: int) -> None:
+        if self.forget:
+            self._forget_due()
+        elif height % WARN_EVERY_BLOCKS == 0:
+            self._warn()
+
+    def _forget_due(self) -> None:
+        for fid in self.store.factory_ids():
+            if fid in self._done:
+                continue
+            rec = self.store.get(fid, "factory")
+            if rec is None or rec.get("channels_forgotten"):
+                self._done.add(fid)
+                continue
+            if not retired(self.store, fid, rec):
+                continue
+            txid, vout = str(rec["funding_outpoint"]).split(":")
+            if self.node.output_exists(txid, int(vout)):  # the root output unspent: not provably dead yet
+                continue
+            if self._forget_factory(fid, rec) == 0:
+                rec["channels_forgotten"] = True
+                self.store.put(fid, "factory", rec)
+                self._done.add(fid)
+
+    def _forget_factory(self, fid: str, rec: dict[str, Any]) -> int:
+        """Forget each retired channel of the factory still listed; how many are left."""
+        ids = set(factory_channel_ids(self.node, rec))
+        left = 0
+        for ch in self.node.peer_channels():
+            if ch.get("channel_id") not in ids:
+                continue
+            if ch.get("state") not in RETIRED_STATES or self.node.output_exists(
+                    str(ch.get("funding_txid")), int(ch.get("funding_outnum", 0))):
+                left += 1
+                continue
+            try:
+                self.node.rpc.call("dev-forget-channel", {"id": ch["peer_id"], "channel_id": ch["channel_id"]})
+                self.forgotten += 1
+                self.log(f"factory {fid}: forgot retired channel {ch['channel_id']} ({ch.get('state')}): "
+                         "its funding output can never exist")
+            except Exception as e:  # HTLCs still attached, or the peer busy: next block
+                left += 1
+                self.log(f"factory {fid}: cannot forget channel {ch['channel_id']} yet: {e}", level="info")
+        return left
+
+    def count(self) -> tuple[int, float]:
+        """Retired factory channels lightningd still lists, and how long listing them took (s)."""
+        started = self.clock()
+        listing = self.node.peer_channels()
+        took = self.clock() - started
+        factory_ids: set[str] = set()
+        for fid in self.store.factory_ids():
+            rec = self.store.get(fid, "factory")
+            if rec is not None and not rec.get("channels_forgotten") and retired(self.store, fid, rec):
+                factory_ids.update(factory_channel_ids(self.node, rec))
+        return sum(1 for ch in listing if ch.get("channel_id") in factory_ids
+                   and ch.get("state") in RETIRED_STATES), took
+
+    def _warn(self) -> None:
+        n, took = self.count()
+        if n < WARN_THRESHOLD:
+            return
+        self.log(f"{n} retired factory channels are kept by lightningd: it sends {n} closing transactions "
+                 f"that can never confirm to bitcoind on every block and every 30-60 s ({n} sendrawtransaction "
+                 f"processes), and listpeerchannels took {took * 1000:.0f} ms. Run lightningd with --developer "
+                 "and superscalar-forget-retired=true to forget them (docs/retiring-channels.md)", level="unusual")
