@@ -328,3 +328,67 @@ def test_forget_retired_channels_after_a_close(node_factory: Any, bitcoind: Any,
     assert plain.daemon.is_in_log("superscalar-forget-retired=true is refused: lightningd is not running with --developer")
     assert plain.rpc.call("superscalar-getinfo")["forget_retired"] is False
     assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in nodes)
+
+
+def has_forgetchannel(node: Any) -> bool:
+    try:
+        node.rpc.call("help", {"command": "forgetchannel"})
+        return True
+    except Exception:
+        return False
+
+
+def test_upstream_forgetchannel_patch(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """The reproducer for docs/upstream-forget-channel.md, run against a lightningd built with
+    contrib/upstream/forgetchannel.patch (skipped on stock lightningd, which has no such command): leaf
+    channels whose funding can never exist, closed mutually and unilaterally, are forgotten on both
+    sides by `forgetchannel` with no --developer command, and rebroadcast nothing after; the command
+    refuses a live channel, and a closing channel whose funding confirmed."""
+    lsp, clients = factory_network(node_factory, plugin_path, 2)
+    if not has_forgetchannel(lsp):
+        pytest.skip("lightningd has no forgetchannel (build contrib/upstream/forgetchannel.patch to run this)")
+    spec = [{"id": c.info["id"], "balance_sat": 50_000, "inbound_sat": 200_000} for c in clients]
+    lsp.rpc.call("superscalar-create", {"clients": spec})
+    assert bitcoind.rpc.getrawmempool() == []  # the funding never goes out: no leaf can ever exist
+    for c in clients:
+        wait_for(lambda: states(c, lsp) == ["CHANNELD_NORMAL"] and states(lsp, c) == ["CHANNELD_NORMAL"])
+    a, b = clients
+    cid_a = lsp.rpc.listpeerchannels(a.info["id"])["channels"][0]["channel_id"]
+    cid_b = lsp.rpc.listpeerchannels(b.info["id"])["channels"][0]["channel_id"]
+    with pytest.raises(Exception, match="only CLOSINGD_COMPLETE or AWAITING_UNILATERAL"):
+        lsp.rpc.call("forgetchannel", {"id": a.info["id"], "channel_id": cid_a})  # live: refused
+    assert lsp.rpc.close(cid_a)["type"] == "mutual"
+    b.stop()
+    assert lsp.rpc.close(cid_b, unilateraltimeout=1)["type"] == "unilateral"
+    b.start()
+    b.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    wait_for(lambda: states(lsp, a) == ["CLOSINGD_COMPLETE"] and states(a, lsp) == ["CLOSINGD_COMPLETE"])
+    wait_for(lambda: states(lsp, b) == ["AWAITING_UNILATERAL"] and states(b, lsp) == ["AWAITING_UNILATERAL"])
+    nodes = [lsp, a, b]
+    before = per_block(bitcoind, nodes, 2)
+    print("before forgetchannel, rebroadcasts per block (lsp, a, b):", [[x for x, _ in f] for f in before])
+    assert attempts_on_block(before, 0) == 2
+    for node, peer, cid in ((lsp, a, cid_a), (lsp, b, cid_b), (a, lsp, cid_a), (b, lsp, cid_b)):
+        res = node.rpc.call("forgetchannel", {"id": peer.info["id"], "channel_id": cid})
+        print("forgetchannel:", res)
+    assert all(n.rpc.listpeerchannels()["channels"] == [] for n in nodes)
+    after = per_block(bitcoind, nodes, 2)
+    print("after forgetchannel, rebroadcasts per block (lsp, a, b):", [[x for x, _ in f] for f in after])
+    assert all(attempts_on_block(after, i) == 0 for i in range(3))
+    for n in nodes:
+        n.restart()
+        assert n.rpc.listpeerchannels()["channels"] == []
+
+    # an ordinary channel closed mutually, its close not mined yet: its funding confirmed: refused
+    x, y = node_factory.get_nodes(2)
+    x.fundwallet(1_000_000)
+    x.rpc.connect(y.info["id"], "localhost", y.port)
+    x.rpc.fundchannel(y.info["id"], 200_000)
+    bitcoind.generate_block(6)
+    sync_blockheight(bitcoind, [x, y])
+    wait_for(lambda: states(x, y) == ["CHANNELD_NORMAL"])
+    cid = x.rpc.listpeerchannels(y.info["id"])["channels"][0]["channel_id"]
+    x.rpc.close(cid)
+    wait_for(lambda: states(x, y) == ["CLOSINGD_COMPLETE"])
+    with pytest.raises(Exception, match="The funding transaction confirmed"):
+        x.rpc.call("forgetchannel", {"id": y.info["id"], "channel_id": cid})
