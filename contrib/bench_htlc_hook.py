@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from superscalar.lsp.exposure import ShortHtlcExposure  # noqa: E402
+from superscalar.htlc_exposure import ShortHtlcExposure  # noqa: E402
 from superscalar.factory.params import FactoryParams  # noqa: E402
 from superscalar.htlc_guard import HtlcGuard  # noqa: E402
 from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex  # noqa: E402

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from superscalar.bitcoin.tx import OutPoint, Tx, TxIn, TxOut  # noqa: E402
-from superscalar.chain.exits import path_entry  # noqa: E402
+from superscalar.records import path_entry  # noqa: E402
 from superscalar.factory.graph import cooperative_close  # noqa: E402
 from superscalar.factory.params import ClientTerms, FactoryParams  # noqa: E402
 from superscalar.lsp.creation import ClientSpec, _lsp_record  # noqa: E402

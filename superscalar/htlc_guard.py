@@ -8,7 +8,7 @@ channel only once its leaf output is verified as the channel's 2-of-2 (`leaf_scr
 is forwarded into an unbacked channel either. Neither side takes an HTLC on a channel of a factory being
 closed cooperatively or rolled over (its record is `frozen`), nor on the next factory's channels until
 the close that funds them has confirmed. An LSP takes HTLCs with less headroom from its clients'
-channels within the bounds of `exposure.py` (a plain payee's invoice never gives the tree's headroom).
+channels within the bounds of `htlc_exposure.py` (a plain payee's invoice never gives the tree's headroom).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from .client.membership import Client
 from .htlc_index import LSP, HtlcIndex, Lookup
-from .lsp.exposure import ShortHtlcExposure
+from .htlc_exposure import ShortHtlcExposure
 from .node import ClnNode, msat
 
 # BOLT-4 "Failure Messages": temporary_node_failure = NODE|2; incorrect_or_unknown_payment_details =

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
-from .client.membership import MISMATCH, UNVERIFIED, funding_ok, leaf_status
+from .records import MISMATCH, UNVERIFIED, funding_ok, leaf_status
 from .factory.params import FactoryParams
 from .sales import sale_position
 from .store import Store, StoreError

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .chain.lifecycle import LIFECYCLE, describe_life
-from .client.membership import MISMATCH, VERIFIED, channel_in_factory, leaf_status
+from .records import MISMATCH, VERIFIED, channel_in_factory, leaf_status
 from .factory.params import FactoryParams
 from .htlc_timing import invoice_final_cltv
 from .node import ClnNode, msat

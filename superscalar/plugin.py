@@ -42,7 +42,7 @@ from superscalar.lsp.closing import Closer
 from superscalar.lsp.sale import Seller
 from superscalar.lsp.creation import ClientSpec, Lsp
 from superscalar.lsp.jit import JitService, liquidity_shortfall, wallet_channel
-from superscalar.lsp.exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
+from superscalar.htlc_exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.lsp.leaving import Leavers, roll_or_close
 from superscalar.lsp.webhooks import DEFAULT_MAX_WEBHOOKS, Webhooks
 from superscalar.lsp.ladder import Ladder, LadderConfig
@@ -744,7 +744,7 @@ def build_plugin() -> Plugin:
         r.refresh.mark(str(peer))
 
     def on_forward_event(plugin: Plugin, forward_event: dict[str, Any], **kwargs: Any) -> None:
-        """A forward resolved: a short-headroom HTLC from a client no longer counts (exposure.py); a forward
+        """A forward resolved: a short-headroom HTLC from a client no longer counts (htlc_exposure.py); a forward
         short by an on-demand sale's price was taken or refused (lsp/inbound.py)."""
         r = holder.get("roles")
         if r is None or forward_event.get("status") not in ("settled", "failed", "local_failed"):

@@ -31,9 +31,9 @@ from typing import Any, Callable, Optional, Sequence
 from ..bitcoin.block import block_hash, block_transactions
 from ..bitcoin.tx import OutPoint, Tx
 from ..bitcoind import Bitcoind, BitcoindError
-from ..client.membership import UNFUNDED
 from ..factory.params import FactoryParams
 from ..node import ClnNode
+from ..records import UNFUNDED
 from ..store import Store
 from . import cpfp
 from .exits import btc_to_sat

@@ -62,10 +62,6 @@ FEE_REFUSALS = ("min relay fee not met", "mempool min fee not met", "insufficien
 MISSING_INPUT = ("missingorspent", "missing-inputs")
 
 
-def path_entry(name: str, tx_hex: str, prevout_value: int, prevout_script: bytes) -> list[Any]:
-    return [name, tx_hex, prevout_value, prevout_script.hex()]
-
-
 def btc_to_sat(value: Any) -> int:
     return int(Decimal(str(value)) * 100_000_000)
 

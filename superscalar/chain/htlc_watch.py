@@ -15,7 +15,7 @@ starts the exit of a channel's path (`exit_routing.exit_plan`, `Exits.start`) at
 
 An HTLC counts only once it was already pending at an earlier block's pass: one caught in the middle
 of being settled as a block arrives (a normal payment, or a short-headroom one the LSP took within its
-bounds, whose exit height has passed already) starts nothing. The same pass recounts the LSP's pending short-headroom HTLCs for `exposure.py` and refreshes the
+bounds, whose exit height has passed already) starts nothing. The same pass recounts the LSP's pending short-headroom HTLCs for `htlc_exposure.py` and refreshes the
 index's view of lightningd's channels. The exit record says why it started (`reasons`).
 """
 
@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..client.membership import Client
 from ..htlc_index import CHANNEL_FIELDS, LSP, FactoryChannel, HtlcIndex, LiveChannel
-from ..lsp.exposure import PendingHtlc, ShortHtlcExposure
+from ..htlc_exposure import PendingHtlc, ShortHtlcExposure
 from ..node import ClnNode, msat
+from ..records import ExitPaths
 from ..store import Store
 from .exits import Exits
 from .routing import exit_plan
@@ -80,7 +80,7 @@ def deadlines(listing: list[dict[str, Any]], factory: dict[str, tuple[LiveChanne
 
 
 class HtlcWatch:
-    def __init__(self, node: ClnNode, store: Store, index: HtlcIndex, client: Client, exits: Exits,
+    def __init__(self, node: ClnNode, store: Store, index: HtlcIndex, client: ExitPaths, exits: Exits,
                  exposure: ShortHtlcExposure, log: Callable[..., None],
                  allowance: int = DEFAULT_HTLC_EXIT_ALLOWANCE) -> None:
         self.node, self.store, self.index, self.client, self.exits = node, store, index, client, exits

@@ -51,13 +51,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..bitcoin.tx import OutPoint, Tx
-from ..client.membership import Client, channel_in_factory, factory_key_label
 from ..factory.graph import Factory, FactoryGraph, FactoryScripts, ScriptSpend, lstock_sweep, timeout_sweep
 from ..factory.lifecycle import (CLOSE_CONFIRMED, TERMINAL, Facts, Phase, client_online_deadline,
                                  dying_warning_interval, exit_start_height, next_phase, phase, sign_script_spend,
                                  timeline, uncovered_exit_height)
 from ..factory.params import ClientTerms, FactoryParams
 from ..node import ClnNode, msat
+from ..records import ExitPaths, channel_in_factory, factory_key_label
 from ..sales import UNOPENED, sale_chain
 from ..store import Store
 from .blocks import Blocks, BlockView
@@ -172,7 +172,7 @@ def describe_life(rec: dict[str, Any], life: Optional[dict[str, Any]], exit_rec:
 
 
 class Lifecycle:
-    def __init__(self, node: ClnNode, store: Store, blocks: Blocks, client: Client, exits: Exits, log: Log,
+    def __init__(self, node: ClnNode, store: Store, blocks: Blocks, client: ExitPaths, exits: Exits, log: Log,
                  depth: int = 1) -> None:
         self.node, self.store, self.blocks, self.client, self.exits, self.log = node, store, blocks, client, exits, log
         self.depth = max(1, depth)  # confirmations of the distribution before its factory's channels are retired

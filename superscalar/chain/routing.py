@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..bitcoin.tx import Tx
-from ..client.membership import Client, channel_in_factory, funding_ok
 from ..factory.params import FactoryParams
-from ..lsp.creation import lsp_exit_path
 from ..node import ClnNode
+from ..records import ExitPaths, channel_in_factory, funding_ok, lsp_exit_path
 from ..store import Store
 from .close_watch import close_pending
 from .conflicts import DISTRIBUTION
@@ -59,7 +58,7 @@ def plan_for(rec: dict[str, Any], txs: list[list[Any]], channels: list[str]) -> 
                     params.lstock_csv_blocks)
 
 
-def exit_plan(store: Store, client: Client, factory_id: str, peer_id: Optional[str]) -> ExitPlan:
+def exit_plan(store: Store, client: ExitPaths, factory_id: str, peer_id: Optional[str]) -> ExitPlan:
     """This node's exit from `factory_id` (the LSP's: `peer_id`'s path, or every path); ValueError if none."""
     rec = store.get(factory_id, "factory")
     if rec is None:
@@ -76,7 +75,7 @@ def htlc_expiry(channel: dict[str, Any]) -> Optional[int]:
     return min(expiries) if expiries else None
 
 
-def exit_for_closing_channel(node: ClnNode, store: Store, client: Client, exits: Exits, channel_id: str) -> None:
+def exit_for_closing_channel(node: ClnNode, store: Store, client: ExitPaths, exits: Exits, channel_id: str) -> None:
     """A factory channel closing unilaterally before its leaf is on chain: publish the leaf's path,
     due before its HTLCs expire when it has any."""
     live = next((c for c in node.peer_channels() if c.get("channel_id") == channel_id), None)
@@ -98,7 +97,7 @@ def exit_for_closing_channel(node: ClnNode, store: Store, client: Client, exits:
                 plan_for(rec, *client.exit_path(fid)).start(exits, fid, expiry)
 
 
-def exit_late_funded(store: Store, client: Client, exits: Exits, factory_ids: list[str]) -> None:
+def exit_late_funded(store: Store, client: ExitPaths, exits: Exits, factory_ids: list[str]) -> None:
     """A client's factory whose funding confirmed after the client had given up on it (and closed its
     channel): that channel can only pay out once the leaf is on chain, so its path goes out."""
     for fid in factory_ids:

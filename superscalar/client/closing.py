@@ -43,7 +43,7 @@ from ..protocol.rounds import Expectation, Kind
 from ..protocol.wire import Abort, AbortCode, AggNonces, Invite, Message, Propose
 from ..store import Store
 from ..transport import Transport
-from .membership import CONFIRMED, channel_in_factory, factory_key_label
+from ..records import CONFIRMED, channel_in_factory, factory_key_label
 from .policy import ClientPolicy
 
 FREEZE_REASONS = ("close", "rollover")

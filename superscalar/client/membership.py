@@ -22,7 +22,7 @@ from .. import musig2
 from ..bitcoin.script import p2wsh_script
 from ..bitcoin.tx import Tx
 from ..chain.blocks import Blocks
-from ..chain.exits import CLOSING_STATES, path_entry
+from ..chain.exits import CLOSING_STATES
 from ..factory.errors import FactoryError
 from ..factory.graph import ExitPath
 from ..factory.params import FactoryParams
@@ -33,7 +33,8 @@ from ..node import ClnNode, msat
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from ..protocol.rounds import Expectation, Kind
 from ..protocol.wire import Abort, AbortCode, Accept, Invite, Message, Propose
-from ..sales import exit_additions
+from ..records import (AWAITING, CONFIRMED, MISMATCH, UNFUNDED, UNVERIFIED, VERIFIED, channel_in_factory,
+                       client_exit_path, factory_key_label, funding_ok, leaf_status)
 from ..store import Store
 from ..transport import Transport
 from .policy import ClientPolicy, refusal
@@ -56,17 +57,6 @@ class Invitation:
     rollover_of: Optional[bytes] = None  # the factory whose channel this one replaces
 
 
-def factory_key_label(lsp: str, factory_id: bytes, role: str) -> str:
-    """The `makesecret` label of a factory key: it names the LSP, the factory and the role, so two
-    LSPs that pick the same id (or an LSP that reuses one) never get the same key from us."""
-    return f"superscalar/factory/{lsp}/{factory_id.hex()}/{role}"
-
-
-# A client factory record's `funding.status`: waiting for the funding output, seen confirmed as
-# signed, or given up on (never confirmed in time, or confirmed with another value or script).
-AWAITING, CONFIRMED, UNFUNDED = "awaiting", "confirmed", "unfunded"
-# `verified.leaf_script.status`: see leaf_script.py.
-UNVERIFIED, VERIFIED, MISMATCH = "unverified", "verified", "mismatch"
 MAX_PENDING_INVITATIONS = 64  # across all LSPs (one each): what `superscalar-join=any` can cost us
 MAX_BLOCKS_PER_SCAN = 32  # blocks fetched per block_added while catching up after downtime
 LEAF_CHECK_INTERVAL = 5.0  # seconds between two routine reads of the log for one unverified leaf
@@ -415,15 +405,10 @@ class Client:
         rec = self.store.get(factory_id, "factory")
         if rec is None or rec.get("role") != "client":
             raise ValueError(f"no factory {factory_id} in which this node is a client")
-        txs = [path_entry(f"path/{i}", h, int(v), bytes.fromhex(s))
-               for i, (h, (v, s)) in enumerate(zip(rec["signed_path"], rec["path_prevouts"]))]
-        sales = rec.get("sales", [])
         # Our sale channels that exist (one whose open died with the LSP backs nothing: its sale stays off chain)
         live = {f"{ch.get('funding_txid')}:{ch.get('funding_outnum')}" for ch in self.node.peer_channels(rec["lsp"])} \
-            if any(s.get("mine") for s in sales) else set()
-        sale_txs, sale_channels = exit_additions(sales, [k for k, s in enumerate(sales)
-                                                         if s.get("mine") and s["channel_outpoint"] in live])
-        return txs + sale_txs, [rec["leaf_outpoint"], *sale_channels]
+            if any(s.get("mine") for s in rec.get("sales", [])) else set()
+        return client_exit_path(rec, live)
 
 
 def _state_indices(params: FactoryParams, path: Any) -> list[int]:
@@ -443,27 +428,4 @@ def funding_verdict(tx: Tx, vout: int, value: int, script: bytes) -> Optional[st
         return f"output {vout} is {out.value} sat to {out.script_pubkey.hex()}, not the signed {value} sat to {script.hex()}"
     return None
 
-
-def funding_ok(record: dict[str, Any]) -> bool:
-    """May a client credit this factory's channel? Not once its funding was given up on, nor once its
-    leaf was found to pay another script than the channel's 2-of-2."""
-    return bool(record.get("funding", {}).get("status", AWAITING) != UNFUNDED
-                and leaf_status(record) != MISMATCH)
-
-
-def leaf_status(record: dict[str, Any]) -> str:
-    leaf = record.get("verified", {}).get("leaf_script")
-    return str(leaf["status"]) if isinstance(leaf, dict) else UNVERIFIED
-
-
-def channel_in_factory(record: dict[str, Any], channel: dict[str, Any]) -> bool:
-    """Is `channel` (a listpeerchannels entry) the factory leaf channel this client record expects, or
-    a channel on the output of a liquidity sale this client bought in it?"""
-    outpoint = f"{channel.get('funding_txid')}:{channel.get('funding_outnum', -1)}"
-    return outpoint == record["leaf_outpoint"] or outpoint in sale_outpoints(record)
-
-
-def sale_outpoints(record: dict[str, Any]) -> list[str]:
-    """The funding outpoints of the sale channels this client bought in a factory."""
-    return [str(s["channel_outpoint"]) for s in record.get("sales", []) if s.get("mine")]
 

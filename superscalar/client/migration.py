@@ -35,7 +35,7 @@ from ..htlc_index import LiveChannel
 from ..node import ClnNode, msat
 from ..store import Store
 from .jit import JitClient
-from .membership import CONFIRMED, sale_outpoints
+from ..records import CONFIRMED, sale_outpoints
 
 MIN_MOVE_MSAT = 1_000_000  # below this a move is not worth an HTLC: the channel is closed instead
 CLOSE_UNILATERAL_AFTER = 300  # seconds the LSP has to negotiate the mutual close of a drained JIT channel

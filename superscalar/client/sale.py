@@ -42,7 +42,7 @@ from ..protocol.wire import Abort, AbortCode, AggNonces, Message, Nonces, Propos
 from ..sales import OPEN, current_lstock, sale_entry
 from ..store import Store
 from ..transport import Transport
-from .membership import UNVERIFIED, factory_key_label, funding_ok
+from ..records import UNVERIFIED, factory_key_label, funding_ok
 from .on_demand import InboundFeeLimit
 
 EXPECT_SECONDS = 120.0  # how long an accepted sale channel open waits for its proposal

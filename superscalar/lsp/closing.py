@@ -58,8 +58,6 @@ from .. import musig2
 from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
 from ..bitcoin.tx import OutPoint, TxOut
 from ..chain.close_watch import close_pending, drop_next_factory, new_close
-from ..chain.exits import path_entry
-from ..client.membership import factory_key_label
 from ..factory.errors import FactoryError
 from ..factory.graph import Factory, FactoryScripts, TreeTx, cooperative_close, rollover_close
 from ..factory.params import ClientTerms, FactoryParams
@@ -67,6 +65,7 @@ from ..node import msat
 from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send, grouped_sends
 from ..protocol.rounds import close_round, construction_round
 from ..protocol.wire import Abort, AbortCode, AggNonces, Invite, Message
+from ..records import factory_key_label, path_entry
 from ..sales import open_sales, sold_capacity_sat
 from .creation import ClientSpec, Lsp, Pending, _lsp_record, _raise_first, _seckey, each_peer
 

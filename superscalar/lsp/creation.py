@@ -26,15 +26,14 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 from .. import musig2
 from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
 from ..bitcoin.tx import OutPoint, Tx, TxIn, TxOut
-from ..chain.exits import CLOSING_STATES, path_entry
-from ..client.membership import factory_key_label
+from ..chain.exits import CLOSING_STATES
 from ..factory.graph import Factory, FactoryScripts
 from ..factory.params import ClientTerms, FactoryParams
 from ..node import ClnNode, PreparedTx
 from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, grouped_sends
 from ..protocol.rounds import construction_round
 from ..protocol.wire import Abort, AbortCode, Accept, Invite, Message
-from ..sales import OPEN, exit_additions
+from ..records import factory_key_label, path_entry
 from ..store import Store, StoreError
 from ..transport import Transport
 
@@ -427,20 +426,6 @@ class Lsp:
             if ch.get("channel_id") in ids:
                 threading.Thread(target=self._close, args=(pending.factory_id.hex(), str(ch["channel_id"])),
                                  daemon=True).start()
-
-
-def lsp_exit_path(record: dict[str, Any], peer: str | None) -> tuple[list[list[Any]], list[str]]:
-    """The signed transactions and leaf channels of one client's path (`peer`), or of every path."""
-    chans = record["channels"]
-    which = [i for i, c in enumerate(chans) if peer is None or c["peer_id"] == peer]
-    if not which:
-        raise ValueError(f"{peer} is not a client of this factory")
-    names = {n for i in which for n in record["paths"][i]}
-    sales = record.get("sales", [])
-    sale_txs, sale_channels = exit_additions(sales, [k for k, s in enumerate(sales) if s.get("status") == OPEN
-                                                     and (peer is None or s["peer_id"] == peer)])
-    return ([t for t in record["txs"] if t[0] in names] + sale_txs,
-            [chans[i]["funding_outpoint"] for i in which] + sale_channels)
 
 
 def _fake_funding(channel_output: TxOut) -> Psbt:

@@ -52,7 +52,6 @@ from typing import Any, Callable, Optional
 from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
 from ..bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 from ..chain.retire import retire_channels
-from ..client.membership import factory_key_label
 from ..factory.errors import FactoryError
 from ..factory.graph import TX_VERSION, Factory, TreeTx, anchor_output, liquidity_sale
 from ..node import ClnNode
@@ -60,6 +59,7 @@ from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist,
 from ..protocol.rounds import Round, sale_round
 from ..protocol.wire import AbortCode, AggNonces, Message
 from ..sales import OPEN, SIGNED, UNOPENED, current_lstock, sale_entry, sale_fee_sat
+from ..records import factory_key_label
 from ..store import Store
 from ..transport import Transport
 from .closing import factory_from_record

@@ -20,9 +20,11 @@ def test_bench_create_vs_multifund_two_clients() -> None:
     lines = run_script("bench_create_vs_multifund.py", "2", timeout=TIMEOUT)
     assert any(re.fullmatch(rf"K=2: superscalar-create {SECONDS} s \(funding \d+ vB\); multifundchannel {SECONDS} s "
                             rf"\(funding \d+ vB\); ratio create/multifund {SECONDS}", line) for line in lines)
+    assert any(re.fullmatch(rf"K=2: multifundchannel zero-conf with push \(the fair baseline\) {SECONDS} s "
+                            rf"\(funding \d+ vB\); ratio create/fair {SECONDS}", line) for line in lines)
     assert any(line.startswith("  create's steps (from the LSP's progress log lines): ") for line in lines)
     assert any(re.fullmatch(rf"K=2: superscalar-rollover {SECONDS} s \(close \d+ vB\); ratio rollover/multifund "
-                            rf"{SECONDS}", line) for line in lines)
+                            rf"{SECONDS}; ratio rollover/fair {SECONDS}", line) for line in lines)
     assert any(line.startswith("  rollover's steps (from the LSP's progress log lines): ") for line in lines)
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from superscalar import musig2
 from superscalar.bitcoin.script import funding_script_2of2, p2tr_script, p2wsh_script
 from superscalar.bitcoin.tx import OutPoint
-from superscalar.client.membership import Client, factory_key_label
+from superscalar.client.membership import Client
+from superscalar.records import factory_key_label
 from superscalar.factory.graph import Factory, FactoryScripts
 from superscalar.factory.params import ClientTerms, regtest_params
 from superscalar.client.policy import ClientPolicy

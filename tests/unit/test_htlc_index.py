@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import pytest
 
-from superscalar.lsp.exposure import PendingHtlc, ShortHtlcExposure, ShortHtlcLimits
+from superscalar.htlc_exposure import PendingHtlc, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.factory.params import regtest_params
 from superscalar.htlc_guard import HtlcGuard
 from superscalar.htlc_index import HtlcIndex, IndexUnreadable, PeerRefresh

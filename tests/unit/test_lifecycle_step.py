@@ -10,10 +10,10 @@ from superscalar.bip340 import schnorr_verify
 from superscalar.bitcoin.encoding import ser_compact_size
 from superscalar.bitcoin.tx import OutPoint, Tx
 from superscalar.chain.blocks import Blocks
-from superscalar.chain.exits import path_entry
 from superscalar.chain.fee_schedule import race_deadlines
 from superscalar.chain.lifecycle import LIFECYCLE, Lifecycle
-from superscalar.client.membership import Client, factory_key_label
+from superscalar.client.membership import Client
+from superscalar.records import factory_key_label, path_entry
 from superscalar.factory.graph import FactoryGraph
 from superscalar.factory.params import regtest_params
 from superscalar.lsp.creation import ClientSpec, _lsp_record
