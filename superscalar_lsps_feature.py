@@ -8,7 +8,7 @@ the bit (bLIP-50: "Clients MUST NOT set features bit numbered 729"). So the bit 
 plugin, which only an LSP loads. Loaded on a node without `superscalar-lsp=true`, it logs that it must
 be removed and disables itself."""
 
-from superscalar.lsps_feature import build_feature_plugin
+from superscalar.cln.lsps_feature import build_feature_plugin
 
 if __name__ == "__main__":
     build_feature_plugin().run()

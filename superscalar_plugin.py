@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Core Lightning plugin entry point: `lightningd --plugin=/path/to/superscalar_plugin.py`."""
 
-from superscalar.plugin import build_plugin
+from superscalar.cln.plugin import build_plugin
 
 if __name__ == "__main__":
     build_plugin().run()

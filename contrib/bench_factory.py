@@ -60,7 +60,7 @@ def _cpu() -> float:
 
 
 def _clear_derived_caches() -> None:
-    from superscalar import musig2, secp256k1
+    from superscalar.crypto import musig2, secp256k1
     from superscalar.bitcoin import taproot
 
     for memo in (musig2._key_agg, musig2._key_agg_point, musig2._key_agg_cache, musig2._get_session_values, musig2._cpoint,

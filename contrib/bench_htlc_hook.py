@@ -32,11 +32,11 @@ from typing import Any, Callable, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from superscalar.htlc_exposure import ShortHtlcExposure  # noqa: E402
+from superscalar.cln.htlc_exposure import ShortHtlcExposure  # noqa: E402
 from superscalar.factory.params import FactoryParams  # noqa: E402
-from superscalar.htlc_guard import HtlcGuard  # noqa: E402
-from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex  # noqa: E402
-from superscalar.store import Store  # noqa: E402
+from superscalar.cln.htlc_guard import HtlcGuard  # noqa: E402
+from superscalar.cln.htlc_index import CHANNEL_FIELDS, HtlcIndex  # noqa: E402
+from superscalar.cln.store import Store  # noqa: E402
 from tests.fakes import MemoryDatastore  # noqa: E402
 
 TX_HEX = "02" * 200  # a typical signed factory transaction (~200 bytes)

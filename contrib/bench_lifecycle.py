@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: the per-block work of an LSP holding many factories, and one rollover-sized ceremony.
 
-1. Per block. The plugin's `Roles` (superscalar/plugin.py) is built exactly as lightningd's init does,
+1. Per block. The plugin's `Roles` (superscalar/cln/plugin.py) is built exactly as lightningd's init does,
    against a fake lightningd (`FakeRpc`: an in-memory datastore, a channel listing decoded from JSON
    text on every call as pyln's client does, synthetic blocks) holding `--factories` LSP factory
    records of `--clients` clients each. The records are what `Lsp.create` stores: one factory is
@@ -44,7 +44,7 @@ from superscalar.records import path_entry  # noqa: E402
 from superscalar.factory.graph import cooperative_close  # noqa: E402
 from superscalar.factory.params import ClientTerms, FactoryParams  # noqa: E402
 from superscalar.lsp.creation import ClientSpec, _lsp_record  # noqa: E402
-from superscalar.plugin import Roles  # noqa: E402
+from superscalar.cln.plugin import Roles  # noqa: E402
 from superscalar.protocol import memlink  # noqa: E402
 from superscalar.protocol.ceremony import Completed, Coordinator, Participant  # noqa: E402
 from superscalar.protocol.rounds import Expectation, Kind, close_round, construction_round  # noqa: E402

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark BIP-327 MuSig2 sessions with N signers, all in one process.
 
-For each N it times our `superscalar.musig2` (every signer's work, every partial signature verified,
+For each N it times our `superscalar.crypto.musig2` (every signer's work, every partial signature verified,
 final signature checked as BIP-340) and libsecp256k1's own musig module on the same inputs, and prints
 one line per N: key aggregation, nonce generation, nonce aggregation, signing, partial-signature
 verification, aggregation and total, in milliseconds, plus the ratio to libsecp256k1.
@@ -23,7 +23,7 @@ from coincurve import PublicKeyXOnly  # type: ignore[import-untyped]  # noqa: E4
 from coincurve._libsecp256k1 import ffi, lib  # type: ignore[import-untyped]  # noqa: E402
 from coincurve.context import GLOBAL_CONTEXT  # type: ignore[import-untyped]  # noqa: E402
 
-from superscalar import musig2  # noqa: E402
+from superscalar.crypto import musig2  # noqa: E402
 
 T = TypeVar("T")
 PHASES = ("key_agg", "nonce_gen", "nonce_agg", "sign", "verify", "agg")

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from coincurve import PrivateKey
 
-from superscalar import musig2
-from superscalar.bip340 import schnorr_sign
+from superscalar.crypto import musig2
+from superscalar.crypto.bip340 import schnorr_sign
 from superscalar.bitcoin.script import funding_script_2of2, p2tr_script, p2wsh_script
 from superscalar.bitcoin.taproot import xonly_from_seckey
 from superscalar.bitcoin.tx import Tx

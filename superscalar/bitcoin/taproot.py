@@ -8,7 +8,7 @@ from typing import NewType, TypeAlias
 
 from coincurve import PrivateKey
 
-from ..secp256k1 import Point, tweak_add
+from ..crypto.secp256k1 import Point, tweak_add
 from .encoding import ser_string
 from .errors import BitcoinError
 from .hashes import tagged_hash

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NewType, overload
 
-from ..memo import once
+from ..crypto.memo import once
 
 from .encoding import (
     ByteReader,

@@ -30,11 +30,11 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..bitcoin.block import block_hash, block_transactions
 from ..bitcoin.tx import OutPoint, Tx
-from ..bitcoind import Bitcoind, BitcoindError
+from ..cln.bitcoind import Bitcoind, BitcoindError
 from ..factory.params import FactoryParams
-from ..node import ClnNode
+from ..cln.node import ClnNode
 from ..records import UNFUNDED
-from ..store import Store
+from ..cln.store import Store
 from . import cpfp
 from .exits import btc_to_sat
 from .fee_schedule import DEFAULT_MAX_FEERATE_PERKVB, estimate_for, target_feerate

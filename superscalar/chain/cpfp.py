@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional
 
 from ..bitcoin.script import p2a_script
 from ..bitcoin.tx import Tx
-from ..bitcoind import Bitcoind, BitcoindError
-from ..node import CHILD_VSIZE_P2WPKH, ClnNode
+from ..cln.bitcoind import Bitcoind, BitcoindError
+from ..cln.node import CHILD_VSIZE_P2WPKH, ClnNode
 from .fee_schedule import child_fee, feerate_of, replacement_fee
 
 REBUMP_RATIO = 1.1  # a child is replaced once the schedule asks for this much more than it pays

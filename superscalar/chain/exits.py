@@ -39,15 +39,15 @@ from decimal import Decimal
 from typing import Any, Callable, Optional
 
 from ..bitcoin.tx import OutPoint, Tx
-from ..bitcoind import Bitcoind, BitcoindError
+from ..cln.bitcoind import Bitcoind, BitcoindError
 from . import cpfp
 from .blocks import Blocks
 from .conflicts import UNKNOWN, conflict_kind, describe_conflict
 from .fee_schedule import (DEFAULT_MAX_FEERATE_PERKVB, estimate_for, exit_deadline,
                            lstock_deadlines, race_deadlines, relative_wait, target_feerate,
                            tree_deadlines)
-from ..node import ClnNode
-from ..store import Store
+from ..cln.node import ClnNode
+from ..cln.store import Store
 
 # Channel states in which a factory channel is being closed unilaterally: its commitment can only
 # confirm once its leaf is on chain, so these start an exit. A mutual close does not: its signed

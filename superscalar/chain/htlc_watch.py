@@ -24,11 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..htlc_index import CHANNEL_FIELDS, LSP, FactoryChannel, HtlcIndex, LiveChannel
-from ..htlc_exposure import PendingHtlc, ShortHtlcExposure
-from ..node import ClnNode, msat
+from ..cln.htlc_index import CHANNEL_FIELDS, LSP, FactoryChannel, HtlcIndex, LiveChannel
+from ..cln.htlc_exposure import PendingHtlc, ShortHtlcExposure
+from ..cln.node import ClnNode, msat
 from ..records import ExitPaths
-from ..store import Store
+from ..cln.store import Store
 from .exits import Exits
 from .routing import exit_plan
 

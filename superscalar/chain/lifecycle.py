@@ -56,10 +56,10 @@ from ..factory.lifecycle import (CLOSE_CONFIRMED, TERMINAL, Facts, Phase, client
                                  dying_warning_interval, exit_start_height, next_phase, phase, sign_script_spend,
                                  timeline, uncovered_exit_height)
 from ..factory.params import ClientTerms, FactoryParams
-from ..node import ClnNode, msat
+from ..cln.node import ClnNode, msat
 from ..records import ExitPaths, channel_in_factory, factory_key_label
 from ..sales import UNOPENED, sale_chain
-from ..store import Store
+from ..cln.store import Store
 from .blocks import Blocks, BlockView
 from .exits import DONE, Exits
 from .retire import factory_channel_ids, retire_channels

@@ -44,7 +44,7 @@ MAX_PARALLEL = 8  # closes in flight at once (each holds one RPC connection whil
 
 
 class ChannelNode(Protocol):
-    """What retiring needs from lightningd (superscalar.node.ClnNode provides it)."""
+    """What retiring needs from lightningd (superscalar.cln.node.ClnNode provides it)."""
 
     def peer_channels(self, peer: Optional[str] = None) -> list[dict[str, Any]]: ...
 

@@ -9,9 +9,9 @@ from typing import Any, Optional
 
 from ..bitcoin.tx import Tx
 from ..factory.params import FactoryParams
-from ..node import ClnNode
+from ..cln.node import ClnNode
 from ..records import ExitPaths, channel_in_factory, funding_ok, lsp_exit_path
-from ..store import Store
+from ..cln.store import Store
 from .close_watch import close_pending
 from .conflicts import DISTRIBUTION
 from .exits import Exits

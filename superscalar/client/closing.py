@@ -37,12 +37,12 @@ from ..bitcoin.tx import OutPoint, Tx, TxOut
 from ..chain.close_watch import close_pending, drop_next_factory, new_close
 from ..factory.spends import ledger_of, record_signing
 from ..factory.params import FactoryParams
-from ..node import ClnNode, msat
+from ..cln.node import ClnNode, msat
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from ..protocol.rounds import Expectation, Kind
 from ..protocol.wire import Abort, AbortCode, AggNonces, Invite, Message, Propose
-from ..store import Store
-from ..transport import Transport
+from ..cln.store import Store
+from ..cln.transport import Transport
 from ..records import CONFIRMED, channel_in_factory, factory_key_label
 from .policy import ClientPolicy
 

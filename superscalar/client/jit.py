@@ -21,13 +21,13 @@ import time
 from typing import Any, Callable, Optional
 
 from ..lsps.client import LspsClient
-from ..node import ClnNode, msat
+from ..cln.node import ClnNode, msat
 from ..protocol import tlv
 from ..protocol.bolt11 import RouteHop, with_route_hint, without_features
 from ..protocol.lsps0 import amount, format_scid, parse_iso8601
 from ..protocol.lsps2 import (MIN_CLTV_MARGIN, FlowAborted, OpeningFeeParams, cheapest, opening_fee, parse_buy_result,
                               parse_menu, part_ok)
-from ..store import DOCS, Store
+from ..cln.store import DOCS, Store
 
 DOC_PREFIX = "lsps2-client-"
 INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS = 0x400F  # BOLT-4, with htlc_msat (u64) and height (u32)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from ..node import ClnNode
+from ..cln.node import ClnNode
 from ..protocol.wire import Leave
-from ..store import Store
-from ..transport import Transport
+from ..cln.store import Store
+from ..cln.transport import Transport
 
 
 def request_leave(node: ClnNode, store: Store, transport: Transport, factory_id: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .. import musig2
+from ..crypto import musig2
 from ..bitcoin.script import p2wsh_script
 from ..bitcoin.tx import Tx
 from ..chain.blocks import Blocks
@@ -29,14 +29,14 @@ from ..factory.params import FactoryParams
 from ..factory.spends import LEDGER_KEY, entries
 from ..factory.tree import build_topology
 from ..leaf_script import check_leaf_script, funding_wscript
-from ..node import ClnNode, msat
+from ..cln.node import ClnNode, msat
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from ..protocol.rounds import Expectation, Kind
 from ..protocol.wire import Abort, AbortCode, Accept, Invite, Message, Propose
 from ..records import (AWAITING, CONFIRMED, MISMATCH, UNFUNDED, UNVERIFIED, VERIFIED, channel_in_factory,
                        client_exit_path, factory_key_label, funding_ok, leaf_status)
-from ..store import Store
-from ..transport import Transport
+from ..cln.store import Store
+from ..cln.transport import Transport
 from .policy import ClientPolicy, refusal
 
 

@@ -31,9 +31,9 @@ import threading
 from typing import Any, Callable, Optional
 
 from ..chain.exits import CLOSING_STATES
-from ..htlc_index import LiveChannel
-from ..node import ClnNode, msat
-from ..store import Store
+from ..cln.htlc_index import LiveChannel
+from ..cln.node import ClnNode, msat
+from ..cln.store import Store
 from .jit import JitClient
 from ..records import CONFIRMED, sale_outpoints
 

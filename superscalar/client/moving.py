@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..lsps.client import LspsClient
-from ..node import ClnNode
-from ..store import Store
-from ..transport import Transport
+from ..cln.node import ClnNode
+from ..cln.store import Store
+from ..cln.transport import Transport
 from .leaving import request_leave
 from .onboarding import ask_join
 

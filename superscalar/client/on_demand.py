@@ -21,11 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ..node import ClnNode, msat
+from ..cln.node import ClnNode, msat
 from ..protocol import tlv
 from ..protocol.lsps2 import part_ok
 from ..sales import sale_fee_sat
-from ..store import Store
+from ..cln.store import Store
 
 INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS = 0x400F  # BOLT-4, with htlc_msat (u64) and height (u32)
 

@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Optional
 
 from ..lsps.client import LspsClient
-from ..node import ClnNode
+from ..cln.node import ClnNode
 from ..protocol.lsps0 import amount, parse_amount
 from ..protocol.lsps1 import CREATED, EXPECT_PAYMENT
 

@@ -30,18 +30,18 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..bitcoin.tx import OutPoint, OutputVector, Tx, TxOut
-from ..bip340 import schnorr_verify
+from ..crypto.bip340 import schnorr_verify
 from ..factory.graph import FactoryShape, liquidity_sale
 from ..factory.params import FactoryParams
 from ..factory.spends import ledger_of, record_signing
 from ..factory.tree import build_topology
-from ..node import ClnNode
+from ..cln.node import ClnNode
 from ..protocol.ceremony import Action, Completed, Failed, Participant, Persist, Send
 from ..protocol.rounds import Expectation, Kind
 from ..protocol.wire import Abort, AbortCode, AggNonces, Message, Nonces, Propose, Signatures
 from ..sales import OPEN, current_lstock, sale_entry
-from ..store import Store
-from ..transport import Transport
+from ..cln.store import Store
+from ..cln.transport import Transport
 from ..records import UNVERIFIED, factory_key_label, funding_ok
 from .on_demand import InboundFeeLimit
 

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional, Sequence, cast
 
-from .. import musig2
+from ..crypto import musig2
 from ..bitcoin.encoding import ser_string_vector
 from ..bitcoin.errors import BitcoinError
 from ..bitcoin.script import cltv_leaf_script, csv_leaf_script, p2a_script
 from ..bitcoin.sighash import SIGHASH_DEFAULT, taproot_sighash
 from ..bitcoin.taproot import TapLeaf, TaprootInfo, taproot_construct
 from ..bitcoin.tx import SEQUENCE_FINAL, OutPoint, OutputVector, Tx, TxIn, TxOut, output_values
-from ..memo import once
+from ..crypto.memo import once
 from .dw import DWCounter
 from .errors import FactoryError
 from .params import ClientTerms, FactoryParams

@@ -28,7 +28,7 @@ import enum
 from dataclasses import dataclass
 from typing import Optional
 
-from .. import bip340
+from ..crypto import bip340
 from ..bitcoin.tx import Tx
 from .errors import FactoryError
 from .graph import FEE_VARIANT_MULTIPLIERS, ScriptSpend

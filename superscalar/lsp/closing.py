@@ -54,14 +54,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .. import musig2
+from ..crypto import musig2
 from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
 from ..bitcoin.tx import OutPoint, TxOut
 from ..chain.close_watch import close_pending, drop_next_factory, new_close
 from ..factory.errors import FactoryError
 from ..factory.graph import Factory, FactoryScripts, TreeTx, cooperative_close, rollover_close
 from ..factory.params import ClientTerms, FactoryParams
-from ..node import msat
+from ..cln.node import msat
 from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send, grouped_sends
 from ..protocol.rounds import close_round, construction_round
 from ..protocol.wire import Abort, AbortCode, AggNonces, Invite, Message

@@ -23,19 +23,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
-from .. import musig2
+from ..crypto import musig2
 from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
 from ..bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 from ..chain.exits import CLOSING_STATES
 from ..factory.graph import Factory, FactoryScripts
 from ..factory.params import ClientTerms, FactoryParams
-from ..node import ClnNode, PreparedTx
+from ..cln.node import ClnNode, PreparedTx
 from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, grouped_sends
 from ..protocol.rounds import construction_round
 from ..protocol.wire import Abort, AbortCode, Accept, Invite, Message
 from ..records import factory_key_label, path_entry
-from ..store import Store, StoreError
-from ..transport import Transport
+from ..cln.store import Store, StoreError
+from ..cln.transport import Transport
 
 ParamsFor = Callable[[int, int], FactoryParams]  # (n_clients, start height) → parameters
 T = TypeVar("T")

@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ..node import ClnNode, msat
+from ..cln.node import ClnNode, msat
 from ..protocol import tlv
 from ..protocol.lsps2 import forward_plan
-from ..store import Store
+from ..cln.store import Store
 from .jit import OpenFor, channel_capacity_sat
 from .sale import SaleError, Seller
 

@@ -24,13 +24,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from ..node import ClnNode, msat
+from ..cln.node import ClnNode, msat
 from ..protocol import tlv
 from ..protocol.lsps0 import LspsError, check_params, format_scid, parse_iso8601
 from ..protocol.lsps2 import (INVALID_OPENING_FEE_PARAMS, MPP_HOLD_SECONDS, PAYMENT_SIZE_TOO_LARGE,
                               TEMPORARY_CHANNEL_FAILURE, UNKNOWN_NEXT_PEER, UNRECOGNIZED_OR_STALE_TOKEN, FeeTerms,
                               OpeningFeeParams, buy_result, check_buy, forward_plan, menu, variable_fee)
-from ..store import DOCS, Store
+from ..cln.store import DOCS, Store
 
 DOC_PREFIX = "lsps2-buy-"
 JIT_SCID_MIN_BLOCK = 0xC00000  # 12 582 912: no real channel's block for two centuries

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from ..factory.params import MAX_CLIENTS, FactoryParams
-from ..node import ClnNode
-from ..store import Store
+from ..cln.node import ClnNode
+from ..cln.store import Store
 
 LADDER_DOC = "ladder"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..protocol.wire import Leave, Message
-from ..store import Store, StoreError
+from ..cln.store import Store, StoreError
 from .closing import MAX_FAILED_ROLLOVERS, Closer, DoesNotFit
 
 

@@ -44,11 +44,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..factory.params import FactoryParams
-from ..node import ClnNode
+from ..cln.node import ClnNode
 from ..protocol.lsps0 import LspsError, check_params
 from ..protocol.lsps1 import (CLIENT_REJECTED, CREATED, EXPECT_PAYMENT, HOLD, NOT_FOUND, PAID, Channel,
                               Onchain, Options, Order, Refund, parse_get_order, validate)
-from ..store import Store
+from ..cln.store import Store
 from .ladder import Ladder
 
 DOC_PREFIX = "lsps1-order-"
@@ -204,7 +204,7 @@ class Orders:
     def _serve(self, order: Order) -> None:
         """A paid order (HTLCs held, or paid on chain): open, sell or queue its channel."""
         if order.plain:
-            if self._connected(order.peer_id):  # bLIP-51 §4.1: "MUST wait for a peer connection"
+            if self.node.connected(order.peer_id):  # bLIP-51 §4.1: "MUST wait for a peer connection"
                 self._opening.add(order.order_id)
                 threading.Thread(target=self._open_plain, args=(order,), name="superscalar-lsps1-open",
                                  daemon=True).start()
@@ -214,12 +214,6 @@ class Orders:
                              daemon=True).start()
         else:
             self._queue(order)
-
-    def _connected(self, peer: str) -> bool:
-        try:
-            return any(p.get("connected") for p in self.node.rpc.call("listpeers", {"id": peer})["peers"])
-        except Exception:
-            return False
 
     def _queue(self, order: Order) -> None:
         self.ladder.add_more(order.peer_id, order.request.client_balance_sat, order.request.lsp_balance_sat,

@@ -54,14 +54,14 @@ from ..bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 from ..chain.retire import retire_channels
 from ..factory.errors import FactoryError
 from ..factory.graph import TX_VERSION, Factory, TreeTx, anchor_output, liquidity_sale
-from ..node import ClnNode
+from ..cln.node import ClnNode
 from ..protocol.ceremony import Action, Completed, Coordinator, Failed, Persist, Send
 from ..protocol.rounds import Round, sale_round
 from ..protocol.wire import AbortCode, AggNonces, Message
 from ..sales import OPEN, SIGNED, UNOPENED, current_lstock, sale_entry, sale_fee_sat
 from ..records import factory_key_label
-from ..store import Store
-from ..transport import Transport
+from ..cln.store import Store
+from ..cln.transport import Transport
 from .closing import factory_from_record
 from .creation import _seckey
 

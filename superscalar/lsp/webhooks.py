@@ -42,13 +42,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ..node import ClnNode
+from ..cln.node import ClnNode
 from ..protocol.lsps0 import LspsError, check_params
 from ..factory.params import FactoryParams
 from ..protocol.lsps5 import (APP_NAME_NOT_FOUND, EXPIRY_SOON, LIQUIDITY_MANAGEMENT_REQUEST, ONION_MESSAGE_INCOMING,
                               PAYMENT_INCOMING, TOO_MANY_WEBHOOKS, WEBHOOK_REGISTERED,
                               check_remove_webhook, check_set_webhook, message_to_sign, notification, timestamp)
-from ..store import Store
+from ..cln.store import Store
 
 DOC_PREFIX = "lsps5-"
 DEFAULT_MAX_WEBHOOKS = 4

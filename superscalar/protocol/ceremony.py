@@ -23,8 +23,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .. import musig2
-from ..bip340 import schnorr_verify
+from ..crypto import musig2
+from ..crypto.bip340 import schnorr_verify
 from ..bitcoin.tx import Tx
 from ..factory.graph import TreeTx
 from ..factory.spends import Ledger, conflict, entries

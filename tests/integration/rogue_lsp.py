@@ -39,7 +39,7 @@ from superscalar.protocol.wire import (
     decode_message,
     split_message,
 )
-from superscalar import musig2
+from superscalar.crypto import musig2
 
 # BOLT-1 / BOLT-2 message types.
 INIT, ERROR, WARNING, PING, PONG = 16, 17, 1, 18, 19

@@ -1,5 +1,5 @@
 """bitcoind (regtest) proves the transaction code: every spend here is built by superscalar.bitcoin and
-superscalar.musig2 and judged by a real bitcoind — accepted, rejected with its exact reason, mined."""
+superscalar.crypto.musig2 and judged by a real bitcoind — accepted, rejected with its exact reason, mined."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import pytest
 from coincurve import PrivateKey  # type: ignore[import-untyped]
 
-from superscalar import musig2
+from superscalar.crypto import musig2
 from superscalar.bitcoin.script import (
     cltv_leaf_script,
     csv_leaf_script,

@@ -13,7 +13,7 @@ from pyln.testing.utils import sync_blockheight, wait_for
 from superscalar.bitcoin.tx import Tx
 from superscalar.chain.exits import CLOSING_STATES
 from superscalar.factory.params import FactoryParams
-from superscalar.node import msat
+from superscalar.cln.node import msat
 
 from .test_dishonest_lsp import killed
 from .test_factory_plugin import BALANCE_SAT, INBOUND_SAT, create_factory, start_network

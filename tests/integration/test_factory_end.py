@@ -14,7 +14,7 @@ from pyln.testing.utils import sync_blockheight, wait_for
 
 from superscalar.factory.lifecycle import uncovered_exit_height
 from superscalar.factory.params import FactoryParams
-from superscalar.node import msat
+from superscalar.cln.node import msat
 
 from .test_close_rollover import channels_in, mine_until, no_broken, pay_msat, record, settled
 from .test_factory_plugin import BALANCE_SAT, INBOUND_SAT, create_factory

@@ -16,7 +16,7 @@ from pyln.testing.utils import sync_blockheight, wait_for
 
 from superscalar.bitcoin.tx import Tx
 from superscalar.factory.params import FactoryParams
-from superscalar.node import msat
+from superscalar.cln.node import msat
 
 from .test_close_rollover import no_broken, one_channel, pay_msat, record, settled, wallet_sat
 

@@ -11,7 +11,7 @@ import pytest
 from pyln.client import RpcError
 from pyln.testing.utils import sync_blockheight, wait_for
 
-from superscalar.node import msat
+from superscalar.cln.node import msat
 
 pytestmark = pytest.mark.lightningd
 

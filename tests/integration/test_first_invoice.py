@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pyln.testing.utils import sync_blockheight, wait_for
-from superscalar.node import msat
+from superscalar.cln.node import msat
 
 from .test_close_rollover import channels_in, no_broken
 from .test_factory_plugin import BALANCE_SAT, INBOUND_SAT, start_network

@@ -11,7 +11,7 @@ import pytest
 from superscalar.bitcoin.tx import Tx
 from superscalar.factory.params import FactoryParams
 from superscalar.lsp.jit import channel_capacity_sat
-from superscalar.node import msat
+from superscalar.cln.node import msat
 
 from .test_close_rollover import channels_in, no_broken, pay_msat, record, settled
 from .test_factory_plugin import create_factory, start_network

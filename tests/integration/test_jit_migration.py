@@ -14,7 +14,7 @@ import pytest
 from pyln.testing.utils import sync_blockheight, wait_for
 
 from superscalar.chain.exits import CLOSING_STATES
-from superscalar.node import msat
+from superscalar.cln.node import msat
 
 from .test_close_rollover import no_broken, record, wallet_sat
 from .test_lsps2 import plain_payer

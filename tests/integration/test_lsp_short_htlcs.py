@@ -12,7 +12,7 @@ import pytest
 from pyln.client import RpcError
 from pyln.testing.utils import wait_for
 
-from superscalar.node import msat
+from superscalar.cln.node import msat
 
 from .test_factory_plugin import channel_with, create_factory, start_network
 

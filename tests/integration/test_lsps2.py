@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pyln.testing.utils import wait_for
-from superscalar.node import msat
+from superscalar.cln.node import msat
 
 pytestmark = pytest.mark.lightningd
 

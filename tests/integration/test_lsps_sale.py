@@ -14,7 +14,7 @@ from pyln.testing.utils import sync_blockheight, wait_for
 from superscalar.bitcoin.tx import Tx
 from superscalar.chain.exits import CLOSING_STATES
 from superscalar.factory.params import FactoryParams
-from superscalar.node import msat
+from superscalar.cln.node import msat
 
 from .test_close_rollover import channels_in, mine_until, no_broken, pay_msat, record, settled, wallet_sat
 from .test_dishonest_lsp import killed

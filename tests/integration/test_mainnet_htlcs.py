@@ -12,7 +12,7 @@ from pyln.testing.utils import sync_blockheight, wait_for
 
 from superscalar.factory.params import FactoryParams
 from superscalar.htlc_timing import invoice_final_cltv
-from superscalar.node import msat
+from superscalar.cln.node import msat
 
 from .test_factory_plugin import channel_with
 

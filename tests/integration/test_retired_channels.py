@@ -24,7 +24,7 @@ import pytest
 from pyln.testing.utils import sync_blockheight, wait_for
 
 from superscalar.chain.retire import Retired, close_channels
-from superscalar.node import ClnNode, msat
+from superscalar.cln.node import ClnNode, msat
 
 from .test_factory_plugin import pay
 

@@ -7,7 +7,7 @@ import csv
 
 from coincurve import PublicKeyXOnly
 
-from superscalar.bip340 import schnorr_sign, schnorr_verify
+from superscalar.crypto.bip340 import schnorr_sign, schnorr_verify
 
 from .vectors import vector_path
 

@@ -1,8 +1,8 @@
-"""bitcoin-cli's command line from lightningd's settings (superscalar/bitcoind.py), as bcli builds it."""
+"""bitcoin-cli's command line from lightningd's settings (superscalar/cln/bitcoind.py), as bcli builds it."""
 
 from __future__ import annotations
 
-from superscalar.bitcoind import BitcoindSettings
+from superscalar.cln.bitcoind import BitcoindSettings
 
 CONFIGS = {
     "bitcoin-datadir": {"value_str": "/data/btc", "source": "cmdline"},

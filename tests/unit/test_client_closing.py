@@ -8,7 +8,7 @@ from typing import Any, Optional
 from superscalar.client.closing import STALE_FREEZE_BLOCKS, ClientCloser, next_channel_missing
 from superscalar.protocol.rounds import Kind
 from superscalar.protocol.wire import Abort, Invite, Propose
-from superscalar.store import Store
+from superscalar.cln.store import Store
 
 from ..fakes import ChannelNode, Outbox, listed_channel
 from .test_htlc_index import LSP_ID, client_record, outpoint

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from superscalar import musig2
+from superscalar.crypto import musig2
 from superscalar.bitcoin.script import funding_script_2of2, p2tr_script, p2wsh_script
 from superscalar.bitcoin.tx import OutPoint
 from superscalar.client.membership import Client
@@ -17,7 +17,7 @@ from superscalar.client.policy import ClientPolicy
 from superscalar.protocol.ceremony import Completed, Coordinator, Send
 from superscalar.protocol.rounds import construction_round
 from superscalar.protocol.wire import Abort, Accept, Done, Invite
-from superscalar.store import Store
+from superscalar.cln.store import Store
 
 from ..fakes import ClientNode, Outbox
 

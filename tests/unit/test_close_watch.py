@@ -11,7 +11,7 @@ from typing import Any, Optional
 from superscalar.bitcoin.encoding import ser_compact_size
 from superscalar.bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 from superscalar.chain.close_watch import CloseWatch, new_close
-from superscalar.store import Store
+from superscalar.cln.store import Store
 
 from .test_htlc_index import CLIENT_ID, EWT, htlc, lsp_record, outpoint, setup
 from ..fakes import ChannelNode, listed_channel

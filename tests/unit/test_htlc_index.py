@@ -8,12 +8,12 @@ from typing import Any, Optional
 
 import pytest
 
-from superscalar.htlc_exposure import PendingHtlc, ShortHtlcExposure, ShortHtlcLimits
+from superscalar.cln.htlc_exposure import PendingHtlc, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.factory.params import regtest_params
-from superscalar.htlc_guard import HtlcGuard
-from superscalar.htlc_index import HtlcIndex, IndexUnreadable, PeerRefresh
+from superscalar.cln.htlc_guard import HtlcGuard
+from superscalar.cln.htlc_index import HtlcIndex, IndexUnreadable, PeerRefresh
 from superscalar.chain.htlc_watch import HtlcWatch
-from superscalar.store import Store
+from superscalar.cln.store import Store
 
 from ..fakes import ChannelNode, listed_channel
 

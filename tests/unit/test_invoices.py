@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 
 from pyln.client import RpcError
-from superscalar.htlc_index import HtlcIndex
+from superscalar.cln.htlc_index import HtlcIndex
 from superscalar.htlc_timing import invoice_final_cltv
-from superscalar.invoices import (CONTINUE, DEFAULT_LSP_POLICY, FeePolicy, Invoices, hints_wanted, lsp_hints,
+from superscalar.cln.invoices import (CONTINUE, DEFAULT_LSP_POLICY, FeePolicy, Invoices, hints_wanted, lsp_hints,
                                   named_params)
 from superscalar.protocol.bolt11 import (Bolt11Error, RouteHop, amount_msat, bech32_decode, bech32_encode,
                                          route_hints, tagged_fields, with_route_hint, with_routes)
 from superscalar.protocol.lsps0 import parse_scid
-from superscalar.store import Store
+from superscalar.cln.store import Store
 
 from ..fakes import ChannelNode, listed_channel
 from .test_htlc_index import CLIENT_ID, EWT, LSP_ID, client_record, lsp_record, outpoint

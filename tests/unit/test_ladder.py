@@ -17,7 +17,7 @@ from superscalar.lsp.ladder import (
     plan,
     retry_delay,
 )
-from superscalar.store import Store
+from superscalar.cln.store import Store
 
 from ..fakes import MemoryDatastore
 

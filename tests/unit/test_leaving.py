@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from superscalar.lsp.leaving import Leavers, leaving, roll_or_close
 from superscalar.protocol.wire import Leave, decode_message, split_message
-from superscalar.store import Store
+from superscalar.cln.store import Store
 
 from ..fakes import MemoryDatastore
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from superscalar.bip340 import schnorr_verify
+from superscalar.crypto.bip340 import schnorr_verify
 from superscalar.bitcoin.encoding import ser_compact_size
 from superscalar.bitcoin.tx import OutPoint, Tx
 from superscalar.chain.blocks import Blocks
@@ -17,7 +17,7 @@ from superscalar.records import factory_key_label, path_entry
 from superscalar.factory.graph import FactoryGraph
 from superscalar.factory.params import regtest_params
 from superscalar.lsp.creation import ClientSpec, _lsp_record
-from superscalar.store import Store
+from superscalar.cln.store import Store
 
 from ..factory_kit import make_kit
 from ..fakes import MemoryDatastore, Outbox

@@ -16,7 +16,7 @@ from superscalar.protocol.lsps0 import INVALID_PARAMS, LspsError
 from superscalar.protocol.lsps1 import (COMPLETED, EXPECT_PAYMENT, FAILED, HOLD, NOT_FOUND, OPTION_MISMATCH, PAID,
                                         NO_ZERO_CONF_FEE, REFUNDED, UNRECOGNIZED_TOKEN, Channel, Options, Order,
                                         validate)
-from superscalar.store import Store
+from superscalar.cln.store import Store
 
 from ..fakes import MemoryDatastore
 
@@ -136,6 +136,9 @@ class Node(MemoryDatastore):
 
     def blockheight(self) -> int:
         return self.height
+
+    def connected(self, peer: str) -> bool:
+        return peer not in self.away
 
     def new_address(self) -> str:
         self.addresses += 1

@@ -244,7 +244,7 @@ import time  # noqa: E402
 from superscalar.client.jit import JitClient  # noqa: E402
 from superscalar.lsp.jit import FAIL_TEMPORARY, FAIL_UNKNOWN_NEXT_PEER, JitService  # noqa: E402
 from superscalar.protocol.lsps0 import parse_scid  # noqa: E402
-from superscalar.store import Store  # noqa: E402
+from superscalar.cln.store import Store  # noqa: E402
 from tests.fakes import MemoryDatastore  # noqa: E402
 
 PEER = "02" + "22" * 32

@@ -14,7 +14,7 @@ from superscalar.protocol.lsps0 import INVALID_PARAMS, LspsError
 from superscalar.protocol.lsps5 import (APP_NAME_NOT_FOUND, PAYMENT_INCOMING, TOO_LONG, TOO_MANY_WEBHOOKS,
                                         UNSUPPORTED_PROTOCOL, URL_PARSE_ERROR, WEBHOOK_REGISTERED, app_name_bytes,
                                         check_set_webhook, message_to_sign, notification)
-from superscalar.store import Store
+from superscalar.cln.store import Store
 
 from ..fakes import MemoryDatastore
 

@@ -10,9 +10,9 @@ from coincurve import PublicKeyXOnly  # type: ignore[import-untyped]
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from superscalar import musig2
-from superscalar.musig2 import InvalidContributionError, SecNonce, SessionContext
-from superscalar.secp256k1 import N, Point, point_mul_g, point_mul_g_bytes, point_sum, tweak_add
+from superscalar.crypto import musig2
+from superscalar.crypto.musig2 import InvalidContributionError, SecNonce, SessionContext
+from superscalar.crypto.secp256k1 import N, Point, point_mul_g, point_mul_g_bytes, point_sum, tweak_add
 
 seckeys = st.integers(min_value=1, max_value=N - 1).map(lambda k: k.to_bytes(32, "big"))
 tweak = st.tuples(st.integers(min_value=0, max_value=N - 1).map(lambda t: t.to_bytes(32, "big")), st.booleans())

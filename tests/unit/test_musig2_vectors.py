@@ -6,9 +6,9 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from superscalar import musig2
-from superscalar.bip328 import aggregate_xpub
-from superscalar.musig2 import InvalidContributionError, SecNonce, SessionContext
+from superscalar.crypto import musig2
+from superscalar.crypto.bip328 import aggregate_xpub
+from superscalar.crypto.musig2 import InvalidContributionError, SecNonce, SessionContext
 
 from .vectors import load_json
 

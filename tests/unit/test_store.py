@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from superscalar.store import Store, StoreError
+from superscalar.cln.store import Store, StoreError
 
 from ..fakes import MemoryDatastore
 

@@ -7,7 +7,7 @@ import time
 
 from superscalar.protocol.ceremony import Completed, Persist, Send, grouped_sends
 from superscalar.protocol.wire import Abort, decode_message
-from superscalar.transport import Transport
+from superscalar.cln.transport import Transport
 
 FID = bytes(32)
 

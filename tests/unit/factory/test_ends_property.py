@@ -16,7 +16,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from superscalar import musig2
+from superscalar.crypto import musig2
 from superscalar.bitcoin.tx import OutPoint, TxOut
 from superscalar.factory.errors import FactoryError
 from superscalar.factory.graph import (Factory, FactoryScripts, cooperative_close, fee_variants, liquidity_sale,

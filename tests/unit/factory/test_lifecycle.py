@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from superscalar.bip340 import schnorr_verify
+from superscalar.crypto.bip340 import schnorr_verify
 from superscalar.bitcoin.encoding import ser_compact_size
 from superscalar.bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 from superscalar.chain.blocks import Blocks, BlockView

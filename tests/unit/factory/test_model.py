@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from superscalar.bip340 import schnorr_verify
+from superscalar.crypto.bip340 import schnorr_verify
 from superscalar.bitcoin.script import p2a_script
 from superscalar.bitcoin.tx import OutPoint
 from superscalar.factory.dw import DWCounter

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from superscalar.bip340 import schnorr_verify
+from superscalar.crypto.bip340 import schnorr_verify
 from superscalar.bitcoin.tx import OutPoint, TxOut
 from superscalar.factory.graph import cooperative_close, liquidity_sale
 from superscalar.factory.params import regtest_params

@@ -23,9 +23,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
-from .records import MISMATCH, UNVERIFIED, funding_ok, leaf_status
-from .factory.params import FactoryParams
-from .sales import sale_position
+from ..records import MISMATCH, UNVERIFIED, funding_ok, leaf_status
+from ..factory.params import FactoryParams
+from ..sales import sale_position
 from .store import Store, StoreError
 
 # LSP factory stages whose channels nothing funds.

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 from .node import ClnNode
-from .protocol.wire import Fragment, Message, Reassembler, SUPERSCALAR_MSG_TYPE, decode_message, split_message
+from ..protocol.wire import Fragment, Message, Reassembler, SUPERSCALAR_MSG_TYPE, decode_message, split_message
 
 SEND_THREADS = 8  # `sendcustommsg` calls in flight at once when one round goes to many peers
 

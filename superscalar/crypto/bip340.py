@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from coincurve._libsecp256k1 import ffi, lib
 
-from .bitcoin.hashes import tagged_hash
+from ..bitcoin.hashes import tagged_hash
 from .secp256k1 import _CTX, N, point_mul_g
 
 

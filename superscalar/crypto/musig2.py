@@ -25,7 +25,7 @@ import secrets
 from functools import lru_cache
 from typing import Callable, NamedTuple, NewType, Optional, Sequence
 
-from .bitcoin.hashes import tagged_hash
+from ..bitcoin.hashes import tagged_hash
 from .secp256k1 import (N, G, Point, musig_key_agg_point, musig_nonce_agg, musig_pubnonce_parse, point_mul_g,
                         point_mul_g_bytes, point_sum, tweak_add)
 

@@ -13,9 +13,8 @@ channels within the bounds of `htlc_exposure.py` (a plain payee's invoice never 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
-from .client.membership import Client
 from .htlc_index import LSP, HtlcIndex, Lookup
 from .htlc_exposure import ShortHtlcExposure
 from .node import ClnNode, msat
@@ -26,12 +25,18 @@ TEMPORARY_NODE_FAILURE = 0x2002
 INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS = 0x400F
 
 
+class LeafVerifier(Protocol):
+    """The client role as the guard sees it (client/membership.py `Client.verify_leaf`)."""
+
+    def verify_leaf(self, fid: str, routine: bool = False, outpoint: Optional[str] = None) -> Optional[bool]: ...
+
+
 class HtlcGuard:
     """The hook's check: a constant number of index lookups per HTLC (`htlc_index.py`); lightningd is
     asked only when an HTLC names a short channel id the index does not know, and then only for that
     channel (`listpeerchannels short_channel_id`), at most once per such id per block."""
 
-    def __init__(self, node: ClnNode, index: HtlcIndex, client: Client, exposure: ShortHtlcExposure) -> None:
+    def __init__(self, node: ClnNode, index: HtlcIndex, client: LeafVerifier, exposure: ShortHtlcExposure) -> None:
         self.node, self.index, self.client, self.exposure = node, index, client, exposure
 
     def lookup(self, name: str, height: int) -> Optional[Lookup]:

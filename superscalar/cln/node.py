@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .bitcoin.address import address_to_script, segwit_address
-from .bitcoin.script import is_native_segwit
-from .protocol.lsps0 import LSPS_MESSAGE_TYPE
-from .protocol.wire import SUPERSCALAR_MSG_TYPE
+from ..bitcoin.address import address_to_script, segwit_address
+from ..bitcoin.script import is_native_segwit
+from ..protocol.lsps0 import LSPS_MESSAGE_TYPE
+from ..protocol.wire import SUPERSCALAR_MSG_TYPE
 
 if TYPE_CHECKING:
-    from .bitcoin.tx import OutPoint, Tx
+    from ..bitcoin.tx import OutPoint, Tx
 
 
 # BIP-141 vsize of a CPFP child: version, counts, locktime and segwit marker (10.5 vB), the P2A
@@ -48,7 +48,7 @@ class PreparedTx:
 
     @property
     def tx(self) -> "Tx":
-        from .bitcoin.psbt import Psbt
+        from ..bitcoin.psbt import Psbt
 
         return Psbt.from_base64(self.psbt).tx
 
@@ -93,7 +93,7 @@ class ClnNode:
         """An unsigned wallet transaction paying `amount_sat` to `script_pubkey`, its inputs reserved
         (`fundpsbt` with the excess as change, then `addpsbtoutput`). Its txid is final already:
         `nonwrapped` keeps P2SH-wrapped coins out, and every input is checked to be native segwit."""
-        from .bitcoin.psbt import Psbt
+        from ..bitcoin.psbt import Psbt
 
         weight = 4 * (8 + 1 + len(script_pubkey))  # the output we add (BIP-141 weight of a TxOut)
         funded = self.rpc.call("fundpsbt", {"satoshi": amount_sat, "feerate": "normal", "startweight": weight,
@@ -134,8 +134,8 @@ class ClnNode:
         """Broadcast a fully signed transaction through lightningd (`sendpsbt`); `prevouts` are the
         (value, script) of its inputs. Returns None on success or when it is already known, else
         bitcoind's reason."""
-        from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
-        from .bitcoin.tx import Tx, TxOut
+        from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
+        from ..bitcoin.tx import Tx, TxOut
 
         tx = Tx.from_hex(tx_hex)
         inputs = tuple(PsbtInput(witness_utxo=TxOut(v, s), final_script_witness=i.witness)
@@ -162,8 +162,8 @@ class ClnNode:
         with the child it replaces on both inputs), pays `fee_for(its vsize)` and returns the rest to
         the wallet. The coin is reserved (`reserveinputs`); `release` gives it back. None when the
         wallet has no coin big enough."""
-        from .bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
-        from .bitcoin.tx import OutPoint, Tx, TxIn, TxOut
+        from ..bitcoin.psbt import Psbt, PsbtInput, PsbtOutput
+        from ..bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 
         most = fee_for(CHILD_VSIZE_P2WPKH)
 
@@ -207,6 +207,13 @@ class ClnNode:
         """Is txid:vout unspent (confirmed or in the mempool), as bitcoind sees it?"""
         res = self.rpc.call("getutxout", {"txid": txid, "vout": str(vout)})
         return res.get("amount") is not None
+
+    def connected(self, peer: str) -> bool:
+        """Is `peer` connected now? (False if lightningd cannot say.)"""
+        try:
+            return any(p.get("connected") for p in self.rpc.call("listpeers", {"id": peer})["peers"])
+        except Exception:
+            return False
 
     def new_address(self) -> str:
         """A fresh address of lightningd's wallet (P2WPKH: any SegWit wallet can pay it)."""
@@ -258,7 +265,7 @@ class ClnNode:
 
     def pay_out(self, address: str, value_sat: int, feerate: str) -> tuple[str, tuple[str, ...]]:
         """Send `value_sat` from anywhere in our wallet to `address` (`withdraw`): (txid, the outputs spent)."""
-        from .bitcoin.tx import Tx
+        from ..bitcoin.tx import Tx
 
         res = self.rpc.call("withdraw", {"destination": address, "satoshi": value_sat, "feerate": feerate})
         tx = Tx.from_hex(str(res["tx"]))

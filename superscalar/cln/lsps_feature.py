@@ -6,7 +6,7 @@ from typing import Any
 
 from pyln.client import Plugin
 
-from .protocol.lsps0 import LSPS_FEATURE_BIT
+from ..protocol.lsps0 import LSPS_FEATURE_BIT
 
 
 def build_feature_plugin() -> Plugin:

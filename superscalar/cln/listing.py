@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .chain.lifecycle import LIFECYCLE, describe_life
-from .records import MISMATCH, VERIFIED, channel_in_factory, leaf_status
-from .factory.params import FactoryParams
-from .htlc_timing import invoice_final_cltv
+from ..chain.lifecycle import LIFECYCLE, describe_life
+from ..records import MISMATCH, VERIFIED, channel_in_factory, leaf_status
+from ..factory.params import FactoryParams
+from ..htlc_timing import invoice_final_cltv
 from .node import ClnNode, msat
 from .store import Store
 

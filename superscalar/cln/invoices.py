@@ -31,10 +31,10 @@ from typing import Any, Callable, Iterable, Optional
 from pyln.client import RpcError
 
 from .htlc_index import CLIENT, HtlcIndex
-from .htlc_timing import required_final_cltv, with_final_cltv
+from ..htlc_timing import required_final_cltv, with_final_cltv
 from .node import ClnNode, msat
-from .protocol.bolt11 import TAG_F, TAG_R, RouteHop, amount_msat, has_field, with_routes
-from .protocol.lsps0 import format_scid, parse_scid
+from ..protocol.bolt11 import TAG_F, TAG_R, RouteHop, amount_msat, has_field, with_routes
+from ..protocol.lsps0 import format_scid, parse_scid
 
 # lightningd's `invoice` parameters, in positional order (doc/schemas/invoice.json).
 INVOICE_PARAMS = ("amount_msat", "label", "description", "expiry", "fallbacks", "preimage",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .bitcoin.base58 import b58check_encode
+from ..bitcoin.base58 import b58check_encode
 from .musig2 import KeyGenContext, get_plain_pk
 
 # BIP-328 "Specification": the fixed chain code, SHA256("MuSig2MuSig2MuSig2")

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 from pyln.client import Plugin, RpcException
 
 from superscalar import __version__
-from superscalar.bitcoind import Bitcoind, from_lightningd
+from superscalar.cln.bitcoind import Bitcoind, from_lightningd
 from superscalar.chain.blocks import Blocks
 from superscalar.chain.close_watch import CloseWatch
 from superscalar.chain.exits import UNILATERAL_STATES, Exits
@@ -34,15 +34,15 @@ from superscalar.client.onboarding import ask_join, ask_terms, hello, register_w
 from superscalar.client.orders import buy_inbound, get_order
 from superscalar.client.policy import ClientPolicy
 from superscalar.factory.params import FactoryParams, regtest_params
-from superscalar.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
-from superscalar.htlc_index import CHANNEL_FIELDS, HtlcIndex, LiveChannel, PeerRefresh
-from superscalar.invoices import CONTINUE, Invoices
-from superscalar.listing import describe
+from superscalar.cln.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
+from superscalar.cln.htlc_index import CHANNEL_FIELDS, HtlcIndex, LiveChannel, PeerRefresh
+from superscalar.cln.invoices import CONTINUE, Invoices
+from superscalar.cln.listing import describe
 from superscalar.lsp.closing import Closer
 from superscalar.lsp.sale import Seller
 from superscalar.lsp.creation import ClientSpec, Lsp
 from superscalar.lsp.jit import JitService, liquidity_shortfall, wallet_channel
-from superscalar.htlc_exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
+from superscalar.cln.htlc_exposure import DEFAULT_PER_CLIENT_MSAT, DEFAULT_TOTAL_MSAT, ShortHtlcExposure, ShortHtlcLimits
 from superscalar.lsp.leaving import Leavers, roll_or_close
 from superscalar.lsp.webhooks import DEFAULT_MAX_WEBHOOKS, Webhooks
 from superscalar.lsp.ladder import Ladder, LadderConfig
@@ -51,14 +51,14 @@ from superscalar.lsp.onboarding import JoinLimits, Onboarding, Speakers, terms
 from superscalar.lsp.orders import HOLD_EXTRA_BLOCKS, Orders
 from superscalar.lsps.client import LspsClient
 from superscalar.lsps.server import LspsServer
-from superscalar.node import ClnNode, msat
+from superscalar.cln.node import ClnNode, msat
 from superscalar.protocol.lsps0 import LspsError, is_lsps
 from superscalar.protocol.lsps5 import PAYMENT_INCOMING
 from superscalar.protocol.lsps1 import Options as Lsps1Options
 from superscalar.protocol.lsps2 import PROMISE_LABEL, FeeTerms
 from superscalar.protocol.wire import WireError
-from superscalar.store import Store
-from superscalar.transport import Transport
+from superscalar.cln.store import Store
+from superscalar.cln.transport import Transport
 
 INVALID_PARAMS = -32602  # JSON-RPC
 CREATE_FAILED = 1700  # superscalar-create: the factory was not created (nothing broadcast)
@@ -231,10 +231,7 @@ class Roles:
                                                      for n in LiveChannel.from_listing(ch).names))
 
     def peer_connected(self, peer: str) -> bool:
-        try:
-            return any(p.get("connected") for p in self.node.rpc.call("listpeers", {"id": peer})["peers"])
-        except Exception:
-            return False
+        return self.node.connected(peer)
 
     def channel_ready(self, peer: str) -> bool:
         """Has the peer a normal channel with us, connected and reestablished?"""
