@@ -1,7 +1,7 @@
 """Running a `contrib/` script as its user would: a subprocess of this interpreter, from the shell's view.
 
 The smoke tests (tests/unit/test_contrib.py, tests/integration/test_contrib.py) run each script the
-README names at its smallest size, as Bitcoin Core runs `bench_bitcoin -sanity-check`: a benchmark
+README and docs/figures.md name at its smallest size, as Bitcoin Core runs `bench_bitcoin -sanity-check`: a benchmark
 nothing runs breaks without anyone noticing.
 """
 
