@@ -714,7 +714,10 @@ def build_plugin() -> Plugin:
         except Exception as e:
             _report(plugin, "block height", e)
             return
-        r.follower.on_block(height)
+        steps = r.follower.on_block(height)
+        slowest = max(steps.seconds, key=lambda s: s[1], default=("none", 0.0))
+        plugin.log(f"block {height}: steps took {steps.total_seconds * 1000:.1f} ms "
+                   f"(slowest: {slowest[0]} {slowest[1] * 1000:.1f} ms)", level="debug")
 
     @plugin.subscribe("channel_state_changed")
     def on_channel_state_changed(plugin: Plugin, channel_state_changed: dict[str, Any], **kwargs: Any) -> None:

@@ -28,6 +28,7 @@ from ..cln.node import ClnNode
 from ..cln.store import Store
 
 LADDER_DOC = "ladder"
+PAST_MARGIN = 6  # blocks after a distribution height beyond which no reorganisation is assumed
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class Ladder:
         self.log = log
         self._busy: Optional[threading.Thread] = None
         self._warned: dict[str, int] = {}  # factory id → height of its last "waiting for clients" line
+        self._past: set[str] = set()  # factories past their distribution (+ PAST_MARGIN): never alive again
         self._failed: dict[str, tuple[int, int]] = {}  # factory id → (failed rollovers in a row, retry height)
         self._lock = threading.Lock()  # the waiting list is written by hooks, commands and the worker
         # told of each factory the ladder started (its id), after the ladder recorded it
@@ -250,14 +252,22 @@ class Ladder:
     def _connected(self) -> set[str]:
         return {p["id"] for p in self.node.rpc.call("listpeers", {})["peers"] if p.get("connected")}
 
-    def summaries(self, connected: Optional[set[str]] = None) -> list[FactorySummary]:
+    def summaries(self, connected: Optional[set[str]] = None, height: Optional[int] = None) -> list[FactorySummary]:
+        """Every factory of ours that may still be alive. One whose distribution height is PAST_MARGIN
+        blocks behind `height` never is again: it is not read again (the per-block work does not grow
+        with the factories a year of laddering leaves behind)."""
         connected = self._connected() if connected is None else connected
         out = []
         for fid in self.store.factory_ids():
+            if fid in self._past:
+                continue
             rec = self.store.get(fid, "factory")
             if rec is None or rec.get("role") != "lsp" or rec.get("stage") != "funded":
                 continue
             params = FactoryParams.deserialize(rec["params"].encode())
+            if height is not None and height >= params.distribution_height + PAST_MARGIN:
+                self._past.add(fid)
+                continue
             clients = tuple(c["peer_id"] for c in rec["channels"])
             # (an abandoned rollover close: clients that signed it refuse any other, so none is tried)
             settled = (bool(rec.get("close")) or rec.get("abandoned_close") is not None
@@ -275,7 +285,7 @@ class Ladder:
         # does not stall the others' factory (nor count towards the batch size)
         connected = self._connected()
         waiting = [w for w in (Waiting.from_doc(w) for w in st["waiting"]) if w.node_id in connected]
-        actions = plan(self.config, height, st["last_start_height"], waiting, self.summaries(connected))
+        actions = plan(self.config, height, st["last_start_height"], waiting, self.summaries(connected, height))
         for a in actions:
             if isinstance(a, WaitForClients) and height - self._warned.get(a.factory_id, -10**9) >= 6:
                 self._warned[a.factory_id] = height

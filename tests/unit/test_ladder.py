@@ -18,6 +18,7 @@ from superscalar.lsp.ladder import (
     retry_delay,
 )
 from superscalar.cln.store import Store
+from superscalar.factory.params import regtest_params
 
 from ..fakes import MemoryDatastore
 
@@ -202,10 +203,31 @@ def test_a_failing_rollover_backs_off() -> None:
     ladder = Ladder(node, store, LadderConfig(interval_blocks=0), lambda c, h: {}, roll,  # type: ignore[arg-type]
                     lambda text, level="info": None)
     dying = FactorySummary("ab" * 32, 0, 100, 100 + 432, False, ("a", "b"), ())
-    ladder.summaries = lambda connected=None: [dying]  # type: ignore[method-assign]
+    ladder.summaries = lambda connected=None, height=None: [dying]  # type: ignore[method-assign]
     for h in range(100, 120):
         height[0] = h
         ladder.on_block(h)
         if ladder._busy is not None:
             ladder._busy.join(5)
     assert attempts == [100, 101, 103, 107, 115]
+
+
+def test_factories_long_past_their_distribution_are_not_read_again() -> None:
+    """A year of laddering leaves hundreds of factory records: once a factory's distribution height is
+    PAST_MARGIN blocks behind, the ladder's per-block summary skips it without reading it."""
+    from superscalar.lsp.ladder import PAST_MARGIN
+
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    ladder = Ladder(node, store, LadderConfig(interval_blocks=5), lambda c, h: {}, None,  # type: ignore[arg-type]
+                    lambda text, level="info": None)
+    params = regtest_params(2, 100)
+    store.put("f1", "factory", {"role": "lsp", "stage": "funded", "params": params.serialize().decode(),
+                                "channels": [{"peer_id": "02" + "11" * 32}, {"peer_id": "02" + "22" * 32}]})
+    assert [f.factory_id for f in ladder.summaries(set(), params.distribution_height)] == ["f1"]
+    reads: list[str] = []
+    real_get = store.get
+    store.get = lambda fid, rec: reads.append(fid) or real_get(fid, rec)  # type: ignore[method-assign]
+    assert ladder.summaries(set(), params.distribution_height + PAST_MARGIN) == []
+    assert ladder.summaries(set(), params.distribution_height + PAST_MARGIN + 1) == []
+    assert reads == ["f1"]  # read once more, then never
