@@ -54,3 +54,23 @@ def test_regtest_demo_tells_the_whole_story() -> None:
     assert any(line.startswith("  dave   paid on chain in that close: ") for line in lines)
     assert any(line.startswith("  erin starts again and finds ") for line in lines)
     assert lines[-1] == "done (logs removed with the directory; --keep keeps them)"
+
+
+def test_scale_factory_two_clients() -> None:
+    lines = run_script("scale_factory.py", "2", timeout=TIMEOUT)
+    assert any(re.fullmatch(rf"K=2: superscalar-create {SECONDS} s \({SECONDS} s per client\); funding \d+ vB", line)
+               for line in lines)
+    assert any(line.startswith("K=2: a payment to every client ") and line.endswith("every balance as paid: yes")
+               for line in lines)
+    assert any(line.endswith("every balance carried to the msat: yes") for line in lines)
+    assert any(line.startswith("K=2: memory per node: ") for line in lines)
+
+
+def test_soak_ladder_two_rollovers() -> None:
+    lines = run_script("soak_ladder.py", "--rollovers", "2", "--every", "1", "--clients", "4", "--forget",
+                       "--kill-every", "2", timeout=TIMEOUT)
+    assert lines[1].split()[:3] == ["rollovers", "height", "plugin_ms"]
+    assert any(line.startswith("  kill -9 #1 at rollover ") and line.endswith("the same to the msat")
+               for line in lines)
+    assert any(line.startswith("last row against the first: ") for line in lines)
+    assert lines[-1] == "**BROKEN** lines: none"

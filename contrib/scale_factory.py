@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""One factory of K real clients, end to end, measured: K + 1 lightningd nodes each running the plugin
+on regtest (default K = 128). The LSP creates the factory, pays every client and is paid by every
+client over its leaf channel, then rolls the factory over with every client carried; each client's
+balance in its new channel is checked against its old one to the msat.
+
+Printed: the seconds of each step (node start, create, payments to and from every client, rollover),
+per client; the resident memory of each node (lightningd with its subdaemons, and the plugin), mean
+and largest; the funding transaction's and the rollover close's vsize as bitcoind reports them.
+
+    python contrib/scale_factory.py [K]
+
+Needs `lightningd` and `bitcoind` on PATH and the test extras; nothing is asserted about time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+os.environ.setdefault("TEST_NETWORK", "regtest")
+os.environ.setdefault("RUST", "0")
+os.environ.setdefault("VALGRIND", "0")
+
+from pyln.testing.db import SqliteDbProvider  # noqa: E402
+from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
+
+PLUGIN = ROOT / "superscalar_plugin.py"
+BALANCE_SAT, INBOUND_SAT = 20_000, 80_000
+
+
+def tree_rss_mb(root: int) -> tuple[float, float]:
+    """Resident memory (MB) of process `root` and its descendants, without and with the plugin."""
+    children: dict[int, list[int]] = {}
+    cmd: dict[int, bytes] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd[int(pid)] = f.read()
+        except OSError:
+            continue
+        children.setdefault(ppid, []).append(int(pid))
+    node_kb = plugin_kb = 0
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                kb = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        except OSError:
+            continue
+        if b"superscalar_plugin.py" in cmd.get(pid, b""):
+            plugin_kb += kb
+        else:
+            node_kb += kb
+    return node_kb / 1024, plugin_kb / 1024
+
+
+def leaf_msat(client: Any, lsp_id: str, outpoint: str) -> int:
+    [ch] = [c for c in client.rpc.listpeerchannels(lsp_id)["channels"]
+            if f"{c['funding_txid']}:{c['funding_outnum']}" == outpoint]
+    return int(ch["to_us_msat"])
+
+
+def pay(payer: Any, payee: Any, msat: int, label: str) -> None:
+    normal = [c for c in payee.rpc.listpeerchannels()["channels"] if c["state"] == "CHANNELD_NORMAL"]
+    wait_for(lambda: all("remote" in c.get("updates", {}) for c in payee.rpc.listpeerchannels()["channels"]
+                         if c["state"] == "CHANNELD_NORMAL"))
+    aliases = [c.get("short_channel_id") or c["alias"]["local"] for c in normal]
+    inv = payee.rpc.call("invoice", {"amount_msat": msat, "label": label, "description": label, "cltv": 24,
+                                     "exposeprivatechannels": aliases})["bolt11"]
+    payer.rpc.call("xpay", {"invstring": inv})
+
+
+def main() -> None:
+    k = int(sys.argv[1]) if len(sys.argv) > 1 else 128
+    for binary in ("lightningd", "bitcoind"):
+        if shutil.which(binary) is None:
+            sys.exit(f"{binary} not found on PATH")
+    directory = tempfile.mkdtemp(prefix="superscalar-scale-")
+    bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
+    db = SqliteDbProvider(directory)
+    db.start()
+    factory = NodeFactory(None, "scale", bitcoind, ThreadPoolExecutor(max_workers=8), directory, db, LightningNode, {})
+    timeout = max(60, 2 * k)
+    try:
+        bitcoind.start()
+        bitcoind.generate_block(101)
+        common = {"plugin": str(PLUGIN), "superscalar-profile": "regtest", "superscalar-timeout": str(timeout),
+                  "dev-bitcoind-poll": 5, "log-level": "info"}
+        t0 = time.perf_counter()
+        lsp = factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
+        clients = factory.get_nodes(k, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"]})
+        lsp_id = lsp.info["id"]
+        for c in clients:
+            c.rpc.connect(lsp_id, "localhost", lsp.port)
+        t_start = time.perf_counter() - t0
+        lsp.fundwallet((BALANCE_SAT + INBOUND_SAT) * k * 2 + 1_000_000)
+        nodes = [lsp, *clients]
+        sync_blockheight(bitcoind, nodes)
+
+        spec = [{"id": c.info["id"], "balance_sat": BALANCE_SAT, "inbound_sat": INBOUND_SAT} for c in clients]
+        t0 = time.perf_counter()
+        created = lsp.rpc.call("superscalar-create", {"clients": spec})
+        t_create = time.perf_counter() - t0
+        funding_vb = bitcoind.rpc.getmempoolentry(created["funding_txid"])["vsize"]
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, nodes)
+        outpoints = {ch["peer_id"]: ch["funding_outpoint"] for ch in created["channels"]}
+
+        t0 = time.perf_counter()
+        for i, c in enumerate(clients):
+            pay(lsp, c, 2_000_000 + i, f"to-{i}")
+        t_to = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i, c in enumerate(clients):
+            pay(c, lsp, 1_000_000 + 7 * i, f"from-{i}")
+        t_from = time.perf_counter() - t0
+        wait_for(lambda: not any(ch["htlcs"] for ch in lsp.rpc.listpeerchannels()["channels"]))
+        before = {c.info["id"]: leaf_msat(c, lsp_id, outpoints[c.info["id"]]) for c in clients}
+        expected = {c.info["id"]: BALANCE_SAT * 1000 + 2_000_000 + i - (1_000_000 + 7 * i) for i, c in enumerate(clients)}
+        paid_ok = before == expected
+
+        mem = [tree_rss_mb(n.daemon.proc.pid) for n in nodes]
+        sync_blockheight(bitcoind, nodes)
+        t0 = time.perf_counter()
+        rolled = lsp.rpc.call("superscalar-rollover", {"factory_id": created["factory_id"]})
+        t_roll = time.perf_counter() - t0
+        close_vb = bitcoind.rpc.getmempoolentry(rolled["close_txid"])["vsize"]
+        raw = lsp.rpc.call("listdatastore", {"key": ["superscalar", "factories", rolled["next_factory"], "factory"]})
+        new = {ch["peer_id"]: ch["funding_outpoint"] for ch in json.loads(raw["datastore"][0]["string"])["data"]["channels"]}
+        after = {c.info["id"]: leaf_msat(c, lsp_id, new[c.info["id"]]) for c in clients}
+        carried = after == before
+
+        node_mb = [m[0] for m in mem]
+        plugin_mb = [m[1] for m in mem]
+        print(f"K={k}: nodes started and connected {t_start:.1f} s ({t_start / k:.2f} s per client)")
+        print(f"K={k}: superscalar-create {t_create:.1f} s ({t_create / k:.3f} s per client); funding {funding_vb} vB")
+        print(f"K={k}: a payment to every client {t_to:.1f} s, from every client {t_from:.1f} s; "
+              f"every balance as paid: {'yes' if paid_ok else 'NO'}")
+        print(f"K={k}: superscalar-rollover {t_roll:.1f} s ({t_roll / k:.3f} s per client); close {close_vb} vB; "
+              f"every balance carried to the msat: {'yes' if carried else 'NO'}")
+        print(f"K={k}: memory per node: lightningd and subdaemons mean {sum(node_mb) / len(node_mb):.0f} MB "
+              f"(largest {max(node_mb):.0f}), plugin mean {sum(plugin_mb) / len(plugin_mb):.0f} MB "
+              f"(largest {max(plugin_mb):.0f}); all {len(nodes)} nodes {sum(node_mb) + sum(plugin_mb):.0f} MB")
+        if not (paid_ok and carried):
+            sys.exit("balances differ")
+    finally:
+        factory.killall([False] * len(factory.nodes))
+        bitcoind.stop()
+        db.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
