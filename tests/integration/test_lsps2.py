@@ -6,6 +6,7 @@ the LSP opens a zero-conf channel from its wallet and forwards the payment minus
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,102 @@ def test_lsps2_buy_expired_promise(node_factory: Any, plugin_path: Path) -> None
     error = probe_request(raw, lsp, "lsps2.buy", {"opening_fee_params": offer, "payment_size_msat": "5000000"})["error"]
     assert error["code"] == 201 and "past" in error["message"]
     assert lsp.rpc.call("superscalar-jit-list")["sold"] == [] and lsp.rpc.listpeerchannels()["channels"] == []
+
+
+WALLET = Path(__file__).parent / "blip52_wallet_plugin.py"
+
+
+def test_plain_wallet_jit_one_two_payers_no_mpp(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A wallet that does not run superscalar, its LSPS2 client written from bLIP-52 (the test drives
+    get_info and buy over message 37913, puts the JIT scid in its invoice's route hint and signs it with
+    `createinvoice`; blip52_wallet_plugin.py takes the parts short by their extra_fee): paid once by one
+    payer, once in two parts by two payers (MPP, each `sendpay` carrying part of the total), and once
+    with a variable-amount invoice (no-MPP mode, no payment_size_msat)."""
+    import math
+    import os
+
+    from superscalar.protocol.bolt11 import RouteHop, with_route_hint, without_features
+
+    lsp = node_factory.get_node(options={"plugin": [str(plugin_path), str(PROBE)], "superscalar-profile": "regtest",
+                                         "superscalar-lsp": "true"}, may_reconnect=True)
+    lsp.fundwallet(10_000_000)
+    payers = [plain_payer(node_factory, bitcoind, lsp), plain_payer(node_factory, bitcoind, lsp)]
+    wallet = node_factory.get_node(options={"plugin": [str(PROBE), str(WALLET)]}, may_reconnect=True)
+    wallet.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp_id, wallet_id = lsp.info["id"], wallet.info["id"]
+
+    def scid_int(text: str) -> int:
+        block, tx, out = (int(x) for x in text.split("x"))
+        return (block << 40) | (tx << 16) | out
+
+    def buy(label: str, size: Any, paid_msat: int) -> tuple[str, dict[str, Any], int]:
+        """bLIP-52 §1-3: the menu, a buy, an invoice through the JIT scid; returns (bolt11, buy, fee)."""
+        [offer] = probe_request(wallet, lsp, "lsps2.get_info", {})["result"]["opening_fee_params_menu"]
+        params: dict[str, Any] = {"opening_fee_params": offer}
+        if size is not None:
+            params["payment_size_msat"] = str(size)
+        bought = probe_request(wallet, lsp, "lsps2.buy", params)["result"]
+        fee = max(int(offer["min_fee_msat"]), math.ceil(paid_msat * int(offer["proportional"]) / 1_000_000))
+        preimage = os.urandom(32).hex()
+        draft = wallet.rpc.call("invoice", {"amount_msat": size if size is not None else "any", "label": label + "-draft",
+                                            "description": label, "preimage": preimage, "cltv": 24})
+        wallet.rpc.call("delinvoice", {"label": label + "-draft", "status": "unpaid"})
+        text = with_route_hint(draft["bolt11"], RouteHop(bytes.fromhex(lsp_id), scid_int(bought["jit_channel_scid"]),
+                                                           0, 0, int(bought["lsp_cltv_expiry_delta"])))
+        if size is None:
+            text = without_features(text)  # "no-MPP+var-invoice": the payer must not split it
+        wallet.rpc.call("createinvoice", {"invstring": text, "label": label, "preimage": preimage})
+        wallet.rpc.call("wallet-expect", {"payment_hash": draft["payment_hash"], "preimage": preimage,
+                                          "max_fee_msat": fee})
+        return text, {**bought, "payment_hash": draft["payment_hash"]}, fee
+
+    def received(bought: dict[str, Any]) -> dict[str, Any]:
+        return dict(wallet.rpc.call("wallet-received", {"payment_hash": bought["payment_hash"]}))
+
+    # 1. one payer
+    bolt11, bought, fee = buy("one", 5_000_000, 5_000_000)
+    assert payers[0].rpc.call("xpay", {"invstring": bolt11})["amount_msat"] == 5_000_000
+    got = received(bought)
+    assert got["done"] and sum(p["extra_fee_msat"] for p in got["parts"]) == fee == 546_000
+    [jit] = wallet.rpc.listpeerchannels(lsp_id)["channels"]
+    assert msat(jit["to_us_msat"]) == 5_000_000 - fee
+
+    # 2. two payers, each paying part of the total (MPP across senders)
+    total = 8_000_000
+    bolt11, bought, fee = buy("two", total, total)
+    decoded = payers[0].rpc.decode(bolt11)
+    final = int(decoded["min_final_cltv_expiry"])
+    delta = int(bought["lsp_cltv_expiry_delta"])
+
+    def send(payer: Any, part: int, partid: int) -> dict[str, Any]:
+        [ch] = payer.rpc.listpeerchannels(lsp_id)["channels"]
+        route = [{"id": lsp_id, "channel": ch["short_channel_id"], "direction": int(payer.info["id"] > lsp_id),
+                  "amount_msat": part, "delay": final + delta, "style": "tlv"},
+                 {"id": wallet_id, "channel": bought["jit_channel_scid"], "direction": int(lsp_id > wallet_id),
+                  "amount_msat": part, "delay": final, "style": "tlv"}]
+        payer.rpc.call("sendpay", {"route": route, "payment_hash": bought["payment_hash"], "amount_msat": total,
+                                   "payment_secret": decoded["payment_secret"], "bolt11": bolt11,
+                                   "partid": partid, "groupid": 1})
+        return dict(payer.rpc.call("waitsendpay", {"payment_hash": bought["payment_hash"], "partid": partid,
+                                                   "groupid": 1, "timeout": 90}))
+
+    results: dict[int, dict[str, Any]] = {}
+    threads = [threading.Thread(target=lambda i=i, part=part: results.update({i: send(payers[i], part, i + 1)}))
+               for i, part in enumerate((5_000_000, 3_000_000))]
+    threads[0].start()
+    time.sleep(1)  # the first part waits at the LSP for the second
+    threads[1].start()
+    for t in threads:
+        t.join(120)
+    assert [results[i]["status"] for i in (0, 1)] == ["complete", "complete"], results
+    got = received(bought)
+    assert got["done"] and sorted(p["onion_msat"] for p in got["parts"]) == [3_000_000, 5_000_000]
+    assert sum(p["extra_fee_msat"] for p in got["parts"]) == fee
+
+    # 3. no-MPP, variable amount: the fee is taken from the one part that comes
+    bolt11, bought, fee = buy("any", None, 4_000_000)
+    assert payers[1].rpc.call("xpay", {"invstring": bolt11, "amount_msat": 4_000_000})["amount_msat"] == 4_000_000
+    got = received(bought)
+    assert got["done"] and [p["onion_msat"] for p in got["parts"]] == [4_000_000]
+    assert got["parts"][0]["extra_fee_msat"] == fee
+    assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in (lsp, wallet, *payers))
