@@ -59,6 +59,10 @@ import pytest  # noqa: E402
 from pyln.testing.fixtures import *  # noqa: E402,F401,F403
 from pyln.testing.utils import wait_for  # noqa: E402
 
+from tests.pyln_threads import serialize_bitcoind_proxies  # noqa: E402
+
+serialize_bitcoind_proxies()
+
 KS = [int(k) for k in os.environ.get("BENCH_KS", "32").split(",")]
 CAPACITY_SAT = 250_000
 

@@ -44,6 +44,10 @@ os.environ.setdefault("RUST", "0")
 
 from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
 
+from tests.pyln_threads import serialize_bitcoind_proxies  # noqa: E402
+
+serialize_bitcoind_proxies()
+
 from contrib import regtest_demo  # noqa: E402
 from contrib.regtest_demo import db_provider, logs_to_file, say  # noqa: E402
 from tests.integration.test_lsps2 import pay_in_parts  # noqa: E402

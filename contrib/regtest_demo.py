@@ -33,6 +33,10 @@ os.environ.setdefault("VALGRIND", "0")
 from pyln.testing.db import PostgresDbProvider, SqliteDbProvider  # noqa: E402
 from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
 
+from tests.pyln_threads import serialize_bitcoind_proxies  # noqa: E402
+
+serialize_bitcoind_proxies()
+
 from superscalar.bitcoin.tx import OutPoint  # noqa: E402
 from superscalar.factory.graph import Factory, FactoryScripts  # noqa: E402
 from superscalar.factory.params import ClientTerms, FactoryParams  # noqa: E402

@@ -50,6 +50,10 @@ os.environ.setdefault("VALGRIND", "0")
 from pyln.testing.db import SqliteDbProvider  # noqa: E402
 from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
 
+from tests.pyln_threads import serialize_bitcoind_proxies  # noqa: E402
+
+serialize_bitcoind_proxies()
+
 PLUGIN = ROOT / "superscalar_plugin.py"
 CLOSING = {"CHANNELD_SHUTTING_DOWN", "CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE", "AWAITING_UNILATERAL",
            "FUNDING_SPEND_SEEN", "ONCHAIN"}

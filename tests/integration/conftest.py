@@ -22,6 +22,10 @@ os.environ.setdefault("RUST", "0")
 
 from pyln.testing.fixtures import *  # noqa: E402,F401,F403  (bitcoind, node_factory, directory, …)
 
+from tests.pyln_threads import serialize_bitcoind_proxies  # noqa: E402
+
+serialize_bitcoind_proxies()
+
 PLUGIN_PATH = Path(__file__).resolve().parents[2] / "superscalar_plugin.py"
 
 
