@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pyln.testing.utils import wait_for
+from pyln.testing.utils import sync_blockheight, wait_for
 from superscalar.cln.node import msat
 
 pytestmark = pytest.mark.lightningd
@@ -233,7 +233,9 @@ def test_plain_wallet_jit_one_two_payers_no_mpp(node_factory: Any, bitcoind: Any
         params: dict[str, Any] = {"opening_fee_params": offer}
         if size is not None:
             params["payment_size_msat"] = str(size)
-        bought = probe_request(wallet, lsp, "lsps2.buy", params)["result"]
+        answer = probe_request(wallet, lsp, "lsps2.buy", params)
+        assert "result" in answer, answer
+        bought = answer["result"]
         fee = max(int(offer["min_fee_msat"]), math.ceil(paid_msat * int(offer["proportional"]) / 1_000_000))
         preimage = os.urandom(32).hex()
         draft = wallet.rpc.call("invoice", {"amount_msat": size if size is not None else "any", "label": label + "-draft",
@@ -243,16 +245,17 @@ def test_plain_wallet_jit_one_two_payers_no_mpp(node_factory: Any, bitcoind: Any
                                                            0, 0, int(bought["lsp_cltv_expiry_delta"])))
         if size is None:
             text = without_features(text)  # "no-MPP+var-invoice": the payer must not split it
-        wallet.rpc.call("createinvoice", {"invstring": text, "label": label, "preimage": preimage})
+        signed = wallet.rpc.call("createinvoice", {"invstring": text, "label": label, "preimage": preimage})["bolt11"]
         wallet.rpc.call("wallet-expect", {"payment_hash": draft["payment_hash"], "preimage": preimage,
                                           "max_fee_msat": fee})
-        return text, {**bought, "payment_hash": draft["payment_hash"]}, fee
+        return signed, {**bought, "payment_hash": draft["payment_hash"]}, fee
 
     def received(bought: dict[str, Any]) -> dict[str, Any]:
         return dict(wallet.rpc.call("wallet-received", {"payment_hash": bought["payment_hash"]}))
 
     # 1. one payer
     bolt11, bought, fee = buy("one", 5_000_000, 5_000_000)
+    assert payers[0].rpc.decode(bolt11)["payee"] == wallet_id
     assert payers[0].rpc.call("xpay", {"invstring": bolt11})["amount_msat"] == 5_000_000
     got = received(bought)
     assert got["done"] and sum(p["extra_fee_msat"] for p in got["parts"]) == fee == 546_000
@@ -260,6 +263,8 @@ def test_plain_wallet_jit_one_two_payers_no_mpp(node_factory: Any, bitcoind: Any
     assert msat(jit["to_us_msat"]) == 5_000_000 - fee
 
     # 2. two payers, each paying part of the total (MPP across senders)
+    bitcoind.generate_block(1)  # the JIT channel's funding, and the LSP's change with it
+    sync_blockheight(bitcoind, [lsp, wallet, *payers])
     total = 8_000_000
     bolt11, bought, fee = buy("two", total, total)
     decoded = payers[0].rpc.decode(bolt11)
@@ -292,6 +297,8 @@ def test_plain_wallet_jit_one_two_payers_no_mpp(node_factory: Any, bitcoind: Any
     assert sum(p["extra_fee_msat"] for p in got["parts"]) == fee
 
     # 3. no-MPP, variable amount: the fee is taken from the one part that comes
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, [lsp, wallet, *payers])
     bolt11, bought, fee = buy("any", None, 4_000_000)
     assert payers[1].rpc.call("xpay", {"invstring": bolt11, "amount_msat": 4_000_000})["amount_msat"] == 4_000_000
     got = received(bought)
