@@ -40,6 +40,24 @@ from tests.pyln_threads import serialize_bitcoind_proxies  # noqa: E402
 serialize_bitcoind_proxies()
 
 PLUGIN = ROOT / "superscalar_plugin.py"
+
+
+STORY = sys.stdout  # the figures keep the terminal; the daemons' logs go to a file (logs_to_file)
+
+
+def say(*text: Any) -> None:
+    print(*text, file=STORY, flush=True)
+
+
+def logs_to_file(path: str) -> None:
+    """pyln-testing echoes every daemon's log lines to stdout: send file descriptors 1 and 2 to `path`,
+    and keep the figures on the terminal."""
+    global STORY
+    STORY = os.fdopen(os.dup(1), "w")
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
 BALANCE_SAT, INBOUND_SAT = 20_000, 80_000
 
 
@@ -97,6 +115,7 @@ def main() -> None:
         if shutil.which(binary) is None:
             sys.exit(f"{binary} not found on PATH")
     directory = tempfile.mkdtemp(prefix="superscalar-scale-")
+    logs_to_file(os.path.join(directory, "daemons.log"))
     bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
     db = SqliteDbProvider(directory)
     db.start()
@@ -153,13 +172,13 @@ def main() -> None:
 
         node_mb = [m[0] for m in mem]
         plugin_mb = [m[1] for m in mem]
-        print(f"K={k}: nodes started and connected {t_start:.1f} s ({t_start / k:.2f} s per client)")
-        print(f"K={k}: superscalar-create {t_create:.1f} s ({t_create / k:.3f} s per client); funding {funding_vb} vB")
-        print(f"K={k}: a payment to every client {t_to:.1f} s, from every client {t_from:.1f} s; "
+        say(f"K={k}: nodes started and connected {t_start:.1f} s ({t_start / k:.2f} s per client)")
+        say(f"K={k}: superscalar-create {t_create:.1f} s ({t_create / k:.3f} s per client); funding {funding_vb} vB")
+        say(f"K={k}: a payment to every client {t_to:.1f} s, from every client {t_from:.1f} s; "
               f"every balance as paid: {'yes' if paid_ok else 'NO'}")
-        print(f"K={k}: superscalar-rollover {t_roll:.1f} s ({t_roll / k:.3f} s per client); close {close_vb} vB; "
+        say(f"K={k}: superscalar-rollover {t_roll:.1f} s ({t_roll / k:.3f} s per client); close {close_vb} vB; "
               f"every balance carried to the msat: {'yes' if carried else 'NO'}")
-        print(f"K={k}: memory per node: lightningd and subdaemons mean {sum(node_mb) / len(node_mb):.0f} MB "
+        say(f"K={k}: memory per node: lightningd and subdaemons mean {sum(node_mb) / len(node_mb):.0f} MB "
               f"(largest {max(node_mb):.0f}), plugin mean {sum(plugin_mb) / len(plugin_mb):.0f} MB "
               f"(largest {max(plugin_mb):.0f}); all {len(nodes)} nodes {sum(node_mb) + sum(plugin_mb):.0f} MB")
         if not (paid_ok and carried):

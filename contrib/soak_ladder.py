@@ -55,6 +55,24 @@ from tests.pyln_threads import serialize_bitcoind_proxies  # noqa: E402
 serialize_bitcoind_proxies()
 
 PLUGIN = ROOT / "superscalar_plugin.py"
+
+
+STORY = sys.stdout  # the figures keep the terminal; the daemons' logs go to a file (logs_to_file)
+
+
+def say(*text: Any) -> None:
+    print(*text, file=STORY, flush=True)
+
+
+def logs_to_file(path: str) -> None:
+    """pyln-testing echoes every daemon's log lines to stdout: send file descriptors 1 and 2 to `path`,
+    and keep the figures on the terminal."""
+    global STORY
+    STORY = os.fdopen(os.dup(1), "w")
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
 CLOSING = {"CHANNELD_SHUTTING_DOWN", "CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE", "AWAITING_UNILATERAL",
            "FUNDING_SPEND_SEEN", "ONCHAIN"}
 REBROADCAST = "Expected error broadcasting tx"
@@ -191,8 +209,9 @@ def main() -> None:
         if shutil.which(binary) is None:
             sys.exit(f"{binary} not found on PATH")
     directory = tempfile.mkdtemp(prefix="superscalar-soak-")
-    print(f"soak: {args.rollovers} rollovers, {args.clients} clients, forget-retired "
-          f"{'on' if args.forget else 'off'}, kill every {args.kill_every or 'never'}; logs in {directory}", flush=True)
+    logs_to_file(os.path.join(directory, "daemons.log"))
+    say(f"soak: {args.rollovers} rollovers, {args.clients} clients, forget-retired "
+          f"{'on' if args.forget else 'off'}, kill every {args.kill_every or 'never'}; logs in {directory}")
     bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
     db = SqliteDbProvider(directory)
     db.start()
@@ -220,8 +239,8 @@ def main() -> None:
         rows: list[dict[str, float]] = []
         kills = 0
         block = 0
-        print(f"{'rollovers':>9} {'height':>6} {'plugin_ms':>9} {'lightningd_ms':>13} {'rss_MB':>7} {'datastore_kB':>12} "
-              f"{'channels':>8} {'retired':>7} {'log_kB/blk':>10} {'sendraw/blk':>11} {'payments':>8}", flush=True)
+        say(f"{'rollovers':>9} {'height':>6} {'plugin_ms':>9} {'lightningd_ms':>13} {'rss_MB':>7} {'datastore_kB':>12} "
+              f"{'channels':>8} {'retired':>7} {'log_kB/blk':>10} {'sendraw/blk':>11} {'payments':>8}")
         paid = failed = 0
         next_row = args.every
         next_kill = args.kill_every or None
@@ -276,9 +295,8 @@ def main() -> None:
                                      for c in stable for ch in c.rpc.listpeerchannels()["channels"]))
                 after = {c.info["id"]: balances(c, lsp_id) for c in stable}
                 same = before == after
-                print(f"  kill -9 #{kills} at rollover {meter.rolled}: every stable client's balance "
-                      f"{'the same to the msat' if same else 'CHANGED: ' + json.dumps({k: (before[k], after[k]) for k in before})}",
-                      flush=True)
+                say(f"  kill -9 #{kills} at rollover {meter.rolled}: every stable client's balance "
+                      f"{'the same to the msat' if same else 'CHANGED: ' + json.dumps({k: (before[k], after[k]) for k in before})}")
                 meter.read()
             if meter.rolled >= next_row:
                 next_row += args.every
@@ -287,23 +305,23 @@ def main() -> None:
                        "rss_MB": plugin_rss_mb(lsp), "datastore_kB": datastore_kb(lsp), "channels": len(chans),
                        "retired": sum(1 for ch in chans if ch["state"] in CLOSING)}
                 rows.append(row)
-                print(f"{row['rollovers']:>9} {row['height']:>6} {row['plugin_ms']:>9.1f} {row['lightningd_ms']:>13.1f} "
+                say(f"{row['rollovers']:>9} {row['height']:>6} {row['plugin_ms']:>9.1f} {row['lightningd_ms']:>13.1f} "
                       f"{row['rss_MB']:>7.1f} {row['datastore_kB']:>12.1f} {row['channels']:>8} {row['retired']:>7} "
-                      f"{row['log_kB']:>10.1f} {row['sendraw']:>11.1f} {paid:>4}/{paid + failed:<4}", flush=True)
+                      f"{row['log_kB']:>10.1f} {row['sendraw']:>11.1f} {paid:>4}/{paid + failed:<4}")
                 if meter.rolled >= args.rollovers:
                     break
         first, last = rows[0], rows[-1]
-        print("last row against the first: " + ", ".join(
+        say("last row against the first: " + ", ".join(
             f"{k} {last[k] / first[k]:.2f}×" for k in ("plugin_ms", "lightningd_ms", "rss_MB", "datastore_kB", "channels",
-                                                      "log_kB", "sendraw") if first[k]), flush=True)
+                                                      "log_kB", "sendraw") if first[k]))
         grown = last["retired"] - first["retired"]
         if grown > 0:
-            print(f"per retired channel ({grown} more): plugin {(last['plugin_ms'] - first['plugin_ms']) / grown:+.2f} ms/block, "
+            say(f"per retired channel ({grown} more): plugin {(last['plugin_ms'] - first['plugin_ms']) / grown:+.2f} ms/block, "
                   f"lightningd {(last['lightningd_ms'] - first['lightningd_ms']) / grown:+.2f} ms/block, "
                   f"sendraw {(last['sendraw'] - first['sendraw']) / grown:+.2f}/block, "
-                  f"log {(last['log_kB'] - first['log_kB']) / grown:+.2f} kB/block", flush=True)
+                  f"log {(last['log_kB'] - first['log_kB']) / grown:+.2f} kB/block")
         broken = [n for n in [lsp, *clients] if n.daemon.is_in_log(r"\*\*BROKEN\*\*")]
-        print(f"**BROKEN** lines: {'none' if not broken else len(broken)} nodes", flush=True)
+        say(f"**BROKEN** lines: {'none' if not broken else f'in {len(broken)} nodes'}")
     finally:
         factory.killall([False] * len(factory.nodes))
         bitcoind.stop()
