@@ -26,7 +26,7 @@ needs them.
 - `hold_onion(peer, path_key, incoming)`: an onion message lightningd could not forward to a sleeping
   client (its `onionmessage_forward_fail` notification) is kept, the client told
   `lsps5.onion_message_incoming`, and given back to lightningd (`injectonionmessage`, which forwards it
-  again, now that the client is connected) when it reconnects: at most MAX_ONIONS_PER_PEER per client,
+  again, now that the client is connected) when it reconnects and its channel is back: at most MAX_ONIONS_PER_PEER per client,
   each for ONION_HOLD_SECONDS (a payer's `fetchinvoice` waits a minute by default).
 - `order_state(peer, order_id, state)`: an LSPS1 order of a sleeping client was filled or failed:
   `superscalar.order_state_changed` (an extension method under our own prefix, as bLIP-55 allows).
@@ -221,6 +221,12 @@ class Webhooks:
         self.notify(peer, ORDER_STATE_CHANGED, {"order_id": order_id, "order_state": order_state})
 
     def _inject_onions(self, peer: str) -> None:
+        """Give lightningd back what was kept for `peer`, once its channel is reestablished (at most
+        READY_SECONDS): a wallet answers an invoice request over that channel, and before it is back it
+        would try to reach the payer directly (seen in CI: Core Lightning's offers plugin then fails)."""
+        deadline = time.monotonic() + READY_SECONDS
+        while time.monotonic() < deadline and not self.ready(peer):
+            time.sleep(0.1)
         now = self.clock()
         with self._lock:
             onions = [o for o in self._onions.pop(peer, []) if now - o[0] < ONION_HOLD_SECONDS]
