@@ -218,7 +218,10 @@ class Webhooks:
         return True
 
     def order_state(self, peer: str, order_id: str, order_state: str) -> None:
-        self.notify(peer, ORDER_STATE_CHANGED, {"order_id": order_id, "order_state": order_state})
+        """Called by LSPS1 under its lock (also from the HTLC hook): nothing is read for a client
+        without a webhook."""
+        if self.wakeable(peer):
+            self.notify(peer, ORDER_STATE_CHANGED, {"order_id": order_id, "order_state": order_state})
 
     def _inject_onions(self, peer: str) -> None:
         """Give lightningd back what was kept for `peer`, once its channel is reestablished (at most
