@@ -175,6 +175,9 @@ def test_sleeping_wallet_is_woken_for_an_offer(node_factory: Any, bitcoind: Any,
     wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for n in (wallet, payer) for c in n.rpc.listpeerchannels()["channels"]))
     # the wallet knows the public channel to the payer (the invoice goes back through the LSP)
     wait_for(lambda: any(c["source"] == payer.info["id"] for c in wallet.rpc.listchannels()["channels"]))
+    # and the payer's node_announcement (its onion-message feature): without it Core Lightning's offers
+    # plugin finds no path for its answer and tries a direct connection, which the payer refuses
+    wait_for(lambda: "features" in (wallet.rpc.listnodes(payer.info["id"])["nodes"] or [{}])[0])
     n = iter(range(1000))
 
     def offer_with_path() -> str:  # once the wallet's gossip shows the LSP public, its offer has a path through it
