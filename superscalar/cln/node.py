@@ -263,13 +263,31 @@ class ClnNode:
         signed = self.rpc.call("signpsbt", {"psbt": added["psbt"]})["signed_psbt"]
         return str(self.rpc.call("sendpsbt", {"psbt": signed})["txid"]), int(funded["feerate_per_kw"])
 
-    def pay_out(self, address: str, value_sat: int, feerate: str) -> tuple[str, tuple[str, ...]]:
-        """Send `value_sat` from anywhere in our wallet to `address` (`withdraw`): (txid, the outputs spent)."""
-        from ..bitcoin.tx import Tx
+    def prepare_payout(self, address: str, value_sat: int, feerate: str) -> tuple[str, str]:
+        """A payment of `value_sat` from our wallet to `address`, signed and not sent: (txid, signed
+        PSBT). Its inputs stay reserved for 2016 blocks, so the caller can record it first and send
+        it (`send_signed`) as often as it must, after a restart too, without ever paying twice."""
+        from ..bitcoin.psbt import Psbt
 
-        res = self.rpc.call("withdraw", {"destination": address, "satoshi": value_sat, "feerate": feerate})
-        tx = Tx.from_hex(str(res["tx"]))
-        return str(res["txid"]), tuple(f"{i.prevout.txid_hex}:{i.prevout.vout}" for i in tx.inputs)
+        weight = 4 * (8 + 1 + len(address_to_script(address, self.network)))  # the one output
+        funded = self.rpc.call("fundpsbt", {"satoshi": value_sat, "feerate": feerate, "startweight": weight,
+                                            "reserve": 2016, "excess_as_change": True})
+        try:
+            added = self.rpc.call("addpsbtoutput", {"satoshi": value_sat, "initialpsbt": funded["psbt"],
+                                                    "destination": address})
+            signed = str(self.rpc.call("signpsbt", {"psbt": added["psbt"]})["signed_psbt"])
+        except Exception:
+            self.release(funded["psbt"])
+            raise
+        return Psbt.from_base64(signed).tx.txid, signed
+
+    def send_signed(self, signed_psbt: str) -> str:
+        """Publish a signed PSBT (`sendpsbt`); sending one already published is harmless."""
+        return str(self.rpc.call("sendpsbt", {"psbt": signed_psbt})["txid"])
+
+    def wallet_txids(self) -> frozenset[str]:
+        """The transactions lightningd's wallet knows (`listtransactions`: those it sent or that pay it)."""
+        return frozenset(str(t["hash"]) for t in self.rpc.call("listtransactions", {})["transactions"])
 
     def close(self, channel_id: str, unilateral_after: int = 1) -> dict[str, Any]:
         return dict(self.rpc.call("close", {"id": channel_id, "unilateraltimeout": unilateral_after}))

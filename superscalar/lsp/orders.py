@@ -40,7 +40,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 from ..factory.params import FactoryParams
@@ -383,6 +383,8 @@ class Orders:
         """Send back what no order keeps; send again, at twice the rate, a refund stuck for 6 hours."""
         for order in self._watched():
             assert order.onchain is not None
+            for unsent in [r for r in order.onchain.refunds if r.unsent_psbt]:  # recorded, then a crash
+                self._publish(order, unsent)
             outputs = received.get(order.order_id, {})
             open_option = (order.order_state == CREATED and order.onchain.state == EXPECT_PAYMENT
                            and order.payment_state == EXPECT_PAYMENT and self.clock() <= order.onchain.expires_at)
@@ -419,9 +421,9 @@ class Orders:
                 fee = -(-self.node.feerate_perkw(2) * REFUND_WEIGHT // 1000)
                 if total - fee < 546:
                     refund = Refund(utxos, "", height, 0)
-                else:
-                    txid, _ = self.node.pay_out(address, total - fee, "urgent")
-                    refund = Refund(utxos, txid, height, 0)
+                else:  # recorded signed before it is sent (see Refund.unsent_psbt)
+                    txid, signed = self.node.prepare_payout(address, total - fee, "urgent")
+                    refund = Refund(utxos, txid, height, 0, signed)
             except Exception as e2:
                 self.log(f"LSPS1: order {order.order_id}: cannot send back {list(utxos)} to {address}: "
                          f"{e!r}, then {e2!r}", level="unusual")
@@ -429,10 +431,25 @@ class Orders:
         with self._lock:
             order = self._orders[order.order_id].refund_sent(refund)
             self._save(order)
+        if refund.unsent_psbt:
+            self._publish(order, refund)
         if refund.txid:
             self.log(f"LSPS1: order {order.order_id}: refund {refund.txid} of {list(utxos)} to {address}", level="info")
         else:
             self.log(f"LSPS1: order {order.order_id}: {list(utxos)} are dust after a refund's fee: kept", level="info")
+
+    def _publish(self, order: Order, refund: Refund) -> None:
+        """Send a refund recorded signed (from our wallet), and note it sent. It is sent again at the
+        next block until bitcoind took it or lightningd's wallet shows it (already sent before a crash)."""
+        try:
+            self.node.send_signed(refund.unsent_psbt)
+        except Exception as e:
+            if refund.txid not in self.node.wallet_txids():
+                self.log(f"LSPS1: order {order.order_id}: refund {refund.txid} not sent yet: {e!r}", level="unusual")
+                return
+        with self._lock:
+            order = self._orders[order.order_id].refund_sent(replace(refund, unsent_psbt=""))
+            self._save(order)
 
     def _too_late(self, order: Order, height: int) -> Optional[str]:
         """Why a held order not in any factory yet can no longer be filled as promised, or None.

@@ -272,6 +272,9 @@ class Refund:
     txid: str
     height: int
     feerate_perkw: int
+    # a refund paid from the LSP's wallet is recorded signed before it is sent, and this cleared once
+    # bitcoind took it: a crash between the two sends the same transaction again, never a second one
+    unsent_psbt: str = ""
 
 
 @dataclass(frozen=True)
@@ -310,7 +313,8 @@ class Onchain:
     def from_record(cls, data: dict[str, Any]) -> "Onchain":
         fields = dict(data)
         fields["utxos"] = tuple(fields.get("utxos", ()))
-        fields["refunds"] = tuple(Refund(tuple(r["utxos"]), r["txid"], r["height"], r["feerate_perkw"])
+        fields["refunds"] = tuple(Refund(tuple(r["utxos"]), r["txid"], r["height"], r["feerate_perkw"],
+                                         r.get("unsent_psbt", ""))
                                   for r in fields.get("refunds", ()))
         return cls(**fields)
 

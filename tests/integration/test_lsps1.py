@@ -399,3 +399,29 @@ def test_plain_wallet_order_paid_on_chain(node_factory: Any, bitcoind: Any, plug
     assert (gone["order_state"], gone["payment"]["onchain"]["state"]) == ("FAILED", "REFUNDED")
     wait_for(lambda: any(o["txid"] == refund_txid for o in raw.rpc.listfunds()["outputs"]))
     assert not any(n.daemon.is_in_log(r"\*\*BROKEN\*\*") for n in [lsp, raw])
+
+
+def test_wallet_refund_is_recorded_then_sent_once(node_factory: Any, bitcoind: Any) -> None:
+    """The LSP's wallet pays a refund in two steps (lsp/orders.py `_publish`): signed, with its inputs
+    reserved, and not sent (so it can be recorded first); then sent, as often as a restart makes it:
+    the second send pays nothing more, and lightningd's wallet knows the transaction."""
+    from superscalar.bitcoin.address import address_to_script
+    from superscalar.cln.node import ClnNode
+
+    lsp = node_factory.get_node()
+    lsp.fundwallet(200_000)
+    node = ClnNode(lsp.rpc, "regtest")
+    refund_to = bitcoind.rpc.getnewaddress("", "bech32m")
+    txid, signed = node.prepare_payout(refund_to, 40_000, "urgent")
+    assert txid not in bitcoind.rpc.getrawmempool() and txid not in node.wallet_txids()
+    assert all(o["reserved"] for o in lsp.rpc.listfunds()["outputs"])  # a restart cannot spend them elsewhere
+    assert node.send_signed(signed) == txid
+    try:
+        node.send_signed(signed)  # sent again after a crash: the same transaction, nothing more
+    except RpcError:
+        pass
+    assert bitcoind.rpc.getrawmempool() == [txid] and txid in node.wallet_txids()
+    bitcoind.generate_block(1)
+    tx = bitcoind.rpc.getrawtransaction(txid, True)
+    script = address_to_script(refund_to, "regtest").hex()
+    assert [round(o["value"] * 100_000_000) for o in tx["vout"] if o["scriptPubKey"]["hex"] == script] == [40_000]

@@ -118,6 +118,10 @@ def test_state_machine() -> None:
     assert j["channel"] is None and j["token"] == "" and j["created_at"] == "2023-11-14T22:13:20.000Z"
 
 
+class Killed(BaseException):
+    """kill -9: nothing after it runs (no `except Exception` catches it)."""
+
+
 class Node(MemoryDatastore):
     def __init__(self) -> None:
         super().__init__()
@@ -132,7 +136,9 @@ class Node(MemoryDatastore):
         self.outputs: list[dict[str, Any]] = []  # the wallet's, as ClnNode.wallet_outputs gives them
         self.sweeps: list[tuple[tuple[str, ...], str, str]] = []
         self.unsweepable: set[str] = set()  # outputs our wallet spent elsewhere
-        self.paid_out: list[tuple[str, int]] = []
+        self.paid_out: list[tuple[str, int]] = []  # refunds prepared from the wallet
+        self.sent: dict[str, str] = {}  # signed PSBT -> txid, as bitcoind took them
+        self.crash_at: Optional[str] = None  # "before sending", "after sending": kill -9 there
 
     def blockheight(self) -> int:
         return self.height
@@ -165,9 +171,25 @@ class Node(MemoryDatastore):
     def feerate_perkw(self, blocks: int) -> int:
         return 1000
 
-    def pay_out(self, address: str, value_sat: int, feerate: str) -> tuple[str, tuple[str, ...]]:
+    def prepare_payout(self, address: str, value_sat: int, feerate: str) -> tuple[str, str]:
         self.paid_out.append((address, value_sat))
-        return "ee" * 32, ("dd" * 32 + ":0",)
+        n = len(self.paid_out)
+        return f"{n:02x}" * 32, f"psbt-{n}"
+
+    def send_signed(self, signed_psbt: str) -> str:
+        if self.crash_at == "before sending":
+            self.crash_at = None
+            raise Killed()
+        if signed_psbt in self.sent:
+            raise RuntimeError("sendpsbt: bad-txns-inputs-missingorspent")  # bitcoind has it already
+        self.sent[signed_psbt] = f"{int(signed_psbt.split('-')[1]):02x}" * 32
+        if self.crash_at == "after sending":
+            self.crash_at = None
+            raise Killed()
+        return self.sent[signed_psbt]
+
+    def wallet_txids(self) -> frozenset[str]:
+        return frozenset(self.sent.values())
 
     def call(self, method: str, params: Any) -> Any:
         if method == "invoice":
@@ -501,10 +523,38 @@ def test_partial_late_and_extra_onchain_coins_go_back() -> None:
     node.height = 503
     orders.on_block(503)
     assert node.paid_out == [(REFUND_TO, 5_000 - 600)]  # 1000 sat/kw for 600 weight
+    assert list(node.sent) == ["psbt-1"]
     assert orders.order(full["order_id"]).onchain.utxos == (kept,)  # type: ignore[union-attr]
     node.height = 504
     orders.on_block(504)
     assert len(node.paid_out) == 1  # sent once
+
+
+@pytest.mark.parametrize("crash_at", ["before sending", "after sending"])
+def test_a_wallet_refund_survives_kill_9_unpaid_twice(crash_at: str) -> None:
+    """A refund paid from the LSP's wallet (the client's coins were spent elsewhere) is recorded
+    signed before it is sent. Killed just before or just after sending it, the LSP restarts and
+    sends that same transaction: the client is paid once, never twice."""
+    node, store, ladder, orders = onchain_book(confirmations=1)
+    full = orders.create_order(PEER, request(refund_onchain_address=REFUND_TO))
+    address = full["payment"]["onchain"]["address"]
+    node.receive(address, 26_000, 500)
+    orders.on_block(500)
+    extra = node.receive(address, 5_000, 501)
+    node.unsweepable.add(extra)
+    node.height, node.crash_at = 501, crash_at
+    with pytest.raises(Killed):
+        orders.on_block(501)
+    [refund] = orders.order(full["order_id"]).onchain.refunds  # type: ignore[union-attr]
+    assert refund.unsent_psbt == "psbt-1"  # on disk before anything went out
+    restarted = Orders(node, store, OPTIONS, ladder, 34, lambda text, level="info": None,  # type: ignore[arg-type]
+                       clock=lambda: 1_700_000_000.0, onchain_confirmations=1)
+    for height in (502, 503):
+        node.height = height
+        restarted.on_block(height)
+    assert node.paid_out == [(REFUND_TO, 4_400)] and list(node.sent) == ["psbt-1"]
+    [refund] = restarted.order(full["order_id"]).onchain.refunds  # type: ignore[union-attr]
+    assert (refund.txid, refund.unsent_psbt) == ("01" * 32, "")
 
 
 def test_plain_wallet_paid_onchain_waits_for_its_connection() -> None:
