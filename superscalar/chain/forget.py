@@ -16,7 +16,11 @@ lightningd's `--developer`. So:
   channels are counted, and above WARN_THRESHOLD the log says how many there are and what they cost.
 
 Each factory is looked at until its channels are gone from lightningd, then marked
-(`channels_forgotten`), so the per-block work does not grow with the factories already done.
+(`channels_forgotten`). ARCHIVE_AFTER_BLOCKS later its records, which nothing can need any more (its
+funding output is spent by its replacement, no transaction of its tree can ever be valid, lightningd
+has no channel of it), are replaced by a short summary (cln/store.py `archive_factory`): neither the
+datastore nor the per-block work of every step that reads factory records grows with the factories a
+node has seen. With forgetting off the records stay, as the channels they describe do.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .retire import ChannelNode, factory_channel_ids
 
 WARN_EVERY_BLOCKS = 144
 WARN_THRESHOLD = 100  # retired channels before the daily warning
+ARCHIVE_AFTER_BLOCKS = 6  # after the last channel of a retired factory was forgotten
 RETIRED_STATES = CLOSING_STATES | {"ONCHAIN"}
 
 
@@ -47,6 +52,8 @@ class ForgetStore(Protocol):
 
     def put(self, factory_id: str, record: str, data: dict[str, Any]) -> None: ...
 
+    def archive_factory(self, factory_id: str, summary: dict[str, Any]) -> None: ...
+
 
 def retired(store: ForgetStore, fid: str, rec: dict[str, Any]) -> bool:
     """Were this factory's channels retired (its replacement confirmed at depth)?"""
@@ -61,36 +68,72 @@ class Forgetter:
     def __init__(self, node: ForgetNode, store: ForgetStore, log: Callable[..., None], forget: bool,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.node, self.store, self.log, self.forget, self.clock = node, store, log, forget, clock
-        self._done: set[str] = set()
+        self._done: set[str] = set()  # factories not to look at again (a record without its factory)
+        self._forgotten_at: dict[str, int] = {}  # factories whose channels are all forgotten: at what height
         self.forgotten = 0  # channels forgotten since start (for superscalar-getinfo)
+        self.archived = 0  # factories archived since start
 
     def on_block(self, height: int) -> None:
         if self.forget:
-            self._forget_due()
+            self._forget_due(height)
+            self._archive_due(height)
         elif height % WARN_EVERY_BLOCKS == 0:
             self._warn()
 
-    def _forget_due(self) -> None:
+    def _forget_due(self, height: int) -> None:
         for fid in self.store.factory_ids():
-            if fid in self._done:
+            if fid in self._done or fid in self._forgotten_at:
                 continue
             rec = self.store.get(fid, "factory")
-            if rec is None or rec.get("channels_forgotten"):
+            if rec is None:
                 self._done.add(fid)
+                continue
+            if rec.get("channels_forgotten"):
+                self._forgotten_at[fid] = int(rec.get("forgotten_height", height))
                 continue
             if not retired(self.store, fid, rec):
                 continue
             txid, vout = str(rec["funding_outpoint"]).split(":")
             if self.node.output_exists(txid, int(vout)):  # the root output unspent: not provably dead yet
                 continue
+            known = list(rec.get("forgotten_channel_ids") or ())
             if self._forget_factory(fid, rec) == 0:
-                rec["channels_forgotten"] = True
+                rec["channels_forgotten"], rec["forgotten_height"] = True, height
                 self.store.put(fid, "factory", rec)
-                self._done.add(fid)
+                self._forgotten_at[fid] = height
+            elif rec["forgotten_channel_ids"] != known:
+                self.store.put(fid, "factory", rec)
+
+    def _archive_due(self, height: int) -> None:
+        """Archive each factory whose channels were all forgotten ARCHIVE_AFTER_BLOCKS ago, once
+        lightningd shows no channel of it (none came back, e.g. a channel reopened on a reorged leaf)."""
+        due = [fid for fid, at in self._forgotten_at.items() if height >= at + ARCHIVE_AFTER_BLOCKS]
+        if not due:
+            return
+        listed = {str(ch.get("channel_id")) for ch in self.node.peer_channels()}
+        for fid in due:
+            rec = self.store.get(fid, "factory")
+            if rec is None:
+                del self._forgotten_at[fid]
+                continue
+            ids = [str(c) for c in rec.get("forgotten_channel_ids") or factory_channel_ids(self.node, rec)]
+            if set(ids) & listed:
+                continue
+            close = rec.get("close") or {}
+            self.store.archive_factory(fid, {
+                "role": rec.get("role"), "funding_outpoint": rec.get("funding_outpoint"),
+                "ended_by": close.get("txid") or "distribution", "forgotten_height": self._forgotten_at[fid],
+                "archived_height": height, "channel_ids": ids})
+            del self._forgotten_at[fid]
+            self.archived += 1
+            self.log(f"factory {fid}: archived (its funding output is spent, its {len(ids)} channels forgotten "
+                     f"at block {rec.get('forgotten_height')}); its records are replaced by a summary")
 
     def _forget_factory(self, fid: str, rec: dict[str, Any]) -> int:
-        """Forget each retired channel of the factory still listed; how many are left."""
-        ids = set(factory_channel_ids(self.node, rec))
+        """Forget each retired channel of the factory still listed; how many are left. (The ids are
+        kept in the record: a client finds its channels through lightningd, which forgets them.)"""
+        ids = set(factory_channel_ids(self.node, rec)) | set(rec.get("forgotten_channel_ids") or ())
+        rec["forgotten_channel_ids"] = sorted(ids)
         left = 0
         for ch in self.node.peer_channels():
             if ch.get("channel_id") not in ids:

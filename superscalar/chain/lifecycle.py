@@ -222,6 +222,8 @@ class Lifecycle:
         rec = self.store.get(fid, "factory")
         watch = watch_of(fid, rec) if rec else None
         if watch is None:
+            if rec is None:  # archived (chain/forget.py): nothing of it is kept in memory either
+                self._life.pop(fid, None)
             return
         self._watches[fid] = watch
         life = self._life.get(fid) or self.store.get(fid, LIFECYCLE) or new_record()

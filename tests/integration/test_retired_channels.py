@@ -16,6 +16,7 @@ bitcoind on every block and every 30-60 s, logging "Expected error broadcasting 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 from pyln.testing.utils import sync_blockheight, wait_for
 
+from superscalar.chain.forget import ARCHIVE_AFTER_BLOCKS
 from superscalar.chain.retire import Retired, close_channels
 from superscalar.cln.node import ClnNode, msat
 
@@ -319,6 +321,18 @@ def test_forget_retired_channels_after_a_close(node_factory: Any, bitcoind: Any,
     for n in (lsp, forgetful):
         n.restart()
         assert n.rpc.listpeerchannels()["channels"] == []  # gone from lightningd's database
+    # ARCHIVE_AFTER_BLOCKS later the records of the factory are replaced by a summary on each forgetful
+    # side (chain/forget.py); the keeper keeps them, as it keeps the channel
+    bitcoind.generate_block(ARCHIVE_AFTER_BLOCKS)
+    sync_blockheight(bitcoind, nodes)
+    wait_for(lambda: all(n.rpc.call("superscalar-getinfo")["factories_archived"] == 1 for n in (lsp, forgetful)))
+    for n in (lsp, forgetful):
+        assert n.rpc.call("superscalar-getinfo")["factories"] == 0
+        assert n.rpc.listdatastore(["superscalar", "factories"])["datastore"] == []
+        [summary] = n.rpc.listdatastore(["superscalar", "archive", fid])["datastore"]
+        assert json.loads(summary["string"])["data"]["funding_outpoint"] == record(keeper, fid)["funding_outpoint"]
+    info = keeper.rpc.call("superscalar-getinfo")
+    assert (info["factories"], info["factories_archived"]) == (1, 0)
 
     plain = node_factory.get_node(options={**common, "superscalar-forget-retired": "true"}, start=False)
     plain.daemon.early_opts.remove("--developer")

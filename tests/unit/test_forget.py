@@ -1,0 +1,116 @@
+"""chain/forget.py: retired channels forgotten once their funding output provably cannot exist, and the
+factory's records archived ARCHIVE_AFTER_BLOCKS later (what keeps a long-running node's datastore and
+per-block work flat)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from superscalar.chain.close_watch import CONFIRMED
+from superscalar.chain.forget import ARCHIVE_AFTER_BLOCKS, Forgetter
+from superscalar.cln.store import Store
+
+from ..fakes import MemoryDatastore
+
+LIVE_ROOT = "aa" * 32 + ":0"
+DEAD_ROOT = "bb" * 32 + ":0"
+
+
+class Node(MemoryDatastore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.channels: list[dict[str, Any]] = []
+        self.unspent = {LIVE_ROOT}
+        self.rpc = self
+        self.refuse: set[str] = set()  # channels lightningd will not forget yet (HTLCs attached)
+
+    def peer_channels(self, peer: Optional[str] = None) -> list[dict[str, Any]]:
+        return [c for c in self.channels if peer is None or c["peer_id"] == peer]
+
+    def output_exists(self, txid: str, vout: int) -> bool:
+        return f"{txid}:{vout}" in self.unspent
+
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        assert method == "dev-forget-channel"
+        if params["channel_id"] in self.refuse:
+            raise RuntimeError("channel has HTLCs")
+        self.channels = [c for c in self.channels if c["channel_id"] != params["channel_id"]]
+        return {}
+
+
+def lsp_factory(store: Store, node: Node, fid: str, root: str, retired: bool) -> None:
+    channels = [{"channel_id": f"{fid[:2]}{i:062x}", "peer_id": f"02{i:064x}"} for i in range(3)]
+    node.channels += [{**c, "state": "CLOSINGD_COMPLETE", "funding_txid": "cc" * 32, "funding_outnum": i}
+                      for i, c in enumerate(channels)]
+    store.put(fid, "factory", {"role": "lsp", "funding_outpoint": root, "channels": channels,
+                               "close": {"status": CONFIRMED, "retired": retired, "txid": "dd" * 32}})
+    store.put(fid, "nonces", {"scratch": True})
+
+
+def test_forgotten_factories_are_archived_and_the_live_one_kept() -> None:
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    logs: list[str] = []
+    forgetter = Forgetter(node, store, lambda text, level="info": logs.append(text), forget=True)
+    lsp_factory(store, node, "11" * 32, DEAD_ROOT, retired=True)
+    lsp_factory(store, node, "22" * 32, LIVE_ROOT, retired=True)  # its root unspent: not provably dead
+    lsp_factory(store, node, "33" * 32, DEAD_ROOT, retired=False)  # its replacement not deep yet
+    node.refuse.add("11" + f"{1:062x}")
+    forgetter.on_block(100)
+    assert forgetter.forgotten == 2 and len(node.channels) == 7  # one refused: tried again
+    node.refuse.clear()
+    forgetter.on_block(101)
+    assert forgetter.forgotten == 3 and (store.get("11" * 32, "factory") or {})["forgotten_height"] == 101
+    for height in range(102, 101 + ARCHIVE_AFTER_BLOCKS):
+        forgetter.on_block(height)
+    assert forgetter.archived == 0 and "11" * 32 in store.factory_ids()
+    forgetter.on_block(101 + ARCHIVE_AFTER_BLOCKS)
+    assert store.factory_ids() == ["22" * 32, "33" * 32] and store.archived_ids() == ["11" * 32]
+    summary = store.archived("11" * 32) or {}
+    assert summary["ended_by"] == "dd" * 32 and len(summary["channel_ids"]) == 3
+    assert not [k for k in node.data if k[2] == "11" * 32 and k[1] == "factories"]  # every record gone
+    # a restart: nothing is forgotten or archived twice, and the others are still waiting
+    again = Forgetter(node, store, lambda text, level="info": None, forget=True)
+    again.on_block(200)
+    assert again.forgotten == 0 and again.archived == 0 and len(node.channels) == 6
+
+
+def test_a_channel_back_in_lightningd_keeps_its_factory() -> None:
+    """A channel of the factory listed again (e.g. its leaf reorged back in) stops the archive."""
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    forgetter = Forgetter(node, store, lambda text, level="info": None, forget=True)
+    lsp_factory(store, node, "11" * 32, DEAD_ROOT, retired=True)
+    forgetter.on_block(100)
+    node.channels.append({"channel_id": "11" + f"{0:062x}", "peer_id": "02" + f"{0:064x}", "state": "CHANNELD_NORMAL"})
+    forgetter.on_block(100 + ARCHIVE_AFTER_BLOCKS)
+    assert store.archived_ids() == [] and store.factory_ids() == ["11" * 32]
+
+
+def test_a_crash_mid_archive_finishes_on_restart() -> None:
+    """The summary is written first and the factory record deleted last: killed in between, the
+    factory is archived again on restart (its summary kept), never half-read as live."""
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    lsp_factory(store, node, "11" * 32, DEAD_ROOT, retired=True)
+    forgetter = Forgetter(node, store, lambda text, level="info": None, forget=True)
+    forgetter.on_block(100)
+    deleted: list[tuple[str, ...]] = []
+    real_del = node.datastore_del
+
+    def dies_after_one(key: list[str]) -> None:
+        if deleted:
+            raise KeyboardInterrupt("kill -9")
+        deleted.append(tuple(key))
+        real_del(key)
+    node.datastore_del = dies_after_one  # type: ignore[method-assign]
+    try:
+        forgetter.on_block(100 + ARCHIVE_AFTER_BLOCKS)
+    except KeyboardInterrupt:
+        pass
+    assert deleted == [("superscalar", "factories", "11" * 32, "nonces")]  # the factory record still there
+    node.datastore_del = real_del  # type: ignore[method-assign]
+    restarted = Forgetter(node, Store(node), lambda text, level="info": None, forget=True)  # type: ignore[arg-type]
+    restarted.on_block(101 + ARCHIVE_AFTER_BLOCKS)
+    restarted.on_block(101 + 2 * ARCHIVE_AFTER_BLOCKS)
+    assert store.factory_ids() == [] and store.archived_ids() == ["11" * 32]
