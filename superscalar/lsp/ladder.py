@@ -29,6 +29,7 @@ from ..cln.store import Store
 
 LADDER_DOC = "ladder"
 PAST_MARGIN = 6  # blocks after a distribution height beyond which no reorganisation is assumed
+STARTED_KEPT = 32  # factory ids kept in the ladder document's `started` (superscalar-ladder shows them)
 
 
 @dataclass(frozen=True)
@@ -310,10 +311,15 @@ class Ladder:
                     st = self.state()
                     st["waiting"] = _after_start(st["waiting"], action.clients)
                     st["last_start_height"] = height
-                    st["started"] = [*st["started"], result["factory_id"]]
+                    # the newest STARTED_KEPT: the document is read every block and must not grow
+                    st["started"] = [*st["started"], result["factory_id"]][-STARTED_KEPT:]
                     orders = [o for w in action.clients for o in w.orders]
+                    live = set(self.store.factory_ids())  # an archived factory's orders were settled long ago
+                    st["filled_orders"] = {fid: filled for fid, filled in st.get("filled_orders", {}).items()
+                                           if fid in live}
                     if orders:  # which LSPS1 orders this factory fills (lsp/orders.py reads it)
-                        st["filled_orders"] = {**st.get("filled_orders", {}), result["factory_id"]: orders}
+                        st["filled_orders"][result["factory_id"]] = orders
+                    self._past &= live
                     self.store.put_doc(LADDER_DOC, st)
                 self.log(f"ladder: started factory {result['factory_id']} for {len(action.clients)} clients")
                 if self.on_started is not None:

@@ -98,6 +98,36 @@ def test_ladder_starts_a_factory_and_forgets_who_it_served() -> None:
     assert ladder.on_block(505) == []  # nobody waiting
 
 
+def test_the_ladder_document_stays_small_over_a_year() -> None:
+    """Read every block: it keeps the newest STARTED_KEPT factory ids, and the orders of factories whose
+    records are gone (archived, chain/forget.py) are dropped."""
+    from superscalar.lsp.ladder import LADDER_DOC, STARTED_KEPT
+
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    made: list[str] = []
+
+    def create(clients: Any, height: int) -> dict[str, Any]:
+        fid = f"{len(made):064x}"
+        made.append(fid)
+        store.put(fid, "factory", {"role": "lsp", "stage": "building"})
+        return {"factory_id": fid}
+
+    ladder = Ladder(node, store, LadderConfig(interval_blocks=1), create, None,  # type: ignore[arg-type]
+                    lambda text, level="info": None)
+    for i in range(STARTED_KEPT + 8):
+        ladder.add_more(W[0].node_id, 0, 500_000, f"order-{i}")
+        ladder.on_block(500 + i)
+        assert ladder._busy is not None
+        ladder._busy.join(5)
+        if i == 4:  # the first factory is archived
+            store.archive_factory(made[0], {"role": "lsp"})
+    st = ladder.state()
+    assert st["started"] == made[-STARTED_KEPT:]
+    assert made[0] not in st["filled_orders"] and st["filled_orders"][made[1]] == ["order-1"]
+    assert len(store.get_doc(LADDER_DOC) or {}) == len(st)
+
+
 # --- batching (issue 12): a size or a wait limit starts a factory, with no operator command ---
 
 BATCH = LadderConfig(interval_blocks=0, batch_size=3, batch_wait_blocks=10)
