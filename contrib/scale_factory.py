@@ -5,8 +5,10 @@ client over its leaf channel, then rolls the factory over with every client carr
 balance in its new channel is checked against its old one to the msat.
 
 Printed: the seconds of each step (node start, create, payments to and from every client, rollover),
-per client; the resident memory of each node (lightningd with its subdaemons, and the plugin), mean
-and largest; the funding transaction's and the rollover close's vsize as bitcoind reports them.
+per client; the memory of each node (proportional set size of lightningd with its subdaemons and
+plugins, and of ours), mean and largest, and the machine's available memory before and after; the
+funding transaction's and the rollover close's vsize as bitcoind reports them. Client nodes run
+without the default plugins a client does not use, and every process with MALLOC_ARENA_MAX=2.
 
     python contrib/scale_factory.py [K]
 
@@ -59,10 +61,15 @@ def logs_to_file(path: str) -> None:
     os.dup2(log, 2)
     os.close(log)
 BALANCE_SAT, INBOUND_SAT = 20_000, 80_000
+# What a factory client does not use, of the plugins lightningd starts by default: each is a process of
+# its own on every node (the client keeps bcli, cln-bwatch, topology, pay, xpay, askrene, offers, spenderp).
+CLIENT_UNUSED_PLUGINS = ["autoclean", "bookkeeper", "chanbackup", "cln-renepay", "commando", "exposesecret",
+                         "funder", "keysend", "recklessrpc", "recover", "sql", "txprepare"]
 
 
 def tree_rss_mb(root: int) -> tuple[float, float]:
-    """Resident memory (MB) of process `root` and its descendants, without and with the plugin."""
+    """Memory (MB, proportional set size) of process `root` and its descendants, without and with the
+    plugin."""
     children: dict[int, list[int]] = {}
     cmd: dict[int, bytes] = {}
     for pid in os.listdir("/proc"):
@@ -81,9 +88,9 @@ def tree_rss_mb(root: int) -> tuple[float, float]:
     while stack:
         pid = stack.pop()
         stack.extend(children.get(pid, []))
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                kb = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        try:  # proportional: a page shared by n processes (the binaries, the libraries) counts 1/n
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                kb = next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
         except OSError:
             continue
         if b"superscalar_plugin.py" in cmd.get(pid, b""):
@@ -91,6 +98,12 @@ def tree_rss_mb(root: int) -> tuple[float, float]:
         else:
             node_kb += kb
     return node_kb / 1024, plugin_kb / 1024
+
+
+def available_mb() -> float:
+    """The machine's MemAvailable."""
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 1024
 
 
 def leaf_msat(client: Any, lsp_id: str, outpoint: str) -> int:
@@ -111,6 +124,9 @@ def pay(payer: Any, payee: Any, msat: int, label: str) -> None:
 
 def main() -> None:
     k = int(sys.argv[1]) if len(sys.argv) > 1 else 128
+    # glibc gives each thread that allocates an arena of its own (up to 8 per core): with hundreds of
+    # processes on one machine, two per process keep the resident memory of idle threads down
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     for binary in ("lightningd", "bitcoind"):
         if shutil.which(binary) is None:
             sys.exit(f"{binary} not found on PATH")
@@ -126,9 +142,11 @@ def main() -> None:
         bitcoind.generate_block(101)
         common = {"plugin": str(PLUGIN), "superscalar-profile": "regtest", "superscalar-timeout": str(timeout),
                   "dev-bitcoind-poll": 5, "log-level": "info"}
+        free_before = available_mb()
         t0 = time.perf_counter()
         lsp = factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
-        clients = factory.get_nodes(k, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"]})
+        clients = factory.get_nodes(k, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"],
+                                             "disable-plugin": CLIENT_UNUSED_PLUGINS})
         lsp_id = lsp.info["id"]
         for c in clients:
             c.rpc.connect(lsp_id, "localhost", lsp.port)
@@ -160,6 +178,7 @@ def main() -> None:
         paid_ok = before == expected
 
         mem = [tree_rss_mb(n.daemon.proc.pid) for n in nodes]
+        free_after = available_mb()
         sync_blockheight(bitcoind, nodes)
         t0 = time.perf_counter()
         rolled = lsp.rpc.call("superscalar-rollover", {"factory_id": created["factory_id"]})
@@ -180,7 +199,9 @@ def main() -> None:
               f"every balance carried to the msat: {'yes' if carried else 'NO'}")
         say(f"K={k}: memory per node: lightningd and subdaemons mean {sum(node_mb) / len(node_mb):.0f} MB "
               f"(largest {max(node_mb):.0f}), plugin mean {sum(plugin_mb) / len(plugin_mb):.0f} MB "
-              f"(largest {max(plugin_mb):.0f}); all {len(nodes)} nodes {sum(node_mb) + sum(plugin_mb):.0f} MB")
+              f"(largest {max(plugin_mb):.0f}); all {len(nodes)} nodes {sum(node_mb) + sum(plugin_mb):.0f} MB; "
+              f"the machine's available memory {free_before:.0f} MB before the nodes started, {free_after:.0f} MB "
+              "with them")
         if not (paid_ok and carried):
             sys.exit("balances differ")
     finally:
