@@ -5,7 +5,7 @@ has rolled factories over `--rollovers` times (regtest profile: 30 blocks of lif
 
 Printed every `--every` rollovers, for the LSP:
 
-    rollovers  height  plugin_ms/block  lightningd_ms/block  rss_MB  datastore_kB  channels  retired  log_kB/block  sendraw/block
+    rollovers  height  plugin_ms/block  lightningd_ms/block  rss_MB  datastore_kB  channels  retired  records  archived  log_kB/block  sendraw/block
 
 - plugin_ms/block: the plugin's per-block steps (its "block N: steps took" debug line), mean over the
   blocks since the last row;
@@ -13,6 +13,8 @@ Printed every `--every` rollovers, for the LSP:
   block (0 when it rebroadcasts nothing), mean;
 - rss_MB: the plugin process's resident memory; datastore_kB: the bytes of every datastore entry;
 - channels / retired: `listpeerchannels` length, and how many of them are retired (closing states);
+- records / archived: factories whose records the plugin keeps, and those archived to a summary
+  (with `--forget`, chain/forget.py);
 - log_kB/block, sendraw/block: lightningd's log growth and its failing `sendrawtransaction` calls
   (rebroadcasts of retired channels' closing transactions) per block, mean.
 
@@ -240,7 +242,7 @@ def main() -> None:
         kills = 0
         block = 0
         say(f"{'rollovers':>9} {'height':>6} {'plugin_ms':>9} {'lightningd_ms':>13} {'rss_MB':>7} {'datastore_kB':>12} "
-              f"{'channels':>8} {'retired':>7} {'log_kB/blk':>10} {'sendraw/blk':>11} {'payments':>8}")
+              f"{'channels':>8} {'retired':>7} {'records':>7} {'archived':>8} {'log_kB/blk':>10} {'sendraw/blk':>11} {'payments':>8}")
         paid = failed = 0
         next_row = args.every
         next_kill = args.kill_every or None
@@ -301,12 +303,15 @@ def main() -> None:
             if meter.rolled >= next_row:
                 next_row += args.every
                 chans = lsp.rpc.listpeerchannels()["channels"]
+                info = lsp.rpc.call("superscalar-getinfo")
                 row = {"rollovers": meter.rolled, "height": bitcoind.rpc.getblockcount(), **meter.take(),
                        "rss_MB": plugin_rss_mb(lsp), "datastore_kB": datastore_kb(lsp), "channels": len(chans),
-                       "retired": sum(1 for ch in chans if ch["state"] in CLOSING)}
+                       "retired": sum(1 for ch in chans if ch["state"] in CLOSING),
+                       "records": info["factories"], "archived": info["factories_archived"]}
                 rows.append(row)
                 say(f"{row['rollovers']:>9} {row['height']:>6} {row['plugin_ms']:>9.1f} {row['lightningd_ms']:>13.1f} "
                       f"{row['rss_MB']:>7.1f} {row['datastore_kB']:>12.1f} {row['channels']:>8} {row['retired']:>7} "
+                      f"{row['records']:>7} {row['archived']:>8} "
                       f"{row['log_kB']:>10.1f} {row['sendraw']:>11.1f} {paid:>4}/{paid + failed:<4}")
                 if meter.rolled >= args.rollovers:
                     break
