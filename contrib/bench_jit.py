@@ -25,34 +25,23 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-os.environ.setdefault("TEST_NETWORK", "regtest")
-os.environ.setdefault("RUST", "0")
 
-from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
+from pyln.testing.utils import sync_blockheight, wait_for  # noqa: E402
 
-from tests.pyln_threads import serialize_bitcoind_proxies  # noqa: E402
-
-serialize_bitcoind_proxies()
-
-from contrib import regtest_demo  # noqa: E402
-from contrib.regtest_demo import db_provider, logs_to_file, say  # noqa: E402
+from contrib import regtest  # noqa: E402
+from contrib.regtest import PLUGIN, regtest_network, say  # noqa: E402
 from tests.integration.test_lsps2 import pay_in_parts  # noqa: E402
 
-PLUGIN = ROOT / "superscalar_plugin.py"
 STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z)")
 
 
@@ -75,94 +64,74 @@ def main() -> None:
     args = ap.parse_args()
     if args.amount_msat is None:
         args.amount_msat = 300_000_000 if args.source == "wallet" else 30_000_000
-    for binary in ("lightningd", "bitcoind"):
-        if shutil.which(binary) is None:
-            sys.exit(f"{binary} not found on PATH")
-    directory = tempfile.mkdtemp(prefix="superscalar-bench-jit-")
-    bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
-    executor = ThreadPoolExecutor(max_workers=4)
-    logs_to_file(os.path.join(directory, "daemons.log"))  # the daemons' output; the figures keep the terminal
-    db = db_provider(directory)
-    db.start()
-    # The name becomes part of each node's PostgreSQL database name: an identifier, no "-".
-    factory = NodeFactory(None, "bench_jit", bitcoind, executor, directory, db, LightningNode, {})
+    with regtest_network("bench_jit", keep=os.environ.get("KEEP") is not None) as net:
+        run(args, net.bitcoind, net.nodes)
+
+
+def run(args: argparse.Namespace, bitcoind: Any, factory: Any) -> None:
     rows = []
-    try:
-        bitcoind.start()
-        bitcoind.generate_block(101)
-        ladder = {"superscalar-ladder": "true", "superscalar-ladder-interval-blocks": "0",
-                  "superscalar-batch-size": "6", "superscalar-batch-wait-blocks": "30",
-                  "superscalar-lsps1-min-lsp-balance-sat": "20000"} if args.source == "sale" else {}
-        lsp = factory.get_node(options={"plugin": str(PLUGIN), "superscalar-profile": "regtest",
-                                        "superscalar-lsp": "true", **ladder})
-        payer = factory.get_node()
-        lsp.fundwallet(50_000_000)
-        payer.fundwallet(50_000_000)
-        payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-        payer.rpc.fundchannel(lsp.info["id"], 10_000_000)
-        bitcoind.generate_block(6)
-        wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
-        orders = []
-        for n in range(args.rounds):
-            client = factory.get_node(options={"plugin": str(PLUGIN), "superscalar-profile": "regtest",
-                                               "superscalar-join": lsp.info["id"]})
-            client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-            if args.source == "sale":
-                buyer = factory.get_node(options={"plugin": str(PLUGIN), "superscalar-profile": "regtest",
-                                                  "superscalar-join": lsp.info["id"]})
-                buyer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-                lsp.fundwallet(2_000_000)  # a confirmed coin of its own for each round's factory
-                created = lsp.rpc.call("superscalar-create", {"clients": [
-                    {"id": c.info["id"], "balance_sat": 50_000, "inbound_sat": 100_000} for c in (client, buyer)]})
-                bitcoind.generate_block(1, wait_for_mempool=created["funding_txid"])
-                sync_blockheight(bitcoind, [lsp, client, buyer])
-                wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in lsp.rpc.listpeerchannels()["channels"]))
-                bought = buyer.rpc.call("superscalar-buy-inbound", {"id": lsp.info["id"], "lsp_balance_sat": 40_000})
-                order_id = bought["order"]["order_id"]
-                wait_for(lambda: len(buyer.rpc.listpeerchannels(lsp.info["id"])["channels"]) == 2 and all(
-                    c["state"] == "CHANNELD_NORMAL" for c in buyer.rpc.listpeerchannels(lsp.info["id"])["channels"]))
-                usable = time.time()
-                held = log_time(lsp, f"LSPS1: holding an HTLC .* for order {order_id}")
-                completed = log_time(lsp, f"LSPS1: order {order_id} completed at once by sale")
-                orders.append((completed - held, usable - held))
-                say(f"round {n + 1}: LSPS1 order paid → completed by a sale {orders[-1][0]:.3f} s, → channel usable "
-                    f"{orders[-1][1]:.3f} s")
-            inv = client.rpc.call("superscalar-jit-invoice", {"lsp_id": lsp.info["id"], "amount_msat": args.amount_msat,
-                                                              "description": f"bench {n}"})
-            pay_in_parts(payer, lsp, inv["bolt11"], args.amount_msat, args.parts)
-            settled = time.time()
-            scid = inv["jit_channel_scid"]
-            first = log_time(lsp, f"JIT scid {scid}: holding part 1 ")
-            last = log_time(lsp, f"JIT scid {scid}: holding part {args.parts} ")
-            ready = log_time(lsp, f"JIT scid {scid}: channel .* ready in")
-            rows.append((last - first, ready - last, settled - ready, settled - first))
-            say(f"round {n + 1}: parts arrive over {rows[-1][0]:.3f} s; all held → channel ready {rows[-1][1]:.3f} s;"
-                  f" ready → settled {rows[-1][2]:.3f} s; first HTLC arrival → settled {rows[-1][3]:.3f} s")
-            if args.source == "wallet":  # the funding transaction confirms before the next round's wallet spend
-                bitcoind.generate_block(1, wait_for_mempool=1)
-                sync_blockheight(bitcoind, [lsp])
-        say(f"median over {len(rows)} rounds ({args.source} channel): HTLC arrival → settled "
-            f"{statistics.median(r[3] for r in rows):.3f} s, of which channel open {statistics.median(r[1] for r in rows):.3f} s")
-        if orders:
-            say(f"median over {len(orders)} LSPS1 orders filled by a sale: paid → completed "
-                f"{statistics.median(o[0] for o in orders):.3f} s, paid → channel usable "
-                f"{statistics.median(o[1] for o in orders):.3f} s")
-    finally:
-        for node in factory.nodes:
-            try:
-                node.stop()
-            except Exception as e:
-                say(f"stopping a node: {e}")
-        bitcoind.stop()
-        db.stop()
-        executor.shutdown()
-        if os.environ.get("KEEP") is None:
-            shutil.rmtree(directory, ignore_errors=True)
+    ladder = {"superscalar-ladder": "true", "superscalar-ladder-interval-blocks": "0",
+              "superscalar-batch-size": "6", "superscalar-batch-wait-blocks": "30",
+              "superscalar-lsps1-min-lsp-balance-sat": "20000"} if args.source == "sale" else {}
+    lsp = factory.get_node(options={"plugin": str(PLUGIN), "superscalar-profile": "regtest",
+                                    "superscalar-lsp": "true", **ladder})
+    payer = factory.get_node()
+    lsp.fundwallet(50_000_000)
+    payer.fundwallet(50_000_000)
+    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    payer.rpc.fundchannel(lsp.info["id"], 10_000_000)
+    bitcoind.generate_block(6)
+    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in payer.rpc.listpeerchannels()["channels"]))
+    orders = []
+    for n in range(args.rounds):
+        client = factory.get_node(options={"plugin": str(PLUGIN), "superscalar-profile": "regtest",
+                                           "superscalar-join": lsp.info["id"]})
+        client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+        if args.source == "sale":
+            buyer = factory.get_node(options={"plugin": str(PLUGIN), "superscalar-profile": "regtest",
+                                              "superscalar-join": lsp.info["id"]})
+            buyer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+            lsp.fundwallet(2_000_000)  # a confirmed coin of its own for each round's factory
+            created = lsp.rpc.call("superscalar-create", {"clients": [
+                {"id": c.info["id"], "balance_sat": 50_000, "inbound_sat": 100_000} for c in (client, buyer)]})
+            bitcoind.generate_block(1, wait_for_mempool=created["funding_txid"])
+            sync_blockheight(bitcoind, [lsp, client, buyer])
+            wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for c in lsp.rpc.listpeerchannels()["channels"]))
+            bought = buyer.rpc.call("superscalar-buy-inbound", {"id": lsp.info["id"], "lsp_balance_sat": 40_000})
+            order_id = bought["order"]["order_id"]
+            wait_for(lambda: len(buyer.rpc.listpeerchannels(lsp.info["id"])["channels"]) == 2 and all(
+                c["state"] == "CHANNELD_NORMAL" for c in buyer.rpc.listpeerchannels(lsp.info["id"])["channels"]))
+            usable = time.time()
+            held = log_time(lsp, f"LSPS1: holding an HTLC .* for order {order_id}")
+            completed = log_time(lsp, f"LSPS1: order {order_id} completed at once by sale")
+            orders.append((completed - held, usable - held))
+            say(f"round {n + 1}: LSPS1 order paid → completed by a sale {orders[-1][0]:.3f} s, → channel usable "
+                f"{orders[-1][1]:.3f} s")
+        inv = client.rpc.call("superscalar-jit-invoice", {"lsp_id": lsp.info["id"], "amount_msat": args.amount_msat,
+                                                          "description": f"bench {n}"})
+        pay_in_parts(payer, lsp, inv["bolt11"], args.amount_msat, args.parts)
+        settled = time.time()
+        scid = inv["jit_channel_scid"]
+        first = log_time(lsp, f"JIT scid {scid}: holding part 1 ")
+        last = log_time(lsp, f"JIT scid {scid}: holding part {args.parts} ")
+        ready = log_time(lsp, f"JIT scid {scid}: channel .* ready in")
+        rows.append((last - first, ready - last, settled - ready, settled - first))
+        say(f"round {n + 1}: parts arrive over {rows[-1][0]:.3f} s; all held → channel ready {rows[-1][1]:.3f} s;"
+              f" ready → settled {rows[-1][2]:.3f} s; first HTLC arrival → settled {rows[-1][3]:.3f} s")
+        if args.source == "wallet":  # the funding transaction confirms before the next round's wallet spend
+            bitcoind.generate_block(1, wait_for_mempool=1)
+            sync_blockheight(bitcoind, [lsp])
+    say(f"median over {len(rows)} rounds ({args.source} channel): HTLC arrival → settled "
+        f"{statistics.median(r[3] for r in rows):.3f} s, of which channel open {statistics.median(r[1] for r in rows):.3f} s")
+    if orders:
+        say(f"median over {len(orders)} LSPS1 orders filled by a sale: paid → completed "
+            f"{statistics.median(o[0] for o in orders):.3f} s, paid → channel usable "
+            f"{statistics.median(o[1] for o in orders):.3f} s")
 
 
 if __name__ == "__main__":
     try:
         main()
     except Exception:  # fd 2 goes to the log file by now: tell the terminal
-        traceback.print_exc(file=regtest_demo.STORY)
+        traceback.print_exc(file=regtest.STORY)
         sys.exit(1)

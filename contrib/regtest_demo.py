@@ -14,62 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-os.environ.setdefault("TEST_NETWORK", "regtest")
-os.environ.setdefault("RUST", "0")
-os.environ.setdefault("VALGRIND", "0")
 
-from pyln.testing.db import PostgresDbProvider, SqliteDbProvider  # noqa: E402
-from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
+from pyln.testing.utils import sync_blockheight, wait_for  # noqa: E402
 
-from tests.pyln_threads import serialize_bitcoind_proxies  # noqa: E402
-
-serialize_bitcoind_proxies()
-
+from contrib import regtest  # noqa: E402
+from contrib.regtest import PLUGIN, regtest_network, say  # noqa: E402
 from superscalar.bitcoin.tx import OutPoint  # noqa: E402
 from superscalar.factory.graph import Factory, FactoryScripts  # noqa: E402
 from superscalar.factory.params import ClientTerms, FactoryParams  # noqa: E402
-
-PLUGIN = ROOT / "superscalar_plugin.py"
-
-
-STORY = sys.stdout  # replaced in main(): the story keeps the terminal, the daemons' logs go to a file
-
-
-def db_provider(directory: str) -> SqliteDbProvider | PostgresDbProvider:
-    """The nodes' database, chosen as pyln-testing's fixture chooses it: TEST_DB_PROVIDER=postgres puts
-    every node on a throw-away PostgreSQL server (contrib/test_postgres.sh), otherwise SQLite."""
-    providers = {"sqlite3": SqliteDbProvider, "postgres": PostgresDbProvider}
-    name = os.environ.get("TEST_DB_PROVIDER", "sqlite3")
-    if name not in providers:
-        sys.exit(f"TEST_DB_PROVIDER={name}: expected one of {', '.join(providers)}")
-    return providers[name](directory)
-
-
-def say(text: str = "") -> None:
-    print(text, file=STORY, flush=True)
-
-
-def logs_to_file(path: str) -> None:
-    """lightningd writes its log to its stdout (pyln-testing passes `--log-file=-`) and inherits ours; send
-    file descriptors 1 and 2, and so every daemon's output, to `path`, and keep the story on the terminal."""
-    global STORY
-    STORY = os.fdopen(os.dup(1), "w")
-    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
 
 
 def sat(msat: Any) -> str:
@@ -165,126 +124,100 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (and the logs)")
     args = ap.parse_args()
-    for binary in ("lightningd", "bitcoind"):
-        if shutil.which(binary) is None:
-            sys.exit(f"{binary} not found on PATH")
+    with regtest_network("demo", keep=args.keep) as net:
+        say(f"daemon logs go to {net.directory}/daemons.log (each node's own log: {net.directory}/lightning-<n>/log)")
+        try:
+            story(net.bitcoind, net.nodes)
+        finally:
+            say("\nshutting down …")
+    say("done (logs removed with the directory; --keep keeps them)" if not args.keep
+        else f"done; logs kept in {net.directory}")
 
-    directory = tempfile.mkdtemp(prefix="superscalar-demo-")
-    logs = os.path.join(directory, "daemons.log")
-    logs_to_file(logs)
-    say(f"daemon logs go to {logs} (each node's own log: {directory}/lightning-<n>/log)")
-    bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
-    executor = ThreadPoolExecutor(max_workers=4)
-    db = db_provider(directory)
-    db.start()
-    factory = NodeFactory(None, "demo", bitcoind, executor, directory, db, LightningNode, {})
-    try:
-        bitcoind.start()
-        bitcoind.generate_block(101)
-        common = {"plugin": str(PLUGIN), "superscalar-profile": "regtest"}
-        lsp = factory.get_node(options={**common, "superscalar-lsp": "true", "superscalar-ladder": "true",
-                                        "superscalar-ladder-interval-blocks": "4"}, may_reconnect=True)
-        clients = factory.get_nodes(5, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"]})
-        names = {c.info["id"]: n for c, n in zip(clients, ("alice", "bob", "carol", "dave", "erin"))}
-        for c in clients:
-            c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-        lsp.fundwallet(20_000_000)
-        nodes = [lsp, *clients]
-        alice, bob, carol, dave, erin = clients
-        say("regtest: an LSP (ladder on, a factory every 4 blocks at most) and five clients, all running the plugin;"
-            " the regtest profile: 30 blocks of life, a 10-block dying period")
 
-        say("\n1. laddering: clients queued with superscalar-ladder-add get factories without an operator")
-        f1 = ladder_factory(lsp, bitcoind, nodes, [alice, bob, carol, dave], names)
-        f2 = ladder_factory(lsp, bitcoind, nodes, [erin, alice], names)
-        show_tree(lsp, f1)
+def story(bitcoind: Any, factory: Any) -> None:
+    common = {"plugin": str(PLUGIN), "superscalar-profile": "regtest"}
+    lsp = factory.get_node(options={**common, "superscalar-lsp": "true", "superscalar-ladder": "true",
+                                    "superscalar-ladder-interval-blocks": "4"}, may_reconnect=True)
+    clients = factory.get_nodes(5, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"]})
+    names = {c.info["id"]: n for c, n in zip(clients, ("alice", "bob", "carol", "dave", "erin"))}
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    lsp.fundwallet(20_000_000)
+    nodes = [lsp, *clients]
+    alice, bob, carol, dave, erin = clients
+    say("regtest: an LSP (ladder on, a factory every 4 blocks at most) and five clients, all running the plugin;"
+        " the regtest profile: 30 blocks of life, a 10-block dying period")
 
-        say("\n2. payments in the first factory (zero-conf leaf channels, never broadcast)")
-        a_out = {ch["peer_id"]: ch["funding_outpoint"] for ch in record(lsp, f1)["channels"]}
-        for i, c in enumerate((alice, bob, carol, dave)):
-            pay(lsp, c, 10_000 + i, f"to-{i}")
-        pay(bob, lsp, 3_000, "from-bob")
-        pay(dave, lsp, 5_000, "from-dave")
-        for c in clients:
-            wait_for(lambda: all(not ch["htlcs"] for ch in c.rpc.listpeerchannels(lsp.info["id"])["channels"]))
-        balances = {c.info["id"]: channel_msat(c, lsp, a_out[c.info["id"]]) for c in (alice, bob, carol, dave)}
-        for c in (alice, bob, carol, dave):
-            say(f"  {names[c.info['id']]:<6} {balances[c.info['id']]:>12,} msat")
+    say("\n1. laddering: clients queued with superscalar-ladder-add get factories without an operator")
+    f1 = ladder_factory(lsp, bitcoind, nodes, [alice, bob, carol, dave], names)
+    f2 = ladder_factory(lsp, bitcoind, nodes, [erin, alice], names)
+    show_tree(lsp, f1)
 
-        say("\n3. dave asks to leave at the next rollover (superscalar-leave); erin goes offline for good")
-        dave.rpc.call("superscalar-leave", {"factory_id": f1})
-        lsp.daemon.wait_for_log("asked to leave")
-        erin.stop()
-        live = [n for n in nodes if n is not erin]
-        dave_before, lsp_before = wallet_sat(dave), wallet_sat(lsp)
+    say("\n2. payments in the first factory (zero-conf leaf channels, never broadcast)")
+    a_out = {ch["peer_id"]: ch["funding_outpoint"] for ch in record(lsp, f1)["channels"]}
+    for i, c in enumerate((alice, bob, carol, dave)):
+        pay(lsp, c, 10_000 + i, f"to-{i}")
+    pay(bob, lsp, 3_000, "from-bob")
+    pay(dave, lsp, 5_000, "from-dave")
+    for c in clients:
+        wait_for(lambda: all(not ch["htlcs"] for ch in c.rpc.listpeerchannels(lsp.info["id"])["channels"]))
+    balances = {c.info["id"]: channel_msat(c, lsp, a_out[c.info["id"]]) for c in (alice, bob, carol, dave)}
+    for c in (alice, bob, carol, dave):
+        say(f"  {names[c.info['id']]:<6} {balances[c.info['id']]:>12,} msat")
 
-        p1 = record(lsp, f1)
-        expiry = next(f for f in lsp.rpc.call("superscalar-list")["factories"] if f["factory_id"] == f1)["expiry_height"]
-        say(f"\n4. mining to the first factory's dying period (height {expiry}) …")
-        while not (record(lsp, f1).get("close") or {}).get("txid"):
-            mine(bitcoind, live)
-        close = record(lsp, f1)["close"]
-        wait_for(lambda: close["txid"] in bitcoind.rpc.getrawmempool())
-        tx = bitcoind.rpc.getrawtransaction(close["txid"], True)
-        say(f"  at height {bitcoind.rpc.getblockcount()} the ladder rolled it over: one key-path close {close['txid'][:16]}…"
-            f" ({tx['vsize']} vB) whose output 0 funds factory {close['next_factory'][:12]}…")
+    say("\n3. dave asks to leave at the next rollover (superscalar-leave); erin goes offline for good")
+    dave.rpc.call("superscalar-leave", {"factory_id": f1})
+    lsp.daemon.wait_for_log("asked to leave")
+    erin.stop()
+    live = [n for n in nodes if n is not erin]
+    dave_before, lsp_before = wallet_sat(dave), wallet_sat(lsp)
+
+    p1 = record(lsp, f1)
+    expiry = next(f for f in lsp.rpc.call("superscalar-list")["factories"] if f["factory_id"] == f1)["expiry_height"]
+    say(f"\n4. mining to the first factory's dying period (height {expiry}) …")
+    while not (record(lsp, f1).get("close") or {}).get("txid"):
         mine(bitcoind, live)
-        wait_for(lambda: record(lsp, f1)["close"]["status"] == "confirmed")
-        f3 = close["next_factory"]
-        b_out = {ch["peer_id"]: ch["funding_outpoint"] for ch in record(lsp, f3)["channels"]}
-        for c in (alice, bob, carol):
-            now = channel_msat(c, lsp, b_out[c.info["id"]])
-            say(f"  {names[c.info['id']]:<6} carried over: {now:>12,} msat in the new factory "
-                f"({'the same to the msat' if now == balances[c.info['id']] else 'DIFFERENT'})")
-        wait_for(lambda: wallet_sat(dave) > dave_before)
-        say(f"  dave   paid on chain in that close: {wallet_sat(dave) - dave_before:,} sat "
-            f"(floor of {balances[dave.info['id']]:,} msat)")
-        wait_for(lambda: wallet_sat(lsp) > lsp_before)
-        say(f"  the LSP's wallet got the rest: {wallet_sat(lsp) - lsp_before:,} sat (of a {p1['funding_value_sat']:,}-sat factory)")
-        pay(lsp, alice, 1_000, "in-new")
-        say("  a payment to alice in the new factory went through; the old channels are retired (mutual close,"
-            " never broadcastable)")
+    close = record(lsp, f1)["close"]
+    wait_for(lambda: close["txid"] in bitcoind.rpc.getrawmempool())
+    tx = bitcoind.rpc.getrawtransaction(close["txid"], True)
+    say(f"  at height {bitcoind.rpc.getblockcount()} the ladder rolled it over: one key-path close {close['txid'][:16]}…"
+        f" ({tx['vsize']} vB) whose output 0 funds factory {close['next_factory'][:12]}…")
+    mine(bitcoind, live)
+    wait_for(lambda: record(lsp, f1)["close"]["status"] == "confirmed")
+    f3 = close["next_factory"]
+    b_out = {ch["peer_id"]: ch["funding_outpoint"] for ch in record(lsp, f3)["channels"]}
+    for c in (alice, bob, carol):
+        now = channel_msat(c, lsp, b_out[c.info["id"]])
+        say(f"  {names[c.info['id']]:<6} carried over: {now:>12,} msat in the new factory "
+            f"({'the same to the msat' if now == balances[c.info['id']] else 'DIFFERENT'})")
+    wait_for(lambda: wallet_sat(dave) > dave_before)
+    say(f"  dave   paid on chain in that close: {wallet_sat(dave) - dave_before:,} sat "
+        f"(floor of {balances[dave.info['id']]:,} msat)")
+    wait_for(lambda: wallet_sat(lsp) > lsp_before)
+    say(f"  the LSP's wallet got the rest: {wallet_sat(lsp) - lsp_before:,} sat (of a {p1['funding_value_sat']:,}-sat factory)")
+    pay(lsp, alice, 1_000, "in-new")
+    say("  a payment to alice in the new factory went through; the old channels are retired (mutual close,"
+        " never broadcastable)")
 
-        dist = next(f for f in lsp.rpc.call("superscalar-list")["factories"] if f["factory_id"] == f2)["distribution_height"]
-        say(f"\n5. erin never came back: mining to the second factory's distribution height ({dist}) …")
-        while bitcoind.rpc.getblockcount() < dist + 2:
-            mine(bitcoind, live)
-        wait_for(lambda: next(f for f in lsp.rpc.call("superscalar-list")["factories"]
-                              if f["factory_id"] == f2)["phase"] == "distributed")
-        say("  every participant broadcast the pre-signed distribution; it confirmed")
-        erin.start()
-        wait_for(lambda: wallet_sat(erin) > 0)
-        say(f"  erin starts again and finds {wallet_sat(erin):,} sat on chain: her channel's whole capacity")
+    dist = next(f for f in lsp.rpc.call("superscalar-list")["factories"] if f["factory_id"] == f2)["distribution_height"]
+    say(f"\n5. erin never came back: mining to the second factory's distribution height ({dist}) …")
+    while bitcoind.rpc.getblockcount() < dist + 2:
+        mine(bitcoind, live)
+    wait_for(lambda: next(f for f in lsp.rpc.call("superscalar-list")["factories"]
+                          if f["factory_id"] == f2)["phase"] == "distributed")
+    say("  every participant broadcast the pre-signed distribution; it confirmed")
+    erin.start()
+    wait_for(lambda: wallet_sat(erin) > 0)
+    say(f"  erin starts again and finds {wallet_sat(erin):,} sat on chain: her channel's whole capacity")
 
-        say("\nphases as superscalar-list shows them on the LSP:")
-        for f in lsp.rpc.call("superscalar-list")["factories"]:
-            say(f"  {f['factory_id'][:12]}…  {f['phase']:<12} clients {f['n_clients']}")
-    finally:
-        say("\nshutting down …")
-        for node in factory.nodes:
-            try:
-                node.stop()
-            except Exception as e:
-                say(f"  stopping a node: {e}")
-            proc = getattr(node.daemon, "proc", None)
-            if proc is not None and proc.poll() is None:  # did not stop in time: make sure it is gone
-                proc.kill()
-                proc.wait()
-        bitcoind.stop()
-        if getattr(bitcoind, "proc", None) is not None and bitcoind.proc.poll() is None:
-            bitcoind.proc.kill()
-        db.stop()
-        executor.shutdown()
-        if not args.keep:
-            shutil.rmtree(directory, ignore_errors=True)
-            say("done (logs removed with the directory; --keep keeps them)")
-        else:
-            say(f"done; logs kept in {directory}")
+    say("\nphases as superscalar-list shows them on the LSP:")
+    for f in lsp.rpc.call("superscalar-list")["factories"]:
+        say(f"  {f['factory_id'][:12]}…  {f['phase']:<12} clients {f['n_clients']}")
 
 
 if __name__ == "__main__":
     try:
         main()
     except Exception:  # fd 2 goes to the log file by now: tell the terminal
-        traceback.print_exc(file=STORY)
+        traceback.print_exc(file=regtest.STORY)
         sys.exit(1)

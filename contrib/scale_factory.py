@@ -19,47 +19,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-os.environ.setdefault("TEST_NETWORK", "regtest")
-os.environ.setdefault("RUST", "0")
-os.environ.setdefault("VALGRIND", "0")
 
-from pyln.testing.db import SqliteDbProvider  # noqa: E402
-from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
+from pyln.testing.utils import sync_blockheight, wait_for  # noqa: E402
 
-from tests.pyln_threads import serialize_bitcoind_proxies  # noqa: E402
+from contrib.regtest import PLUGIN, regtest_network, say  # noqa: E402
 
-serialize_bitcoind_proxies()
-
-PLUGIN = ROOT / "superscalar_plugin.py"
-
-
-STORY = sys.stdout  # the figures keep the terminal; the daemons' logs go to a file (logs_to_file)
-
-
-def say(*text: Any) -> None:
-    print(*text, file=STORY, flush=True)
-
-
-def logs_to_file(path: str) -> None:
-    """pyln-testing echoes every daemon's log lines to stdout: send file descriptors 1 and 2 to `path`,
-    and keep the figures on the terminal."""
-    global STORY
-    STORY = os.fdopen(os.dup(1), "w")
-    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
 BALANCE_SAT, INBOUND_SAT = 20_000, 80_000
 # What a factory client does not use, of the plugins lightningd starts by default: each is a process of
 # its own on every node (the client keeps bcli, cln-bwatch, topology, pay, xpay, askrene, offers, spenderp).
@@ -86,14 +57,14 @@ def tree_rss_mb(root: int) -> tuple[float, float]:
     node_kb = plugin_kb = 0
     stack = [root]
     while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
+        proc = stack.pop()
+        stack.extend(children.get(proc, []))
         try:  # proportional: a page shared by n processes (the binaries, the libraries) counts 1/n
-            with open(f"/proc/{pid}/smaps_rollup") as f:
+            with open(f"/proc/{proc}/smaps_rollup") as f:
                 kb = next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
         except OSError:
             continue
-        if b"superscalar_plugin.py" in cmd.get(pid, b""):
+        if b"superscalar_plugin.py" in cmd.get(proc, b""):
             plugin_kb += kb
         else:
             node_kb += kb
@@ -127,88 +98,76 @@ def main() -> None:
     # glibc gives each thread that allocates an arena of its own (up to 8 per core): with hundreds of
     # processes on one machine, two per process keep the resident memory of idle threads down
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
-    for binary in ("lightningd", "bitcoind"):
-        if shutil.which(binary) is None:
-            sys.exit(f"{binary} not found on PATH")
-    directory = tempfile.mkdtemp(prefix="superscalar-scale-")
-    logs_to_file(os.path.join(directory, "daemons.log"))
-    bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
-    db = SqliteDbProvider(directory)
-    db.start()
-    factory = NodeFactory(None, "scale", bitcoind, ThreadPoolExecutor(max_workers=8), directory, db, LightningNode, {})
+    with regtest_network("scale", workers=8) as net:
+        run(k, net.bitcoind, net.nodes)
+
+
+def run(k: int, bitcoind: Any, factory: Any) -> None:
     timeout = max(60, 2 * k)
-    try:
-        bitcoind.start()
-        bitcoind.generate_block(101)
-        common = {"plugin": str(PLUGIN), "superscalar-profile": "regtest", "superscalar-timeout": str(timeout),
-                  "dev-bitcoind-poll": 5, "log-level": "info"}
-        free_before = available_mb()
-        t0 = time.perf_counter()
-        lsp = factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
-        clients = factory.get_nodes(k, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"],
-                                             "disable-plugin": CLIENT_UNUSED_PLUGINS})
-        lsp_id = lsp.info["id"]
-        for c in clients:
-            c.rpc.connect(lsp_id, "localhost", lsp.port)
-        t_start = time.perf_counter() - t0
-        lsp.fundwallet((BALANCE_SAT + INBOUND_SAT) * k * 2 + 1_000_000)
-        nodes = [lsp, *clients]
-        sync_blockheight(bitcoind, nodes)
+    common = {"plugin": str(PLUGIN), "superscalar-profile": "regtest", "superscalar-timeout": str(timeout),
+              "dev-bitcoind-poll": 5, "log-level": "info"}
+    free_before = available_mb()
+    t0 = time.perf_counter()
+    lsp = factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
+    clients = factory.get_nodes(k, opts={"may_reconnect": True, **common, "superscalar-join": lsp.info["id"],
+                                         "disable-plugin": CLIENT_UNUSED_PLUGINS})
+    lsp_id = lsp.info["id"]
+    for c in clients:
+        c.rpc.connect(lsp_id, "localhost", lsp.port)
+    t_start = time.perf_counter() - t0
+    lsp.fundwallet((BALANCE_SAT + INBOUND_SAT) * k * 2 + 1_000_000)
+    nodes = [lsp, *clients]
+    sync_blockheight(bitcoind, nodes)
 
-        spec = [{"id": c.info["id"], "balance_sat": BALANCE_SAT, "inbound_sat": INBOUND_SAT} for c in clients]
-        t0 = time.perf_counter()
-        created = lsp.rpc.call("superscalar-create", {"clients": spec})
-        t_create = time.perf_counter() - t0
-        funding_vb = bitcoind.rpc.getmempoolentry(created["funding_txid"])["vsize"]
-        bitcoind.generate_block(1)
-        sync_blockheight(bitcoind, nodes)
-        outpoints = {ch["peer_id"]: ch["funding_outpoint"] for ch in created["channels"]}
+    spec = [{"id": c.info["id"], "balance_sat": BALANCE_SAT, "inbound_sat": INBOUND_SAT} for c in clients]
+    t0 = time.perf_counter()
+    created = lsp.rpc.call("superscalar-create", {"clients": spec})
+    t_create = time.perf_counter() - t0
+    funding_vb = bitcoind.rpc.getmempoolentry(created["funding_txid"])["vsize"]
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, nodes)
+    outpoints = {ch["peer_id"]: ch["funding_outpoint"] for ch in created["channels"]}
 
-        t0 = time.perf_counter()
-        for i, c in enumerate(clients):
-            pay(lsp, c, 2_000_000 + i, f"to-{i}")
-        t_to = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for i, c in enumerate(clients):
-            pay(c, lsp, 1_000_000 + 7 * i, f"from-{i}")
-        t_from = time.perf_counter() - t0
-        wait_for(lambda: not any(ch["htlcs"] for ch in lsp.rpc.listpeerchannels()["channels"]))
-        before = {c.info["id"]: leaf_msat(c, lsp_id, outpoints[c.info["id"]]) for c in clients}
-        expected = {c.info["id"]: BALANCE_SAT * 1000 + 2_000_000 + i - (1_000_000 + 7 * i) for i, c in enumerate(clients)}
-        paid_ok = before == expected
+    t0 = time.perf_counter()
+    for i, c in enumerate(clients):
+        pay(lsp, c, 2_000_000 + i, f"to-{i}")
+    t_to = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i, c in enumerate(clients):
+        pay(c, lsp, 1_000_000 + 7 * i, f"from-{i}")
+    t_from = time.perf_counter() - t0
+    wait_for(lambda: not any(ch["htlcs"] for ch in lsp.rpc.listpeerchannels()["channels"]))
+    before = {c.info["id"]: leaf_msat(c, lsp_id, outpoints[c.info["id"]]) for c in clients}
+    expected = {c.info["id"]: BALANCE_SAT * 1000 + 2_000_000 + i - (1_000_000 + 7 * i) for i, c in enumerate(clients)}
+    paid_ok = before == expected
 
-        mem = [tree_rss_mb(n.daemon.proc.pid) for n in nodes]
-        free_after = available_mb()
-        sync_blockheight(bitcoind, nodes)
-        t0 = time.perf_counter()
-        rolled = lsp.rpc.call("superscalar-rollover", {"factory_id": created["factory_id"]})
-        t_roll = time.perf_counter() - t0
-        close_vb = bitcoind.rpc.getmempoolentry(rolled["close_txid"])["vsize"]
-        raw = lsp.rpc.call("listdatastore", {"key": ["superscalar", "factories", rolled["next_factory"], "factory"]})
-        new = {ch["peer_id"]: ch["funding_outpoint"] for ch in json.loads(raw["datastore"][0]["string"])["data"]["channels"]}
-        after = {c.info["id"]: leaf_msat(c, lsp_id, new[c.info["id"]]) for c in clients}
-        carried = after == before
+    mem = [tree_rss_mb(n.daemon.proc.pid) for n in nodes]
+    free_after = available_mb()
+    sync_blockheight(bitcoind, nodes)
+    t0 = time.perf_counter()
+    rolled = lsp.rpc.call("superscalar-rollover", {"factory_id": created["factory_id"]})
+    t_roll = time.perf_counter() - t0
+    close_vb = bitcoind.rpc.getmempoolentry(rolled["close_txid"])["vsize"]
+    raw = lsp.rpc.call("listdatastore", {"key": ["superscalar", "factories", rolled["next_factory"], "factory"]})
+    new = {ch["peer_id"]: ch["funding_outpoint"] for ch in json.loads(raw["datastore"][0]["string"])["data"]["channels"]}
+    after = {c.info["id"]: leaf_msat(c, lsp_id, new[c.info["id"]]) for c in clients}
+    carried = after == before
 
-        node_mb = [m[0] for m in mem]
-        plugin_mb = [m[1] for m in mem]
-        say(f"K={k}: nodes started and connected {t_start:.1f} s ({t_start / k:.2f} s per client)")
-        say(f"K={k}: superscalar-create {t_create:.1f} s ({t_create / k:.3f} s per client); funding {funding_vb} vB")
-        say(f"K={k}: a payment to every client {t_to:.1f} s, from every client {t_from:.1f} s; "
-              f"every balance as paid: {'yes' if paid_ok else 'NO'}")
-        say(f"K={k}: superscalar-rollover {t_roll:.1f} s ({t_roll / k:.3f} s per client); close {close_vb} vB; "
-              f"every balance carried to the msat: {'yes' if carried else 'NO'}")
-        say(f"K={k}: memory per node: lightningd and subdaemons mean {sum(node_mb) / len(node_mb):.0f} MB "
-              f"(largest {max(node_mb):.0f}), plugin mean {sum(plugin_mb) / len(plugin_mb):.0f} MB "
-              f"(largest {max(plugin_mb):.0f}); all {len(nodes)} nodes {sum(node_mb) + sum(plugin_mb):.0f} MB; "
-              f"the machine's available memory {free_before:.0f} MB before the nodes started, {free_after:.0f} MB "
-              "with them")
-        if not (paid_ok and carried):
-            sys.exit("balances differ")
-    finally:
-        factory.killall([False] * len(factory.nodes))
-        bitcoind.stop()
-        db.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    node_mb = [m[0] for m in mem]
+    plugin_mb = [m[1] for m in mem]
+    say(f"K={k}: nodes started and connected {t_start:.1f} s ({t_start / k:.2f} s per client)")
+    say(f"K={k}: superscalar-create {t_create:.1f} s ({t_create / k:.3f} s per client); funding {funding_vb} vB")
+    say(f"K={k}: a payment to every client {t_to:.1f} s, from every client {t_from:.1f} s; "
+          f"every balance as paid: {'yes' if paid_ok else 'NO'}")
+    say(f"K={k}: superscalar-rollover {t_roll:.1f} s ({t_roll / k:.3f} s per client); close {close_vb} vB; "
+          f"every balance carried to the msat: {'yes' if carried else 'NO'}")
+    say(f"K={k}: memory per node: lightningd and subdaemons mean {sum(node_mb) / len(node_mb):.0f} MB "
+          f"(largest {max(node_mb):.0f}), plugin mean {sum(plugin_mb) / len(plugin_mb):.0f} MB "
+          f"(largest {max(plugin_mb):.0f}); all {len(nodes)} nodes {sum(node_mb) + sum(plugin_mb):.0f} MB; "
+          f"the machine's available memory {free_before:.0f} MB before the nodes started, {free_after:.0f} MB "
+          "with them")
+    if not (paid_ok and carried):
+        sys.exit("balances differ")
 
 
 if __name__ == "__main__":

@@ -34,47 +34,18 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-os.environ.setdefault("TEST_NETWORK", "regtest")
-os.environ.setdefault("RUST", "0")
-os.environ.setdefault("VALGRIND", "0")
 
-from pyln.testing.db import SqliteDbProvider  # noqa: E402
-from pyln.testing.utils import BitcoinD, LightningNode, NodeFactory, sync_blockheight, wait_for  # noqa: E402
+from pyln.testing.utils import sync_blockheight, wait_for  # noqa: E402
 
-from tests.pyln_threads import serialize_bitcoind_proxies  # noqa: E402
+from contrib.regtest import PLUGIN, regtest_network, say  # noqa: E402
 
-serialize_bitcoind_proxies()
-
-PLUGIN = ROOT / "superscalar_plugin.py"
-
-
-STORY = sys.stdout  # the figures keep the terminal; the daemons' logs go to a file (logs_to_file)
-
-
-def say(*text: Any) -> None:
-    print(*text, file=STORY, flush=True)
-
-
-def logs_to_file(path: str) -> None:
-    """pyln-testing echoes every daemon's log lines to stdout: send file descriptors 1 and 2 to `path`,
-    and keep the figures on the terminal."""
-    global STORY
-    STORY = os.fdopen(os.dup(1), "w")
-    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
 CLOSING = {"CHANNELD_SHUTTING_DOWN", "CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE", "AWAITING_UNILATERAL",
            "FUNDING_SPEND_SEEN", "ONCHAIN"}
 REBROADCAST = "Expected error broadcasting tx"
@@ -207,132 +178,119 @@ def main() -> None:
     ap.add_argument("--kill-every", type=int, default=0, help="kill -9 and restart the LSP every M rollovers")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
-    for binary in ("lightningd", "bitcoind"):
-        if shutil.which(binary) is None:
-            sys.exit(f"{binary} not found on PATH")
-    directory = tempfile.mkdtemp(prefix="superscalar-soak-")
-    logs_to_file(os.path.join(directory, "daemons.log"))
+    with regtest_network("soak", keep=args.keep) as net:
+        run(args, net.directory, net.bitcoind, net.nodes)
+
+
+def run(args: argparse.Namespace, directory: str, bitcoind: Any, factory: Any) -> None:
     say(f"soak: {args.rollovers} rollovers, {args.clients} clients, forget-retired "
-          f"{'on' if args.forget else 'off'}, kill every {args.kill_every or 'never'}; logs in {directory}")
-    bitcoind = BitcoinD(bitcoin_dir=os.path.join(directory, "bitcoind"))
-    db = SqliteDbProvider(directory)
-    db.start()
-    factory = NodeFactory(None, "soak", bitcoind, ThreadPoolExecutor(max_workers=4), directory, db, LightningNode, {})
-    try:
-        bitcoind.start()
-        bitcoind.generate_block(101)
-        common: dict[str, Any] = {"plugin": str(PLUGIN), "superscalar-profile": "regtest", "log-level": "debug"}
-        if args.forget:
-            common["superscalar-forget-retired"] = "true"
-        lsp = factory.get_node(options={**common, "superscalar-lsp": "true", "superscalar-ladder": "true",
-                                        "superscalar-ladder-interval-blocks": "3",
-                                        "superscalar-ladder-max-alive": str(MAX_ALIVE)},
-                               may_reconnect=True, allow_broken_log=False)
-        clients = factory.get_nodes(args.clients, opts={"may_reconnect": True, **common,
-                                                        "superscalar-join": lsp.info["id"]})
-        lsp_id = lsp.info["id"]
-        for c in clients:
-            c.rpc.connect(lsp_id, "localhost", lsp.port)
-        lsp.fundwallet(50_000_000)
-        stable, roamer, leaver = clients[:-2], clients[-2], clients[-1]
-        online = {c.info["id"]: True for c in clients}
-        left = False
-        meter = LogMeter(lsp)
-        rows: list[dict[str, float]] = []
-        kills = 0
-        block = 0
-        say(f"{'rollovers':>9} {'height':>6} {'plugin_ms':>9} {'lightningd_ms':>13} {'rss_MB':>7} {'datastore_kB':>12} "
-              f"{'channels':>8} {'retired':>7} {'records':>7} {'archived':>8} {'log_kB/blk':>10} {'sendraw/blk':>11} {'payments':>8}")
-        paid = failed = 0
-        next_row = args.every
-        next_kill = args.kill_every or None
-        while True:
-            block += 1
-            up = [lsp, *(c for c in clients if online[c.info["id"]])]
-            bitcoind.generate_block(1)
-            sync_blockheight(bitcoind, up)
-            status = lsp.rpc.call("superscalar-ladder")
-            if not status["waiting"] and len(status["alive"]) < MAX_ALIVE:
-                for c in [*stable, roamer, *([] if left else [leaver])]:
-                    if online[c.info["id"]]:
-                        lsp.rpc.call("superscalar-ladder-add", {"id": c.info["id"], "inbound_sat": 100_000,
-                                                                "balance_sat": 20_000})
-            # payments every block, both ways, to a stable client
-            c = stable[block % len(stable)]
-            for ok in (pay(lsp, c, 1_000_000 + block, f"in-{block}"), pay(c, lsp, 400_000 + block, f"out-{block}")):
-                paid, failed = paid + ok, failed + (not ok)
-            # the roamer sleeps 6 blocks in every 20
-            if block % 20 == 5 and online[roamer.info["id"]]:
-                roamer.stop()
-                online[roamer.info["id"]] = False
-            elif block % 20 == 11 and not online[roamer.info["id"]]:
-                roamer.start()
-                roamer.rpc.connect(lsp_id, "localhost", lsp.port)
-                online[roamer.info["id"]] = True
+        f"{'on' if args.forget else 'off'}, kill every {args.kill_every or 'never'}; logs in {directory}")
+    common: dict[str, Any] = {"plugin": str(PLUGIN), "superscalar-profile": "regtest", "log-level": "debug"}
+    if args.forget:
+        common["superscalar-forget-retired"] = "true"
+    lsp = factory.get_node(options={**common, "superscalar-lsp": "true", "superscalar-ladder": "true",
+                                    "superscalar-ladder-interval-blocks": "3",
+                                    "superscalar-ladder-max-alive": str(MAX_ALIVE)},
+                           may_reconnect=True, allow_broken_log=False)
+    clients = factory.get_nodes(args.clients, opts={"may_reconnect": True, **common,
+                                                    "superscalar-join": lsp.info["id"]})
+    lsp_id = lsp.info["id"]
+    for c in clients:
+        c.rpc.connect(lsp_id, "localhost", lsp.port)
+    lsp.fundwallet(50_000_000)
+    stable, roamer, leaver = clients[:-2], clients[-2], clients[-1]
+    online = {c.info["id"]: True for c in clients}
+    left = False
+    meter = LogMeter(lsp)
+    rows: list[dict[str, float]] = []
+    kills = 0
+    block = 0
+    say(f"{'rollovers':>9} {'height':>6} {'plugin_ms':>9} {'lightningd_ms':>13} {'rss_MB':>7} {'datastore_kB':>12} "
+          f"{'channels':>8} {'retired':>7} {'records':>7} {'archived':>8} {'log_kB/blk':>10} {'sendraw/blk':>11} {'payments':>8}")
+    paid = failed = 0
+    next_row = args.every
+    next_kill = args.kill_every or None
+    while True:
+        block += 1
+        up = [lsp, *(c for c in clients if online[c.info["id"]])]
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, up)
+        status = lsp.rpc.call("superscalar-ladder")
+        if not status["waiting"] and len(status["alive"]) < MAX_ALIVE:
+            for c in [*stable, roamer, *([] if left else [leaver])]:
+                if online[c.info["id"]]:
+                    lsp.rpc.call("superscalar-ladder-add", {"id": c.info["id"], "inbound_sat": 100_000,
+                                                            "balance_sat": 20_000})
+        # payments every block, both ways, to a stable client
+        c = stable[block % len(stable)]
+        for ok in (pay(lsp, c, 1_000_000 + block, f"in-{block}"), pay(c, lsp, 400_000 + block, f"out-{block}")):
+            paid, failed = paid + ok, failed + (not ok)
+        # the roamer sleeps 6 blocks in every 20
+        if block % 20 == 5 and online[roamer.info["id"]]:
+            roamer.stop()
+            online[roamer.info["id"]] = False
+        elif block % 20 == 11 and not online[roamer.info["id"]]:
+            roamer.start()
+            roamer.rpc.connect(lsp_id, "localhost", lsp.port)
+            online[roamer.info["id"]] = True
+        meter.read()
+        if not left and meter.rolled >= max(1, args.rollovers // 5):
+            for f in leaver.rpc.call("superscalar-list")["factories"]:
+                try:
+                    leaver.rpc.call("superscalar-leave", {"factory_id": f["factory_id"]})
+                except Exception:
+                    pass
+            left = True
+        if next_kill is not None and meter.rolled >= next_kill:
+            next_kill += args.kill_every
+            kills += 1
+            wait_for(lambda: not any(ch.get("htlcs") for c in stable for ch in c.rpc.listpeerchannels()["channels"]))
+            before = {c.info["id"]: balances(c, lsp_id) for c in stable}
+            lsp.daemon.proc.kill()
+            lsp.daemon.wait()
+            for f in (Path(lsp.daemon.lightning_dir) / "plugin-io").glob("*"):  # what the kill tore
+                try:
+                    json.loads(f.read_text())
+                except ValueError:
+                    f.unlink()
+            lsp.start()
+            for c in clients:
+                if online[c.info["id"]]:
+                    c.rpc.connect(lsp_id, "localhost", lsp.port)
+            wait_for(lambda: all(ch["state"] != "CHANNELD_NORMAL" or ch.get("peer_connected")
+                                 for c in stable for ch in c.rpc.listpeerchannels()["channels"]))
+            after = {c.info["id"]: balances(c, lsp_id) for c in stable}
+            same = before == after
+            say(f"  kill -9 #{kills} at rollover {meter.rolled}: every stable client's balance "
+                  f"{'the same to the msat' if same else 'CHANGED: ' + json.dumps({k: (before[k], after[k]) for k in before})}")
             meter.read()
-            if not left and meter.rolled >= max(1, args.rollovers // 5):
-                for f in leaver.rpc.call("superscalar-list")["factories"]:
-                    try:
-                        leaver.rpc.call("superscalar-leave", {"factory_id": f["factory_id"]})
-                    except Exception:
-                        pass
-                left = True
-            if next_kill is not None and meter.rolled >= next_kill:
-                next_kill += args.kill_every
-                kills += 1
-                wait_for(lambda: not any(ch.get("htlcs") for c in stable for ch in c.rpc.listpeerchannels()["channels"]))
-                before = {c.info["id"]: balances(c, lsp_id) for c in stable}
-                lsp.daemon.proc.kill()
-                lsp.daemon.wait()
-                for f in (Path(lsp.daemon.lightning_dir) / "plugin-io").glob("*"):  # what the kill tore
-                    try:
-                        json.loads(f.read_text())
-                    except ValueError:
-                        f.unlink()
-                lsp.start()
-                for c in clients:
-                    if online[c.info["id"]]:
-                        c.rpc.connect(lsp_id, "localhost", lsp.port)
-                wait_for(lambda: all(ch["state"] != "CHANNELD_NORMAL" or ch.get("peer_connected")
-                                     for c in stable for ch in c.rpc.listpeerchannels()["channels"]))
-                after = {c.info["id"]: balances(c, lsp_id) for c in stable}
-                same = before == after
-                say(f"  kill -9 #{kills} at rollover {meter.rolled}: every stable client's balance "
-                      f"{'the same to the msat' if same else 'CHANGED: ' + json.dumps({k: (before[k], after[k]) for k in before})}")
-                meter.read()
-            if meter.rolled >= next_row:
-                next_row += args.every
-                chans = lsp.rpc.listpeerchannels()["channels"]
-                info = lsp.rpc.call("superscalar-getinfo")
-                row = {"rollovers": meter.rolled, "height": bitcoind.rpc.getblockcount(), **meter.take(),
-                       "rss_MB": plugin_rss_mb(lsp), "datastore_kB": datastore_kb(lsp), "channels": len(chans),
-                       "retired": sum(1 for ch in chans if ch["state"] in CLOSING),
-                       "records": info["factories"], "archived": info["factories_archived"]}
-                rows.append(row)
-                say(f"{row['rollovers']:>9} {row['height']:>6} {row['plugin_ms']:>9.1f} {row['lightningd_ms']:>13.1f} "
-                      f"{row['rss_MB']:>7.1f} {row['datastore_kB']:>12.1f} {row['channels']:>8} {row['retired']:>7} "
-                      f"{row['records']:>7} {row['archived']:>8} "
-                      f"{row['log_kB']:>10.1f} {row['sendraw']:>11.1f} {paid:>4}/{paid + failed:<4}")
-                if meter.rolled >= args.rollovers:
-                    break
-        first, last = rows[0], rows[-1]
-        say("last row against the first: " + ", ".join(
-            f"{k} {last[k] / first[k]:.2f}×" for k in ("plugin_ms", "lightningd_ms", "rss_MB", "datastore_kB", "channels",
-                                                      "log_kB", "sendraw") if first[k]))
-        grown = last["retired"] - first["retired"]
-        if grown > 0:
-            say(f"per retired channel ({grown} more): plugin {(last['plugin_ms'] - first['plugin_ms']) / grown:+.2f} ms/block, "
-                  f"lightningd {(last['lightningd_ms'] - first['lightningd_ms']) / grown:+.2f} ms/block, "
-                  f"sendraw {(last['sendraw'] - first['sendraw']) / grown:+.2f}/block, "
-                  f"log {(last['log_kB'] - first['log_kB']) / grown:+.2f} kB/block")
-        broken = [n for n in [lsp, *clients] if n.daemon.is_in_log(r"\*\*BROKEN\*\*")]
-        say(f"**BROKEN** lines: {'none' if not broken else f'in {len(broken)} nodes'}")
-    finally:
-        factory.killall([False] * len(factory.nodes))
-        bitcoind.stop()
-        db.stop()
-        if not args.keep:
-            shutil.rmtree(directory, ignore_errors=True)
+        if meter.rolled >= next_row:
+            next_row += args.every
+            chans = lsp.rpc.listpeerchannels()["channels"]
+            info = lsp.rpc.call("superscalar-getinfo")
+            row = {"rollovers": meter.rolled, "height": bitcoind.rpc.getblockcount(), **meter.take(),
+                   "rss_MB": plugin_rss_mb(lsp), "datastore_kB": datastore_kb(lsp), "channels": len(chans),
+                   "retired": sum(1 for ch in chans if ch["state"] in CLOSING),
+                   "records": info["factories"], "archived": info["factories_archived"]}
+            rows.append(row)
+            say(f"{row['rollovers']:>9} {row['height']:>6} {row['plugin_ms']:>9.1f} {row['lightningd_ms']:>13.1f} "
+                  f"{row['rss_MB']:>7.1f} {row['datastore_kB']:>12.1f} {row['channels']:>8} {row['retired']:>7} "
+                  f"{row['records']:>7} {row['archived']:>8} "
+                  f"{row['log_kB']:>10.1f} {row['sendraw']:>11.1f} {paid:>4}/{paid + failed:<4}")
+            if meter.rolled >= args.rollovers:
+                break
+    first, last = rows[0], rows[-1]
+    say("last row against the first: " + ", ".join(
+        f"{k} {last[k] / first[k]:.2f}×" for k in ("plugin_ms", "lightningd_ms", "rss_MB", "datastore_kB", "channels",
+                                                  "log_kB", "sendraw") if first[k]))
+    grown = last["retired"] - first["retired"]
+    if grown > 0:
+        say(f"per retired channel ({grown} more): plugin {(last['plugin_ms'] - first['plugin_ms']) / grown:+.2f} ms/block, "
+              f"lightningd {(last['lightningd_ms'] - first['lightningd_ms']) / grown:+.2f} ms/block, "
+              f"sendraw {(last['sendraw'] - first['sendraw']) / grown:+.2f}/block, "
+              f"log {(last['log_kB'] - first['log_kB']) / grown:+.2f} kB/block")
+    broken = [n for n in [lsp, *clients] if n.daemon.is_in_log(r"\*\*BROKEN\*\*")]
+    say(f"**BROKEN** lines: {'none' if not broken else f'in {len(broken)} nodes'}")
 
 
 if __name__ == "__main__":
