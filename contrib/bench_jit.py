@@ -28,7 +28,6 @@ import re
 import statistics
 import sys
 import time
-import traceback
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from pyln.testing.utils import sync_blockheight, wait_for  # noqa: E402
 
-from contrib import regtest  # noqa: E402
-from contrib.regtest import PLUGIN, regtest_network, say  # noqa: E402
+from contrib.regtest import PLUGIN, regtest_network, run_main, say  # noqa: E402
 from tests.integration.test_lsps2 import pay_in_parts  # noqa: E402
 
 STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z)")
@@ -130,8 +128,4 @@ def run(args: argparse.Namespace, bitcoind: Any, factory: Any) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception:  # fd 2 goes to the log file by now: tell the terminal
-        traceback.print_exc(file=regtest.STORY)
-        sys.exit(1)
+    run_main(main)

@@ -15,11 +15,12 @@ import os
 import shutil
 import sys
 import tempfile
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -56,6 +57,16 @@ def logs_to_file(path: str) -> None:
     os.close(log)
 
 
+def run_main(main: Callable[[], None]) -> None:
+    """Run a script's `main`; a failure's traceback goes to the terminal (fd 2 goes to the log file by
+    then) and the exit status is 1."""
+    try:
+        main()
+    except Exception:
+        traceback.print_exc(file=STORY)
+        sys.exit(1)
+
+
 def db_provider(directory: str) -> SqliteDbProvider | PostgresDbProvider:
     """The nodes' database, chosen as pyln-testing's fixture chooses it: TEST_DB_PROVIDER=postgres puts
     every node on a throw-away PostgreSQL server (contrib/test_postgres.sh), otherwise SQLite."""
@@ -70,6 +81,33 @@ def need_binaries() -> None:
     for binary in ("lightningd", "bitcoind"):
         if shutil.which(binary) is None:
             sys.exit(f"{binary} not found on PATH")
+
+
+def processes() -> dict[int, tuple[int, bytes]]:
+    """Every process this user can see: pid → (parent pid, command line)."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                found[int(name)] = (ppid, f.read())
+        except OSError:
+            continue
+    return found
+
+
+def memory_kb(pid: int, proportional: bool = False) -> int:
+    """A process's resident memory (VmRSS), or its proportional set size (a page shared by n
+    processes, such as the binaries' and libraries', counts 1/n); 0 once it is gone."""
+    path, field = (f"/proc/{pid}/smaps_rollup", "Pss:") if proportional else (f"/proc/{pid}/status", "VmRSS:")
+    try:
+        with open(path) as f:
+            return next((int(line.split()[1]) for line in f if line.startswith(field)), 0)
+    except OSError:
+        return 0
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from pyln.testing.utils import sync_blockheight, wait_for  # noqa: E402
 
-from contrib import regtest  # noqa: E402
-from contrib.regtest import PLUGIN, regtest_network, say  # noqa: E402
+from contrib.regtest import PLUGIN, regtest_network, run_main, say  # noqa: E402
 from superscalar.bitcoin.tx import OutPoint  # noqa: E402
 from superscalar.factory.graph import Factory, FactoryScripts  # noqa: E402
 from superscalar.factory.params import ClientTerms, FactoryParams  # noqa: E402
@@ -216,8 +214,4 @@ def story(bitcoind: Any, factory: Any) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception:  # fd 2 goes to the log file by now: tell the terminal
-        traceback.print_exc(file=regtest.STORY)
-        sys.exit(1)
+    run_main(main)

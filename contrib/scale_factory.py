@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from pyln.testing.utils import sync_blockheight, wait_for  # noqa: E402
 
-from contrib.regtest import PLUGIN, regtest_network, say  # noqa: E402
+from contrib.regtest import PLUGIN, memory_kb, processes, regtest_network, run_main, say  # noqa: E402
 
 BALANCE_SAT, INBOUND_SAT = 20_000, 80_000
 # What a factory client does not use, of the plugins lightningd starts by default: each is a process of
@@ -41,33 +41,19 @@ CLIENT_UNUSED_PLUGINS = ["autoclean", "bookkeeper", "chanbackup", "cln-renepay",
 def tree_rss_mb(root: int) -> tuple[float, float]:
     """Memory (MB, proportional set size) of process `root` and its descendants, without and with the
     plugin."""
+    found = processes()
     children: dict[int, list[int]] = {}
-    cmd: dict[int, bytes] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd[int(pid)] = f.read()
-        except OSError:
-            continue
-        children.setdefault(ppid, []).append(int(pid))
+    for pid, (ppid, _) in found.items():
+        children.setdefault(ppid, []).append(pid)
     node_kb = plugin_kb = 0
     stack = [root]
     while stack:
-        proc = stack.pop()
-        stack.extend(children.get(proc, []))
-        try:  # proportional: a page shared by n processes (the binaries, the libraries) counts 1/n
-            with open(f"/proc/{proc}/smaps_rollup") as f:
-                kb = next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
-        except OSError:
-            continue
-        if b"superscalar_plugin.py" in cmd.get(proc, b""):
-            plugin_kb += kb
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        if b"superscalar_plugin.py" in found.get(pid, (0, b""))[1]:
+            plugin_kb += memory_kb(pid, proportional=True)
         else:
-            node_kb += kb
+            node_kb += memory_kb(pid, proportional=True)
     return node_kb / 1024, plugin_kb / 1024
 
 
@@ -171,4 +157,4 @@ def run(k: int, bitcoind: Any, factory: Any) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

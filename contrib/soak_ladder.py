@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from pyln.testing.utils import sync_blockheight, wait_for  # noqa: E402
 
-from contrib.regtest import PLUGIN, regtest_network, say  # noqa: E402
+from contrib.regtest import PLUGIN, memory_kb, processes, regtest_network, run_main, say  # noqa: E402
 
 CLOSING = {"CHANNELD_SHUTTING_DOWN", "CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE", "AWAITING_UNILATERAL",
            "FUNDING_SPEND_SEEN", "ONCHAIN"}
@@ -115,21 +115,8 @@ class LogMeter:
 def plugin_rss_mb(node: Any) -> float:
     """Resident memory of the node's superscalar plugin process (a child of its lightningd)."""
     root = node.daemon.proc.pid
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if ppid == root and b"superscalar_plugin.py" in cmd:
-            with open(f"/proc/{pid}/status") as f:
-                kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-            return kb / 1024
-    return 0.0
+    return next((memory_kb(pid) / 1024 for pid, (ppid, cmd) in processes().items()
+                 if ppid == root and b"superscalar_plugin.py" in cmd), 0.0)
 
 
 def datastore_kb(node: Any) -> float:
@@ -294,4 +281,4 @@ def run(args: argparse.Namespace, directory: str, bitcoind: Any, factory: Any) -
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -67,6 +67,18 @@ def lsp_node(node_factory: Any, plugin_path: Path) -> Any:
                                  may_reconnect=True)
 
 
+def payer_lsp_wallet_channels(bitcoind: Any, payer: Any, lsp: Any, wallet: Any) -> None:
+    """A public channel payer → LSP and a private one LSP → wallet, both normal."""
+    lsp.fundwallet(2_000_000)
+    lsp.rpc.fundchannel(wallet.info["id"], 500_000, announce=False)
+    payer.fundwallet(2_000_000)
+    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    payer.rpc.fundchannel(lsp.info["id"], 1_000_000)
+    bitcoind.generate_block(6)
+    sync_blockheight(bitcoind, [lsp, wallet, payer])
+    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for n in (wallet, payer) for c in n.rpc.listpeerchannels()["channels"]))
+
+
 def test_sleeping_wallet_is_woken_for_a_payment(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     service = Service()
     lsp = lsp_node(node_factory, plugin_path)
@@ -88,14 +100,7 @@ def test_sleeping_wallet_is_woken_for_a_payment(node_factory: Any, bitcoind: Any
     assert service.posts[0]["path"] == f"/push?lsp={lsp.info['id']}&device=phone-1"
 
     # the LSP has a private channel to the wallet; the payer a channel to the LSP
-    lsp.fundwallet(2_000_000)
-    lsp.rpc.fundchannel(wallet.info["id"], 500_000, announce=False)
-    payer.fundwallet(2_000_000)
-    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-    payer.rpc.fundchannel(lsp.info["id"], 1_000_000)
-    bitcoind.generate_block(6)
-    sync_blockheight(bitcoind, [lsp, wallet, payer])
-    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for n in (wallet, payer) for c in n.rpc.listpeerchannels()["channels"]))
+    payer_lsp_wallet_channels(bitcoind, payer, lsp, wallet)
     # an invoice with a route hint through the LSP (once the private channel's update is in)
     wait_for(lambda: bool(wallet.rpc.decode(wallet.rpc.invoice(1000, f"probe-{time.time()}", "x")["bolt11"]).get("routes")))
     inv = wallet.rpc.invoice(50_000_000, "woken", "paid while asleep")
@@ -165,14 +170,7 @@ def test_sleeping_wallet_is_woken_for_an_offer(node_factory: Any, bitcoind: Any,
     hook = f"{service.url}/push?device=phone-2"
     assert probe_request(wallet, lsp, "lsps5.set_webhook", {"app_name": "w", "webhook": hook})["result"]["num_webhooks"] == 1
     wait_for(lambda: service.methods() == ["lsps5.webhook_registered"])
-    lsp.fundwallet(2_000_000)
-    lsp.rpc.fundchannel(wallet.info["id"], 500_000, announce=False)
-    payer.fundwallet(2_000_000)
-    payer.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-    payer.rpc.fundchannel(lsp.info["id"], 1_000_000)
-    bitcoind.generate_block(6)
-    sync_blockheight(bitcoind, [lsp, wallet, payer])
-    wait_for(lambda: all(c["state"] == "CHANNELD_NORMAL" for n in (wallet, payer) for c in n.rpc.listpeerchannels()["channels"]))
+    payer_lsp_wallet_channels(bitcoind, payer, lsp, wallet)
     # the wallet knows the public channel to the payer (the invoice goes back through the LSP)
     wait_for(lambda: any(c["source"] == payer.info["id"] for c in wallet.rpc.listchannels()["channels"]))
     # and the payer's node_announcement (its onion-message feature): without it Core Lightning's offers
