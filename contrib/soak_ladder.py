@@ -5,10 +5,11 @@ has rolled factories over `--rollovers` times (regtest profile: 30 blocks of lif
 
 Printed every `--every` rollovers, for the LSP:
 
-    rollovers  height  plugin_ms/block  lightningd_ms/block  rss_MB  datastore_kB  channels  retired  records  archived  log_kB/block  sendraw/block
+    rollovers  height  plugin_ms/block  p50  lightningd_ms/block  rss_MB  datastore_kB  channels  retired  records  archived  log_kB/block  sendraw/block
 
 - plugin_ms/block: the plugin's per-block steps (its "block N: steps took" debug line), mean over the
-  blocks since the last row;
+  blocks since the last row, and their median (p50: a block with a ceremony running beside its steps,
+  or the first after a restart, moves the mean);
 - lightningd_ms/block: from lightningd's "Adding block" line to its last rebroadcast attempt for that
   block (0 when it rebroadcasts nothing), mean;
 - rss_MB: the plugin process's resident memory; datastore_kB: the bytes of every datastore entry;
@@ -34,6 +35,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -106,6 +108,7 @@ class LogMeter:
     def take(self) -> dict[str, float]:
         blocks = max(1, self.blocks)
         row = {"plugin_ms": sum(self.plugin_ms) / max(1, len(self.plugin_ms)),
+               "plugin_p50": statistics.median(self.plugin_ms) if self.plugin_ms else 0.0,
                "lightningd_ms": sum(self.lightningd_ms) / max(1, len(self.lightningd_ms)),
                "log_kB": self.bytes / 1024 / blocks, "sendraw": self.sendraw / blocks}
         self.plugin_ms, self.lightningd_ms, self.sendraw, self.blocks, self.bytes = [], [], 0, 0, 0
@@ -192,7 +195,7 @@ def run(args: argparse.Namespace, directory: str, bitcoind: Any, factory: Any) -
     rows: list[dict[str, float]] = []
     kills = 0
     block = 0
-    say(f"{'rollovers':>9} {'height':>6} {'plugin_ms':>9} {'lightningd_ms':>13} {'rss_MB':>7} {'datastore_kB':>12} "
+    say(f"{'rollovers':>9} {'height':>6} {'plugin_ms':>9} {'p50':>5} {'lightningd_ms':>13} {'rss_MB':>7} {'datastore_kB':>12} "
           f"{'channels':>8} {'retired':>7} {'records':>7} {'archived':>8} {'log_kB/blk':>10} {'sendraw/blk':>11} {'payments':>8}")
     paid = failed = 0
     next_row = args.every
@@ -260,7 +263,8 @@ def run(args: argparse.Namespace, directory: str, bitcoind: Any, factory: Any) -
                    "retired": sum(1 for ch in chans if ch["state"] in CLOSING),
                    "records": info["factories"], "archived": info["factories_archived"]}
             rows.append(row)
-            say(f"{row['rollovers']:>9} {row['height']:>6} {row['plugin_ms']:>9.1f} {row['lightningd_ms']:>13.1f} "
+            say(f"{row['rollovers']:>9} {row['height']:>6} {row['plugin_ms']:>9.1f} {row['plugin_p50']:>5.1f} "
+                f"{row['lightningd_ms']:>13.1f} "
                   f"{row['rss_MB']:>7.1f} {row['datastore_kB']:>12.1f} {row['channels']:>8} {row['retired']:>7} "
                   f"{row['records']:>7} {row['archived']:>8} "
                   f"{row['log_kB']:>10.1f} {row['sendraw']:>11.1f} {paid:>4}/{paid + failed:<4}")
@@ -268,7 +272,7 @@ def run(args: argparse.Namespace, directory: str, bitcoind: Any, factory: Any) -
                 break
     first, last = rows[0], rows[-1]
     say("last row against the first: " + ", ".join(
-        f"{k} {last[k] / first[k]:.2f}×" for k in ("plugin_ms", "lightningd_ms", "rss_MB", "datastore_kB", "channels",
+        f"{k} {last[k] / first[k]:.2f}×" for k in ("plugin_ms", "plugin_p50", "lightningd_ms", "rss_MB", "datastore_kB", "channels",
                                                   "log_kB", "sendraw") if first[k]))
     grown = last["retired"] - first["retired"]
     if grown > 0:
