@@ -18,9 +18,10 @@ lightningd's `--developer`. So:
 Each factory is looked at until its channels are gone from lightningd, then marked
 (`channels_forgotten`). ARCHIVE_AFTER_BLOCKS later its records, which nothing can need any more (its
 funding output is spent by its replacement, no transaction of its tree can ever be valid, lightningd
-has no channel of it), are replaced by a short summary (cln/store.py `archive_factory`): neither the
-datastore nor the per-block work of every step that reads factory records grows with the factories a
-node has seen. With forgetting off the records stay, as the channels they describe do.
+has no channel of it), are deleted and counted in one document of bounded size (cln/store.py
+`archive_factory`): neither the datastore nor the per-block work of every step that reads factory
+records grows with the factories a node has seen. With forgetting off the records stay, as the
+channels they describe do.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class Forgetter:
             del self._forgotten_at[fid]
             self.archived += 1
             self.log(f"factory {fid}: archived (its funding output is spent, its {len(ids)} channels forgotten "
-                     f"at block {rec.get('forgotten_height')}); its records are replaced by a summary")
+                     f"at block {rec.get('forgotten_height')}); its records are deleted")
 
     def _forget_factory(self, fid: str, rec: dict[str, Any]) -> int:
         """Forget each retired channel of the factory still listed; how many are left. (The ids are

@@ -505,7 +505,7 @@ def build_plugin() -> Plugin:
                                                         for n in (2, 16, 128, 1024)}},
                 "client_policy": dataclasses.asdict(r.policy), "developer": r.developer,
                 "forget_retired": r.forgetter.forget, "channels_forgotten": r.forgetter.forgotten,
-                "factories": len(r.store.factory_ids()), "factories_archived": len(r.store.archived_ids())}
+                "factories": len(r.store.factory_ids()), "factories_archived": r.store.archived()["factories"]}
 
     @plugin.async_method("superscalar-create")
     def create(plugin: Plugin, request: Any, clients: Any, **kwargs: Any) -> None:

@@ -15,7 +15,8 @@ from .node import ClnNode
 
 ROOT = ["superscalar", "factories"]
 DOCS = ["superscalar", "docs"]  # documents that belong to no factory (the LSP's ladder)
-ARCHIVE = ["superscalar", "archive"]  # one short summary per factory whose records were archived
+ARCHIVE_DOC = "archive"  # the factories whose records were deleted once nothing could need them
+ARCHIVE_KEPT = 32  # summaries of the newest of them kept in that document
 SCHEMA_VERSION = 1
 # The fields that say which factory a `factory` record belongs to: a write that changes any of them
 # would put another factory's data (another tree, another exit path) where a funded one's was.
@@ -92,14 +93,18 @@ class Store:
                     listener(factory_id, key[3], None)
 
     def archive_factory(self, factory_id: str, summary: dict[str, Any]) -> None:
-        """Replace every record of a factory that can never matter again (chain/forget.py says when)
-        by `summary`, so that neither the datastore nor the per-block work grows with the factories a
-        node has seen. The summary is written first, and the `factory` record deleted last: a crash in
-        between leaves a factory still listed (archived again) or one without its `factory` record
-        (pruned at start-up as scratch)."""
-        text = json.dumps({"schema": SCHEMA_VERSION, "data": summary}, sort_keys=True)
-        if self.archived(factory_id) is None:
-            self.node.datastore_put([*ARCHIVE, factory_id], text, None)
+        """Delete every record of a factory that can never matter again (chain/forget.py says when),
+        so that neither the datastore nor the per-block work grows with the factories a node has seen.
+        What is kept is one document of bounded size: how many factories and channels were archived,
+        and the summaries of the newest ARCHIVE_KEPT. It is written first, and the `factory` record
+        deleted last: a crash in between leaves a factory still listed (archived again, counted once)
+        or one without its `factory` record (pruned at start-up as scratch)."""
+        doc = self.get_doc(ARCHIVE_DOC) or {"factories": 0, "channels": 0, "recent": []}
+        if factory_id not in {r["factory_id"] for r in doc["recent"]}:
+            doc["factories"] += 1
+            doc["channels"] += len(summary.get("channel_ids", ()))
+            doc["recent"] = [*doc["recent"], {**summary, "factory_id": factory_id}][-ARCHIVE_KEPT:]
+            self.put_doc(ARCHIVE_DOC, doc)
         keys = [k for k in self.node.datastore_list([*ROOT, factory_id]) if len(k) > 3]
         for key in sorted(keys, key=lambda k: k[3] == "factory"):
             self.node.datastore_del(key)
@@ -107,12 +112,10 @@ class Store:
             for listener in self._listeners:
                 listener(factory_id, key[3], None)
 
-    def archived(self, factory_id: str) -> Optional[dict[str, Any]]:
-        """The summary of an archived factory, or None."""
-        return self._read([*ARCHIVE, factory_id], ("/archive", factory_id), f"archive/{factory_id}")
-
-    def archived_ids(self) -> list[str]:
-        return sorted({k[2] for k in self.node.datastore_list(ARCHIVE) if len(k) > 2})
+    def archived(self) -> dict[str, Any]:
+        """{"factories": how many were archived, "channels": their channels, "recent": the newest
+        ARCHIVE_KEPT summaries, each with its factory_id}."""
+        return self.get_doc(ARCHIVE_DOC) or {"factories": 0, "channels": 0, "recent": []}
 
     def prune_unfinished(self) -> list[str]:
         """At start-up no ceremony can be under way (their state lives in memory only): remove the

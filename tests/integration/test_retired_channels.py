@@ -329,8 +329,9 @@ def test_forget_retired_channels_after_a_close(node_factory: Any, bitcoind: Any,
     for n in (lsp, forgetful):
         assert n.rpc.call("superscalar-getinfo")["factories"] == 0
         assert n.rpc.listdatastore(["superscalar", "factories"])["datastore"] == []
-        [summary] = n.rpc.listdatastore(["superscalar", "archive", fid])["datastore"]
-        assert json.loads(summary["string"])["data"]["funding_outpoint"] == record(keeper, fid)["funding_outpoint"]
+        [archive] = n.rpc.listdatastore(["superscalar", "docs", "archive"])["datastore"]
+        [summary] = json.loads(archive["string"])["data"]["recent"]
+        assert (summary["factory_id"], summary["funding_outpoint"]) == (fid, record(keeper, fid)["funding_outpoint"])
     info = keeper.rpc.call("superscalar-getinfo")
     assert (info["factories"], info["factories_archived"]) == (1, 0)
 

@@ -65,9 +65,11 @@ def test_forgotten_factories_are_archived_and_the_live_one_kept() -> None:
         forgetter.on_block(height)
     assert forgetter.archived == 0 and "11" * 32 in store.factory_ids()
     forgetter.on_block(101 + ARCHIVE_AFTER_BLOCKS)
-    assert store.factory_ids() == ["22" * 32, "33" * 32] and store.archived_ids() == ["11" * 32]
-    summary = store.archived("11" * 32) or {}
-    assert summary["ended_by"] == "dd" * 32 and len(summary["channel_ids"]) == 3
+    assert store.factory_ids() == ["22" * 32, "33" * 32]
+    archive = store.archived()
+    assert (archive["factories"], archive["channels"]) == (1, 3)
+    [summary] = archive["recent"]
+    assert summary["factory_id"] == "11" * 32 and summary["ended_by"] == "dd" * 32
     assert not [k for k in node.data if k[2] == "11" * 32 and k[1] == "factories"]  # every record gone
     # a restart: nothing is forgotten or archived twice, and the others are still waiting
     again = Forgetter(node, store, lambda text, level="info": None, forget=True)
@@ -84,7 +86,7 @@ def test_a_channel_back_in_lightningd_keeps_its_factory() -> None:
     forgetter.on_block(100)
     node.channels.append({"channel_id": "11" + f"{0:062x}", "peer_id": "02" + f"{0:064x}", "state": "CHANNELD_NORMAL"})
     forgetter.on_block(100 + ARCHIVE_AFTER_BLOCKS)
-    assert store.archived_ids() == [] and store.factory_ids() == ["11" * 32]
+    assert store.archived()["factories"] == 0 and store.factory_ids() == ["11" * 32]
 
 
 def test_a_crash_mid_archive_finishes_on_restart() -> None:
@@ -113,4 +115,20 @@ def test_a_crash_mid_archive_finishes_on_restart() -> None:
     restarted = Forgetter(node, Store(node), lambda text, level="info": None, forget=True)  # type: ignore[arg-type]
     restarted.on_block(101 + ARCHIVE_AFTER_BLOCKS)
     restarted.on_block(101 + 2 * ARCHIVE_AFTER_BLOCKS)
-    assert store.factory_ids() == [] and store.archived_ids() == ["11" * 32]
+    assert store.factory_ids() == [] and store.archived()["factories"] == 1  # counted once
+
+
+def test_the_archive_stays_small_over_a_year() -> None:
+    """A year of rollovers archives hundreds of factories: the document keeps their count and only the
+    newest ARCHIVE_KEPT summaries."""
+    from superscalar.cln.store import ARCHIVE_KEPT
+
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    for i in range(400):
+        store.put(f"{i:064x}", "factory", {"role": "lsp"})
+        store.archive_factory(f"{i:064x}", {"channel_ids": ["c"] * 64})
+    archive = store.archived()
+    assert (archive["factories"], archive["channels"]) == (400, 400 * 64) and store.factory_ids() == []
+    assert [r["factory_id"] for r in archive["recent"]] == [f"{i:064x}" for i in range(400 - ARCHIVE_KEPT, 400)]
+    assert len(node.data) == 1  # that document alone
