@@ -281,6 +281,10 @@ def run(args: argparse.Namespace, directory: str, bitcoind: Any, factory: Any) -
               f"sendraw {(last['sendraw'] - first['sendraw']) / grown:+.2f}/block, "
               f"log {(last['log_kB'] - first['log_kB']) / grown:+.2f} kB/block")
     broken = [n for n in [lsp, *clients] if n.daemon.is_in_log(r"\*\*BROKEN\*\*")]
+    for n in broken:
+        n.daemon.logs_catchup()
+        for line in [line for line in n.daemon.logs if "**BROKEN**" in line][:3]:
+            say(f"  {line[:300]}")
     say(f"**BROKEN** lines: {'none' if not broken else f'in {len(broken)} nodes'}")
 
 
