@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional, Protocol
 
+from ..factory.params import FactoryParams
 from .close_watch import CONFIRMED
 from .exits import CLOSING_STATES
 from .lifecycle import LIFECYCLE
@@ -38,6 +39,13 @@ WARN_EVERY_BLOCKS = 144
 WARN_THRESHOLD = 100  # retired channels before the daily warning
 ARCHIVE_AFTER_BLOCKS = 6  # after the last channel of a retired factory was forgotten
 RETIRED_STATES = CLOSING_STATES | {"ONCHAIN"}
+# The retirement's mutual close not yet agreed by the peer (it was offline): the peer still takes the
+# channel for a live one, and forgetting it now would make this node's connectd answer the peer's
+# channel_reestablish with an error and drop the connection when it returns (docs/retiring-channels.md).
+# Such a channel is forgotten once the peer came back and signed, or FORGET_AWAY_BLOCKS after the
+# factory's distribution height for a peer that never does.
+AWAITING_PEER = frozenset({"CHANNELD_SHUTTING_DOWN", "CLOSINGD_SIGEXCHANGE"})
+FORGET_AWAY_BLOCKS = 1008
 
 
 class ForgetNode(ChannelNode, Protocol):
@@ -98,7 +106,7 @@ class Forgetter:
             if self.node.output_exists(txid, int(vout)):  # the root output unspent: not provably dead yet
                 continue
             known = list(rec.get("forgotten_channel_ids") or ())
-            if self._forget_factory(fid, rec) == 0:
+            if self._forget_factory(fid, rec, height) == 0:
                 rec["channels_forgotten"], rec["forgotten_height"] = True, height
                 self.store.put(fid, "factory", rec)
                 self._forgotten_at[fid] = height
@@ -130,7 +138,7 @@ class Forgetter:
             self.log(f"factory {fid}: archived (its funding output is spent, its {len(ids)} channels forgotten "
                      f"at block {rec.get('forgotten_height')}); its records are deleted")
 
-    def _forget_factory(self, fid: str, rec: dict[str, Any]) -> int:
+    def _forget_factory(self, fid: str, rec: dict[str, Any], height: int) -> int:
         """Forget each retired channel of the factory still listed; how many are left. (The ids are
         kept in the record: a client finds its channels through lightningd, which forgets them.)"""
         ids = set(factory_channel_ids(self.node, rec)) | set(rec.get("forgotten_channel_ids") or ())
@@ -138,6 +146,10 @@ class Forgetter:
         left = 0
         for ch in self.node.peer_channels():
             if ch.get("channel_id") not in ids:
+                continue
+            if ch.get("state") in AWAITING_PEER and height < (
+                    FactoryParams.deserialize(rec["params"].encode()).distribution_height + FORGET_AWAY_BLOCKS):
+                left += 1  # its peer has not agreed the retirement yet
                 continue
             if ch.get("state") not in RETIRED_STATES or self.node.output_exists(
                     str(ch.get("funding_txid")), int(ch.get("funding_outnum", 0))):

@@ -9,8 +9,9 @@ from typing import Any, Optional
 from superscalar.chain.close_watch import CONFIRMED
 from superscalar.chain.forget import ARCHIVE_AFTER_BLOCKS, Forgetter
 from superscalar.cln.store import Store
+from superscalar.factory.params import regtest_params
 
-from ..fakes import MemoryDatastore
+from ...fakes import MemoryDatastore
 
 LIVE_ROOT = "aa" * 32 + ":0"
 DEAD_ROOT = "bb" * 32 + ":0"
@@ -38,11 +39,15 @@ class Node(MemoryDatastore):
         return {}
 
 
-def lsp_factory(store: Store, node: Node, fid: str, root: str, retired: bool) -> None:
+PARAMS = regtest_params(3, 50)  # distribution at 50 + 30 + 10
+
+
+def lsp_factory(store: Store, node: Node, fid: str, root: str, retired: bool, state: str = "CLOSINGD_COMPLETE") -> None:
     channels = [{"channel_id": f"{fid[:2]}{i:062x}", "peer_id": f"02{i:064x}"} for i in range(3)]
-    node.channels += [{**c, "state": "CLOSINGD_COMPLETE", "funding_txid": "cc" * 32, "funding_outnum": i}
+    node.channels += [{**c, "state": state, "funding_txid": "cc" * 32, "funding_outnum": i}
                       for i, c in enumerate(channels)]
     store.put(fid, "factory", {"role": "lsp", "funding_outpoint": root, "channels": channels,
+                               "params": PARAMS.serialize().decode(),
                                "close": {"status": CONFIRMED, "retired": retired, "txid": "dd" * 32}})
     store.put(fid, "nonces", {"scratch": True})
 
@@ -132,3 +137,26 @@ def test_the_archive_stays_small_over_a_year() -> None:
     assert (archive["factories"], archive["channels"]) == (400, 400 * 64) and store.factory_ids() == []
     assert [r["factory_id"] for r in archive["recent"]] == [f"{i:064x}" for i in range(400 - ARCHIVE_KEPT, 400)]
     assert len(node.data) == 1  # that document alone
+
+
+def test_a_channel_its_peer_has_not_retired_waits_for_the_peer() -> None:
+    """A retirement its peer has not signed (the peer was offline: CHANNELD_SHUTTING_DOWN) leaves the
+    peer taking the channel for a live one: it is forgotten once the peer came back and signed, or
+    FORGET_AWAY_BLOCKS after the distribution for a peer that never comes back."""
+    from superscalar.chain.forget import FORGET_AWAY_BLOCKS
+
+    node = Node()
+    store = Store(node)  # type: ignore[arg-type]
+    forgetter = Forgetter(node, store, lambda text, level="info": None, forget=True)
+    lsp_factory(store, node, "11" * 32, DEAD_ROOT, retired=True, state="CHANNELD_SHUTTING_DOWN")
+    lsp_factory(store, node, "44" * 32, DEAD_ROOT, retired=True, state="CHANNELD_SHUTTING_DOWN")
+    forgetter.on_block(100)
+    assert forgetter.forgotten == 0 and len(node.channels) == 6
+    for ch in node.channels[:3]:  # the first factory's peers came back: the mutual closes were signed
+        ch["state"] = "CLOSINGD_COMPLETE"
+    forgetter.on_block(101)
+    assert forgetter.forgotten == 3 and len(node.channels) == 3
+    forgetter.on_block(PARAMS.distribution_height + FORGET_AWAY_BLOCKS - 1)
+    assert len(node.channels) == 3
+    forgetter.on_block(PARAMS.distribution_height + FORGET_AWAY_BLOCKS)
+    assert forgetter.forgotten == 6 and node.channels == []
