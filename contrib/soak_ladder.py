@@ -71,6 +71,7 @@ class LogMeter:
         self.node = node
         self.offset = 0
         self.plugin_ms: list[float] = []
+        self.step_ms: dict[str, float] = {}  # per step: its milliseconds summed over the blocks read
         self.lightningd_ms: list[float] = []
         self.sendraw = 0
         self.blocks = 0
@@ -97,9 +98,13 @@ class LogMeter:
             elif REBROADCAST in line:
                 self.sendraw += 1
                 last = stamp(line) or last
-            m = re.search(r"block \d+: steps took ([\d.]+) ms", line)
+            m = re.search(r"block \d+: steps took ([\d.]+) ms \((.*)\)", line)
             if m:
                 self.plugin_ms.append(float(m.group(1)))
+                for part in m.group(2).split("; "):
+                    what, _, ms = part.rpartition(" ")
+                    if what and ms.replace(".", "", 1).isdigit():
+                        self.step_ms[what] = self.step_ms.get(what, 0.0) + float(ms)
             if "ladder: rolled factory" in line:
                 self.rolled += 1
         if added is not None:
@@ -111,8 +116,10 @@ class LogMeter:
                "plugin_p50": statistics.median(self.plugin_ms) if self.plugin_ms else 0.0,
                "lightningd_ms": sum(self.lightningd_ms) / max(1, len(self.lightningd_ms)),
                "log_kB": self.bytes / 1024 / blocks, "sendraw": self.sendraw / blocks}
+        steps = {what: ms / max(1, len(self.plugin_ms)) for what, ms in self.step_ms.items()}
         self.plugin_ms, self.lightningd_ms, self.sendraw, self.blocks, self.bytes = [], [], 0, 0, 0
-        return row
+        self.step_ms = {}
+        return row, steps
 
 
 def plugin_rss_mb(node: Any) -> float:
@@ -193,6 +200,7 @@ def run(args: argparse.Namespace, directory: str, bitcoind: Any, factory: Any) -
     left = False
     meter = LogMeter(lsp)
     rows: list[dict[str, float]] = []
+    step_rows: list[dict[str, float]] = []
     kills = 0
     block = 0
     say(f"{'rollovers':>9} {'height':>6} {'plugin_ms':>9} {'p50':>5} {'lightningd_ms':>13} {'rss_MB':>7} {'datastore_kB':>12} "
@@ -258,7 +266,9 @@ def run(args: argparse.Namespace, directory: str, bitcoind: Any, factory: Any) -
             next_row += args.every
             chans = lsp.rpc.listpeerchannels()["channels"]
             info = lsp.rpc.call("superscalar-getinfo")
-            row = {"rollovers": meter.rolled, "height": bitcoind.rpc.getblockcount(), **meter.take(),
+            taken, steps = meter.take()
+            step_rows.append(steps)
+            row = {"rollovers": meter.rolled, "height": bitcoind.rpc.getblockcount(), **taken,
                    "rss_MB": plugin_rss_mb(lsp), "datastore_kB": datastore_kb(lsp), "channels": len(chans),
                    "retired": sum(1 for ch in chans if ch["state"] in CLOSING),
                    "records": info["factories"], "archived": info["factories_archived"]}
@@ -274,6 +284,9 @@ def run(args: argparse.Namespace, directory: str, bitcoind: Any, factory: Any) -
     say("last row against the first: " + ", ".join(
         f"{k} {last[k] / first[k]:.2f}×" for k in ("plugin_ms", "plugin_p50", "lightningd_ms", "rss_MB", "datastore_kB", "channels",
                                                   "log_kB", "sendraw") if first[k]))
+    say("plugin steps, mean ms/block, first row → last row:")
+    for what in sorted(step_rows[-1], key=lambda w: -step_rows[-1][w])[:8]:
+        say(f"  {what:<28} {step_rows[0].get(what, 0.0):7.1f} → {step_rows[-1][what]:7.1f}")
     grown = last["retired"] - first["retired"]
     if grown > 0:
         say(f"per retired channel ({grown} more): plugin {(last['plugin_ms'] - first['plugin_ms']) / grown:+.2f} ms/block, "

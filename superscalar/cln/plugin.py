@@ -715,9 +715,10 @@ def build_plugin() -> Plugin:
             _report(plugin, "block height", e)
             return
         steps = r.follower.on_block(height)
-        slowest = max(steps.seconds, key=lambda s: s[1], default=("none", 0.0))
-        plugin.log(f"block {height}: steps took {steps.total_seconds * 1000:.1f} ms "
-                   f"(slowest: {slowest[0]} {slowest[1] * 1000:.1f} ms)", level="debug")
+        slowest = sorted(steps.seconds, key=lambda s: -s[1])
+        plugin.log(f"block {height}: steps took {steps.total_seconds * 1000:.1f} ms ("
+                   + "; ".join(f"{what} {s * 1000:.1f}" for what, s in slowest if s >= 0.0005) + ")",
+                   level="debug")
 
     @plugin.subscribe("channel_state_changed")
     def on_channel_state_changed(plugin: Plugin, channel_state_changed: dict[str, Any], **kwargs: Any) -> None:

@@ -4,11 +4,17 @@
 A record is JSON with a schema version. Writes use compare-and-swap on the datastore generation, so
 two writers cannot silently overwrite each other; an unknown schema version is an error, never a reset.
 Secret nonces are never stored here.
+
+Reads are served from memory after the first (write-through: the datastore is written first, the
+memory after it succeeded), because every block's steps read every live record and each read was a
+`listdatastore` call. This plugin is the only writer of these keys; a write that finds the
+generation moved (someone else wrote) is refused as before, and forgets what memory held.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, Callable, Optional
 
 from .node import ClnNode
@@ -27,6 +33,8 @@ class StoreError(RuntimeError):
     """A record could not be read or written as expected."""
 
 
+_ABSENT = ("", -1)  # remembered: no such record
+
 # Told of every record this store writes (factory id, record name, data) or deletes (data None).
 Listener = Callable[[str, str, Optional[dict[str, Any]]], None]
 
@@ -36,6 +44,10 @@ class Store:
         self.node = node
         self._generations: dict[tuple[str, str], int] = {}
         self._listeners: list[Listener] = []
+        # (factory id or "/docs", record) -> (JSON text, generation), or _ABSENT; and the factory ids
+        self._memory: dict[tuple[str, str], tuple[str, int]] = {}
+        self._ids: Optional[set[str]] = None
+        self._lock = threading.RLock()  # a read that misses and a write never interleave
 
     def listen(self, listener: Listener) -> None:
         """Call `listener` after each successful write or delete (in the writer's thread). A listener
@@ -47,50 +59,76 @@ class Store:
 
     def _read(self, key: list[str], generation_key: tuple[str, str], what: str) -> Optional[dict[str, Any]]:
         """A record's data (None if absent), remembering its generation for the next write."""
-        found = self.node.datastore_get(key)
-        if found is None:
-            return None
-        text, generation = found
+        with self._lock:
+            found = self._memory.get(generation_key)
+            if found is None:
+                found = self.node.datastore_get(key) or _ABSENT
+                self._memory[generation_key] = found
+            if found is _ABSENT or found == _ABSENT:
+                return None
+            text, generation = found
+            self._generations[generation_key] = generation
         data = json.loads(text)
         if data.get("schema") != SCHEMA_VERSION:
             raise StoreError(f"{what}: unknown schema version {data.get('schema')!r}")
-        self._generations[generation_key] = generation
         return dict(data["data"])
 
     def put(self, factory_id: str, record: str, data: dict[str, Any]) -> None:
         """Write `record`, replacing only the version this store last read or wrote. A `factory`
         record is never replaced by another factory's (see `IDENTITY`), whoever asks."""
         key = (factory_id, record)
-        if record == "factory" or (key not in self._generations
-                                   and self.node.datastore_get([*ROOT, factory_id, record]) is not None):
-            old = self.get(factory_id, record)
-            if record == "factory" and old is not None:
-                changed = [k for k in IDENTITY if old.get(k) != data.get(k)]
-                if changed:
-                    raise StoreError(f"{factory_id}: refusing to replace the factory record with another "
-                                     f"factory's ({', '.join(changed)} differ)")
         text = json.dumps({"schema": SCHEMA_VERSION, "data": data}, sort_keys=True)
-        try:
-            self._generations[key] = self.node.datastore_put([*ROOT, factory_id, record], text,
-                                                             self._generations.get(key))
-        except OSError:
-            raise  # lightningd unreachable (shutting down): not a conflict
-        except Exception as e:  # the RPC error says the generation moved: someone else wrote
-            raise StoreError(f"{factory_id}/{record}: write conflict or failure: {e}") from e
+        with self._lock:
+            if record == "factory" or key not in self._generations:
+                old = self.get(factory_id, record)
+                if record == "factory" and old is not None:
+                    changed = [k for k in IDENTITY if old.get(k) != data.get(k)]
+                    if changed:
+                        raise StoreError(f"{factory_id}: refusing to replace the factory record with another "
+                                         f"factory's ({', '.join(changed)} differ)")
+            self._write(key, [*ROOT, factory_id, record], text, f"{factory_id}/{record}")
+            if self._ids is not None:
+                self._ids.add(factory_id)
         for listener in self._listeners:
             listener(factory_id, record, data)
+
+    def _write(self, key: tuple[str, str], path: list[str], text: str, what: str) -> None:
+        """Compare-and-swap `text` at `path` (held lock), then remember it; a failed write forgets."""
+        try:
+            generation = self.node.datastore_put(path, text, self._generations.get(key))
+        except OSError:
+            self._forget(key)
+            raise  # lightningd unreachable (shutting down): not a conflict
+        except Exception as e:  # the RPC error says the generation moved: someone else wrote
+            self._forget(key)
+            raise StoreError(f"{what}: write conflict or failure: {e}") from e
+        self._generations[key] = generation
+        self._memory[key] = (text, generation)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self._memory.pop(key, None)
+        self._generations.pop(key, None)
+
+    def _deleted(self, factory_id: str, keys: list[list[str]]) -> None:
+        """Delete `keys` of one factory in the datastore and in memory, in order (held lock)."""
+        for key in keys:
+            self.node.datastore_del(key)
+            self._forget((factory_id, key[3]))
+            self._memory[(factory_id, key[3])] = _ABSENT
+        if self._ids is not None:
+            self._ids.discard(factory_id)
 
     def delete_factory(self, factory_id: str) -> None:
         """Remove every record of a factory that never came to exist (an unfinished ceremony's scratch
         records). Refused once a `factory` record exists: those are kept for good."""
-        if self.get(factory_id, "factory") is not None:
-            raise StoreError(f"{factory_id}: a factory record is never deleted")
-        for key in self.node.datastore_list([*ROOT, factory_id]):
-            if len(key) > 3:
-                self.node.datastore_del(key)
-                self._generations.pop((factory_id, key[3]), None)
-                for listener in self._listeners:
-                    listener(factory_id, key[3], None)
+        with self._lock:
+            if self.get(factory_id, "factory") is not None:
+                raise StoreError(f"{factory_id}: a factory record is never deleted")
+            keys = [k for k in self.node.datastore_list([*ROOT, factory_id]) if len(k) > 3]
+            self._deleted(factory_id, keys)
+        for key in keys:
+            for listener in self._listeners:
+                listener(factory_id, key[3], None)
 
     def archive_factory(self, factory_id: str, summary: dict[str, Any]) -> None:
         """Delete every record of a factory that can never matter again (chain/forget.py says when),
@@ -105,10 +143,11 @@ class Store:
             doc["channels"] += len(summary.get("channel_ids", ()))
             doc["recent"] = [*doc["recent"], {**summary, "factory_id": factory_id}][-ARCHIVE_KEPT:]
             self.put_doc(ARCHIVE_DOC, doc)
-        keys = [k for k in self.node.datastore_list([*ROOT, factory_id]) if len(k) > 3]
-        for key in sorted(keys, key=lambda k: k[3] == "factory"):
-            self.node.datastore_del(key)
-            self._generations.pop((factory_id, key[3]), None)
+        with self._lock:
+            keys = sorted((k for k in self.node.datastore_list([*ROOT, factory_id]) if len(k) > 3),
+                          key=lambda k: k[3] == "factory")
+            self._deleted(factory_id, keys)
+        for key in keys:
             for listener in self._listeners:
                 listener(factory_id, key[3], None)
 
@@ -141,18 +180,17 @@ class Store:
         """Write such a document, with the same compare-and-swap as a factory record."""
         text = json.dumps({"schema": SCHEMA_VERSION, "data": data}, sort_keys=True)
         key = ("/docs", name)
-        if key not in self._generations:
-            self.get_doc(name)
-        try:
-            self._generations[key] = self.node.datastore_put([*DOCS, name], text, self._generations.get(key))
-        except OSError:
-            raise
-        except Exception as e:
-            raise StoreError(f"{name}: write conflict or failure: {e}") from e
+        with self._lock:
+            if key not in self._generations:
+                self.get_doc(name)
+            self._write(key, [*DOCS, name], text, name)
 
     def doc_names(self, prefix: str = "") -> list[str]:
         """The names of the documents that begin with `prefix`."""
         return sorted({k[2] for k in self.node.datastore_list(DOCS) if len(k) > 2 and k[2].startswith(prefix)})
 
     def factory_ids(self) -> list[str]:
-        return sorted({k[2] for k in self.node.datastore_list(ROOT) if len(k) > 2})
+        with self._lock:
+            if self._ids is None:
+                self._ids = {k[2] for k in self.node.datastore_list(ROOT) if len(k) > 2}
+            return sorted(self._ids)

@@ -80,3 +80,80 @@ def test_lightningd_gone_is_not_reported_as_a_write_conflict() -> None:
     store = Store(Gone())  # type: ignore[arg-type]
     with pytest.raises(ConnectionRefusedError):
         store.put("f1", "factory", client_record())
+
+
+class CountingDatastore(MemoryDatastore):
+    """Counts the reads that reach lightningd."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def datastore_get(self, key: list[str]) -> Any:
+        self.reads += 1
+        return super().datastore_get(key)
+
+    def datastore_list(self, prefix: list[str]) -> list[list[str]]:
+        self.reads += 1
+        return super().datastore_list(prefix)
+
+
+def test_reads_are_served_from_memory_after_the_first() -> None:
+    node = CountingDatastore()
+    store = Store(node)  # type: ignore[arg-type]
+    store.put("f1", "factory", client_record())
+    store.put("f1", "exit", {"n": 1})
+    before = node.reads
+    for _ in range(10):  # what every block's steps do: list the factories, read each record
+        assert store.factory_ids() == ["f1"]
+        assert store.get("f1", "factory") == client_record()
+        assert store.get("f1", "exit") == {"n": 1}
+        assert store.get("f1", "sale") is None
+    assert node.reads - before <= 2  # the id list and the absent record, once each
+    # A caller that changes what it read does not change what the next reader gets.
+    got = store.get("f1", "factory")
+    assert got is not None
+    got["signed_path"].append("ff")
+    assert store.get("f1", "factory") == client_record()
+    # Writes and deletes go through: the datastore first, memory after.
+    store.put("f1", "exit", {"n": 2})
+    assert node.data[("superscalar", "factories", "f1", "exit")][0].find('"n": 2') > 0
+    assert store.get("f1", "exit") == {"n": 2}
+    store.put("f2", "client-signing", {"session_id": "00"})
+    assert store.factory_ids() == ["f1", "f2"]
+    store.delete_factory("f2")
+    assert store.factory_ids() == ["f1"] and store.get("f2", "client-signing") is None
+    assert not [k for k in node.data if k[2] == "f2"]
+
+
+def test_a_write_someone_else_made_is_refused_then_read_afresh() -> None:
+    node = MemoryDatastore()
+    store, other = Store(node), Store(node)  # type: ignore[arg-type]
+    store.put("f1", "exit", {"n": 1})
+    assert other.get("f1", "exit") == {"n": 1}
+    other.put("f1", "exit", {"n": 2})  # a second writer (the operator's `datastore` command)
+    with pytest.raises(StoreError):
+        store.put("f1", "exit", {"n": 3})  # memory still said n=1: the compare-and-swap refuses
+    assert store.get("f1", "exit") == {"n": 2}  # the refusal forgot it: read afresh
+    store.put("f1", "exit", {"n": 3})
+    assert other.get("f1", "exit") == {"n": 2}  # memory of the other: refused at its next write
+    with pytest.raises(StoreError):
+        other.put("f1", "exit", {"n": 4})
+    assert Store(node).get("f1", "exit") == {"n": 3}  # type: ignore[arg-type]
+
+
+def test_a_failed_write_leaves_memory_as_the_datastore() -> None:
+    node = MemoryDatastore()
+    store = Store(node)  # type: ignore[arg-type]
+    store.put("f1", "exit", {"n": 1})
+    real_put = node.datastore_put
+
+    def unreachable(key: list[str], value: str, generation: Any) -> int:
+        raise OSError("lightningd gone")
+    node.datastore_put = unreachable  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        store.put("f1", "exit", {"n": 2})
+    node.datastore_put = real_put  # type: ignore[method-assign]
+    assert store.get("f1", "exit") == {"n": 1}
+    store.put("f1", "exit", {"n": 2})
+    assert Store(node).get("f1", "exit") == {"n": 2}  # type: ignore[arg-type]

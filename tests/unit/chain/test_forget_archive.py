@@ -117,7 +117,8 @@ def test_a_crash_mid_archive_finishes_on_restart() -> None:
         pass
     assert deleted == [("superscalar", "factories", "11" * 32, "nonces")]  # the factory record still there
     node.datastore_del = real_del  # type: ignore[method-assign]
-    restarted = Forgetter(node, Store(node), lambda text, level="info": None, forget=True)  # type: ignore[arg-type]
+    store = Store(node)  # type: ignore[arg-type]
+    restarted = Forgetter(node, store, lambda text, level="info": None, forget=True)
     restarted.on_block(101 + ARCHIVE_AFTER_BLOCKS)
     restarted.on_block(101 + 2 * ARCHIVE_AFTER_BLOCKS)
     assert store.factory_ids() == [] and store.archived()["factories"] == 1  # counted once
