@@ -366,5 +366,10 @@ class ClnNode:
     def datastore_del(self, key: list[str]) -> None:
         self.rpc.call("deldatastore", {"key": key})
 
+    def datastore_values(self, prefix: list[str]) -> list[tuple[list[str], str]]:
+        """The (key, string) of each entry directly under `prefix` that holds a value."""
+        return [(list(e["key"]), str(e["string"])) for e in self.rpc.call("listdatastore", {"key": prefix})["datastore"]
+                if "string" in e and len(e["key"]) == len(prefix) + 1]
+
     def datastore_list(self, prefix: list[str]) -> list[list[str]]:
         return [list(e["key"]) for e in self.rpc.call("listdatastore", {"key": prefix})["datastore"]]

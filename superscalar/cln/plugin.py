@@ -27,6 +27,7 @@ from superscalar.client.leaving import request_leave
 from superscalar.client.membership import Client
 from superscalar.client.migration import JitMigration
 from superscalar.client.sale import ClientSales
+from superscalar.client.tower import TowerClient
 from superscalar.client.moving import move
 from superscalar.client.on_demand import (DEFAULT_MAX_FEE_BASE_SAT, DEFAULT_MAX_FEE_PPM, InboundFeeLimit,
                                           OnDemandPayments)
@@ -38,6 +39,7 @@ from superscalar.cln.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
 from superscalar.cln.htlc_index import CHANNEL_FIELDS, HtlcIndex, LiveChannel, PeerRefresh
 from superscalar.cln.invoices import CONTINUE, Invoices
 from superscalar.cln.listing import describe
+from superscalar.helper.tower import Tower, TowerLimits
 from superscalar.lsp.closing import Closer
 from superscalar.lsp.sale import Seller
 from superscalar.lsp.creation import ClientSpec, Lsp
@@ -56,7 +58,7 @@ from superscalar.protocol.lsps0 import LspsError, is_lsps
 from superscalar.protocol.lsps5 import PAYMENT_INCOMING
 from superscalar.protocol.lsps1 import Options as Lsps1Options
 from superscalar.protocol.lsps2 import PROMISE_LABEL, FeeTerms
-from superscalar.protocol.wire import WireError
+from superscalar.protocol.wire import TowerAnswer, TowerStore, WireError
 from superscalar.cln.store import Store
 from superscalar.cln.transport import Transport
 
@@ -198,6 +200,15 @@ class Roles:
         orders = self.orders
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log,
                                    self.confirm_depth)
+        self.tower: Optional[Tower] = None
+        if str(options.get("superscalar-helper", "false")).lower() in ("true", "1", "yes"):
+            self.tower = Tower(self.node, self.blocks, TowerLimits(
+                int(options.get("superscalar-helper-max-blobs") or TowerLimits.blobs_per_client),
+                TowerLimits.blob_bytes,
+                int(options.get("superscalar-helper-max-clients") or TowerLimits.clients)), plugin.log)
+        helpers = tuple(x.strip() for x in str(options.get("superscalar-helpers") or "").split(",") if x.strip())
+        self.tower_client = TowerClient(self.node, self.transport.send, helpers, plugin.log)
+        tower = self.tower
         self.follower = ChainFollower((
             ("new block", self.blocks.new_tip),
             ("funding broadcast", lambda height: self.lsp.resume()),
@@ -215,6 +226,7 @@ class Roles:
             ("retired channels", self.forgetter.on_block),
             ("JIT channel migration", self.jit_migration.on_block),
             *((("LSPS5 dying-period notices", self.webhooks.on_block),) if self.webhooks is not None else ()),
+            *((("helper: watchtower", tower.on_block),) if tower is not None else ()),
         ), lambda what, e: _report(plugin, what, e))
 
     def exit_unfinished_close(self, factory_id: str) -> None:
@@ -457,6 +469,14 @@ def build_plugin() -> Plugin:
                       "when superscalar.join takes one more (free inbound strangers can lock up is bounded).")
     plugin.add_option("superscalar-lsps-others", "", "LSP: method families (e.g. 'lsps5,lsps7') another plugin on "
                       "this node answers over message 37913: their requests pass through unanswered by us.")
+    plugin.add_option("superscalar-helper", "false", "Serve other nodes' clients as their helper: keep their "
+                      "sealed penalty transactions and publish one when its revoked commitment confirms.",
+                      opt_type="bool")
+    plugin.add_option("superscalar-helper-max-blobs", str(TowerLimits.blobs_per_client),
+                      "Helper: most penalty blobs kept for one client.")
+    plugin.add_option("superscalar-helper-max-clients", str(TowerLimits.clients), "Helper: most clients served.")
+    plugin.add_option("superscalar-helpers", "", "Helper node ids (comma-separated) this node sends the penalty of "
+                      "each revoked commitment of its channels to, sealed (a watchtower while it is offline).")
     plugin.add_option("superscalar-lsps5-max-webhooks", str(DEFAULT_MAX_WEBHOOKS),
                       "LSP: most LSPS5 webhooks one client may register (0: no LSPS5 here).")
     plugin.add_option("superscalar-lsps5-allow-http", "false",
@@ -505,7 +525,9 @@ def build_plugin() -> Plugin:
                                                         for n in (2, 16, 128, 1024)}},
                 "client_policy": dataclasses.asdict(r.policy), "developer": r.developer,
                 "forget_retired": r.forgetter.forget, "channels_forgotten": r.forgetter.forgotten,
-                "factories": len(r.store.factory_ids()), "factories_archived": r.store.archived()["factories"]}
+                "factories": len(r.store.factory_ids()), "factories_archived": r.store.archived()["factories"],
+                "helper": r.tower.info() if r.tower is not None else None,
+                "watchtowers": r.tower_client.info() if r.tower_client.helpers else None}
 
     @plugin.async_method("superscalar-create")
     def create(plugin: Plugin, request: Any, clients: Any, **kwargs: Any) -> None:
@@ -850,7 +872,10 @@ def build_plugin() -> Plugin:
             if r is None or not Transport.is_ours(raw):
                 return {"result": "continue"}
             msg = r.transport.receive(peer_id, raw)
-            if msg is not None and not r.lsp.on_message(peer_id, msg) and not r.closer.on_message(peer_id, msg) \
+            if isinstance(msg, TowerStore):  # a client of any LSP asks us, its helper, to keep a penalty
+                r.transport.send(peer_id, r.tower.keep(peer_id, msg) if r.tower is not None else TowerAnswer(
+                    msg.factory_id, msg.session_id, 0, 0, "this node is not a helper (superscalar-helper)"))
+            elif msg is not None and not r.tower_client.on_message(peer_id, msg) and not r.lsp.on_message(peer_id, msg) and not r.closer.on_message(peer_id, msg) \
                     and not r.seller.on_message(peer_id, msg) and not r.client_sales.on_message(peer_id, msg) \
                     and not (r.is_lsp and r.leavers.on_message(peer_id, msg)) \
                     and not r.client_closer.on_message(peer_id, msg):
@@ -868,6 +893,8 @@ def build_plugin() -> Plugin:
         peer = (kwargs.get("connect") or {}).get("id") or kwargs.get("id")
         if r is not None and peer and r.webhooks is not None:
             r.webhooks.on_connect(peer)  # HTLCs held while it slept go on
+        if r is not None and peer:
+            r.tower_client.on_connect(peer)  # a helper back: the penalties it has not answered go again
         if r is None or not peer or r.is_lsp or (r.allowed is not None and peer not in r.allowed):
             return
         threading.Thread(target=hello, args=(r.lsps_client, peer, plugin.log), name="superscalar-hello",
@@ -887,6 +914,18 @@ def build_plugin() -> Plugin:
                 plugin.log(f"LSPS5: an onion message for sleeping {peer} is kept until it wakes", level="debug")
         except Exception as e:
             _report(plugin, "keeping an onion message", e)
+
+    @plugin.hook("commitment_revocation")
+    def on_commitment_revocation(plugin: Plugin, commitment_txid: str, penalty_tx: str, channel_id: str = "",
+                                 commitnum: int = 0, **kwargs: Any) -> dict[str, str]:
+        """A peer revoked a commitment: its penalty goes, sealed, to our helpers (client/tower.py)."""
+        r = holder.get("roles")
+        if r is not None:
+            try:
+                r.tower_client.on_revocation(str(commitment_txid), str(penalty_tx), str(channel_id), int(commitnum))
+            except Exception as e:
+                _report(plugin, "guarding a revoked commitment", e)
+        return {"result": "continue"}
 
     @plugin.hook("openchannel")
     def on_openchannel(openchannel: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:

@@ -530,9 +530,40 @@ class Leave(Message):
     FIELDS: ClassVar[Mapping[int, Field]] = _table()
 
 
+LOCATOR16 = _fixed_bytes("locator16", 16)
+
+
+@dataclass(frozen=True, slots=True)
+class TowerStore(Message):
+    """client → helper: keep this sealed penalty transaction (crypto/tower_blob.py) until a commitment
+    whose txid begins with `locator` confirms. `factory_id` carries the channel id it guards (for the
+    helper's bounds), `session_id` the request's id, echoed in the answer."""
+
+    KIND: ClassVar[int] = 12
+    FIELDS: ClassVar[Mapping[int, Field]] = _table(Field("locator", LOCATOR16), Field("blob", VARBYTES))
+    locator: bytes
+    blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TowerAnswer(Message):
+    """helper → client: the blob of request `session_id` was kept (`accepted` 1, with how many of this
+    client's blobs the helper now holds) or refused (0, with the reason)."""
+
+    KIND: ClassVar[int] = 13
+    FIELDS: ClassVar[Mapping[int, Field]] = {
+        **_table(Field("accepted", U8), Field("stored", U32)),
+        9: Field("reason", UTF8, required=False),
+    }
+    accepted: int
+    stored: int
+    reason: str | None = None
+
+
 MESSAGE_TYPES: Mapping[int, type[Message]] = {
     cls.KIND: cls
-    for cls in (Propose, Nonces, AggNonces, PartialSigs, Signatures, Done, Abort, Fragment, Invite, Accept, Leave)
+    for cls in (Propose, Nonces, AggNonces, PartialSigs, Signatures, Done, Abort, Fragment, Invite, Accept, Leave,
+                TowerStore, TowerAnswer)
 }
 
 

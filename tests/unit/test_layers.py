@@ -19,11 +19,12 @@ ALLOWED: dict[str, set[str]] = {
     "leaf_script": {"bitcoin", "crypto", "factory"},
     "htlc_timing": {"bitcoin", "crypto", "factory", "protocol"},
     "records": {"bitcoin", "crypto", "factory", "sales"},
-    "cln": PURE | {"records", "sales", "leaf_script", "htlc_timing", "chain", "lsp", "client", "lsps"},
+    "cln": PURE | {"records", "sales", "leaf_script", "htlc_timing", "chain", "lsp", "client", "lsps", "helper"},
     "chain": PURE | {"records", "sales", "leaf_script", "htlc_timing", "cln"},
     "lsps": PURE | {"cln"},
     "lsp": PURE | {"records", "sales", "leaf_script", "htlc_timing", "cln", "chain", "lsps", "client"},
     "client": PURE | {"records", "sales", "leaf_script", "htlc_timing", "cln", "chain", "lsps"},
+    "helper": PURE | {"cln", "chain"},
 }
 # the shell's plugin.py wires every role, and listing.py is superscalar-list's view over every layer;
 # the rest of cln/ sits below the roles and the chain follower

@@ -275,7 +275,7 @@ def test_encode_message_too_large() -> None:
 
 
 def test_field_tables_match_dataclasses() -> None:
-    assert sorted(wire.MESSAGE_TYPES) == list(range(1, 12))
+    assert sorted(wire.MESSAGE_TYPES) == list(range(1, 14))
     for kind, cls in wire.MESSAGE_TYPES.items():
         assert cls.KIND == kind
         table = sorted(cls.FIELDS.items())
@@ -318,6 +318,7 @@ def strategy_for(codec: Codec[Any]) -> st.SearchStrategy[Any]:
         "u64": st.integers(0, (1 << 64) - 1),
         "bool": st.booleans(),
         "bytes32": _bytes(32),
+        "locator16": _bytes(16),
         "psig32": _bytes(32),
         "sig64": _bytes(64),
         "pubnonce66": _bytes(66),
