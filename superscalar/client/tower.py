@@ -16,8 +16,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Protocol
 
+from ..chain.lifecycle import LIFECYCLE, watch_of
 from ..crypto.tower_blob import LOCATOR_BYTES, seal
-from ..protocol.wire import Message, TowerAnswer, TowerStore
+from ..factory.lifecycle import escalate_blocks
+from ..protocol.wire import HelpPackage, Message, TowerAnswer, TowerStore
 
 ROOT = ["superscalar", "tower-out"]
 
@@ -113,3 +115,71 @@ class TowerClient:
             return {"helpers": [{"id": h, "acknowledged_blobs": self.acknowledged.get(h, 0),
                                  "last_refusal": self.refused.get(h)} for h in self.helpers],
                     "pending_blobs": self.pending()}
+
+
+PACKAGES_DOC = "helped-by"  # {factory id: {helper: "kept" or its refusal}}
+RESEND_BLOCKS = 6  # a package not answered is sent again after this many blocks (or on reconnect)
+
+
+class HelperPackages:
+    """Each of our factories' signed distribution and fee variants, sent to every helper
+    (helper/distributions.py): published by the helper if the factory reaches its distribution height
+    unclosed while we sleep."""
+
+    def __init__(self, store: Any, send: Callable[[str, Message], None], helpers: tuple[str, ...],
+                 log: Callable[..., None]) -> None:
+        self.store, self.send, self.helpers, self.log = store, send, helpers, log
+        self._sent: dict[tuple[str, str], int] = {}  # (helper, factory id) -> height sent, unanswered
+
+    def on_block(self, height: int) -> None:
+        if not self.helpers:
+            return
+        acked: dict[str, dict[str, str]] = self.store.get_doc(PACKAGES_DOC) or {}
+        live = set(self.store.factory_ids())
+        if any(fid not in live for fid in acked):
+            acked = {fid: h for fid, h in acked.items() if fid in live}
+            self.store.put_doc(PACKAGES_DOC, acked)
+        for fid in sorted(live):
+            todo = [h for h in self.helpers if h not in acked.get(fid, {})
+                    and height - self._sent.get((h, fid), -RESEND_BLOCKS) >= RESEND_BLOCKS]
+            if not todo:
+                continue
+            rec = self.store.get(fid, "factory")
+            if not rec or rec.get("role") != "client" or (self.store.get(fid, LIFECYCLE) or {}).get("funding_spent"):
+                continue  # closed, rolled over, distributed or exited: nothing left for a helper to publish
+            watch = watch_of(fid, rec)
+            if watch is None or not watch.distributions or height >= watch.params.timeout(0):
+                continue
+            value, script = watch.funding_prevout
+            msg = HelpPackage(bytes.fromhex(fid), bytes.fromhex(fid), tuple(t.serialize() for t in watch.distributions),
+                              value, script, escalate_blocks(watch.params.timeout_margin_blocks),
+                              watch.params.timeout(0))
+            for helper in todo:
+                self._sent[(helper, fid)] = height
+                try:
+                    self.send(helper, msg)
+                except Exception as e:  # not connected: again later
+                    self.log(f"helper {helper}: factory {fid}'s distribution not sent now ({e})", level="debug")
+
+    def on_message(self, peer: str, msg: Message) -> bool:
+        """A helper's answer to a package (its session id is the factory id)."""
+        if not isinstance(msg, TowerAnswer) or msg.session_id != msg.factory_id:
+            return False
+        fid = msg.factory_id.hex()
+        if peer not in self.helpers or (peer, fid) not in self._sent:
+            return True
+        del self._sent[(peer, fid)]
+        if not msg.accepted:
+            self.log(f"helper {peer} refused factory {fid}'s distribution: {msg.reason}", level="unusual")
+        acked: dict[str, dict[str, str]] = self.store.get_doc(PACKAGES_DOC) or {}
+        acked[fid] = {**acked.get(fid, {}), peer: "kept" if msg.accepted else f"refused: {msg.reason}"}
+        self.store.put_doc(PACKAGES_DOC, acked)
+        return True
+
+    def on_connect(self, peer: str) -> None:
+        for key in [k for k in self._sent if k[0] == peer]:
+            self._sent[key] = -RESEND_BLOCKS  # due at the next block
+
+    def info(self) -> dict[str, Any]:
+        acked: dict[str, list[str]] = self.store.get_doc(PACKAGES_DOC) or {}
+        return {"factories": {fid: helpers for fid, helpers in acked.items()}}

@@ -27,7 +27,7 @@ from superscalar.client.leaving import request_leave
 from superscalar.client.membership import Client
 from superscalar.client.migration import JitMigration
 from superscalar.client.sale import ClientSales
-from superscalar.client.tower import TowerClient
+from superscalar.client.tower import HelperPackages, TowerClient
 from superscalar.client.moving import move
 from superscalar.client.on_demand import (DEFAULT_MAX_FEE_BASE_SAT, DEFAULT_MAX_FEE_PPM, InboundFeeLimit,
                                           OnDemandPayments)
@@ -39,6 +39,7 @@ from superscalar.cln.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
 from superscalar.cln.htlc_index import CHANNEL_FIELDS, HtlcIndex, LiveChannel, PeerRefresh
 from superscalar.cln.invoices import CONTINUE, Invoices
 from superscalar.cln.listing import describe
+from superscalar.helper.distributions import Distributions, PackageLimits
 from superscalar.helper.tower import Tower, TowerLimits
 from superscalar.lsp.closing import Closer
 from superscalar.lsp.sale import Seller
@@ -58,7 +59,7 @@ from superscalar.protocol.lsps0 import LspsError, is_lsps
 from superscalar.protocol.lsps5 import PAYMENT_INCOMING
 from superscalar.protocol.lsps1 import Options as Lsps1Options
 from superscalar.protocol.lsps2 import PROMISE_LABEL, FeeTerms
-from superscalar.protocol.wire import TowerAnswer, TowerStore, WireError
+from superscalar.protocol.wire import HelpPackage, TowerAnswer, TowerStore, WireError
 from superscalar.cln.store import Store
 from superscalar.cln.transport import Transport
 
@@ -201,14 +202,17 @@ class Roles:
         self.lifecycle = Lifecycle(self.node, self.store, self.blocks, self.client, self.exits, plugin.log,
                                    self.confirm_depth)
         self.tower: Optional[Tower] = None
+        self.distributions: Optional[Distributions] = None
         if str(options.get("superscalar-helper", "false")).lower() in ("true", "1", "yes"):
+            self.distributions = Distributions(self.node, self.blocks, PackageLimits(), plugin.log)
             self.tower = Tower(self.node, self.blocks, TowerLimits(
                 int(options.get("superscalar-helper-max-blobs") or TowerLimits.blobs_per_client),
                 TowerLimits.blob_bytes,
                 int(options.get("superscalar-helper-max-clients") or TowerLimits.clients)), plugin.log)
         helpers = tuple(x.strip() for x in str(options.get("superscalar-helpers") or "").split(",") if x.strip())
         self.tower_client = TowerClient(self.node, self.transport.send, helpers, plugin.log)
-        tower = self.tower
+        self.helper_packages = HelperPackages(self.store, self.transport.send, helpers, plugin.log)
+        tower, distributions = self.tower, self.distributions
         self.follower = ChainFollower((
             ("new block", self.blocks.new_tip),
             ("funding broadcast", lambda height: self.lsp.resume()),
@@ -227,6 +231,8 @@ class Roles:
             ("JIT channel migration", self.jit_migration.on_block),
             *((("LSPS5 dying-period notices", self.webhooks.on_block),) if self.webhooks is not None else ()),
             *((("helper: watchtower", tower.on_block),) if tower is not None else ()),
+            *((("helper: distributions", distributions.on_block),) if distributions is not None else ()),
+            ("distributions to helpers", self.helper_packages.on_block),
         ), lambda what, e: _report(plugin, what, e))
 
     def exit_unfinished_close(self, factory_id: str) -> None:
@@ -526,8 +532,9 @@ def build_plugin() -> Plugin:
                 "client_policy": dataclasses.asdict(r.policy), "developer": r.developer,
                 "forget_retired": r.forgetter.forget, "channels_forgotten": r.forgetter.forgotten,
                 "factories": len(r.store.factory_ids()), "factories_archived": r.store.archived()["factories"],
-                "helper": r.tower.info() if r.tower is not None else None,
-                "watchtowers": r.tower_client.info() if r.tower_client.helpers else None}
+                "helper": {**r.tower.info(), **r.distributions.info()}
+                if r.tower is not None and r.distributions is not None else None,
+                "watchtowers": {**r.tower_client.info(), **r.helper_packages.info()} if r.tower_client.helpers else None}
 
     @plugin.async_method("superscalar-create")
     def create(plugin: Plugin, request: Any, clients: Any, **kwargs: Any) -> None:
@@ -875,7 +882,11 @@ def build_plugin() -> Plugin:
             if isinstance(msg, TowerStore):  # a client of any LSP asks us, its helper, to keep a penalty
                 r.transport.send(peer_id, r.tower.keep(peer_id, msg) if r.tower is not None else TowerAnswer(
                     msg.factory_id, msg.session_id, 0, 0, "this node is not a helper (superscalar-helper)"))
-            elif msg is not None and not r.tower_client.on_message(peer_id, msg) and not r.lsp.on_message(peer_id, msg) and not r.closer.on_message(peer_id, msg) \
+            elif isinstance(msg, HelpPackage):  # and to publish its factory's distribution if need be
+                r.transport.send(peer_id, r.distributions.keep(peer_id, msg) if r.distributions is not None else TowerAnswer(
+                    msg.factory_id, msg.session_id, 0, 0, "this node is not a helper (superscalar-helper)"))
+            elif msg is not None and not r.helper_packages.on_message(peer_id, msg) \
+                    and not r.tower_client.on_message(peer_id, msg) and not r.lsp.on_message(peer_id, msg) and not r.closer.on_message(peer_id, msg) \
                     and not r.seller.on_message(peer_id, msg) and not r.client_sales.on_message(peer_id, msg) \
                     and not (r.is_lsp and r.leavers.on_message(peer_id, msg)) \
                     and not r.client_closer.on_message(peer_id, msg):
@@ -895,6 +906,7 @@ def build_plugin() -> Plugin:
             r.webhooks.on_connect(peer)  # HTLCs held while it slept go on
         if r is not None and peer:
             r.tower_client.on_connect(peer)  # a helper back: the penalties it has not answered go again
+            r.helper_packages.on_connect(peer)
         if r is None or not peer or r.is_lsp or (r.allowed is not None and peer not in r.allowed):
             return
         threading.Thread(target=hello, args=(r.lsps_client, peer, plugin.log), name="superscalar-hello",

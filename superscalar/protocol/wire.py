@@ -560,10 +560,29 @@ class TowerAnswer(Message):
     reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HelpPackage(Message):
+    """client → helper: factory `factory_id`'s signed distribution and its fee variants (cheapest first),
+    each spending the funding output (`prevout_value`, `prevout_script`). If that output is still
+    unspent once their locktime passes, publish them, the next variant every `step_blocks` blocks,
+    until `until_height` (the factory's first timeout). Answered by a TowerAnswer whose session_id is
+    the factory id."""
+
+    KIND: ClassVar[int] = 14
+    FIELDS: ClassVar[Mapping[int, Field]] = _table(
+        Field("txs", array(VARBYTES)), Field("prevout_value", U64), Field("prevout_script", VARBYTES),
+        Field("step_blocks", U32), Field("until_height", U32))
+    txs: tuple[bytes, ...]
+    prevout_value: int
+    prevout_script: bytes
+    step_blocks: int
+    until_height: int
+
+
 MESSAGE_TYPES: Mapping[int, type[Message]] = {
     cls.KIND: cls
     for cls in (Propose, Nonces, AggNonces, PartialSigs, Signatures, Done, Abort, Fragment, Invite, Accept, Leave,
-                TowerStore, TowerAnswer)
+                TowerStore, TowerAnswer, HelpPackage)
 }
 
 

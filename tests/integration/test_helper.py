@@ -11,7 +11,9 @@ from pyln.testing.utils import sync_blockheight, wait_for
 
 from superscalar.bitcoin.tx import Tx
 from superscalar.crypto.tower_blob import locator
+from superscalar.factory.params import FactoryParams
 
+from .test_close_rollover import mine_until, no_broken, record
 from .test_factory_plugin import BALANCE_SAT, INBOUND_SAT, channel_with, create_factory, pay
 
 pytestmark = pytest.mark.lightningd
@@ -75,3 +77,66 @@ def test_helper_punishes_old_leaf_commitment(node_factory: Any, bitcoind: Any, p
     got = sum(o["amount_msat"] // 1000 for o in client.rpc.listfunds()["outputs"] if o["txid"] == penalty["penalty_txid"])
     assert got == penalty_sat
     assert got + BALANCE_SAT > BALANCE_SAT + 100_000  # more than the client's own balance in that state
+
+
+def test_helper_publishes_sleeping_clients_distribution(node_factory: Any, bitcoind: Any,
+                                                        plugin_path: Path) -> None:
+    """The LSP vanishes before the distribution height, both clients sleep through it, own no coin, and
+    the fee market ignores the distribution and its 4x variant (`prioritisetransaction`): their helper
+    publishes the 16x variant, which confirms before the LSP's timeout and pays each client its
+    channel's whole capacity, to the sat, found in its wallet when it wakes. The helper paid nothing."""
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    helper = node_factory.get_node(options={**common, "superscalar-helper": "true"})
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
+    clients = node_factory.get_nodes(2, opts={**common, "superscalar-join": lsp.info["id"],
+                                              "superscalar-helpers": helper.info["id"], "may_reconnect": True})
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+        c.rpc.connect(helper.info["id"], "localhost", helper.port)
+    lsp.fundwallet(10_000_000)
+    res = create_factory(lsp, clients, bitcoind)
+    fid = res["factory_id"]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    rec = record(clients[0], fid)
+    base = bitcoind.rpc.decoderawtransaction(rec["distribution"])
+    variants = [bitcoind.rpc.decoderawtransaction(h) for h in rec["distribution_variants"]]
+    funding_value = record(lsp, fid)["funding_value_sat"]
+    # each client hands its helper the signed distribution (at the next block), and the helper checks it
+    mine_until(bitcoind, [lsp, helper, *clients], lambda: all(
+        c.rpc.call("superscalar-getinfo")["watchtowers"]["factories"].get(fid) == {helper.info["id"]: "kept"}
+        for c in clients))
+    watched = helper.rpc.call("superscalar-getinfo")["helper"]
+    assert watched["factories_watched"] == 2  # one per client (each could be the only one left)
+    assert {d["until_height"] for d in watched["distributions"]} == {params.timeout(0)}
+
+    def fee_sat(tx: dict[str, Any]) -> int:
+        return funding_value - sum(round(o["value"] * 100_000_000) for o in tx["vout"])
+
+    for tx in (base, variants[0]):  # the market ignores these: as if they paid nothing
+        bitcoind.rpc.prioritisetransaction(tx["txid"], 0, -fee_sat(tx))
+    assert all(c.rpc.listfunds()["outputs"] == [] for c in clients)  # the clients own no coin
+    helper_coins = helper.rpc.listfunds()["outputs"]
+    lsp.stop()
+    for c in clients:
+        c.stop()
+    bitcoind.generate_block(params.distribution_height - bitcoind.rpc.getblockcount())
+    sync_blockheight(bitcoind, [helper])
+    wait_for(lambda: variants[1]["txid"] in bitcoind.rpc.getrawmempool())
+    helper.daemon.wait_for_log("trying its variant at 16x")
+    mine_until(bitcoind, [helper], lambda: bitcoind.rpc.gettxout(variants[1]["txid"], 0, False) is not None, blocks=3)
+    mined = bitcoind.rpc.getrawtransaction(variants[1]["txid"], True)
+    assert bitcoind.rpc.getblockcount() < params.timeout(0)
+    bitcoind.generate_block(1)
+    sync_blockheight(bitcoind, [helper])
+    wait_for(lambda: helper.rpc.call("superscalar-getinfo")["helper"]["factories_watched"] == 0)
+    assert [d["txid"] for d in helper.rpc.call("superscalar-getinfo")["helper"]["distributions_confirmed"]] == \
+        [variants[1]["txid"]] * 2
+    assert helper.rpc.listfunds()["outputs"] == helper_coins  # it spent nothing
+    for i, c in enumerate(clients):
+        paid = round(mined["vout"][i]["value"] * 100_000_000)
+        assert paid == BALANCE_SAT + INBOUND_SAT
+        c.start()
+        sync_blockheight(bitcoind, [c])
+        wait_for(lambda: sum(o["amount_msat"] for o in c.rpc.listfunds()["outputs"]
+                             if o["txid"] == variants[1]["txid"]) == paid * 1000)
+    no_broken([helper, *clients])
