@@ -11,6 +11,7 @@ restart, or a helper that was away, gets it sent again when the helper connects.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from typing import Any, Callable, Optional, Protocol
 from ..chain.lifecycle import LIFECYCLE, watch_of
 from ..crypto.tower_blob import LOCATOR_BYTES, seal
 from ..factory.lifecycle import escalate_blocks
-from ..protocol.wire import HelpPackage, Message, TowerAnswer, TowerStore
+from ..protocol.wire import HelpExit, HelpPackage, Message, TowerAnswer, TowerStore
 
 ROOT = ["superscalar", "tower-out"]
 
@@ -118,6 +119,7 @@ class TowerClient:
 
 
 PACKAGES_DOC = "helped-by"  # {factory id: {helper: "kept" or its refusal}}
+PATHS_DOC = "helped-exits-by"  # {factory id: {helper: the hash of the path it keeps, "acting", or its refusal}}
 RESEND_BLOCKS = 6  # a package not answered is sent again after this many blocks (or on reconnect)
 
 
@@ -127,9 +129,15 @@ class HelperPackages:
     unclosed while we sleep."""
 
     def __init__(self, store: Any, send: Callable[[str, Message], None], helpers: tuple[str, ...],
-                 log: Callable[..., None]) -> None:
+                 log: Callable[..., None], plan_of: Optional[Callable[[str], Any]] = None,
+                 coinless: Callable[[], bool] = lambda: False) -> None:
         self.store, self.send, self.helpers, self.log = store, send, helpers, log
+        self.plan_of = plan_of  # factory id -> its ExitPlan (chain/routing.py), for the helper's exit
+        self.coinless = coinless  # does this node own no coin to bump its own exit?
         self._sent: dict[tuple[str, str], int] = {}  # (helper, factory id) -> height sent, unanswered
+        self._paths: dict[tuple[str, str], tuple[int, str]] = {}  # (helper, factory id) -> (height, hash) unanswered
+        self._dirty: Optional[set[str]] = None  # factories whose records changed since the last block (None: all)
+        self._dirty_lock = threading.Lock()
 
     def on_block(self, height: int) -> None:
         if not self.helpers:
@@ -139,17 +147,25 @@ class HelperPackages:
         if any(fid not in live for fid in acked):
             acked = {fid: h for fid, h in acked.items() if fid in live}
             self.store.put_doc(PACKAGES_DOC, acked)
-        for fid in sorted(live):
+        # what changed since the last block (a record written), and what waits for an answer too long
+        due = {fid for (_, fid), at in self._sent.items() if height - at >= RESEND_BLOCKS} | \
+              {fid for (_, fid), (at, _) in self._paths.items() if height - at >= RESEND_BLOCKS}
+        with self._dirty_lock:
+            fids = live if self._dirty is None else (self._dirty | due) & live
+            self._dirty = set()
+        for fid in sorted(fids):
+            rec = self.store.get(fid, "factory")
+            if not rec or rec.get("role") != "client":
+                continue
+            spent = (self.store.get(fid, LIFECYCLE) or {}).get("funding_spent")
+            watch = watch_of(fid, rec)
+            if watch is None or height >= watch.params.timeout(0) or (spent and spent.get("by") != "tree"):
+                continue  # never funded, over, or closed or distributed: nothing for a helper to publish
+            self._send_path(fid, height)
             todo = [h for h in self.helpers if h not in acked.get(fid, {})
                     and height - self._sent.get((h, fid), -RESEND_BLOCKS) >= RESEND_BLOCKS]
-            if not todo:
-                continue
-            rec = self.store.get(fid, "factory")
-            if not rec or rec.get("role") != "client" or (self.store.get(fid, LIFECYCLE) or {}).get("funding_spent"):
-                continue  # closed, rolled over, distributed or exited: nothing left for a helper to publish
-            watch = watch_of(fid, rec)
-            if watch is None or not watch.distributions or height >= watch.params.timeout(0):
-                continue
+            if spent or not todo or not watch.distributions:
+                continue  # the tree is out: the distribution can no longer be
             value, script = watch.funding_prevout
             msg = HelpPackage(bytes.fromhex(fid), bytes.fromhex(fid), tuple(t.serialize() for t in watch.distributions),
                               value, script, escalate_blocks(watch.params.timeout_margin_blocks),
@@ -161,10 +177,81 @@ class HelperPackages:
                 except Exception as e:  # not connected: again later
                     self.log(f"helper {helper}: factory {fid}'s distribution not sent now ({e})", level="debug")
 
-    def on_message(self, peer: str, msg: Message) -> bool:
-        """A helper's answer to a package (its session id is the factory id)."""
-        if not isinstance(msg, TowerAnswer) or msg.session_id != msg.factory_id:
+    def changed(self, factory_id: str, record: str, data: Any) -> None:
+        """A store listener: a record of `factory_id` was written (its path or exit may have changed)."""
+        with self._dirty_lock:
+            if self._dirty is not None:
+                self._dirty.add(factory_id)
+
+    def _path_message(self, fid: str, act_now: bool) -> Optional[HelpExit]:
+        if self.plan_of is None:
+            return None
+        try:
+            plan = self.plan_of(fid)
+        except ValueError:
+            return None  # never funded: no path
+        return HelpExit(bytes.fromhex(fid), hashlib.sha256(b"".join(bytes.fromhex(t[1]) for t in plan.txs)).digest(),
+                        tuple(str(t[0]).encode() for t in plan.txs), tuple(bytes.fromhex(t[1]) for t in plan.txs),
+                        tuple(int(t[2]) for t in plan.txs), tuple(bytes.fromhex(t[3]) for t in plan.txs),
+                        int(plan.bump_after), int(plan.timeout_height), int(plan.dw_step or 0),
+                        int(plan.lstock_csv or 0), int(act_now))
+
+    def _send_path(self, fid: str, height: int) -> None:
+        """Our signed path to each helper that does not hold this version of it; with `act_now` once our
+        own exit is under way and we own no coin to bump it."""
+        exit_ = self.store.get(fid, "exit")
+        acting = exit_ is not None and exit_.get("status") not in ("closed", "cancelled", "conflicted") and self.coinless()
+        msg = self._path_message(fid, acting)
+        if msg is None:
+            return
+        kept: dict[str, dict[str, str]] = self.store.get_doc(PATHS_DOC) or {}
+        want = "acting" if acting else msg.session_id.hex()
+        for helper in self.helpers:
+            held = kept.get(fid, {}).get(helper)
+            if held in (want, "acting") or (held or "").startswith("refused"):
+                continue
+            sent = self._paths.get((helper, fid))
+            if sent is not None and sent[1] == want and height - sent[0] < RESEND_BLOCKS:
+                continue
+            self._paths[(helper, fid)] = (height, want)
+            try:
+                self.send(helper, msg)
+            except Exception as e:
+                self.log(f"helper {helper}: factory {fid}'s exit path not sent now ({e})", level="debug")
+
+    def act_now(self, fid: str) -> list[str]:
+        """Ask every helper to publish our path of `fid` now (our LSP stopped answering); the helpers sent to."""
+        msg = self._path_message(fid, True)
+        if msg is None:
+            raise ValueError(f"factory {fid}: no exit path of ours to hand over")
+        sent = []
+        for helper in self.helpers:
+            self._paths[(helper, fid)] = (-RESEND_BLOCKS, "acting")
+            try:
+                self.send(helper, msg)
+                sent.append(helper)
+            except Exception as e:
+                self.log(f"helper {helper}: exit request not sent now ({e}); again at the next block", level="info")
+        return sent
+
+    def _path_answer(self, peer: str, msg: TowerAnswer) -> bool:
+        fid = msg.factory_id.hex()
+        sent = self._paths.pop((peer, fid), None)
+        if sent is None:
             return False
+        if not msg.accepted:
+            self.log(f"helper {peer} refused factory {fid}'s exit path: {msg.reason}", level="unusual")
+        kept: dict[str, dict[str, str]] = self.store.get_doc(PATHS_DOC) or {}
+        kept[fid] = {**kept.get(fid, {}), peer: sent[1] if msg.accepted else f"refused: {msg.reason}"}
+        self.store.put_doc(PATHS_DOC, kept)
+        return True
+
+    def on_message(self, peer: str, msg: Message) -> bool:
+        """A helper's answer to a package (its session id is the factory id) or to a path."""
+        if not isinstance(msg, TowerAnswer):
+            return False
+        if msg.session_id != msg.factory_id:
+            return peer in self.helpers and self._path_answer(peer, msg)
         fid = msg.factory_id.hex()
         if peer not in self.helpers or (peer, fid) not in self._sent:
             return True
@@ -179,7 +266,10 @@ class HelperPackages:
     def on_connect(self, peer: str) -> None:
         for key in [k for k in self._sent if k[0] == peer]:
             self._sent[key] = -RESEND_BLOCKS  # due at the next block
+        for key in [k for k in self._paths if k[0] == peer]:
+            self._paths[key] = (-RESEND_BLOCKS, self._paths[key][1])
 
     def info(self) -> dict[str, Any]:
-        acked: dict[str, list[str]] = self.store.get_doc(PACKAGES_DOC) or {}
-        return {"factories": {fid: helpers for fid, helpers in acked.items()}}
+        acked: dict[str, dict[str, str]] = self.store.get_doc(PACKAGES_DOC) or {}
+        paths: dict[str, dict[str, str]] = self.store.get_doc(PATHS_DOC) or {}
+        return {"factories": acked, "exit_paths": paths}

@@ -40,6 +40,7 @@ from superscalar.cln.htlc_index import CHANNEL_FIELDS, HtlcIndex, LiveChannel, P
 from superscalar.cln.invoices import CONTINUE, Invoices
 from superscalar.cln.listing import describe
 from superscalar.helper.distributions import Distributions, PackageLimits
+from superscalar.helper.exits import HelpedExits
 from superscalar.helper.tower import Tower, TowerLimits
 from superscalar.lsp.closing import Closer
 from superscalar.lsp.sale import Seller
@@ -59,7 +60,7 @@ from superscalar.protocol.lsps0 import LspsError, is_lsps
 from superscalar.protocol.lsps5 import PAYMENT_INCOMING
 from superscalar.protocol.lsps1 import Options as Lsps1Options
 from superscalar.protocol.lsps2 import PROMISE_LABEL, FeeTerms
-from superscalar.protocol.wire import HelpPackage, TowerAnswer, TowerStore, WireError
+from superscalar.protocol.wire import HelpExit, HelpPackage, TowerAnswer, TowerStore, WireError
 from superscalar.cln.store import Store
 from superscalar.cln.transport import Transport
 
@@ -203,16 +204,23 @@ class Roles:
                                    self.confirm_depth)
         self.tower: Optional[Tower] = None
         self.distributions: Optional[Distributions] = None
+        self.helped_exits: Optional[HelpedExits] = None
         if str(options.get("superscalar-helper", "false")).lower() in ("true", "1", "yes"):
             self.distributions = Distributions(self.node, self.blocks, PackageLimits(), plugin.log)
+            self.helped_exits = HelpedExits(self.node, self.blocks, PackageLimits(), plugin.log,
+                                            lambda store: Exits(self.node, store, plugin.log, self.exits.bitcoind,
+                                                                max_feerate, self.blocks))
             self.tower = Tower(self.node, self.blocks, TowerLimits(
                 int(options.get("superscalar-helper-max-blobs") or TowerLimits.blobs_per_client),
                 TowerLimits.blob_bytes,
                 int(options.get("superscalar-helper-max-clients") or TowerLimits.clients)), plugin.log)
         helpers = tuple(x.strip() for x in str(options.get("superscalar-helpers") or "").split(",") if x.strip())
         self.tower_client = TowerClient(self.node, self.transport.send, helpers, plugin.log)
-        self.helper_packages = HelperPackages(self.store, self.transport.send, helpers, plugin.log)
-        tower, distributions = self.tower, self.distributions
+        self.helper_packages = HelperPackages(self.store, self.transport.send, helpers, plugin.log,
+                                              lambda fid: exit_plan(self.store, self.client, fid, None),
+                                              lambda: self.node.spendable_wallet_sat() == 0)
+        self.store.listen(self.helper_packages.changed)
+        tower, distributions, helped_exits = self.tower, self.distributions, self.helped_exits
         self.follower = ChainFollower((
             ("new block", self.blocks.new_tip),
             ("funding broadcast", lambda height: self.lsp.resume()),
@@ -232,6 +240,7 @@ class Roles:
             *((("LSPS5 dying-period notices", self.webhooks.on_block),) if self.webhooks is not None else ()),
             *((("helper: watchtower", tower.on_block),) if tower is not None else ()),
             *((("helper: distributions", distributions.on_block),) if distributions is not None else ()),
+            *((("helper: exit paths", helped_exits.on_block),) if helped_exits is not None else ()),
             ("distributions to helpers", self.helper_packages.on_block),
         ), lambda what, e: _report(plugin, what, e))
 
@@ -532,8 +541,8 @@ def build_plugin() -> Plugin:
                 "client_policy": dataclasses.asdict(r.policy), "developer": r.developer,
                 "forget_retired": r.forgetter.forget, "channels_forgotten": r.forgetter.forgotten,
                 "factories": len(r.store.factory_ids()), "factories_archived": r.store.archived()["factories"],
-                "helper": {**r.tower.info(), **r.distributions.info()}
-                if r.tower is not None and r.distributions is not None else None,
+                "helper": {**r.tower.info(), **r.distributions.info(), **r.helped_exits.info()}
+                if r.tower is not None and r.distributions is not None and r.helped_exits is not None else None,
                 "watchtowers": {**r.tower_client.info(), **r.helper_packages.info()} if r.tower_client.helpers else None}
 
     @plugin.async_method("superscalar-create")
@@ -721,6 +730,18 @@ def build_plugin() -> Plugin:
             raise RpcException(str(e), code=INVALID_PARAMS)
         return {"factory_id": factory_id, "exit": plan.start(r.exits, factory_id)}
 
+    @plugin.method("superscalar-helper-exit")
+    def helper_exit(plugin: Plugin, factory_id: str, **kwargs: Any) -> dict[str, Any]:
+        """Ask this client's helpers to publish its exit path from factory `factory_id` now, bumping it
+        with their coins (its LSP stopped answering); they answer in the background."""
+        r = holder["roles"]
+        if not r.helper_packages.helpers:
+            raise RpcException("no helper configured (superscalar-helpers)", code=INVALID_PARAMS)
+        try:
+            return {"factory_id": factory_id, "asked": r.helper_packages.act_now(str(factory_id))}
+        except ValueError as e:
+            raise RpcException(str(e), code=INVALID_PARAMS)
+
     @plugin.method("superscalar-leave")
     def leave(plugin: Plugin, factory_id: str, **kwargs: Any) -> dict[str, Any]:
         """Ask the LSP of factory `factory_id` to pay this client on chain at the factory's next cooperative
@@ -884,6 +905,9 @@ def build_plugin() -> Plugin:
                     msg.factory_id, msg.session_id, 0, 0, "this node is not a helper (superscalar-helper)"))
             elif isinstance(msg, HelpPackage):  # and to publish its factory's distribution if need be
                 r.transport.send(peer_id, r.distributions.keep(peer_id, msg) if r.distributions is not None else TowerAnswer(
+                    msg.factory_id, msg.session_id, 0, 0, "this node is not a helper (superscalar-helper)"))
+            elif isinstance(msg, HelpExit):  # and to publish its exit path, with our coins, when it must
+                r.transport.send(peer_id, r.helped_exits.keep(peer_id, msg) if r.helped_exits is not None else TowerAnswer(
                     msg.factory_id, msg.session_id, 0, 0, "this node is not a helper (superscalar-helper)"))
             elif msg is not None and not r.helper_packages.on_message(peer_id, msg) \
                     and not r.tower_client.on_message(peer_id, msg) and not r.lsp.on_message(peer_id, msg) and not r.closer.on_message(peer_id, msg) \

@@ -40,8 +40,9 @@ Listener = Callable[[str, str, Optional[dict[str, Any]]], None]
 
 
 class Store:
-    def __init__(self, node: ClnNode) -> None:
+    def __init__(self, node: ClnNode, root: tuple[str, ...] = tuple(ROOT)) -> None:
         self.node = node
+        self.root = list(root)  # another subtree for records that are not this node's factories (a helper's)
         self._generations: dict[tuple[str, str], int] = {}
         self._listeners: list[Listener] = []
         # (factory id or "/docs", record) -> (JSON text, generation), or _ABSENT; and the factory ids
@@ -55,7 +56,7 @@ class Store:
         self._listeners.append(listener)
 
     def get(self, factory_id: str, record: str) -> Optional[dict[str, Any]]:
-        return self._read([*ROOT, factory_id, record], (factory_id, record), f"{factory_id}/{record}")
+        return self._read([*self.root, factory_id, record], (factory_id, record), f"{factory_id}/{record}")
 
     def _read(self, key: list[str], generation_key: tuple[str, str], what: str) -> Optional[dict[str, Any]]:
         """A record's data (None if absent), remembering its generation for the next write."""
@@ -86,7 +87,7 @@ class Store:
                     if changed:
                         raise StoreError(f"{factory_id}: refusing to replace the factory record with another "
                                          f"factory's ({', '.join(changed)} differ)")
-            self._write(key, [*ROOT, factory_id, record], text, f"{factory_id}/{record}")
+            self._write(key, [*self.root, factory_id, record], text, f"{factory_id}/{record}")
             if self._ids is not None:
                 self._ids.add(factory_id)
         for listener in self._listeners:
@@ -124,7 +125,7 @@ class Store:
         with self._lock:
             if self.get(factory_id, "factory") is not None:
                 raise StoreError(f"{factory_id}: a factory record is never deleted")
-            keys = [k for k in self.node.datastore_list([*ROOT, factory_id]) if len(k) > 3]
+            keys = [k for k in self.node.datastore_list([*self.root, factory_id]) if len(k) > 3]
             self._deleted(factory_id, keys)
         for key in keys:
             for listener in self._listeners:
@@ -144,7 +145,7 @@ class Store:
             doc["recent"] = [*doc["recent"], {**summary, "factory_id": factory_id}][-ARCHIVE_KEPT:]
             self.put_doc(ARCHIVE_DOC, doc)
         with self._lock:
-            keys = sorted((k for k in self.node.datastore_list([*ROOT, factory_id]) if len(k) > 3),
+            keys = sorted((k for k in self.node.datastore_list([*self.root, factory_id]) if len(k) > 3),
                           key=lambda k: k[3] == "factory")
             self._deleted(factory_id, keys)
         for key in keys:
@@ -192,5 +193,5 @@ class Store:
     def factory_ids(self) -> list[str]:
         with self._lock:
             if self._ids is None:
-                self._ids = {k[2] for k in self.node.datastore_list(ROOT) if len(k) > 2}
+                self._ids = {k[2] for k in self.node.datastore_list(self.root) if len(k) > 2}
             return sorted(self._ids)

@@ -579,10 +579,35 @@ class HelpPackage(Message):
     until_height: int
 
 
+@dataclass(frozen=True, slots=True)
+class HelpExit(Message):
+    """client → helper: factory `factory_id`'s signed exit path for this client, parents first (`names`,
+    `txs`, and the output each spends: `prevout_values`, `prevout_scripts`), with what the exit needs
+    (chain/routing.py ExitPlan). Published, and bumped by CPFP on each transaction's P2A anchor with the
+    helper's coins, once the funding output is spent by the path's first transaction (somebody started
+    the tree), or at once with `act_now` 1 (the client's LSP stopped answering). session_id: a hash of
+    the path, echoed by the TowerAnswer."""
+
+    KIND: ClassVar[int] = 15
+    FIELDS: ClassVar[Mapping[int, Field]] = _table(
+        Field("names", array(VARBYTES)), Field("txs", array(VARBYTES)), Field("prevout_values", array(U64)),
+        Field("prevout_scripts", array(VARBYTES)), Field("bump_after", U32), Field("timeout_height", U32),
+        Field("dw_step", U32), Field("lstock_csv", U32), Field("act_now", U8))
+    names: tuple[bytes, ...]
+    txs: tuple[bytes, ...]
+    prevout_values: tuple[int, ...]
+    prevout_scripts: tuple[bytes, ...]
+    bump_after: int
+    timeout_height: int
+    dw_step: int  # 0: none
+    lstock_csv: int  # 0: none
+    act_now: int
+
+
 MESSAGE_TYPES: Mapping[int, type[Message]] = {
     cls.KIND: cls
     for cls in (Propose, Nonces, AggNonces, PartialSigs, Signatures, Done, Abort, Fragment, Invite, Accept, Leave,
-                TowerStore, TowerAnswer, HelpPackage)
+                TowerStore, TowerAnswer, HelpPackage, HelpExit)
 }
 
 

@@ -140,3 +140,70 @@ def test_helper_publishes_sleeping_clients_distribution(node_factory: Any, bitco
         wait_for(lambda: sum(o["amount_msat"] for o in c.rpc.listfunds()["outputs"]
                              if o["txid"] == variants[1]["txid"]) == paid * 1000)
     no_broken([helper, *clients])
+
+
+def test_helper_publishes_coinless_clients_exit_path(node_factory: Any, bitcoind: Any,
+                                                     plugin_path: Path) -> None:
+    """The LSP stops answering; its client owns no coin and asks its helper to exit for it, then
+    sleeps. The market ignores the kickoff's pre-agreed fee (`prioritisetransaction`): the helper bumps
+    it by CPFP on its anchor with its own coin and publishes the client's whole path, each transaction
+    after its relative wait, before the factory's timeout. The client wakes with its channel funded on
+    chain, closes it, and its balance reaches its wallet."""
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    helper = node_factory.get_node(options={**common, "superscalar-helper": "true"})
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
+    client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"],
+                                            "superscalar-helpers": helper.info["id"]}, may_reconnect=True)
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    client.rpc.connect(helper.info["id"], "localhost", helper.port)
+    lsp.fundwallet(10_000_000)
+    helper.fundwallet(300_000)  # the coin its CPFP children spend
+    res = create_factory(lsp, [client], bitcoind)
+    fid = res["factory_id"]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    nodes = [lsp, helper, client]
+    # the client hands its signed path over (checked by the helper: every transaction signed for its output)
+    mine_until(bitcoind, nodes, lambda: (client.rpc.call("superscalar-getinfo")["watchtowers"]["exit_paths"]
+                                         .get(fid, {}).get(helper.info["id"], "")).isalnum())
+    path = [Tx.from_hex(h) for h in record(client, fid)["signed_path"]]
+    assert client.rpc.listfunds()["outputs"] == []  # no coin of its own
+    balance = channel_with(client, lsp)["to_us_msat"] // 1000
+    lsp.stop()
+    asked = client.rpc.call("superscalar-helper-exit", {"factory_id": fid})
+    assert asked["asked"] == [helper.info["id"]]
+    wait_for(lambda: [p["started"] for p in helper.rpc.call("superscalar-getinfo")["helper"]["exit_paths"]] == [True])
+    client.stop()
+    wait_for(lambda: path[0].txid in bitcoind.rpc.getrawmempool())
+    entry = bitcoind.rpc.getmempoolentry(path[0].txid)
+    bitcoind.rpc.prioritisetransaction(path[0].txid, 0, -int(round(float(entry["fees"]["base"]) * 10**8)))
+    for _ in range(80):
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, [helper])
+        if len(helper.rpc.call("superscalar-getinfo")["helper"]["exit_paths"][0]["confirmed"]) == len(path):
+            break
+    [progress] = helper.rpc.call("superscalar-getinfo")["helper"]["exit_paths"]
+    assert progress["confirmed"] == [f"path/{i}" for i in range(len(path))], progress
+    assert bitcoind.rpc.getblockcount() < params.timeout(0)
+    helper.daemon.logs_catchup()
+    exits = helper.rpc.call("listdatastore", {"key": ["superscalar", "helped-exits", f"{client.info['id']}.{fid}",
+                                                     "exit"]})["datastore"]
+    import json
+    bumped = json.loads(exits[0]["string"])["data"]["bumped"]
+    assert "path/0" in bumped  # the kickoff went out with the helper's child
+    child = bitcoind.rpc.getrawtransaction(bumped["path/0"], True)
+    assert child["blockhash"] == bitcoind.rpc.getrawtransaction(path[0].txid, True)["blockhash"]
+    # the client wakes: its leaf is on chain, its channel funded; it closes it and is paid
+    client.start()
+    sync_blockheight(bitcoind, [client])
+    [ch] = client.rpc.listpeerchannels(lsp.info["id"])["channels"]
+    assert ch["funding_txid"] == path[-1].txid
+    client.rpc.close(ch["channel_id"], unilateraltimeout=1)
+    for _ in range(40):
+        bitcoind.generate_block(1)
+        sync_blockheight(bitcoind, [client])
+        if sum(o["amount_msat"] // 1000 for o in client.rpc.listfunds()["outputs"] if o["status"] == "confirmed") \
+                >= balance - 5_000:
+            break
+    got = sum(o["amount_msat"] // 1000 for o in client.rpc.listfunds()["outputs"] if o["status"] == "confirmed")
+    assert balance - 5_000 <= got <= balance, (balance, got)
+    no_broken([helper, client])

@@ -275,7 +275,7 @@ def test_encode_message_too_large() -> None:
 
 
 def test_field_tables_match_dataclasses() -> None:
-    assert sorted(wire.MESSAGE_TYPES) == list(range(1, 15))
+    assert sorted(wire.MESSAGE_TYPES) == list(range(1, 16))
     for kind, cls in wire.MESSAGE_TYPES.items():
         assert cls.KIND == kind
         table = sorted(cls.FIELDS.items())
@@ -329,7 +329,7 @@ def strategy_for(codec: Codec[Any]) -> st.SearchStrategy[Any]:
     return simple[codec.name]
 
 
-_BY_NAME = {c.name: c for c in (wire.U8, wire.POINT33, wire.PUBNONCE66, wire.PSIG32, wire.SIG64)}
+_BY_NAME = {c.name: c for c in (wire.U8, wire.U64, wire.POINT33, wire.PUBNONCE66, wire.PSIG32, wire.SIG64)}
 
 
 def message_strategy(cls: type[Message]) -> st.SearchStrategy[Message]:
