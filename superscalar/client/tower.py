@@ -135,7 +135,8 @@ class HelperPackages:
         self.plan_of = plan_of  # factory id -> its ExitPlan (chain/routing.py), for the helper's exit
         self.coinless = coinless  # does this node own no coin to bump its own exit?
         self._sent: dict[tuple[str, str], int] = {}  # (helper, factory id) -> height sent, unanswered
-        self._paths: dict[tuple[str, str], tuple[int, str]] = {}  # (helper, factory id) -> (height, hash) unanswered
+        # (helper, factory id) -> (height, what it will hold: the path's hash or "acting", the request's session)
+        self._paths: dict[tuple[str, str], tuple[int, str, bytes]] = {}
         self._dirty: Optional[set[str]] = None  # factories whose records changed since the last block (None: all)
         self._dirty_lock = threading.Lock()
 
@@ -149,7 +150,7 @@ class HelperPackages:
             self.store.put_doc(PACKAGES_DOC, acked)
         # what changed since the last block (a record written), and what waits for an answer too long
         due = {fid for (_, fid), at in self._sent.items() if height - at >= RESEND_BLOCKS} | \
-              {fid for (_, fid), (at, _) in self._paths.items() if height - at >= RESEND_BLOCKS}
+              {fid for (_, fid), (at, _, _) in self._paths.items() if height - at >= RESEND_BLOCKS}
         with self._dirty_lock:
             fids = live if self._dirty is None else (self._dirty | due) & live
             self._dirty = set()
@@ -213,7 +214,7 @@ class HelperPackages:
             sent = self._paths.get((helper, fid))
             if sent is not None and sent[1] == want and height - sent[0] < RESEND_BLOCKS:
                 continue
-            self._paths[(helper, fid)] = (height, want)
+            self._paths[(helper, fid)] = (height, want, msg.session_id)
             try:
                 self.send(helper, msg)
             except Exception as e:
@@ -226,7 +227,7 @@ class HelperPackages:
             raise ValueError(f"factory {fid}: no exit path of ours to hand over")
         sent = []
         for helper in self.helpers:
-            self._paths[(helper, fid)] = (-RESEND_BLOCKS, "acting")
+            self._paths[(helper, fid)] = (-RESEND_BLOCKS, "acting", msg.session_id)
             try:
                 self.send(helper, msg)
                 sent.append(helper)
@@ -236,9 +237,10 @@ class HelperPackages:
 
     def _path_answer(self, peer: str, msg: TowerAnswer) -> bool:
         fid = msg.factory_id.hex()
-        sent = self._paths.pop((peer, fid), None)
-        if sent is None:
+        sent = self._paths.get((peer, fid))
+        if sent is None or sent[2] != msg.session_id:
             return False
+        del self._paths[(peer, fid)]
         if not msg.accepted:
             self.log(f"helper {peer} refused factory {fid}'s exit path: {msg.reason}", level="unusual")
         kept: dict[str, dict[str, str]] = self.store.get_doc(PATHS_DOC) or {}
@@ -267,7 +269,7 @@ class HelperPackages:
         for key in [k for k in self._sent if k[0] == peer]:
             self._sent[key] = -RESEND_BLOCKS  # due at the next block
         for key in [k for k in self._paths if k[0] == peer]:
-            self._paths[key] = (-RESEND_BLOCKS, self._paths[key][1])
+            self._paths[key] = (-RESEND_BLOCKS, *self._paths[key][1:])
 
     def info(self) -> dict[str, Any]:
         acked: dict[str, dict[str, str]] = self.store.get_doc(PACKAGES_DOC) or {}

@@ -27,6 +27,7 @@ from superscalar.client.leaving import request_leave
 from superscalar.client.membership import Client
 from superscalar.client.migration import JitMigration
 from superscalar.client.sale import ClientSales
+from superscalar.client.backup import ClientBackup
 from superscalar.client.tower import HelperPackages, TowerClient
 from superscalar.client.moving import move
 from superscalar.client.on_demand import (DEFAULT_MAX_FEE_BASE_SAT, DEFAULT_MAX_FEE_PPM, InboundFeeLimit,
@@ -39,6 +40,7 @@ from superscalar.cln.htlc_guard import TEMPORARY_NODE_FAILURE, HtlcGuard
 from superscalar.cln.htlc_index import CHANNEL_FIELDS, HtlcIndex, LiveChannel, PeerRefresh
 from superscalar.cln.invoices import CONTINUE, Invoices
 from superscalar.cln.listing import describe
+from superscalar.helper.backups import Backups
 from superscalar.helper.distributions import Distributions, PackageLimits
 from superscalar.helper.exits import HelpedExits
 from superscalar.helper.tower import Tower, TowerLimits
@@ -60,7 +62,8 @@ from superscalar.protocol.lsps0 import LspsError, is_lsps
 from superscalar.protocol.lsps5 import PAYMENT_INCOMING
 from superscalar.protocol.lsps1 import Options as Lsps1Options
 from superscalar.protocol.lsps2 import PROMISE_LABEL, FeeTerms
-from superscalar.protocol.wire import HelpExit, HelpPackage, TowerAnswer, TowerStore, WireError
+from superscalar.protocol.wire import (BackupBlob, BackupFetch, BackupStore, HelpExit, HelpPackage, TowerAnswer,
+                                       TowerStore, WireError)
 from superscalar.cln.store import Store
 from superscalar.cln.transport import Transport
 
@@ -205,7 +208,9 @@ class Roles:
         self.tower: Optional[Tower] = None
         self.distributions: Optional[Distributions] = None
         self.helped_exits: Optional[HelpedExits] = None
+        self.backups: Optional[Backups] = None
         if str(options.get("superscalar-helper", "false")).lower() in ("true", "1", "yes"):
+            self.backups = Backups(self.node, PackageLimits(), plugin.log, dev_fail_at == "helper-withhold-backups")
             self.distributions = Distributions(self.node, self.blocks, PackageLimits(), plugin.log)
             self.helped_exits = HelpedExits(self.node, self.blocks, PackageLimits(), plugin.log,
                                             lambda store: Exits(self.node, store, plugin.log, self.exits.bitcoind,
@@ -220,6 +225,9 @@ class Roles:
                                               lambda fid: exit_plan(self.store, self.client, fid, None),
                                               lambda: self.node.spendable_wallet_sat() == 0)
         self.store.listen(self.helper_packages.changed)
+        self.client_backup = ClientBackup(self.node, self.store, self.transport.send, helpers, plugin.log,
+                                          10 if self.profile == "regtest" else 144)
+        self.store.listen(self.client_backup.changed)
         tower, distributions, helped_exits = self.tower, self.distributions, self.helped_exits
         self.follower = ChainFollower((
             ("new block", self.blocks.new_tip),
@@ -242,6 +250,7 @@ class Roles:
             *((("helper: distributions", distributions.on_block),) if distributions is not None else ()),
             *((("helper: exit paths", helped_exits.on_block),) if helped_exits is not None else ()),
             ("distributions to helpers", self.helper_packages.on_block),
+            ("backups to helpers", self.client_backup.on_block),
         ), lambda what, e: _report(plugin, what, e))
 
     def exit_unfinished_close(self, factory_id: str) -> None:
@@ -541,9 +550,11 @@ def build_plugin() -> Plugin:
                 "client_policy": dataclasses.asdict(r.policy), "developer": r.developer,
                 "forget_retired": r.forgetter.forget, "channels_forgotten": r.forgetter.forgotten,
                 "factories": len(r.store.factory_ids()), "factories_archived": r.store.archived()["factories"],
-                "helper": {**r.tower.info(), **r.distributions.info(), **r.helped_exits.info()}
-                if r.tower is not None and r.distributions is not None and r.helped_exits is not None else None,
-                "watchtowers": {**r.tower_client.info(), **r.helper_packages.info()} if r.tower_client.helpers else None}
+                "helper": {**r.tower.info(), **r.distributions.info(), **r.helped_exits.info(), **r.backups.info()}
+                if r.tower is not None and r.distributions is not None and r.helped_exits is not None
+                and r.backups is not None else None,
+                "watchtowers": {**r.tower_client.info(), **r.helper_packages.info(), **r.client_backup.info()}
+                if r.tower_client.helpers else None}
 
     @plugin.async_method("superscalar-create")
     def create(plugin: Plugin, request: Any, clients: Any, **kwargs: Any) -> None:
@@ -742,6 +753,24 @@ def build_plugin() -> Plugin:
         except ValueError as e:
             raise RpcException(str(e), code=INVALID_PARAMS)
 
+    def restore(plugin: Plugin, request: Any, **kwargs: Any) -> None:
+        """A node started again from its hsm_secret alone: fetch our factory records from our connected
+        helpers, check each (our key, its signatures, its funding output on chain), write them back and
+        recover the channels from their static backups (client/backup.py)."""
+        r = holder["roles"]
+        if not r.client_backup.helpers:
+            request.set_exception(RpcException("no helper configured (superscalar-helpers)", code=INVALID_PARAMS))
+            return
+
+        def run() -> None:
+            try:
+                request.set_result(r.client_backup.restore())
+            except Exception as e:
+                request.set_exception(RpcException(f"restore failed: {e}"))
+        threading.Thread(target=run, name="superscalar-restore", daemon=True).start()
+
+    plugin.add_method("superscalar-restore", restore, background=True)
+
     @plugin.method("superscalar-leave")
     def leave(plugin: Plugin, factory_id: str, **kwargs: Any) -> dict[str, Any]:
         """Ask the LSP of factory `factory_id` to pay this client on chain at the factory's next cooperative
@@ -909,8 +938,14 @@ def build_plugin() -> Plugin:
             elif isinstance(msg, HelpExit):  # and to publish its exit path, with our coins, when it must
                 r.transport.send(peer_id, r.helped_exits.keep(peer_id, msg) if r.helped_exits is not None else TowerAnswer(
                     msg.factory_id, msg.session_id, 0, 0, "this node is not a helper (superscalar-helper)"))
+            elif isinstance(msg, BackupStore):  # and to keep its encrypted records
+                r.transport.send(peer_id, r.backups.keep(peer_id, msg) if r.backups is not None else TowerAnswer(
+                    msg.factory_id, msg.session_id, 0, 0, "this node is not a helper (superscalar-helper)"))
+            elif isinstance(msg, BackupFetch):  # and to give them back
+                r.transport.send_many([(peer_id, m) for m in (r.backups.fetch(peer_id, msg) if r.backups is not None
+                                                              else [BackupBlob(msg.factory_id, msg.session_id, 0, 0, b"")])])
             elif msg is not None and not r.helper_packages.on_message(peer_id, msg) \
-                    and not r.tower_client.on_message(peer_id, msg) and not r.lsp.on_message(peer_id, msg) and not r.closer.on_message(peer_id, msg) \
+                    and not r.client_backup.on_message(peer_id, msg) and not r.tower_client.on_message(peer_id, msg) and not r.lsp.on_message(peer_id, msg) and not r.closer.on_message(peer_id, msg) \
                     and not r.seller.on_message(peer_id, msg) and not r.client_sales.on_message(peer_id, msg) \
                     and not (r.is_lsp and r.leavers.on_message(peer_id, msg)) \
                     and not r.client_closer.on_message(peer_id, msg):

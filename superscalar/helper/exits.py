@@ -22,13 +22,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable, Optional
 
-from ..bitcoin.script import p2a_script
-from ..bitcoin.sighash import SIGHASH_DEFAULT, taproot_sighash
 from ..bitcoin.tx import Tx, TxOut
 from ..chain.blocks import Blocks
 from ..chain.exits import DONE, Exits
 from ..cln.store import Store
-from ..crypto.bip340 import schnorr_verify
+from ..factory.checks import signed_chain_refusal
 from ..protocol.wire import HelpExit, TowerAnswer
 from .distributions import PackageLimits
 
@@ -55,19 +53,9 @@ def check_path(msg: HelpExit) -> tuple[list[Tx], Optional[str]]:
         return [], "not a transaction"
     if len(set(names)) != n:
         return txs, "names must differ"
-    for i, tx in enumerate(txs):
-        prevout = TxOut(msg.prevout_values[i], msg.prevout_scripts[i])
-        spent = tx.inputs[0].prevout if tx.inputs else None
-        if spent is None or (i > 0 and not (spent.txid_hex == txs[i - 1].txid
-                                            and tuple(txs[i - 1].outputs[spent.vout:spent.vout + 1]) == (prevout,))):
-            return txs, f"{names[i]} does not spend the output of the transaction before it"
-        if not tx.outputs or tx.outputs[-1].script_pubkey != p2a_script():
-            return txs, f"{names[i]} does not end with a P2A anchor"
-        script = msg.prevout_scripts[i]
-        witness = tx.inputs[0].witness
-        if len(script) != 34 or script[:2] != b"\x51\x20" or len(witness) != 1 or len(witness[0]) != 64 \
-                or not schnorr_verify(taproot_sighash(tx, 0, [prevout], SIGHASH_DEFAULT), script[2:], witness[0]):
-            return txs, f"{names[i]} is not signed for the output it spends"
+    refusal = signed_chain_refusal(names, txs, [TxOut(v, sc) for v, sc in zip(msg.prevout_values, msg.prevout_scripts)])
+    if refusal is not None:
+        return txs, refusal
     return txs, None
 
 

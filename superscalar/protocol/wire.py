@@ -604,10 +604,39 @@ class HelpExit(Message):
     act_now: int
 
 
+@dataclass(frozen=True, slots=True)
+class BackupStore(Message):
+    """client → helper: keep this encrypted backup of factory `factory_id` (crypto/backup_blob.py) in
+    place of any earlier one; session_id: the blob's SHA-256, echoed by the TowerAnswer."""
+
+    KIND: ClassVar[int] = 16
+    FIELDS: ClassVar[Mapping[int, Field]] = _table(Field("blob", VARBYTES))
+    blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BackupFetch(Message):
+    """client → helper: send back my backup of `factory_id` (all zeros: every factory of mine)."""
+
+    KIND: ClassVar[int] = 17
+    FIELDS: ClassVar[Mapping[int, Field]] = _table()
+
+
+@dataclass(frozen=True, slots=True)
+class BackupBlob(Message):
+    """helper → client: backup `index` of `count` answering fetch `session_id` (count 0: none kept)."""
+
+    KIND: ClassVar[int] = 18
+    FIELDS: ClassVar[Mapping[int, Field]] = _table(Field("index", U16), Field("count", U16), Field("blob", VARBYTES))
+    index: int
+    count: int
+    blob: bytes
+
+
 MESSAGE_TYPES: Mapping[int, type[Message]] = {
     cls.KIND: cls
     for cls in (Propose, Nonces, AggNonces, PartialSigs, Signatures, Done, Abort, Fragment, Invite, Accept, Leave,
-                TowerStore, TowerAnswer, HelpPackage, HelpExit)
+                TowerStore, TowerAnswer, HelpPackage, HelpExit, BackupStore, BackupFetch, BackupBlob)
 }
 
 
