@@ -14,8 +14,14 @@ every backup from every connected helper and keeps, per factory, the newest that
 key in it is the one our node derives for that LSP and factory, the exit path is a chain of signed
 spends from the funding output (factory/checks.py), and that output is the one on chain (unspent:
 bitcoind's UTXO set; a spent one is reported). Then the records are written and the chain follower
-carries on from them (an exit, a distribution, its funding watch); the channels' static backups go to
-lightningd's `recoverchannel`, which asks the LSP to close them so their balance reaches our wallet.
+carries on from them (an exit, a distribution, its funding watch).
+
+The channels themselves live in lightningd's database, lost with the disk. Their static backups come
+back too (`static_backups`), and `recover_channels` hands them to lightningd's `recoverchannel`. On
+v26.06.6 that is not safe for a leaf channel: when the LSP then closes with its commitment, the stub
+channel's `onchaind` fails ("Could not find resolution for output 0") and lightningd exits. So by
+default a restored client gets its money through the factory: its path, or the distribution, which pays
+it the channel's whole capacity when the LSP does not close or roll the factory over first.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ BACKUP_DOC = "backed-up"  # {factory id: {helper: SHA-256 of the blob it acknowl
 ALL = bytes(32)
 RESEND_BLOCKS = 6
 AUDIT_BLOCKS = 144
+MAX_KEYS = 1_000  # wallet keys a restore hands out looking for a payout script
 
 
 @dataclass
@@ -162,12 +169,17 @@ class ClientBackup:
 
     def info(self) -> dict[str, Any]:
         kept: dict[str, dict[str, str]] = self.store.get_doc(BACKUP_DOC) or {}
-        return {"backed_up": {fid: sorted(h) for fid, h in kept.items()}, "suspect_helpers": dict(self.suspect)}
+        with self._lock:
+            dirty = len(self._dirty) if self._dirty is not None else len(self.store.factory_ids())
+        return {"backed_up": {fid: sorted(h) for fid, h in kept.items()}, "suspect_helpers": dict(self.suspect),
+                # records changed since the last block, and backups sent but not yet acknowledged
+                "backups_pending": dirty + len(self._sent)}
 
     # --- restoring ---
 
-    def restore(self, wait: float = 30.0) -> dict[str, Any]:
-        """Fetch, check and write back every factory backed up at our connected helpers."""
+    def restore(self, wait: float = 30.0, recover_channels: bool = False) -> dict[str, Any]:
+        """Fetch, check and write back every factory backed up at our connected helpers; with
+        `recover_channels`, also hand the channels' static backups to lightningd (see the module doc)."""
         fetches = []
         for helper in self.helpers:
             session = os.urandom(32)
@@ -209,15 +221,33 @@ class ClientBackup:
                 restored.append({"factory_id": fid, "helper": data["helper"], "saved_height": data["saved_height"],
                                  "funding_outpoint": rec["funding_outpoint"]})
             scbs.update(data.get("scb") or [])
+        payouts = {Tx.from_hex(newest[r["factory_id"]]["factory"]["distribution"]).outputs[
+                       int(newest[r["factory_id"]]["factory"]["client_index"])].script_pubkey
+                   for r in restored if newest[r["factory_id"]]["factory"].get("distribution")}
+        missing = self._watch_payouts(payouts)
+        if missing:
+            problems.append({"problem": f"{len(missing)} payout scripts are beyond the first {MAX_KEYS} wallet keys"})
         recovered: list[str] = []
-        if scbs:
+        if scbs and recover_channels:
             known = {str(ch.get("channel_id")) for ch in self.node.peer_channels()}
             try:
                 res = self.node.rpc.call("recoverchannel", {"scb": sorted(scbs)})
                 recovered = [c for c in res.get("stubs", []) if c not in known]
             except Exception as e:
                 problems.append({"problem": f"recoverchannel: {e}"})
-        return {"restored": restored, "refused": refused, "problems": problems, "channels_recovered": recovered}
+        return {"restored": restored, "refused": refused, "problems": problems, "channels_recovered": recovered,
+                "static_backups": sorted(scbs)}
+
+    def _watch_payouts(self, scripts: set[bytes]) -> set[bytes]:
+        """A fresh lightningd watches only the wallet keys it has handed out, and a distribution or close
+        pays the key this client gave the LSP at creation: hand keys out (`newaddr`) until each payout
+        script is among them (at most MAX_KEYS). The scripts still missing."""
+        missing = set(scripts)
+        for _ in range(MAX_KEYS if missing else 0):
+            missing.discard(self.node.new_script())
+            if not missing:
+                break
+        return missing
 
     def _check(self, fid: str, rec: dict[str, Any]) -> Optional[str]:
         """Why a backed-up record must not be written (None: it is ours, signed, and on chain)."""
@@ -235,7 +265,17 @@ class ClientBackup:
         if txs[0].inputs[0].prevout.txid_hex != txid or txs[0].inputs[0].prevout.vout != int(vout):
             return "its path does not start at its funding output"
         out = self.node.rpc.call("getutxout", {"txid": txid, "vout": int(vout)})
-        if out.get("amount") is not None and (int(str(out["amount"]).removesuffix("msat")) // 1000 != prevouts[0].value
+        if out.get("amount") is not None and (_sat(out["amount"]) != prevouts[0].value
                                               or str(out.get("script")) != prevouts[0].script_pubkey.hex()):
             return "its funding output on chain is not the one its path spends"
         return None
+
+
+def _sat(amount: Any) -> int:
+    """`getutxout`'s amount: "123sat" (its schema's type `sat`), or msat as a number or "123msat"."""
+    text = str(amount)
+    if text.endswith("msat"):
+        return int(text[:-4]) // 1000
+    if text.endswith("sat"):
+        return int(text[:-3])
+    return int(text) // 1000

@@ -753,10 +753,11 @@ def build_plugin() -> Plugin:
         except ValueError as e:
             raise RpcException(str(e), code=INVALID_PARAMS)
 
-    def restore(plugin: Plugin, request: Any, **kwargs: Any) -> None:
+    def restore(plugin: Plugin, request: Any, recover_channels: bool = False, **kwargs: Any) -> None:
         """A node started again from its hsm_secret alone: fetch our factory records from our connected
-        helpers, check each (our key, its signatures, its funding output on chain), write them back and
-        recover the channels from their static backups (client/backup.py)."""
+        helpers, check each (our key, its signatures, its funding output on chain) and write them back;
+        with `recover_channels`, also hand the channels' static backups to `recoverchannel`
+        (client/backup.py says why that is off by default)."""
         r = holder["roles"]
         if not r.client_backup.helpers:
             request.set_exception(RpcException("no helper configured (superscalar-helpers)", code=INVALID_PARAMS))
@@ -764,7 +765,7 @@ def build_plugin() -> Plugin:
 
         def run() -> None:
             try:
-                request.set_result(r.client_backup.restore())
+                request.set_result(r.client_backup.restore(recover_channels=bool(recover_channels)))
             except Exception as e:
                 request.set_exception(RpcException(f"restore failed: {e}"))
         threading.Thread(target=run, name="superscalar-restore", daemon=True).start()

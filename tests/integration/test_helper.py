@@ -207,3 +207,75 @@ def test_helper_publishes_coinless_clients_exit_path(node_factory: Any, bitcoind
     got = sum(o["amount_msat"] // 1000 for o in client.rpc.listfunds()["outputs"] if o["status"] == "confirmed")
     assert balance - 5_000 <= got <= balance, (balance, got)
     no_broken([helper, client])
+
+
+def spender(bitcoind: Any, txid: str, vout: int) -> Any:
+    """The confirmed transaction spending txid:vout (looked for in the last 100 blocks), or None."""
+    if bitcoind.rpc.gettxout(txid, vout, True) is not None:
+        return None
+    tip = bitcoind.rpc.getblockcount()
+    for h in range(tip, max(0, tip - 100), -1):
+        for tx in bitcoind.rpc.getblock(bitcoind.rpc.getblockhash(h), 2)["tx"]:
+            if any(i.get("txid") == txid and i.get("vout") == vout for i in tx["vin"]):
+                return tx
+    return None
+
+
+def test_client_restores_from_hsm_secret_alone(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    """A client's data directory is lost; it starts again from its hsm_secret alone and restores its
+    factory from its helper (checked against its own key, signatures and the chain): the very record it
+    had. Its channel died with the disk, so the LSP can neither close nor roll the factory over with it;
+    when the LSP closes it, the restored client publishes its path, and the LSP's commitment that
+    confirms on its leaf pays the client its balance, to the sat. (Sweeping that output needs the
+    channel's keys back: Core Lightning's `recoverchannel`, which fails on this commitment in v26.06.6;
+    see docs/helper.md.)"""
+    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
+    helper = node_factory.get_node(options={**common, "superscalar-helper": "true"})
+    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
+    client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"],
+                                            "superscalar-helpers": helper.info["id"]}, may_reconnect=True)
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    client.rpc.connect(helper.info["id"], "localhost", helper.port)
+    lsp.fundwallet(10_000_000)
+    res = create_factory(lsp, [client], bitcoind)
+    fid = res["factory_id"]
+    params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
+    pay(lsp, client, 10_000, "before")
+    wait_for(lambda: channel_with(client, lsp)["to_us_msat"] // 1000 == BALANCE_SAT + 10_000)
+    bitcoind.generate_block(1)  # the next block sends the newest version of every changed record
+    sync_blockheight(bitcoind, [lsp, helper, client])
+    wait_for(lambda: client.rpc.call("superscalar-getinfo")["watchtowers"]["backups_pending"] == 0)
+    assert client.rpc.call("superscalar-getinfo")["watchtowers"]["backed_up"] == {fid: [helper.info["id"]]}
+    before = record(client, fid)
+    assert helper.rpc.call("superscalar-getinfo")["helper"]["backups"] == {client.info["id"]: 1}
+    # the disk is lost: only hsm_secret is left
+    client.stop()
+    import shutil
+    for item in (Path(client.daemon.lightning_dir) / "regtest").iterdir():
+        if item.name != "hsm_secret":
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    client.start()
+    assert client.rpc.getinfo()["id"] == client.info["id"] and client.rpc.listpeerchannels()["channels"] == []
+    assert client.rpc.listfunds()["outputs"] == []
+    client.rpc.connect(helper.info["id"], "localhost", helper.port)
+    out = client.rpc.call("superscalar-restore")
+    assert [r["factory_id"] for r in out["restored"]] == [fid], out
+    assert out["refused"] == [] and out["problems"] == [] and out["static_backups"]
+    assert record(client, fid) == before  # what it checked and wrote is what it had
+    assert [f["factory_id"] for f in client.rpc.call("superscalar-list")["factories"]] == [fid]
+    # The LSP reestablishes the channel the client lost; the fresh lightningd answers with an error (it
+    # knows no such channel), so the LSP closes with its latest commitment, which pays the client its
+    # balance once the leaf is on chain. The restored client publishes its path for that.
+    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+    path = [Tx.from_hex(h) for h in before["signed_path"]]
+    leaf_txid, leaf_vout = res["channels"][0]["funding_outpoint"].split(":")
+    assert path[-1].txid == leaf_txid
+    mine_until(bitcoind, [lsp, client], lambda: spender(bitcoind, leaf_txid, int(leaf_vout)) is not None, blocks=60)
+    assert bitcoind.rpc.getblockcount() < params.timeout(0)
+    client.daemon.logs_catchup()
+    assert client.daemon.is_in_log("publishing this client's path")
+    commitment = spender(bitcoind, leaf_txid, int(leaf_vout))
+    assert commitment is not None
+    # its output to the client holds the client's balance, to the sat
+    assert BALANCE_SAT + 10_000 in [round(o["value"] * 100_000_000) for o in commitment["vout"]], commitment["vout"]
+    no_broken([helper, client])

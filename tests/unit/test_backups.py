@@ -37,6 +37,9 @@ class Node(MemoryDatastore):
     def peer_channels(self) -> list[dict[str, Any]]:
         return []
 
+    def new_script(self) -> bytes:
+        return bytes.fromhex("0014" + "99" * 20)
+
     @property
     def rpc(self) -> Any:
         node = self
@@ -50,7 +53,7 @@ class Node(MemoryDatastore):
                     return {"stubs": ["cc" * 32]}
                 if method == "getutxout":
                     txs, prevouts = path()
-                    return {"amount": prevouts[0].value * 1000, "script": prevouts[0].script_pubkey.hex()}
+                    return {"amount": f"{prevouts[0].value}sat", "script": prevouts[0].script_pubkey.hex()}
                 raise KeyError(method)
         return Rpc()
 
@@ -131,7 +134,9 @@ def test_records_come_back_on_a_node_with_the_same_seed_only() -> None:
     out = client(fresh_node, fresh_store, wire).restore(wait=1)
     assert [r["factory_id"] for r in out["restored"]] == [FID] and out["refused"] == [] and out["problems"] == []
     assert fresh_store.records[FID] == store.records[FID]
-    assert fresh_node.recovered == [["aa" * 20]] and out["channels_recovered"] == ["cc" * 32]
+    assert out["static_backups"] == ["aa" * 20] and fresh_node.recovered == []  # not handed over by default
+    again = client(Node(b"seed"), Store(), wire).restore(wait=1, recover_channels=True)
+    assert again["channels_recovered"] == ["cc" * 32]
     # another node fetching under the same id (the helper indexes by peer id) cannot open it
     thief_store = Store()
     out = client(Node(b"other seed"), thief_store, wire).restore(wait=1)
