@@ -19,15 +19,22 @@ from .test_factory_plugin import BALANCE_SAT, INBOUND_SAT, channel_with, create_
 pytestmark = pytest.mark.lightningd
 
 
-def test_helper_punishes_old_leaf_commitment(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+def network(node_factory: Any, plugin_path: Path, n: int) -> tuple[Any, Any, list[Any]]:
+    """A helper, an LSP (funded) and `n` clients that name the helper, each connected to both."""
     common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
     helper = node_factory.get_node(options={**common, "superscalar-helper": "true"})
     lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
-    client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"],
-                                            "superscalar-helpers": helper.info["id"]}, may_reconnect=True)
-    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-    client.rpc.connect(helper.info["id"], "localhost", helper.port)
+    clients = node_factory.get_nodes(n, opts={**common, "superscalar-join": lsp.info["id"],
+                                              "superscalar-helpers": helper.info["id"], "may_reconnect": True})
+    for c in clients:
+        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
+        c.rpc.connect(helper.info["id"], "localhost", helper.port)
     lsp.fundwallet(10_000_000)
+    return helper, lsp, clients
+
+
+def test_helper_punishes_old_leaf_commitment(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
+    helper, lsp, [client] = network(node_factory, plugin_path, 1)
     res = create_factory(lsp, [client], bitcoind)
     pay(lsp, client, 10_000, "first")
     old = lsp.rpc.call("dev-sign-last-tx", {"id": client.info["id"]})["tx"]  # the LSP's commitment now
@@ -85,15 +92,7 @@ def test_helper_publishes_sleeping_clients_distribution(node_factory: Any, bitco
     the fee market ignores the distribution and its 4x variant (`prioritisetransaction`): their helper
     publishes the 16x variant, which confirms before the LSP's timeout and pays each client its
     channel's whole capacity, to the sat, found in its wallet when it wakes. The helper paid nothing."""
-    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
-    helper = node_factory.get_node(options={**common, "superscalar-helper": "true"})
-    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
-    clients = node_factory.get_nodes(2, opts={**common, "superscalar-join": lsp.info["id"],
-                                              "superscalar-helpers": helper.info["id"], "may_reconnect": True})
-    for c in clients:
-        c.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-        c.rpc.connect(helper.info["id"], "localhost", helper.port)
-    lsp.fundwallet(10_000_000)
+    helper, lsp, clients = network(node_factory, plugin_path, 2)
     res = create_factory(lsp, clients, bitcoind)
     fid = res["factory_id"]
     params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
@@ -149,14 +148,7 @@ def test_helper_publishes_coinless_clients_exit_path(node_factory: Any, bitcoind
     it by CPFP on its anchor with its own coin and publishes the client's whole path, each transaction
     after its relative wait, before the factory's timeout. The client wakes with its channel funded on
     chain, closes it, and its balance reaches its wallet."""
-    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
-    helper = node_factory.get_node(options={**common, "superscalar-helper": "true"})
-    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
-    client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"],
-                                            "superscalar-helpers": helper.info["id"]}, may_reconnect=True)
-    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-    client.rpc.connect(helper.info["id"], "localhost", helper.port)
-    lsp.fundwallet(10_000_000)
+    helper, lsp, [client] = network(node_factory, plugin_path, 1)
     helper.fundwallet(300_000)  # the coin its CPFP children spend
     res = create_factory(lsp, [client], bitcoind)
     fid = res["factory_id"]
@@ -229,14 +221,7 @@ def test_client_restores_from_hsm_secret_alone(node_factory: Any, bitcoind: Any,
     confirms on its leaf pays the client its balance, to the sat. (Sweeping that output needs the
     channel's keys back: Core Lightning's `recoverchannel`, which fails on this commitment in v26.06.6;
     see docs/helper.md.)"""
-    common = {"plugin": str(plugin_path), "superscalar-profile": "regtest"}
-    helper = node_factory.get_node(options={**common, "superscalar-helper": "true"})
-    lsp = node_factory.get_node(options={**common, "superscalar-lsp": "true"}, may_reconnect=True)
-    client = node_factory.get_node(options={**common, "superscalar-join": lsp.info["id"],
-                                            "superscalar-helpers": helper.info["id"]}, may_reconnect=True)
-    client.rpc.connect(lsp.info["id"], "localhost", lsp.port)
-    client.rpc.connect(helper.info["id"], "localhost", helper.port)
-    lsp.fundwallet(10_000_000)
+    helper, lsp, [client] = network(node_factory, plugin_path, 1)
     res = create_factory(lsp, [client], bitcoind)
     fid = res["factory_id"]
     params = FactoryParams.deserialize(record(lsp, fid)["params"].encode())
