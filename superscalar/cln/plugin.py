@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 from pyln.client import Plugin, RpcException
 
 from superscalar import __version__
-from superscalar.cln.bitcoind import Bitcoind, from_lightningd
+from superscalar.cln.bitcoind import Bitcoind, BitcoindError, from_lightningd
 from superscalar.chain.blocks import Blocks
 from superscalar.chain.close_watch import CloseWatch
 from superscalar.chain.exits import UNILATERAL_STATES, Exits
@@ -102,8 +102,12 @@ class Roles:
         self.lsp = Lsp(self.node, self.store, self.transport, self.params_for, plugin.log, timeout, dev_fail_at,
                        self.speakers.silent)
         max_feerate = int(options.get("superscalar-exit-max-feerate-perkvb") or DEFAULT_MAX_FEERATE_PERKVB)
-        self.blocks = Blocks(self.node.raw_block)  # each block parsed once for every step
-        self.exits = Exits(self.node, self.store, plugin.log, _bitcoind(plugin, self.network), max_feerate, self.blocks)
+        bitcoind = _bitcoind(plugin, self.network)
+        # each block parsed once for every step, read from bitcoind itself: lightningd's bcli answers
+        # `getrawblockbyheight` only after the rebroadcasts it queued for that block (one failing
+        # `sendrawtransaction` per retired channel), which made the plugin's block time grow with them
+        self.blocks = Blocks(raw_block_reader(bitcoind, self.node.raw_block))
+        self.exits = Exits(self.node, self.store, plugin.log, bitcoind, max_feerate, self.blocks)
         self.client = Client(self.node, self.store, self.transport, self.allowed, plugin.log, dev_fail_at,
                              self.policy, stale_after=10 * timeout, blocks=self.blocks, confirm_depth=self.confirm_depth)
         self.closer = Closer(self.lsp, plugin.log, timeout, dev_fail_at, extra_inbound=self.jit_held)
@@ -328,6 +332,19 @@ def lsps1_orders(roles: "Roles", ladder: Ladder, options: dict[str, Any], plugin
                   sell=lambda peer, capacity: sale_somewhere(roles.seller, roles.store, peer, capacity, plugin.log),
                   onchain_confirmations=roles.confirm_depth if options.get("superscalar-lsps1-onchain", True) else 0,
                   state_changed=roles.webhooks.order_state if roles.webhooks is not None else lambda *_: None)
+
+
+def raw_block_reader(bitcoind: Optional[Bitcoind], fallback: Callable[[int], str]) -> Callable[[int], str]:
+    """The block at a height, hex: from bitcoind (`getblockhash`, `getblock` verbosity 0), or through
+    lightningd when bitcoind cannot be reached directly."""
+    def read(height: int) -> str:
+        if bitcoind is not None:
+            try:
+                return str(bitcoind.call("getblock", str(bitcoind.call("getblockhash", height)), 0))
+            except BitcoindError:
+                pass
+        return fallback(height)
+    return read
 
 
 def _bitcoind(plugin: Plugin, network: str) -> Optional[Bitcoind]:
