@@ -147,6 +147,19 @@ def test_client_refuses_a_dishonest_sale(node_factory: Any, bitcoind: Any, plugi
     no_broken([lsp, *clients])
 
 
+def pay_over(payer: Any, payee: Any, outpoint: str, amount_msat: int, label: str) -> None:
+    """Pay `payee`, a peer, over the one channel of ours funded at `outpoint` (`sendpay` with that route)."""
+    [ch] = channels_in(payer, payee, outpoint)
+    inv = payee.rpc.call("invoice", {"amount_msat": amount_msat, "label": label, "description": label})
+    decoded = payer.rpc.call("decode", {"string": inv["bolt11"]})
+    route = [{"id": payee.info["id"], "channel": ch.get("short_channel_id") or ch["alias"]["local"],
+              "amount_msat": amount_msat, "delay": payer.rpc.getinfo()["blockheight"]
+              + int(decoded["min_final_cltv_expiry"]) + 1}]
+    payer.rpc.call("sendpay", {"route": route, "payment_hash": inv["payment_hash"],
+                               "payment_secret": inv["payment_secret"], "amount_msat": amount_msat})
+    payer.rpc.call("waitsendpay", {"payment_hash": inv["payment_hash"], "timeout": 60})
+
+
 def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any, plugin_path: Path) -> None:
     """A leaf signer offline: a clear error, nothing changed. The LSP killed (SIGKILL) once the signed sale
     is stored: its channel was completed before anyone signed, so after the restart the sale is open on
@@ -183,9 +196,11 @@ def test_sale_killed_after_signing_then_chained(node_factory: Any, bitcoind: Any
     wait_for(lambda: all(c["peer_connected"] and c["state"] == "CHANNELD_NORMAL"
                          for c in channels_in(lsp, buyer) + channels_in(lsp, mate)))
 
-    pay_msat(lsp, buyer, 150_000_000, "use-inbound")
-    settled(lsp, clients)
     old = next(ch["funding_outpoint"] for ch in res["channels"] if ch["peer_id"] == buyer.info["id"])
+    # Over the leaf channel itself: a buyer that missed the first sale's final signature (above) refuses
+    # HTLCs on that sale's channel until it catches up from the second sale's proposal, and rightly so.
+    pay_over(lsp, buyer, old, 150_000_000, "use-inbound")
+    settled(lsp, clients)
     old_inbound = spendable_msat(lsp, buyer, old)
     second = sell(lsp, fid, buyer, 40_000)
     rest = params.lstock_sat - 40_000 - params.anchor_sat - first["fee_sat"]

@@ -19,7 +19,8 @@ def test_plugin_starts_and_reports_version(node_factory: Any, plugin_path: Path)
     policy = info.pop("client_policy")
     assert info == {"version": superscalar.__version__, "network": "regtest", "lsp": False, "join": [],
                     "profile": "mainnet", "factories": 0, "developer": True,
-                    "forget_retired": False, "channels_forgotten": 0, "factories_archived": 0}
+                    "forget_retired": False, "channels_forgotten": 0, "factories_archived": 0,
+                    "helper": None, "watchtowers": None}  # neither a helper nor a client of one
     # The mainnet client policy, with the one bound given as an option.
     assert policy["min_active_blocks"] == 3000 and policy["max_start_drift_blocks"] == 6
     assert policy["funding_timeout_blocks"] == 144
